@@ -1,0 +1,184 @@
+//! `mgmt`: the management plane's REST API (users, tokens, domains and, through the
+//! domain-permission function in [`authz`], everything under `/{domainID}/…`).
+//!
+//! Invariants:
+//! - SQL lives in `storage`; this crate calls the store only through [`Ctx::db`], which runs
+//!   the blocking call on Tokio's blocking pool.
+//! - Status codes are decided only in [`error::ApiError::status`]; handlers return typed errors.
+//! - Every domain-scoped handler obtains an [`authz::DomainAccess`] first; store calls on
+//!   tenant data take the domain id from it, never from the request directly.
+
+pub mod auth;
+pub mod authz;
+mod domains;
+pub mod error;
+pub mod http;
+mod users;
+pub mod views;
+
+use crate::error::ApiError;
+use crate::http::{Reply, Req};
+use std::future::Future;
+use std::sync::Arc;
+use storage::{Order, PageReq, Store};
+use warp::http::Method;
+use warp::Filter;
+
+/// Settings of the management API.
+#[derive(Clone, Debug)]
+pub struct MgmtConfig {
+    pub self_registration: bool,
+    pub max_body_bytes: u64,
+    pub version: &'static str,
+}
+
+/// Where notices for users (password reset links) are delivered.
+pub trait Outbox: Send + Sync {
+    fn send(&self, to: &str, subject: &str, body: &str);
+}
+
+/// The default outbox when no SMTP server is configured: the server log.
+pub struct LogOutbox;
+
+impl Outbox for LogOutbox {
+    fn send(&self, to: &str, subject: &str, body: &str) {
+        tracing::info!(to, subject, body, "notice for user (no SMTP configured)");
+    }
+}
+
+/// Shared state of every handler.
+pub struct Ctx {
+    pub store: Store,
+    pub tokens: auth::Tokens,
+    pub passwords: auth::Passwords,
+    pub cfg: MgmtConfig,
+    pub outbox: Arc<dyn Outbox>,
+}
+
+impl Ctx {
+    /// Runs a blocking store call on the blocking pool.
+    pub async fn db<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&Store) -> storage::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let s = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+            .map_err(ApiError::from)
+    }
+
+    /// Runs CPU-heavy work (password hashing) on the blocking pool.
+    pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&Ctx) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?
+    }
+}
+
+/// The warp filter serving the whole API.
+pub fn routes(
+    ctx: Arc<Ctx>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    let raw_query = warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify();
+    warp::any()
+        .map(move || ctx.clone())
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(raw_query)
+        .and(warp::header::headers_cloned())
+        .and(warp::addr::remote())
+        .and(warp::body::stream())
+        .then(
+            |ctx: Arc<Ctx>, method: Method, path: warp::path::FullPath, query: String, headers, remote, body| async move {
+                let res = async {
+                    let body = http::read_body(&headers, Box::pin(body), ctx.cfg.max_body_bytes).await?;
+                    let req = Req {
+                        method,
+                        segs: http::split_path(path.as_str())?,
+                        query: http::parse_query(&query),
+                        headers,
+                        body,
+                        remote,
+                    };
+                    route(&ctx, req).await
+                }
+                .await;
+                http::render(res)
+            },
+        )
+}
+
+/// Serves the API on an already-bound listener until `shutdown` completes.
+pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    warp::serve(routes(ctx)).incoming(listener).graceful(shutdown).run().await;
+}
+
+async fn route(ctx: &Arc<Ctx>, req: Req) -> Result<Reply, ApiError> {
+    let first = req.seg(0).to_string();
+    match first.as_str() {
+        "health" if req.segs.len() == 1 => health(ctx, &req),
+        "users" => users::route(ctx, &req).await,
+        "password" => users::password_route(ctx, &req).await,
+        "domains" => domains::route(ctx, &req).await,
+        _ => Err(ApiError::NotFound(format!("no route for {} /{}", req.method, req.segs.join("/")))),
+    }
+}
+
+fn health(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    if req.method != Method::GET {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let mut r = Reply::ok(&serde_json::json!({
+        "status": "pass",
+        "version": ctx.cfg.version,
+        "description": "fluxgate IoT platform",
+    }))?;
+    r.content_type = "application/health+json";
+    Ok(r)
+}
+
+/// Reads `offset`, `limit` (default 10, at most `max_limit`), `order` and `dir`.
+pub fn page_req(req: &Req, max_limit: u64) -> Result<PageReq, ApiError> {
+    let offset = req.q_u64("offset")?.unwrap_or(0);
+    let limit = req.q_u64("limit")?.unwrap_or(10);
+    if limit == 0 || limit > max_limit {
+        return Err(ApiError::bad(format!("query parameter `limit` must be between 1 and {max_limit}")));
+    }
+    let order = match req.q("order") {
+        None | Some("") => Order::CreatedAt,
+        Some(o) => Order::parse(o).ok_or_else(|| ApiError::bad("invalid value of query parameter `order`"))?,
+    };
+    let descending = match req.q("dir") {
+        None | Some("") | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return Err(ApiError::bad("invalid value of query parameter `dir`")),
+    };
+    Ok(PageReq {
+        offset,
+        limit,
+        order,
+        descending,
+    })
+}
+
+/// Reads the `status` filter (`enabled` by default).
+pub fn status_filter(req: &Req) -> Result<storage::StatusFilter, ApiError> {
+    match req.q("status") {
+        None | Some("") => Ok(storage::StatusFilter::Enabled),
+        Some(s) => storage::StatusFilter::parse(s).ok_or_else(|| ApiError::bad("invalid value of query parameter `status`")),
+    }
+}
+
+/// A trimmed, non-empty query parameter.
+pub fn q_text(req: &Req, key: &str) -> Option<String> {
+    req.q(key).map(str::trim).filter(|s| !s.is_empty()).map(String::from)
+}

@@ -1,0 +1,137 @@
+//! JSON shapes of entities as the documents show them, and parsing helpers for the JSON
+//! fields the store keeps as text.
+
+use crate::error::ApiError;
+use serde_json::{json, Map, Value};
+use storage::{Domain, JsonText, User};
+
+/// RFC 3339 UTC with sub-second precision; `None` renders as the documents' zero time.
+pub fn time(micros: Option<i64>) -> String {
+    match micros {
+        None => "0001-01-01T00:00:00Z".into(),
+        Some(us) => time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+    }
+}
+
+fn parse_text(t: &JsonText) -> Value {
+    serde_json::from_str(&t.0).unwrap_or(Value::Null)
+}
+
+/// Inserts `key` only when the value is not empty (the documents omit empty fields).
+fn put_nonempty(m: &mut Map<String, Value>, key: &str, v: Value) {
+    let empty = match &v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    };
+    if !empty {
+        m.insert(key.into(), v);
+    }
+}
+
+pub fn user(u: &User) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(u.id));
+    m.insert("first_name".into(), json!(u.first_name));
+    m.insert("last_name".into(), json!(u.last_name));
+    m.insert("email".into(), json!(u.email));
+    m.insert("credentials".into(), json!({"username": u.username}));
+    put_nonempty(&mut m, "tags", parse_text(&u.tags));
+    put_nonempty(&mut m, "metadata", parse_text(&u.metadata));
+    put_nonempty(&mut m, "profile_picture", json!(u.profile_picture));
+    m.insert("role".into(), json!(u.role.as_str()));
+    m.insert("status".into(), json!(u.status.as_str()));
+    m.insert("created_at".into(), json!(time(Some(u.created_at))));
+    m.insert("updated_at".into(), json!(time(u.updated_at)));
+    if let Some(by) = &u.updated_by {
+        m.insert("updated_by".into(), json!(by));
+    }
+    Value::Object(m)
+}
+
+pub fn domain(d: &Domain) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(d.id));
+    m.insert("name".into(), json!(d.name));
+    m.insert("route".into(), json!(d.route));
+    put_nonempty(&mut m, "tags", parse_text(&d.tags));
+    put_nonempty(&mut m, "metadata", parse_text(&d.metadata));
+    m.insert("status".into(), json!(d.status.as_str()));
+    m.insert("created_by".into(), json!(d.created_by));
+    m.insert("created_at".into(), json!(time(Some(d.created_at))));
+    m.insert("updated_at".into(), json!(time(d.updated_at)));
+    if let Some(by) = &d.updated_by {
+        m.insert("updated_by".into(), json!(by));
+    }
+    Value::Object(m)
+}
+
+/// A page as `{"total", "offset", "limit", "<plural>": [...]}`.
+pub fn page<T>(p: &storage::Page<T>, plural: &str, f: impl Fn(&T) -> Value) -> Value {
+    let items: Vec<Value> = p.items.iter().map(f).collect();
+    let mut m = Map::new();
+    m.insert("total".into(), json!(p.total));
+    m.insert("offset".into(), json!(p.offset));
+    m.insert("limit".into(), json!(p.limit));
+    m.insert(plural.into(), Value::Array(items));
+    Value::Object(m)
+}
+
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+pub const MAX_TAGS: usize = 64;
+
+/// Validates metadata: a JSON object of bounded size.
+pub fn metadata(v: Option<Value>) -> Result<Option<JsonText>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => {
+            let s = Value::Object(o).to_string();
+            if s.len() > MAX_METADATA_BYTES {
+                return Err(ApiError::bad(format!("metadata exceeds {MAX_METADATA_BYTES} bytes")));
+            }
+            Ok(Some(JsonText(s)))
+        }
+        Some(_) => Err(ApiError::bad("metadata must be a JSON object")),
+    }
+}
+
+/// Validates tags: at most [`MAX_TAGS`] non-empty strings of at most 256 bytes.
+pub fn tags(v: Option<Vec<String>>) -> Result<Option<JsonText>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(t) => {
+            if t.len() > MAX_TAGS {
+                return Err(ApiError::bad(format!("at most {MAX_TAGS} tags are allowed")));
+            }
+            if t.iter().any(|s| s.is_empty() || s.len() > 256) {
+                return Err(ApiError::bad("tags must be non-empty strings of at most 256 bytes"));
+            }
+            Ok(Some(JsonText(Value::from(t).to_string())))
+        }
+    }
+}
+
+/// Parses the `metadata` query parameter (a JSON object).
+pub fn metadata_query(q: Option<&str>) -> Result<Option<JsonText>, ApiError> {
+    match q {
+        None | Some("") => Ok(None),
+        Some(s) => {
+            let v: Value = serde_json::from_str(s)
+                .map_err(|_| ApiError::bad("invalid value of query parameter `metadata`"))?;
+            metadata(Some(v)).map_err(|_| ApiError::bad("query parameter `metadata` must be a JSON object"))
+        }
+    }
+}
+
+/// A display name: at most 1024 bytes.
+pub fn name(n: &str) -> Result<(), ApiError> {
+    if n.len() > 1024 {
+        return Err(ApiError::bad("name exceeds 1024 bytes"));
+    }
+    Ok(())
+}

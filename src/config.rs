@@ -1,0 +1,261 @@
+//! Configuration: embedded defaults (`config.toml`), then a file, then `FLUXGATE_…`
+//! environment variables, then command-line flags. Unknown keys are refused by name.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The documented default configuration, compiled in.
+pub const DEFAULT_CONFIG: &str = include_str!("../config.toml");
+
+/// A string that never appears in Debug output or logs.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("<redacted>")
+        }
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub admin: AdminConfig,
+    pub store: StoreSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: String,
+    pub max_body_bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt_secret: Secret,
+    pub access_token_ttl: u64,
+    pub refresh_token_ttl: u64,
+    pub pbkdf2_iterations: u32,
+    pub self_registration: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub username: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub password: Secret,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub busy_timeout_ms: u64,
+    pub pool_size: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("{path}: {msg}")]
+    Parse { path: String, msg: String },
+    #[error("unknown configuration key `{key}` in {source_name}")]
+    UnknownKey { key: String, source_name: String },
+    #[error("environment variable {var}: {msg}")]
+    Env { var: String, msg: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Values given as command-line flags (highest precedence).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub http_addr: Option<String>,
+}
+
+impl Config {
+    /// The embedded defaults alone.
+    pub fn defaults() -> Config {
+        Config::load(None, std::iter::empty(), &Overrides::default()).unwrap_or_else(|e| panic!("embedded config.toml is invalid: {e}"))
+    }
+
+    /// Loads the layered configuration. `env` is the process environment (passed in so
+    /// tests control it).
+    pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>, flags: &Overrides) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = DEFAULT_CONFIG.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: "embedded config.toml".into(),
+            msg: e.to_string(),
+        })?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+                path: path.to_path_buf(),
+                err,
+            })?;
+            let over: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.display().to_string(),
+                msg: e.message().to_string(),
+            })?;
+            merge(&mut table, over, "", &path.display().to_string())?;
+        }
+        let env: std::collections::HashMap<String, String> = env.filter(|(k, _)| k.starts_with("FLUXGATE_")).collect();
+        apply_env(&mut table, "FLUXGATE", &env)?;
+        if let Some(d) = &flags.data_dir {
+            table.insert("data_dir".into(), toml::Value::String(d.display().to_string()));
+        }
+        if let Some(a) = &flags.http_addr {
+            if let Some(toml::Value::Table(http)) = table.get_mut("http") {
+                http.insert("addr".into(), toml::Value::String(a.clone()));
+            }
+        }
+        let cfg: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: "configuration".into(),
+            msg: e.message().to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.pbkdf2_iterations == 0 {
+            return Err(ConfigError::Invalid("auth.pbkdf2_iterations must be at least 1".into()));
+        }
+        if self.auth.access_token_ttl == 0 || self.auth.refresh_token_ttl == 0 {
+            return Err(ConfigError::Invalid("token lifetimes must be positive".into()));
+        }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.expose().len() < 32 {
+            return Err(ConfigError::Invalid("auth.jwt_secret must have at least 32 characters".into()));
+        }
+        if self.http.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid("http.max_body_bytes must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Overlays `over` on `base`, refusing keys `base` does not have.
+fn merge(base: &mut toml::Table, over: toml::Table, prefix: &str, source: &str) -> Result<(), ConfigError> {
+    for (k, v) in over {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match (base.get_mut(&k), v) {
+            (None, _) => {
+                return Err(ConfigError::UnknownKey {
+                    key: path,
+                    source_name: source.to_string(),
+                })
+            }
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o, &path, source)?,
+            (Some(toml::Value::Table(_)), _) => {
+                return Err(ConfigError::Parse {
+                    path: source.to_string(),
+                    msg: format!("`{path}` must be a table"),
+                })
+            }
+            (Some(slot), v) => *slot = v,
+        }
+    }
+    Ok(())
+}
+
+/// Sets every leaf `a.b` from `FLUXGATE_A_B` when that variable is present, parsed as the
+/// type of the default.
+fn apply_env(table: &mut toml::Table, prefix: &str, env: &std::collections::HashMap<String, String>) -> Result<(), ConfigError> {
+    for (k, v) in table.iter_mut() {
+        let var = format!("{prefix}_{}", k.to_ascii_uppercase());
+        match v {
+            toml::Value::Table(t) => apply_env(t, &var, env)?,
+            leaf => {
+                if let Some(raw) = env.get(&var) {
+                    let bad = |msg: &str| ConfigError::Env {
+                        var: var.clone(),
+                        msg: msg.to_string(),
+                    };
+                    *leaf = match leaf {
+                        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().map_err(|_| bad("expected an integer"))?),
+                        toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().map_err(|_| bad("expected true or false"))?),
+                        _ => toml::Value::String(raw.clone()),
+                    };
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::defaults();
+        assert_eq!(c.auth.pbkdf2_iterations, 600_000);
+        assert_eq!(c.admin.username, "admin");
+    }
+
+    #[test]
+    fn layering_file_env_flags() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[http]\naddr = \"127.0.0.1:1\"\n[auth]\npbkdf2_iterations = 5\n").expect("w");
+        let env = vec![
+            ("FLUXGATE_AUTH_PBKDF2_ITERATIONS".to_string(), "7".to_string()),
+            ("FLUXGATE_ADMIN_PASSWORD".to_string(), "s3cret-pass".to_string()),
+            ("FLUXGATE_URL".to_string(), "ignored".to_string()),
+        ];
+        let flags = Overrides {
+            http_addr: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&f), env.into_iter(), &flags).expect("load");
+        assert_eq!(c.auth.pbkdf2_iterations, 7);
+        assert_eq!(c.http.addr, "127.0.0.1:2");
+        assert_eq!(c.admin.password.expose(), "s3cret-pass");
+        assert!(!format!("{c:?}").contains("s3cret-pass"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[http]\nadress = \"x\"\n").expect("w");
+        let e = Config::load(Some(&f), std::iter::empty(), &Overrides::default()).expect_err("refused");
+        assert!(e.to_string().contains("http.adress"), "{e}");
+    }
+
+    #[test]
+    fn bad_env_value_is_named() {
+        let env = vec![("FLUXGATE_HTTP_MAX_BODY_BYTES".to_string(), "lots".to_string())];
+        let e = Config::load(None, env.into_iter(), &Overrides::default()).expect_err("refused");
+        assert!(e.to_string().contains("FLUXGATE_HTTP_MAX_BODY_BYTES"), "{e}");
+    }
+}

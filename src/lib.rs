@@ -1,0 +1,166 @@
+//! The `fluxgate` binary's library: configuration, wiring of the crates into one [`App`],
+//! and the command line.
+//!
+//! [`App::build`] binds every listener (port 0 allowed) and reports the chosen addresses;
+//! [`App::run`] serves until the shutdown future completes, then stops cleanly.
+
+pub mod config;
+
+use config::Config;
+use mgmt::{auth, Ctx, MgmtConfig, Outbox};
+use rand::RngCore;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use storage::{NewUser, Role, Status, Store, StoreConfig, UserQuery};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] storage::StoreError),
+    #[error("cannot bind {addr}: {err}")]
+    Bind { addr: String, err: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("startup: {0}")]
+    Startup(String),
+}
+
+/// Options that are not configuration: hooks for embedding (tests use them).
+#[derive(Default)]
+pub struct Hooks {
+    /// Where password-reset notices go; the server log when `None`.
+    pub outbox: Option<Arc<dyn Outbox>>,
+}
+
+/// A built, bound, not yet running platform.
+pub struct App {
+    http: tokio::net::TcpListener,
+    http_addr: SocketAddr,
+    ctx: Arc<Ctx>,
+    /// The generated bootstrap password, when this start created the super-admin with one.
+    pub generated_admin_password: Option<String>,
+}
+
+impl App {
+    pub async fn build(cfg: Config, hooks: Hooks) -> Result<App, AppError> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let db_path = cfg.data_dir.join("fluxgate.db");
+        let store_cfg = StoreConfig {
+            busy_timeout: std::time::Duration::from_millis(cfg.store.busy_timeout_ms),
+            pool_size: cfg.store.pool_size,
+        };
+        let store = blocking(move || Store::open(&db_path, &store_cfg)).await??;
+
+        let secret = if cfg.auth.jwt_secret.is_empty() {
+            let s = store.clone();
+            blocking(move || s.setting_or_insert("jwt_secret", random_hex::<32>)).await??
+        } else {
+            cfg.auth.jwt_secret.expose().to_string()
+        };
+        let tokens = auth::Tokens::new(secret.as_bytes(), cfg.auth.access_token_ttl, cfg.auth.refresh_token_ttl);
+        let iterations = cfg.auth.pbkdf2_iterations;
+        let passwords = blocking(move || auth::Passwords::new(iterations))
+            .await?
+            .map_err(|e| AppError::Startup(e.to_string()))?;
+
+        let ctx = Arc::new(Ctx {
+            store: store.clone(),
+            tokens,
+            passwords,
+            cfg: MgmtConfig {
+                self_registration: cfg.auth.self_registration,
+                max_body_bytes: cfg.http.max_body_bytes,
+                version: VERSION,
+            },
+            outbox: hooks.outbox.unwrap_or_else(|| Arc::new(mgmt::LogOutbox)),
+        });
+        let generated_admin_password = bootstrap_admin(&ctx, &cfg).await?;
+
+        let http = tokio::net::TcpListener::bind(&cfg.http.addr)
+            .await
+            .map_err(|err| AppError::Bind {
+                addr: cfg.http.addr.clone(),
+                err,
+            })?;
+        let http_addr = http.local_addr()?;
+        Ok(App {
+            http,
+            http_addr,
+            ctx,
+            generated_admin_password,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves until `shutdown` completes; in-flight requests finish first.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+        tracing::info!(addr = %self.http_addr, "HTTP API listening");
+        mgmt::serve(self.http, self.ctx, shutdown).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, AppError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AppError::Startup(format!("blocking task failed: {e}")))
+}
+
+fn random_hex<const N: usize>() -> String {
+    let mut b = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Creates the super-admin from configuration when the store has none. Returns the password
+/// when it was generated here.
+async fn bootstrap_admin(ctx: &Arc<Ctx>, cfg: &Config) -> Result<Option<String>, AppError> {
+    let s = ctx.store.clone();
+    let existing = blocking(move || {
+        s.list_users(&UserQuery {
+            status: storage::StatusFilter::All,
+            ..Default::default()
+        })
+        .map(|p| p.items.iter().any(|u| u.role == Role::Admin))
+    })
+    .await??;
+    if existing {
+        return Ok(None);
+    }
+    let (password, generated) = if cfg.admin.password.is_empty() {
+        let p = random_hex::<12>();
+        (p.clone(), Some(p))
+    } else {
+        (cfg.admin.password.expose().to_string(), None)
+    };
+    let hash = ctx
+        .blocking(move |c| c.passwords.hash(&password))
+        .await
+        .map_err(|e| AppError::Startup(e.to_string()))?;
+    let new = NewUser {
+        id: uuid::Uuid::new_v4().to_string(),
+        first_name: cfg.admin.first_name.clone(),
+        last_name: cfg.admin.last_name.clone(),
+        email: cfg.admin.email.clone(),
+        username: cfg.admin.username.clone(),
+        secret: hash,
+        tags: storage::JsonText::empty_array(),
+        metadata: storage::JsonText::empty_object(),
+        profile_picture: String::new(),
+        role: Role::Admin,
+        status: Status::Enabled,
+    };
+    let s = ctx.store.clone();
+    let u = blocking(move || s.create_user(new)).await??;
+    tracing::info!(user = %u.id, username = %u.username, "created the bootstrap super-admin");
+    Ok(generated)
+}

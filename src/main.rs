@@ -1,0 +1,121 @@
+//! `fluxgate`: the command line. `serve` runs the platform; `config default` prints the
+//! embedded default configuration.
+
+use clap::{Parser, Subcommand};
+use fluxgate::config::{Config, Overrides, DEFAULT_CONFIG};
+use fluxgate::{App, Hooks};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "fluxgate", version, about = "One-binary IoT platform: MQTT broker, management API, message store")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the platform.
+    Serve {
+        /// Configuration file (TOML); see `fluxgate config default`.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Data directory (database, keys).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address of the REST API, e.g. 127.0.0.1:9000 (port 0 picks one).
+        #[arg(long, value_name = "HOST:PORT")]
+        http_addr: Option<String>,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the embedded default configuration.
+    Default,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Config { cmd: ConfigCmd::Default } => {
+            print!("{DEFAULT_CONFIG}");
+            ExitCode::SUCCESS
+        }
+        Cmd::Serve {
+            config,
+            data_dir,
+            http_addr,
+        } => {
+            let flags = Overrides { data_dir, http_addr };
+            let cfg = match Config::load(config.as_deref(), std::env::vars(), &flags) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("fluxgate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&cfg.log.level);
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fluxgate: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "fatal");
+                    eprintln!("fluxgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> Result<(), fluxgate::AppError> {
+    let admin = cfg.admin.username.clone();
+    let app = App::build(cfg, Hooks::default()).await?;
+    if let Some(p) = &app.generated_admin_password {
+        // Printed once, on the terminal, never through the log pipeline.
+        eprintln!("\n  Bootstrap super-admin created: username `{admin}`, password `{p}`\n  Change it with PATCH /users/secret. It will not be shown again.\n");
+    }
+    app.run(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

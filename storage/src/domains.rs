@@ -1,0 +1,326 @@
+//! Domains (tenants) and their members. A member holds one relation per domain.
+
+use crate::users::User;
+use crate::{conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError};
+use rusqlite::{OptionalExtension, Row};
+
+/// A user's relation to a domain, strongest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Relation {
+    Admin,
+    Editor,
+    Viewer,
+}
+
+impl Relation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Relation::Admin => "admin",
+            Relation::Editor => "editor",
+            Relation::Viewer => "viewer",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Relation> {
+        match s {
+            "admin" | "administrator" => Some(Relation::Admin),
+            "editor" => Some(Relation::Editor),
+            "viewer" | "member" => Some(Relation::Viewer),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Domain {
+    pub id: String,
+    pub name: String,
+    pub route: String,
+    pub tags: JsonText,
+    pub metadata: JsonText,
+    pub status: Status,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: Option<i64>,
+    pub updated_by: Option<String>,
+}
+
+pub struct NewDomain {
+    pub id: String,
+    pub name: String,
+    pub route: String,
+    pub tags: JsonText,
+    pub metadata: JsonText,
+}
+
+#[derive(Default)]
+pub struct DomainPatch {
+    pub name: Option<String>,
+    pub tags: Option<JsonText>,
+    pub metadata: Option<JsonText>,
+    pub status: Option<Status>,
+}
+
+#[derive(Default)]
+pub struct DomainQuery {
+    pub page: PageReq,
+    pub status: StatusFilter,
+    pub name: Option<String>,
+    pub tag: Option<String>,
+    pub metadata: Option<JsonText>,
+    /// Only domains this user is a member of; `None` lists all (super-admin).
+    pub member: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DomainMember {
+    pub user: User,
+    pub relation: Relation,
+}
+
+const COLUMNS: &str = "id, name, route, tags, metadata, status, created_by, created_at, updated_at, updated_by";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Domain> {
+    Ok(Domain {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        route: r.get(2)?,
+        tags: JsonText(r.get(3)?),
+        metadata: JsonText(r.get(4)?),
+        status: status_from_sql(&r.get::<_, String>(5)?),
+        created_by: r.get(6)?,
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+        updated_by: r.get(9)?,
+    })
+}
+
+impl Store {
+    /// Creates a domain and makes `creator` its admin, in one transaction.
+    pub fn create_domain(&self, d: NewDomain, creator: &str) -> Result<Domain> {
+        self.write(|tx| {
+            let now = crate::now_micros();
+            tx.execute(
+                "INSERT INTO domains (id, name, route, tags, metadata, status, created_by, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'enabled', ?6, ?7)",
+                rusqlite::params![d.id, d.name, d.route, d.tags.0, d.metadata.0, creator, now],
+            )
+            .map_err(|e| conflict(e, "domain route already in use"))?;
+            tx.execute(
+                "INSERT INTO domain_members (domain_id, user_id, relation, created_at) VALUES (?1, ?2, 'admin', ?3)",
+                rusqlite::params![d.id, creator, now],
+            )?;
+            Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM domains WHERE id = ?1"), [&d.id], from_row)?)
+        })
+    }
+
+    pub fn domain(&self, id: &str) -> Result<Domain> {
+        let c = self.conn()?;
+        c.query_row(&format!("SELECT {COLUMNS} FROM domains WHERE id = ?1"), [id], from_row)
+            .optional()?
+            .ok_or(StoreError::NotFound)
+    }
+
+    pub fn update_domain(&self, id: &str, p: DomainPatch, by: &str) -> Result<Domain> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE domains SET name = COALESCE(?2, name), tags = COALESCE(?3, tags),
+                    metadata = COALESCE(?4, metadata), status = COALESCE(?5, status),
+                    updated_at = ?6, updated_by = ?7
+                 WHERE id = ?1",
+                rusqlite::params![
+                    id,
+                    p.name,
+                    p.tags.map(|t| t.0),
+                    p.metadata.map(|m| m.0),
+                    p.status.map(Status::as_str),
+                    crate::now_micros(),
+                    by
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM domains WHERE id = ?1"), [id], from_row)?)
+        })
+    }
+
+    pub fn list_domains(&self, q: &DomainQuery) -> Result<Page<Domain>> {
+        let mut f = Filter::default();
+        f.status(q.status, "status");
+        if let Some(n) = &q.name {
+            f.push("instr(lower(name), lower(?)) > 0", n.clone());
+        }
+        f.tag("tags", &q.tag);
+        f.metadata("metadata", &q.metadata);
+        if let Some(u) = &q.member {
+            f.push("id IN (SELECT domain_id FROM domain_members WHERE user_id = ?)", u.clone());
+        }
+        let c = self.conn()?;
+        let w = f.where_sql();
+        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM domains{w}"), f.params(), |r| r.get(0))?;
+        let mut st = c.prepare(&format!("SELECT {COLUMNS} FROM domains{w}{}", q.page.sql("name")))?;
+        let items = st.query_map(f.params(), from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Page {
+            total: total as u64,
+            offset: q.page.offset,
+            limit: q.page.limit,
+            items,
+        })
+    }
+
+    /// The relation of `user` to `domain`, if any.
+    pub fn relation(&self, domain: &str, user: &str) -> Result<Option<Relation>> {
+        let c = self.conn()?;
+        let r: Option<String> = c
+            .query_row(
+                "SELECT relation FROM domain_members WHERE domain_id = ?1 AND user_id = ?2",
+                [domain, user],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(r.and_then(|s| Relation::parse(&s)))
+    }
+
+    /// Gives every user in `users` the relation `rel` in `domain`; all or none (an unknown
+    /// user id is `NotFound` and nothing changes).
+    pub fn assign_members(&self, domain: &str, users: &[String], rel: Relation) -> Result<()> {
+        self.write(|tx| {
+            let now = crate::now_micros();
+            for u in users {
+                let exists: Option<i64> = tx
+                    .query_row("SELECT 1 FROM users WHERE id = ?1", [u], |r| r.get(0))
+                    .optional()?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound);
+                }
+                tx.execute(
+                    "INSERT INTO domain_members (domain_id, user_id, relation, created_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(domain_id, user_id) DO UPDATE SET relation = excluded.relation",
+                    rusqlite::params![domain, u, rel.as_str(), now],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes a member. Refuses to remove the last admin, which would orphan the domain.
+    pub fn unassign_member(&self, domain: &str, user: &str) -> Result<()> {
+        self.write(|tx| {
+            let rel: Option<String> = tx
+                .query_row(
+                    "SELECT relation FROM domain_members WHERE domain_id = ?1 AND user_id = ?2",
+                    [domain, user],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match rel.as_deref() {
+                None => return Err(StoreError::NotFound),
+                Some("admin") => {
+                    let admins: i64 = tx.query_row(
+                        "SELECT COUNT(*) FROM domain_members WHERE domain_id = ?1 AND relation = 'admin'",
+                        [domain],
+                        |r| r.get(0),
+                    )?;
+                    if admins <= 1 {
+                        return Err(StoreError::Conflict("cannot remove the last admin of a domain".into()));
+                    }
+                }
+                Some(_) => {}
+            }
+            tx.execute(
+                "DELETE FROM domain_members WHERE domain_id = ?1 AND user_id = ?2",
+                [domain, user],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn list_members(&self, domain: &str, page: &PageReq) -> Result<Page<DomainMember>> {
+        let c = self.conn()?;
+        let total: i64 = c.query_row(
+            "SELECT COUNT(*) FROM domain_members WHERE domain_id = ?1",
+            [domain],
+            |r| r.get(0),
+        )?;
+        let cols = "u.id, u.first_name, u.last_name, u.email, u.username, u.secret, u.secret_epoch, u.tags, u.metadata, u.profile_picture, u.role, u.status, u.created_at, u.updated_at, u.updated_by";
+        let mut st = c.prepare(&format!(
+            "SELECT {cols}, m.relation FROM domain_members m JOIN users u ON u.id = m.user_id
+             WHERE m.domain_id = ?1 ORDER BY m.created_at, u.rowid LIMIT {} OFFSET {}",
+            page.limit, page.offset
+        ))?;
+        let items = st
+            .query_map([domain], |r| {
+                let user = crate::users::from_row_pub(r)?;
+                let rel: String = r.get(15)?;
+                Ok(DomainMember {
+                    user,
+                    relation: Relation::parse(&rel).unwrap_or(Relation::Viewer),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Page {
+            total: total as u64,
+            offset: page.offset,
+            limit: page.limit,
+            items,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::store;
+    use crate::{NewUser, Role};
+
+    fn user(s: &Store, n: &str) -> String {
+        s.create_user(NewUser {
+            id: n.into(),
+            first_name: n.into(),
+            last_name: String::new(),
+            email: format!("{n}@x.io"),
+            username: n.into(),
+            secret: "h".into(),
+            tags: JsonText::empty_array(),
+            metadata: JsonText::empty_object(),
+            profile_picture: String::new(),
+            role: Role::User,
+            status: Status::Enabled,
+        })
+        .expect("user")
+        .id
+    }
+
+    #[test]
+    fn creator_is_admin_and_last_admin_stays() {
+        let (_d, s) = store();
+        let a = user(&s, "a");
+        let b = user(&s, "b");
+        let d = s
+            .create_domain(
+                NewDomain {
+                    id: "d1".into(),
+                    name: "D".into(),
+                    route: "d".into(),
+                    tags: JsonText::empty_array(),
+                    metadata: JsonText::empty_object(),
+                },
+                &a,
+            )
+            .expect("domain");
+        assert_eq!(s.relation(&d.id, &a).expect("r"), Some(Relation::Admin));
+        assert!(matches!(s.unassign_member(&d.id, &a), Err(StoreError::Conflict(_))));
+        s.assign_members(&d.id, &[b.clone()], Relation::Viewer).expect("assign");
+        assert_eq!(s.list_members(&d.id, &PageReq::default()).expect("m").total, 2);
+        assert!(matches!(
+            s.assign_members(&d.id, &[b.clone(), "ghost".into()], Relation::Editor),
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(s.relation(&d.id, &b).expect("r"), Some(Relation::Viewer));
+        let q = DomainQuery {
+            member: Some(b.clone()),
+            ..Default::default()
+        };
+        assert_eq!(s.list_domains(&q).expect("l").total, 1);
+    }
+}

@@ -1,0 +1,74 @@
+//! Numbered schema migrations, tracked in `PRAGMA user_version`. Each runs in its own
+//! transaction together with the version bump, so a crash leaves the previous version intact.
+
+use crate::{Result, StoreError};
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: identity: settings, users, domains and domain membership.
+    r#"
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        first_name TEXT NOT NULL DEFAULT '',
+        last_name TEXT NOT NULL DEFAULT '',
+        email TEXT NOT NULL,
+        username TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        secret_epoch INTEGER NOT NULL DEFAULT 0,
+        tags TEXT NOT NULL DEFAULT '[]',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        profile_picture TEXT NOT NULL DEFAULT '',
+        role TEXT NOT NULL DEFAULT 'user',
+        status TEXT NOT NULL DEFAULT 'enabled',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER,
+        updated_by TEXT
+    );
+    CREATE UNIQUE INDEX users_email ON users(email COLLATE NOCASE);
+    CREATE UNIQUE INDEX users_username ON users(username COLLATE NOCASE);
+    CREATE TABLE domains (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        route TEXT NOT NULL,
+        tags TEXT NOT NULL DEFAULT '[]',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL DEFAULT 'enabled',
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER,
+        updated_by TEXT
+    );
+    CREATE UNIQUE INDEX domains_route ON domains(route);
+    CREATE TABLE domain_members (
+        domain_id TEXT NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        relation TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (domain_id, user_id)
+    );
+    CREATE INDEX domain_members_user ON domain_members(user_id);
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+pub(crate) fn apply(c: &mut Connection) -> Result<()> {
+    let current: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > LATEST {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: LATEST,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {version}"))?;
+        tx.commit()?;
+        tracing::info!(version, "applied database migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! Users: identity records, password hashes (PHC strings produced by the caller) and the
+//! secret epoch that revokes earlier refresh tokens when a password changes.
+
+use crate::{conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError};
+use rusqlite::{OptionalExtension, Row};
+
+/// Platform-wide role of a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The super-admin: may do anything anywhere.
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "user" => Some(Role::User),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct User {
+    pub id: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+    pub username: String,
+    /// PHC string of the password hash. Never leaves the management layer.
+    pub secret: String,
+    pub secret_epoch: i64,
+    pub tags: JsonText,
+    pub metadata: JsonText,
+    pub profile_picture: String,
+    pub role: Role,
+    pub status: Status,
+    pub created_at: i64,
+    pub updated_at: Option<i64>,
+    pub updated_by: Option<String>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct NewUser {
+    pub id: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+    pub username: String,
+    pub secret: String,
+    pub tags: JsonText,
+    pub metadata: JsonText,
+    pub profile_picture: String,
+    pub role: Role,
+    pub status: Status,
+}
+
+/// A partial update; `None` leaves a field unchanged.
+#[derive(Default)]
+pub struct UserPatch {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub metadata: Option<JsonText>,
+    pub tags: Option<JsonText>,
+    pub profile_picture: Option<String>,
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub role: Option<Role>,
+    pub status: Option<Status>,
+}
+
+#[derive(Default)]
+pub struct UserQuery {
+    pub page: PageReq,
+    pub status: StatusFilter,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub tag: Option<String>,
+    pub metadata: Option<JsonText>,
+    /// Substring match instead of equality on the text fields (used by search).
+    pub partial: bool,
+}
+
+const COLUMNS: &str = "id, first_name, last_name, email, username, secret, secret_epoch, tags, metadata, profile_picture, role, status, created_at, updated_at, updated_by";
+
+pub(crate) fn from_row_pub(r: &Row<'_>) -> rusqlite::Result<User> {
+    from_row(r)
+}
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        first_name: r.get(1)?,
+        last_name: r.get(2)?,
+        email: r.get(3)?,
+        username: r.get(4)?,
+        secret: r.get(5)?,
+        secret_epoch: r.get(6)?,
+        tags: JsonText(r.get(7)?),
+        metadata: JsonText(r.get(8)?),
+        profile_picture: r.get(9)?,
+        role: Role::parse(&r.get::<_, String>(10)?).unwrap_or(Role::User),
+        status: status_from_sql(&r.get::<_, String>(11)?),
+        created_at: r.get(12)?,
+        updated_at: r.get(13)?,
+        updated_by: r.get(14)?,
+    })
+}
+
+fn unique_violation(e: rusqlite::Error) -> StoreError {
+    let msg = e.to_string();
+    let what = if msg.contains("users.email") {
+        "email already in use"
+    } else if msg.contains("users.username") {
+        "username already in use"
+    } else {
+        "user already exists"
+    };
+    conflict(e, what)
+}
+
+impl Store {
+    pub fn create_user(&self, u: NewUser) -> Result<User> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO users (id, first_name, last_name, email, username, secret, tags, metadata, profile_picture, role, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                rusqlite::params![
+                    u.id, u.first_name, u.last_name, u.email, u.username, u.secret, u.tags.0, u.metadata.0,
+                    u.profile_picture, u.role.as_str(), u.status.as_str(), crate::now_micros()
+                ],
+            )
+            .map_err(unique_violation)?;
+            Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [&u.id], from_row)?)
+        })
+    }
+
+    pub fn user(&self, id: &str) -> Result<User> {
+        let c = self.conn()?;
+        c.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)
+            .optional()?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// Finds a user by username or e-mail (case-insensitive).
+    pub fn user_by_identity(&self, identity: &str) -> Result<Option<User>> {
+        let c = self.conn()?;
+        Ok(c.query_row(
+            &format!("SELECT {COLUMNS} FROM users WHERE username = ?1 COLLATE NOCASE OR email = ?1 COLLATE NOCASE LIMIT 1"),
+            [identity],
+            from_row,
+        )
+        .optional()?)
+    }
+
+    pub fn count_users(&self) -> Result<u64> {
+        let c = self.conn()?;
+        Ok(c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    pub fn update_user(&self, id: &str, p: UserPatch, by: &str) -> Result<User> {
+        self.write(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE users SET
+                        first_name = COALESCE(?2, first_name),
+                        last_name = COALESCE(?3, last_name),
+                        metadata = COALESCE(?4, metadata),
+                        tags = COALESCE(?5, tags),
+                        profile_picture = COALESCE(?6, profile_picture),
+                        email = COALESCE(?7, email),
+                        username = COALESCE(?8, username),
+                        role = COALESCE(?9, role),
+                        status = COALESCE(?10, status),
+                        updated_at = ?11, updated_by = ?12
+                     WHERE id = ?1",
+                    rusqlite::params![
+                        id,
+                        p.first_name,
+                        p.last_name,
+                        p.metadata.map(|m| m.0),
+                        p.tags.map(|t| t.0),
+                        p.profile_picture,
+                        p.email,
+                        p.username,
+                        p.role.map(Role::as_str),
+                        p.status.map(Status::as_str),
+                        crate::now_micros(),
+                        by
+                    ],
+                )
+                .map_err(unique_violation)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)?)
+        })
+    }
+
+    /// Replaces the password hash and bumps the secret epoch, which invalidates every
+    /// refresh or reset token issued before. `expected_epoch`, when given, makes the change
+    /// conditional (a reset token is single-use).
+    pub fn set_user_secret(&self, id: &str, secret: &str, expected_epoch: Option<i64>) -> Result<User> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE users SET secret = ?2, secret_epoch = secret_epoch + 1, updated_at = ?3, updated_by = ?1
+                 WHERE id = ?1 AND (?4 IS NULL OR secret_epoch = ?4)",
+                rusqlite::params![id, secret, crate::now_micros(), expected_epoch],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)?)
+        })
+    }
+
+    pub fn delete_user(&self, id: &str) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM users WHERE id = ?1", [id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn list_users(&self, q: &UserQuery) -> Result<Page<User>> {
+        let mut f = Filter::default();
+        f.status(q.status, "status");
+        let text = |f: &mut Filter, col: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                if q.partial {
+                    f.push(format!("instr(lower({col}), lower(?)) > 0"), v.clone());
+                } else {
+                    f.push(format!("{col} = ? COLLATE NOCASE"), v.clone());
+                }
+            }
+        };
+        text(&mut f, "first_name", &q.first_name);
+        text(&mut f, "last_name", &q.last_name);
+        text(&mut f, "email", &q.email);
+        text(&mut f, "username", &q.username);
+        f.tag("tags", &q.tag);
+        f.metadata("metadata", &q.metadata);
+        let c = self.conn()?;
+        let w = f.where_sql();
+        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM users{w}"), f.params(), |r| r.get(0))?;
+        let mut st = c.prepare(&format!("SELECT {COLUMNS} FROM users{w}{}", q.page.sql("first_name")))?;
+        let items = st.query_map(f.params(), from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Page {
+            total: total as u64,
+            offset: q.page.offset,
+            limit: q.page.limit,
+            items,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::store;
+
+    fn new(name: &str) -> NewUser {
+        NewUser {
+            id: format!("id-{name}"),
+            first_name: name.into(),
+            last_name: "Doe".into(),
+            email: format!("{name}@example.com"),
+            username: name.into(),
+            secret: "hash".into(),
+            tags: JsonText("[\"a\"]".into()),
+            metadata: JsonText("{\"k\":\"v\",\"n\":1}".into()),
+            profile_picture: String::new(),
+            role: Role::User,
+            status: Status::Enabled,
+        }
+    }
+
+    #[test]
+    fn duplicate_email_or_username_conflicts() {
+        let (_d, s) = store();
+        s.create_user(new("jane")).expect("create");
+        let mut dup = new("jane");
+        dup.id = "other".into();
+        dup.username = "other".into();
+        match s.create_user(dup) {
+            Err(StoreError::Conflict(m)) => assert!(m.contains("email"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let mut dup = new("JANE");
+        dup.id = "other2".into();
+        dup.email = "x@example.com".into();
+        assert!(matches!(s.create_user(dup), Err(StoreError::Conflict(_))));
+    }
+
+    #[test]
+    fn list_filters_by_tag_metadata_and_text() {
+        let (_d, s) = store();
+        s.create_user(new("ann")).expect("c");
+        let mut b = new("bob");
+        b.tags = JsonText("[\"b\"]".into());
+        b.metadata = JsonText("{\"k\":\"w\"}".into());
+        s.create_user(b).expect("c");
+        let q = UserQuery {
+            tag: Some("a".into()),
+            ..Default::default()
+        };
+        assert_eq!(s.list_users(&q).expect("l").total, 1);
+        let q = UserQuery {
+            metadata: Some(JsonText("{\"k\":\"w\"}".into())),
+            ..Default::default()
+        };
+        let p = s.list_users(&q).expect("l");
+        assert_eq!(p.total, 1);
+        assert_eq!(p.items[0].username, "bob");
+        let q = UserQuery {
+            metadata: Some(JsonText("{\"n\":1}".into())),
+            ..Default::default()
+        };
+        assert_eq!(s.list_users(&q).expect("l").items[0].username, "ann");
+        let q = UserQuery {
+            username: Some("O".into()),
+            partial: true,
+            ..Default::default()
+        };
+        assert_eq!(s.list_users(&q).expect("l").total, 1);
+    }
+
+    #[test]
+    fn secret_change_bumps_epoch_and_is_conditional() {
+        let (_d, s) = store();
+        let u = s.create_user(new("cy")).expect("c");
+        let u2 = s.set_user_secret(&u.id, "h2", Some(u.secret_epoch)).expect("set");
+        assert_eq!(u2.secret_epoch, u.secret_epoch + 1);
+        assert!(matches!(
+            s.set_user_secret(&u.id, "h3", Some(u.secret_epoch)),
+            Err(StoreError::NotFound)
+        ));
+    }
+}
