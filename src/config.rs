@@ -106,16 +106,23 @@ pub struct Overrides {
 impl Config {
     /// The embedded defaults alone.
     pub fn defaults() -> Config {
-        Config::load(None, std::iter::empty(), &Overrides::default()).unwrap_or_else(|e| panic!("embedded config.toml is invalid: {e}"))
+        Config::load(None, std::iter::empty(), &Overrides::default())
+            .unwrap_or_else(|e| panic!("embedded config.toml is invalid: {e}"))
     }
 
     /// Loads the layered configuration. `env` is the process environment (passed in so
     /// tests control it).
-    pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>, flags: &Overrides) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = DEFAULT_CONFIG.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: "embedded config.toml".into(),
-            msg: e.to_string(),
-        })?;
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = DEFAULT_CONFIG
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: "embedded config.toml".into(),
+                msg: e.to_string(),
+            })?;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
                 path: path.to_path_buf(),
@@ -137,10 +144,12 @@ impl Config {
                 http.insert("addr".into(), toml::Value::String(a.clone()));
             }
         }
-        let cfg: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: "configuration".into(),
-            msg: e.message().to_string(),
-        })?;
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: "configuration".into(),
+                msg: e.message().to_string(),
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -153,7 +162,9 @@ impl Config {
             return Err(ConfigError::Invalid("token lifetimes must be positive".into()));
         }
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.expose().len() < 32 {
-            return Err(ConfigError::Invalid("auth.jwt_secret must have at least 32 characters".into()));
+            return Err(ConfigError::Invalid(
+                "auth.jwt_secret must have at least 32 characters".into(),
+            ));
         }
         if self.http.max_body_bytes == 0 {
             return Err(ConfigError::Invalid("http.max_body_bytes must be positive".into()));
@@ -165,7 +176,11 @@ impl Config {
 /// Overlays `over` on `base`, refusing keys `base` does not have.
 fn merge(base: &mut toml::Table, over: toml::Table, prefix: &str, source: &str) -> Result<(), ConfigError> {
     for (k, v) in over {
-        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match (base.get_mut(&k), v) {
             (None, _) => {
                 return Err(ConfigError::UnknownKey {
@@ -188,7 +203,11 @@ fn merge(base: &mut toml::Table, over: toml::Table, prefix: &str, source: &str) 
 
 /// Sets every leaf `a.b` from `FLUXGATE_A_B` when that variable is present, parsed as the
 /// type of the default.
-fn apply_env(table: &mut toml::Table, prefix: &str, env: &std::collections::HashMap<String, String>) -> Result<(), ConfigError> {
+fn apply_env(
+    table: &mut toml::Table,
+    prefix: &str,
+    env: &std::collections::HashMap<String, String>,
+) -> Result<(), ConfigError> {
     for (k, v) in table.iter_mut() {
         let var = format!("{prefix}_{}", k.to_ascii_uppercase());
         match v {
@@ -200,8 +219,12 @@ fn apply_env(table: &mut toml::Table, prefix: &str, env: &std::collections::Hash
                         msg: msg.to_string(),
                     };
                     *leaf = match leaf {
-                        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().map_err(|_| bad("expected an integer"))?),
-                        toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().map_err(|_| bad("expected true or false"))?),
+                        toml::Value::Integer(_) => {
+                            toml::Value::Integer(raw.trim().parse().map_err(|_| bad("expected an integer"))?)
+                        }
+                        toml::Value::Boolean(_) => {
+                            toml::Value::Boolean(raw.trim().parse().map_err(|_| bad("expected true or false"))?)
+                        }
                         _ => toml::Value::String(raw.clone()),
                     };
                 }

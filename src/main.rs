@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "fluxgate", version, about = "One-binary IoT platform: MQTT broker, management API, message store")]
+#[command(
+    name = "fluxgate",
+    version,
+    about = "One-binary IoT platform: MQTT broker, management API, message store"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -44,7 +48,9 @@ enum ConfigCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Config { cmd: ConfigCmd::Default } => {
+        Cmd::Config {
+            cmd: ConfigCmd::Default,
+        } => {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
         }
@@ -117,5 +123,8 @@ fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

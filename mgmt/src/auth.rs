@@ -24,7 +24,9 @@ pub struct Passwords {
 
 impl std::fmt::Debug for Passwords {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Passwords").field("iterations", &self.iterations).finish()
+        f.debug_struct("Passwords")
+            .field("iterations", &self.iterations)
+            .finish()
     }
 }
 
@@ -50,7 +52,13 @@ impl Passwords {
             output_length: 32,
         };
         Pbkdf2
-            .hash_password_customized(password.as_bytes(), Some(pbkdf2::Algorithm::Pbkdf2Sha256.ident()), None, params, &salt)
+            .hash_password_customized(
+                password.as_bytes(),
+                Some(pbkdf2::Algorithm::Pbkdf2Sha256.ident()),
+                None,
+                params,
+                &salt,
+            )
             .map(|h| h.to_string())
             .map_err(|e| ApiError::Internal(format!("hashing failed: {e}")))
     }
@@ -104,12 +112,17 @@ pub struct Tokens {
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokens").field("key", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("Tokens")
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Tokens {

@@ -83,9 +83,7 @@ pub fn decide(domain: &Domain, relation: Option<Relation>, super_admin: bool, ac
         return Err(ApiError::forbidden());
     };
     match domain.status {
-        Status::Disabled if rel != Relation::Admin => {
-            return Err(ApiError::Forbidden("domain is disabled".into()))
-        }
+        Status::Disabled if rel != Relation::Admin => return Err(ApiError::Forbidden("domain is disabled".into())),
         Status::Disabled if action == Action::Edit => return Err(ApiError::Forbidden("domain is disabled".into())),
         Status::Frozen if action != Action::Read => return Err(ApiError::Forbidden("domain is frozen".into())),
         _ => {}

@@ -86,10 +86,12 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
                 return Err(ApiError::bad("user_ids must hold 1 to 1000 ids"));
             }
             let d = a.domain_id().to_string();
-            ctx.db(move |s| s.assign_members(&d, &b.user_ids, rel)).await.map_err(|e| match e {
-                ApiError::NotFound(_) => ApiError::not_found("user"),
-                e => e,
-            })?;
+            ctx.db(move |s| s.assign_members(&d, &b.user_ids, rel))
+                .await
+                .map_err(|e| match e {
+                    ApiError::NotFound(_) => ApiError::not_found("user"),
+                    e => e,
+                })?;
             Reply::empty(StatusCode::CREATED)
         }
         ["domains", id, "users", "unassign"] if m == Method::POST => {
@@ -122,7 +124,9 @@ async fn create(ctx: &Arc<Ctx>, req: &Req, caller: &Caller) -> Result<Reply, Api
     views::name(&b.name)?;
     let route = b.route.or(b.alias).unwrap_or_default();
     if !valid_route(&route) {
-        return Err(ApiError::bad("route is required: a letter, then letters, digits, '_' or '-', at most 36"));
+        return Err(ApiError::bad(
+            "route is required: a letter, then letters, digits, '_' or '-', at most 36",
+        ));
     }
     let new = NewDomain {
         id: uuid::Uuid::new_v4().to_string(),

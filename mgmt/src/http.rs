@@ -201,9 +201,7 @@ where
 pub(crate) fn split_path(path: &str) -> Result<Vec<String>, ApiError> {
     path.split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            percent_decode(s).ok_or_else(|| ApiError::bad("malformed percent-encoding in path"))
-        })
+        .map(|s| percent_decode(s).ok_or_else(|| ApiError::bad("malformed percent-encoding in path")))
         .collect()
 }
 

@@ -86,9 +86,7 @@ impl Ctx {
 pub fn routes(
     ctx: Arc<Ctx>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
-    let raw_query = warp::query::raw()
-        .or(warp::any().map(String::new))
-        .unify();
+    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
     warp::any()
         .map(move || ctx.clone())
         .and(warp::method())
@@ -118,8 +116,16 @@ pub fn routes(
 }
 
 /// Serves the API on an already-bound listener until `shutdown` completes.
-pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    warp::serve(routes(ctx)).incoming(listener).graceful(shutdown).run().await;
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Ctx>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(ctx))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
 }
 
 async fn route(ctx: &Arc<Ctx>, req: Req) -> Result<Reply, ApiError> {
@@ -129,7 +135,11 @@ async fn route(ctx: &Arc<Ctx>, req: Req) -> Result<Reply, ApiError> {
         "users" => users::route(ctx, &req).await,
         "password" => users::password_route(ctx, &req).await,
         "domains" => domains::route(ctx, &req).await,
-        _ => Err(ApiError::NotFound(format!("no route for {} /{}", req.method, req.segs.join("/")))),
+        _ => Err(ApiError::NotFound(format!(
+            "no route for {} /{}",
+            req.method,
+            req.segs.join("/")
+        ))),
     }
 }
 
@@ -151,7 +161,9 @@ pub fn page_req(req: &Req, max_limit: u64) -> Result<PageReq, ApiError> {
     let offset = req.q_u64("offset")?.unwrap_or(0);
     let limit = req.q_u64("limit")?.unwrap_or(10);
     if limit == 0 || limit > max_limit {
-        return Err(ApiError::bad(format!("query parameter `limit` must be between 1 and {max_limit}")));
+        return Err(ApiError::bad(format!(
+            "query parameter `limit` must be between 1 and {max_limit}"
+        )));
     }
     let order = match req.q("order") {
         None | Some("") => Order::CreatedAt,
@@ -174,7 +186,9 @@ pub fn page_req(req: &Req, max_limit: u64) -> Result<PageReq, ApiError> {
 pub fn status_filter(req: &Req) -> Result<storage::StatusFilter, ApiError> {
     match req.q("status") {
         None | Some("") => Ok(storage::StatusFilter::Enabled),
-        Some(s) => storage::StatusFilter::parse(s).ok_or_else(|| ApiError::bad("invalid value of query parameter `status`")),
+        Some(s) => {
+            storage::StatusFilter::parse(s).ok_or_else(|| ApiError::bad("invalid value of query parameter `status`"))
+        }
     }
 }
 

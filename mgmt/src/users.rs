@@ -103,12 +103,20 @@ pub fn valid_email(e: &str) -> bool {
     let Some((local, host)) = e.split_once('@') else {
         return false;
     };
-    !local.is_empty() && host.contains('.') && !host.starts_with('.') && !host.ends_with('.') && e.len() <= 254 && !e.contains(char::is_whitespace)
+    !local.is_empty()
+        && host.contains('.')
+        && !host.starts_with('.')
+        && !host.ends_with('.')
+        && e.len() <= 254
+        && !e.contains(char::is_whitespace)
 }
 
 fn check_password(p: &str) -> Result<(), ApiError> {
     if p.chars().count() < auth::MIN_PASSWORD_LEN {
-        return Err(ApiError::bad(format!("password must have at least {} characters", auth::MIN_PASSWORD_LEN)));
+        return Err(ApiError::bad(format!(
+            "password must have at least {} characters",
+            auth::MIN_PASSWORD_LEN
+        )));
     }
     if p.len() > 1024 {
         return Err(ApiError::bad("password exceeds 1024 bytes"));
@@ -225,12 +233,16 @@ async fn create(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         });
     }
     let b: CreateUser = req.json()?;
-    let creds = b.credentials.ok_or_else(|| ApiError::bad("credentials.username and credentials.secret are required"))?;
+    let creds = b
+        .credentials
+        .ok_or_else(|| ApiError::bad("credentials.username and credentials.secret are required"))?;
     let username = creds.username.unwrap_or_default();
     let secret = creds.secret.unwrap_or_default();
     let email = b.email.unwrap_or_default();
     if !valid_username(&username) {
-        return Err(ApiError::bad("invalid username: a letter or digit, then letters, digits, '_' or '-', at most 32"));
+        return Err(ApiError::bad(
+            "invalid username: a letter or digit, then letters, digits, '_' or '-', at most 32",
+        ));
     }
     if !valid_email(&email) {
         return Err(ApiError::bad("invalid e-mail address"));
@@ -283,7 +295,9 @@ async fn issue_token(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
     let id2 = identity.clone();
     let user = ctx.db(move |s| s.user_by_identity(&id2)).await?;
     let phc = user.as_ref().map(|u| u.secret.clone());
-    let ok = ctx.blocking(move |c| Ok(c.passwords.verify(&secret, phc.as_deref()))).await?;
+    let ok = ctx
+        .blocking(move |c| Ok(c.passwords.verify(&secret, phc.as_deref())))
+        .await?;
     let user = match (ok, user) {
         (true, Some(u)) => u,
         _ => return Err(ApiError::Unauthorized("invalid identity or secret".into())),
@@ -362,12 +376,16 @@ async fn search(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         ..Default::default()
     };
     if q.first_name.is_none() && q.last_name.is_none() && q.email.is_none() && q.username.is_none() {
-        return Err(ApiError::bad("give at least one of username, first_name, last_name, email"));
+        return Err(ApiError::bad(
+            "give at least one of username, first_name, last_name, email",
+        ));
     }
     let p = ctx.db(move |s| s.list_users(&q)).await?;
-    Reply::ok(&views::page(&p, "users", |u| {
-        json!({"id": u.id, "username": u.username, "email": u.email, "first_name": u.first_name, "last_name": u.last_name})
-    }))
+    Reply::ok(&views::page(
+        &p,
+        "users",
+        |u| json!({"id": u.id, "username": u.username, "email": u.email, "first_name": u.first_name, "last_name": u.last_name}),
+    ))
 }
 
 async fn update(ctx: &Arc<Ctx>, req: &Req, id: &str, patch: UserPatch, admin_only: bool) -> Result<Reply, ApiError> {
@@ -446,7 +464,10 @@ async fn reset_request(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
             ctx.outbox.send(&u.email, "Fluxgate password reset", &body);
         }
     }
-    Reply::json(StatusCode::CREATED, &json!({"msg": "if the address is registered, a reset token has been sent"}))
+    Reply::json(
+        StatusCode::CREATED,
+        &json!({"msg": "if the address is registered, a reset token has been sent"}),
+    )
 }
 
 async fn reset(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {

@@ -121,8 +121,8 @@ pub fn metadata_query(q: Option<&str>) -> Result<Option<JsonText>, ApiError> {
     match q {
         None | Some("") => Ok(None),
         Some(s) => {
-            let v: Value = serde_json::from_str(s)
-                .map_err(|_| ApiError::bad("invalid value of query parameter `metadata`"))?;
+            let v: Value =
+                serde_json::from_str(s).map_err(|_| ApiError::bad("invalid value of query parameter `metadata`"))?;
             metadata(Some(v)).map_err(|_| ApiError::bad("query parameter `metadata` must be a JSON object"))
         }
     }

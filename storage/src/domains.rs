@@ -1,7 +1,9 @@
 //! Domains (tenants) and their members. A member holds one relation per domain.
 
 use crate::users::User;
-use crate::{conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError};
+use crate::{
+    conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
+};
 use rusqlite::{OptionalExtension, Row};
 
 /// A user's relation to a domain, strongest first.
@@ -109,7 +111,11 @@ impl Store {
                 "INSERT INTO domain_members (domain_id, user_id, relation, created_at) VALUES (?1, ?2, 'admin', ?3)",
                 rusqlite::params![d.id, creator, now],
             )?;
-            Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM domains WHERE id = ?1"), [&d.id], from_row)?)
+            Ok(tx.query_row(
+                &format!("SELECT {COLUMNS} FROM domains WHERE id = ?1"),
+                [&d.id],
+                from_row,
+            )?)
         })
     }
 
@@ -153,13 +159,18 @@ impl Store {
         f.tag("tags", &q.tag);
         f.metadata("metadata", &q.metadata);
         if let Some(u) = &q.member {
-            f.push("id IN (SELECT domain_id FROM domain_members WHERE user_id = ?)", u.clone());
+            f.push(
+                "id IN (SELECT domain_id FROM domain_members WHERE user_id = ?)",
+                u.clone(),
+            );
         }
         let c = self.conn()?;
         let w = f.where_sql();
         let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM domains{w}"), f.params(), |r| r.get(0))?;
         let mut st = c.prepare(&format!("SELECT {COLUMNS} FROM domains{w}{}", q.page.sql("name")))?;
-        let items = st.query_map(f.params(), from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let items = st
+            .query_map(f.params(), from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(Page {
             total: total as u64,
             offset: q.page.offset,

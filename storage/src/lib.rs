@@ -187,7 +187,8 @@ pub(crate) struct Filter {
 
 impl Filter {
     pub(crate) fn push(&mut self, clause: impl Into<String>, value: impl Into<rusqlite::types::Value>) {
-        self.clauses.push(clause.into().replace('?', &format!("?{}", self.params.len() + 1)));
+        self.clauses
+            .push(clause.into().replace('?', &format!("?{}", self.params.len() + 1)));
         self.params.push(value.into());
     }
     pub(crate) fn raw(&mut self, clause: impl Into<String>) {
@@ -212,7 +213,10 @@ impl Filter {
     /// Rows whose JSON array `column` contains `tag`.
     pub(crate) fn tag(&mut self, column: &str, tag: &Option<String>) {
         if let Some(t) = tag {
-            self.push(format!("EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"), t.clone());
+            self.push(
+                format!("EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"),
+                t.clone(),
+            );
         }
     }
     pub(crate) fn where_sql(&self) -> String {
@@ -284,9 +288,7 @@ impl Store {
             tracing::debug!(journal_mode = %mode, "opened database");
             migrations::apply(&mut c)?;
         }
-        let pool = r2d2::Pool::builder()
-            .max_size(cfg.pool_size.max(1))
-            .build(manager)?;
+        let pool = r2d2::Pool::builder().max_size(cfg.pool_size.max(1)).build(manager)?;
         Ok(Store { pool })
     }
 
@@ -344,7 +346,8 @@ mod tests {
         let future = migrations::LATEST + 5;
         {
             let c = Connection::open(&path).expect("raw");
-            c.execute_batch(&format!("PRAGMA user_version = {future}")).expect("set");
+            c.execute_batch(&format!("PRAGMA user_version = {future}"))
+                .expect("set");
         }
         match Store::open(&path, &StoreConfig::default()) {
             Err(StoreError::TooNew { found, .. }) => assert_eq!(found, future),

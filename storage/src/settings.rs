@@ -6,8 +6,10 @@ use rusqlite::OptionalExtension;
 impl Store {
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
         let c = self.conn()?;
-        Ok(c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?)
+        Ok(
+            c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?,
+        )
     }
 
     pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {

@@ -1,7 +1,9 @@
 //! Users: identity records, password hashes (PHC strings produced by the caller) and the
 //! secret epoch that revokes earlier refresh tokens when a password changes.
 
-use crate::{conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError};
+use crate::{
+    conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
+};
 use rusqlite::{OptionalExtension, Row};
 
 /// Platform-wide role of a user.
@@ -165,7 +167,9 @@ impl Store {
     pub fn user_by_identity(&self, identity: &str) -> Result<Option<User>> {
         let c = self.conn()?;
         Ok(c.query_row(
-            &format!("SELECT {COLUMNS} FROM users WHERE username = ?1 COLLATE NOCASE OR email = ?1 COLLATE NOCASE LIMIT 1"),
+            &format!(
+                "SELECT {COLUMNS} FROM users WHERE username = ?1 COLLATE NOCASE OR email = ?1 COLLATE NOCASE LIMIT 1"
+            ),
             [identity],
             from_row,
         )
@@ -265,7 +269,9 @@ impl Store {
         let w = f.where_sql();
         let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM users{w}"), f.params(), |r| r.get(0))?;
         let mut st = c.prepare(&format!("SELECT {COLUMNS} FROM users{w}{}", q.page.sql("first_name")))?;
-        let items = st.query_map(f.params(), from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let items = st
+            .query_map(f.params(), from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(Page {
             total: total as u64,
             offset: q.page.offset,

@@ -1,0 +1,176 @@
+//! `TestApp`: starts the real platform in-process and offers typed request helpers.
+
+use fluxgate::config::Config;
+use fluxgate::{App, Hooks};
+use mgmt::Outbox;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use tempfile::TempDir;
+
+pub const ADMIN_PASSWORD: &str = "admin-pass-123";
+
+/// Captures password-reset notices instead of logging them.
+#[derive(Default)]
+pub struct Mailbox(pub Mutex<Vec<(String, String)>>);
+
+impl Outbox for Mailbox {
+    fn send(&self, to: &str, _subject: &str, body: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.push((to.to_string(), body.to_string()));
+        }
+    }
+}
+
+impl Mailbox {
+    /// The last reset token sent to `to`.
+    pub fn token_for(&self, to: &str) -> Option<String> {
+        let m = self.0.lock().ok()?;
+        let (_, body) = m.iter().rev().find(|(t, _)| t == to)?;
+        let start = body.find("token within 15 minutes: ")? + "token within 15 minutes: ".len();
+        body[start..].split_whitespace().next().map(String::from)
+    }
+}
+
+pub struct TestApp {
+    pub url: String,
+    pub client: reqwest::Client,
+    pub mailbox: Arc<Mailbox>,
+    dir: Option<TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut cfg = Config::defaults();
+    cfg.data_dir = dir.to_path_buf();
+    cfg.http.addr = "127.0.0.1:0".into();
+    cfg.auth.pbkdf2_iterations = 1000;
+    cfg.admin.password = fluxgate::config::Secret(ADMIN_PASSWORD.into());
+    cfg
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        TestApp::spawn_in(dir).await
+    }
+
+    pub async fn spawn_in(dir: TempDir) -> TestApp {
+        let cfg = test_config(dir.path());
+        TestApp::spawn_with(dir, cfg).await
+    }
+
+    pub async fn spawn_with(dir: TempDir, cfg: Config) -> TestApp {
+        let mailbox = Arc::new(Mailbox::default());
+        let app = App::build(
+            cfg,
+            Hooks {
+                outbox: Some(mailbox.clone()),
+            },
+        )
+        .await
+        .expect("app builds");
+        let url = format!("http://{}", app.http_addr());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("app runs");
+        });
+        TestApp {
+            url,
+            client: reqwest::Client::new(),
+            mailbox,
+            dir: Some(dir),
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server gracefully and hands back its data directory.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task");
+        }
+        self.dir.take().expect("dir")
+    }
+
+    /// Sends a request; `body` is sent as JSON. Returns the status and the JSON body (Null
+    /// when empty).
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.client.request(method, format!("{}{}", self.url, path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("body");
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, v)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(Method::PATCH, path, Some(token), Some(body)).await
+    }
+
+    /// Logs in; returns the token pair response.
+    pub async fn login(&self, identity: &str, secret: &str) -> (u16, Value) {
+        self.post(
+            "/users/tokens/issue",
+            None,
+            json!({"identity": identity, "secret": secret}),
+        )
+        .await
+    }
+
+    pub async fn admin_token(&self) -> String {
+        let (s, v) = self.login("admin", ADMIN_PASSWORD).await;
+        assert_eq!(s, 201, "{v}");
+        v["access_token"].as_str().expect("token").to_string()
+    }
+
+    /// Registers `name` (password `name-password`) and logs in: (user id, access token).
+    pub async fn user(&self, name: &str) -> (String, String) {
+        let (s, v) = self
+            .post(
+                "/users",
+                None,
+                json!({"first_name": name, "last_name": "Test", "email": format!("{name}@example.com"),
+                       "credentials": {"username": name, "secret": format!("{name}-password")}}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let id = v["id"].as_str().expect("id").to_string();
+        let (s, t) = self.login(name, &format!("{name}-password")).await;
+        assert_eq!(s, 201, "{t}");
+        (id, t["access_token"].as_str().expect("token").to_string())
+    }
+
+    /// Creates a domain owned by the token's user; returns its id.
+    pub async fn domain(&self, token: &str, route: &str) -> String {
+        let (s, v) = self
+            .post("/domains", Some(token), json!({"name": route, "route": route}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        v["id"].as_str().expect("id").to_string()
+    }
+}
