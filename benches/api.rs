@@ -61,7 +61,12 @@ async fn main() {
     let (c, u) = (client.clone(), url.clone());
     let health = rate("GET /health (reference)", move || {
         let (c, u) = (c.clone(), u.clone());
-        async move { c.get(format!("{u}/health")).send().await.is_ok_and(|r| r.status() == 200) }
+        async move {
+            c.get(format!("{u}/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
     })
     .await;
 

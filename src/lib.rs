@@ -42,6 +42,7 @@ pub struct App {
     http: tokio::net::TcpListener,
     http_addr: SocketAddr,
     ctx: Arc<Ctx>,
+    events: tokio::sync::broadcast::Sender<storage::Change>,
     /// The generated bootstrap password, when this start created the super-admin with one.
     pub generated_admin_password: Option<String>,
 }
@@ -68,6 +69,7 @@ impl App {
             .await?
             .map_err(|e| AppError::Startup(e.to_string()))?;
 
+        let (events, _) = tokio::sync::broadcast::channel(4096);
         let ctx = Arc::new(Ctx {
             store: store.clone(),
             tokens,
@@ -78,6 +80,7 @@ impl App {
                 version: VERSION,
             },
             outbox: hooks.outbox.unwrap_or_else(|| Arc::new(mgmt::LogOutbox)),
+            events: events.clone(),
         });
         let generated_admin_password = bootstrap_admin(&ctx, &cfg).await?;
 
@@ -92,12 +95,23 @@ impl App {
             http,
             http_addr,
             ctx,
+            events,
             generated_admin_password,
         })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Subscribes to the change feed (changes that affect who may publish or subscribe).
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<storage::Change> {
+        self.events.subscribe()
+    }
+
+    /// The store, for in-process embedders and tests that check authorization answers.
+    pub fn store(&self) -> Store {
+        self.ctx.store.clone()
     }
 
     /// Serves until `shutdown` completes; in-flight requests finish first.

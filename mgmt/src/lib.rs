@@ -10,9 +10,13 @@
 
 pub mod auth;
 pub mod authz;
+mod channels;
+mod clients;
 mod domains;
 pub mod error;
+mod groups;
 pub mod http;
+mod scoped;
 mod users;
 pub mod views;
 
@@ -53,9 +57,17 @@ pub struct Ctx {
     pub passwords: auth::Passwords,
     pub cfg: MgmtConfig,
     pub outbox: Arc<dyn Outbox>,
+    /// The change feed: rights-affecting changes, announced after their transaction commits.
+    pub events: tokio::sync::broadcast::Sender<storage::Change>,
 }
 
 impl Ctx {
+    /// Announces a committed change on the change feed (no receivers is fine).
+    pub fn emit(&self, change: storage::Change) {
+        tracing::debug!(?change, "change feed");
+        let _ = self.events.send(change);
+    }
+
     /// Runs a blocking store call on the blocking pool.
     pub async fn db<T, F>(&self, f: F) -> Result<T, ApiError>
     where
@@ -135,6 +147,7 @@ async fn route(ctx: &Arc<Ctx>, req: Req) -> Result<Reply, ApiError> {
         "users" => users::route(ctx, &req).await,
         "password" => users::password_route(ctx, &req).await,
         "domains" => domains::route(ctx, &req).await,
+        d if uuid::Uuid::parse_str(d).is_ok() => scoped::route(ctx, &req).await,
         _ => Err(ApiError::NotFound(format!(
             "no route for {} /{}",
             req.method,

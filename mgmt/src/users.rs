@@ -138,6 +138,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         }
         ["users", "search"] if m == Method::GET => search(ctx, req).await,
         ["users", "secret"] if m == Method::PATCH => change_secret(ctx, req).await,
+        ["users", "policies", ..] | ["users", _, "memberships"] => crate::groups::users_route(ctx, req, &segs).await,
         ["users", id] if m == Method::GET => get(ctx, req, id).await,
         ["users", id] if m == Method::PATCH => {
             let b: UpdateUser = req.json()?;

@@ -135,3 +135,109 @@ pub fn name(n: &str) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+fn conn_types(m: &mut Map<String, Value>, types: &[storage::ConnType]) {
+    if !types.is_empty() {
+        m.insert(
+            "connection_types".into(),
+            Value::from(types.iter().map(|t| t.as_str()).collect::<Vec<_>>()),
+        );
+    }
+}
+
+/// A client; the secret only when `show_secret` (domain admins and editors).
+pub fn client(c: &storage::Client, show_secret: bool) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(c.id));
+    put_nonempty(&mut m, "name", json!(c.name));
+    put_nonempty(&mut m, "tags", parse_text(&c.tags));
+    m.insert("domain_id".into(), json!(c.domain_id));
+    let mut creds = Map::new();
+    put_nonempty(&mut creds, "identity", json!(c.identity));
+    if show_secret {
+        creds.insert("secret".into(), json!(c.secret));
+    }
+    m.insert("credentials".into(), Value::Object(creds));
+    put_nonempty(&mut m, "metadata", parse_text(&c.metadata));
+    m.insert("status".into(), json!(c.status.as_str()));
+    m.insert("created_at".into(), json!(time(Some(c.created_at))));
+    m.insert("updated_at".into(), json!(time(c.updated_at)));
+    if let Some(by) = &c.updated_by {
+        m.insert("updated_by".into(), json!(by));
+    }
+    conn_types(&mut m, &c.conn_types);
+    Value::Object(m)
+}
+
+pub fn channel(h: &storage::Channel) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(h.id));
+    put_nonempty(&mut m, "name", json!(h.name));
+    put_nonempty(&mut m, "tags", parse_text(&h.tags));
+    m.insert("domain_id".into(), json!(h.domain_id));
+    if let Some(p) = &h.parent_group_id {
+        m.insert("parent_group_id".into(), json!(p));
+    }
+    put_nonempty(&mut m, "metadata", parse_text(&h.metadata));
+    m.insert("status".into(), json!(h.status.as_str()));
+    m.insert("created_at".into(), json!(time(Some(h.created_at))));
+    m.insert("updated_at".into(), json!(time(h.updated_at)));
+    if let Some(by) = &h.updated_by {
+        m.insert("updated_by".into(), json!(by));
+    }
+    conn_types(&mut m, &h.conn_types);
+    Value::Object(m)
+}
+
+pub fn group(g: &storage::Group) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(g.id));
+    m.insert("domain_id".into(), json!(g.domain_id));
+    if let Some(p) = &g.parent_id {
+        m.insert("parent_id".into(), json!(p));
+    }
+    m.insert("name".into(), json!(g.name));
+    put_nonempty(&mut m, "description", json!(g.description));
+    put_nonempty(&mut m, "tags", parse_text(&g.tags));
+    put_nonempty(&mut m, "metadata", parse_text(&g.metadata));
+    m.insert("status".into(), json!(g.status.as_str()));
+    m.insert("created_at".into(), json!(time(Some(g.created_at))));
+    m.insert("updated_at".into(), json!(time(g.updated_at)));
+    if let Some(by) = &g.updated_by {
+        m.insert("updated_by".into(), json!(by));
+    }
+    Value::Object(m)
+}
+
+/// A group in a hierarchy listing: the group plus `level` and `path`.
+pub fn group_node(n: &storage::GroupNode) -> Value {
+    let mut v = group(&n.group);
+    v["level"] = json!(n.level);
+    v["path"] = json!(n.path);
+    v
+}
+
+/// Nests hierarchy nodes: each node's `children` are the nodes whose parent it is; roots are
+/// the nodes whose parent is not in the set.
+pub fn group_tree(nodes: &[storage::GroupNode]) -> Vec<Value> {
+    use std::collections::{HashMap, HashSet};
+    let ids: HashSet<&str> = nodes.iter().map(|n| n.group.id.as_str()).collect();
+    let mut kids: HashMap<&str, Vec<&storage::GroupNode>> = HashMap::new();
+    let mut roots = Vec::new();
+    for n in nodes {
+        match n.group.parent_id.as_deref() {
+            Some(p) if ids.contains(p) => kids.entry(p).or_default().push(n),
+            _ => roots.push(n),
+        }
+    }
+    fn build(n: &storage::GroupNode, kids: &HashMap<&str, Vec<&storage::GroupNode>>, depth: usize) -> Value {
+        let mut v = group_node(n);
+        if let Some(cs) = kids.get(n.group.id.as_str()) {
+            if depth < 128 {
+                v["children"] = Value::from(cs.iter().map(|c| build(c, kids, depth + 1)).collect::<Vec<_>>());
+            }
+        }
+        v
+    }
+    roots.iter().map(|r| build(r, &kids, 0)).collect()
+}

@@ -8,12 +8,20 @@
 //! - Writes run in `BEGIN IMMEDIATE` transactions so concurrent writers queue on SQLite's
 //!   lock (bounded by `busy_timeout`) instead of failing half-way.
 
+mod channels;
+mod clients;
 mod domains;
+mod events;
+mod groups;
 mod migrations;
 mod settings;
 mod users;
 
+pub use channels::{Channel, ChannelPatch, ChannelQuery, NewChannel};
+pub use clients::{Client, ClientAuth, ClientPatch, ClientQuery, NewClient};
 pub use domains::{Domain, DomainMember, DomainPatch, DomainQuery, NewDomain, Relation};
+pub use events::{Change, ConnType};
+pub use groups::{max_depth as groups_max_depth, Group, GroupNode, GroupPatch, GroupQuery, NewGroup};
 pub use users::{NewUser, Role, User, UserPatch, UserQuery};
 
 use r2d2_sqlite::SqliteConnectionManager;
@@ -190,6 +198,10 @@ impl Filter {
         self.clauses
             .push(clause.into().replace('?', &format!("?{}", self.params.len() + 1)));
         self.params.push(value.into());
+    }
+    /// The number the next pushed parameter will have (`?N`), to reuse it elsewhere in a query.
+    pub(crate) fn next_index(&self) -> usize {
+        self.params.len() + 1
     }
     pub(crate) fn raw(&mut self, clause: impl Into<String>) {
         self.clauses.push(clause.into());

@@ -49,6 +49,76 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX domain_members_user ON domain_members(user_id);
     "#,
+    // 2: the device registry: clients, channels, their connections, groups and group members.
+    r#"
+    CREATE TABLE groups (
+        id TEXT PRIMARY KEY,
+        domain_id TEXT NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+        parent_id TEXT REFERENCES groups(id),
+        name TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        tags TEXT NOT NULL DEFAULT '[]',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL DEFAULT 'enabled',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER,
+        updated_by TEXT
+    );
+    CREATE INDEX groups_domain ON groups(domain_id, created_at);
+    CREATE INDEX groups_parent ON groups(parent_id);
+    CREATE TABLE group_members (
+        group_id TEXT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        actions TEXT NOT NULL DEFAULT '[]',
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (group_id, user_id)
+    );
+    CREATE INDEX group_members_user ON group_members(user_id);
+    CREATE TABLE clients (
+        id TEXT NOT NULL,
+        domain_id TEXT NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+        name TEXT NOT NULL DEFAULT '',
+        identity TEXT NOT NULL DEFAULT '',
+        secret TEXT NOT NULL,
+        tags TEXT NOT NULL DEFAULT '[]',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL DEFAULT 'enabled',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER,
+        updated_by TEXT,
+        PRIMARY KEY (domain_id, id)
+    );
+    CREATE UNIQUE INDEX clients_secret ON clients(domain_id, secret);
+    CREATE INDEX clients_id ON clients(id);
+    CREATE INDEX clients_secret_any ON clients(secret);
+    CREATE INDEX clients_domain_created ON clients(domain_id, created_at);
+    CREATE TABLE channels (
+        id TEXT PRIMARY KEY,
+        domain_id TEXT NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+        name TEXT NOT NULL DEFAULT '',
+        parent_group_id TEXT REFERENCES groups(id) ON DELETE SET NULL,
+        tags TEXT NOT NULL DEFAULT '[]',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL DEFAULT 'enabled',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER,
+        updated_by TEXT
+    );
+    CREATE UNIQUE INDEX channels_domain_id ON channels(domain_id, id);
+    CREATE INDEX channels_domain_created ON channels(domain_id, created_at);
+    CREATE INDEX channels_parent ON channels(parent_group_id);
+    CREATE TABLE connections (
+        domain_id TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        channel_id TEXT NOT NULL,
+        type TEXT NOT NULL CHECK (type IN ('publish', 'subscribe')),
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (domain_id, client_id, channel_id, type),
+        FOREIGN KEY (domain_id, client_id) REFERENCES clients(domain_id, id) ON DELETE CASCADE,
+        FOREIGN KEY (domain_id, channel_id) REFERENCES channels(domain_id, id) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    CREATE INDEX connections_channel ON connections(domain_id, channel_id, client_id);
+    "#,
 ];
 
 /// The schema version this binary writes.

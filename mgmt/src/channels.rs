@@ -1,0 +1,311 @@
+//! `/{domainID}/channels…`: channels of a domain and connections of clients to them.
+
+use crate::authz::DomainAccess;
+use crate::clients::parse_status;
+use crate::error::ApiError;
+use crate::http::{Reply, Req};
+use crate::scoped::{check_ids, not_found_as};
+use crate::{page_req, q_text, status_filter, views, Ctx};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use storage::{Change, ChannelPatch, ChannelQuery, ConnType, NewChannel, Status};
+use warp::http::{Method, StatusCode};
+
+#[derive(Deserialize)]
+pub struct CreateChannel {
+    id: Option<String>,
+    name: Option<String>,
+    tags: Option<Vec<String>>,
+    metadata: Option<Value>,
+    status: Option<String>,
+    parent_group_id: Option<String>,
+    parent_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UpdateChannel {
+    name: Option<String>,
+    metadata: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Tags {
+    tags: Vec<String>,
+}
+
+/// `{channel_ids, client_ids, types}`; the documents' older `{subjects, objects}` spelling
+/// (clients, channels) is accepted too.
+#[derive(Deserialize)]
+struct Connect {
+    channel_ids: Option<Vec<String>>,
+    client_ids: Option<Vec<String>>,
+    subjects: Option<Vec<String>>,
+    objects: Option<Vec<String>>,
+    types: Option<Vec<String>>,
+}
+
+pub const MAX_BULK: usize = 1000;
+
+fn new_channel(b: CreateChannel) -> Result<NewChannel, ApiError> {
+    let id = match b.id.filter(|s| !s.is_empty()) {
+        Some(id) => uuid::Uuid::parse_str(&id)
+            .map_err(|_| ApiError::bad("channel id must be a UUID"))?
+            .hyphenated()
+            .to_string(),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let name = b.name.unwrap_or_default();
+    views::name(&name)?;
+    Ok(NewChannel {
+        id,
+        name,
+        parent_group_id: b.parent_group_id.or(b.parent_id).filter(|s| !s.is_empty()),
+        tags: views::tags(b.tags)?.unwrap_or_else(storage::JsonText::empty_array),
+        metadata: views::metadata(b.metadata)?.unwrap_or_else(storage::JsonText::empty_object),
+        status: parse_status(b.status.as_deref())?,
+    })
+}
+
+fn parse_types(t: Option<Vec<String>>) -> Result<Vec<ConnType>, ApiError> {
+    match t {
+        None => Ok(ConnType::BOTH.to_vec()),
+        Some(v) if v.is_empty() => Ok(ConnType::BOTH.to_vec()),
+        Some(v) => {
+            let mut out = v
+                .iter()
+                .map(|s| {
+                    ConnType::parse(s).ok_or_else(|| {
+                        ApiError::bad(format!("unknown connection type `{s}`: use publish or subscribe"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            out.sort();
+            out.dedup();
+            Ok(out)
+        }
+    }
+}
+
+pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -> Result<Reply, ApiError> {
+    let m = &req.method;
+    match segs {
+        [] if m == Method::POST => {
+            let new = new_channel(req.json()?)?;
+            let d = a.domain_id().to_string();
+            let mut made = ctx.db(move |s| s.create_channels(&d, &[new])).await?;
+            let h = made
+                .pop()
+                .ok_or_else(|| ApiError::Internal("no channel returned".into()))?;
+            tracing::info!(domain = %h.domain_id, channel = %h.id, "channel created");
+            Ok(Reply::created(&views::channel(&h))?.with_header("location", format!("/channels/{}", h.id)))
+        }
+        ["bulk"] if m == Method::POST => {
+            let items: Vec<CreateChannel> = req.json()?;
+            if items.is_empty() || items.len() > MAX_BULK {
+                return Err(ApiError::bad(format!("a bulk request holds 1 to {MAX_BULK} channels")));
+            }
+            let new = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| new_channel(b).map_err(|e| ApiError::bad(format!("channel {i}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let d = a.domain_id().to_string();
+            let made = ctx.db(move |s| s.create_channels(&d, &new)).await?;
+            Reply::ok(&json!({"total": made.len(), "channels": made.iter().map(views::channel).collect::<Vec<_>>()}))
+        }
+        ["connect"] if m == Method::POST => {
+            let b: Connect = req.json()?;
+            let clients = b.client_ids.or(b.subjects).unwrap_or_default();
+            let channels = b.channel_ids.or(b.objects).unwrap_or_default();
+            connect(ctx, a, clients, channels, parse_types(b.types)?).await
+        }
+        ["disconnect"] if m == Method::POST => {
+            let b: Connect = req.json()?;
+            let clients = b.client_ids.or(b.subjects).unwrap_or_default();
+            let channels = b.channel_ids.or(b.objects).unwrap_or_default();
+            disconnect(ctx, a, clients, channels, parse_types(b.types)?).await
+        }
+        [id, "connect"] if m == Method::POST => {
+            let b: Connect = req.json()?;
+            let clients = b.client_ids.or(b.subjects).unwrap_or_default();
+            connect(ctx, a, clients, vec![id.to_string()], parse_types(b.types)?).await
+        }
+        [id, "disconnect"] if m == Method::POST => {
+            let b: Connect = req.json()?;
+            let clients = b.client_ids.or(b.subjects).unwrap_or_default();
+            disconnect(ctx, a, clients, vec![id.to_string()], parse_types(b.types)?).await
+        }
+        [] if m == Method::GET => {
+            let q = ChannelQuery {
+                page: page_req(req, 100)?,
+                status: status_filter(req)?,
+                name: q_text(req, "name"),
+                tag: q_text(req, "tag").or_else(|| q_text(req, "tags")),
+                metadata: views::metadata_query(req.q("metadata"))?,
+                client: q_text(req, "client"),
+            };
+            let d = a.domain_id().to_string();
+            let p = ctx.db(move |s| s.list_channels(&d, &q)).await?;
+            Reply::ok(&views::page(&p, "channels", views::channel))
+        }
+        [id] if m == Method::GET => {
+            let (d, id) = (a.domain_id().to_string(), id.to_string());
+            let h = ctx
+                .db(move |s| s.channel(&d, &id))
+                .await
+                .map_err(not_found_as("channel"))?;
+            Reply::ok(&views::channel(&h))
+        }
+        [id] if m == Method::PATCH || m == Method::PUT => {
+            let b: UpdateChannel = req.json()?;
+            if let Some(n) = &b.name {
+                views::name(n)?;
+            }
+            let patch = ChannelPatch {
+                name: b.name,
+                metadata: views::metadata(b.metadata)?,
+                ..Default::default()
+            };
+            update(ctx, a, id, patch, None).await
+        }
+        [id, "tags"] if m == Method::PATCH => {
+            let b: Tags = req.json()?;
+            let patch = ChannelPatch {
+                tags: views::tags(Some(b.tags))?,
+                ..Default::default()
+            };
+            update(ctx, a, id, patch, None).await
+        }
+        [id, "enable"] if m == Method::POST => {
+            let patch = ChannelPatch {
+                status: Some(Status::Enabled),
+                ..Default::default()
+            };
+            let ev = Change::ChannelEnabled {
+                domain_id: a.domain_id().into(),
+                channel_id: id.to_string(),
+            };
+            update(ctx, a, id, patch, Some(ev)).await
+        }
+        [id, "disable"] if m == Method::POST => {
+            let patch = ChannelPatch {
+                status: Some(Status::Disabled),
+                ..Default::default()
+            };
+            let ev = Change::ChannelDisabled {
+                domain_id: a.domain_id().into(),
+                channel_id: id.to_string(),
+            };
+            update(ctx, a, id, patch, Some(ev)).await
+        }
+        [id] if m == Method::DELETE => {
+            let (d, hid) = (a.domain_id().to_string(), id.to_string());
+            ctx.db(move |s| s.delete_channel(&d, &hid))
+                .await
+                .map_err(not_found_as("channel"))?;
+            ctx.emit(Change::ChannelDeleted {
+                domain_id: a.domain_id().into(),
+                channel_id: id.to_string(),
+            });
+            tracing::info!(domain = %a.domain_id(), channel = %id, "channel deleted");
+            Reply::empty(StatusCode::NO_CONTENT)
+        }
+        [id, "clients"] if m == Method::GET => {
+            let q = storage::ClientQuery {
+                page: page_req(req, 100)?,
+                status: status_filter(req)?,
+                channel: Some(id.to_string()),
+                ..Default::default()
+            };
+            let d = a.domain_id().to_string();
+            let p = ctx.db(move |s| s.list_clients(&d, &q)).await?;
+            let show = a.sees_secrets();
+            Reply::ok(&views::page(&p, "clients", |c| views::client(c, show)))
+        }
+        _ => Err(ApiError::NotFound("no such channels route".into())),
+    }
+}
+
+async fn update(
+    ctx: &Ctx,
+    a: &DomainAccess,
+    id: &str,
+    patch: ChannelPatch,
+    ev: Option<Change>,
+) -> Result<Reply, ApiError> {
+    let (d, id, by) = (a.domain_id().to_string(), id.to_string(), a.user_id().to_string());
+    let h = ctx
+        .db(move |s| s.update_channel(&d, &id, patch, &by))
+        .await
+        .map_err(not_found_as("channel"))?;
+    if let Some(ev) = ev {
+        ctx.emit(ev);
+    }
+    Reply::ok(&views::channel(&h))
+}
+
+/// The store's "unknown id" in a connection request is a 404: an id of another domain is
+/// indistinguishable from one that does not exist.
+fn unknown_as_404(e: ApiError) -> ApiError {
+    match e {
+        ApiError::BadRequest(m) if m.ends_with("not found") => ApiError::NotFound(m),
+        e => e,
+    }
+}
+
+async fn connect(
+    ctx: &Ctx,
+    a: &DomainAccess,
+    clients: Vec<String>,
+    channels: Vec<String>,
+    types: Vec<ConnType>,
+) -> Result<Reply, ApiError> {
+    check_ids(&clients, "client_ids")?;
+    check_ids(&channels, "channel_ids")?;
+    if clients.len() * channels.len() > 100_000 {
+        return Err(ApiError::bad("at most 100000 client-channel pairs per request"));
+    }
+    let d = a.domain_id().to_string();
+    let made = ctx
+        .db(move |s| s.connect(&d, &clients, &channels, &types))
+        .await
+        .map_err(unknown_as_404)?;
+    for (client_id, channel_id, conn_type) in made {
+        ctx.emit(Change::Connected {
+            domain_id: a.domain_id().into(),
+            client_id,
+            channel_id,
+            conn_type,
+        });
+    }
+    Reply::empty(StatusCode::CREATED)
+}
+
+async fn disconnect(
+    ctx: &Ctx,
+    a: &DomainAccess,
+    clients: Vec<String>,
+    channels: Vec<String>,
+    types: Vec<ConnType>,
+) -> Result<Reply, ApiError> {
+    check_ids(&clients, "client_ids")?;
+    check_ids(&channels, "channel_ids")?;
+    if clients.len() * channels.len() > 100_000 {
+        return Err(ApiError::bad("at most 100000 client-channel pairs per request"));
+    }
+    let d = a.domain_id().to_string();
+    let removed = ctx
+        .db(move |s| s.disconnect(&d, &clients, &channels, &types))
+        .await
+        .map_err(unknown_as_404)?;
+    for (client_id, channel_id, conn_type) in removed {
+        ctx.emit(Change::Disconnected {
+            domain_id: a.domain_id().into(),
+            client_id,
+            channel_id,
+            conn_type,
+        });
+    }
+    Reply::empty(StatusCode::NO_CONTENT)
+}

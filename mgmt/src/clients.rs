@@ -1,0 +1,264 @@
+//! `/{domainID}/clients…`: devices of a domain.
+
+use crate::authz::DomainAccess;
+use crate::error::ApiError;
+use crate::http::{Reply, Req};
+use crate::scoped::not_found_as;
+use crate::{page_req, q_text, status_filter, views, Ctx};
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use storage::{Change, ClientPatch, ClientQuery, NewClient, Status};
+use warp::http::{Method, StatusCode};
+
+#[derive(Deserialize, Default)]
+struct Credentials {
+    identity: Option<String>,
+    secret: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct CreateClient {
+    id: Option<String>,
+    name: Option<String>,
+    tags: Option<Vec<String>>,
+    credentials: Option<Credentials>,
+    metadata: Option<Value>,
+    status: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UpdateClient {
+    name: Option<String>,
+    metadata: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Tags {
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Secret {
+    secret: String,
+}
+
+/// Most clients one bulk request may create.
+pub const MAX_BULK: usize = 1000;
+
+/// A client id: 1–64 characters from letters, digits and `_ - . :` (it is also the MQTT
+/// username, so no `/`, `+`, `#` or spaces).
+pub fn valid_client_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+}
+
+fn valid_secret(s: &str) -> Result<(), ApiError> {
+    if s.len() < 8 || s.len() > 256 || s.chars().any(char::is_control) {
+        return Err(ApiError::bad("client secret must be 8 to 256 printable characters"));
+    }
+    Ok(())
+}
+
+/// A random 128-bit secret, hex-encoded.
+pub fn random_secret() -> String {
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn parse_status(s: Option<&str>) -> Result<Status, ApiError> {
+    match s {
+        None | Some("") | Some("enabled") => Ok(Status::Enabled),
+        Some("disabled") => Ok(Status::Disabled),
+        Some(_) => Err(ApiError::bad("status must be \"enabled\" or \"disabled\"")),
+    }
+}
+
+fn new_client(b: CreateClient) -> Result<NewClient, ApiError> {
+    let id = match b.id.filter(|s| !s.is_empty()) {
+        Some(id) if valid_client_id(&id) => id,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "client id must be 1-64 characters of letters, digits, '_', '-', '.', ':'",
+            ))
+        }
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let creds = b.credentials.unwrap_or_default();
+    let secret = match creds.secret.filter(|s| !s.is_empty()) {
+        Some(s) => {
+            valid_secret(&s)?;
+            s
+        }
+        None => random_secret(),
+    };
+    let name = b.name.unwrap_or_default();
+    views::name(&name)?;
+    let identity = creds.identity.unwrap_or_default();
+    views::name(&identity)?;
+    Ok(NewClient {
+        id,
+        name,
+        identity,
+        secret,
+        tags: views::tags(b.tags)?.unwrap_or_else(storage::JsonText::empty_array),
+        metadata: views::metadata(b.metadata)?.unwrap_or_else(storage::JsonText::empty_object),
+        status: parse_status(b.status.as_deref())?,
+    })
+}
+
+pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -> Result<Reply, ApiError> {
+    let m = &req.method;
+    let show = a.sees_secrets();
+    match segs {
+        [] if m == Method::POST => {
+            let new = new_client(req.json()?)?;
+            let d = a.domain_id().to_string();
+            let mut made = ctx.db(move |s| s.create_clients(&d, &[new])).await?;
+            let c = made
+                .pop()
+                .ok_or_else(|| ApiError::Internal("no client returned".into()))?;
+            tracing::info!(domain = %c.domain_id, client = %c.id, "client created");
+            Ok(Reply::created(&views::client(&c, show))?.with_header("location", format!("/clients/{}", c.id)))
+        }
+        ["bulk"] if m == Method::POST => {
+            let items: Vec<CreateClient> = req.json()?;
+            if items.is_empty() || items.len() > MAX_BULK {
+                return Err(ApiError::bad(format!("a bulk request holds 1 to {MAX_BULK} clients")));
+            }
+            let new = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| new_client(b).map_err(|e| ApiError::bad(format!("client {i}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let d = a.domain_id().to_string();
+            let made = ctx.db(move |s| s.create_clients(&d, &new)).await?;
+            Reply::ok(
+                &json!({"total": made.len(), "clients": made.iter().map(|c| views::client(c, show)).collect::<Vec<_>>()}),
+            )
+        }
+        [] if m == Method::GET => {
+            let q = ClientQuery {
+                page: page_req(req, 100)?,
+                status: status_filter(req)?,
+                name: q_text(req, "name"),
+                tag: q_text(req, "tag").or_else(|| q_text(req, "tags")),
+                metadata: views::metadata_query(req.q("metadata"))?,
+                channel: q_text(req, "channel"),
+            };
+            let d = a.domain_id().to_string();
+            let p = ctx.db(move |s| s.list_clients(&d, &q)).await?;
+            Reply::ok(&views::page(&p, "clients", |c| views::client(c, show)))
+        }
+        [id] if m == Method::GET => {
+            let (d, id) = (a.domain_id().to_string(), id.to_string());
+            let c = ctx
+                .db(move |s| s.client(&d, &id))
+                .await
+                .map_err(not_found_as("client"))?;
+            Reply::ok(&views::client(&c, show))
+        }
+        [id] if m == Method::PATCH || m == Method::PUT => {
+            let b: UpdateClient = req.json()?;
+            if let Some(n) = &b.name {
+                views::name(n)?;
+            }
+            let patch = ClientPatch {
+                name: b.name,
+                metadata: views::metadata(b.metadata)?,
+                ..Default::default()
+            };
+            update(ctx, a, id, patch, None).await
+        }
+        [id, "tags"] if m == Method::PATCH => {
+            let b: Tags = req.json()?;
+            let patch = ClientPatch {
+                tags: views::tags(Some(b.tags))?,
+                ..Default::default()
+            };
+            update(ctx, a, id, patch, None).await
+        }
+        [id, "secret"] if m == Method::PATCH => {
+            let b: Secret = req.json()?;
+            valid_secret(&b.secret)?;
+            let patch = ClientPatch {
+                secret: Some(b.secret),
+                ..Default::default()
+            };
+            let ev = Change::ClientSecretChanged {
+                domain_id: a.domain_id().into(),
+                client_id: id.to_string(),
+            };
+            update(ctx, a, id, patch, Some(ev)).await
+        }
+        [id, "enable"] if m == Method::POST => {
+            let patch = ClientPatch {
+                status: Some(Status::Enabled),
+                ..Default::default()
+            };
+            let ev = Change::ClientEnabled {
+                domain_id: a.domain_id().into(),
+                client_id: id.to_string(),
+            };
+            update(ctx, a, id, patch, Some(ev)).await
+        }
+        [id, "disable"] if m == Method::POST => {
+            let patch = ClientPatch {
+                status: Some(Status::Disabled),
+                ..Default::default()
+            };
+            let ev = Change::ClientDisabled {
+                domain_id: a.domain_id().into(),
+                client_id: id.to_string(),
+            };
+            update(ctx, a, id, patch, Some(ev)).await
+        }
+        [id] if m == Method::DELETE => {
+            let (d, cid) = (a.domain_id().to_string(), id.to_string());
+            ctx.db(move |s| s.delete_client(&d, &cid))
+                .await
+                .map_err(not_found_as("client"))?;
+            ctx.emit(Change::ClientDeleted {
+                domain_id: a.domain_id().into(),
+                client_id: id.to_string(),
+            });
+            tracing::info!(domain = %a.domain_id(), client = %id, "client deleted");
+            Reply::empty(StatusCode::NO_CONTENT)
+        }
+        [id, "channels"] if m == Method::GET => {
+            let q = storage::ChannelQuery {
+                page: page_req(req, 100)?,
+                status: status_filter(req)?,
+                client: Some(id.to_string()),
+                ..Default::default()
+            };
+            let d = a.domain_id().to_string();
+            let p = ctx.db(move |s| s.list_channels(&d, &q)).await?;
+            Reply::ok(&views::page(&p, "channels", views::channel))
+        }
+        _ => Err(ApiError::NotFound("no such clients route".into())),
+    }
+}
+
+async fn update(
+    ctx: &Ctx,
+    a: &DomainAccess,
+    id: &str,
+    patch: ClientPatch,
+    ev: Option<Change>,
+) -> Result<Reply, ApiError> {
+    let (d, id, by) = (a.domain_id().to_string(), id.to_string(), a.user_id().to_string());
+    let c = ctx
+        .db(move |s| s.update_client(&d, &id, patch, &by))
+        .await
+        .map_err(not_found_as("client"))?;
+    if let Some(ev) = ev {
+        ctx.emit(ev);
+    }
+    Reply::ok(&views::client(&c, a.sees_secrets()))
+}

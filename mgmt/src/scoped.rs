@@ -1,0 +1,49 @@
+//! `/{domainID}/…`: every route inside a domain. The caller is authenticated and authorized
+//! here, once, through [`authorize`]: reads need a relation, writes need editor or admin.
+//! Sub-modules receive the resulting [`DomainAccess`] and take the domain id from it.
+
+use crate::auth;
+use crate::authz::{authorize, Action};
+use crate::error::ApiError;
+use crate::http::{Reply, Req};
+use crate::{channels, clients, groups, Ctx};
+use std::sync::Arc;
+use warp::http::Method;
+
+pub async fn route(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
+    let caller = auth::caller(ctx, req).await?;
+    let action = if req.method == Method::GET {
+        Action::Read
+    } else {
+        Action::Edit
+    };
+    let access = authorize(ctx, &caller, req.seg(0), action).await?;
+    let segs: Vec<&str> = req.segs.iter().skip(1).map(String::as_str).collect();
+    match segs.first().copied() {
+        Some("clients") => clients::route(ctx, req, &access, &segs[1..]).await,
+        Some("channels") => channels::route(ctx, req, &access, &segs[1..]).await,
+        Some("groups") => groups::route(ctx, req, &access, &segs[1..]).await,
+        _ => Err(ApiError::NotFound("no such route in domain".into())),
+    }
+}
+
+/// Maps the store's "unknown id" to a 404 naming what was not found.
+pub fn not_found_as(what: &'static str) -> impl Fn(ApiError) -> ApiError {
+    move |e| match e {
+        ApiError::NotFound(_) => ApiError::not_found(what),
+        e => e,
+    }
+}
+
+/// Ids in a request body: at most this many per list.
+pub const MAX_IDS: usize = 1000;
+
+pub fn check_ids(ids: &[String], what: &str) -> Result<(), ApiError> {
+    if ids.is_empty() {
+        return Err(ApiError::bad(format!("{what} must not be empty")));
+    }
+    if ids.len() > MAX_IDS {
+        return Err(ApiError::bad(format!("{what} holds more than {MAX_IDS} ids")));
+    }
+    Ok(())
+}

@@ -1,0 +1,458 @@
+//! Channels of a domain and the connections between clients and channels. Channel ids are
+//! unique across the platform because they name MQTT topics (`channels/<id>/messages`),
+//! which the broker routes without a domain.
+
+use crate::clients::parse_types;
+use crate::events::ConnType;
+use crate::{
+    conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
+};
+use rusqlite::{OptionalExtension, Row};
+
+#[derive(Clone, Debug)]
+pub struct Channel {
+    pub id: String,
+    pub domain_id: String,
+    pub name: String,
+    pub parent_group_id: Option<String>,
+    pub tags: JsonText,
+    pub metadata: JsonText,
+    pub status: Status,
+    pub created_at: i64,
+    pub updated_at: Option<i64>,
+    pub updated_by: Option<String>,
+    /// Connection types of the client a list was filtered by, if any.
+    pub conn_types: Vec<ConnType>,
+}
+
+pub struct NewChannel {
+    pub id: String,
+    pub name: String,
+    pub parent_group_id: Option<String>,
+    pub tags: JsonText,
+    pub metadata: JsonText,
+    pub status: Status,
+}
+
+#[derive(Default)]
+pub struct ChannelPatch {
+    pub name: Option<String>,
+    pub metadata: Option<JsonText>,
+    pub tags: Option<JsonText>,
+    pub status: Option<Status>,
+}
+
+#[derive(Default)]
+pub struct ChannelQuery {
+    pub page: PageReq,
+    pub status: StatusFilter,
+    pub name: Option<String>,
+    pub tag: Option<String>,
+    pub metadata: Option<JsonText>,
+    /// Only channels this client is connected to (with connection types filled in).
+    pub client: Option<String>,
+}
+
+const COLUMNS: &str = "h.id, h.domain_id, h.name, h.parent_group_id, h.tags, h.metadata, h.status, h.created_at, h.updated_at, h.updated_by";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Channel> {
+    Ok(Channel {
+        id: r.get(0)?,
+        domain_id: r.get(1)?,
+        name: r.get(2)?,
+        parent_group_id: r.get(3)?,
+        tags: JsonText(r.get(4)?),
+        metadata: JsonText(r.get(5)?),
+        status: status_from_sql(&r.get::<_, String>(6)?),
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+        updated_by: r.get(9)?,
+        conn_types: Vec::new(),
+    })
+}
+
+fn get(c: &rusqlite::Connection, domain: &str, id: &str) -> Result<Channel> {
+    c.query_row(
+        &format!("SELECT {COLUMNS} FROM channels h WHERE h.domain_id = ?1 AND h.id = ?2"),
+        [domain, id],
+        from_row,
+    )
+    .optional()?
+    .ok_or(StoreError::NotFound)
+}
+
+fn check_group(tx: &rusqlite::Transaction<'_>, domain: &str, group: &Option<String>) -> Result<()> {
+    if let Some(g) = group {
+        let ok = tx.query_row(
+            "SELECT 1 FROM groups WHERE domain_id = ?1 AND id = ?2",
+            [domain, g],
+            |_| Ok(()),
+        );
+        if ok.optional()?.is_none() {
+            return Err(StoreError::Invalid("parent group not found in this domain".into()));
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    pub fn create_channels(&self, domain: &str, new: &[NewChannel]) -> Result<Vec<Channel>> {
+        self.write(|tx| {
+            let now = crate::now_micros();
+            for h in new {
+                check_group(tx, domain, &h.parent_group_id)?;
+                tx.execute(
+                    "INSERT INTO channels (id, domain_id, name, parent_group_id, tags, metadata, status, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    rusqlite::params![
+                        h.id,
+                        domain,
+                        h.name,
+                        h.parent_group_id,
+                        h.tags.0,
+                        h.metadata.0,
+                        h.status.as_str(),
+                        now
+                    ],
+                )
+                .map_err(|e| conflict(e, "channel id already exists"))?;
+            }
+            new.iter().map(|h| get(tx, domain, &h.id)).collect()
+        })
+    }
+
+    pub fn channel(&self, domain: &str, id: &str) -> Result<Channel> {
+        get(&*self.conn()?, domain, id)
+    }
+
+    /// A channel by id alone (ids are platform-unique); for routes that carry no domain.
+    pub fn channel_any_domain(&self, id: &str) -> Result<Channel> {
+        let c = self.conn()?;
+        c.query_row(
+            &format!("SELECT {COLUMNS} FROM channels h WHERE h.id = ?1"),
+            [id],
+            from_row,
+        )
+        .optional()?
+        .ok_or(StoreError::NotFound)
+    }
+
+    pub fn update_channel(&self, domain: &str, id: &str, p: ChannelPatch, by: &str) -> Result<Channel> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE channels SET name = COALESCE(?3, name), metadata = COALESCE(?4, metadata),
+                    tags = COALESCE(?5, tags), status = COALESCE(?6, status), updated_at = ?7, updated_by = ?8
+                 WHERE domain_id = ?1 AND id = ?2",
+                rusqlite::params![
+                    domain,
+                    id,
+                    p.name,
+                    p.metadata.map(|m| m.0),
+                    p.tags.map(|t| t.0),
+                    p.status.map(Status::as_str),
+                    crate::now_micros(),
+                    by
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            get(tx, domain, id)
+        })
+    }
+
+    /// Deletes a channel and its connections in one transaction; returns the removed
+    /// connections so callers can announce them.
+    pub fn delete_channel(&self, domain: &str, id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM connections WHERE domain_id = ?1 AND channel_id = ?2",
+                [domain, id],
+            )?;
+            let n = tx.execute("DELETE FROM channels WHERE domain_id = ?1 AND id = ?2", [domain, id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn list_channels(&self, domain: &str, q: &ChannelQuery) -> Result<Page<Channel>> {
+        let mut f = Filter::default();
+        f.push("h.domain_id = ?", domain.to_string());
+        f.status(q.status, "h.status");
+        if let Some(n) = &q.name {
+            f.push("instr(lower(h.name), lower(?)) > 0", n.clone());
+        }
+        f.tag("h.tags", &q.tag);
+        f.metadata("h.metadata", &q.metadata);
+        let mut types = "NULL".to_string();
+        if let Some(cl) = &q.client {
+            let n = f.next_index();
+            f.push(
+                "EXISTS (SELECT 1 FROM connections k WHERE k.domain_id = h.domain_id AND k.channel_id = h.id AND k.client_id = ?)",
+                cl.clone(),
+            );
+            types = format!(
+                "(SELECT group_concat(type) FROM connections k WHERE k.domain_id = h.domain_id AND k.channel_id = h.id AND k.client_id = ?{n})"
+            );
+        }
+        let c = self.conn()?;
+        let w = f.where_sql();
+        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM channels h{w}"), f.params(), |r| r.get(0))?;
+        let sql = format!(
+            "SELECT {COLUMNS}, {types} FROM channels h{w}{}",
+            q.page.sql("h.name").replace("rowid", "h.rowid")
+        );
+        let mut st = c.prepare(&sql)?;
+        let items = st
+            .query_map(f.params(), |r| {
+                let mut h = from_row(r)?;
+                h.conn_types = parse_types(r.get(10)?);
+                Ok(h)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Page {
+            total: total as u64,
+            offset: q.page.offset,
+            limit: q.page.limit,
+            items,
+        })
+    }
+
+    /// Connects every client to every channel with every type, all or nothing. An id not in
+    /// `domain` is `NotFound` (never a cross-tenant link). Returns the connections created
+    /// (existing ones are left as they are).
+    pub fn connect(
+        &self,
+        domain: &str,
+        clients: &[String],
+        channels: &[String],
+        types: &[ConnType],
+    ) -> Result<Vec<(String, String, ConnType)>> {
+        self.write(|tx| {
+            for c in clients {
+                if !tx.prepare_cached("SELECT 1 FROM clients WHERE domain_id = ?1 AND id = ?2")?.exists([domain, c])? {
+                    return Err(StoreError::Invalid(format!("client {c} not found")));
+                }
+            }
+            for h in channels {
+                if !tx.prepare_cached("SELECT 1 FROM channels WHERE domain_id = ?1 AND id = ?2")?.exists([domain, h])? {
+                    return Err(StoreError::Invalid(format!("channel {h} not found")));
+                }
+            }
+            let now = crate::now_micros();
+            let mut created = Vec::new();
+            let mut st = tx.prepare_cached(
+                "INSERT INTO connections (domain_id, client_id, channel_id, type, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO NOTHING",
+            )?;
+            for c in clients {
+                for h in channels {
+                    for t in types {
+                        if st.execute(rusqlite::params![domain, c, h, t.as_str(), now])? > 0 {
+                            created.push((c.clone(), h.clone(), *t));
+                        }
+                    }
+                }
+            }
+            Ok(created)
+        })
+    }
+
+    /// Removes connections; returns those that existed. Unknown ids are `Invalid`.
+    pub fn disconnect(
+        &self,
+        domain: &str,
+        clients: &[String],
+        channels: &[String],
+        types: &[ConnType],
+    ) -> Result<Vec<(String, String, ConnType)>> {
+        self.write(|tx| {
+            for c in clients {
+                if !tx
+                    .prepare_cached("SELECT 1 FROM clients WHERE domain_id = ?1 AND id = ?2")?
+                    .exists([domain, c])?
+                {
+                    return Err(StoreError::Invalid(format!("client {c} not found")));
+                }
+            }
+            for h in channels {
+                if !tx
+                    .prepare_cached("SELECT 1 FROM channels WHERE domain_id = ?1 AND id = ?2")?
+                    .exists([domain, h])?
+                {
+                    return Err(StoreError::Invalid(format!("channel {h} not found")));
+                }
+            }
+            let mut removed = Vec::new();
+            let mut st = tx.prepare_cached(
+                "DELETE FROM connections WHERE domain_id = ?1 AND client_id = ?2 AND channel_id = ?3 AND type = ?4",
+            )?;
+            for c in clients {
+                for h in channels {
+                    for t in types {
+                        if st.execute(rusqlite::params![domain, c, h, t.as_str()])? > 0 {
+                            removed.push((c.clone(), h.clone(), *t));
+                        }
+                    }
+                }
+            }
+            Ok(removed)
+        })
+    }
+
+    /// Connections of one client, as (channel id, type).
+    pub fn client_connections(&self, domain: &str, client: &str) -> Result<Vec<(String, ConnType)>> {
+        let c = self.conn()?;
+        let mut st =
+            c.prepare_cached("SELECT channel_id, type FROM connections WHERE domain_id = ?1 AND client_id = ?2")?;
+        let rows = st
+            .query_map([domain, client], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .filter_map(|r| r.ok().and_then(|(h, t)| ConnType::parse(&t).map(|t| (h, t))))
+            .collect();
+        Ok(rows)
+    }
+
+    /// Connections of one channel, as (client id, type).
+    pub fn channel_connections(&self, domain: &str, channel: &str) -> Result<Vec<(String, ConnType)>> {
+        let c = self.conn()?;
+        let mut st =
+            c.prepare_cached("SELECT client_id, type FROM connections WHERE domain_id = ?1 AND channel_id = ?2")?;
+        let rows = st
+            .query_map([domain, channel], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .filter_map(|r| r.ok().and_then(|(h, t)| ConnType::parse(&t).map(|t| (h, t))))
+            .collect();
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::store;
+    use crate::{NewClient, NewDomain, NewUser, Role};
+
+    fn setup(s: &Store, d: &str) {
+        if s.user("u").is_err() {
+            s.create_user(NewUser {
+                id: "u".into(),
+                first_name: String::new(),
+                last_name: String::new(),
+                email: "u@x.io".into(),
+                username: "u".into(),
+                secret: "h".into(),
+                tags: JsonText::empty_array(),
+                metadata: JsonText::empty_object(),
+                profile_picture: String::new(),
+                role: Role::User,
+                status: Status::Enabled,
+            })
+            .expect("user");
+        }
+        s.create_domain(
+            NewDomain {
+                id: d.into(),
+                name: d.into(),
+                route: d.into(),
+                tags: JsonText::empty_array(),
+                metadata: JsonText::empty_object(),
+            },
+            "u",
+        )
+        .expect("domain");
+    }
+
+    fn client(id: &str, secret: &str) -> NewClient {
+        NewClient {
+            id: id.into(),
+            name: id.into(),
+            identity: String::new(),
+            secret: secret.into(),
+            tags: JsonText::empty_array(),
+            metadata: JsonText::empty_object(),
+            status: Status::Enabled,
+        }
+    }
+
+    fn channel(id: &str) -> NewChannel {
+        NewChannel {
+            id: id.into(),
+            name: id.into(),
+            parent_group_id: None,
+            tags: JsonText::empty_array(),
+            metadata: JsonText::empty_object(),
+            status: Status::Enabled,
+        }
+    }
+
+    #[test]
+    fn authorization_follows_connections_and_statuses() {
+        let (_d, s) = store();
+        setup(&s, "d1");
+        setup(&s, "d2");
+        s.create_clients("d1", &[client("c1", "s1")]).expect("c");
+        s.create_channels("d1", &[channel("h1")]).expect("h");
+        s.create_channels("d2", &[channel("h2")]).expect("h");
+        assert!(!s.can("d1", "c1", "h1", ConnType::Publish).expect("q"));
+        let made = s
+            .connect("d1", &["c1".into()], &["h1".into()], &[ConnType::Publish])
+            .expect("connect");
+        assert_eq!(made.len(), 1);
+        assert!(s.can("d1", "c1", "h1", ConnType::Publish).expect("q"));
+        assert!(!s.can("d1", "c1", "h1", ConnType::Subscribe).expect("q"));
+        // Cross-domain: refused, nothing linked.
+        assert!(matches!(
+            s.connect("d1", &["c1".into()], &["h2".into()], &ConnType::BOTH),
+            Err(StoreError::Invalid(_))
+        ));
+        s.update_channel(
+            "d1",
+            "h1",
+            ChannelPatch {
+                status: Some(Status::Disabled),
+                ..Default::default()
+            },
+            "u",
+        )
+        .expect("disable");
+        assert!(!s.can("d1", "c1", "h1", ConnType::Publish).expect("q"));
+        s.update_channel(
+            "d1",
+            "h1",
+            ChannelPatch {
+                status: Some(Status::Enabled),
+                ..Default::default()
+            },
+            "u",
+        )
+        .expect("enable");
+        s.delete_client("d1", "c1").expect("delete");
+        assert!(s.channel_connections("d1", "h1").expect("list").is_empty());
+    }
+
+    #[test]
+    fn same_client_id_in_two_domains_and_duplicate_secrets() {
+        let (_d, s) = store();
+        setup(&s, "d1");
+        setup(&s, "d2");
+        s.create_clients("d1", &[client("dev", "s1")]).expect("c");
+        s.create_clients("d2", &[client("dev", "s1")])
+            .expect("same id and secret in another domain");
+        assert!(matches!(
+            s.create_clients("d1", &[client("dev", "s9")]),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(
+            matches!(s.create_clients("d1", &[client("other", "s1")]), Err(StoreError::Conflict(m)) if m.contains("secret"))
+        );
+        assert_eq!(s.clients_by_id("dev").expect("q").len(), 2);
+        // Bulk is all-or-nothing.
+        assert!(s.create_clients("d1", &[client("a", "sa"), client("b", "sa")]).is_err());
+        assert!(s.client("d1", "a").is_err());
+    }
+}

@@ -1,0 +1,304 @@
+//! Clients (devices) of a domain and the authorization questions asked about them.
+//! A client is identified by (domain, id): the same external id may exist in two domains.
+
+use crate::events::ConnType;
+use crate::{
+    conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
+};
+use rusqlite::{OptionalExtension, Row};
+
+#[derive(Clone)]
+pub struct Client {
+    pub id: String,
+    pub domain_id: String,
+    pub name: String,
+    pub identity: String,
+    pub secret: String,
+    pub tags: JsonText,
+    pub metadata: JsonText,
+    pub status: Status,
+    pub created_at: i64,
+    pub updated_at: Option<i64>,
+    pub updated_by: Option<String>,
+    /// Connection types to the channel a list was filtered by, if any.
+    pub conn_types: Vec<ConnType>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("domain_id", &self.domain_id)
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct NewClient {
+    pub id: String,
+    pub name: String,
+    pub identity: String,
+    pub secret: String,
+    pub tags: JsonText,
+    pub metadata: JsonText,
+    pub status: Status,
+}
+
+#[derive(Default)]
+pub struct ClientPatch {
+    pub name: Option<String>,
+    pub metadata: Option<JsonText>,
+    pub tags: Option<JsonText>,
+    pub secret: Option<String>,
+    pub status: Option<Status>,
+}
+
+#[derive(Default)]
+pub struct ClientQuery {
+    pub page: PageReq,
+    pub status: StatusFilter,
+    pub name: Option<String>,
+    pub tag: Option<String>,
+    pub metadata: Option<JsonText>,
+    /// Only clients connected to this channel (with their connection types filled in).
+    pub channel: Option<String>,
+}
+
+/// What the MQTT front and the HTTP adapter need to authenticate a client.
+#[derive(Clone)]
+pub struct ClientAuth {
+    pub domain_id: String,
+    pub client_id: String,
+    pub secret: String,
+    pub client_status: Status,
+    pub domain_status: Status,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("domain_id", &self.domain_id)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientAuth {
+    /// Client and its domain both enabled.
+    pub fn active(&self) -> bool {
+        self.client_status == Status::Enabled && self.domain_status == Status::Enabled
+    }
+}
+
+const COLUMNS: &str = "c.id, c.domain_id, c.name, c.identity, c.secret, c.tags, c.metadata, c.status, c.created_at, c.updated_at, c.updated_by";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Client> {
+    Ok(Client {
+        id: r.get(0)?,
+        domain_id: r.get(1)?,
+        name: r.get(2)?,
+        identity: r.get(3)?,
+        secret: r.get(4)?,
+        tags: JsonText(r.get(5)?),
+        metadata: JsonText(r.get(6)?),
+        status: status_from_sql(&r.get::<_, String>(7)?),
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+        updated_by: r.get(10)?,
+        conn_types: Vec::new(),
+    })
+}
+
+pub(crate) fn parse_types(s: Option<String>) -> Vec<ConnType> {
+    let mut v: Vec<ConnType> = s.unwrap_or_default().split(',').filter_map(ConnType::parse).collect();
+    v.sort();
+    v
+}
+
+fn unique(e: rusqlite::Error) -> StoreError {
+    let what = if e.to_string().contains("clients.secret") {
+        "client secret already in use in this domain"
+    } else {
+        "client id already exists in this domain"
+    };
+    conflict(e, what)
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, domain: &str, c: &NewClient, now: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO clients (id, domain_id, name, identity, secret, tags, metadata, status, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        rusqlite::params![
+            c.id,
+            domain,
+            c.name,
+            c.identity,
+            c.secret,
+            c.tags.0,
+            c.metadata.0,
+            c.status.as_str(),
+            now
+        ],
+    )
+    .map_err(unique)?;
+    Ok(())
+}
+
+fn get(c: &rusqlite::Connection, domain: &str, id: &str) -> Result<Client> {
+    c.query_row(
+        &format!("SELECT {COLUMNS} FROM clients c WHERE c.domain_id = ?1 AND c.id = ?2"),
+        [domain, id],
+        from_row,
+    )
+    .optional()?
+    .ok_or(StoreError::NotFound)
+}
+
+impl Store {
+    pub fn create_clients(&self, domain: &str, new: &[NewClient]) -> Result<Vec<Client>> {
+        self.write(|tx| {
+            let now = crate::now_micros();
+            for c in new {
+                insert(tx, domain, c, now)?;
+            }
+            new.iter().map(|c| get(tx, domain, &c.id)).collect()
+        })
+    }
+
+    pub fn client(&self, domain: &str, id: &str) -> Result<Client> {
+        get(&*self.conn()?, domain, id)
+    }
+
+    pub fn update_client(&self, domain: &str, id: &str, p: ClientPatch, by: &str) -> Result<Client> {
+        self.write(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE clients SET name = COALESCE(?3, name), metadata = COALESCE(?4, metadata),
+                        tags = COALESCE(?5, tags), secret = COALESCE(?6, secret), status = COALESCE(?7, status),
+                        updated_at = ?8, updated_by = ?9
+                     WHERE domain_id = ?1 AND id = ?2",
+                    rusqlite::params![
+                        domain,
+                        id,
+                        p.name,
+                        p.metadata.map(|m| m.0),
+                        p.tags.map(|t| t.0),
+                        p.secret,
+                        p.status.map(Status::as_str),
+                        crate::now_micros(),
+                        by
+                    ],
+                )
+                .map_err(unique)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            get(tx, domain, id)
+        })
+    }
+
+    /// Deletes a client and, in the same transaction, its connections.
+    pub fn delete_client(&self, domain: &str, id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM connections WHERE domain_id = ?1 AND client_id = ?2",
+                [domain, id],
+            )?;
+            let n = tx.execute("DELETE FROM clients WHERE domain_id = ?1 AND id = ?2", [domain, id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn list_clients(&self, domain: &str, q: &ClientQuery) -> Result<Page<Client>> {
+        let mut f = Filter::default();
+        f.push("c.domain_id = ?", domain.to_string());
+        f.status(q.status, "c.status");
+        if let Some(n) = &q.name {
+            f.push("instr(lower(c.name), lower(?)) > 0", n.clone());
+        }
+        f.tag("c.tags", &q.tag);
+        f.metadata("c.metadata", &q.metadata);
+        let mut types = "NULL".to_string();
+        if let Some(ch) = &q.channel {
+            let n = f.next_index();
+            f.push(
+                "EXISTS (SELECT 1 FROM connections k WHERE k.domain_id = c.domain_id AND k.client_id = c.id AND k.channel_id = ?)",
+                ch.clone(),
+            );
+            types = format!(
+                "(SELECT group_concat(type) FROM connections k WHERE k.domain_id = c.domain_id AND k.client_id = c.id AND k.channel_id = ?{n})"
+            );
+        }
+        let c = self.conn()?;
+        let w = f.where_sql();
+        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM clients c{w}"), f.params(), |r| r.get(0))?;
+        let sql = format!(
+            "SELECT {COLUMNS}, {types} FROM clients c{w}{}",
+            q.page.sql("c.name").replace("rowid", "c.rowid")
+        );
+        let mut st = c.prepare(&sql)?;
+        let items = st
+            .query_map(f.params(), |r| {
+                let mut cl = from_row(r)?;
+                cl.conn_types = parse_types(r.get(11)?);
+                Ok(cl)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Page {
+            total: total as u64,
+            offset: q.page.offset,
+            limit: q.page.limit,
+            items,
+        })
+    }
+
+    /// Authentication by id: every client with this id (ids are unique per domain only),
+    /// with its secret for the caller's constant-time comparison.
+    pub fn clients_by_id(&self, id: &str) -> Result<Vec<ClientAuth>> {
+        let c = self.conn()?;
+        let mut st = c.prepare_cached(
+            "SELECT c.domain_id, c.id, c.secret, c.status, d.status FROM clients c JOIN domains d ON d.id = c.domain_id
+             WHERE c.id = ?1 LIMIT 16",
+        )?;
+        let rows = st.query_map([id], auth_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Authentication by secret within a domain (HTTP `Authorization: Client <secret>`).
+    pub fn client_by_secret(&self, domain: &str, secret: &str) -> Result<Option<ClientAuth>> {
+        let c = self.conn()?;
+        let mut st = c.prepare_cached(
+            "SELECT c.domain_id, c.id, c.secret, c.status, d.status FROM clients c JOIN domains d ON d.id = c.domain_id
+             WHERE c.domain_id = ?1 AND c.secret = ?2",
+        )?;
+        Ok(st.query_row([domain, secret], auth_row).optional()?)
+    }
+
+    /// May client `client` of `domain` publish (or subscribe) on `channel`? True only when
+    /// the client, the channel and the domain are enabled and a connection of that type exists.
+    pub fn can(&self, domain: &str, client: &str, channel: &str, t: ConnType) -> Result<bool> {
+        let c = self.conn()?;
+        let mut st = c.prepare_cached(
+            "SELECT 1 FROM connections k
+               JOIN clients c ON c.domain_id = k.domain_id AND c.id = k.client_id
+               JOIN channels h ON h.id = k.channel_id AND h.domain_id = k.domain_id
+               JOIN domains d ON d.id = k.domain_id
+             WHERE k.domain_id = ?1 AND k.client_id = ?2 AND k.channel_id = ?3 AND k.type = ?4
+               AND c.status = 'enabled' AND h.status = 'enabled' AND d.status = 'enabled'",
+        )?;
+        Ok(st.exists(rusqlite::params![domain, client, channel, t.as_str()])?)
+    }
+}
+
+fn auth_row(r: &Row<'_>) -> rusqlite::Result<ClientAuth> {
+    Ok(ClientAuth {
+        domain_id: r.get(0)?,
+        client_id: r.get(1)?,
+        secret: r.get(2)?,
+        client_status: status_from_sql(&r.get::<_, String>(3)?),
+        domain_status: status_from_sql(&r.get::<_, String>(4)?),
+    })
+}

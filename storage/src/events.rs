@@ -1,0 +1,81 @@
+//! The change feed's vocabulary: changes that affect who may publish or subscribe.
+//! The management layer announces them after its transaction commits; the broker and other
+//! caches subscribe. Defined here so every layer shares one type without depending on each other.
+
+/// A connection type: the right to publish or to subscribe on a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConnType {
+    Publish,
+    Subscribe,
+}
+
+impl ConnType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnType::Publish => "publish",
+            ConnType::Subscribe => "subscribe",
+        }
+    }
+    /// Case-insensitive; also accepts Magistrala's action names.
+    pub fn parse(s: &str) -> Option<ConnType> {
+        match s.to_ascii_lowercase().as_str() {
+            "publish" | "m_write" | "pub" => Some(ConnType::Publish),
+            "subscribe" | "m_read" | "sub" => Some(ConnType::Subscribe),
+            _ => None,
+        }
+    }
+    pub const BOTH: [ConnType; 2] = [ConnType::Publish, ConnType::Subscribe];
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    ClientEnabled {
+        domain_id: String,
+        client_id: String,
+    },
+    ClientDisabled {
+        domain_id: String,
+        client_id: String,
+    },
+    ClientDeleted {
+        domain_id: String,
+        client_id: String,
+    },
+    ClientSecretChanged {
+        domain_id: String,
+        client_id: String,
+    },
+    ChannelEnabled {
+        domain_id: String,
+        channel_id: String,
+    },
+    ChannelDisabled {
+        domain_id: String,
+        channel_id: String,
+    },
+    ChannelDeleted {
+        domain_id: String,
+        channel_id: String,
+    },
+    Connected {
+        domain_id: String,
+        client_id: String,
+        channel_id: String,
+        conn_type: ConnType,
+    },
+    Disconnected {
+        domain_id: String,
+        client_id: String,
+        channel_id: String,
+        conn_type: ConnType,
+    },
+    DomainEnabled {
+        domain_id: String,
+    },
+    DomainDisabled {
+        domain_id: String,
+    },
+    DomainFrozen {
+        domain_id: String,
+    },
+}

@@ -1,0 +1,408 @@
+//! Groups: a hierarchy per domain (a group has at most one parent, no cycles), and their
+//! user members.
+
+use crate::users::User;
+use crate::{status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError};
+use rusqlite::{OptionalExtension, Row};
+
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub id: String,
+    pub domain_id: String,
+    pub parent_id: Option<String>,
+    pub name: String,
+    pub description: String,
+    pub tags: JsonText,
+    pub metadata: JsonText,
+    pub status: Status,
+    pub created_at: i64,
+    pub updated_at: Option<i64>,
+    pub updated_by: Option<String>,
+}
+
+/// A group in a hierarchy listing: its level relative to the group asked about (negative for
+/// ancestors) and its path from the root, ids joined by `.`.
+#[derive(Clone, Debug)]
+pub struct GroupNode {
+    pub group: Group,
+    pub level: i64,
+    pub path: String,
+}
+
+pub struct NewGroup {
+    pub id: String,
+    pub parent_id: Option<String>,
+    pub name: String,
+    pub description: String,
+    pub tags: JsonText,
+    pub metadata: JsonText,
+    pub status: Status,
+}
+
+#[derive(Default)]
+pub struct GroupPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Option<JsonText>,
+    pub tags: Option<JsonText>,
+    pub status: Option<Status>,
+}
+
+#[derive(Default)]
+pub struct GroupQuery {
+    pub page: PageReq,
+    pub status: StatusFilter,
+    pub name: Option<String>,
+    pub metadata: Option<JsonText>,
+    pub tag: Option<String>,
+}
+
+/// Deepest hierarchy walked by the recursive queries.
+pub const MAX_DEPTH: i64 = 64;
+
+/// [`MAX_DEPTH`], for callers outside the crate.
+pub fn max_depth() -> i64 {
+    MAX_DEPTH
+}
+
+const COLUMNS: &str = "g.id, g.domain_id, g.parent_id, g.name, g.description, g.tags, g.metadata, g.status, g.created_at, g.updated_at, g.updated_by";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Group> {
+    Ok(Group {
+        id: r.get(0)?,
+        domain_id: r.get(1)?,
+        parent_id: r.get(2)?,
+        name: r.get(3)?,
+        description: r.get(4)?,
+        tags: JsonText(r.get(5)?),
+        metadata: JsonText(r.get(6)?),
+        status: status_from_sql(&r.get::<_, String>(7)?),
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+        updated_by: r.get(10)?,
+    })
+}
+
+fn get(c: &rusqlite::Connection, domain: &str, id: &str) -> Result<Group> {
+    c.query_row(
+        &format!("SELECT {COLUMNS} FROM groups g WHERE g.domain_id = ?1 AND g.id = ?2"),
+        [domain, id],
+        from_row,
+    )
+    .optional()?
+    .ok_or(StoreError::NotFound)
+}
+
+/// Ids from the root down to `id`.
+fn chain(c: &rusqlite::Connection, domain: &str, id: &str) -> Result<Vec<String>> {
+    let mut st = c.prepare_cached(
+        "WITH RECURSIVE up(id, parent_id, depth) AS (
+            SELECT id, parent_id, 0 FROM groups WHERE domain_id = ?1 AND id = ?2
+            UNION ALL
+            SELECT g.id, g.parent_id, up.depth + 1 FROM groups g JOIN up ON g.id = up.parent_id WHERE up.depth < ?3)
+         SELECT id FROM up ORDER BY depth DESC",
+    )?;
+    let ids = st
+        .query_map(rusqlite::params![domain, id, MAX_DEPTH], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ids)
+}
+
+impl Store {
+    pub fn create_group(&self, domain: &str, g: NewGroup) -> Result<Group> {
+        self.write(|tx| {
+            if let Some(p) = &g.parent_id {
+                get(tx, domain, p).map_err(|_| StoreError::Invalid("parent group not found in this domain".into()))?;
+                if chain(tx, domain, p)?.len() as i64 >= MAX_DEPTH {
+                    return Err(StoreError::Invalid(format!("groups nest at most {MAX_DEPTH} deep")));
+                }
+            }
+            tx.execute(
+                "INSERT INTO groups (id, domain_id, parent_id, name, description, tags, metadata, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                rusqlite::params![
+                    g.id,
+                    domain,
+                    g.parent_id,
+                    g.name,
+                    g.description,
+                    g.tags.0,
+                    g.metadata.0,
+                    g.status.as_str(),
+                    crate::now_micros()
+                ],
+            )
+            .map_err(|e| crate::conflict(e, "group id already exists"))?;
+            get(tx, domain, &g.id)
+        })
+    }
+
+    pub fn group(&self, domain: &str, id: &str) -> Result<Group> {
+        get(&*self.conn()?, domain, id)
+    }
+
+    /// A group by id alone (group ids are generated UUIDs, unique across domains).
+    pub fn group_any_domain(&self, id: &str) -> Result<Group> {
+        let c = self.conn()?;
+        c.query_row(
+            &format!("SELECT {COLUMNS} FROM groups g WHERE g.id = ?1"),
+            [id],
+            from_row,
+        )
+        .optional()?
+        .ok_or(StoreError::NotFound)
+    }
+
+    /// The group's path from the root, ids joined by `.`.
+    pub fn group_path(&self, domain: &str, id: &str) -> Result<String> {
+        Ok(chain(&*self.conn()?, domain, id)?.join("."))
+    }
+
+    pub fn update_group(&self, domain: &str, id: &str, p: GroupPatch, by: &str) -> Result<Group> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE groups SET name = COALESCE(?3, name), description = COALESCE(?4, description),
+                    metadata = COALESCE(?5, metadata), tags = COALESCE(?6, tags), status = COALESCE(?7, status),
+                    updated_at = ?8, updated_by = ?9
+                 WHERE domain_id = ?1 AND id = ?2",
+                rusqlite::params![
+                    domain,
+                    id,
+                    p.name,
+                    p.description,
+                    p.metadata.map(|m| m.0),
+                    p.tags.map(|t| t.0),
+                    p.status.map(Status::as_str),
+                    crate::now_micros(),
+                    by
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            get(tx, domain, id)
+        })
+    }
+
+    /// Moves a group under `parent` (or to the top with `None`). Refuses cycles: the new
+    /// parent may be neither the group nor one of its descendants.
+    pub fn set_group_parent(&self, domain: &str, id: &str, parent: Option<&str>, by: &str) -> Result<Group> {
+        self.write(|tx| {
+            get(tx, domain, id)?;
+            if let Some(p) = parent {
+                get(tx, domain, p).map_err(|_| StoreError::Invalid("parent group not found in this domain".into()))?;
+                let ancestors = chain(tx, domain, p)?;
+                if ancestors.iter().any(|a| a == id) {
+                    return Err(StoreError::Conflict("that parent would make a cycle".into()));
+                }
+            }
+            tx.execute(
+                "UPDATE groups SET parent_id = ?3, updated_at = ?4, updated_by = ?5 WHERE domain_id = ?1 AND id = ?2",
+                rusqlite::params![domain, id, parent, crate::now_micros(), by],
+            )?;
+            get(tx, domain, id)
+        })
+    }
+
+    /// Deletes a group that has no children (409 otherwise: move or delete them first).
+    /// Channels under it lose their parent; memberships go with it.
+    pub fn delete_group(&self, domain: &str, id: &str) -> Result<()> {
+        self.write(|tx| {
+            get(tx, domain, id)?;
+            let children: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM groups WHERE domain_id = ?1 AND parent_id = ?2",
+                [domain, id],
+                |r| r.get(0),
+            )?;
+            if children > 0 {
+                return Err(StoreError::Conflict(
+                    "group has children; delete or move them first".into(),
+                ));
+            }
+            tx.execute("DELETE FROM groups WHERE domain_id = ?1 AND id = ?2", [domain, id])?;
+            Ok(())
+        })
+    }
+
+    pub fn list_groups(&self, domain: &str, q: &GroupQuery) -> Result<Page<Group>> {
+        let mut f = Filter::default();
+        f.push("g.domain_id = ?", domain.to_string());
+        f.status(q.status, "g.status");
+        if let Some(n) = &q.name {
+            f.push("instr(lower(g.name), lower(?)) > 0", n.clone());
+        }
+        f.tag("g.tags", &q.tag);
+        f.metadata("g.metadata", &q.metadata);
+        let c = self.conn()?;
+        let w = f.where_sql();
+        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM groups g{w}"), f.params(), |r| r.get(0))?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM groups g{w}{}",
+            q.page.sql("g.name").replace("rowid", "g.rowid")
+        );
+        let mut st = c.prepare(&sql)?;
+        let items = st
+            .query_map(f.params(), from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Page {
+            total: total as u64,
+            offset: q.page.offset,
+            limit: q.page.limit,
+            items,
+        })
+    }
+
+    /// Every group of the domain passing the status filter, with level and path from its
+    /// root (for tree listings).
+    pub fn group_forest(&self, domain: &str, status: StatusFilter) -> Result<Vec<GroupNode>> {
+        let c = self.conn()?;
+        let status_sql = status.sql("g.status").map(|s| format!(" AND {s}")).unwrap_or_default();
+        let mut st = c.prepare(&format!(
+            "WITH RECURSIVE down(id, depth, path) AS (
+                SELECT id, 0, id FROM groups WHERE domain_id = ?1 AND parent_id IS NULL
+                UNION ALL
+                SELECT g.id, down.depth + 1, down.path || '.' || g.id FROM groups g JOIN down ON g.parent_id = down.id
+                WHERE down.depth < ?2)
+             SELECT {COLUMNS}, down.depth, down.path FROM down JOIN groups g ON g.id = down.id
+             WHERE 1 = 1{status_sql} ORDER BY down.depth, g.created_at"
+        ))?;
+        let rows = st
+            .query_map(rusqlite::params![domain, MAX_DEPTH], |r| {
+                Ok(GroupNode {
+                    group: from_row(r)?,
+                    level: r.get(11)?,
+                    path: r.get(12)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// The group and its descendants up to `levels` below it (level 0 is the group).
+    pub fn group_descendants(&self, domain: &str, id: &str, levels: i64) -> Result<Vec<GroupNode>> {
+        let c = self.conn()?;
+        get(&c, domain, id)?;
+        let root_path = chain(&c, domain, id)?.join(".");
+        let mut st = c.prepare_cached(&format!(
+            "WITH RECURSIVE down(id, depth, path) AS (
+                SELECT id, 0, ?3 FROM groups WHERE domain_id = ?1 AND id = ?2
+                UNION ALL
+                SELECT g.id, down.depth + 1, down.path || '.' || g.id FROM groups g JOIN down ON g.parent_id = down.id
+                WHERE down.depth < ?4)
+             SELECT {COLUMNS}, down.depth, down.path FROM down JOIN groups g ON g.id = down.id
+             ORDER BY down.depth, g.created_at"
+        ))?;
+        let rows = st
+            .query_map(
+                rusqlite::params![domain, id, root_path, levels.clamp(0, MAX_DEPTH)],
+                |r| {
+                    Ok(GroupNode {
+                        group: from_row(r)?,
+                        level: r.get(11)?,
+                        path: r.get(12)?,
+                    })
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// The group and its ancestors up to `levels` above it (level 0 is the group, parents
+    /// negative).
+    pub fn group_ancestors(&self, domain: &str, id: &str, levels: i64) -> Result<Vec<GroupNode>> {
+        let c = self.conn()?;
+        get(&c, domain, id)?;
+        let ids = chain(&c, domain, id)?;
+        let n = ids.len();
+        let mut out = Vec::new();
+        for (i, gid) in ids.iter().enumerate().rev() {
+            let level = i as i64 - (n as i64 - 1);
+            if -level > levels {
+                break;
+            }
+            out.push(GroupNode {
+                group: get(&c, domain, gid)?,
+                level,
+                path: ids[..=i].join("."),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds (or updates the actions of) a user member of a group. The user must belong to
+    /// the group's domain.
+    pub fn add_group_member(&self, domain: &str, group: &str, user: &str, actions: &JsonText) -> Result<()> {
+        self.write(|tx| {
+            get(tx, domain, group)?;
+            let member = tx
+                .prepare_cached("SELECT 1 FROM domain_members WHERE domain_id = ?1 AND user_id = ?2")?
+                .exists([domain, user])?;
+            if !member {
+                return Err(StoreError::Invalid("user is not a member of the group's domain".into()));
+            }
+            tx.execute(
+                "INSERT INTO group_members (group_id, user_id, actions, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(group_id, user_id) DO UPDATE SET actions = excluded.actions",
+                rusqlite::params![group, user, actions.0, crate::now_micros()],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn remove_group_member(&self, domain: &str, group: &str, user: &str) -> Result<()> {
+        self.write(|tx| {
+            get(tx, domain, group)?;
+            let n = tx.execute(
+                "DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2",
+                [group, user],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn list_group_members(&self, domain: &str, group: &str, page: &PageReq) -> Result<Page<User>> {
+        let c = self.conn()?;
+        get(&c, domain, group)?;
+        let total: i64 = c.query_row("SELECT COUNT(*) FROM group_members WHERE group_id = ?1", [group], |r| {
+            r.get(0)
+        })?;
+        let cols = "u.id, u.first_name, u.last_name, u.email, u.username, u.secret, u.secret_epoch, u.tags, u.metadata, u.profile_picture, u.role, u.status, u.created_at, u.updated_at, u.updated_by";
+        let mut st = c.prepare(&format!(
+            "SELECT {cols} FROM group_members m JOIN users u ON u.id = m.user_id WHERE m.group_id = ?1
+             ORDER BY m.created_at, u.rowid LIMIT {} OFFSET {}",
+            page.limit, page.offset
+        ))?;
+        let items = st
+            .query_map([group], crate::users::from_row_pub)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Page {
+            total: total as u64,
+            offset: page.offset,
+            limit: page.limit,
+            items,
+        })
+    }
+
+    /// The groups a user belongs to (in every domain).
+    pub fn user_memberships(&self, user: &str, page: &PageReq) -> Result<Page<Group>> {
+        let c = self.conn()?;
+        let total: i64 = c.query_row("SELECT COUNT(*) FROM group_members WHERE user_id = ?1", [user], |r| {
+            r.get(0)
+        })?;
+        let mut st = c.prepare(&format!(
+            "SELECT {COLUMNS} FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = ?1
+             ORDER BY m.created_at, g.rowid LIMIT {} OFFSET {}",
+            page.limit, page.offset
+        ))?;
+        let items = st.query_map([user], from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Page {
+            total: total as u64,
+            offset: page.offset,
+            limit: page.limit,
+            items,
+        })
+    }
+}
