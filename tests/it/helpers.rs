@@ -36,6 +36,8 @@ pub struct TestApp {
     pub url: String,
     pub client: reqwest::Client,
     pub mailbox: Arc<Mailbox>,
+    pub store: storage::Store,
+    pub changes: tokio::sync::Mutex<tokio::sync::broadcast::Receiver<storage::Change>>,
     dir: Option<TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -72,6 +74,8 @@ impl TestApp {
         .await
         .expect("app builds");
         let url = format!("http://{}", app.http_addr());
+        let store = app.store();
+        let changes = tokio::sync::Mutex::new(app.subscribe_changes());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run(async {
@@ -84,6 +88,8 @@ impl TestApp {
             url,
             client: reqwest::Client::new(),
             mailbox,
+            store,
+            changes,
             dir: Some(dir),
             stop: Some(tx),
             task: Some(task),
@@ -163,6 +169,37 @@ impl TestApp {
         let (s, t) = self.login(name, &format!("{name}-password")).await;
         assert_eq!(s, 201, "{t}");
         (id, t["access_token"].as_str().expect("token").to_string())
+    }
+
+    /// The next change announced on the feed (waits for it; bounded so a missing event fails).
+    pub async fn next_change(&self) -> storage::Change {
+        let mut rx = self.changes.lock().await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a change event within 10 s")
+            .expect("feed open")
+    }
+
+    /// Drops changes announced so far.
+    pub async fn drain_changes(&self) {
+        let mut rx = self.changes.lock().await;
+        while rx.try_recv().is_ok() {}
+    }
+
+    /// Creates a client in `domain`; returns its JSON.
+    pub async fn client(&self, token: &str, domain: &str, body: Value) -> Value {
+        let (s, v) = self.post(&format!("/{domain}/clients"), Some(token), body).await;
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
+    /// Creates a channel in `domain`; returns its id.
+    pub async fn channel(&self, token: &str, domain: &str, name: &str) -> String {
+        let (s, v) = self
+            .post(&format!("/{domain}/channels"), Some(token), json!({"name": name}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        v["id"].as_str().expect("id").to_string()
     }
 
     /// Creates a domain owned by the token's user; returns its id.

@@ -1,7 +1,11 @@
 //! Integration tests: the real server on 127.0.0.1 port 0 with a fresh data directory,
 //! driven over real sockets. One test binary, so the app links once.
 
+mod channels;
+mod clients;
 mod config;
 mod domains;
+mod groups;
 mod helpers;
+mod isolation;
 mod users;
