@@ -99,7 +99,7 @@ fn main() {
     for (i, c) in client_ids.iter().enumerate() {
         let hs: Vec<String> = channels_of(i).map(|j| channel_ids[j].clone()).collect();
         store
-            .connect("d", &[c.clone()], &hs, &[ConnType::Publish])
+            .connect("d", std::slice::from_ref(c), &hs, &[ConnType::Publish])
             .expect("connect");
     }
     println!(

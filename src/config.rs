@@ -37,6 +37,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log: LogConfig,
     pub http: HttpConfig,
+    pub mqtt: MqttConfig,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
     pub store: StoreSection,
@@ -53,6 +54,20 @@ pub struct LogConfig {
 pub struct HttpConfig {
     pub addr: String,
     pub max_body_bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub addr: String,
+    pub ws_addr: String,
+    pub allow_anonymous: bool,
+    pub max_packet_size: usize,
+    pub connect_timeout: u64,
+    pub max_connections: usize,
+    pub inflight_window: u16,
+    pub max_segment_size: usize,
+    pub max_segment_count: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -101,6 +116,8 @@ pub enum ConfigError {
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub http_addr: Option<String>,
+    pub mqtt_addr: Option<String>,
+    pub ws_addr: Option<String>,
 }
 
 impl Config {
@@ -139,9 +156,13 @@ impl Config {
         if let Some(d) = &flags.data_dir {
             table.insert("data_dir".into(), toml::Value::String(d.display().to_string()));
         }
-        if let Some(a) = &flags.http_addr {
-            if let Some(toml::Value::Table(http)) = table.get_mut("http") {
-                http.insert("addr".into(), toml::Value::String(a.clone()));
+        for (section, key, flag) in [
+            ("http", "addr", &flags.http_addr),
+            ("mqtt", "addr", &flags.mqtt_addr),
+            ("mqtt", "ws_addr", &flags.ws_addr),
+        ] {
+            if let (Some(v), Some(toml::Value::Table(t))) = (flag, table.get_mut(section)) {
+                t.insert(key.into(), toml::Value::String(v.clone()));
             }
         }
         let cfg: Config = toml::Value::Table(table)
@@ -164,6 +185,11 @@ impl Config {
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.expose().len() < 32 {
             return Err(ConfigError::Invalid(
                 "auth.jwt_secret must have at least 32 characters".into(),
+            ));
+        }
+        if self.mqtt.max_packet_size < 64 || self.mqtt.inflight_window == 0 || self.mqtt.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "mqtt.max_packet_size must be at least 64; inflight_window and max_connections positive".into(),
             ));
         }
         if self.http.max_body_bytes == 0 {

@@ -5,6 +5,7 @@
 //! [`App::run`] serves until the shutdown future completes, then stops cleanly.
 
 pub mod config;
+pub mod mqtt;
 
 use config::Config;
 use mgmt::{auth, Ctx, MgmtConfig, Outbox};
@@ -43,6 +44,7 @@ pub struct App {
     http_addr: SocketAddr,
     ctx: Arc<Ctx>,
     events: tokio::sync::broadcast::Sender<storage::Change>,
+    broker: Arc<broker::BrokerHandle>,
     /// The generated bootstrap password, when this start created the super-admin with one.
     pub generated_admin_password: Option<String>,
 }
@@ -91,17 +93,49 @@ impl App {
                 err,
             })?;
         let http_addr = http.local_addr()?;
+
+        let bcfg = broker::BrokerConfig {
+            mqtt_addr: cfg.mqtt.addr.clone(),
+            ws_addr: Some(cfg.mqtt.ws_addr.clone()).filter(|a| !a.is_empty()),
+            allow_anonymous: cfg.mqtt.allow_anonymous,
+            max_packet_size: cfg.mqtt.max_packet_size,
+            connect_timeout: std::time::Duration::from_secs(cfg.mqtt.connect_timeout),
+            max_connections: cfg.mqtt.max_connections,
+            inflight_window: cfg.mqtt.inflight_window,
+            max_segment_size: cfg.mqtt.max_segment_size,
+            max_segment_count: cfg.mqtt.max_segment_count,
+        };
+        let authorizer = Arc::new(mqtt::StoreAuthorizer { store: store.clone() });
+        let broker = broker::start(bcfg, authorizer, Arc::new(broker::NoSink))
+            .await
+            .map_err(|e| AppError::Startup(e.to_string()))?;
+        let broker = Arc::new(broker);
+        tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
         Ok(App {
             http,
             http_addr,
             ctx,
             events,
+            broker,
             generated_admin_password,
         })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.broker.mqtt_addr
+    }
+
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.broker.ws_addr
+    }
+
+    /// The broker's counters.
+    pub fn broker_metrics(&self) -> Arc<broker::Metrics> {
+        self.broker.metrics.clone()
     }
 
     /// Subscribes to the change feed (changes that affect who may publish or subscribe).

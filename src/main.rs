@@ -31,6 +31,12 @@ enum Cmd {
         /// Address of the REST API, e.g. 127.0.0.1:9000 (port 0 picks one).
         #[arg(long, value_name = "HOST:PORT")]
         http_addr: Option<String>,
+        /// Address of the MQTT listener, e.g. 0.0.0.0:1883.
+        #[arg(long, value_name = "HOST:PORT")]
+        mqtt_addr: Option<String>,
+        /// Address of the MQTT-over-WebSocket listener (path /mqtt); empty disables it.
+        #[arg(long, value_name = "HOST:PORT")]
+        ws_addr: Option<String>,
     },
     /// Configuration helpers.
     Config {
@@ -58,8 +64,15 @@ fn main() -> ExitCode {
             config,
             data_dir,
             http_addr,
+            mqtt_addr,
+            ws_addr,
         } => {
-            let flags = Overrides { data_dir, http_addr };
+            let flags = Overrides {
+                data_dir,
+                http_addr,
+                mqtt_addr,
+                ws_addr,
+            };
             let cfg = match Config::load(config.as_deref(), std::env::vars(), &flags) {
                 Ok(c) => c,
                 Err(e) => {

@@ -37,6 +37,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub mailbox: Arc<Mailbox>,
     pub store: storage::Store,
+    pub mqtt_addr: std::net::SocketAddr,
+    pub ws_addr: Option<std::net::SocketAddr>,
+    pub broker_metrics: Arc<broker::Metrics>,
     pub changes: tokio::sync::Mutex<tokio::sync::broadcast::Receiver<storage::Change>>,
     dir: Option<TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -47,6 +50,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::defaults();
     cfg.data_dir = dir.to_path_buf();
     cfg.http.addr = "127.0.0.1:0".into();
+    cfg.mqtt.addr = "127.0.0.1:0".into();
+    cfg.mqtt.ws_addr = "127.0.0.1:0".into();
     cfg.auth.pbkdf2_iterations = 1000;
     cfg.admin.password = fluxgate::config::Secret(ADMIN_PASSWORD.into());
     cfg
@@ -75,6 +80,7 @@ impl TestApp {
         .expect("app builds");
         let url = format!("http://{}", app.http_addr());
         let store = app.store();
+        let (mqtt_addr, ws_addr, broker_metrics) = (app.mqtt_addr(), app.ws_addr(), app.broker_metrics());
         let changes = tokio::sync::Mutex::new(app.subscribe_changes());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -89,6 +95,9 @@ impl TestApp {
             client: reqwest::Client::new(),
             mailbox,
             store,
+            mqtt_addr,
+            ws_addr,
+            broker_metrics,
             changes,
             dir: Some(dir),
             stop: Some(tx),
@@ -191,6 +200,27 @@ impl TestApp {
         let (s, v) = self.post(&format!("/{domain}/clients"), Some(token), body).await;
         assert_eq!(s, 201, "{v}");
         v
+    }
+
+    /// Creates a client in `domain`; returns (id, secret).
+    pub async fn device(&self, token: &str, domain: &str) -> (String, String) {
+        let v = self.client(token, domain, json!({"name": "device"})).await;
+        (
+            v["id"].as_str().expect("id").to_string(),
+            v["credentials"]["secret"].as_str().expect("secret").to_string(),
+        )
+    }
+
+    /// Connects client to channel with the given types (e.g. ["publish"]).
+    pub async fn connect(&self, token: &str, domain: &str, client: &str, channel: &str, types: &[&str]) {
+        let (s, v) = self
+            .post(
+                &format!("/{domain}/channels/connect"),
+                Some(token),
+                json!({"client_ids": [client], "channel_ids": [channel], "types": types}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
     }
 
     /// Creates a channel in `domain`; returns its id.

@@ -8,4 +8,6 @@ mod domains;
 mod groups;
 mod helpers;
 mod isolation;
+mod mqtt;
+mod mqtt_client;
 mod users;
