@@ -10,4 +10,5 @@ mod helpers;
 mod isolation;
 mod mqtt;
 mod mqtt_client;
+mod peers;
 mod users;
