@@ -295,6 +295,28 @@ pub async fn start(
     })
 }
 
+/// Starts a bare embedded rumqttd (MQTT 3.1.1, no authentication, no front) with the same
+/// router settings, on a free loopback port. For benchmarks that compare the front against
+/// rumqttd alone in the same process layout.
+pub async fn start_bare_rumqttd(cfg: &BrokerConfig) -> Result<SocketAddr, BrokerError> {
+    let v4 = free_port()?;
+    let v5 = free_port()?;
+    let mut rcfg = embedded_config(cfg, v4, v5, "unused", "unused");
+    for servers in [rcfg.v4.as_mut(), rcfg.v5.as_mut()].into_iter().flatten() {
+        for s in servers.values_mut() {
+            s.connections.auth = None;
+        }
+    }
+    let mut broker = rumqttd::Broker::new(rcfg);
+    std::thread::Builder::new().name("rumqttd-bare".into()).spawn(move || {
+        if let Err(e) = broker.start() {
+            tracing::error!(error = %e, "bare broker stopped");
+        }
+    })?;
+    wait_until_listening(v4).await?;
+    Ok(v4)
+}
+
 async fn wait_until_listening(addr: SocketAddr) -> Result<(), BrokerError> {
     for _ in 0..500 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {

@@ -1,0 +1,373 @@
+//! MQTT throughput and latency (issue #4). Runs, in turn, against
+//!   (a) Fluxgate: the authorizing front with registry credentials and channel policies,
+//!   (b) the embedded rumqttd alone in the same process (no front, no auth),
+//!   (c) a reference broker: BENCH_MQTT_REFERENCE=host:port, or a local `mosquitto` started
+//!       on a free port when the binary exists,
+//! the scenarios p2p (4 publishers -> 4 subscribers, one topic each), fan-in (4 -> 1) and
+//! fan-out (1 -> 4) at QoS 0 and 1 with 64-byte payloads, printing deliveries per second,
+//! p50/p99 latency and the ratios a/b and a/c. Then p99 at a fixed 8,000 msg/s, and
+//! connections per second plus resident memory per idle connection for N authenticated
+//! clients (BENCH_CONNECTIONS, default 10,000).
+//!
+//! Run: `cargo bench --bench mqtt` (BENCH_SECS sets the window per figure, default 3).
+
+use fluxgate::config::{Config, Secret};
+use fluxgate::{App, Hooks};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    /// (client id, secret) per connection slot; None for brokers without auth.
+    creds: Option<Vec<(String, String)>>,
+    topics: Vec<String>,
+}
+
+struct Figures {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn epoch() -> &'static Instant {
+    static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    E.get_or_init(Instant::now)
+}
+
+fn opts(t: &Target, slot: usize, id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(id, t.addr.ip().to_string(), t.addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(100);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(c) = &t.creds {
+        let (u, p) = &c[slot % c.len()];
+        o.set_credentials(u, p);
+    }
+    o
+}
+
+async fn connected(t: &Target, slot: usize, id: &str) -> (AsyncClient, rumqttc::EventLoop) {
+    let (c, mut el) = AsyncClient::new(opts(t, slot, id), 10_000);
+    loop {
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return (c, el),
+            Ok(_) => continue,
+            Err(e) => panic!("{}: connect failed: {e}", t.name),
+        }
+    }
+}
+
+/// Runs one scenario: `pubs[i]` publishes to topic index `pubs[i]`, `subs[j]` subscribes to
+/// topic index `subs[j]`. `rate`: total messages per second, or None for as fast as possible.
+async fn scenario(t: &Target, pubs: &[usize], subs: &[usize], qos: QoS, rate: Option<u64>, window: Duration) -> Figures {
+    let count = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::<u64>::with_capacity(1 << 20)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (j, &ti) in subs.iter().enumerate() {
+        let (c, mut el) = connected(t, j, &format!("bench-sub-{j}-{}", t.name)).await;
+        c.subscribe(t.topics[ti].clone(), qos).await.expect("subscribe");
+        loop {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
+                break;
+            }
+        }
+        let (count, lat, stop) = (count.clone(), lat.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let _c = c;
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        if p.payload.len() >= 8 {
+                            let sent = u64::from_be_bytes(p.payload[..8].try_into().unwrap_or([0; 8]));
+                            let now = epoch().elapsed().as_micros() as u64;
+                            if let Ok(mut l) = lat.lock() {
+                                l.push(now.saturating_sub(sent));
+                            }
+                        }
+                    }
+                    Ok(Err(_)) => break,
+                    _ => {}
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    let per_pub_interval = rate.map(|r| Duration::from_secs_f64(pubs.len() as f64 / r as f64));
+    for (i, &ti) in pubs.iter().enumerate() {
+        let (c, mut el) = connected(t, subs.len() + i, &format!("bench-pub-{i}-{}", t.name)).await;
+        let topic = t.topics[ti].clone();
+        let stop2 = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            while !stop2.load(Ordering::Relaxed) {
+                if tokio::time::timeout(Duration::from_millis(200), el.poll()).await.is_ok_and(|r| r.is_err()) {
+                    break;
+                }
+            }
+        }));
+        let stop3 = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = per_pub_interval.map(tokio::time::interval);
+            while start.elapsed() < window && !stop3.load(Ordering::Relaxed) {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let mut payload = vec![0u8; 64];
+                payload[..8].copy_from_slice(&(epoch().elapsed().as_micros() as u64).to_be_bytes());
+                if c.publish(topic.clone(), qos, false, payload).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(window).await;
+    let delivered = count.load(Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut l = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    l.sort_unstable();
+    let pct = |p: f64| Duration::from_micros(l.get(((l.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0));
+    Figures {
+        rate: delivered as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.5),
+        p99: pct(0.99),
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let window = Duration::from_secs(secs);
+    let n_conns: usize = std::env::var("BENCH_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    epoch();
+
+    // (a) Fluxgate with a domain, 4 channels and 8 clients connected to all of them.
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = Config::defaults();
+    cfg.data_dir = dir.path().to_path_buf();
+    cfg.http.addr = "127.0.0.1:0".into();
+    cfg.mqtt.addr = "127.0.0.1:0".into();
+    cfg.mqtt.ws_addr = String::new();
+    cfg.auth.pbkdf2_iterations = 1000;
+    cfg.admin.password = Secret("bench-password".into());
+    let app = App::build(cfg.clone(), Hooks::default()).await.expect("build");
+    let store = app.store();
+    let fluxgate_addr = app.mqtt_addr();
+    tokio::spawn(app.run(std::future::pending()));
+    let (topics, creds, all_clients) = tokio::task::spawn_blocking(move || provision(&store, n_conns)).await.expect("provision");
+
+    // (b) rumqttd alone with the same router settings.
+    let bcfg = broker::BrokerConfig {
+        max_segment_size: cfg.mqtt.max_segment_size,
+        max_segment_count: cfg.mqtt.max_segment_count,
+        ..Default::default()
+    };
+    let bare = broker::start_bare_rumqttd(&bcfg).await.expect("bare rumqttd");
+
+    // (c) the reference broker.
+    let mut mosquitto = None;
+    let reference: Option<SocketAddr> = match std::env::var("BENCH_MQTT_REFERENCE") {
+        Ok(a) => a.parse().ok(),
+        Err(_) => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
+            match std::process::Command::new("mosquitto").args(["-p", &port.to_string()]).stderr(std::process::Stdio::null()).spawn() {
+                Ok(child) => {
+                    mosquitto = Some(child);
+                    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+                    let mut up = false;
+                    for _ in 0..200 {
+                        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                            up = true;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    up.then_some(addr)
+                }
+                Err(_) => None,
+            }
+        }
+    };
+
+    let mut targets = vec![
+        Target {
+            name: "fluxgate",
+            addr: fluxgate_addr,
+            creds: Some(creds.clone()),
+            topics: topics.clone(),
+        },
+        Target {
+            name: "rumqttd",
+            addr: bare,
+            creds: None,
+            topics: topics.clone(),
+        },
+    ];
+    if let Some(r) = reference {
+        targets.push(Target {
+            name: "reference",
+            addr: r,
+            creds: None,
+            topics: topics.clone(),
+        });
+    } else {
+        println!("no reference broker (set BENCH_MQTT_REFERENCE=host:port or install mosquitto)");
+    }
+
+    println!("MQTT benchmark: 64-byte payloads, {secs} s per figure");
+    println!("{:<22} {:<10} {:>14} {:>10} {:>10}", "scenario", "broker", "deliveries/s", "p50", "p99");
+    let scenarios: [(&str, Vec<usize>, Vec<usize>); 3] = [
+        ("p2p 4x4", vec![0, 1, 2, 3], vec![0, 1, 2, 3]),
+        ("fan-in 4->1", vec![0, 0, 0, 0], vec![0]),
+        ("fan-out 1->4", vec![0], vec![0, 0, 0, 0]),
+    ];
+    for (name, pubs, subs) in &scenarios {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            let label = format!("{name} qos{}", qos as u8);
+            let mut rates = Vec::new();
+            for t in &targets {
+                let f = scenario(t, pubs, subs, qos, None, window).await;
+                println!("{label:<22} {:<10} {:>14.0} {:>10.2?} {:>10.2?}", t.name, f.rate, f.p50, f.p99);
+                rates.push(f.rate);
+            }
+            let ratio = |i: usize| rates.get(i).map(|r| rates[0] / r.max(1.0));
+            println!(
+                "{label:<22} ratio a/b {:.2}{}",
+                ratio(1).unwrap_or(0.0),
+                ratio(2).map(|r| format!("   a/c {r:.2}")).unwrap_or_default()
+            );
+        }
+    }
+    for t in &targets {
+        let f = scenario(t, &[0, 1, 2, 3], &[0, 1, 2, 3], QoS::AtLeastOnce, Some(8000), window).await;
+        println!("{:<22} {:<10} {:>14.0} {:>10.2?} {:>10.2?}", "p2p qos1 @8000/s", t.name, f.rate, f.p50, f.p99);
+    }
+
+    // Connections per second and memory per idle connection (Fluxgate, authenticated).
+    let before = rss_kib();
+    let start = Instant::now();
+    let mut held = Vec::with_capacity(all_clients.len());
+    let mut set = tokio::task::JoinSet::new();
+    let target = targets[0].clone();
+    let all = Arc::new(all_clients);
+    let next = Arc::new(AtomicU64::new(0));
+    for _ in 0..64 {
+        let (t, all, next) = (target.clone(), all.clone(), next.clone());
+        set.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= all.len() {
+                    return mine;
+                }
+                let t = Target {
+                    creds: Some(vec![all[i].clone()]),
+                    ..t.clone()
+                };
+                let (c, mut el) = connected(&t, 0, &format!("idle-{i}")).await;
+                mine.push((c, tokio::spawn(async move { while el.poll().await.is_ok() {} })));
+            }
+        });
+    }
+    while let Some(Ok(v)) = set.join_next().await {
+        held.extend(v);
+    }
+    let elapsed = start.elapsed();
+    let after = rss_kib();
+    println!(
+        "connections: {} authenticated clients in {:.2?} = {:.0}/s; resident memory {} MiB -> {} MiB = {:.1} KiB per idle connection (both ends in this process)",
+        held.len(),
+        elapsed,
+        held.len() as f64 / elapsed.as_secs_f64(),
+        before / 1024,
+        after / 1024,
+        (after.saturating_sub(before)) as f64 / held.len().max(1) as f64
+    );
+    if let Some(mut m) = mosquitto {
+        let _ = m.kill();
+    }
+}
+
+/// Creates a domain, 4 channels and `n` clients (all connected to the 4 channels); returns
+/// topics, the first 8 clients' credentials and every client's credentials.
+type Creds = Vec<(String, String)>;
+
+fn provision(store: &storage::Store, n: usize) -> (Vec<String>, Creds, Creds) {
+    use storage::*;
+    let admin = store
+        .list_users(&UserQuery {
+            status: StatusFilter::All,
+            ..Default::default()
+        })
+        .expect("users")
+        .items
+        .remove(0);
+    store
+        .create_domain(
+            NewDomain {
+                id: uuid::Uuid::new_v4().to_string(),
+                name: "bench".into(),
+                route: "bench".into(),
+                tags: JsonText::empty_array(),
+                metadata: JsonText::empty_object(),
+            },
+            &admin.id,
+        )
+        .map(|d| {
+            let channels: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+            store
+                .create_channels(
+                    &d.id,
+                    &channels
+                        .iter()
+                        .map(|id| NewChannel {
+                            id: id.clone(),
+                            name: id.clone(),
+                            parent_group_id: None,
+                            tags: JsonText::empty_array(),
+                            metadata: JsonText::empty_object(),
+                            status: Status::Enabled,
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .expect("channels");
+            let total = n.max(8);
+            let all: Vec<(String, String)> = (0..total).map(|i| (format!("dev-{i}"), format!("secret-of-dev-{i}"))).collect();
+            for chunk in all.chunks(1000) {
+                let new: Vec<NewClient> = chunk
+                    .iter()
+                    .map(|(id, s)| NewClient {
+                        id: id.clone(),
+                        name: id.clone(),
+                        identity: String::new(),
+                        secret: s.clone(),
+                        tags: JsonText::empty_array(),
+                        metadata: JsonText::empty_object(),
+                        status: Status::Enabled,
+                    })
+                    .collect();
+                store.create_clients(&d.id, &new).expect("clients");
+                let ids: Vec<String> = chunk.iter().map(|c| c.0.clone()).collect();
+                store.connect(&d.id, &ids, &channels, &ConnType::BOTH).expect("connect");
+            }
+            let topics = channels.iter().map(|c| format!("channels/{c}/messages")).collect();
+            (topics, all[..8].to_vec(), all)
+        })
+        .expect("domain")
+}
