@@ -64,7 +64,14 @@ async fn connected(t: &Target, slot: usize, id: &str) -> (AsyncClient, rumqttc::
 
 /// Runs one scenario: `pubs[i]` publishes to topic index `pubs[i]`, `subs[j]` subscribes to
 /// topic index `subs[j]`. `rate`: total messages per second, or None for as fast as possible.
-async fn scenario(t: &Target, pubs: &[usize], subs: &[usize], qos: QoS, rate: Option<u64>, window: Duration) -> Figures {
+async fn scenario(
+    t: &Target,
+    pubs: &[usize],
+    subs: &[usize],
+    qos: QoS,
+    rate: Option<u64>,
+    window: Duration,
+) -> Figures {
     let count = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::<u64>::with_capacity(1 << 20)));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -106,7 +113,10 @@ async fn scenario(t: &Target, pubs: &[usize], subs: &[usize], qos: QoS, rate: Op
         let stop2 = stop.clone();
         tasks.push(tokio::spawn(async move {
             while !stop2.load(Ordering::Relaxed) {
-                if tokio::time::timeout(Duration::from_millis(200), el.poll()).await.is_ok_and(|r| r.is_err()) {
+                if tokio::time::timeout(Duration::from_millis(200), el.poll())
+                    .await
+                    .is_ok_and(|r| r.is_err())
+                {
                     break;
                 }
             }
@@ -146,15 +156,25 @@ async fn scenario(t: &Target, pubs: &[usize], subs: &[usize], qos: QoS, rate: Op
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 #[tokio::main]
 async fn main() {
-    let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let window = Duration::from_secs(secs);
-    let n_conns: usize = std::env::var("BENCH_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n_conns: usize = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     epoch();
 
     // (a) Fluxgate with a domain, 4 channels and 8 clients connected to all of them.
@@ -170,7 +190,9 @@ async fn main() {
     let store = app.store();
     let fluxgate_addr = app.mqtt_addr();
     tokio::spawn(app.run(std::future::pending()));
-    let (topics, creds, all_clients) = tokio::task::spawn_blocking(move || provision(&store, n_conns)).await.expect("provision");
+    let (topics, creds, all_clients) = tokio::task::spawn_blocking(move || provision(&store, n_conns))
+        .await
+        .expect("provision");
 
     // (b) rumqttd alone with the same router settings.
     let bcfg = broker::BrokerConfig {
@@ -185,8 +207,15 @@ async fn main() {
     let reference: Option<SocketAddr> = match std::env::var("BENCH_MQTT_REFERENCE") {
         Ok(a) => a.parse().ok(),
         Err(_) => {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
-            match std::process::Command::new("mosquitto").args(["-p", &port.to_string()]).stderr(std::process::Stdio::null()).spawn() {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap_or(0);
+            match std::process::Command::new("mosquitto")
+                .args(["-p", &port.to_string()])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+            {
                 Ok(child) => {
                     mosquitto = Some(child);
                     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -231,7 +260,10 @@ async fn main() {
     }
 
     println!("MQTT benchmark: 64-byte payloads, {secs} s per figure");
-    println!("{:<22} {:<10} {:>14} {:>10} {:>10}", "scenario", "broker", "deliveries/s", "p50", "p99");
+    println!(
+        "{:<22} {:<10} {:>14} {:>10} {:>10}",
+        "scenario", "broker", "deliveries/s", "p50", "p99"
+    );
     let scenarios: [(&str, Vec<usize>, Vec<usize>); 3] = [
         ("p2p 4x4", vec![0, 1, 2, 3], vec![0, 1, 2, 3]),
         ("fan-in 4->1", vec![0, 0, 0, 0], vec![0]),
@@ -243,7 +275,10 @@ async fn main() {
             let mut rates = Vec::new();
             for t in &targets {
                 let f = scenario(t, pubs, subs, qos, None, window).await;
-                println!("{label:<22} {:<10} {:>14.0} {:>10.2?} {:>10.2?}", t.name, f.rate, f.p50, f.p99);
+                println!(
+                    "{label:<22} {:<10} {:>14.0} {:>10.2?} {:>10.2?}",
+                    t.name, f.rate, f.p50, f.p99
+                );
                 rates.push(f.rate);
             }
             let ratio = |i: usize| rates.get(i).map(|r| rates[0] / r.max(1.0));
@@ -256,7 +291,10 @@ async fn main() {
     }
     for t in &targets {
         let f = scenario(t, &[0, 1, 2, 3], &[0, 1, 2, 3], QoS::AtLeastOnce, Some(8000), window).await;
-        println!("{:<22} {:<10} {:>14.0} {:>10.2?} {:>10.2?}", "p2p qos1 @8000/s", t.name, f.rate, f.p50, f.p99);
+        println!(
+            "{:<22} {:<10} {:>14.0} {:>10.2?} {:>10.2?}",
+            "p2p qos1 @8000/s", t.name, f.rate, f.p50, f.p99
+        );
     }
 
     // Connections per second and memory per idle connection (Fluxgate, authenticated).
@@ -348,7 +386,9 @@ fn provision(store: &storage::Store, n: usize) -> (Vec<String>, Creds, Creds) {
                 )
                 .expect("channels");
             let total = n.max(8);
-            let all: Vec<(String, String)> = (0..total).map(|i| (format!("dev-{i}"), format!("secret-of-dev-{i}"))).collect();
+            let all: Vec<(String, String)> = (0..total)
+                .map(|i| (format!("dev-{i}"), format!("secret-of-dev-{i}")))
+                .collect();
             for chunk in all.chunks(1000) {
                 let new: Vec<NewClient> = chunk
                     .iter()

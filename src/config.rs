@@ -38,6 +38,7 @@ pub struct Config {
     pub log: LogConfig,
     pub http: HttpConfig,
     pub mqtt: MqttConfig,
+    pub messages: MessagesConfig,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
     pub store: StoreSection,
@@ -68,6 +69,17 @@ pub struct MqttConfig {
     pub inflight_window: u16,
     pub max_segment_size: usize,
     pub max_segment_count: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesConfig {
+    pub queue_size: usize,
+    pub batch_size: usize,
+    pub flush_interval_ms: u64,
+    pub retention_max_age: u64,
+    pub retention_max_rows_per_channel: u64,
+    pub retention_interval: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -190,6 +202,11 @@ impl Config {
         if self.mqtt.max_packet_size < 64 || self.mqtt.inflight_window == 0 || self.mqtt.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "mqtt.max_packet_size must be at least 64; inflight_window and max_connections positive".into(),
+            ));
+        }
+        if self.messages.queue_size == 0 || self.messages.batch_size == 0 || self.messages.retention_interval == 0 {
+            return Err(ConfigError::Invalid(
+                "messages.queue_size, batch_size and retention_interval must be positive".into(),
             ));
         }
         if self.http.max_body_bytes == 0 {

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod mqtt;
+pub mod pipeline;
 
 use config::Config;
 use mgmt::{auth, Ctx, MgmtConfig, Outbox};
@@ -45,6 +46,8 @@ pub struct App {
     ctx: Arc<Ctx>,
     events: tokio::sync::broadcast::Sender<storage::Change>,
     broker: Arc<broker::BrokerHandle>,
+    pipeline: pipeline::Pipeline,
+    writer: pipeline::Writer,
     /// The generated bootstrap password, when this start created the super-admin with one.
     pub generated_admin_password: Option<String>,
 }
@@ -72,28 +75,6 @@ impl App {
             .map_err(|e| AppError::Startup(e.to_string()))?;
 
         let (events, _) = tokio::sync::broadcast::channel(4096);
-        let ctx = Arc::new(Ctx {
-            store: store.clone(),
-            tokens,
-            passwords,
-            cfg: MgmtConfig {
-                self_registration: cfg.auth.self_registration,
-                max_body_bytes: cfg.http.max_body_bytes,
-                version: VERSION,
-            },
-            outbox: hooks.outbox.unwrap_or_else(|| Arc::new(mgmt::LogOutbox)),
-            events: events.clone(),
-        });
-        let generated_admin_password = bootstrap_admin(&ctx, &cfg).await?;
-
-        let http = tokio::net::TcpListener::bind(&cfg.http.addr)
-            .await
-            .map_err(|err| AppError::Bind {
-                addr: cfg.http.addr.clone(),
-                err,
-            })?;
-        let http_addr = http.local_addr()?;
-
         let bcfg = broker::BrokerConfig {
             mqtt_addr: cfg.mqtt.addr.clone(),
             ws_addr: Some(cfg.mqtt.ws_addr.clone()).filter(|a| !a.is_empty()),
@@ -106,17 +87,44 @@ impl App {
             max_segment_count: cfg.mqtt.max_segment_count,
         };
         let authorizer = Arc::new(mqtt::StoreAuthorizer { store: store.clone() });
-        let broker = broker::start(bcfg, authorizer, Arc::new(broker::NoSink))
+        let sink = Arc::new(pipeline::LateSink::default());
+        let broker = broker::start(bcfg, authorizer, sink.clone())
             .await
             .map_err(|e| AppError::Startup(e.to_string()))?;
         let broker = Arc::new(broker);
         tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
+        let (pipeline, writer) = pipeline::start(store.clone(), &cfg.messages, broker.clone(), &sink);
+        let ctx = Arc::new(Ctx {
+            store: store.clone(),
+            tokens,
+            passwords,
+            cfg: MgmtConfig {
+                self_registration: cfg.auth.self_registration,
+                max_body_bytes: cfg.http.max_body_bytes,
+                version: VERSION,
+            },
+            outbox: hooks.outbox.unwrap_or_else(|| Arc::new(mgmt::LogOutbox)),
+            events: events.clone(),
+            messages: Arc::new(pipeline.clone()),
+        });
+        let generated_admin_password = bootstrap_admin(&ctx, &cfg).await?;
+
+        let http = tokio::net::TcpListener::bind(&cfg.http.addr)
+            .await
+            .map_err(|err| AppError::Bind {
+                addr: cfg.http.addr.clone(),
+                err,
+            })?;
+        let http_addr = http.local_addr()?;
+
         Ok(App {
             http,
             http_addr,
             ctx,
             events,
             broker,
+            pipeline,
+            writer,
             generated_admin_password,
         })
     }
@@ -138,6 +146,16 @@ impl App {
         self.broker.metrics.clone()
     }
 
+    /// Total message rows committed by the pipeline, as a watch (await `wait_for`).
+    pub fn stored_messages(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.pipeline.stored.clone()
+    }
+
+    /// The message pipeline's counters.
+    pub fn pipeline_metrics(&self) -> Arc<pipeline::PipelineMetrics> {
+        self.pipeline.metrics.clone()
+    }
+
     /// Subscribes to the change feed (changes that affect who may publish or subscribe).
     pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<storage::Change> {
         self.events.subscribe()
@@ -152,6 +170,8 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
         tracing::info!(addr = %self.http_addr, "HTTP API listening");
         mgmt::serve(self.http, self.ctx, shutdown).await;
+        // Everything accepted is written before exit.
+        self.writer.drain().await;
         tracing::info!("stopped");
         Ok(())
     }

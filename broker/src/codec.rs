@@ -432,7 +432,10 @@ mod tests {
         assert_eq!(next_frame(&mut b, 100).expect("ok").expect("ping").kind(), PINGREQ);
         assert!(next_frame(&mut b, 100).expect("ok").is_none());
         let mut big = BytesMut::from(&[0x30, 0xff, 0xff, 0x7f][..]);
-        assert!(matches!(next_frame(&mut big, 1000), Err(FrameError::TooLarge(2_097_155))));
+        assert!(matches!(
+            next_frame(&mut big, 1000),
+            Err(FrameError::TooLarge(2_097_155))
+        ));
         let mut bad = BytesMut::from(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01][..]);
         assert!(matches!(next_frame(&mut bad, usize::MAX), Err(FrameError::BadLength)));
     }

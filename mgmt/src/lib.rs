@@ -16,7 +16,9 @@ mod domains;
 pub mod error;
 mod groups;
 pub mod http;
+pub mod messages;
 mod scoped;
+pub mod senml;
 mod users;
 pub mod views;
 
@@ -59,6 +61,8 @@ pub struct Ctx {
     pub outbox: Arc<dyn Outbox>,
     /// The change feed: rights-affecting changes, announced after their transaction commits.
     pub events: tokio::sync::broadcast::Sender<storage::Change>,
+    /// The message pipeline (HTTP adapter).
+    pub messages: Arc<dyn messages::MessagePort>,
 }
 
 impl Ctx {
@@ -142,6 +146,21 @@ pub async fn serve(
 
 async fn route(ctx: &Arc<Ctx>, req: Req) -> Result<Reply, ApiError> {
     let first = req.seg(0).to_string();
+    let segs: Vec<&str> = req.segs.iter().map(String::as_str).collect();
+    let post = req.method == Method::POST;
+    let get = req.method == Method::GET;
+    // Messaging routes first: they authenticate devices, not users.
+    match segs.as_slice() {
+        ["http", "channels", ch, "messages", sub @ ..] | ["channels", ch, "messages", sub @ ..] if post => {
+            return messages::publish(ctx, &req, None, ch, sub).await
+        }
+        ["m", d, "c", ch, sub @ ..] if post => return messages::publish(ctx, &req, Some(d), ch, sub).await,
+        ["channels", ch, "messages"] if get => return messages::read(ctx, &req, None, ch).await,
+        [d, "channels", ch, "messages"] if get && uuid::Uuid::parse_str(d).is_ok() => {
+            return messages::read(ctx, &req, Some(d), ch).await
+        }
+        _ => {}
+    }
     match first.as_str() {
         "health" if req.segs.len() == 1 => health(ctx, &req),
         "users" => users::route(ctx, &req).await,

@@ -13,6 +13,7 @@ mod clients;
 mod domains;
 mod events;
 mod groups;
+mod messages;
 mod migrations;
 mod settings;
 mod users;
@@ -22,6 +23,7 @@ pub use clients::{Client, ClientAuth, ClientPatch, ClientQuery, NewClient};
 pub use domains::{Domain, DomainMember, DomainPatch, DomainQuery, NewDomain, Relation};
 pub use events::{Change, ConnType};
 pub use groups::{max_depth as groups_max_depth, Group, GroupNode, GroupPatch, GroupQuery, NewGroup};
+pub use messages::{Aggregate, Cmp, MessageQuery, MessageRow, NewMessage, ValueFilter};
 pub use users::{NewUser, Role, User, UserPatch, UserQuery};
 
 use r2d2_sqlite::SqliteConnectionManager;
@@ -237,6 +239,9 @@ impl Filter {
         } else {
             format!(" WHERE {}", self.clauses.join(" AND "))
         }
+    }
+    pub(crate) fn values(&self) -> Vec<rusqlite::types::Value> {
+        self.params.clone()
     }
     pub(crate) fn params(&self) -> rusqlite::ParamsFromIter<std::slice::Iter<'_, rusqlite::types::Value>> {
         rusqlite::params_from_iter(self.params.iter())

@@ -119,6 +119,31 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX connections_channel ON connections(domain_id, channel_id, client_id);
     "#,
+    // 3: the message store. Times are Unix seconds (REAL, sub-second precision).
+    r#"
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        domain_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        subtopic TEXT NOT NULL DEFAULT '',
+        publisher TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        unit TEXT NOT NULL DEFAULT '',
+        time REAL NOT NULL,
+        update_time REAL,
+        value REAL,
+        string_value TEXT,
+        bool_value INTEGER,
+        data_value TEXT,
+        sum REAL,
+        format TEXT NOT NULL DEFAULT 'senml',
+        payload BLOB
+    );
+    CREATE INDEX messages_channel_time ON messages(channel, time);
+    CREATE INDEX messages_channel_name_time ON messages(channel, name, time);
+    CREATE INDEX messages_channel_publisher_time ON messages(channel, publisher, time);
+    "#,
 ];
 
 /// The schema version this binary writes.

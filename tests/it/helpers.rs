@@ -40,6 +40,8 @@ pub struct TestApp {
     pub mqtt_addr: std::net::SocketAddr,
     pub ws_addr: Option<std::net::SocketAddr>,
     pub broker_metrics: Arc<broker::Metrics>,
+    pub stored: tokio::sync::Mutex<tokio::sync::watch::Receiver<u64>>,
+    pub data_dir: std::path::PathBuf,
     pub changes: tokio::sync::Mutex<tokio::sync::broadcast::Receiver<storage::Change>>,
     dir: Option<TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -80,6 +82,8 @@ impl TestApp {
         .expect("app builds");
         let url = format!("http://{}", app.http_addr());
         let store = app.store();
+        let stored = tokio::sync::Mutex::new(app.stored_messages());
+        let data_dir = dir.path().to_path_buf();
         let (mqtt_addr, ws_addr, broker_metrics) = (app.mqtt_addr(), app.ws_addr(), app.broker_metrics());
         let changes = tokio::sync::Mutex::new(app.subscribe_changes());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -98,6 +102,8 @@ impl TestApp {
             mqtt_addr,
             ws_addr,
             broker_metrics,
+            stored,
+            data_dir,
             changes,
             dir: Some(dir),
             stop: Some(tx),
@@ -187,6 +193,43 @@ impl TestApp {
             .await
             .expect("a change event within 10 s")
             .expect("feed open")
+    }
+
+    /// Waits until the pipeline has committed at least `n` message rows in total.
+    pub async fn stored_at_least(&self, n: u64) {
+        let mut rx = self.stored.lock().await;
+        tokio::time::timeout(std::time::Duration::from_secs(20), rx.wait_for(|v| *v >= n))
+            .await
+            .expect("messages stored in time")
+            .expect("pipeline alive");
+    }
+
+    /// Sends a message over HTTP as a device: (status, body).
+    pub async fn send(&self, path: &str, auth: &str, content_type: &str, body: &str) -> (u16, String) {
+        let r = self
+            .client
+            .post(format!("{}{}", self.url, path))
+            .header("authorization", auth)
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("send");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    }
+
+    /// Reads messages with an Authorization header value.
+    pub async fn read(&self, path: &str, auth: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{}", self.url, path))
+            .header("authorization", auth)
+            .send()
+            .await
+            .expect("send");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// Drops changes announced so far.

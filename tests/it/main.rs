@@ -8,6 +8,7 @@ mod domains;
 mod groups;
 mod helpers;
 mod isolation;
+mod messages;
 mod mqtt;
 mod mqtt_client;
 mod peers;

@@ -7,7 +7,12 @@ use std::process::Stdio;
 use tokio::process::Command;
 
 fn available(tool: &str) -> bool {
-    let found = std::process::Command::new(tool).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let found = std::process::Command::new(tool)
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     if !found {
         assert!(
             std::env::var("FLUXGATE_REQUIRE_PEERS").is_err(),
@@ -35,7 +40,25 @@ async fn mosquitto_clients_publish_and_receive() {
     for version in ["mqttv311", "mqttv5"] {
         let t = format!("{topic}/{version}");
         let st = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port, "-u", &c, "-P", &s, "-t", &t, "-m", "21.5", "-q", "1", "-r", "-V", version])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-u",
+                &c,
+                "-P",
+                &s,
+                "-t",
+                &t,
+                "-m",
+                "21.5",
+                "-q",
+                "1",
+                "-r",
+                "-V",
+                version,
+            ])
             .status()
             .await
             .expect("mosquitto_pub");
@@ -43,7 +66,24 @@ async fn mosquitto_clients_publish_and_receive() {
         let out = tokio::time::timeout(
             std::time::Duration::from_secs(30),
             Command::new("mosquitto_sub")
-                .args(["-h", "127.0.0.1", "-p", &port, "-u", &c, "-P", &s, "-t", &t, "-C", "1", "-W", "20", "-V", version])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-u",
+                    &c,
+                    "-P",
+                    &s,
+                    "-t",
+                    &t,
+                    "-C",
+                    "1",
+                    "-W",
+                    "20",
+                    "-V",
+                    version,
+                ])
                 .output(),
         )
         .await
@@ -55,7 +95,20 @@ async fn mosquitto_clients_publish_and_receive() {
 
     // Wrong credentials: mosquitto_pub fails.
     let st = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-u", &c, "-P", "wrong", "-t", &topic, "-m", "x"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            &c,
+            "-P",
+            "wrong",
+            "-t",
+            &topic,
+            "-m",
+            "x",
+        ])
         .stderr(Stdio::null())
         .status()
         .await
