@@ -51,15 +51,35 @@ fn opts(t: &Target, slot: usize, id: &str) -> MqttOptions {
     o
 }
 
-async fn connected(t: &Target, slot: usize, id: &str) -> (AsyncClient, rumqttc::EventLoop) {
+async fn try_connect(t: &Target, slot: usize, id: &str) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
     let (c, mut el) = AsyncClient::new(opts(t, slot, id), 10_000);
     loop {
         match el.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => return (c, el),
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok((c, el)),
             Ok(_) => continue,
-            Err(e) => panic!("{}: connect failed: {e}", t.name),
+            Err(e) => return Err(format!("{}: connect failed: {e}", t.name)),
         }
     }
+}
+
+async fn connected(t: &Target, slot: usize, id: &str) -> (AsyncClient, rumqttc::EventLoop) {
+    match try_connect(t, slot, id).await {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The soft limit on open files: each proxied connection costs four descriptors here (both
+/// ends of the client link and of the internal link), all in this one process.
+fn fd_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(1024)
 }
 
 /// Runs one scenario: `pubs[i]` publishes to topic index `pubs[i]`, `subs[j]` subscribes to
@@ -171,10 +191,14 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let window = Duration::from_secs(secs);
-    let n_conns: usize = std::env::var("BENCH_CONNECTIONS")
+    let wanted: usize = std::env::var("BENCH_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    let n_conns = wanted.min(fd_limit().saturating_sub(256) / 4);
+    if n_conns < wanted {
+        println!("note: the open-file limit allows {n_conns} of {wanted} connections; raise it with `ulimit -n`");
+    }
     epoch();
 
     // (a) Fluxgate with a domain, 4 channels and 8 clients connected to all of them.
@@ -318,8 +342,13 @@ async fn main() {
                     creds: Some(vec![all[i].clone()]),
                     ..t.clone()
                 };
-                let (c, mut el) = connected(&t, 0, &format!("idle-{i}")).await;
-                mine.push((c, tokio::spawn(async move { while el.poll().await.is_ok() {} })));
+                match try_connect(&t, 0, &format!("idle-{i}")).await {
+                    Ok((c, mut el)) => mine.push((c, tokio::spawn(async move { while el.poll().await.is_ok() {} }))),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return mine;
+                    }
+                }
             }
         });
     }
