@@ -41,6 +41,7 @@ pub struct Config {
     pub messages: MessagesConfig,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
+    pub smtp: SmtpConfig,
     pub store: StoreSection,
 }
 
@@ -100,6 +101,16 @@ pub struct AdminConfig {
     pub first_name: String,
     pub last_name: String,
     pub password: Secret,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: Secret,
+    pub from: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -5,6 +5,7 @@
 //! [`App::run`] serves until the shutdown future completes, then stops cleanly.
 
 pub mod config;
+pub mod mail;
 pub mod mqtt;
 pub mod pipeline;
 
@@ -74,6 +75,11 @@ impl App {
             .await?
             .map_err(|e| AppError::Startup(e.to_string()))?;
 
+        let outbox: Arc<dyn mgmt::Outbox> = match hooks.outbox {
+            Some(o) => o,
+            None if !cfg.smtp.host.is_empty() => Arc::new(mail::SmtpOutbox::new(&cfg.smtp).map_err(AppError::Startup)?),
+            None => Arc::new(mgmt::LogOutbox),
+        };
         let (events, _) = tokio::sync::broadcast::channel(4096);
         let bcfg = broker::BrokerConfig {
             mqtt_addr: cfg.mqtt.addr.clone(),
@@ -103,7 +109,7 @@ impl App {
                 max_body_bytes: cfg.http.max_body_bytes,
                 version: VERSION,
             },
-            outbox: hooks.outbox.unwrap_or_else(|| Arc::new(mgmt::LogOutbox)),
+            outbox,
             events: events.clone(),
             messages: Arc::new(pipeline.clone()),
         });

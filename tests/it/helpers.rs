@@ -72,14 +72,19 @@ impl TestApp {
 
     pub async fn spawn_with(dir: TempDir, cfg: Config) -> TestApp {
         let mailbox = Arc::new(Mailbox::default());
-        let app = App::build(
-            cfg,
-            Hooks {
-                outbox: Some(mailbox.clone()),
-            },
-        )
-        .await
-        .expect("app builds");
+        let hooks = Hooks {
+            outbox: Some(mailbox.clone()),
+        };
+        TestApp::spawn_full(dir, cfg, hooks, mailbox).await
+    }
+
+    /// Starts with explicit hooks (e.g. none, to use the configured SMTP relay).
+    pub async fn spawn_with_hooks(dir: TempDir, cfg: Config, hooks: Hooks) -> TestApp {
+        TestApp::spawn_full(dir, cfg, hooks, Arc::new(Mailbox::default())).await
+    }
+
+    async fn spawn_full(dir: TempDir, cfg: Config, hooks: Hooks, mailbox: Arc<Mailbox>) -> TestApp {
+        let app = App::build(cfg, hooks).await.expect("app builds");
         let url = format!("http://{}", app.http_addr());
         let store = app.store();
         let stored = tokio::sync::Mutex::new(app.stored_messages());

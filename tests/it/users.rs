@@ -449,3 +449,80 @@ async fn closed_registration_needs_the_super_admin() {
     let (s, _) = app.post("/users", Some(&admin), body).await;
     assert_eq!(s, 201);
 }
+
+/// A minimal SMTP server: accepts one message and hands its DATA to the test.
+async fn fake_smtp() -> (u16, tokio::sync::oneshot::Receiver<String>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.expect("accept");
+        let (r, mut w) = s.into_split();
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"220 fake ESMTP\r\n").await.expect("w");
+        let mut data = String::new();
+        let mut in_data = false;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if in_data {
+                if line == "." {
+                    in_data = false;
+                    w.write_all(b"250 queued\r\n").await.expect("w");
+                } else {
+                    data.push_str(&line);
+                    data.push('\n');
+                }
+                continue;
+            }
+            let cmd = line.to_ascii_uppercase();
+            if cmd.starts_with("EHLO") || cmd.starts_with("HELO") {
+                w.write_all(b"250 fake\r\n").await.expect("w");
+            } else if cmd.starts_with("DATA") {
+                in_data = true;
+                w.write_all(b"354 go\r\n").await.expect("w");
+            } else if cmd.starts_with("QUIT") {
+                w.write_all(b"221 bye\r\n").await.expect("w");
+                break;
+            } else {
+                w.write_all(b"250 ok\r\n").await.expect("w");
+            }
+        }
+        let _ = tx.send(data);
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn reset_tokens_are_emailed_when_smtp_is_configured() {
+    let (port, mail) = fake_smtp().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = crate::helpers::test_config(dir.path());
+    cfg.smtp.host = "127.0.0.1".into();
+    cfg.smtp.port = port;
+    // No test outbox: the configured SMTP relay is used.
+    let app = TestApp::spawn_with_hooks(dir, cfg, fluxgate::Hooks::default()).await;
+    app.user("mailee").await;
+    let (s, _) = app
+        .post("/password/reset-request", None, json!({"email": "mailee@example.com"}))
+        .await;
+    assert_eq!(s, 201);
+    let data = tokio::time::timeout(std::time::Duration::from_secs(20), mail)
+        .await
+        .expect("mail in time")
+        .expect("mail");
+    assert!(data.contains("To: mailee@example.com"), "{data}");
+    // Quoted-printable may fold long lines: join soft breaks before looking for the token.
+    let text = data.replace("=\n", "").replace("=3D", "=");
+    let start = text.find("15 minutes: ").expect("token line") + "15 minutes: ".len();
+    let token: String = text[start..].chars().take_while(|c| !c.is_whitespace()).collect();
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            "/password/reset",
+            None,
+            Some(json!({"password": "mailed-password", "confirm_password": "mailed-password", "token": token})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(app.login("mailee", "mailed-password").await.0, 201);
+}

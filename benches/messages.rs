@@ -1,0 +1,345 @@
+//! Message store benchmark (issue #5): sustained ingest (rows stored per second) through HTTP
+//! and through MQTT, next to raw batch inserts of the same rows into SQLite measured in the same
+//! run (the ratio is the figure), raw inserts into a second database file (the same-file
+//! decision), and reader latency p50/p99 for filtered queries on BENCH_ROWS stored messages
+//! (default 1,000,000).
+//!
+//! Run: `cargo bench --bench messages` (BENCH_SECS per ingest figure, default 5).
+
+use fluxgate::config::{Config, Secret};
+use fluxgate::{App, Hooks};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use storage::{
+    ConnType, JsonText, MessageQuery, NewChannel, NewClient, NewDomain, NewMessage, Status, Store, StoreConfig,
+    ValueFilter,
+};
+
+const RECORDS_PER_MESSAGE: usize = 10;
+
+fn pack(i: usize) -> String {
+    let recs: Vec<String> = (0..RECORDS_PER_MESSAGE)
+        .map(|k| format!(r#"{{"n":"sensor{k}","u":"C","v":{}}}"#, (i + k) % 100))
+        .collect();
+    format!("[{}]", recs.join(","))
+}
+
+fn rows(n: usize, channel: &str, t0: f64) -> Vec<NewMessage> {
+    (0..n)
+        .map(|i| NewMessage {
+            domain_id: "d".into(),
+            channel: channel.into(),
+            subtopic: String::new(),
+            publisher: format!("dev-{}", i % 10),
+            protocol: "http".into(),
+            name: format!("sensor{}", i % 10),
+            unit: "C".into(),
+            time: t0 + i as f64 * 0.001,
+            value: Some((i % 100) as f64),
+            format: "senml",
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn raw_insert_rate(store: &Store, channel: &str, total: usize) -> f64 {
+    let batch = rows(500, channel, 1_600_000_000.0);
+    let start = Instant::now();
+    for _ in 0..total / 500 {
+        store.insert_messages(&batch).expect("insert");
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let n_rows: usize = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = Config::defaults();
+    cfg.data_dir = dir.path().to_path_buf();
+    cfg.http.addr = "127.0.0.1:0".into();
+    cfg.mqtt.addr = "127.0.0.1:0".into();
+    cfg.mqtt.ws_addr = String::new();
+    cfg.auth.pbkdf2_iterations = 1000;
+    cfg.admin.password = Secret("bench-password".into());
+    cfg.log.level = "warn".into();
+    let app = App::build(cfg, Hooks::default()).await.expect("build");
+    let (url, mqtt, store, stored) = (
+        format!("http://{}", app.http_addr()),
+        app.mqtt_addr(),
+        app.store(),
+        app.stored_messages(),
+    );
+    tokio::spawn(app.run(std::future::pending()));
+
+    // Registry: one domain, one channel, four clients connected for both types.
+    let s2 = store.clone();
+    let (domain, channel) = tokio::task::spawn_blocking(move || {
+        let admin = s2.user_by_identity("admin").expect("q").expect("admin");
+        let d = s2
+            .create_domain(
+                NewDomain {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    name: "b".into(),
+                    route: "bench".into(),
+                    tags: JsonText::empty_array(),
+                    metadata: JsonText::empty_object(),
+                },
+                &admin.id,
+            )
+            .expect("domain");
+        let h = uuid::Uuid::new_v4().to_string();
+        s2.create_channels(
+            &d.id,
+            &[NewChannel {
+                id: h.clone(),
+                name: "b".into(),
+                parent_group_id: None,
+                tags: JsonText::empty_array(),
+                metadata: JsonText::empty_object(),
+                status: Status::Enabled,
+            }],
+        )
+        .expect("channel");
+        let clients: Vec<NewClient> = (0..4)
+            .map(|i| NewClient {
+                id: format!("dev-{i}"),
+                name: String::new(),
+                identity: String::new(),
+                secret: format!("secret-dev-{i}"),
+                tags: JsonText::empty_array(),
+                metadata: JsonText::empty_object(),
+                status: Status::Enabled,
+            })
+            .collect();
+        s2.create_clients(&d.id, &clients).expect("clients");
+        let ids: Vec<String> = (0..4).map(|i| format!("dev-{i}")).collect();
+        s2.connect(&d.id, &ids, std::slice::from_ref(&h), &ConnType::BOTH)
+            .expect("connect");
+        (d.id, h)
+    })
+    .await
+    .expect("setup");
+    let _ = domain;
+    println!("message store benchmark: {RECORDS_PER_MESSAGE} SenML records per message, {secs} s per ingest figure");
+
+    // Reference: raw batch inserts of the same rows, same database file, then a second file.
+    let s3 = store.clone();
+    let ch = channel.clone();
+    let raw = tokio::task::spawn_blocking(move || raw_insert_rate(&s3, &ch, 200_000))
+        .await
+        .expect("raw");
+    let other = Store::open(&dir.path().join("other.db"), &StoreConfig::default()).expect("open");
+    let raw_other = tokio::task::spawn_blocking(move || raw_insert_rate(&other, "x", 200_000))
+        .await
+        .expect("raw2");
+    println!("{:<44} {raw:>12.0} rows/s", "raw batch insert (500/tx), same file");
+    println!(
+        "{:<44} {raw_other:>12.0} rows/s   ({:.2}x same file)",
+        "raw batch insert (500/tx), second file",
+        raw_other / raw
+    );
+
+    // HTTP ingest: 16 concurrent senders.
+    let client = reqwest::Client::new();
+    let before = *stored.borrow();
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let (c, u, h, stop) = (client.clone(), url.clone(), channel.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w * 1_000_000;
+            let mut refused = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let r = c
+                    .post(format!("{u}/channels/{h}/messages"))
+                    .header("authorization", format!("Client secret-dev-{}", w % 4))
+                    .header("content-type", "application/senml+json")
+                    .body(pack(i))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status() == 503) {
+                    refused += 1;
+                }
+                i += 1;
+            }
+            refused
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await.unwrap_or(0);
+    }
+    // Wait until everything accepted is committed, then count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let http_rate = (*stored.borrow() - before) as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "{:<44} {http_rate:>12.0} rows/s   ({:.2}x raw; {refused} answered 503)",
+        "HTTP ingest (16 senders)",
+        http_rate / raw
+    );
+
+    // MQTT ingest: 4 publishers at QoS 0.
+    let before = *stored.borrow();
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let mut o = rumqttc::MqttOptions::new(format!("bench-{w}"), mqtt.ip().to_string(), mqtt.port());
+        o.set_credentials(format!("dev-{w}"), format!("secret-dev-{w}"));
+        o.set_keep_alive(Duration::from_secs(30));
+        let (c, mut el) = rumqttc::AsyncClient::new(o, 1000);
+        let stop2 = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            while !stop2.load(Ordering::Relaxed) {
+                if tokio::time::timeout(Duration::from_millis(100), el.poll())
+                    .await
+                    .is_ok_and(|r| r.is_err())
+                {
+                    break;
+                }
+            }
+        }));
+        let (stop3, topic) = (stop.clone(), format!("channels/{channel}/messages"));
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop3.load(Ordering::Relaxed) {
+                if c.publish(topic.clone(), rumqttc::QoS::AtMostOnce, false, pack(i))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mqtt_rate = (*stored.borrow() - before) as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "{:<44} {mqtt_rate:>12.0} rows/s   ({:.2}x raw)",
+        "MQTT ingest (4 publishers, QoS 0)",
+        mqtt_rate / raw
+    );
+
+    // Readers on a channel with n_rows messages.
+    let big = uuid::Uuid::new_v4().to_string();
+    let s4 = store.clone();
+    let b2 = big.clone();
+    let t0 = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        for k in 0..n_rows / 5000 {
+            let mut r = rows(5000, &b2, 1_600_000_000.0 + k as f64 * 5.0);
+            for m in &mut r {
+                m.publisher = format!("dev-{}", k % 10);
+            }
+            s4.insert_messages(&r).expect("insert");
+        }
+    })
+    .await
+    .expect("fill");
+    println!("filled {n_rows} messages in one channel in {:.1?}", t0.elapsed());
+    let queries: Vec<(&str, MessageQuery)> = vec![
+        (
+            "latest 10",
+            MessageQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        ),
+        (
+            "name=sensor3, 10",
+            MessageQuery {
+                limit: 10,
+                name: Some("sensor3".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "publisher=dev-7, 10",
+            MessageQuery {
+                limit: 10,
+                publisher: Some("dev-7".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "name + v>90, 100",
+            MessageQuery {
+                limit: 100,
+                name: Some("sensor3".into()),
+                value: Some(ValueFilter::Number(90.0, storage::Cmp::Gt)),
+                ..Default::default()
+            },
+        ),
+        (
+            "time range 1 h, 100",
+            MessageQuery {
+                limit: 100,
+                from: Some(1_600_000_000.0),
+                to: Some(1_600_003_600.0),
+                ..Default::default()
+            },
+        ),
+        (
+            "offset 100000, 10",
+            MessageQuery {
+                limit: 10,
+                offset: 100_000,
+                ..Default::default()
+            },
+        ),
+        (
+            "avg per 1 min over 1 h, name",
+            MessageQuery {
+                limit: 100,
+                name: Some("sensor3".into()),
+                from: Some(1_600_000_000.0),
+                to: Some(1_600_003_600.0),
+                aggregate: Some((storage::Aggregate::Avg, 60.0)),
+                ..Default::default()
+            },
+        ),
+    ];
+    println!("{:<36} {:>10} {:>10}", "reader query", "p50", "p99");
+    for (name, q) in queries {
+        let (s5, b3) = (store.clone(), big.clone());
+        let mut lat = tokio::task::spawn_blocking(move || {
+            (0..20)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(s5.read_messages(&b3, &q).expect("read"));
+                    t.elapsed()
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("read");
+        println!(
+            "{name:<36} {:>10.2?} {:>10.2?}",
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99)
+        );
+    }
+}
