@@ -4,6 +4,7 @@
 //! [`App::build`] binds every listener (port 0 allowed) and reports the chosen addresses;
 //! [`App::run`] serves until the shutdown future completes, then stops cleanly.
 
+pub mod cli;
 pub mod config;
 pub mod mail;
 pub mod mqtt;

@@ -43,6 +43,90 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The whole command tree (including the entity-first commands) for shell completions.
+fn completion_command() -> clap::Command {
+    use clap::{Arg, Command, CommandFactory};
+    let mut cmd = Cli::command();
+    let entity = |name: &'static str, verbs: &'static [&'static str]| {
+        Command::new(name).about(fluxgate::cli::usage(name)).arg(
+            Arg::new("args")
+                .num_args(0..)
+                .value_parser(clap::builder::PossibleValuesParser::new(verbs.iter().copied())),
+        )
+    };
+    for (name, verbs) in [
+        (
+            "users",
+            &[
+                "create",
+                "token",
+                "refreshtoken",
+                "all",
+                "get",
+                "update",
+                "password",
+                "resetpasswordrequest",
+                "resetpassword",
+                "enable",
+                "disable",
+                "delete",
+                "profile",
+                "search",
+            ][..],
+        ),
+        (
+            "domains",
+            &[
+                "create", "all", "get", "update", "enable", "disable", "freeze", "members",
+            ][..],
+        ),
+        (
+            "clients",
+            &[
+                "create",
+                "all",
+                "get",
+                "update",
+                "enable",
+                "disable",
+                "delete",
+                "connect",
+                "disconnect",
+            ][..],
+        ),
+        (
+            "channels",
+            &[
+                "create",
+                "all",
+                "get",
+                "update",
+                "enable",
+                "disable",
+                "delete",
+                "connect",
+                "disconnect",
+            ][..],
+        ),
+        (
+            "groups",
+            &[
+                "create", "all", "get", "parents", "children", "members", "update", "enable", "disable", "delete",
+            ][..],
+        ),
+        ("messages", &["send", "read"][..]),
+        ("provision", &["clients", "channels", "connect"][..]),
+    ] {
+        cmd = cmd.subcommand(entity(name, verbs));
+    }
+    cmd
 }
 
 #[derive(Subcommand)]
@@ -52,12 +136,34 @@ enum ConfigCmd {
 }
 
 fn main() -> ExitCode {
+    // `serve`, `config default` and `completions` go through clap; everything else is the
+    // entity-first operator CLI (fluxgate::cli), whose grammar clap cannot express.
+    let argv: Vec<String> = std::env::args().collect();
+    let first = argv.get(1).map(String::as_str).unwrap_or("");
+    let clap_cmd = matches!(first, "serve" | "completions" | "--version" | "-V")
+        || (first == "config" && argv.get(2).map(String::as_str) == Some("default"));
+    if !clap_cmd {
+        if matches!(first, "" | "--help" | "-h" | "help") {
+            println!("{}", fluxgate::cli::TOP);
+            return if first.is_empty() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+        return fluxgate::cli::run(fluxgate::cli::Args::parse(argv.into_iter().skip(1)));
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Config {
             cmd: ConfigCmd::Default,
         } => {
             print!("{DEFAULT_CONFIG}");
+            ExitCode::SUCCESS
+        }
+        Cmd::Completions { shell } => {
+            let mut cmd = completion_command();
+            clap_complete::generate(shell, &mut cmd, "fluxgate", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
         Cmd::Serve {

@@ -2,6 +2,7 @@
 //! driven over real sockets. One test binary, so the app links once.
 
 mod channels;
+mod cli;
 mod clients;
 mod config;
 mod domains;
