@@ -13,7 +13,10 @@ use storage::{JsonText, NewClient, Status};
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let dir = tempfile::tempdir().expect("tmp");
     let mut cfg = Config::defaults();
     cfg.data_dir = dir.path().join("data");
@@ -94,6 +97,13 @@ async fn main() {
     assert!(out.success(), "provisioning failed");
     let rate = n as f64 / elapsed.as_secs_f64();
     println!("provisioning {n} clients from CSV");
-    println!("{:<44} {reference:>10.0} clients/s", "reference: bulk insert into the store");
-    println!("{:<44} {rate:>10.0} clients/s   ({:.2}x reference, {elapsed:.1?})", "fluxgate clients <file.csv> (CLI + API)", rate / reference);
+    println!(
+        "{:<44} {reference:>10.0} clients/s",
+        "reference: bulk insert into the store"
+    );
+    println!(
+        "{:<44} {rate:>10.0} clients/s   ({:.2}x reference, {elapsed:.1?})",
+        "fluxgate clients <file.csv> (CLI + API)",
+        rate / reference
+    );
 }

@@ -38,6 +38,7 @@ pub struct Config {
     pub log: LogConfig,
     pub http: HttpConfig,
     pub mqtt: MqttConfig,
+    pub tls: TlsConfig,
     pub messages: MessagesConfig,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
@@ -70,6 +71,17 @@ pub struct MqttConfig {
     pub inflight_window: u16,
     pub max_segment_size: usize,
     pub max_segment_count: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub mqtts_addr: String,
+    pub hosts: Vec<String>,
+    pub cert_file: String,
+    pub key_file: String,
+    pub ca_cert_file: String,
+    pub ca_key_file: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -141,6 +153,7 @@ pub struct Overrides {
     pub http_addr: Option<String>,
     pub mqtt_addr: Option<String>,
     pub ws_addr: Option<String>,
+    pub mqtts_addr: Option<String>,
 }
 
 impl Config {
@@ -183,6 +196,7 @@ impl Config {
             ("http", "addr", &flags.http_addr),
             ("mqtt", "addr", &flags.mqtt_addr),
             ("mqtt", "ws_addr", &flags.ws_addr),
+            ("tls", "mqtts_addr", &flags.mqtts_addr),
         ] {
             if let (Some(v), Some(toml::Value::Table(t))) = (flag, table.get_mut(section)) {
                 t.insert(key.into(), toml::Value::String(v.clone()));

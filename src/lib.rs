@@ -15,6 +15,7 @@ use mgmt::{auth, Ctx, MgmtConfig, Outbox};
 use rand::RngCore;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use storage::{NewUser, Role, Status, Store, StoreConfig, UserQuery};
 
@@ -82,6 +83,35 @@ impl App {
             None => Arc::new(mgmt::LogOutbox),
         };
         let (events, _) = tokio::sync::broadcast::channel(4096);
+        // The platform CA and the TLS server configuration.
+        let (ca, tls) = {
+            let (data_dir, t) = (cfg.data_dir.clone(), cfg.tls.clone());
+            blocking(
+                move || -> Result<(certs::Ca, Option<Arc<certs::RustlsServerConfig>>), String> {
+                    let configured = (!t.ca_cert_file.is_empty())
+                        .then(|| (PathBuf::from(&t.ca_cert_file), PathBuf::from(&t.ca_key_file)));
+                    let ca = certs::Ca::load_or_create(
+                        &data_dir,
+                        configured.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    if t.mqtts_addr.is_empty() {
+                        return Ok((ca, None));
+                    }
+                    let (cert, key) = if t.cert_file.is_empty() {
+                        ca.issue_server(&t.hosts).map_err(|e| e.to_string())?
+                    } else {
+                        let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
+                        (read(&t.cert_file)?, read(&t.key_file)?)
+                    };
+                    let sc = ca.server_config(&cert, &key).map_err(|e| e.to_string())?;
+                    Ok((ca, Some(sc)))
+                },
+            )
+            .await?
+            .map_err(AppError::Startup)?
+        };
+        let ca = Arc::new(ca);
         let bcfg = broker::BrokerConfig {
             mqtt_addr: cfg.mqtt.addr.clone(),
             ws_addr: Some(cfg.mqtt.ws_addr.clone()).filter(|a| !a.is_empty()),
@@ -92,6 +122,10 @@ impl App {
             inflight_window: cfg.mqtt.inflight_window,
             max_segment_size: cfg.mqtt.max_segment_size,
             max_segment_count: cfg.mqtt.max_segment_count,
+            tls: tls.map(|config| broker::TlsSettings {
+                addr: cfg.tls.mqtts_addr.clone(),
+                config,
+            }),
         };
         let authorizer = Arc::new(mqtt::StoreAuthorizer { store: store.clone() });
         let sink = Arc::new(pipeline::LateSink::default());
@@ -113,6 +147,7 @@ impl App {
             outbox,
             events: events.clone(),
             messages: Arc::new(pipeline.clone()),
+            ca: ca.clone(),
         });
         let generated_admin_password = bootstrap_admin(&ctx, &cfg).await?;
 
@@ -148,6 +183,10 @@ impl App {
         self.broker.ws_addr
     }
 
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.broker.mqtts_addr
+    }
+
     /// The broker's counters.
     pub fn broker_metrics(&self) -> Arc<broker::Metrics> {
         self.broker.metrics.clone()
@@ -176,6 +215,7 @@ impl App {
     /// Serves until `shutdown` completes; in-flight requests finish first.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
         tracing::info!(addr = %self.http_addr, "HTTP API listening");
+        tracing::info!(mqtt = %self.broker.mqtt_addr, mqtts = ?self.broker.mqtts_addr, ws = ?self.broker.ws_addr, "MQTT listening");
         mgmt::serve(self.http, self.ctx, shutdown).await;
         // Everything accepted is written before exit.
         self.writer.drain().await;

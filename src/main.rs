@@ -37,6 +37,9 @@ enum Cmd {
         /// Address of the MQTT-over-WebSocket listener (path /mqtt); empty disables it.
         #[arg(long, value_name = "HOST:PORT")]
         ws_addr: Option<String>,
+        /// Address of the MQTT-over-TLS listener, e.g. 0.0.0.0:8883; empty disables it.
+        #[arg(long, value_name = "HOST:PORT")]
+        mqtts_addr: Option<String>,
     },
     /// Configuration helpers.
     Config {
@@ -123,6 +126,7 @@ fn completion_command() -> clap::Command {
         ),
         ("messages", &["send", "read"][..]),
         ("provision", &["clients", "channels", "connect"][..]),
+        ("certs", &["issue", "get", "serial", "revoke", "ca"][..]),
     ] {
         cmd = cmd.subcommand(entity(name, verbs));
     }
@@ -172,12 +176,14 @@ fn main() -> ExitCode {
             http_addr,
             mqtt_addr,
             ws_addr,
+            mqtts_addr,
         } => {
             let flags = Overrides {
                 data_dir,
                 http_addr,
                 mqtt_addr,
                 ws_addr,
+                mqtts_addr,
             };
             let cfg = match Config::load(config.as_deref(), std::env::vars(), &flags) {
                 Ok(c) => c,

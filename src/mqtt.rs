@@ -52,6 +52,39 @@ impl Authorizer for StoreAuthorizer {
         })
     }
 
+    fn login_cert(&self, der: &[u8]) -> BoxFuture<(Login, Option<String>)> {
+        let (store, serial) = (self.store.clone(), certs::serial_of(der));
+        Box::pin(async move {
+            let Some(serial) = serial else {
+                return (Login::BadCredentials, None);
+            };
+            let s2 = serial.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                let Ok(Some(rec)) = store.cert_by_serial(&s2) else {
+                    return Login::BadCredentials;
+                };
+                if rec.revoked_at.is_some() {
+                    return Login::Disabled;
+                }
+                let client = store
+                    .clients_by_id(&rec.client_id)
+                    .ok()
+                    .and_then(|v| v.into_iter().find(|c| c.domain_id == rec.domain_id));
+                match client {
+                    None => Login::BadCredentials,
+                    Some(c) if !c.active() => Login::Disabled,
+                    Some(c) => Login::Ok(Identity {
+                        domain_id: c.domain_id,
+                        client_id: c.client_id,
+                    }),
+                }
+            })
+            .await
+            .unwrap_or(Login::BadCredentials);
+            (outcome, Some(serial))
+        })
+    }
+
     fn rights(&self, who: &Identity, channel_id: &str) -> BoxFuture<Rights> {
         let (store, who, channel) = (self.store.clone(), who.clone(), channel_id.to_string());
         Box::pin(async move {
@@ -103,6 +136,7 @@ pub fn revocation(c: Change) -> Option<Revocation> {
             client_id: None,
             channel_id: None,
         },
+        Change::CertRevoked { serial, .. } => Revocation::Cert { serial },
         Change::ClientEnabled { .. } => return None,
     })
 }

@@ -57,6 +57,9 @@ pub struct Rights {
 /// The authorization port; the root crate implements it over the store.
 pub trait Authorizer: Send + Sync + 'static {
     fn login(&self, username: &str, password: &str) -> BoxFuture<Login>;
+    /// Login with a TLS client certificate (DER) that already passed chain and expiry checks;
+    /// returns the outcome and the certificate's serial.
+    fn login_cert(&self, der: &[u8]) -> BoxFuture<(Login, Option<String>)>;
     fn rights(&self, who: &Identity, channel_id: &str) -> BoxFuture<Rights>;
 }
 
@@ -104,6 +107,22 @@ pub struct BrokerConfig {
     /// rumqttd's in-memory log per topic: segment size in bytes and segment count.
     pub max_segment_size: usize,
     pub max_segment_count: usize,
+    /// MQTT over TLS: listener address and server configuration.
+    pub tls: Option<TlsSettings>,
+}
+
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub addr: String,
+    pub config: Arc<tokio_rustls::rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for BrokerConfig {
@@ -118,6 +137,7 @@ impl Default for BrokerConfig {
             inflight_window: 100,
             max_segment_size: 16 * 1024,
             max_segment_count: 2,
+            tls: None,
         }
     }
 }
@@ -185,6 +205,7 @@ pub(crate) struct Shared {
 /// A running broker.
 pub struct BrokerHandle {
     pub mqtt_addr: SocketAddr,
+    pub mqtts_addr: Option<SocketAddr>,
     pub ws_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     shared: Arc<Shared>,
@@ -268,6 +289,22 @@ pub async fn start(
         Some(l) => Some(l.local_addr()?),
         None => None,
     };
+    let tls = match &cfg.tls {
+        Some(t) => Some((
+            tokio::net::TcpListener::bind(&t.addr)
+                .await
+                .map_err(|err| BrokerError::Bind {
+                    addr: t.addr.clone(),
+                    err,
+                })?,
+            tokio_rustls::TlsAcceptor::from(t.config.clone()),
+        )),
+        None => None,
+    };
+    let mqtts_addr = match &tls {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         cfg,
@@ -282,12 +319,17 @@ pub async fn start(
     });
     tracing::info!(addr = %mqtt_addr, "MQTT listening");
     tokio::spawn(accept_tcp(mqtt, shared.clone()));
+    if let Some((l, acceptor)) = tls {
+        tracing::info!(addr = ?mqtts_addr, "MQTT over TLS listening");
+        tokio::spawn(accept_tls(l, acceptor, shared.clone()));
+    }
     if let Some(l) = ws {
         tracing::info!(addr = ?ws_addr, "MQTT over WebSocket listening on /mqtt");
         tokio::spawn(ws::serve(l, shared.clone()));
     }
     Ok(BrokerHandle {
         mqtt_addr,
+        mqtts_addr,
         ws_addr,
         metrics,
         shared,
@@ -335,7 +377,39 @@ async fn accept_tcp(l: tokio::net::TcpListener, shared: Arc<Shared>) {
             Ok((s, peer)) => {
                 let _ = s.set_nodelay(true);
                 let shared = shared.clone();
-                tokio::spawn(async move { session::run(s, peer, "mqtt", shared).await });
+                tokio::spawn(async move { session::run(s, peer, "mqtt", None, shared).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// TLS: the handshake (bounded by the CONNECT timeout) runs in the connection's own task, so
+/// a client that stalls or speaks plain TCP or an old TLS version affects only itself.
+async fn accept_tls(l: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+    loop {
+        match l.accept().await {
+            Ok((s, peer)) => {
+                let _ = s.set_nodelay(true);
+                let (shared, acceptor) = (shared.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(shared.cfg.connect_timeout, acceptor.accept(s)).await {
+                        Ok(Ok(tls)) => {
+                            let cert = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| c.to_vec());
+                            session::run(tls, peer, "mqtt", cert, shared).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");

@@ -20,6 +20,8 @@ pub enum Revocation {
         client_id: Option<String>,
         channel_id: Option<String>,
     },
+    /// A client certificate was revoked: close the sessions that logged in with it.
+    Cert { serial: String },
     /// Some changes may have been missed: every session forgets all cached rights.
     Everything,
 }
@@ -33,7 +35,13 @@ pub(crate) enum Control {
     Invalidate(Option<String>),
 }
 
-type Sessions = HashMap<String, Vec<(u64, mpsc::UnboundedSender<Control>)>>;
+struct Entry {
+    id: u64,
+    serial: Option<String>,
+    tx: mpsc::UnboundedSender<Control>,
+}
+
+type Sessions = HashMap<String, Vec<Entry>>;
 
 #[derive(Default)]
 pub(crate) struct Registry {
@@ -42,7 +50,7 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub fn register(&self, who: &Identity) -> (u64, mpsc::UnboundedReceiver<Control>) {
+    pub fn register(&self, who: &Identity, serial: Option<String>) -> (u64, mpsc::UnboundedReceiver<Control>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         if let Ok(mut m) = self.by_domain.lock() {
@@ -50,7 +58,7 @@ impl Registry {
                 .or_default()
                 .entry(who.client_id.clone())
                 .or_default()
-                .push((id, tx));
+                .push(Entry { id, serial, tx });
         }
         (id, rx)
     }
@@ -59,7 +67,7 @@ impl Registry {
         if let Ok(mut m) = self.by_domain.lock() {
             if let Some(d) = m.get_mut(&who.domain_id) {
                 if let Some(v) = d.get_mut(&who.client_id) {
-                    v.retain(|(i, _)| *i != id);
+                    v.retain(|e| e.id != id);
                     if v.is_empty() {
                         d.remove(&who.client_id);
                     }
@@ -80,9 +88,9 @@ impl Registry {
 
     pub fn apply(&self, r: Revocation) {
         let Ok(m) = self.by_domain.lock() else { return };
-        let send = |v: &Vec<(u64, mpsc::UnboundedSender<Control>)>, c: &dyn Fn() -> Control| {
-            for (_, tx) in v {
-                let _ = tx.send(c());
+        let send = |v: &Vec<Entry>, c: &dyn Fn() -> Control| {
+            for e in v {
+                let _ = e.tx.send(c());
             }
         };
         // 0x98: Administrative action.
@@ -98,6 +106,14 @@ impl Registry {
                     tracing::info!(domain = %domain_id, "closing sessions of disabled domain");
                     for v in d.values() {
                         send(v, &|| Control::Close(0x98));
+                    }
+                }
+            }
+            Revocation::Cert { serial } => {
+                for e in m.values().flat_map(|d| d.values()).flatten() {
+                    if e.serial.as_deref() == Some(serial.as_str()) {
+                        tracing::info!(serial = %serial, "closing a session of a revoked certificate");
+                        let _ = e.tx.send(Control::Close(0x98));
                     }
                 }
             }

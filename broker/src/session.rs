@@ -48,8 +48,13 @@ impl From<codec::FrameError> for End {
 const MAX_CACHED_CHANNELS: usize = 4096;
 const UPSTREAM_KEEP_ALIVE: u16 = 60;
 
-pub(crate) async fn run<S>(stream: S, peer: std::net::SocketAddr, transport: &'static str, shared: Arc<Shared>)
-where
+pub(crate) async fn run<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    transport: &'static str,
+    cert: Option<Vec<u8>>,
+    shared: Arc<Shared>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let m = &shared.metrics;
@@ -58,7 +63,7 @@ where
     let end = if current as usize >= shared.cfg.max_connections {
         End::Refused("connection limit reached")
     } else {
-        match session(stream, transport, &shared).await {
+        match session(stream, transport, cert, &shared).await {
             Ok(()) => End::Closed,
             Err(e) => e,
         }
@@ -90,7 +95,7 @@ struct Connected {
     client_max_packet: Option<usize>,
 }
 
-async fn session<S>(stream: S, transport: &'static str, shared: &Arc<Shared>) -> Result<(), End>
+async fn session<S>(stream: S, transport: &'static str, cert: Option<Vec<u8>>, shared: &Arc<Shared>) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -122,29 +127,60 @@ where
         return Err(End::Protocol("malformed CONNECT".into()));
     };
 
-    // Authenticate.
-    let identity = match login.as_ref().filter(|l| !l.username.is_empty()) {
-        Some(l) => match shared.auth.login(&l.username, &l.password).await {
-            Login::Ok(id) => Some(id),
-            Login::BadCredentials => {
+    // Authenticate: a verified client certificate names the client; otherwise credentials.
+    let mut cert_serial = None;
+    let cert_login = match &cert {
+        Some(der) => {
+            let (outcome, serial) = shared.auth.login_cert(der).await;
+            cert_serial = serial;
+            Some(outcome)
+        }
+        None => None,
+    };
+    if let (Some(Login::Ok(id)), Some(l)) = (&cert_login, login.as_ref().filter(|l| !l.username.is_empty())) {
+        if l.username != id.client_id {
+            Metrics::inc(&shared.metrics.refused_connect);
+            cw.write_all(&refuse(0x04, 0x86)).await?;
+            return Err(End::Refused("username does not match the certificate"));
+        }
+    }
+    let identity = match cert_login {
+        Some(Login::Ok(id)) => Some(id),
+        Some(Login::BadCredentials) => {
+            Metrics::inc(&shared.metrics.refused_connect);
+            tracing::info!(reason = "unknown certificate", "CONNECT refused");
+            cw.write_all(&refuse(0x04, 0x86)).await?;
+            return Err(End::Refused("unknown certificate"));
+        }
+        Some(Login::Disabled) => {
+            Metrics::inc(&shared.metrics.refused_connect);
+            tracing::info!(reason = "revoked certificate or disabled client", "CONNECT refused");
+            cw.write_all(&refuse(0x05, 0x87)).await?;
+            return Err(End::Refused("certificate revoked or client disabled"));
+        }
+        None => match login.as_ref().filter(|l| !l.username.is_empty()) {
+            Some(l) => match shared.auth.login(&l.username, &l.password).await {
+                Login::Ok(id) => Some(id),
+                Login::BadCredentials => {
+                    Metrics::inc(&shared.metrics.refused_connect);
+                    tracing::info!(client = %l.username, reason = "bad credentials", "CONNECT refused");
+                    cw.write_all(&refuse(0x04, 0x86)).await?;
+                    return Err(End::Refused("bad credentials"));
+                }
+                Login::Disabled => {
+                    Metrics::inc(&shared.metrics.refused_connect);
+                    tracing::info!(client = %l.username, reason = "disabled", "CONNECT refused");
+                    cw.write_all(&refuse(0x05, 0x87)).await?;
+                    return Err(End::Refused("client or domain disabled"));
+                }
+            },
+            None if shared.cfg.allow_anonymous => None,
+            None => {
                 Metrics::inc(&shared.metrics.refused_connect);
-                tracing::info!(client = %l.username, reason = "bad credentials", "CONNECT refused");
-                cw.write_all(&refuse(0x04, 0x86)).await?;
-                return Err(End::Refused("bad credentials"));
-            }
-            Login::Disabled => {
-                Metrics::inc(&shared.metrics.refused_connect);
-                tracing::info!(client = %l.username, reason = "disabled", "CONNECT refused");
                 cw.write_all(&refuse(0x05, 0x87)).await?;
-                return Err(End::Refused("client or domain disabled"));
+                return Err(End::Refused("credentials required"));
             }
         },
-        None if shared.cfg.allow_anonymous => None,
-        None => {
-            Metrics::inc(&shared.metrics.refused_connect);
-            cw.write_all(&refuse(0x05, 0x87)).await?;
-            return Err(End::Refused("credentials required"));
-        }
     };
 
     // Client id: assigned when empty (clean session only), namespaced upstream.
@@ -233,7 +269,7 @@ where
     };
     let (sid, mut ctrl, _keep) = match &conn.identity {
         Some(i) => {
-            let (sid, rx) = shared.registry.register(i);
+            let (sid, rx) = shared.registry.register(i, cert_serial.clone());
             (Some(sid), rx, None)
         }
         None => {

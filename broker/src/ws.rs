@@ -29,7 +29,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
 
 async fn bridge(socket: warp::ws::WebSocket, peer: std::net::SocketAddr, shared: Arc<Shared>) {
     let (front, back) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(crate::session::run(front, peer, "ws", shared));
+    tokio::spawn(crate::session::run(front, peer, "ws", None, shared));
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (mut br, mut bw) = tokio::io::split(back);
     let inbound = async {

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod authz;
+mod certs;
 mod channels;
 mod clients;
 mod domains;
@@ -63,6 +64,8 @@ pub struct Ctx {
     pub events: tokio::sync::broadcast::Sender<storage::Change>,
     /// The message pipeline (HTTP adapter).
     pub messages: Arc<dyn messages::MessagePort>,
+    /// The platform CA (client certificates, CRL).
+    pub ca: Arc<::certs::Ca>,
 }
 
 impl Ctx {
@@ -166,6 +169,7 @@ async fn route(ctx: &Arc<Ctx>, req: Req) -> Result<Reply, ApiError> {
         "users" => users::route(ctx, &req).await,
         "password" => users::password_route(ctx, &req).await,
         "domains" => domains::route(ctx, &req).await,
+        "certs" => certs::public(ctx, &req).await,
         d if uuid::Uuid::parse_str(d).is_ok() => scoped::route(ctx, &req).await,
         _ => Err(ApiError::NotFound(format!(
             "no route for {} /{}",

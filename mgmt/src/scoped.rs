@@ -6,7 +6,7 @@ use crate::auth;
 use crate::authz::{authorize, Action};
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use crate::{channels, clients, groups, Ctx};
+use crate::{certs, channels, clients, groups, Ctx};
 use std::sync::Arc;
 use warp::http::Method;
 
@@ -23,6 +23,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         Some("clients") => clients::route(ctx, req, &access, &segs[1..]).await,
         Some("channels") => channels::route(ctx, req, &access, &segs[1..]).await,
         Some("groups") => groups::route(ctx, req, &access, &segs[1..]).await,
+        Some("certs" | "serials") => certs::route(ctx, req, &access, &segs).await,
         _ => Err(ApiError::NotFound("no such route in domain".into())),
     }
 }

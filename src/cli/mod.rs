@@ -237,11 +237,16 @@ const MESSAGES: &str = "usage: fluxgate messages send <channel_id>[/<subtopic>] 
        fluxgate messages read <channel_id> <token or client secret> [--offset N --limit N --name X ...]";
 const PROVISION: &str = "usage: fluxgate provision clients|channels <file.csv|file.json> <domain_id> <token>
        fluxgate provision connect <connections.csv> <domain_id> <token>";
+const CERTS: &str = "usage: fluxgate certs issue <client_id> <domain_id> <token> [--ttl 8760h]
+       fluxgate certs get <client_id> <domain_id> <token>      (the client's certificates)
+       fluxgate certs serial <serial> <domain_id> <token>
+       fluxgate certs revoke <serial> <domain_id> <token>
+       fluxgate certs ca";
 const CONFIG: &str = "usage: fluxgate config default
        fluxgate config set url|token <value>
        fluxgate config show";
 pub const TOP: &str = "usage: fluxgate serve [--config FILE --data-dir DIR --http-addr A --mqtt-addr A --ws-addr A]
-       fluxgate users|domains|clients|channels|groups|messages|provision|config ...
+       fluxgate users|domains|clients|channels|groups|messages|provision|certs|config ...
        fluxgate completions bash|zsh|fish
 global flags: --url URL (or FLUXGATE_URL), --raw (compact JSON), --help";
 
@@ -256,6 +261,7 @@ pub fn usage(entity: &str) -> &'static str {
         "messages" => MESSAGES,
         "provision" => PROVISION,
         "config" => CONFIG,
+        "certs" => CERTS,
         _ => TOP,
     }
 }
@@ -327,6 +333,7 @@ async fn dispatch(api: &Api, a: &Args, entity: &str) -> Res {
             ["connect", file, d, rest @ ..] => provision::connections(api, file, d, token(api, rest, PROVISION)?).await,
             _ => Err(Fail::Usage(PROVISION)),
         },
+        "certs" => certs(api, a, &w).await,
         "config" => match w.as_slice() {
             ["set", key @ ("url" | "token"), value] => {
                 save_config(key, value)?;
@@ -721,6 +728,64 @@ async fn groups(api: &Api, w: &[&str]) -> Res {
         [id, "delete", rest @ ..] => {
             let (d, t) = dt(rest)?;
             api.call(M::DELETE, &format!("/{d}/groups/{id}"), Auth::Bearer(&t), None)
+                .await
+        }
+        _ => Err(Fail::Usage(u)),
+    }
+}
+
+async fn certs(api: &Api, a: &Args, w: &[&str]) -> Res {
+    use reqwest::Method as M;
+    let u = CERTS;
+    let dt = |rest: &[&str]| -> Result<(String, String), Fail> {
+        match rest {
+            [d, t] => Ok((d.to_string(), t.to_string())),
+            [d] => api
+                .saved_token
+                .clone()
+                .map(|t| (d.to_string(), t))
+                .ok_or(Fail::Usage(u)),
+            _ => Err(Fail::Usage(u)),
+        }
+    };
+    match w {
+        ["ca"] => {
+            let r = api
+                .http
+                .get(format!("{}/certs/ca", api.url))
+                .send()
+                .await
+                .map_err(|e| msg(format!("cannot reach {}: {e}", api.url)))?;
+            if !r.status().is_success() {
+                return Err(msg(format!("HTTP {}", r.status())));
+            }
+            print!("{}", r.text().await.unwrap_or_default());
+            std::process::exit(0);
+        }
+        ["issue", client, rest @ ..] => {
+            let (d, t) = dt(rest)?;
+            let ttl = a.flag("ttl").unwrap_or("8760h");
+            api.call(
+                M::POST,
+                &format!("/{d}/certs"),
+                Auth::Bearer(&t),
+                Some(json!({"client_id": client, "ttl": ttl})),
+            )
+            .await
+        }
+        ["get", client, rest @ ..] => {
+            let (d, t) = dt(rest)?;
+            api.call(M::GET, &format!("/{d}/serials/{client}"), Auth::Bearer(&t), None)
+                .await
+        }
+        ["serial", serial, rest @ ..] => {
+            let (d, t) = dt(rest)?;
+            api.call(M::GET, &format!("/{d}/certs/{serial}"), Auth::Bearer(&t), None)
+                .await
+        }
+        ["revoke", serial, rest @ ..] => {
+            let (d, t) = dt(rest)?;
+            api.call(M::DELETE, &format!("/{d}/certs/{serial}"), Auth::Bearer(&t), None)
                 .await
         }
         _ => Err(Fail::Usage(u)),

@@ -69,6 +69,12 @@ pub enum Change {
         channel_id: String,
         conn_type: ConnType,
     },
+    /// A client certificate was revoked: sessions that logged in with it must end.
+    CertRevoked {
+        domain_id: String,
+        client_id: String,
+        serial: String,
+    },
     DomainEnabled {
         domain_id: String,
     },

@@ -8,6 +8,7 @@
 //! - Writes run in `BEGIN IMMEDIATE` transactions so concurrent writers queue on SQLite's
 //!   lock (bounded by `busy_timeout`) instead of failing half-way.
 
+mod certs;
 mod channels;
 mod clients;
 mod domains;
@@ -18,6 +19,7 @@ mod migrations;
 mod settings;
 mod users;
 
+pub use certs::CertRecord;
 pub use channels::{Channel, ChannelPatch, ChannelQuery, NewChannel};
 pub use clients::{Client, ClientAuth, ClientPatch, ClientQuery, NewClient};
 pub use domains::{Domain, DomainMember, DomainPatch, DomainQuery, NewDomain, Relation};

@@ -144,6 +144,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX messages_channel_name_time ON messages(channel, name, time);
     CREATE INDEX messages_channel_publisher_time ON messages(channel, publisher, time);
     "#,
+    // 4: client certificates (serial, owner, expiry, revocation; never the private key).
+    r#"
+    CREATE TABLE certs (
+        serial TEXT PRIMARY KEY,
+        domain_id TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        expire INTEGER NOT NULL,
+        revoked_at INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX certs_client ON certs(domain_id, client_id);
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -448,3 +448,23 @@ async fn usage_errors_and_server_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
 }
+
+#[tokio::test]
+async fn certificate_commands() {
+    let app = TestApp::spawn().await;
+    let cli = Cli::new(&app);
+    let (_, t) = app.user("certcli").await;
+    let d = app.domain(&t, "certcli").await;
+    let (c, _) = app.device(&t, &d).await;
+    let issued = cli.json(&["certs", "issue", &c, &d, &t, "--ttl", "2h"]).await;
+    assert!(issued["client_cert"]
+        .as_str()
+        .is_some_and(|p| p.contains("BEGIN CERTIFICATE")));
+    let serial = s(&issued, "serial");
+    assert_eq!(cli.json(&["certs", "get", &c, &d, &t]).await["total"], 1);
+    assert_eq!(cli.json(&["certs", "serial", &serial, &d, &t]).await["revoked"], false);
+    assert!(cli.json(&["certs", "revoke", &serial, &d, &t]).await["revocation_time"].is_string());
+    assert_eq!(cli.json(&["certs", "serial", &serial, &d, &t]).await["revoked"], true);
+    let ca = cli.run(&["certs", "ca"]).await;
+    assert!(ca.ok().stdout.starts_with("-----BEGIN CERTIFICATE-----"));
+}

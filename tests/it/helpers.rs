@@ -39,6 +39,7 @@ pub struct TestApp {
     pub store: storage::Store,
     pub mqtt_addr: std::net::SocketAddr,
     pub ws_addr: Option<std::net::SocketAddr>,
+    pub mqtts_addr: Option<std::net::SocketAddr>,
     pub broker_metrics: Arc<broker::Metrics>,
     pub stored: tokio::sync::Mutex<tokio::sync::watch::Receiver<u64>>,
     pub data_dir: std::path::PathBuf,
@@ -54,6 +55,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     cfg.http.addr = "127.0.0.1:0".into();
     cfg.mqtt.addr = "127.0.0.1:0".into();
     cfg.mqtt.ws_addr = "127.0.0.1:0".into();
+    cfg.tls.mqtts_addr = "127.0.0.1:0".into();
     cfg.auth.pbkdf2_iterations = 1000;
     cfg.admin.password = fluxgate::config::Secret(ADMIN_PASSWORD.into());
     cfg
@@ -90,6 +92,7 @@ impl TestApp {
         let stored = tokio::sync::Mutex::new(app.stored_messages());
         let data_dir = dir.path().to_path_buf();
         let (mqtt_addr, ws_addr, broker_metrics) = (app.mqtt_addr(), app.ws_addr(), app.broker_metrics());
+        let mqtts_addr = app.mqtts_addr();
         let changes = tokio::sync::Mutex::new(app.subscribe_changes());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -106,6 +109,7 @@ impl TestApp {
             store,
             mqtt_addr,
             ws_addr,
+            mqtts_addr,
             broker_metrics,
             stored,
             data_dir,

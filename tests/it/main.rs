@@ -13,4 +13,5 @@ mod messages;
 mod mqtt;
 mod mqtt_client;
 mod peers;
+mod tls;
 mod users;

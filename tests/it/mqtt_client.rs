@@ -30,6 +30,9 @@ pub struct Conn {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A client certificate and its key, PEM.
+pub type CertAndKey = (Vec<u8>, Vec<u8>);
+
 pub struct Opts<'a> {
     pub id: &'a str,
     pub user: Option<&'a str>,
@@ -39,6 +42,8 @@ pub struct Opts<'a> {
     pub will: Option<(&'a str, &'a [u8])>,
     pub v5: bool,
     pub ws: bool,
+    /// TLS with this CA (PEM) and, for mTLS, a client certificate and key (PEM).
+    pub tls: Option<(Vec<u8>, Option<CertAndKey>)>,
 }
 
 impl Default for Opts<'_> {
@@ -52,6 +57,7 @@ impl Default for Opts<'_> {
             will: None,
             v5: false,
             ws: false,
+            tls: None,
         }
     }
 }
@@ -197,6 +203,13 @@ pub fn connect(addr: std::net::SocketAddr, o: Opts<'_>) -> Conn {
         }
         if o.ws {
             opts.set_transport(rumqttc::Transport::Ws);
+        }
+        if let Some((ca, client_auth)) = o.tls.clone() {
+            opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth,
+            }));
         }
         let (client, mut el) = rumqttc::AsyncClient::new(opts, 64);
         let task = tokio::spawn(async move {

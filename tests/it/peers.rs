@@ -93,6 +93,70 @@ async fn mosquitto_clients_publish_and_receive() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "21.5");
     }
 
+    // Over TLS, trusting the platform CA.
+    let ca = app
+        .client
+        .get(format!("{}/certs/ca", app.url))
+        .send()
+        .await
+        .expect("ca")
+        .text()
+        .await
+        .expect("pem");
+    let ca_file = app.data_dir.join("downloaded-ca.pem");
+    std::fs::write(&ca_file, ca).expect("write ca");
+    let tls_port = app.mqtts_addr.expect("tls").port().to_string();
+    let t = format!("{topic}/tls");
+    let ca_arg = ca_file.to_str().expect("path");
+    let st = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &tls_port,
+            "--cafile",
+            ca_arg,
+            "-u",
+            &c,
+            "-P",
+            &s,
+            "-t",
+            &t,
+            "-m",
+            "secure",
+            "-q",
+            "1",
+            "-r",
+        ])
+        .status()
+        .await
+        .expect("mosquitto_pub");
+    assert!(st.success(), "mosquitto_pub over TLS");
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &tls_port,
+            "--cafile",
+            ca_arg,
+            "-u",
+            &c,
+            "-P",
+            &s,
+            "-t",
+            &t,
+            "-C",
+            "1",
+            "-W",
+            "20",
+        ])
+        .output()
+        .await
+        .expect("mosquitto_sub");
+    assert!(out.status.success(), "mosquitto_sub over TLS");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "secure");
+
     // Wrong credentials: mosquitto_pub fails.
     let st = Command::new("mosquitto_pub")
         .args([

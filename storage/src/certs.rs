@@ -1,0 +1,108 @@
+//! Issued client certificates: serial, owner, expiry and revocation.
+
+use crate::{Result, Store, StoreError};
+use rusqlite::{OptionalExtension, Row};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertRecord {
+    pub serial: String,
+    pub domain_id: String,
+    pub client_id: String,
+    /// Expiry, Unix seconds.
+    pub expire: i64,
+    /// Revocation time, Unix seconds.
+    pub revoked_at: Option<i64>,
+}
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<CertRecord> {
+    Ok(CertRecord {
+        serial: r.get(0)?,
+        domain_id: r.get(1)?,
+        client_id: r.get(2)?,
+        expire: r.get(3)?,
+        revoked_at: r.get(4)?,
+    })
+}
+
+const COLUMNS: &str = "serial, domain_id, client_id, expire, revoked_at";
+
+impl Store {
+    /// Records an issued certificate; the client must exist in the domain.
+    pub fn insert_cert(&self, c: &CertRecord) -> Result<()> {
+        self.write(|tx| {
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM clients WHERE domain_id = ?1 AND id = ?2")?
+                .exists([&c.domain_id, &c.client_id])?;
+            if !exists {
+                return Err(StoreError::NotFound);
+            }
+            tx.execute(
+                "INSERT INTO certs (serial, domain_id, client_id, expire, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![c.serial, c.domain_id, c.client_id, c.expire, crate::now_micros()],
+            )
+            .map_err(|e| crate::conflict(e, "serial already exists"))?;
+            Ok(())
+        })
+    }
+
+    pub fn cert(&self, domain: &str, serial: &str) -> Result<CertRecord> {
+        let c = self.conn()?;
+        c.query_row(
+            &format!("SELECT {COLUMNS} FROM certs WHERE domain_id = ?1 AND serial = ?2"),
+            [domain, serial],
+            from_row,
+        )
+        .optional()?
+        .ok_or(StoreError::NotFound)
+    }
+
+    /// A certificate by serial alone (TLS login).
+    pub fn cert_by_serial(&self, serial: &str) -> Result<Option<CertRecord>> {
+        let c = self.conn()?;
+        Ok(c.query_row(
+            &format!("SELECT {COLUMNS} FROM certs WHERE serial = ?1"),
+            [serial],
+            from_row,
+        )
+        .optional()?)
+    }
+
+    pub fn client_certs(&self, domain: &str, client: &str) -> Result<Vec<CertRecord>> {
+        let c = self.conn()?;
+        let mut st = c.prepare(&format!(
+            "SELECT {COLUMNS} FROM certs WHERE domain_id = ?1 AND client_id = ?2 ORDER BY created_at"
+        ))?;
+        let rows = st
+            .query_map([domain, client], from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Marks a certificate revoked (idempotent); returns the record.
+    pub fn revoke_cert(&self, domain: &str, serial: &str, at: i64) -> Result<CertRecord> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE certs SET revoked_at = COALESCE(revoked_at, ?3) WHERE domain_id = ?1 AND serial = ?2",
+                rusqlite::params![domain, serial, at],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(tx.query_row(
+                &format!("SELECT {COLUMNS} FROM certs WHERE serial = ?1"),
+                [serial],
+                from_row,
+            )?)
+        })
+    }
+
+    /// Every revoked certificate (for the CRL).
+    pub fn revoked_certs(&self) -> Result<Vec<CertRecord>> {
+        let c = self.conn()?;
+        let mut st = c.prepare(&format!(
+            "SELECT {COLUMNS} FROM certs WHERE revoked_at IS NOT NULL ORDER BY revoked_at"
+        ))?;
+        let rows = st.query_map([], from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,234 @@
+//! TLS: MQTT over TLS with the platform CA, client certificates and mTLS login.
+
+use crate::helpers::TestApp;
+use crate::mqtt_client::{connect, Ev, Opts};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn ca_pem(app: &TestApp) -> String {
+    let r = app
+        .client
+        .get(format!("{}/certs/ca", app.url))
+        .send()
+        .await
+        .expect("ca");
+    assert_eq!(r.status(), 200);
+    r.text().await.expect("pem")
+}
+
+/// A domain, channel and client connected both ways: (token, domain, channel, client, secret).
+async fn setup(app: &TestApp) -> (String, String, String, String, String) {
+    let (_, t) = app.user("tlsowner").await;
+    let d = app.domain(&t, "tls").await;
+    let h = app.channel(&t, &d, "ch").await;
+    let (c, s) = app.device(&t, &d).await;
+    app.connect(&t, &d, &c, &h, &["publish", "subscribe"]).await;
+    (t, d, h, c, s)
+}
+
+async fn issue(app: &TestApp, t: &str, d: &str, client: &str) -> Value {
+    let (s, v) = app
+        .post(
+            &format!("/{d}/certs"),
+            Some(t),
+            json!({"client_id": client, "ttl": "24h"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    v
+}
+
+fn tls_opts<'a>(
+    id: &'a str,
+    ca: &str,
+    client_auth: Option<(&str, &str)>,
+    user: Option<&'a str>,
+    pass: Option<&'a str>,
+) -> Opts<'a> {
+    Opts {
+        id,
+        user,
+        pass,
+        tls: Some((
+            ca.as_bytes().to_vec(),
+            client_auth.map(|(c, k)| (c.as_bytes().to_vec(), k.as_bytes().to_vec())),
+        )),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn password_login_over_tls_with_the_platform_ca() {
+    let app = TestApp::spawn().await;
+    let (_, _, h, c, s) = setup(&app).await;
+    let ca = ca_pem(&app).await;
+    assert!(ca.contains("BEGIN CERTIFICATE"));
+    let addr = app.mqtts_addr.expect("tls listener");
+    let mut conn = connect(addr, tls_opts("tls-pw", &ca, None, Some(&c), Some(&s)))
+        .connected()
+        .await;
+    let topic = format!("channels/{h}/messages");
+    assert_eq!(conn.subscribe(&topic, 1).await, vec![1]);
+    conn.publish(&topic, b"over tls", 1, false).await;
+    assert_eq!(conn.message().await.1, b"over tls".to_vec());
+    // Wrong password over TLS is still refused.
+    let mut bad = connect(addr, tls_opts("tls-bad", &ca, None, Some(&c), Some("wrong-secret")));
+    assert_eq!(bad.connack().await, 4);
+}
+
+#[tokio::test]
+async fn certificate_login_revocation_and_refusals() {
+    let app = TestApp::spawn().await;
+    let (t, d, h, c, _) = setup(&app).await;
+    let ca = ca_pem(&app).await;
+    let addr = app.mqtts_addr.expect("tls listener");
+    let cert = issue(&app, &t, &d, &c).await;
+    assert_eq!((&cert["client_id"], &cert["issuing_ca"]), (&json!(c), &json!(ca)));
+    let (pem, key, serial) = (
+        cert["client_cert"].as_str().expect("c"),
+        cert["client_key"].as_str().expect("k"),
+        cert["serial"].as_str().expect("s"),
+    );
+    assert!(key.contains("PRIVATE KEY"));
+
+    // Listing and lookup; the key is not stored.
+    let (st, v) = app.get(&format!("/{d}/serials/{c}"), &t).await;
+    assert_eq!((st, &v["total"]), (200, &json!(1)));
+    assert!(!v.to_string().contains("PRIVATE KEY"));
+    let (st, v) = app.get(&format!("/{d}/certs/{serial}"), &t).await;
+    assert_eq!((st, &v["revoked"]), (200, &json!(false)));
+    let (st, _) = app
+        .post(&format!("/{d}/certs"), Some(&t), json!({"client_id": "no-such-client"}))
+        .await;
+    assert_eq!(st, 404);
+
+    // mTLS: no password needed.
+    let mut conn = connect(addr, tls_opts("mtls", &ca, Some((pem, key)), None, None))
+        .connected()
+        .await;
+    let topic = format!("channels/{h}/messages");
+    assert_eq!(conn.subscribe(&topic, 0).await, vec![0]);
+    conn.publish(&topic, b"by certificate", 0, false).await;
+    assert_eq!(conn.message().await.1, b"by certificate".to_vec());
+
+    // Revoking closes the live session and refuses new ones; the CRL lists it.
+    let (st, v) = app
+        .call(Method::DELETE, &format!("/{d}/certs/{serial}"), Some(&t), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    conn.closed().await;
+    let mut again = connect(addr, tls_opts("mtls2", &ca, Some((pem, key)), None, None));
+    assert_eq!(again.connack().await, 5);
+    let crl = app
+        .client
+        .get(format!("{}/certs/crl", app.url))
+        .send()
+        .await
+        .expect("crl")
+        .text()
+        .await
+        .expect("text");
+    assert!(crl.contains("BEGIN X509 CRL"));
+
+    // A certificate from another CA fails the handshake.
+    let other_dir = tempfile::tempdir().expect("tmp");
+    let other = certs::Ca::load_or_create(other_dir.path(), None).expect("ca");
+    let now = time::OffsetDateTime::now_utc();
+    let foreign = other
+        .issue_client(&c, now - time::Duration::hours(1), now + time::Duration::hours(1))
+        .expect("issue");
+    let mut f = connect(
+        addr,
+        tls_opts("foreign", &ca, Some((&foreign.cert_pem, &foreign.key_pem)), None, None),
+    );
+    assert!(matches!(f.next().await, Ev::Closed(_)));
+
+    // An expired certificate from the platform CA fails too.
+    let platform = certs::Ca::load_or_create(&app.data_dir, None).expect("platform ca");
+    let expired = platform
+        .issue_client(&c, now - time::Duration::days(2), now - time::Duration::days(1))
+        .expect("issue");
+    let rec = storage::CertRecord {
+        serial: expired.serial.clone(),
+        domain_id: d.clone(),
+        client_id: c.clone(),
+        expire: expired.expire.unix_timestamp(),
+        revoked_at: None,
+    };
+    app.store.insert_cert(&rec).expect("record");
+    let mut e = connect(
+        addr,
+        tls_opts("expired", &ca, Some((&expired.cert_pem, &expired.key_pem)), None, None),
+    );
+    assert!(matches!(e.next().await, Ev::Closed(_)));
+}
+
+#[tokio::test]
+async fn bad_handshakes_leave_the_listener_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let (_, _, _, c, s) = setup(&app).await;
+    let ca = ca_pem(&app).await;
+    let addr = app.mqtts_addr.expect("tls listener");
+    // Plain MQTT on the TLS port: the server closes it.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    plain
+        .write_all(&[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 0])
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(15), plain.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert!(n == 0 || buf[0] == 0x15, "no MQTT answer on the TLS port");
+    // TLS 1.1 is refused (when the openssl tool is there to try it).
+    if let Ok(out) = tokio::process::Command::new("openssl")
+        .args(["s_client", "-tls1_1", "-connect", &addr.to_string()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+    {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("Cipher is (NONE)") || !out.status.success(),
+            "TLS 1.1 must not be negotiated: {text}"
+        );
+    }
+    // The listener still serves a proper client.
+    let mut ok = connect(addr, tls_opts("after", &ca, None, Some(&c), Some(&s)));
+    assert_eq!(ok.connack().await, 0);
+}
+
+#[tokio::test]
+async fn certificates_survive_a_restart() {
+    let app = TestApp::spawn().await;
+    let (t, d, h, c, _) = setup(&app).await;
+    let ca = ca_pem(&app).await;
+    let cert = issue(&app, &t, &d, &c).await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(app.data_dir.join("ca.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir).await;
+    assert_eq!(ca_pem(&app).await, ca, "the same CA after a restart");
+    let addr = app.mqtts_addr.expect("tls");
+    let (pem, key) = (
+        cert["client_cert"].as_str().expect("c"),
+        cert["client_key"].as_str().expect("k"),
+    );
+    let mut conn = connect(addr, tls_opts("restart", &ca, Some((pem, key)), None, None))
+        .connected()
+        .await;
+    assert_eq!(conn.subscribe(&format!("channels/{h}/messages"), 0).await, vec![0]);
+}
