@@ -57,6 +57,7 @@ pub struct LogConfig {
 pub struct HttpConfig {
     pub addr: String,
     pub max_body_bytes: u64,
+    pub tls: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -77,6 +78,7 @@ pub struct MqttConfig {
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub mqtts_addr: String,
+    pub wss_addr: String,
     pub hosts: Vec<String>,
     pub cert_file: String,
     pub key_file: String,
@@ -154,6 +156,7 @@ pub struct Overrides {
     pub mqtt_addr: Option<String>,
     pub ws_addr: Option<String>,
     pub mqtts_addr: Option<String>,
+    pub wss_addr: Option<String>,
 }
 
 impl Config {
@@ -197,6 +200,7 @@ impl Config {
             ("mqtt", "addr", &flags.mqtt_addr),
             ("mqtt", "ws_addr", &flags.ws_addr),
             ("tls", "mqtts_addr", &flags.mqtts_addr),
+            ("tls", "wss_addr", &flags.wss_addr),
         ] {
             if let (Some(v), Some(toml::Value::Table(t))) = (flag, table.get_mut(section)) {
                 t.insert(key.into(), toml::Value::String(v.clone()));

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod https;
 pub mod mail;
 pub mod mqtt;
 pub mod pipeline;
@@ -51,6 +52,8 @@ pub struct App {
     broker: Arc<broker::BrokerHandle>,
     pipeline: pipeline::Pipeline,
     writer: pipeline::Writer,
+    https: Option<Arc<certs::RustlsServerConfig>>,
+    wss_addr: Option<SocketAddr>,
     /// The generated bootstrap password, when this start created the super-admin with one.
     pub generated_admin_password: Option<String>,
 }
@@ -85,7 +88,7 @@ impl App {
         let (events, _) = tokio::sync::broadcast::channel(4096);
         // The platform CA and the TLS server configuration.
         let (ca, tls) = {
-            let (data_dir, t) = (cfg.data_dir.clone(), cfg.tls.clone());
+            let (data_dir, t, https) = (cfg.data_dir.clone(), cfg.tls.clone(), cfg.http.tls);
             blocking(
                 move || -> Result<(certs::Ca, Option<Arc<certs::RustlsServerConfig>>), String> {
                     let configured = (!t.ca_cert_file.is_empty())
@@ -95,7 +98,7 @@ impl App {
                         configured.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
                     )
                     .map_err(|e| e.to_string())?;
-                    if t.mqtts_addr.is_empty() {
+                    if t.mqtts_addr.is_empty() && t.wss_addr.is_empty() && !https {
                         return Ok((ca, None));
                     }
                     let (cert, key) = if t.cert_file.is_empty() {
@@ -122,10 +125,13 @@ impl App {
             inflight_window: cfg.mqtt.inflight_window,
             max_segment_size: cfg.mqtt.max_segment_size,
             max_segment_count: cfg.mqtt.max_segment_count,
-            tls: tls.map(|config| broker::TlsSettings {
-                addr: cfg.tls.mqtts_addr.clone(),
-                config,
-            }),
+            tls: tls
+                .clone()
+                .filter(|_| !cfg.tls.mqtts_addr.is_empty())
+                .map(|config| broker::TlsSettings {
+                    addr: cfg.tls.mqtts_addr.clone(),
+                    config,
+                }),
         };
         let authorizer = Arc::new(mqtt::StoreAuthorizer { store: store.clone() });
         let sink = Arc::new(pipeline::LateSink::default());
@@ -134,6 +140,19 @@ impl App {
             .map_err(|e| AppError::Startup(e.to_string()))?;
         let broker = Arc::new(broker);
         tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
+        let wss_addr = match (&tls, cfg.tls.wss_addr.as_str()) {
+            (Some(sc), a) if !a.is_empty() => {
+                let l = tokio::net::TcpListener::bind(a).await.map_err(|err| AppError::Bind {
+                    addr: a.to_string(),
+                    err,
+                })?;
+                let addr = l.local_addr()?;
+                tracing::info!(%addr, "MQTT over secure WebSocket listening on /mqtt");
+                tokio::spawn(https::serve(l, sc.clone(), broker.ws_routes(), std::future::pending()));
+                Some(addr)
+            }
+            _ => None,
+        };
         let (pipeline, writer) = pipeline::start(store.clone(), &cfg.messages, broker.clone(), &sink);
         let ctx = Arc::new(Ctx {
             store: store.clone(),
@@ -167,6 +186,8 @@ impl App {
             broker,
             pipeline,
             writer,
+            https: tls.filter(|_| cfg.http.tls),
+            wss_addr,
             generated_admin_password,
         })
     }
@@ -181,6 +202,10 @@ impl App {
 
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.broker.ws_addr
+    }
+
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss_addr
     }
 
     pub fn mqtts_addr(&self) -> Option<SocketAddr> {
@@ -216,7 +241,13 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
         tracing::info!(addr = %self.http_addr, "HTTP API listening");
         tracing::info!(mqtt = %self.broker.mqtt_addr, mqtts = ?self.broker.mqtts_addr, ws = ?self.broker.ws_addr, "MQTT listening");
-        mgmt::serve(self.http, self.ctx, shutdown).await;
+        match self.https {
+            Some(sc) => {
+                use warp::Filter;
+                https::serve(self.http, sc, mgmt::routes(self.ctx).boxed(), shutdown).await
+            }
+            None => mgmt::serve(self.http, self.ctx, shutdown).await,
+        }
         // Everything accepted is written before exit.
         self.writer.drain().await;
         tracing::info!("stopped");

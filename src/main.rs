@@ -40,6 +40,9 @@ enum Cmd {
         /// Address of the MQTT-over-TLS listener, e.g. 0.0.0.0:8883; empty disables it.
         #[arg(long, value_name = "HOST:PORT")]
         mqtts_addr: Option<String>,
+        /// Address of the MQTT-over-secure-WebSocket listener (path /mqtt); empty disables it.
+        #[arg(long, value_name = "HOST:PORT")]
+        wss_addr: Option<String>,
     },
     /// Configuration helpers.
     Config {
@@ -177,6 +180,7 @@ fn main() -> ExitCode {
             mqtt_addr,
             ws_addr,
             mqtts_addr,
+            wss_addr,
         } => {
             let flags = Overrides {
                 data_dir,
@@ -184,6 +188,7 @@ fn main() -> ExitCode {
                 mqtt_addr,
                 ws_addr,
                 mqtts_addr,
+                wss_addr,
             };
             let cfg = match Config::load(config.as_deref(), std::env::vars(), &flags) {
                 Ok(c) => c,

@@ -226,6 +226,11 @@ impl BrokerHandle {
         }
     }
 
+    /// The MQTT-over-WebSocket endpoint (`/mqtt`) as a warp filter, for serving it over TLS.
+    pub fn ws_routes(&self) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+        ws::routes(self.shared.clone())
+    }
+
     /// Number of live sessions.
     pub fn sessions(&self) -> usize {
         self.shared.registry.len()

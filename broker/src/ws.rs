@@ -8,7 +8,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warp::Filter;
 
 pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    let route = warp::path!("mqtt")
+    warp::serve(routes(shared)).incoming(listener).run().await;
+}
+
+/// The `/mqtt` WebSocket endpoint as a filter (served plain here, or over TLS by the caller).
+pub(crate) fn routes(shared: Arc<Shared>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    use warp::Reply;
+    warp::path!("mqtt")
         .and(warp::ws())
         .and(warp::addr::remote())
         .map(move |ws: warp::ws::Ws, peer: Option<std::net::SocketAddr>| {
@@ -22,9 +28,9 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
                 warp::http::header::SEC_WEBSOCKET_PROTOCOL,
                 warp::http::HeaderValue::from_static("mqtt"),
             )
+            .into_response()
         })
-        .boxed();
-    warp::serve(route).incoming(listener).run().await;
+        .boxed()
 }
 
 async fn bridge(socket: warp::ws::WebSocket, peer: std::net::SocketAddr, shared: Arc<Shared>) {

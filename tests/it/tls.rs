@@ -232,3 +232,127 @@ async fn certificates_survive_a_restart() {
         .await;
     assert_eq!(conn.subscribe(&format!("channels/{h}/messages"), 0).await, vec![0]);
 }
+
+#[tokio::test]
+async fn https_api_and_secure_websocket() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = crate::helpers::test_config(dir.path());
+    cfg.http.tls = true;
+    cfg.tls.wss_addr = "127.0.0.1:0".into();
+    let data = dir.path().to_path_buf();
+    // The helper talks plain HTTP; here the API is checked with curl over HTTPS.
+    let app = fluxgate::App::build(cfg, fluxgate::Hooks::default())
+        .await
+        .expect("build");
+    let (http, wss) = (app.http_addr(), app.wss_addr().expect("wss"));
+    let store = app.store();
+    tokio::spawn(app.run(std::future::pending()));
+    let ca_file = data.join("ca.crt");
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--cacert",
+            ca_file.to_str().expect("p"),
+            &format!("https://127.0.0.1:{}/health", http.port()),
+        ])
+        .output()
+        .await
+        .expect("curl");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"status\":\"pass\""),
+        "{:?}",
+        out
+    );
+    let plain = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{}/health", http.port()),
+        ])
+        .output()
+        .await
+        .expect("curl");
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("pass"),
+        "plain HTTP is not served"
+    );
+
+    // MQTT over secure WebSocket with a device provisioned directly in the store.
+    let admin = store.user_by_identity("admin").expect("q").expect("admin");
+    let d = store
+        .create_domain(
+            storage::NewDomain {
+                id: uuid::Uuid::new_v4().to_string(),
+                name: "w".into(),
+                route: "wss".into(),
+                tags: storage::JsonText::empty_array(),
+                metadata: storage::JsonText::empty_object(),
+            },
+            &admin.id,
+        )
+        .expect("domain");
+    let h = uuid::Uuid::new_v4().to_string();
+    store
+        .create_channels(
+            &d.id,
+            &[storage::NewChannel {
+                id: h.clone(),
+                name: "c".into(),
+                parent_group_id: None,
+                tags: storage::JsonText::empty_array(),
+                metadata: storage::JsonText::empty_object(),
+                status: storage::Status::Enabled,
+            }],
+        )
+        .expect("channel");
+    store
+        .create_clients(
+            &d.id,
+            &[storage::NewClient {
+                id: "wss-dev".into(),
+                name: String::new(),
+                identity: String::new(),
+                secret: "wss-secret-1".into(),
+                tags: storage::JsonText::empty_array(),
+                metadata: storage::JsonText::empty_object(),
+                status: storage::Status::Enabled,
+            }],
+        )
+        .expect("client");
+    store
+        .connect(
+            &d.id,
+            &["wss-dev".into()],
+            std::slice::from_ref(&h),
+            &storage::ConnType::BOTH,
+        )
+        .expect("connect");
+    let ca = std::fs::read(&ca_file).expect("ca");
+    let mut opts = rumqttc::MqttOptions::new("wss-client", format!("wss://localhost:{}/mqtt", wss.port()), wss.port());
+    opts.set_credentials("wss-dev", "wss-secret-1");
+    opts.set_transport(rumqttc::Transport::Wss(rumqttc::TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth: None,
+    }));
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+    let topic = format!("channels/{h}/messages");
+    client.subscribe(&topic, rumqttc::QoS::AtLeastOnce).await.expect("sub");
+    client
+        .publish(&topic, rumqttc::QoS::AtLeastOnce, false, b"wss".to_vec())
+        .await
+        .expect("pub");
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => return p.payload.to_vec(),
+                Ok(_) => continue,
+                Err(e) => panic!("wss connection failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("message in time");
+    assert_eq!(got, b"wss".to_vec());
+}
