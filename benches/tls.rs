@@ -29,7 +29,11 @@ fn opts(addr: SocketAddr, id: &str, mode: &Mode) -> MqttOptions {
         }
         Mode::TlsPassword(ca) => {
             o.set_credentials("bench-dev", "bench-secret-1");
-            o.set_transport(Transport::Tls(TlsConfiguration::Simple { ca: ca.clone(), alpn: None, client_auth: None }));
+            o.set_transport(Transport::Tls(TlsConfiguration::Simple {
+                ca: ca.clone(),
+                alpn: None,
+                client_auth: None,
+            }));
         }
         Mode::Mtls(ca, cert, key) => {
             o.set_transport(Transport::Tls(TlsConfiguration::Simple {
@@ -85,7 +89,9 @@ async fn throughput(addr: SocketAddr, mode: &Mode, topic: &str, window: Duration
     let (c2, s2) = (count.clone(), stop.clone());
     let reader = tokio::spawn(async move {
         while !s2.load(Ordering::Relaxed) {
-            if let Ok(Ok(Event::Incoming(Packet::Publish(_)))) = tokio::time::timeout(Duration::from_millis(100), sel.poll()).await {
+            if let Ok(Ok(Event::Incoming(Packet::Publish(_)))) =
+                tokio::time::timeout(Duration::from_millis(100), sel.poll()).await
+            {
                 c2.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -94,7 +100,10 @@ async fn throughput(addr: SocketAddr, mode: &Mode, topic: &str, window: Duration
     let s3 = stop.clone();
     let driver = tokio::spawn(async move {
         while !s3.load(Ordering::Relaxed) {
-            if tokio::time::timeout(Duration::from_millis(100), pel.poll()).await.is_ok_and(|r| r.is_err()) {
+            if tokio::time::timeout(Duration::from_millis(100), pel.poll())
+                .await
+                .is_ok_and(|r| r.is_err())
+            {
                 break;
             }
         }
@@ -104,7 +113,11 @@ async fn throughput(addr: SocketAddr, mode: &Mode, topic: &str, window: Duration
     let s4 = stop.clone();
     let writer = tokio::spawn(async move {
         while !s4.load(Ordering::Relaxed) {
-            if publ.publish(t.clone(), QoS::AtMostOnce, false, vec![7u8; 64]).await.is_err() {
+            if publ
+                .publish(t.clone(), QoS::AtMostOnce, false, vec![7u8; 64])
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -122,7 +135,10 @@ async fn throughput(addr: SocketAddr, mode: &Mode, topic: &str, window: Duration
 
 #[tokio::main]
 async fn main() {
-    let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let dir = tempfile::tempdir().expect("tmp");
     let mut cfg = Config::defaults();
     cfg.data_dir = dir.path().to_path_buf();
@@ -178,10 +194,18 @@ async fn main() {
             }],
         )
         .expect("client");
-    store.connect(&d.id, &["bench-dev".into()], std::slice::from_ref(&h), &ConnType::BOTH).expect("connect");
+    store
+        .connect(&d.id, &["bench-dev".into()], std::slice::from_ref(&h), &ConnType::BOTH)
+        .expect("connect");
     let ca = certs::Ca::load_or_create(dir.path(), None).expect("ca");
     let now = time::OffsetDateTime::now_utc();
-    let issued = ca.issue_client("bench-dev", now - time::Duration::hours(1), now + time::Duration::hours(2)).expect("issue");
+    let issued = ca
+        .issue_client(
+            "bench-dev",
+            now - time::Duration::hours(1),
+            now + time::Duration::hours(2),
+        )
+        .expect("issue");
     store
         .insert_cert(&CertRecord {
             serial: issued.serial.clone(),
@@ -195,7 +219,11 @@ async fn main() {
     let modes = [
         ("plain TCP (reference)", plain, Mode::Plain),
         ("TLS, password", tls, Mode::TlsPassword(ca_pem.clone())),
-        ("TLS, client certificate", tls, Mode::Mtls(ca_pem, issued.cert_pem.into_bytes(), issued.key_pem.into_bytes())),
+        (
+            "TLS, client certificate",
+            tls,
+            Mode::Mtls(ca_pem, issued.cert_pem.into_bytes(), issued.key_pem.into_bytes()),
+        ),
     ];
     println!("TLS benchmark (MQTT 3.1.1, 8 concurrent connectors, QoS 0 64-byte messages for throughput)");
     let mut reference = 0.0;
@@ -204,11 +232,19 @@ async fn main() {
         if reference == 0.0 {
             reference = rate;
         }
-        println!("{:<34} {rate:>10.0} connections/s   ({:.2}x plain)", format!("connect: {name}"), rate / reference);
+        println!(
+            "{:<34} {rate:>10.0} connections/s   ({:.2}x plain)",
+            format!("connect: {name}"),
+            rate / reference
+        );
     }
     let topic = format!("channels/{h}/messages");
     let plain_rate = throughput(plain, &modes[0].2, &topic, Duration::from_secs(secs)).await;
     let tls_rate = throughput(tls, &modes[1].2, &topic, Duration::from_secs(secs)).await;
     println!("{:<34} {plain_rate:>10.0} deliveries/s", "throughput: plain TCP");
-    println!("{:<34} {tls_rate:>10.0} deliveries/s   ({:.2}x plain)", "throughput: TLS", tls_rate / plain_rate);
+    println!(
+        "{:<34} {tls_rate:>10.0} deliveries/s   ({:.2}x plain)",
+        "throughput: TLS",
+        tls_rate / plain_rate
+    );
 }

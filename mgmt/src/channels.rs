@@ -254,6 +254,53 @@ fn unknown_as_404(e: ApiError) -> ApiError {
     }
 }
 
+/// Connects (or with `remove`, disconnects) every client to every channel with each type and
+/// announces each connection that changed.
+async fn change_connections(
+    ctx: &Ctx,
+    a: &DomainAccess,
+    clients: Vec<String>,
+    channels: Vec<String>,
+    types: Vec<ConnType>,
+    remove: bool,
+) -> Result<(), ApiError> {
+    check_ids(&clients, "client_ids")?;
+    check_ids(&channels, "channel_ids")?;
+    if clients.len() * channels.len() > 100_000 {
+        return Err(ApiError::bad("at most 100000 client-channel pairs per request"));
+    }
+    let d = a.domain_id().to_string();
+    let changed = ctx
+        .db(move |s| {
+            if remove {
+                s.disconnect(&d, &clients, &channels, &types)
+            } else {
+                s.connect(&d, &clients, &channels, &types)
+            }
+        })
+        .await
+        .map_err(unknown_as_404)?;
+    for (client_id, channel_id, conn_type) in changed {
+        let domain_id = a.domain_id().to_string();
+        ctx.emit(if remove {
+            Change::Disconnected {
+                domain_id,
+                client_id,
+                channel_id,
+                conn_type,
+            }
+        } else {
+            Change::Connected {
+                domain_id,
+                client_id,
+                channel_id,
+                conn_type,
+            }
+        });
+    }
+    Ok(())
+}
+
 async fn connect(
     ctx: &Ctx,
     a: &DomainAccess,
@@ -261,24 +308,7 @@ async fn connect(
     channels: Vec<String>,
     types: Vec<ConnType>,
 ) -> Result<Reply, ApiError> {
-    check_ids(&clients, "client_ids")?;
-    check_ids(&channels, "channel_ids")?;
-    if clients.len() * channels.len() > 100_000 {
-        return Err(ApiError::bad("at most 100000 client-channel pairs per request"));
-    }
-    let d = a.domain_id().to_string();
-    let made = ctx
-        .db(move |s| s.connect(&d, &clients, &channels, &types))
-        .await
-        .map_err(unknown_as_404)?;
-    for (client_id, channel_id, conn_type) in made {
-        ctx.emit(Change::Connected {
-            domain_id: a.domain_id().into(),
-            client_id,
-            channel_id,
-            conn_type,
-        });
-    }
+    change_connections(ctx, a, clients, channels, types, false).await?;
     Reply::empty(StatusCode::CREATED)
 }
 
@@ -289,23 +319,6 @@ async fn disconnect(
     channels: Vec<String>,
     types: Vec<ConnType>,
 ) -> Result<Reply, ApiError> {
-    check_ids(&clients, "client_ids")?;
-    check_ids(&channels, "channel_ids")?;
-    if clients.len() * channels.len() > 100_000 {
-        return Err(ApiError::bad("at most 100000 client-channel pairs per request"));
-    }
-    let d = a.domain_id().to_string();
-    let removed = ctx
-        .db(move |s| s.disconnect(&d, &clients, &channels, &types))
-        .await
-        .map_err(unknown_as_404)?;
-    for (client_id, channel_id, conn_type) in removed {
-        ctx.emit(Change::Disconnected {
-            domain_id: a.domain_id().into(),
-            client_id,
-            channel_id,
-            conn_type,
-        });
-    }
+    change_connections(ctx, a, clients, channels, types, true).await?;
     Reply::empty(StatusCode::NO_CONTENT)
 }

@@ -346,6 +346,19 @@ async fn dispatch(api: &Api, a: &Args, entity: &str) -> Res {
     }
 }
 
+/// `<domain_id> <token>` at the end of a command, the token defaulting to the saved one.
+fn domain_and_token(api: &Api, rest: &[&str], u: &'static str) -> Result<(String, String), Fail> {
+    match rest {
+        [d, t] => Ok((d.to_string(), t.to_string())),
+        [d] => api
+            .saved_token
+            .clone()
+            .map(|t| (d.to_string(), t))
+            .ok_or(Fail::Usage(u)),
+        _ => Err(Fail::Usage(u)),
+    }
+}
+
 /// The token argument, or the saved one when it was left out.
 fn token<'a>(api: &'a Api, rest: &[&'a str], u: &'static str) -> Result<&'a str, Fail> {
     match rest {
@@ -573,24 +586,10 @@ async fn domains(api: &Api, w: &[&str]) -> Res {
 async fn things(api: &Api, a: &Args, entity: &str, w: &[&str]) -> Res {
     use reqwest::Method as M;
     let u = usage(entity);
-    let tok = |rest: &[&str]| -> Result<String, Fail> {
-        match rest {
-            [d, t] => Ok(format!("{d}\u{0}{t}")),
-            [d] => api
-                .saved_token
-                .as_deref()
-                .map(|t| format!("{d}\u{0}{t}"))
-                .ok_or(Fail::Usage(u)),
-            _ => Err(Fail::Usage(u)),
-        }
-    };
-    let split = |s: &str| -> (String, String) {
-        let (d, t) = s.split_once('\u{0}').unwrap_or(("", ""));
-        (d.to_string(), t.to_string())
-    };
+    let dt = |rest: &[&str]| domain_and_token(api, rest, u);
     match w {
         ["create", body, rest @ ..] => {
-            let (d, t) = split(&tok(rest)?);
+            let (d, t) = dt(rest)?;
             api.call(
                 M::POST,
                 &format!("/{d}/{entity}"),
@@ -600,21 +599,21 @@ async fn things(api: &Api, a: &Args, entity: &str, w: &[&str]) -> Res {
             .await
         }
         ["all", "get", rest @ ..] => {
-            let (d, t) = split(&tok(rest)?);
+            let (d, t) = dt(rest)?;
             api.call(M::GET, &format!("/{d}/{entity}{}", query(a)), Auth::Bearer(&t), None)
                 .await
         }
         [file, rest @ ..] if file.ends_with(".csv") || file.ends_with(".json") => {
-            let (d, t) = split(&tok(rest)?);
+            let (d, t) = dt(rest)?;
             provision::entities(api, entity, file, &d, &t).await
         }
         [id, "get", rest @ ..] => {
-            let (d, t) = split(&tok(rest)?);
+            let (d, t) = dt(rest)?;
             api.call(M::GET, &format!("/{d}/{entity}/{id}"), Auth::Bearer(&t), None)
                 .await
         }
         [id, "update", "tags", tags, rest @ ..] => {
-            let (d, t) = split(&tok(rest)?);
+            let (d, t) = dt(rest)?;
             api.call(
                 M::PATCH,
                 &format!("/{d}/{entity}/{id}/tags"),
@@ -624,7 +623,7 @@ async fn things(api: &Api, a: &Args, entity: &str, w: &[&str]) -> Res {
             .await
         }
         [id, "update", "secret", secret, rest @ ..] if entity == "clients" => {
-            let (d, t) = split(&tok(rest)?);
+            let (d, t) = dt(rest)?;
             api.call(
                 M::PATCH,
                 &format!("/{d}/clients/{id}/secret"),
@@ -634,7 +633,7 @@ async fn things(api: &Api, a: &Args, entity: &str, w: &[&str]) -> Res {
             .await
         }
         [id, "update", body, rest @ ..] => {
-            let (d, t) = split(&tok(rest)?);
+            let (d, t) = dt(rest)?;
             api.call(
                 M::PATCH,
                 &format!("/{d}/{entity}/{id}"),
@@ -644,17 +643,17 @@ async fn things(api: &Api, a: &Args, entity: &str, w: &[&str]) -> Res {
             .await
         }
         [id, op @ ("enable" | "disable"), rest @ ..] => {
-            let (d, t) = split(&tok(rest)?);
+            let (d, t) = dt(rest)?;
             api.call(M::POST, &format!("/{d}/{entity}/{id}/{op}"), Auth::Bearer(&t), None)
                 .await
         }
         [id, "delete", rest @ ..] => {
-            let (d, t) = split(&tok(rest)?);
+            let (d, t) = dt(rest)?;
             api.call(M::DELETE, &format!("/{d}/{entity}/{id}"), Auth::Bearer(&t), None)
                 .await
         }
         [id, op @ ("connect" | "disconnect"), other, types, rest @ ..] => {
-            let (d, t) = split(&tok(rest)?);
+            let (d, t) = dt(rest)?;
             let types = parse_json(types, "connection types")?;
             let (client, channel) = if entity == "clients" { (id, other) } else { (other, id) };
             api.call(
@@ -673,17 +672,7 @@ async fn things(api: &Api, a: &Args, entity: &str, w: &[&str]) -> Res {
 async fn groups(api: &Api, w: &[&str]) -> Res {
     use reqwest::Method as M;
     let u = GROUPS;
-    let dt = |rest: &[&str]| -> Result<(String, String), Fail> {
-        match rest {
-            [d, t] => Ok((d.to_string(), t.to_string())),
-            [d] => api
-                .saved_token
-                .clone()
-                .map(|t| (d.to_string(), t))
-                .ok_or(Fail::Usage(u)),
-            _ => Err(Fail::Usage(u)),
-        }
-    };
+    let dt = |rest: &[&str]| domain_and_token(api, rest, u);
     match w {
         ["create", body, rest @ ..] => {
             let (d, t) = dt(rest)?;
@@ -737,17 +726,7 @@ async fn groups(api: &Api, w: &[&str]) -> Res {
 async fn certs(api: &Api, a: &Args, w: &[&str]) -> Res {
     use reqwest::Method as M;
     let u = CERTS;
-    let dt = |rest: &[&str]| -> Result<(String, String), Fail> {
-        match rest {
-            [d, t] => Ok((d.to_string(), t.to_string())),
-            [d] => api
-                .saved_token
-                .clone()
-                .map(|t| (d.to_string(), t))
-                .ok_or(Fail::Usage(u)),
-            _ => Err(Fail::Usage(u)),
-        }
-    };
+    let dt = |rest: &[&str]| domain_and_token(api, rest, u);
     match w {
         ["ca"] => {
             let r = api

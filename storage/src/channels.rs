@@ -95,6 +95,20 @@ fn check_group(tx: &rusqlite::Transaction<'_>, domain: &str, group: &Option<Stri
     Ok(())
 }
 
+/// Every client and channel id must belong to `domain` (`Invalid` naming the first that does
+/// not), so a connection can never link two tenants.
+fn all_in_domain(tx: &rusqlite::Transaction<'_>, domain: &str, clients: &[String], channels: &[String]) -> Result<()> {
+    for (table, what, ids) in [("clients", "client", clients), ("channels", "channel", channels)] {
+        let mut st = tx.prepare_cached(&format!("SELECT 1 FROM {table} WHERE domain_id = ?1 AND id = ?2"))?;
+        for id in ids {
+            if !st.exists([domain, id])? {
+                return Err(StoreError::Invalid(format!("{what} {id} not found")));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn create_channels(&self, domain: &str, new: &[NewChannel]) -> Result<Vec<Channel>> {
         self.write(|tx| {
@@ -231,16 +245,7 @@ impl Store {
         types: &[ConnType],
     ) -> Result<Vec<(String, String, ConnType)>> {
         self.write(|tx| {
-            for c in clients {
-                if !tx.prepare_cached("SELECT 1 FROM clients WHERE domain_id = ?1 AND id = ?2")?.exists([domain, c])? {
-                    return Err(StoreError::Invalid(format!("client {c} not found")));
-                }
-            }
-            for h in channels {
-                if !tx.prepare_cached("SELECT 1 FROM channels WHERE domain_id = ?1 AND id = ?2")?.exists([domain, h])? {
-                    return Err(StoreError::Invalid(format!("channel {h} not found")));
-                }
-            }
+            all_in_domain(tx, domain, clients, channels)?;
             let now = crate::now_micros();
             let mut created = Vec::new();
             let mut st = tx.prepare_cached(
@@ -269,22 +274,7 @@ impl Store {
         types: &[ConnType],
     ) -> Result<Vec<(String, String, ConnType)>> {
         self.write(|tx| {
-            for c in clients {
-                if !tx
-                    .prepare_cached("SELECT 1 FROM clients WHERE domain_id = ?1 AND id = ?2")?
-                    .exists([domain, c])?
-                {
-                    return Err(StoreError::Invalid(format!("client {c} not found")));
-                }
-            }
-            for h in channels {
-                if !tx
-                    .prepare_cached("SELECT 1 FROM channels WHERE domain_id = ?1 AND id = ?2")?
-                    .exists([domain, h])?
-                {
-                    return Err(StoreError::Invalid(format!("channel {h} not found")));
-                }
-            }
+            all_in_domain(tx, domain, clients, channels)?;
             let mut removed = Vec::new();
             let mut st = tx.prepare_cached(
                 "DELETE FROM connections WHERE domain_id = ?1 AND client_id = ?2 AND channel_id = ?3 AND type = ?4",
