@@ -212,6 +212,7 @@ async fn main() {
     cfg.admin.password = Secret("bench-password".into());
     let app = App::build(cfg.clone(), Hooks::default()).await.expect("build");
     let store = app.store();
+    let store2 = store.clone();
     let fluxgate_addr = app.mqtt_addr();
     tokio::spawn(app.run(std::future::pending()));
     let (topics, creds, all_clients) = tokio::task::spawn_blocking(move || provision(&store, n_conns))
@@ -321,6 +322,39 @@ async fn main() {
         );
     }
 
+    // Resident memory with BENCH_TOPICS (default 10,000) active channel topics: one client
+    // connected to all of them publishes 20 messages of 1,600 bytes to each (32 KB, enough to fill
+    // the per-topic log bound) through the front.
+    let n_topics: usize = std::env::var("BENCH_TOPICS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let s3 = store2.clone();
+    let (topic_dev, many_topics) = tokio::task::spawn_blocking(move || many_channels(&s3, n_topics)).await.expect("topics");
+    let before = rss_kib();
+    let t = Target {
+        name: "fluxgate",
+        addr: fluxgate_addr,
+        creds: Some(vec![topic_dev]),
+        topics: many_topics.clone(),
+    };
+    let (c, mut el) = connected(&t, 0, "topic-filler").await;
+    let driver = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    for round in 0..20u8 {
+        for topic in &many_topics {
+            let _ = c.publish(topic.clone(), QoS::AtMostOnce, false, vec![round; 1600]).await;
+        }
+    }
+    // Let the router take in what was queued.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib();
+    println!(
+        "topics: {n_topics} active channel topics x 20 messages of 1,600 bytes: resident memory {} MiB -> {} MiB (+{} MiB; bound {} KiB per topic)",
+        before / 1024,
+        after / 1024,
+        after.saturating_sub(before) / 1024,
+        cfg.mqtt.max_segment_size * cfg.mqtt.max_segment_count / 1024
+    );
+    let _ = c.disconnect().await;
+    driver.abort();
+
     // Connections per second and memory per idle connection (Fluxgate, authenticated).
     let before = rss_kib();
     let start = Instant::now();
@@ -374,6 +408,56 @@ async fn main() {
 /// Creates a domain, 4 channels and `n` clients (all connected to the 4 channels); returns
 /// topics, the first 8 clients' credentials and every client's credentials.
 type Creds = Vec<(String, String)>;
+
+/// A second domain with `n` channels and one client connected to all of them.
+fn many_channels(store: &storage::Store, n: usize) -> ((String, String), Vec<String>) {
+    use storage::*;
+    let admin = store.user_by_identity("admin").expect("q").expect("admin");
+    let d = store
+        .create_domain(
+            NewDomain {
+                id: uuid::Uuid::new_v4().to_string(),
+                name: "topics".into(),
+                route: "topics".into(),
+                tags: JsonText::empty_array(),
+                metadata: JsonText::empty_object(),
+            },
+            &admin.id,
+        )
+        .expect("domain");
+    let channels: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    for chunk in channels.chunks(1000) {
+        let new: Vec<NewChannel> = chunk
+            .iter()
+            .map(|id| NewChannel {
+                id: id.clone(),
+                name: id.clone(),
+                parent_group_id: None,
+                tags: JsonText::empty_array(),
+                metadata: JsonText::empty_object(),
+                status: Status::Enabled,
+            })
+            .collect();
+        store.create_channels(&d.id, &new).expect("channels");
+    }
+    let creds = ("topic-dev".to_string(), "topic-dev-secret".to_string());
+    store
+        .create_clients(
+            &d.id,
+            &[NewClient {
+                id: creds.0.clone(),
+                name: String::new(),
+                identity: String::new(),
+                secret: creds.1.clone(),
+                tags: JsonText::empty_array(),
+                metadata: JsonText::empty_object(),
+                status: Status::Enabled,
+            }],
+        )
+        .expect("client");
+    store.connect(&d.id, std::slice::from_ref(&creds.0), &channels, &[ConnType::Publish]).expect("connect");
+    (creds, channels.iter().map(|c| format!("channels/{c}/messages")).collect())
+}
 
 fn provision(store: &storage::Store, n: usize) -> (Vec<String>, Creds, Creds) {
     use storage::*;
