@@ -325,9 +325,14 @@ async fn main() {
     // Resident memory with BENCH_TOPICS (default 10,000) active channel topics: one client
     // connected to all of them publishes 20 messages of 1,600 bytes to each (32 KB, enough to fill
     // the per-topic log bound) through the front.
-    let n_topics: usize = std::env::var("BENCH_TOPICS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n_topics: usize = std::env::var("BENCH_TOPICS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let s3 = store2.clone();
-    let (topic_dev, many_topics) = tokio::task::spawn_blocking(move || many_channels(&s3, n_topics)).await.expect("topics");
+    let (topic_dev, many_topics) = tokio::task::spawn_blocking(move || many_channels(&s3, n_topics))
+        .await
+        .expect("topics");
     let before = rss_kib();
     let t = Target {
         name: "fluxgate",
@@ -339,7 +344,9 @@ async fn main() {
     let driver = tokio::spawn(async move { while el.poll().await.is_ok() {} });
     for round in 0..20u8 {
         for topic in &many_topics {
-            let _ = c.publish(topic.clone(), QoS::AtMostOnce, false, vec![round; 1600]).await;
+            let _ = c
+                .publish(topic.clone(), QoS::AtMostOnce, false, vec![round; 1600])
+                .await;
         }
     }
     // Let the router take in what was queued.
@@ -455,8 +462,13 @@ fn many_channels(store: &storage::Store, n: usize) -> ((String, String), Vec<Str
             }],
         )
         .expect("client");
-    store.connect(&d.id, std::slice::from_ref(&creds.0), &channels, &[ConnType::Publish]).expect("connect");
-    (creds, channels.iter().map(|c| format!("channels/{c}/messages")).collect())
+    store
+        .connect(&d.id, std::slice::from_ref(&creds.0), &channels, &[ConnType::Publish])
+        .expect("connect");
+    (
+        creds,
+        channels.iter().map(|c| format!("channels/{c}/messages")).collect(),
+    )
 }
 
 fn provision(store: &storage::Store, n: usize) -> (Vec<String>, Creds, Creds) {
