@@ -82,15 +82,6 @@ pub trait MessageSink: Send + Sync + 'static {
     fn offer(&self, msg: Message) -> bool;
 }
 
-/// A sink that drops everything (for a broker without a message store).
-pub struct NoSink;
-
-impl MessageSink for NoSink {
-    fn offer(&self, _msg: Message) -> bool {
-        true
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     /// Front listener for MQTT over TCP.

@@ -4,8 +4,9 @@
 use crate::codec::{self, Frame};
 use crate::registry::Control;
 use crate::{topic, Identity, Login, Message, Metrics, Rights, Shared};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rumqttd::protocol::{self as proto, Packet, Protocol};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -481,19 +482,8 @@ impl Relay {
     async fn client_publish(&mut self, f: &Frame) -> Result<Step, End> {
         let v5 = self.conn.v5;
         let p = codec::publish(f, v5)?;
-        let topic: String = match (p.topic.is_empty(), p.alias) {
-            (false, Some(a)) => {
-                self.in_aliases.insert(a, p.topic.to_string());
-                p.topic.to_string()
-            }
-            (false, None) => p.topic.to_string(),
-            (true, Some(a)) => self
-                .in_aliases
-                .get(&a)
-                .cloned()
-                .ok_or_else(|| End::Protocol("unknown topic alias".into()))?,
-            (true, None) => return Err(End::Protocol("PUBLISH without topic".into())),
-        };
+        let topic = resolve_topic(&mut self.in_aliases, &p)
+            .ok_or_else(|| End::Protocol("PUBLISH without topic or with an unknown topic alias".into()))?;
         if !codec::valid_topic(&topic) {
             if v5 {
                 self.to_client.extend_from_slice(&codec::encode_disconnect(0x90));
@@ -539,7 +529,8 @@ impl Relay {
                 subtopic: ct.subtopic.to_string(),
                 publisher: id.client_id.clone(),
                 protocol: self.transport,
-                payload: Bytes::copy_from_slice(p.payload),
+                // A view into the received packet: no copy per message.
+                payload: f.bytes.slice_ref(p.payload),
                 received_at: now_micros(),
             };
             if !self.shared.sink.offer(msg) {
@@ -650,14 +641,7 @@ impl Relay {
     /// than the client's Maximum Packet Size.
     async fn deliver(&mut self, f: &Frame) -> Result<(), End> {
         let p = codec::publish(f, self.conn.v5)?;
-        let topic = match (p.topic.is_empty(), p.alias) {
-            (false, Some(a)) => {
-                self.out_aliases.insert(a, p.topic.to_string());
-                p.topic.to_string()
-            }
-            (true, Some(a)) => self.out_aliases.get(&a).cloned().unwrap_or_default(),
-            _ => p.topic.to_string(),
-        };
+        let topic = resolve_topic(&mut self.out_aliases, &p).unwrap_or_default();
         let allowed = match &self.conn.identity {
             None => !topic::in_channel_space(&topic),
             Some(id) => match topic::parse(&topic, false) {
@@ -688,6 +672,20 @@ impl Relay {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// The topic of a PUBLISH, recording and resolving MQTT 5 topic aliases. Borrowed from the
+/// packet unless an alias supplies it, so the usual case allocates nothing.
+fn resolve_topic<'a>(aliases: &mut HashMap<u16, String>, p: &codec::PublishInfo<'a>) -> Option<Cow<'a, str>> {
+    match (p.topic.is_empty(), p.alias) {
+        (false, Some(a)) => {
+            aliases.insert(a, p.topic.to_string());
+            Some(Cow::Borrowed(p.topic))
+        }
+        (false, None) => Some(Cow::Borrowed(p.topic)),
+        (true, Some(a)) => aliases.get(&a).cloned().map(Cow::Owned),
+        (true, None) => None,
     }
 }
 
