@@ -177,25 +177,17 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             };
             update(ctx, a, id, patch, None).await
         }
-        [id, "enable"] if m == Method::POST => {
+        [id, op @ ("enable" | "disable")] if m == Method::POST => {
+            let enable = *op == "enable";
             let patch = ChannelPatch {
-                status: Some(Status::Enabled),
+                status: Some(if enable { Status::Enabled } else { Status::Disabled }),
                 ..Default::default()
             };
-            let ev = Change::ChannelEnabled {
-                domain_id: a.domain_id().into(),
-                channel_id: id.to_string(),
-            };
-            update(ctx, a, id, patch, Some(ev)).await
-        }
-        [id, "disable"] if m == Method::POST => {
-            let patch = ChannelPatch {
-                status: Some(Status::Disabled),
-                ..Default::default()
-            };
-            let ev = Change::ChannelDisabled {
-                domain_id: a.domain_id().into(),
-                channel_id: id.to_string(),
+            let (channel_id, domain_id) = (id.to_string(), a.domain_id().to_string());
+            let ev = if enable {
+                Change::ChannelEnabled { domain_id, channel_id }
+            } else {
+                Change::ChannelDisabled { domain_id, channel_id }
             };
             update(ctx, a, id, patch, Some(ev)).await
         }

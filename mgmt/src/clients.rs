@@ -196,25 +196,17 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             };
             update(ctx, a, id, patch, Some(ev)).await
         }
-        [id, "enable"] if m == Method::POST => {
+        [id, op @ ("enable" | "disable")] if m == Method::POST => {
+            let enable = *op == "enable";
             let patch = ClientPatch {
-                status: Some(Status::Enabled),
+                status: Some(if enable { Status::Enabled } else { Status::Disabled }),
                 ..Default::default()
             };
-            let ev = Change::ClientEnabled {
-                domain_id: a.domain_id().into(),
-                client_id: id.to_string(),
-            };
-            update(ctx, a, id, patch, Some(ev)).await
-        }
-        [id, "disable"] if m == Method::POST => {
-            let patch = ClientPatch {
-                status: Some(Status::Disabled),
-                ..Default::default()
-            };
-            let ev = Change::ClientDisabled {
-                domain_id: a.domain_id().into(),
-                client_id: id.to_string(),
+            let (client_id, domain_id) = (id.to_string(), a.domain_id().to_string());
+            let ev = if enable {
+                Change::ClientEnabled { domain_id, client_id }
+            } else {
+                Change::ClientDisabled { domain_id, client_id }
             };
             update(ctx, a, id, patch, Some(ev)).await
         }

@@ -128,16 +128,13 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             };
             update(ctx, a, id, patch).await
         }
-        [id, "enable"] if m == Method::POST => {
+        [id, op @ ("enable" | "disable")] if m == Method::POST => {
             let patch = GroupPatch {
-                status: Some(Status::Enabled),
-                ..Default::default()
-            };
-            update(ctx, a, id, patch).await
-        }
-        [id, "disable"] if m == Method::POST => {
-            let patch = GroupPatch {
-                status: Some(Status::Disabled),
+                status: Some(if *op == "enable" {
+                    Status::Enabled
+                } else {
+                    Status::Disabled
+                }),
                 ..Default::default()
             };
             update(ctx, a, id, patch).await
