@@ -1,5 +1,6 @@
 //! MQTT throughput and latency (issue #4). Runs, in turn, against
 //!   (a) Fluxgate: the authorizing front with registry credentials and channel policies,
+//!   (a') the same with `messages.store_mqtt = false` (the front alone, MQTT not stored),
 //!   (b) the embedded rumqttd alone in the same process (no front, no auth),
 //!   (c) a reference broker: BENCH_MQTT_REFERENCE=host:port, or a local `mosquitto` started
 //!       on a free port when the binary exists,
@@ -208,13 +209,50 @@ async fn main() {
     cfg.http.addr = "127.0.0.1:0".into();
     cfg.mqtt.addr = "127.0.0.1:0".into();
     cfg.mqtt.ws_addr = String::new();
+    cfg.tls.mqtts_addr = "127.0.0.1:0".into();
+    cfg.tls.wss_addr = String::new();
     cfg.auth.pbkdf2_iterations = 1000;
     cfg.admin.password = Secret("bench-password".into());
-    let app = App::build(cfg.clone(), Hooks::default()).await.expect("build");
-    let store = app.store();
+    // BENCH_SEGMENT_SIZE overrides mqtt.max_segment_size (the router's per-topic log bound).
+    if let Some(v) = std::env::var("BENCH_SEGMENT_SIZE").ok().and_then(|v| v.parse().ok()) {
+        cfg.mqtt.max_segment_size = v;
+    }
+    if std::env::var("BENCH_STORE_MQTT").is_ok_and(|v| v == "false") {
+        cfg.messages.store_mqtt = false;
+    }
+    // The server gets its own runtime, as `fluxgate serve` has its own process and the
+    // embedded rumqttd of (b) its own threads: the load generator never shares its workers.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("fluxgate-server")
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let start_server = |cfg: Config| {
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        server_rt.spawn(async move {
+            let app = App::build(cfg, Hooks::default()).await.expect("build");
+            let _ = ready_tx.send((
+                app.store(),
+                app.mqtt_addr(),
+                app.broker_metrics(),
+                app.pipeline_metrics(),
+            ));
+            app.run(std::future::pending()).await
+        });
+        ready
+    };
+    let (store, fluxgate_addr, broker_metrics, pipeline_metrics) =
+        start_server(cfg.clone()).await.expect("server started");
     let store2 = store.clone();
-    let fluxgate_addr = app.mqtt_addr();
-    tokio::spawn(app.run(std::future::pending()));
+    // (a') the same with messages.store_mqtt = false: the front alone, for the breakdown.
+    let relay_dir = tempfile::tempdir().expect("tmp");
+    let mut relay_cfg = cfg.clone();
+    relay_cfg.data_dir = relay_dir.path().to_path_buf();
+    relay_cfg.messages.store_mqtt = false;
+    let (relay_store, relay_addr, _, _) = start_server(relay_cfg).await.expect("relay started");
+    let (relay_topics, relay_creds, _) = tokio::task::spawn_blocking(move || provision(&relay_store, 8))
+        .await
+        .expect("provision");
     let (topics, creds, all_clients) = tokio::task::spawn_blocking(move || provision(&store, n_conns))
         .await
         .expect("provision");
@@ -267,6 +305,12 @@ async fn main() {
             topics: topics.clone(),
         },
         Target {
+            name: "fg-relay",
+            addr: relay_addr,
+            creds: Some(relay_creds),
+            topics: relay_topics,
+        },
+        Target {
             name: "rumqttd",
             addr: bare,
             creds: None,
@@ -284,6 +328,10 @@ async fn main() {
         println!("no reference broker (set BENCH_MQTT_REFERENCE=host:port or install mosquitto)");
     }
 
+    // BENCH_BROKERS: a comma-separated subset of fluxgate,fg-relay,rumqttd,reference.
+    if let Ok(keep) = std::env::var("BENCH_BROKERS") {
+        targets.retain(|t| keep.split(',').any(|k| k == t.name));
+    }
     println!("MQTT benchmark: 64-byte payloads, {secs} s per figure");
     println!(
         "{:<22} {:<10} {:>14} {:>10} {:>10}",
@@ -294,27 +342,47 @@ async fn main() {
         ("fan-in 4->1", vec![0, 0, 0, 0], vec![0]),
         ("fan-out 1->4", vec![0], vec![0, 0, 0, 0]),
     ];
+    // BENCH_ONLY: run only the figures whose label contains it (e.g. "p2p 4x4 qos1", "@8000").
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     for (name, pubs, subs) in &scenarios {
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
             let label = format!("{name} qos{}", qos as u8);
-            let mut rates = Vec::new();
+            if !label.contains(&only) {
+                continue;
+            }
+            let mut rates = std::collections::HashMap::new();
             for t in &targets {
+                let stored_before = pipeline_metrics.stored.load(Ordering::Relaxed);
+                let full_before = broker_metrics.pipeline_full.load(Ordering::Relaxed);
                 let f = scenario(t, pubs, subs, qos, None, window).await;
+                let storing = if t.name == "fluxgate" {
+                    format!(
+                        "   stored {} / not stored (queue full) {}",
+                        pipeline_metrics.stored.load(Ordering::Relaxed) - stored_before,
+                        broker_metrics.pipeline_full.load(Ordering::Relaxed) - full_before
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{label:<22} {:<10} {:>14.0} {:>10.2?} {:>10.2?}",
+                    "{label:<22} {:<10} {:>14.0} {:>10.2?} {:>10.2?}{storing}",
                     t.name, f.rate, f.p50, f.p99
                 );
-                rates.push(f.rate);
+                rates.insert(t.name, f.rate);
             }
-            let ratio = |i: usize| rates.get(i).map(|r| rates[0] / r.max(1.0));
+            let ratio = |x: &str, y: &str| match (rates.get(x), rates.get(y)) {
+                (Some(x), Some(y)) => format!("{:.2}", x / y.max(1.0)),
+                _ => "-".into(),
+            };
             println!(
-                "{label:<22} ratio a/b {:.2}{}",
-                ratio(1).unwrap_or(0.0),
-                ratio(2).map(|r| format!("   a/c {r:.2}")).unwrap_or_default()
+                "{label:<22} ratio a/b {}   a/c {}   a'/b {} (a' = fg-relay, MQTT not stored)",
+                ratio("fluxgate", "rumqttd"),
+                ratio("fluxgate", "reference"),
+                ratio("fg-relay", "rumqttd"),
             );
         }
     }
-    for t in &targets {
+    for t in targets.iter().filter(|_| "p2p qos1 @8000/s".contains(&only)) {
         let f = scenario(t, &[0, 1, 2, 3], &[0, 1, 2, 3], QoS::AtLeastOnce, Some(8000), window).await;
         println!(
             "{:<22} {:<10} {:>14.0} {:>10.2?} {:>10.2?}",
@@ -323,51 +391,92 @@ async fn main() {
     }
 
     // Resident memory with BENCH_TOPICS (default 10,000) active channel topics: one client
-    // connected to all of them publishes 20 messages of 1,600 bytes to each (32 KB, enough to fill
-    // the per-topic log bound) through the front.
+    // subscribed to all of them (100 filters per SUBSCRIBE) while another publishes 20
+    // messages of 1,600 bytes to each (32 KB, enough to fill the per-topic log bound) through
+    // the front. Both ends are in this process, so the figure includes the client side.
     let n_topics: usize = std::env::var("BENCH_TOPICS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let s3 = store2.clone();
-    let (topic_dev, many_topics) = tokio::task::spawn_blocking(move || many_channels(&s3, n_topics))
-        .await
-        .expect("topics");
-    let before = rss_kib();
-    let t = Target {
-        name: "fluxgate",
-        addr: fluxgate_addr,
-        creds: Some(vec![topic_dev]),
-        topics: many_topics.clone(),
-    };
-    let (c, mut el) = connected(&t, 0, "topic-filler").await;
-    let driver = tokio::spawn(async move { while el.poll().await.is_ok() {} });
-    for round in 0..20u8 {
-        for topic in &many_topics {
-            let _ = c
-                .publish(topic.clone(), QoS::AtMostOnce, false, vec![round; 1600])
-                .await;
+    if n_topics > 0 {
+        let s3 = store2.clone();
+        let (topic_dev, many_topics) = tokio::task::spawn_blocking(move || many_channels(&s3, n_topics))
+            .await
+            .expect("topics");
+        let before = rss_kib();
+        let t = Target {
+            name: "fluxgate",
+            addr: fluxgate_addr,
+            creds: Some(vec![topic_dev]),
+            topics: many_topics.clone(),
+        };
+        let (sub, mut sub_el) = connected(&t, 0, "topic-reader").await;
+        let chunks: Vec<Vec<String>> = many_topics.chunks(100).map(|c| c.to_vec()).collect();
+        for chunk in &chunks {
+            let filters = chunk
+                .iter()
+                .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtMostOnce));
+            sub.subscribe_many(filters).await.expect("subscribe");
         }
+        let mut acked = 0;
+        while acked < chunks.len() {
+            match sub_el.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("subscriber: {e}"),
+            }
+        }
+        let received = Arc::new(AtomicU64::new(0));
+        let r2 = received.clone();
+        let reader = tokio::spawn(async move {
+            let _sub = sub;
+            while let Ok(e) = sub_el.poll().await {
+                if let Event::Incoming(Packet::Publish(_)) = e {
+                    r2.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let (c, mut el) = connected(&t, 0, "topic-filler").await;
+        let driver = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+        for round in 0..20u8 {
+            for topic in &many_topics {
+                let _ = c
+                    .publish(topic.clone(), QoS::AtMostOnce, false, vec![round; 1600])
+                    .await;
+            }
+        }
+        // Until deliveries stop arriving (QoS 0: the router may drop some for a slow reader).
+        let mut last = u64::MAX;
+        while received.load(Ordering::Relaxed) != last {
+            last = received.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let after = rss_kib();
+        println!(
+            "topics: {n_topics} channel topics with a subscriber, 20 messages of 1,600 bytes each ({} of {} delivered): resident memory {} MiB -> {} MiB (+{} MiB; router log bound {} KiB per topic)",
+            received.load(Ordering::Relaxed),
+            20 * n_topics,
+            before / 1024,
+            after / 1024,
+            after.saturating_sub(before) / 1024,
+            cfg.mqtt.max_segment_size * cfg.mqtt.max_segment_count / 1024
+        );
+        let _ = c.disconnect().await;
+        driver.abort();
+        reader.abort();
     }
-    // Let the router take in what was queued.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib();
-    println!(
-        "topics: {n_topics} active channel topics x 20 messages of 1,600 bytes: resident memory {} MiB -> {} MiB (+{} MiB; bound {} KiB per topic)",
-        before / 1024,
-        after / 1024,
-        after.saturating_sub(before) / 1024,
-        cfg.mqtt.max_segment_size * cfg.mqtt.max_segment_count / 1024
-    );
-    let _ = c.disconnect().await;
-    driver.abort();
 
     // Connections per second and memory per idle connection (Fluxgate, authenticated).
     let before = rss_kib();
     let start = Instant::now();
     let mut held = Vec::with_capacity(all_clients.len());
     let mut set = tokio::task::JoinSet::new();
-    let target = targets[0].clone();
+    let target = Target {
+        name: "fluxgate",
+        addr: fluxgate_addr,
+        creds: None,
+        topics: Vec::new(),
+    };
     let all = Arc::new(all_clients);
     let next = Arc::new(AtomicU64::new(0));
     for _ in 0..64 {
@@ -410,13 +519,14 @@ async fn main() {
     if let Some(mut m) = mosquitto {
         let _ = m.kill();
     }
+    server_rt.shutdown_background();
 }
 
 /// Creates a domain, 4 channels and `n` clients (all connected to the 4 channels); returns
 /// topics, the first 8 clients' credentials and every client's credentials.
 type Creds = Vec<(String, String)>;
 
-/// A second domain with `n` channels and one client connected to all of them.
+/// A second domain with `n` channels and one client connected to all of them (both types).
 fn many_channels(store: &storage::Store, n: usize) -> ((String, String), Vec<String>) {
     use storage::*;
     let admin = store.user_by_identity("admin").expect("q").expect("admin");
@@ -463,7 +573,7 @@ fn many_channels(store: &storage::Store, n: usize) -> ((String, String), Vec<Str
         )
         .expect("client");
     store
-        .connect(&d.id, std::slice::from_ref(&creds.0), &channels, &[ConnType::Publish])
+        .connect(&d.id, std::slice::from_ref(&creds.0), &channels, &ConnType::BOTH)
         .expect("connect");
     (
         creds,

@@ -92,9 +92,24 @@ pub struct MessagesConfig {
     pub queue_size: usize,
     pub batch_size: usize,
     pub flush_interval_ms: u64,
+    pub writer_priority: WriterPriority,
+    pub store_mqtt: bool,
     pub retention_max_age: u64,
     pub retention_max_rows_per_channel: u64,
     pub retention_interval: u64,
+}
+
+/// CPU priority of the message writer thread.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WriterPriority {
+    /// The process priority.
+    Normal,
+    /// nice 10: yields to the relaying threads, yet keeps a share of a busy CPU.
+    Low,
+    /// SCHED_IDLE: runs only on otherwise idle CPU; lowest latency impact, but under sustained
+    /// overload storing may stall and the queue fill (messages then delivered, not stored).
+    Idle,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -153,7 +153,7 @@ impl App {
             }
             _ => None,
         };
-        let (pipeline, writer) = pipeline::start(store.clone(), &cfg.messages, broker.clone(), &sink);
+        let (pipeline, writer) = pipeline::start(store.clone(), &cfg.messages, broker.clone(), &sink)?;
         let ctx = Arc::new(Ctx {
             store: store.clone(),
             tokens,

@@ -4,10 +4,10 @@
 //! The queue is the interface: replacing it with NATS means another `MessagePort` and
 //! `MessageSink`, with HTTP and MQTT code untouched.
 
-use crate::config::MessagesConfig;
+use crate::config::{MessagesConfig, WriterPriority};
 use broker::{BrokerHandle, Message, MessageSink};
 use mgmt::messages::{BoxFuture, Content, Inbound, MessagePort, SubmitError};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use storage::{NewMessage, Store};
@@ -16,8 +16,62 @@ use tokio::sync::{mpsc, oneshot};
 enum Envelope {
     /// Normalized rows (HTTP), with a commit notification for durable requests.
     Rows(Vec<NewMessage>, Option<oneshot::Sender<()>>),
-    /// A raw MQTT payload, normalized by the writer.
-    Mqtt(Message),
+    /// Raw MQTT payloads (what one read from a device carried), normalized by the writer.
+    Mqtt(Vec<Message>),
+}
+
+impl Envelope {
+    fn rows(&self) -> usize {
+        match self {
+            Envelope::Rows(r, _) => r.len().max(1),
+            Envelope::Mqtt(m) => m.len(),
+        }
+    }
+}
+
+/// The bounded queue: a channel plus a count of queued rows, so that one envelope can carry
+/// many messages (one wake-up per batch, not per message) while the bound still counts rows.
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::UnboundedSender<Envelope>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl Queue {
+    /// Reserves room for `n` rows, or for as many as fit when `partial`; returns how many.
+    /// An empty queue takes any envelope, so an oversized one is never refused forever.
+    fn reserve(&self, n: usize, partial: bool) -> usize {
+        let mut cur = self.queued.load(Ordering::Relaxed);
+        loop {
+            let room = self.capacity.saturating_sub(cur);
+            let k = match () {
+                _ if cur == 0 || n <= room => n,
+                _ if partial => room,
+                _ => 0,
+            };
+            if k == 0 {
+                return 0;
+            }
+            match self
+                .queued
+                .compare_exchange_weak(cur, cur + k, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return k,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Sends an envelope whose rows were reserved; false when the queue is closed.
+    fn send(&self, e: Envelope) -> bool {
+        let n = e.rows();
+        let sent = self.tx.send(e).is_ok();
+        if !sent {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+        }
+        sent
+    }
 }
 
 /// Counters of the pipeline.
@@ -32,7 +86,7 @@ pub struct PipelineMetrics {
 
 #[derive(Clone)]
 pub struct Pipeline {
-    tx: mpsc::Sender<Envelope>,
+    queue: Queue,
     /// Total rows committed so far; embedders and tests await it.
     pub stored: tokio::sync::watch::Receiver<u64>,
     broker: Arc<BrokerHandle>,
@@ -42,7 +96,7 @@ pub struct Pipeline {
 /// Stops the writer after draining the queue.
 pub struct Writer {
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    finished: oneshot::Receiver<()>,
 }
 
 impl Writer {
@@ -51,53 +105,85 @@ impl Writer {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        let _ = self.task.await;
+        let _ = self.finished.await;
     }
 }
 
 /// A late-bound sink for the broker: the broker starts before the pipeline exists.
 #[derive(Default)]
-pub struct LateSink(std::sync::OnceLock<mpsc::Sender<Envelope>>);
+/// Set to `None` when MQTT messages are not stored (`messages.store_mqtt = false`).
+pub struct LateSink(std::sync::OnceLock<Option<Queue>>);
 
 impl MessageSink for LateSink {
-    fn offer(&self, msg: Message) -> bool {
-        match self.0.get() {
-            Some(tx) => tx.try_send(Envelope::Mqtt(msg)).is_ok(),
-            None => false,
+    fn offer(&self, mut batch: Vec<Message>) -> usize {
+        let n = batch.len();
+        let q = match self.0.get() {
+            Some(Some(q)) => q,
+            Some(None) => return 0,
+            None => return n,
+        };
+        let k = q.reserve(n, true);
+        if k == 0 {
+            return n;
+        }
+        batch.truncate(k);
+        if q.send(Envelope::Mqtt(batch)) {
+            n - k
+        } else {
+            n
         }
     }
 }
 
-pub fn start(store: Store, cfg: &MessagesConfig, broker: Arc<BrokerHandle>, sink: &LateSink) -> (Pipeline, Writer) {
-    let (tx, rx) = mpsc::channel(cfg.queue_size);
-    let _ = sink.0.set(tx.clone());
+pub fn start(
+    store: Store,
+    cfg: &MessagesConfig,
+    broker: Arc<BrokerHandle>,
+    sink: &LateSink,
+) -> std::io::Result<(Pipeline, Writer)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queue = Queue {
+        tx,
+        queued: Arc::new(AtomicUsize::new(0)),
+        capacity: cfg.queue_size,
+    };
+    let _ = sink.0.set(cfg.store_mqtt.then(|| queue.clone()));
     let metrics = Arc::new(PipelineMetrics::default());
     let (stop_tx, stop_rx) = oneshot::channel();
     let (stored_tx, stored) = tokio::sync::watch::channel(0u64);
-    let task = tokio::spawn(write_loop(
-        store.clone(),
+    // One batch being written and one waiting: the batcher keeps collecting meanwhile.
+    let (batch_tx, batch_rx) = mpsc::channel(1);
+    tokio::spawn(batch_loop(
         rx,
+        queue.queued.clone(),
         stop_rx,
-        stored_tx,
+        batch_tx,
         cfg.batch_size,
         Duration::from_millis(cfg.flush_interval_ms),
-        metrics.clone(),
     ));
+    let (finished_tx, finished) = oneshot::channel();
+    let (s, m, nice) = (store.clone(), metrics.clone(), cfg.writer_priority);
+    std::thread::Builder::new()
+        .name("fluxgate-writer".into())
+        .spawn(move || {
+            writer_thread(s, batch_rx, stored_tx, m, nice);
+            let _ = finished_tx.send(());
+        })?;
     if cfg.retention_max_age > 0 || cfg.retention_max_rows_per_channel > 0 {
         tokio::spawn(retention(store, cfg.clone(), metrics.clone()));
     }
-    (
+    Ok((
         Pipeline {
-            tx,
+            queue,
             stored,
             broker,
             metrics,
         },
         Writer {
             stop: Some(stop_tx),
-            task,
+            finished,
         },
-    )
+    ))
 }
 
 fn now_secs() -> f64 {
@@ -160,25 +246,25 @@ fn mqtt_rows(m: Message, metrics: &PipelineMetrics) -> Vec<NewMessage> {
     }]
 }
 
-async fn write_loop(
-    store: Store,
-    mut rx: mpsc::Receiver<Envelope>,
+/// Collects envelopes into batches (up to `batch_size`, or what arrived within `flush` of the
+/// first) and hands them to the writer thread; ends when the queue is closed and empty.
+async fn batch_loop(
+    mut rx: mpsc::UnboundedReceiver<Envelope>,
+    queued: Arc<AtomicUsize>,
     mut stop: oneshot::Receiver<()>,
-    stored: tokio::sync::watch::Sender<u64>,
+    batches: mpsc::Sender<Vec<Envelope>>,
     batch_size: usize,
     flush: Duration,
-    metrics: Arc<PipelineMetrics>,
 ) {
     let mut stopping = false;
+    let mut batch = Vec::new();
     loop {
-        let first = if stopping {
-            match rx.recv().await {
-                Some(e) => e,
-                None => return,
-            }
+        // Wait for the first envelope; take whatever else is already there with it.
+        let got = if stopping {
+            rx.recv_many(&mut batch, batch_size).await
         } else {
             tokio::select! {
-                e = rx.recv() => match e { Some(e) => e, None => return },
+                n = rx.recv_many(&mut batch, batch_size) => n,
                 _ = &mut stop => {
                     // No new messages from here; what is queued is still written.
                     rx.close();
@@ -187,25 +273,57 @@ async fn write_loop(
                 }
             }
         };
-        let mut rows = Vec::new();
-        let mut done = Vec::new();
-        let mut take = |e: Envelope, rows: &mut Vec<NewMessage>| match e {
-            Envelope::Rows(r, d) => {
-                rows.extend(r);
-                done.extend(d);
-            }
-            Envelope::Mqtt(m) => rows.extend(mqtt_rows(m, &metrics)),
-        };
-        take(first, &mut rows);
-        let deadline = tokio::time::Instant::now() + flush;
-        while rows.len() < batch_size {
+        if got == 0 {
+            return;
+        }
+        let mut rows: usize = batch.iter().map(Envelope::rows).sum();
+        let deadline = tokio::time::sleep(flush);
+        tokio::pin!(deadline);
+        while rows < batch_size {
+            let before = batch.len();
             tokio::select! {
-                e = rx.recv() => match e { Some(e) => take(e, &mut rows), None => break },
-                _ = tokio::time::sleep_until(deadline), if !stopping => break,
+                n = rx.recv_many(&mut batch, batch_size) => if n == 0 { break },
+                _ = &mut deadline, if !stopping => break,
+            }
+            rows += batch[before..].iter().map(Envelope::rows).sum::<usize>();
+        }
+        queued.fetch_sub(rows, Ordering::AcqRel);
+        if batches.send(std::mem::take(&mut batch)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The writer thread: normalizes MQTT payloads and commits one transaction per batch. It
+/// runs at a lower CPU priority than the threads that relay messages (`messages.
+/// writer_priority`), so that storing delays live deliveries as little as possible; under
+/// overload the queue fills instead (counted).
+fn writer_thread(
+    store: Store,
+    mut batches: mpsc::Receiver<Vec<Envelope>>,
+    stored: tokio::sync::watch::Sender<u64>,
+    metrics: Arc<PipelineMetrics>,
+    priority: WriterPriority,
+) {
+    set_priority(priority);
+    while let Some(batch) = batches.blocking_recv() {
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut done = Vec::new();
+        for e in batch {
+            match e {
+                Envelope::Rows(r, d) => {
+                    rows.extend(r);
+                    done.extend(d);
+                }
+                Envelope::Mqtt(ms) => {
+                    for m in ms {
+                        rows.extend(mqtt_rows(m, &metrics));
+                    }
+                }
             }
         }
         let n = rows.len() as u64;
-        write_batch(&store, rows, &metrics).await;
+        write_batch(&store, &rows, &metrics);
         stored.send_modify(|t| *t += n);
         for d in done {
             let _ = d.send(());
@@ -213,23 +331,46 @@ async fn write_loop(
     }
 }
 
+/// Sets the calling thread's CPU scheduling class (Linux: both apply per thread). The one
+/// `unsafe` of the workspace: plain system calls with integer arguments.
+#[allow(unsafe_code)]
+fn set_priority(p: WriterPriority) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: both calls only read their integer and by-reference plain-data arguments;
+        // 0 and gettid() name the calling thread.
+        let r = unsafe {
+            match p {
+                WriterPriority::Normal => 0,
+                WriterPriority::Low => libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10),
+                WriterPriority::Idle => {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+                }
+            }
+        };
+        if r != 0 {
+            tracing::warn!(priority = ?p, error = %std::io::Error::last_os_error(), "cannot set the message writer's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = p;
+}
+
 /// Writes one batch, retrying until it commits: a message accepted is never dropped.
-async fn write_batch(store: &Store, rows: Vec<NewMessage>, metrics: &PipelineMetrics) {
-    let rows = Arc::new(rows);
+fn write_batch(store: &Store, rows: &[NewMessage], metrics: &PipelineMetrics) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        let (s, r) = (store.clone(), rows.clone());
-        match tokio::task::spawn_blocking(move || s.insert_messages(&r)).await {
-            Ok(Ok(())) => {
+        match store.insert_messages(rows) {
+            Ok(()) => {
                 metrics.stored.fetch_add(rows.len() as u64, Ordering::Relaxed);
                 metrics.batches.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, rows = rows.len(), "message batch not written; retrying"),
-            Err(e) => tracing::error!(error = %e, "message writer task failed; retrying"),
+            Err(e) => tracing::warn!(error = %e, rows = rows.len(), "message batch not written; retrying"),
         }
         metrics.write_retries.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(backoff).await;
+        std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
@@ -277,10 +418,13 @@ impl MessagePort for Pipeline {
         } else {
             (None, None)
         };
-        let sent = match self.tx.try_send(Envelope::Rows(rows, done_tx)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(SubmitError::Full),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SubmitError::Closed),
+        let envelope = Envelope::Rows(rows, done_tx);
+        let sent = if self.queue.reserve(envelope.rows(), false) == 0 {
+            Err(SubmitError::Full)
+        } else if self.queue.send(envelope) {
+            Ok(())
+        } else {
+            Err(SubmitError::Closed)
         };
         if sent.is_ok() {
             let topic = if msg.subtopic.is_empty() {
@@ -297,5 +441,99 @@ impl MessagePort for Pipeline {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(capacity: usize) -> (Queue, mpsc::UnboundedReceiver<Envelope>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let q = Queue {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            capacity,
+        };
+        (q, rx)
+    }
+
+    fn message(i: u8) -> Message {
+        Message {
+            domain_id: "d".into(),
+            channel_id: "c".into(),
+            subtopic: String::new(),
+            publisher: "p".into(),
+            protocol: "mqtt",
+            payload: bytes::Bytes::from(vec![i]),
+            received_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_queue_bounds_rows_not_envelopes() {
+        let (q, _rx) = queue(10);
+        // An empty queue takes even an oversized envelope, so it is never refused forever.
+        assert_eq!(q.reserve(25, false), 25);
+        assert_eq!(q.reserve(1, false), 0, "full");
+        assert_eq!(q.reserve(3, true), 0, "no room even for part");
+        q.queued.store(7, Ordering::Relaxed);
+        assert_eq!(q.reserve(5, false), 0, "whole or nothing");
+        assert_eq!(q.reserve(5, true), 3, "as many as fit");
+        assert_eq!(q.queued.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn the_mqtt_sink_stores_what_fits_and_reports_the_rest() {
+        let (q, mut rx) = queue(4);
+        q.queued.store(2, Ordering::Relaxed);
+        let sink = LateSink::default();
+        assert_eq!(sink.offer(vec![message(0)]), 1, "no pipeline yet: refused");
+        let _ = sink.0.set(Some(q));
+        assert_eq!(sink.offer((0..5).map(message).collect()), 3);
+        match rx.try_recv() {
+            Ok(Envelope::Mqtt(ms)) => {
+                assert_eq!(
+                    ms.iter().map(|m| m.payload[0]).collect::<Vec<_>>(),
+                    [0, 1],
+                    "the first ones, in order"
+                )
+            }
+            _ => panic!("expected one MQTT envelope"),
+        }
+        let relay_only = LateSink::default();
+        let _ = relay_only.0.set(None);
+        assert_eq!(
+            relay_only.offer(vec![message(0)]),
+            0,
+            "store_mqtt = false: accepted, not stored"
+        );
+    }
+
+    /// (nice, scheduling policy) of the calling thread, from /proc.
+    #[cfg(target_os = "linux")]
+    fn sched_of_this_thread() -> (i64, i64) {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        // Fields after the command name: state is field 3; nice is 19, policy 41.
+        let rest: Vec<&str> = stat.rsplit_once(')').expect(")").1.split_whitespace().collect();
+        let field = |n: usize| rest[n - 3].parse::<i64>().expect("number");
+        (field(19), field(41))
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_writer_priority_applies_to_its_thread_only() {
+        let on_thread = |p| {
+            std::thread::spawn(move || {
+                set_priority(p);
+                sched_of_this_thread()
+            })
+            .join()
+            .expect("thread")
+        };
+        assert_eq!(on_thread(WriterPriority::Low), (10, 0), "nice 10, SCHED_OTHER");
+        assert_eq!(on_thread(WriterPriority::Idle).1, 5, "SCHED_IDLE");
+        assert_eq!(on_thread(WriterPriority::Normal), sched_of_this_thread(), "unchanged");
+        assert_eq!(sched_of_this_thread(), (0, 0), "the caller is untouched");
     }
 }

@@ -76,10 +76,11 @@ pub struct Message {
     pub received_at: i64,
 }
 
-/// The message pipeline port. `offer` must not block; it returns false when the pipeline
-/// refused the message (full), which the broker counts and logs.
+/// The message pipeline port. `offer` takes the messages one read from a device carried
+/// (one hand-over per batch, not per message) and must not block; it returns how many it
+/// refused (pipeline full), which the broker counts and logs.
 pub trait MessageSink: Send + Sync + 'static {
-    fn offer(&self, msg: Message) -> bool;
+    fn offer(&self, batch: Vec<Message>) -> usize;
 }
 
 #[derive(Clone, Debug)]

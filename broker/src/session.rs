@@ -291,6 +291,7 @@ where
         own_pings: 0,
         to_up: BytesMut::new(),
         to_client: BytesMut::new(),
+        to_sink: Vec::new(),
     };
     let result = relay
         .run(&mut cr, &mut cw, &mut ur, &mut uw, &mut cbuf, &mut ubuf, &mut ctrl)
@@ -343,6 +344,8 @@ struct Relay {
     own_pings: u32,
     to_up: BytesMut,
     to_client: BytesMut,
+    /// Accepted messages for the pipeline, handed over together at the next flush.
+    to_sink: Vec<Message>,
 }
 
 enum Step {
@@ -403,11 +406,11 @@ impl Relay {
                     }
                     None => Step::Continue,
                 },
-                r = cr.read_buf(cbuf) => {
+                r = cr.read_buf(spare(cbuf)) => {
                     if r? == 0 { return Ok(()) }
                     self.on_client_bytes(cbuf, max).await?
                 }
-                r = ur.read_buf(ubuf) => {
+                r = ur.read_buf(spare(ubuf)) => {
                     if r? == 0 { return Ok(()) }
                     self.on_upstream_bytes(ubuf).await?
                 }
@@ -425,6 +428,18 @@ impl Relay {
         cw: &mut CW,
         uw: &mut UW,
     ) -> Result<(), End> {
+        if !self.to_sink.is_empty() {
+            let refused = self.shared.sink.offer(std::mem::take(&mut self.to_sink)) as u64;
+            if refused > 0 {
+                let before = self.shared.metrics.pipeline_full.fetch_add(refused, Ordering::Relaxed);
+                if (before + refused).ilog2() != before.checked_ilog2().unwrap_or(u32::MAX) {
+                    tracing::warn!(
+                        dropped_total = before + refused,
+                        "message pipeline full: MQTT messages not stored"
+                    );
+                }
+            }
+        }
         if !self.to_up.is_empty() {
             uw.write_all(&self.to_up).await?;
             self.to_up.clear();
@@ -529,16 +544,12 @@ impl Relay {
                 subtopic: ct.subtopic.to_string(),
                 publisher: id.client_id.clone(),
                 protocol: self.transport,
-                // A view into the received packet: no copy per message.
-                payload: f.bytes.slice_ref(p.payload),
+                // A copy, not a view: a view would keep the whole read buffer alive while the
+                // message waits in the queue (up to queue_size read buffers).
+                payload: bytes::Bytes::copy_from_slice(p.payload),
                 received_at: now_micros(),
             };
-            if !self.shared.sink.offer(msg) {
-                let n = self.shared.metrics.pipeline_full.fetch_add(1, Ordering::Relaxed);
-                if n.is_power_of_two() {
-                    tracing::warn!(dropped_total = n + 1, "message pipeline full: MQTT message not stored");
-                }
-            }
+            self.to_sink.push(msg);
         }
         self.to_up.extend_from_slice(&f.bytes);
         Ok(Step::Continue)
@@ -673,6 +684,16 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// Room for one read: under load one read then carries many packets (fewer system calls);
+/// idle connections keep their small initial buffers.
+fn spare(buf: &mut BytesMut) -> &mut BytesMut {
+    const READ_CHUNK: usize = 16 * 1024;
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    buf
 }
 
 /// The topic of a PUBLISH, recording and resolving MQTT 5 topic aliases. Borrowed from the

@@ -23,6 +23,23 @@ async fn setup() -> (TestApp, String, String, String, String, String) {
     setup_in(TestApp::spawn().await).await
 }
 
+/// An MQTT session of the device, subscribed at QoS 1 to all of the channel's topics.
+async fn subscribed_device(app: &TestApp, id: &str, c: &str, s: &str, h: &str) -> crate::mqtt_client::Conn {
+    let mut m = connect(
+        app.mqtt_addr,
+        Opts {
+            id,
+            user: Some(c),
+            pass: Some(s),
+            ..Default::default()
+        },
+    )
+    .connected()
+    .await;
+    m.subscribe(&format!("channels/{h}/messages/#"), 1).await;
+    m
+}
+
 fn close(a: &Value, b: f64) -> bool {
     a.as_f64().is_some_and(|x| (x - b).abs() < 1e-6)
 }
@@ -205,18 +222,7 @@ async fn device_and_user_authorization() {
 #[tokio::test]
 async fn mqtt_messages_are_stored_and_http_messages_reach_mqtt() {
     let (app, _, _, h, c, s) = setup().await;
-    let mut m = connect(
-        app.mqtt_addr,
-        Opts {
-            id: "dev",
-            user: Some(&c),
-            pass: Some(&s),
-            ..Default::default()
-        },
-    )
-    .connected()
-    .await;
-    m.subscribe(&format!("channels/{h}/messages/#"), 1).await;
+    let mut m = subscribed_device(&app, "dev", &c, &s, &h).await;
     // HTTP -> MQTT subscriber.
     let (st, _) = app
         .send(
@@ -256,6 +262,38 @@ async fn mqtt_messages_are_stored_and_http_messages_reach_mqtt() {
     );
     assert!(close(&first["value"], 7.0));
     assert_eq!(v["messages"][1]["format"], "raw");
+}
+
+#[tokio::test]
+async fn with_store_mqtt_off_mqtt_is_relayed_but_only_http_is_stored() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = test_config(dir.path());
+    cfg.messages.store_mqtt = false;
+    let (app, _, _, h, c, s) = setup_in(TestApp::spawn_with(dir, cfg).await).await;
+    let mut m = subscribed_device(&app, "relay-dev", &c, &s, &h).await;
+    m.publish(
+        &format!("channels/{h}/messages/garage"),
+        br#"[{"n":"t","v":1}]"#,
+        1,
+        false,
+    )
+    .await;
+    let (topic, _) = m.message().await;
+    assert_eq!(topic, format!("channels/{h}/messages/garage"), "still delivered");
+    // The queue is FIFO: once the later HTTP message is stored, a stored MQTT one would be too.
+    let (st, _) = app
+        .send(&format!("/channels/{h}/messages"), &format!("Client {s}"), SENML, SEED)
+        .await;
+    assert_eq!(st, 202);
+    app.stored_at_least(3).await;
+    let (_, v) = app
+        .read(&format!("/channels/{h}/messages"), &format!("Client {s}"))
+        .await;
+    assert_eq!(v["total"], 3, "only the HTTP message's records: {v}");
+    let (_, v) = app
+        .read(&format!("/channels/{h}/messages?protocol=mqtt"), &format!("Client {s}"))
+        .await;
+    assert_eq!(v["total"], 0);
 }
 
 #[tokio::test]
