@@ -10,7 +10,10 @@
 //! connections per second plus resident memory per idle connection for N authenticated
 //! clients (BENCH_CONNECTIONS, default 10,000).
 //!
-//! Run: `cargo bench --bench mqtt` (BENCH_SECS sets the window per figure, default 3).
+//! Run: `cargo bench --bench mqtt`. Knobs: BENCH_SECS (window per figure, default 3),
+//! BENCH_ONLY (a label substring), BENCH_BROKERS (fluxgate,fg-relay,rumqttd,reference),
+//! BENCH_CONNECTIONS, BENCH_TOPICS (0 skips), BENCH_SEGMENT_SIZE (mqtt.max_segment_size),
+//! BENCH_WRITER_PRIORITY (normal|low|idle), BENCH_STORE_MQTT=false.
 
 use fluxgate::config::{Config, Secret};
 use fluxgate::{App, Hooks};
@@ -216,6 +219,11 @@ async fn main() {
     // BENCH_SEGMENT_SIZE overrides mqtt.max_segment_size (the router's per-topic log bound).
     if let Some(v) = std::env::var("BENCH_SEGMENT_SIZE").ok().and_then(|v| v.parse().ok()) {
         cfg.mqtt.max_segment_size = v;
+    }
+    match std::env::var("BENCH_WRITER_PRIORITY").as_deref() {
+        Ok("idle") => cfg.messages.writer_priority = fluxgate::config::WriterPriority::Idle,
+        Ok("normal") => cfg.messages.writer_priority = fluxgate::config::WriterPriority::Normal,
+        _ => {}
     }
     if std::env::var("BENCH_STORE_MQTT").is_ok_and(|v| v == "false") {
         cfg.messages.store_mqtt = false;

@@ -161,13 +161,20 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<MessageRow> {
 impl Store {
     /// Inserts every message in one transaction.
     pub fn insert_messages(&self, batch: &[NewMessage]) -> Result<()> {
+        self.insert_messages_with(batch, |_| {})
+    }
+
+    /// [`Store::insert_messages`], calling `between(i)` before row `i` inside the transaction
+    /// (the pipeline's writer yields the CPU there).
+    pub fn insert_messages_with(&self, batch: &[NewMessage], mut between: impl FnMut(usize)) -> Result<()> {
         self.write(|tx| {
             let mut st = tx.prepare_cached(
                 "INSERT INTO messages (domain_id, channel, subtopic, publisher, protocol, name, unit, time, update_time,
                     value, string_value, bool_value, data_value, sum, format, payload)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
-            for m in batch {
+            for (i, m) in batch.iter().enumerate() {
+                between(i);
                 st.execute(rusqlite::params![
                     m.domain_id,
                     m.channel,
