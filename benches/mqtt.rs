@@ -6,9 +6,10 @@
 //!       on a free port when the binary exists,
 //! the scenarios p2p (4 publishers -> 4 subscribers, one topic each), fan-in (4 -> 1) and
 //! fan-out (1 -> 4) at QoS 0 and 1 with 64-byte payloads, printing deliveries per second,
-//! p50/p99 latency and the ratios a/b and a/c. Then p99 at a fixed 8,000 msg/s, and
-//! connections per second plus resident memory per idle connection for N authenticated
-//! clients (BENCH_CONNECTIONS, default 10,000).
+//! p50/p99 latency and the ratios a/b and a/c. Then p99 at a fixed 8,000 msg/s. The memory
+//! figures (10,000 topics with a subscriber; connections per second and resident memory per
+//! idle connection for N authenticated clients, BENCH_CONNECTIONS, default 10,000) come from
+//! a separate `fluxgate serve` process, so they count the server alone.
 //!
 //! Run: `cargo bench --bench mqtt`. Knobs: BENCH_SECS (window per figure, default 3),
 //! BENCH_ONLY (a label substring), BENCH_BROKERS (fluxgate,fg-relay,rumqttd,reference),
@@ -73,8 +74,8 @@ async fn connected(t: &Target, slot: usize, id: &str) -> (AsyncClient, rumqttc::
     }
 }
 
-/// The soft limit on open files: each proxied connection costs four descriptors here (both
-/// ends of the client link and of the internal link), all in this one process.
+/// The soft limit on open files (the server process inherits it): each proxied connection
+/// costs the server three descriptors (the client link, both ends of the internal link).
 fn fd_limit() -> usize {
     std::fs::read_to_string("/proc/self/limits")
         .ok()
@@ -177,8 +178,9 @@ async fn scenario(
     }
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Resident memory of a process ("self" or a pid), in KiB.
+fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -186,6 +188,82 @@ fn rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// `fluxgate serve` as a child process, so that memory figures count the server alone. Its
+/// registry is provisioned by opening the same database file from here.
+struct ServerProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+    store: storage::Store,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    async fn start(segment_size: usize) -> ServerProcess {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let data_dir = dir.path().to_string_lossy().to_string();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fluxgate"))
+            .args(["serve", "--data-dir", &data_dir, "--http-addr", "127.0.0.1:0"])
+            .args([
+                "--mqtt-addr",
+                &addr.to_string(),
+                "--ws-addr",
+                "",
+                "--mqtts-addr",
+                "",
+                "--wss-addr",
+                "",
+            ])
+            .env("FLUXGATE_ADMIN_PASSWORD", "bench-password")
+            .env("FLUXGATE_AUTH_PBKDF2_ITERATIONS", "1000")
+            .env("FLUXGATE_MQTT_MAX_SEGMENT_SIZE", segment_size.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn fluxgate serve");
+        let mut waited = 0;
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            waited += 1;
+            assert!(waited < 3000, "fluxgate serve did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let db = dir.path().join("fluxgate.db");
+        let store = tokio::task::spawn_blocking(move || {
+            storage::Store::open(&db, &storage::StoreConfig::default()).expect("open the server's database")
+        })
+        .await
+        .expect("open");
+        // The server creates its super-admin just after it starts listening.
+        let mut waited = 0;
+        while store.user_by_identity("admin").ok().flatten().is_none() {
+            waited += 1;
+            assert!(waited < 3000, "fluxgate serve did not create its admin");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ServerProcess {
+            child,
+            addr,
+            store,
+            _dir: dir,
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        rss_kib(&self.child.id().to_string())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[tokio::main]
@@ -199,7 +277,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let n_conns = wanted.min(fd_limit().saturating_sub(256) / 4);
+    let n_conns = wanted.min(fd_limit().saturating_sub(256) / 3);
     if n_conns < wanted {
         println!("note: the open-file limit allows {n_conns} of {wanted} connections; raise it with `ulimit -n`");
     }
@@ -251,7 +329,6 @@ async fn main() {
     };
     let (store, fluxgate_addr, broker_metrics, pipeline_metrics) =
         start_server(cfg.clone()).await.expect("server started");
-    let store2 = store.clone();
     // (a') the same with messages.store_mqtt = false: the front alone, for the breakdown.
     let relay_dir = tempfile::tempdir().expect("tmp");
     let mut relay_cfg = cfg.clone();
@@ -261,7 +338,7 @@ async fn main() {
     let (relay_topics, relay_creds, _) = tokio::task::spawn_blocking(move || provision(&relay_store, 8))
         .await
         .expect("provision");
-    let (topics, creds, all_clients) = tokio::task::spawn_blocking(move || provision(&store, n_conns))
+    let (topics, creds, _) = tokio::task::spawn_blocking(move || provision(&store, 8))
         .await
         .expect("provision");
 
@@ -400,21 +477,22 @@ async fn main() {
 
     // Resident memory with BENCH_TOPICS (default 10,000) active channel topics: one client
     // subscribed to all of them (100 filters per SUBSCRIBE) while another publishes 20
-    // messages of 1,600 bytes to each (32 KB, enough to fill the per-topic log bound) through
-    // the front. Both ends are in this process, so the figure includes the client side.
+    // messages of 1,600 bytes to each (32 KB, enough to fill the per-topic log bound).
     let n_topics: usize = std::env::var("BENCH_TOPICS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    // Memory figures come from a separate `fluxgate serve` process with the default config.
+    let server = ServerProcess::start(cfg.mqtt.max_segment_size).await;
     if n_topics > 0 {
-        let s3 = store2.clone();
+        let s3 = server.store.clone();
         let (topic_dev, many_topics) = tokio::task::spawn_blocking(move || many_channels(&s3, n_topics))
             .await
             .expect("topics");
-        let before = rss_kib();
+        let before = server.rss_kib();
         let t = Target {
             name: "fluxgate",
-            addr: fluxgate_addr,
+            addr: server.addr,
             creds: Some(vec![topic_dev]),
             topics: many_topics.clone(),
         };
@@ -459,9 +537,9 @@ async fn main() {
             last = received.load(Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let after = rss_kib();
+        let after = server.rss_kib();
         println!(
-            "topics: {n_topics} channel topics with a subscriber, 20 messages of 1,600 bytes each ({} of {} delivered): resident memory {} MiB -> {} MiB (+{} MiB; router log bound {} KiB per topic)",
+            "topics: {n_topics} channel topics with a subscriber, 20 messages of 1,600 bytes each ({} of {} delivered): server resident memory {} MiB -> {} MiB (+{} MiB; router log bound {} KiB per topic)",
             received.load(Ordering::Relaxed),
             20 * n_topics,
             before / 1024,
@@ -475,13 +553,17 @@ async fn main() {
     }
 
     // Connections per second and memory per idle connection (Fluxgate, authenticated).
-    let before = rss_kib();
+    let s4 = server.store.clone();
+    let (_, _, all_clients) = tokio::task::spawn_blocking(move || provision(&s4, n_conns))
+        .await
+        .expect("provision");
+    let before = server.rss_kib();
     let start = Instant::now();
     let mut held = Vec::with_capacity(all_clients.len());
     let mut set = tokio::task::JoinSet::new();
     let target = Target {
         name: "fluxgate",
-        addr: fluxgate_addr,
+        addr: server.addr,
         creds: None,
         topics: Vec::new(),
     };
@@ -514,9 +596,9 @@ async fn main() {
         held.extend(v);
     }
     let elapsed = start.elapsed();
-    let after = rss_kib();
+    let after = server.rss_kib();
     println!(
-        "connections: {} authenticated clients in {:.2?} = {:.0}/s; resident memory {} MiB -> {} MiB = {:.1} KiB per idle connection (both ends in this process)",
+        "connections: {} authenticated clients in {:.2?} = {:.0}/s; server resident memory {} MiB -> {} MiB = {:.1} KiB per idle connection",
         held.len(),
         elapsed,
         held.len() as f64 / elapsed.as_secs_f64(),
