@@ -2,6 +2,7 @@
 //!   (a) Fluxgate: the authorizing front with registry credentials and channel policies,
 //!   (a') the same with `messages.store_mqtt = false` (the front alone, MQTT not stored),
 //!   (b) the embedded rumqttd alone in the same process (no front, no auth),
+//!   (b') rumqttd behind a plain byte-copying TCP hop (the cost of the hop alone),
 //!   (c) a reference broker: BENCH_MQTT_REFERENCE=host:port, or a local `mosquitto` started
 //!       on a free port when the binary exists,
 //! the scenarios p2p (4 publishers -> 4 subscribers, one topic each), fan-in (4 -> 1) and
@@ -12,7 +13,7 @@
 //! a separate `fluxgate serve` process, so they count the server alone.
 //!
 //! Run: `cargo bench --bench mqtt`. Knobs: BENCH_SECS (window per figure, default 3),
-//! BENCH_ONLY (a label substring), BENCH_BROKERS (fluxgate,fg-relay,rumqttd,reference),
+//! BENCH_ONLY (a label substring), BENCH_BROKERS (fluxgate,fg-relay,rumqttd,hop-only,reference),
 //! BENCH_CONNECTIONS, BENCH_TOPICS (0 skips), BENCH_SEGMENT_SIZE (mqtt.max_segment_size),
 //! BENCH_WRITER_PRIORITY (normal|low|idle), BENCH_STORE_MQTT=false.
 
@@ -350,6 +351,21 @@ async fn main() {
     };
     let bare = broker::start_bare_rumqttd(&bcfg).await.expect("bare rumqttd");
 
+    // (b') bare rumqttd behind a plain byte-copying TCP hop on the server's runtime: what the
+    // extra loopback hop alone costs, with no parsing or authorization.
+    let hop_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("hop");
+    let hop = hop_listener.local_addr().expect("hop addr");
+    server_rt.spawn(async move {
+        while let Ok((mut client, _)) = hop_listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(bare).await {
+                    let _ = (client.set_nodelay(true), up.set_nodelay(true));
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                }
+            });
+        }
+    });
+
     // (c) the reference broker.
     let mut mosquitto = None;
     let reference: Option<SocketAddr> = match std::env::var("BENCH_MQTT_REFERENCE") {
@@ -401,6 +417,12 @@ async fn main() {
             creds: None,
             topics: topics.clone(),
         },
+        Target {
+            name: "hop-only",
+            addr: hop,
+            creds: None,
+            topics: topics.clone(),
+        },
     ];
     if let Some(r) = reference {
         targets.push(Target {
@@ -413,7 +435,7 @@ async fn main() {
         println!("no reference broker (set BENCH_MQTT_REFERENCE=host:port or install mosquitto)");
     }
 
-    // BENCH_BROKERS: a comma-separated subset of fluxgate,fg-relay,rumqttd,reference.
+    // BENCH_BROKERS: a comma-separated subset of fluxgate,fg-relay,rumqttd,hop-only,reference.
     if let Ok(keep) = std::env::var("BENCH_BROKERS") {
         targets.retain(|t| keep.split(',').any(|k| k == t.name));
     }
@@ -460,10 +482,11 @@ async fn main() {
                 _ => "-".into(),
             };
             println!(
-                "{label:<22} ratio a/b {}   a/c {}   a'/b {} (a' = fg-relay, MQTT not stored)",
+                "{label:<22} ratio a/b {}   a/c {}   a'/b {}   b'/b {}",
                 ratio("fluxgate", "rumqttd"),
                 ratio("fluxgate", "reference"),
                 ratio("fg-relay", "rumqttd"),
+                ratio("hop-only", "rumqttd"),
             );
         }
     }
