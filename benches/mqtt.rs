@@ -349,7 +349,7 @@ async fn main() {
         max_segment_count: cfg.mqtt.max_segment_count,
         ..Default::default()
     };
-    let bare = broker::start_bare_rumqttd(&bcfg).await.expect("bare rumqttd");
+    let bare = start_bare_rumqttd(&bcfg).await;
 
     // (b') bare rumqttd behind a plain byte-copying TCP hop on the server's runtime: what the
     // extra loopback hop alone costs, with no parsing or authorization.
@@ -758,4 +758,64 @@ fn provision(store: &storage::Store, n: usize) -> (Vec<String>, Creds, Creds) {
             (topics, all[..8].to_vec(), all)
         })
         .expect("domain")
+}
+
+/// Bare rumqttd (its own network layer, MQTT 3.1.1, no authentication) with the same router
+/// settings, on a free loopback port: the reference the engine is measured against.
+async fn start_bare_rumqttd(cfg: &broker::BrokerConfig) -> SocketAddr {
+    use std::collections::HashMap;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let conn = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: cfg.max_packet_size,
+        max_inflight_count: cfg.inflight_window as usize,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = rumqttd::ServerSettings {
+        name: "bare-v4".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: conn,
+    };
+    let rcfg = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: cfg.max_connections + 16,
+            max_outgoing_packet_count: 200,
+            max_segment_size: cfg.max_segment_size,
+            max_segment_count: cfg.max_segment_count,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("bare-v4".to_string(), server)])),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    };
+    let mut broker = rumqttd::Broker::new(rcfg);
+    std::thread::Builder::new()
+        .name("rumqttd-bare".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                eprintln!("bare rumqttd stopped: {e}");
+            }
+        })
+        .expect("thread");
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return addr;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("bare rumqttd did not come up on {addr}");
 }

@@ -70,6 +70,14 @@ pub struct MqttConfig {
     pub connect_timeout: u64,
     pub max_connections: usize,
     pub inflight_window: u16,
+    pub max_connect_size: usize,
+    pub max_pending_connections: usize,
+    pub max_queued_bytes: usize,
+    pub max_queued_messages: usize,
+    pub max_session_expiry: u64,
+    pub max_sessions_per_client: usize,
+    pub max_retained: usize,
+    pub threads: usize,
     pub max_segment_size: usize,
     pub max_segment_count: usize,
 }
@@ -246,6 +254,19 @@ impl Config {
         if self.mqtt.max_packet_size < 64 || self.mqtt.inflight_window == 0 || self.mqtt.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "mqtt.max_packet_size must be at least 64; inflight_window and max_connections positive".into(),
+            ));
+        }
+        let m = &self.mqtt;
+        if m.max_connect_size < 64
+            || m.max_pending_connections == 0
+            || m.max_queued_bytes < 1024
+            || m.max_queued_messages == 0
+            || m.max_sessions_per_client == 0
+            || m.max_segment_size < 1024
+            || m.max_segment_count < 2
+        {
+            return Err(ConfigError::Invalid(
+                "mqtt: max_connect_size >= 64, max_queued_bytes >= 1024, max_segment_size >= 1024, max_segment_count >= 2; pending connections, queued messages and sessions per client positive".into(),
             ));
         }
         if self.messages.queue_size == 0 || self.messages.batch_size == 0 || self.messages.retention_interval == 0 {

@@ -123,6 +123,14 @@ impl App {
             connect_timeout: std::time::Duration::from_secs(cfg.mqtt.connect_timeout),
             max_connections: cfg.mqtt.max_connections,
             inflight_window: cfg.mqtt.inflight_window,
+            max_connect_size: cfg.mqtt.max_connect_size,
+            max_pending_connections: cfg.mqtt.max_pending_connections,
+            max_queued_bytes: cfg.mqtt.max_queued_bytes,
+            max_queued_messages: cfg.mqtt.max_queued_messages,
+            max_session_expiry: std::time::Duration::from_secs(cfg.mqtt.max_session_expiry),
+            max_sessions_per_client: cfg.mqtt.max_sessions_per_client,
+            max_retained: cfg.mqtt.max_retained,
+            threads: cfg.mqtt.threads,
             max_segment_size: cfg.mqtt.max_segment_size,
             max_segment_count: cfg.mqtt.max_segment_count,
             tls: tls
@@ -135,7 +143,8 @@ impl App {
         };
         let authorizer = Arc::new(mqtt::StoreAuthorizer { store: store.clone() });
         let sink = Arc::new(pipeline::LateSink::default());
-        let broker = broker::start(bcfg, authorizer, sink.clone())
+        let retained = Arc::new(mqtt::StoreRetained { store: store.clone() });
+        let broker = broker::start(bcfg, authorizer, sink.clone(), Some(retained))
             .await
             .map_err(|e| AppError::Startup(e.to_string()))?;
         let broker = Arc::new(broker);
@@ -167,6 +176,10 @@ impl App {
             events: events.clone(),
             messages: Arc::new(pipeline.clone()),
             ca: ca.clone(),
+            probes: vec![("mqtt broker", {
+                let b = broker.clone();
+                Arc::new(move || b.healthy()) as mgmt::Probe
+            })],
         });
         let generated_admin_password = bootstrap_admin(&ctx, &cfg).await?;
 
@@ -237,19 +250,38 @@ impl App {
         self.ctx.store.clone()
     }
 
-    /// Serves until `shutdown` completes; in-flight requests finish first.
+    /// Serves until `shutdown` completes; in-flight requests finish first. Ends with an error
+    /// (after draining the writer) if the MQTT router stops: a broker that refuses every
+    /// device must not look healthy.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
         tracing::info!(addr = %self.http_addr, "HTTP API listening");
         tracing::info!(mqtt = %self.broker.mqtt_addr, mqtts = ?self.broker.mqtts_addr, ws = ?self.broker.ws_addr, "MQTT listening");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
+        let failed = self.broker.failed();
+        tokio::spawn(async move {
+            let router_died = tokio::select! {
+                _ = shutdown => false,
+                _ = failed => true,
+            };
+            let _ = stop_tx.send(router_died);
+        });
+        let (died_tx, died_rx) = tokio::sync::oneshot::channel::<bool>();
+        let stop = async move {
+            let died = stop_rx.await.unwrap_or(false);
+            let _ = died_tx.send(died);
+        };
         match self.https {
             Some(sc) => {
                 use warp::Filter;
-                https::serve(self.http, sc, mgmt::routes(self.ctx).boxed(), shutdown).await
+                https::serve(self.http, sc, mgmt::routes(self.ctx).boxed(), stop).await
             }
-            None => mgmt::serve(self.http, self.ctx, shutdown).await,
+            None => mgmt::serve(self.http, self.ctx, stop).await,
         }
         // Everything accepted is written before exit.
         self.writer.drain().await;
+        if died_rx.await.unwrap_or(false) {
+            return Err(AppError::Startup("the MQTT router stopped".into()));
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The broker's ports implemented over the store: MQTT login and channel rights, and the
 //! translation of the store's change feed into broker revocations.
 
-use broker::{Authorizer, BoxFuture, Identity, Login, Revocation, Rights};
+use broker::{Authorizer, BoxFuture, Identity, Login, Retained, RetainedOp, RetainedStore, Revocation, Rights};
 use std::sync::Arc;
 use storage::{Change, ConnType, Store};
 use subtle::ConstantTimeEq;
@@ -98,6 +98,63 @@ impl Authorizer for StoreAuthorizer {
             .await
             .unwrap_or_default()
         })
+    }
+}
+
+/// Retained MQTT messages in the store.
+pub struct StoreRetained {
+    pub store: Store,
+}
+
+impl RetainedStore for StoreRetained {
+    fn load(&self) -> Vec<Retained> {
+        match self.store.retained_all() {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|r| Retained {
+                    topic: r.topic,
+                    payload: r.payload.into(),
+                    qos: r.qos,
+                    props: r.props.into(),
+                    expires_at_ms: r.expires_at_ms,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load retained messages");
+                Vec::new()
+            }
+        }
+    }
+
+    fn apply(&self, ops: Vec<RetainedOp>) {
+        let rows: Vec<(String, Option<storage::RetainedRow>)> = ops
+            .into_iter()
+            .map(|op| match op {
+                RetainedOp::Put(r) => (
+                    r.topic.clone(),
+                    Some(storage::RetainedRow {
+                        topic: r.topic,
+                        payload: r.payload.to_vec(),
+                        qos: r.qos,
+                        props: r.props.to_vec(),
+                        expires_at_ms: r.expires_at_ms,
+                    }),
+                ),
+                RetainedOp::Delete(t) => (t, None),
+            })
+            .collect();
+        // Retried until it commits (a busy database is transient); a retained message that
+        // was acknowledged is not dropped silently.
+        for attempt in 0..50 {
+            match self.store.retained_apply(&rows) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "retained messages not written yet");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+        tracing::error!(count = rows.len(), "retained messages could not be written");
     }
 }
 

@@ -36,6 +36,8 @@ struct Queue {
     tx: mpsc::UnboundedSender<Envelope>,
     queued: Arc<AtomicUsize>,
     capacity: usize,
+    /// Signalled whenever rows leave the queue (MQTT sessions waiting for room).
+    room: Arc<tokio::sync::Notify>,
 }
 
 impl Queue {
@@ -110,27 +112,51 @@ impl Writer {
 }
 
 /// A late-bound sink for the broker: the broker starts before the pipeline exists.
-#[derive(Default)]
 /// Set to `None` when MQTT messages are not stored (`messages.store_mqtt = false`).
+#[derive(Default)]
 pub struct LateSink(std::sync::OnceLock<Option<Queue>>);
 
 impl MessageSink for LateSink {
-    fn offer(&self, mut batch: Vec<Message>) -> usize {
+    fn offer(&self, mut batch: Vec<Message>) -> Vec<Message> {
         let n = batch.len();
         let q = match self.0.get() {
             Some(Some(q)) => q,
-            Some(None) => return 0,
-            None => return n,
+            Some(None) => return Vec::new(),
+            None => return batch,
         };
         let k = q.reserve(n, true);
         if k == 0 {
-            return n;
+            return batch;
         }
-        batch.truncate(k);
-        if q.send(Envelope::Mqtt(batch)) {
-            n - k
-        } else {
-            n
+        let rest = batch.split_off(k);
+        match q.send(Envelope::Mqtt(batch)) {
+            true => rest,
+            false => {
+                tracing::error!("message pipeline closed: MQTT messages not stored");
+                rest
+            }
+        }
+    }
+
+    fn room(&self) -> broker::BoxFuture<()> {
+        match self.0.get() {
+            Some(Some(q)) => {
+                let room = q.room.clone();
+                let (queued, capacity) = (q.queued.clone(), q.capacity);
+                Box::pin(async move {
+                    let n = room.notified();
+                    tokio::pin!(n);
+                    n.as_mut().enable();
+                    if queued.load(Ordering::Acquire) < capacity {
+                        return;
+                    }
+                    // Bounded so that a stopped writer cannot hang a session forever.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), n).await;
+                })
+            }
+            Some(None) => Box::pin(async {}),
+            // Not started yet (only during start-up).
+            None => Box::pin(tokio::time::sleep(Duration::from_millis(10))),
         }
     }
 }
@@ -146,6 +172,7 @@ pub fn start(
         tx,
         queued: Arc::new(AtomicUsize::new(0)),
         capacity: cfg.queue_size,
+        room: Arc::new(tokio::sync::Notify::new()),
     };
     let _ = sink.0.set(cfg.store_mqtt.then(|| queue.clone()));
     let metrics = Arc::new(PipelineMetrics::default());
@@ -156,6 +183,7 @@ pub fn start(
     tokio::spawn(batch_loop(
         rx,
         queue.queued.clone(),
+        queue.room.clone(),
         stop_rx,
         batch_tx,
         cfg.batch_size,
@@ -251,6 +279,7 @@ fn mqtt_rows(m: Message, metrics: &PipelineMetrics) -> Vec<NewMessage> {
 async fn batch_loop(
     mut rx: mpsc::UnboundedReceiver<Envelope>,
     queued: Arc<AtomicUsize>,
+    room: Arc<tokio::sync::Notify>,
     mut stop: oneshot::Receiver<()>,
     batches: mpsc::Sender<Vec<Envelope>>,
     batch_size: usize,
@@ -288,6 +317,7 @@ async fn batch_loop(
             rows += batch[before..].iter().map(Envelope::rows).sum::<usize>();
         }
         queued.fetch_sub(rows, Ordering::AcqRel);
+        room.notify_waiters();
         if batches.send(std::mem::take(&mut batch)).await.is_err() {
             return;
         }
@@ -466,6 +496,7 @@ mod tests {
             tx,
             queued: Arc::new(AtomicUsize::new(0)),
             capacity,
+            room: Arc::new(tokio::sync::Notify::new()),
         };
         (q, rx)
     }
@@ -479,6 +510,7 @@ mod tests {
             protocol: "mqtt",
             payload: bytes::Bytes::from(vec![i]),
             received_at: 0,
+            qos: 1,
         }
     }
 
@@ -500,9 +532,14 @@ mod tests {
         let (q, mut rx) = queue(4);
         q.queued.store(2, Ordering::Relaxed);
         let sink = LateSink::default();
-        assert_eq!(sink.offer(vec![message(0)]), 1, "no pipeline yet: refused");
+        assert_eq!(sink.offer(vec![message(0)]).len(), 1, "no pipeline yet: refused");
         let _ = sink.0.set(Some(q));
-        assert_eq!(sink.offer((0..5).map(message).collect()), 3);
+        let refused = sink.offer((0..5).map(message).collect());
+        assert_eq!(
+            refused.iter().map(|m| m.payload[0]).collect::<Vec<_>>(),
+            [2, 3, 4],
+            "the rest, in order"
+        );
         match rx.try_recv() {
             Ok(Envelope::Mqtt(ms)) => {
                 assert_eq!(
@@ -516,7 +553,7 @@ mod tests {
         let relay_only = LateSink::default();
         let _ = relay_only.0.set(None);
         assert_eq!(
-            relay_only.offer(vec![message(0)]),
+            relay_only.offer(vec![message(0)]).len(),
             0,
             "store_mqtt = false: accepted, not stored"
         );

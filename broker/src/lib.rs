@@ -1,24 +1,33 @@
-//! `broker`: Fluxgate's MQTT broker. rumqttd runs in-process on an internal loopback
-//! listener that only this process can log in to; Fluxgate's own front listener accepts
-//! devices, authenticates CONNECT against the registry, checks every PUBLISH and SUBSCRIBE
-//! (and every delivery) against the client's rights, and forwards allowed packets unchanged.
-//! rumqttd keeps doing routing, QoS, retained messages, wills and sessions.
+//! `broker`: Fluxgate's MQTT engine. rumqttd's router does the topic routing; this crate is
+//! the whole network and session layer in front of it: it frames and parses the device's
+//! bytes, authenticates CONNECT against the registry, authorizes every PUBLISH, SUBSCRIBE,
+//! will, retained and live delivery, and owns QoS, delivery queues, retained messages, wills,
+//! keep-alive and persistent sessions. Each session reaches the router through its own
+//! in-process link (see `router`).
 //!
 //! Invariants:
-//! - This crate depends on no other Fluxgate crate. The registry is reached through the
-//!   [`Authorizer`] port; accepted messages leave through the [`MessageSink`] port.
-//! - Rights are looked up once per (session, channel) and cached; [`Revocation`]s invalidate
-//!   the caches or close sessions. No store query per packet.
-//! - Nothing a client sends can panic the process: malformed input closes that connection.
+//! - This crate depends on no other Fluxgate crate: the registry is reached through the
+//!   [`Authorizer`] port, accepted messages leave through [`MessageSink`], retained messages
+//!   persist through [`RetainedStore`].
+//! - Nothing a client sends can panic a thread: every packet is parsed by `codec`, which
+//!   checks every length, before anything acts on it.
+//! - A QoS 1/2 PUBLISH is acknowledged only after the message sink took it (when it stores
+//!   MQTT messages); the router never holds a backlog: sessions drain their link promptly.
+//! - Sessions run on the broker's own runtime, so a router that is slow to take packets can
+//!   stall MQTT sessions but never the REST API.
 
 mod codec;
+mod connect;
+mod outbound;
 mod registry;
+mod retained;
+mod rights;
+mod router;
 mod session;
 pub mod topic;
 mod ws;
 
 use bytes::Bytes;
-use rand::RngCore;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -74,13 +83,42 @@ pub struct Message {
     pub payload: Bytes,
     /// Receive time, microseconds since the Unix epoch.
     pub received_at: i64,
+    /// The publisher's QoS: QoS 1/2 messages are acknowledged only once the sink took them.
+    pub qos: u8,
 }
 
-/// The message pipeline port. `offer` takes the messages one read from a device carried
-/// (one hand-over per batch, not per message) and must not block; it returns how many it
-/// refused (pipeline full), which the broker counts and logs.
+/// The message pipeline port. `offer` takes messages from the front of the batch (what one
+/// read from a device carried) as far as there is room and never blocks; it returns the ones
+/// it did not take. `room` resolves when there may be room again. A sink that does not store
+/// MQTT messages takes everything.
 pub trait MessageSink: Send + Sync + 'static {
-    fn offer(&self, batch: Vec<Message>) -> usize;
+    fn offer(&self, batch: Vec<Message>) -> Vec<Message>;
+    fn room(&self) -> BoxFuture<()>;
+}
+
+/// A retained message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retained {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    /// Raw MQTT 5 publish properties (without topic alias and message expiry).
+    pub props: Bytes,
+    /// Unix milliseconds after which it is no longer delivered; 0: never.
+    pub expires_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetainedOp {
+    Put(Retained),
+    Delete(String),
+}
+
+/// Where retained messages persist. Both calls block; the broker makes them from its own
+/// thread, in order.
+pub trait RetainedStore: Send + Sync + 'static {
+    fn load(&self) -> Vec<Retained>;
+    fn apply(&self, ops: Vec<RetainedOp>);
 }
 
 #[derive(Clone, Debug)]
@@ -92,13 +130,28 @@ pub struct BrokerConfig {
     pub allow_anonymous: bool,
     /// Largest packet accepted from a client, in bytes.
     pub max_packet_size: usize,
+    /// Largest CONNECT accepted before authentication, in bytes.
+    pub max_connect_size: usize,
+    /// Connections that have not finished CONNECT, at most.
+    pub max_pending_connections: usize,
     pub connect_timeout: Duration,
     pub max_connections: usize,
     /// Receive Maximum: QoS 1/2 publishes a client may have unacknowledged.
     pub inflight_window: u16,
-    /// rumqttd's in-memory log per topic: segment size in bytes and segment count.
+    /// Per-session outbound queue bounds.
+    pub max_queued_bytes: usize,
+    pub max_queued_messages: usize,
+    /// Longest session expiry granted (also what a 3.1.1 persistent session gets).
+    pub max_session_expiry: Duration,
+    /// Persistent sessions one registry client may hold.
+    pub max_sessions_per_client: usize,
+    /// Retained topics held, at most.
+    pub max_retained: usize,
+    /// The router's log per filter: segment size in bytes and segment count.
     pub max_segment_size: usize,
     pub max_segment_count: usize,
+    /// Worker threads of the broker's runtime.
+    pub threads: usize,
     /// MQTT over TLS: listener address and server configuration.
     pub tls: Option<TlsSettings>,
 }
@@ -124,11 +177,19 @@ impl Default for BrokerConfig {
             ws_addr: None,
             allow_anonymous: false,
             max_packet_size: 1024 * 1024,
+            max_connect_size: 64 * 1024,
+            max_pending_connections: 1024,
             connect_timeout: Duration::from_secs(10),
             max_connections: 100_000,
             inflight_window: 100,
-            max_segment_size: 16 * 1024,
-            max_segment_count: 2,
+            max_queued_bytes: 1024 * 1024,
+            max_queued_messages: 10_000,
+            max_session_expiry: Duration::from_secs(86_400),
+            max_sessions_per_client: 16,
+            max_retained: 100_000,
+            max_segment_size: 64 * 1024,
+            max_segment_count: 4,
+            threads: 2,
             tls: None,
         }
     }
@@ -138,8 +199,8 @@ impl Default for BrokerConfig {
 pub enum BrokerError {
     #[error("cannot bind {addr}: {err}")]
     Bind { addr: String, err: std::io::Error },
-    #[error("embedded broker: {0}")]
-    Embedded(String),
+    #[error("router: {0}")]
+    Router(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -149,14 +210,26 @@ pub enum BrokerError {
 pub struct Metrics {
     pub connections_current: AtomicU64,
     pub connections_total: AtomicU64,
+    pub sessions_persistent_offline: AtomicU64,
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub refused_connect: AtomicU64,
+    pub refused_pending: AtomicU64,
     pub refused_publish: AtomicU64,
     pub refused_subscribe: AtomicU64,
     pub refused_delivery: AtomicU64,
     pub pipeline_full: AtomicU64,
+    pub pipeline_waits: AtomicU64,
     pub malformed: AtomicU64,
+    pub dropped_qos0_full: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_expired: AtomicU64,
+    pub dropped_too_large: AtomicU64,
+    pub disconnected_slow: AtomicU64,
+    pub wills_published: AtomicU64,
+    pub wills_suppressed: AtomicU64,
+    pub retained_full: AtomicU64,
+    pub sessions_expired: AtomicU64,
 }
 
 impl Metrics {
@@ -169,14 +242,26 @@ impl Metrics {
         vec![
             ("mqtt_connections", g(&self.connections_current)),
             ("mqtt_connections_total", g(&self.connections_total)),
+            ("mqtt_sessions_offline", g(&self.sessions_persistent_offline)),
             ("mqtt_messages_in_total", g(&self.messages_in)),
             ("mqtt_messages_out_total", g(&self.messages_out)),
             ("mqtt_refused_connect_total", g(&self.refused_connect)),
+            ("mqtt_refused_pending_total", g(&self.refused_pending)),
             ("mqtt_refused_publish_total", g(&self.refused_publish)),
             ("mqtt_refused_subscribe_total", g(&self.refused_subscribe)),
             ("mqtt_refused_delivery_total", g(&self.refused_delivery)),
             ("mqtt_pipeline_full_total", g(&self.pipeline_full)),
+            ("mqtt_pipeline_waits_total", g(&self.pipeline_waits)),
             ("mqtt_malformed_total", g(&self.malformed)),
+            ("mqtt_dropped_qos0_queue_full_total", g(&self.dropped_qos0_full)),
+            ("mqtt_dropped_queue_full_total", g(&self.dropped_queue_full)),
+            ("mqtt_dropped_expired_total", g(&self.dropped_expired)),
+            ("mqtt_dropped_too_large_total", g(&self.dropped_too_large)),
+            ("mqtt_disconnected_slow_total", g(&self.disconnected_slow)),
+            ("mqtt_wills_published_total", g(&self.wills_published)),
+            ("mqtt_wills_suppressed_total", g(&self.wills_suppressed)),
+            ("mqtt_retained_full_total", g(&self.retained_full)),
+            ("mqtt_sessions_expired_total", g(&self.sessions_expired)),
         ]
     }
 }
@@ -188,10 +273,23 @@ pub(crate) struct Shared {
     pub sink: Arc<dyn MessageSink>,
     pub metrics: Arc<Metrics>,
     pub registry: registry::Registry,
-    pub upstream_v4: SocketAddr,
-    pub upstream_v5: SocketAddr,
-    pub internal_user: String,
-    pub internal_pass: String,
+    pub router: router::RouterPort,
+    pub retained: retained::RetainedIndex,
+    pub pending: Arc<tokio::sync::Semaphore>,
+    pub rt: tokio::runtime::Handle,
+    pub next_origin: AtomicU64,
+}
+
+/// The broker's runtime; shut down without waiting when the broker is dropped (allowed from
+/// inside another runtime).
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// A running broker.
@@ -201,19 +299,29 @@ pub struct BrokerHandle {
     pub ws_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     shared: Arc<Shared>,
-    local: std::sync::Mutex<rumqttd::local::LinkTx>,
+    local: std::sync::Mutex<(rumqttd::local::LinkTx, rumqttd::local::LinkRx)>,
+    _rt: Runtime,
 }
 
 impl BrokerHandle {
-    /// Applies a revocation from the change feed to live sessions.
+    /// Applies a revocation from the change feed to live and offline sessions.
     pub fn revoke(&self, r: Revocation) {
         self.shared.registry.apply(r);
     }
 
-    /// Publishes into the broker from inside the process (the HTTP adapter), QoS 0.
+    /// Publishes into the broker from inside the process (the HTTP adapter), as an
+    /// acknowledged (QoS 1) message. False when the router's queue is full or gone.
     pub fn publish(&self, topic: &str, payload: Bytes) -> bool {
+        let tag = router::Tag {
+            qos: 1,
+            retain: false,
+            origin: 0,
+            expires_at_ms: 0,
+            props: Bytes::new(),
+        };
+        let tagged = router::encode(&tag, &payload);
         match self.local.lock() {
-            Ok(mut l) => l.try_publish(topic.to_string(), payload).is_ok(),
+            Ok(mut l) => l.0.try_publish(topic.to_string(), tagged).is_ok(),
             Err(_) => false,
         }
     }
@@ -223,107 +331,117 @@ impl BrokerHandle {
         ws::routes(self.shared.clone())
     }
 
-    /// Number of live sessions.
+    /// Sessions held (live and persistent offline ones).
     pub fn sessions(&self) -> usize {
         self.shared.registry.len()
     }
+
+    /// Retained topics held.
+    pub fn retained(&self) -> usize {
+        self.shared.retained.len()
+    }
+
+    /// False once the router thread has stopped (it panicked): the broker cannot serve.
+    pub fn healthy(&self) -> bool {
+        self.shared.router.alive()
+    }
+
+    /// Resolves when the router has stopped, after logging it.
+    pub fn failed(&self) -> BoxFuture<()> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            while shared.router.alive() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            tracing::error!("the MQTT router stopped (it panicked); the broker cannot serve devices");
+        })
+    }
 }
 
-fn free_port() -> std::io::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    l.local_addr()
+fn bind(addr: &str) -> Result<std::net::TcpListener, BrokerError> {
+    let l = std::net::TcpListener::bind(addr).map_err(|err| BrokerError::Bind {
+        addr: addr.to_string(),
+        err,
+    })?;
+    l.set_nonblocking(true)?;
+    Ok(l)
 }
 
-fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Starts rumqttd on internal loopback ports, waits until it accepts, binds the front
-/// listeners and spawns their accept loops on the current Tokio runtime.
+/// Spawns the router and the broker's runtime, binds the listeners and starts accepting.
 pub async fn start(
     cfg: BrokerConfig,
     auth: Arc<dyn Authorizer>,
     sink: Arc<dyn MessageSink>,
+    retained_store: Option<Arc<dyn RetainedStore>>,
 ) -> Result<BrokerHandle, BrokerError> {
-    let internal_user = format!("fluxgate-{}", random_hex(8));
-    let internal_pass = random_hex(24);
-    let v4 = free_port()?;
-    let v5 = free_port()?;
-    let rcfg = embedded_config(&cfg, v4, v5, &internal_user, &internal_pass);
-    let mut broker = rumqttd::Broker::new(rcfg);
-    let (local, mut local_rx) = broker
-        .link("fluxgate-local")
-        .map_err(|e| BrokerError::Embedded(e.to_string()))?;
-    std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
-        if let Err(e) = broker.start() {
-            tracing::error!(error = %e, "embedded broker stopped");
-        }
-    })?;
-    // Drain the local link's notifications so its buffer never fills.
-    tokio::spawn(async move { while let Ok(Some(_)) = local_rx.next().await {} });
-    for addr in [v4, v5] {
-        wait_until_listening(addr).await?;
-    }
-
-    let mqtt = tokio::net::TcpListener::bind(&cfg.mqtt_addr)
-        .await
-        .map_err(|err| BrokerError::Bind {
-            addr: cfg.mqtt_addr.clone(),
-            err,
-        })?;
+    let mqtt = bind(&cfg.mqtt_addr)?;
     let mqtt_addr = mqtt.local_addr()?;
-    let ws = match &cfg.ws_addr {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .map_err(|err| BrokerError::Bind { addr: a.clone(), err })?,
-        ),
-        None => None,
-    };
-    let ws_addr = match &ws {
-        Some(l) => Some(l.local_addr()?),
-        None => None,
-    };
+    let ws = cfg.ws_addr.as_deref().map(bind).transpose()?;
+    let ws_addr = ws.as_ref().map(|l| l.local_addr()).transpose()?;
     let tls = match &cfg.tls {
-        Some(t) => Some((
-            tokio::net::TcpListener::bind(&t.addr)
-                .await
-                .map_err(|err| BrokerError::Bind {
-                    addr: t.addr.clone(),
-                    err,
-                })?,
-            tokio_rustls::TlsAcceptor::from(t.config.clone()),
-        )),
+        Some(t) => Some((bind(&t.addr)?, tokio_rustls::TlsAcceptor::from(t.config.clone()))),
         None => None,
     };
-    let mqtts_addr = match &tls {
-        Some((l, _)) => Some(l.local_addr()?),
-        None => None,
-    };
+    let mqtts_addr = tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads.max(1))
+        .thread_name("fluxgate-mqtt")
+        .enable_all()
+        .build()?;
+    let router = router::RouterPort::spawn(
+        cfg.max_connections + cfg.max_connections.min(100_000) + 16,
+        cfg.max_segment_size,
+        cfg.max_segment_count,
+    );
+    let r2 = router.clone();
+    let local = tokio::task::spawn_blocking(move || r2.link("l:fluxgate-http"))
+        .await
+        .map_err(|e| BrokerError::Router(e.to_string()))?
+        .map_err(BrokerError::Router)?;
+    let max_retained = cfg.max_retained;
+    let retained = tokio::task::spawn_blocking(move || retained::RetainedIndex::start(retained_store, max_retained))
+        .await
+        .map_err(|e| BrokerError::Router(e.to_string()))??;
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
+        pending: Arc::new(tokio::sync::Semaphore::new(cfg.max_pending_connections.max(1))),
         cfg,
         auth,
         sink,
         metrics: metrics.clone(),
         registry: registry::Registry::default(),
-        upstream_v4: v4,
-        upstream_v5: v5,
-        internal_user,
-        internal_pass,
+        router,
+        retained,
+        rt: rt.handle().clone(),
+        next_origin: AtomicU64::new(1),
     });
-    tracing::info!(addr = %mqtt_addr, "MQTT listening");
-    tokio::spawn(accept_tcp(mqtt, shared.clone()));
+    let s = shared.clone();
+    rt.spawn(async move {
+        match tokio::net::TcpListener::from_std(mqtt) {
+            Ok(l) => accept_tcp(l, s).await,
+            Err(e) => tracing::error!(error = %e, "MQTT listener"),
+        }
+    });
     if let Some((l, acceptor)) = tls {
-        tracing::info!(addr = ?mqtts_addr, "MQTT over TLS listening");
-        tokio::spawn(accept_tls(l, acceptor, shared.clone()));
+        let s = shared.clone();
+        rt.spawn(async move {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => accept_tls(l, acceptor, s).await,
+                Err(e) => tracing::error!(error = %e, "MQTT over TLS listener"),
+            }
+        });
     }
     if let Some(l) = ws {
-        tracing::info!(addr = ?ws_addr, "MQTT over WebSocket listening on /mqtt");
-        tokio::spawn(ws::serve(l, shared.clone()));
+        let s = shared.clone();
+        rt.spawn(async move {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => ws::serve(l, s).await,
+                Err(e) => tracing::error!(error = %e, "MQTT over WebSocket listener"),
+            }
+        });
     }
+    tracing::info!(addr = %mqtt_addr, tls = ?mqtts_addr, ws = ?ws_addr, "MQTT listening");
     Ok(BrokerHandle {
         mqtt_addr,
         mqtts_addr,
@@ -331,41 +449,8 @@ pub async fn start(
         metrics,
         shared,
         local: std::sync::Mutex::new(local),
+        _rt: Runtime(Some(rt)),
     })
-}
-
-/// Starts a bare embedded rumqttd (MQTT 3.1.1, no authentication, no front) with the same
-/// router settings, on a free loopback port. For benchmarks that compare the front against
-/// rumqttd alone in the same process layout.
-pub async fn start_bare_rumqttd(cfg: &BrokerConfig) -> Result<SocketAddr, BrokerError> {
-    let v4 = free_port()?;
-    let v5 = free_port()?;
-    let mut rcfg = embedded_config(cfg, v4, v5, "unused", "unused");
-    for servers in [rcfg.v4.as_mut(), rcfg.v5.as_mut()].into_iter().flatten() {
-        for s in servers.values_mut() {
-            s.connections.auth = None;
-        }
-    }
-    let mut broker = rumqttd::Broker::new(rcfg);
-    std::thread::Builder::new().name("rumqttd-bare".into()).spawn(move || {
-        if let Err(e) = broker.start() {
-            tracing::error!(error = %e, "bare broker stopped");
-        }
-    })?;
-    wait_until_listening(v4).await?;
-    Ok(v4)
-}
-
-async fn wait_until_listening(addr: SocketAddr) -> Result<(), BrokerError> {
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Err(BrokerError::Embedded(format!(
-        "internal listener {addr} did not come up"
-    )))
 }
 
 async fn accept_tcp(l: tokio::net::TcpListener, shared: Arc<Shared>) {
@@ -373,8 +458,7 @@ async fn accept_tcp(l: tokio::net::TcpListener, shared: Arc<Shared>) {
         match l.accept().await {
             Ok((s, peer)) => {
                 let _ = s.set_nodelay(true);
-                let shared = shared.clone();
-                tokio::spawn(async move { session::run(s, peer, "mqtt", None, shared).await });
+                tokio::spawn(connect::run(Box::new(s), peer, "mqtt", None, shared.clone()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -401,7 +485,7 @@ async fn accept_tls(l: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAccep
                                 .peer_certificates()
                                 .and_then(|c| c.first())
                                 .map(|c| c.to_vec());
-                            session::run(tls, peer, "mqtt", cert, shared).await
+                            connect::run(Box::new(tls), peer, "mqtt", cert, shared).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -413,44 +497,5 @@ async fn accept_tls(l: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAccep
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-fn embedded_config(cfg: &BrokerConfig, v4: SocketAddr, v5: SocketAddr, user: &str, pass: &str) -> rumqttd::Config {
-    use std::collections::HashMap;
-    let conn = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 60_000,
-        max_payload_size: cfg.max_packet_size,
-        max_inflight_count: cfg.inflight_window as usize,
-        auth: Some(HashMap::from([(user.to_string(), pass.to_string())])),
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    let server = |name: &str, listen| rumqttd::ServerSettings {
-        name: name.into(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections: conn.clone(),
-    };
-    rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: cfg.max_connections + 16,
-            max_outgoing_packet_count: 200,
-            max_segment_size: cfg.max_segment_size,
-            max_segment_count: cfg.max_segment_count,
-            custom_segment: None,
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-        v4: Some(HashMap::from([("internal-v4".to_string(), server("internal-v4", v4))])),
-        v5: Some(HashMap::from([("internal-v5".to_string(), server("internal-v5", v5))])),
-        ws: None,
-        cluster: None,
-        console: None,
-        bridge: None,
-        prometheus: None,
-        metrics: None,
     }
 }

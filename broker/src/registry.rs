@@ -1,17 +1,20 @@
-//! Live sessions by registry client, so revocations reach them at once.
+//! Sessions by router client id (one session task per id: a new connection with the same id
+//! is handed to it, which is how takeover and resumption happen without two links ever
+//! sharing an id) and by registry client (so revocations reach live and offline sessions).
 
 use crate::Identity;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// A change from the store's change feed, as the broker needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Revocation {
-    /// The client was disabled, deleted or given a new secret: close its sessions.
+    /// The client was disabled, deleted or given a new secret: end its sessions.
     Client { domain_id: String, client_id: String },
-    /// The domain was disabled or frozen: close every session in it.
+    /// The domain was disabled or frozen: end every session in it.
     Domain { domain_id: String },
     /// Rights may have changed: forget cached rights of the matching sessions (`None`
     /// matches any client or channel); they are looked up again on next use.
@@ -20,106 +23,186 @@ pub enum Revocation {
         client_id: Option<String>,
         channel_id: Option<String>,
     },
-    /// A client certificate was revoked: close the sessions that logged in with it.
+    /// A client certificate was revoked: end the sessions that logged in with it.
     Cert { serial: String },
     /// Some changes may have been missed: every session forgets all cached rights.
     Everything,
 }
 
-/// A message from the registry to one session.
-#[derive(Debug)]
+/// A message to one session task.
 pub(crate) enum Control {
-    /// Close the session; v5 clients get DISCONNECT with this reason.
+    /// A new connection for this session (takeover or resumption).
+    Attach(Box<crate::connect::Attach>),
+    /// End the session (its connection gets DISCONNECT with this v5 reason); no will.
     Close(u8),
     /// Forget cached rights (of one channel, or all).
     Invalidate(Option<String>),
 }
 
 struct Entry {
-    id: u64,
-    serial: Option<String>,
+    gen: u64,
     tx: mpsc::UnboundedSender<Control>,
+    identity: Option<Identity>,
+    serial: Option<String>,
+    persistent: bool,
+    offline_since: Option<Instant>,
 }
 
-type Sessions = HashMap<String, Vec<Entry>>;
+#[derive(Default)]
+struct Inner {
+    by_key: HashMap<String, Entry>,
+    by_identity: HashMap<Identity, HashSet<String>>,
+}
 
 #[derive(Default)]
 pub(crate) struct Registry {
-    by_domain: Mutex<HashMap<String, Sessions>>,
+    inner: Mutex<Inner>,
     next: AtomicU64,
 }
 
+/// The outcome of handing a connection to its session.
+pub(crate) enum Handed {
+    /// An existing session task took it.
+    Existing,
+    /// No session with this id: a new one must be started with this generation and channel.
+    New(u64, mpsc::UnboundedReceiver<Control>, Box<crate::connect::Attach>),
+}
+
 impl Registry {
-    pub fn register(&self, who: &Identity, serial: Option<String>) -> (u64, mpsc::UnboundedReceiver<Control>) {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
+    /// Hands a connection to the session of `key`, or registers a new session for it.
+    pub fn attach(&self, key: &str, identity: Option<&Identity>, a: Box<crate::connect::Attach>) -> Handed {
+        let Ok(mut m) = self.inner.lock() else {
+            return Handed::Existing;
+        };
+        let a = match m.by_key.get(key) {
+            Some(e) => match e.tx.send(Control::Attach(a)) {
+                Ok(()) => return Handed::Existing,
+                Err(mpsc::error::SendError(Control::Attach(a))) => a,
+                Err(_) => return Handed::Existing,
+            },
+            None => a,
+        };
+        let gen = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        if let Ok(mut m) = self.by_domain.lock() {
-            m.entry(who.domain_id.clone())
-                .or_default()
-                .entry(who.client_id.clone())
-                .or_default()
-                .push(Entry { id, serial, tx });
+        if let Some(old) = m.by_key.insert(
+            key.to_string(),
+            Entry {
+                gen,
+                tx,
+                identity: identity.cloned(),
+                serial: None,
+                persistent: false,
+                offline_since: None,
+            },
+        ) {
+            // A task that ended without deregistering: forget it.
+            drop(old);
         }
-        (id, rx)
+        if let Some(id) = identity {
+            m.by_identity.entry(id.clone()).or_default().insert(key.to_string());
+        }
+        Handed::New(gen, rx, a)
     }
 
-    pub fn unregister(&self, who: &Identity, id: u64) {
-        if let Ok(mut m) = self.by_domain.lock() {
-            if let Some(d) = m.get_mut(&who.domain_id) {
-                if let Some(v) = d.get_mut(&who.client_id) {
-                    v.retain(|e| e.id != id);
-                    if v.is_empty() {
-                        d.remove(&who.client_id);
+    /// Records what revocations and limits need to know about a session's current state.
+    pub fn update(&self, key: &str, gen: u64, serial: Option<String>, persistent: bool, offline: bool) {
+        if let Ok(mut m) = self.inner.lock() {
+            if let Some(e) = m.by_key.get_mut(key).filter(|e| e.gen == gen) {
+                e.serial = serial;
+                e.persistent = persistent;
+                e.offline_since = if offline { Some(Instant::now()) } else { None };
+            }
+        }
+    }
+
+    /// Makes room for one more persistent session of `who` (not counting `except`): ends the
+    /// longest-offline one when the client holds `max` already. False when all are live.
+    pub fn make_room(&self, who: &Identity, except: &str, max: usize) -> bool {
+        let Ok(m) = self.inner.lock() else { return false };
+        let Some(keys) = m.by_identity.get(who) else {
+            return true;
+        };
+        let persistent: Vec<&Entry> = keys
+            .iter()
+            .filter(|k| k.as_str() != except)
+            .filter_map(|k| m.by_key.get(k))
+            .filter(|e| e.persistent)
+            .collect();
+        if persistent.len() < max {
+            return true;
+        }
+        match persistent
+            .iter()
+            .filter(|e| e.offline_since.is_some())
+            .min_by_key(|e| e.offline_since)
+        {
+            Some(oldest) => {
+                tracing::info!(domain = %who.domain_id, client = %who.client_id, "persistent session limit: ending the longest-offline session");
+                let _ = oldest.tx.send(Control::Close(0x97));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a session (only the generation that registered it).
+    pub fn remove(&self, key: &str, gen: u64) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        if m.by_key.get(key).is_some_and(|e| e.gen == gen) {
+            if let Some(e) = m.by_key.remove(key) {
+                if let Some(id) = e.identity {
+                    if let Some(set) = m.by_identity.get_mut(&id) {
+                        set.remove(key);
+                        if set.is_empty() {
+                            m.by_identity.remove(&id);
+                        }
                     }
-                }
-                if d.is_empty() {
-                    m.remove(&who.domain_id);
                 }
             }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.by_domain
-            .lock()
-            .map(|m| m.values().flat_map(|d| d.values()).map(Vec::len).sum())
-            .unwrap_or(0)
+        self.inner.lock().map(|m| m.by_key.len()).unwrap_or(0)
     }
 
     pub fn apply(&self, r: Revocation) {
-        let Ok(m) = self.by_domain.lock() else { return };
-        let send = |v: &Vec<Entry>, c: &dyn Fn() -> Control| {
-            for e in v {
-                let _ = e.tx.send(c());
+        let Ok(m) = self.inner.lock() else { return };
+        let send = |keys: &HashSet<String>, c: &dyn Fn() -> Control| {
+            for k in keys {
+                if let Some(e) = m.by_key.get(k) {
+                    let _ = e.tx.send(c());
+                }
             }
         };
         // 0x98: Administrative action.
         match r {
             Revocation::Client { domain_id, client_id } => {
-                if let Some(v) = m.get(&domain_id).and_then(|d| d.get(&client_id)) {
-                    tracing::info!(domain = %domain_id, client = %client_id, sessions = v.len(), "closing sessions of revoked client");
-                    send(v, &|| Control::Close(0x98));
+                let who = Identity { domain_id, client_id };
+                if let Some(keys) = m.by_identity.get(&who) {
+                    tracing::info!(domain = %who.domain_id, client = %who.client_id, sessions = keys.len(), "ending sessions of revoked client");
+                    send(keys, &|| Control::Close(0x98));
                 }
             }
             Revocation::Domain { domain_id } => {
-                if let Some(d) = m.get(&domain_id) {
-                    tracing::info!(domain = %domain_id, "closing sessions of disabled domain");
-                    for v in d.values() {
-                        send(v, &|| Control::Close(0x98));
+                tracing::info!(domain = %domain_id, "ending sessions of disabled domain");
+                for (id, keys) in &m.by_identity {
+                    if id.domain_id == domain_id {
+                        send(keys, &|| Control::Close(0x98));
                     }
                 }
             }
             Revocation::Cert { serial } => {
-                for e in m.values().flat_map(|d| d.values()).flatten() {
+                for e in m.by_key.values() {
                     if e.serial.as_deref() == Some(serial.as_str()) {
-                        tracing::info!(serial = %serial, "closing a session of a revoked certificate");
+                        tracing::info!(serial = %serial, "ending a session of a revoked certificate");
                         let _ = e.tx.send(Control::Close(0x98));
                     }
                 }
             }
             Revocation::Everything => {
-                for v in m.values().flat_map(|d| d.values()) {
-                    send(v, &|| Control::Invalidate(None));
+                for e in m.by_key.values() {
+                    let _ = e.tx.send(Control::Invalidate(None));
                 }
             }
             Revocation::Rights {
@@ -127,11 +210,9 @@ impl Registry {
                 client_id,
                 channel_id,
             } => {
-                if let Some(d) = m.get(&domain_id) {
-                    for (c, v) in d {
-                        if client_id.as_ref().is_none_or(|x| x == c) {
-                            send(v, &|| Control::Invalidate(channel_id.clone()));
-                        }
+                for (id, keys) in &m.by_identity {
+                    if id.domain_id == domain_id && client_id.as_ref().is_none_or(|c| *c == id.client_id) {
+                        send(keys, &|| Control::Invalidate(channel_id.clone()));
                     }
                 }
             }

@@ -1,718 +1,1026 @@
-//! One device connection through the front: CONNECT, then a loop relaying packets between
-//! the device and the embedded broker, checking each PUBLISH, SUBSCRIBE and delivery.
+//! One MQTT session: a task per router client id that owns the session's link to the router,
+//! its subscriptions, its outbound queue and QoS state, and the connection currently attached
+//! to it. A connection ends; a persistent session outlives it (its link stays open and its
+//! queue keeps filling with QoS 1/2 messages) until a connection with the same id attaches
+//! again or the session expires. Takeover is a new connection attaching to the running task,
+//! so there is never a second link with the same router id.
 
-use crate::codec::{self, Frame};
-use crate::registry::Control;
-use crate::{topic, Identity, Login, Message, Metrics, Rights, Shared};
-use bytes::BytesMut;
-use rumqttd::protocol::{self as proto, Packet, Protocol};
-use std::borrow::Cow;
+use crate::codec::{self, Frame, FrameError};
+use crate::connect::{self, Attach, BoxIo, ConnGuard, ConnectReq, Will};
+use crate::outbound::{Delivery, Outbound, Push};
+use crate::registry::{Control, Handed};
+use crate::rights::{Action, RightsCache};
+use crate::{router, topic, Identity, Message, Metrics, Retained, Shared};
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::Packet;
+use rumqttd::Notification;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-/// Why a session ended (for the debug log).
-#[derive(Debug)]
+/// Topic aliases a client may use towards the server.
+pub(crate) const TOPIC_ALIAS_MAX: u16 = 64;
+/// Subscriptions one session may hold.
+const MAX_SUBSCRIPTIONS: usize = 1024;
+/// The write buffer stops taking deliveries beyond this, and the socket is not read beyond
+/// twice this (the device is not reading what we send).
+const WBUF_HIGH: usize = 64 * 1024;
+/// Packets waiting in the link for the router before the session stops reading its device.
+const MAX_LINK_BACKLOG: usize = 2000;
+/// Notifications taken from the link per turn of the loop.
+const DRAIN_BATCH: usize = 512;
+
+/// v5 reason codes the session sends.
+mod reason {
+    pub const SUCCESS: u8 = 0x00;
+    pub const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
+    pub const UNSPECIFIED: u8 = 0x80;
+    pub const MALFORMED: u8 = 0x81;
+    pub const PROTOCOL_ERROR: u8 = 0x82;
+    pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
+    pub const SESSION_TAKEN_OVER: u8 = 0x8E;
+    pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
+    pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
+    pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
+    pub const PACKET_TOO_LARGE: u8 = 0x95;
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
+    pub const TOPIC_NAME_INVALID: u8 = 0x90;
+    pub const WILL: u8 = 0x04;
+}
+
+struct Sub {
+    rid: usize,
+    qos: u8,
+    no_local: bool,
+    rap: bool,
+    sub_id: Option<u32>,
+}
+
+/// The connection currently attached.
+struct Live {
+    req: ConnectReq,
+    rd: ReadHalf<BoxIo>,
+    wr: WriteHalf<BoxIo>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    aliases: HashMap<u16, String>,
+    last_rx: Instant,
+    _guard: ConnGuard,
+}
+
+/// How a connection ended.
 enum End {
-    Closed,
-    Refused(&'static str),
-    Protocol(String),
-    Io(std::io::Error),
+    /// DISCONNECT from the client; `will` when it asked for its will (v5 reason 0x04).
+    Normal { will: bool },
+    /// Network failure, keep-alive timeout or protocol error: the will applies.
+    Abnormal(String),
+    /// Another connection with the same id arrived.
+    Takeover(Box<Attach>),
+    /// A revocation: the session ends, without will.
+    Revoked(u8),
+    /// The router dropped the link (not expected): the session ends.
+    LinkGone,
 }
 
-impl End {
-    fn describe(&self) -> String {
-        match self {
-            End::Closed => "closed".into(),
-            End::Refused(why) => format!("refused: {why}"),
-            End::Protocol(why) => format!("protocol error: {why}"),
-            End::Io(e) => format!("io: {e}"),
-        }
-    }
-}
+type Step = Result<(), End>;
 
-impl From<std::io::Error> for End {
-    fn from(e: std::io::Error) -> Self {
-        End::Io(e)
-    }
-}
-
-impl From<codec::FrameError> for End {
-    fn from(e: codec::FrameError) -> Self {
-        End::Protocol(e.to_string())
-    }
-}
-
-const MAX_CACHED_CHANNELS: usize = 4096;
-const UPSTREAM_KEEP_ALIVE: u16 = 60;
-
-pub(crate) async fn run<S>(
-    stream: S,
-    peer: std::net::SocketAddr,
-    transport: &'static str,
-    cert: Option<Vec<u8>>,
+pub(crate) fn spawn(
     shared: Arc<Shared>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let m = &shared.metrics;
-    let current = m.connections_current.fetch_add(1, Ordering::Relaxed);
-    Metrics::inc(&m.connections_total);
-    let end = if current as usize >= shared.cfg.max_connections {
-        End::Refused("connection limit reached")
-    } else {
-        match session(stream, transport, cert, &shared).await {
-            Ok(()) => End::Closed,
-            Err(e) => e,
-        }
-    };
-    m.connections_current.fetch_sub(1, Ordering::Relaxed);
-    if let End::Protocol(_) = &end {
-        Metrics::inc(&m.malformed);
-    }
-    tracing::debug!(%peer, end = %end.describe(), "session ended");
-}
-
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, End> {
-    loop {
-        if let Some(f) = codec::next_frame(buf, max)? {
-            return Ok(Some(f));
-        }
-        if r.read_buf(buf).await? == 0 {
-            return Ok(None);
-        }
-    }
-}
-
-struct Connected {
-    v5: bool,
+    key: String,
+    gen: u64,
+    ctrl: mpsc::UnboundedReceiver<Control>,
     identity: Option<Identity>,
-    mqtt_client_id: String,
-    client_keep_alive: u16,
-    /// The client's Maximum Packet Size (v5), enforced on deliveries.
-    client_max_packet: Option<usize>,
-}
-
-async fn session<S>(stream: S, transport: &'static str, cert: Option<Vec<u8>>, shared: &Arc<Shared>) -> Result<(), End>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut cr, mut cw) = tokio::io::split(stream);
-    let mut cbuf = BytesMut::with_capacity(4096);
-    let max = shared.cfg.max_packet_size;
-    let first = match tokio::time::timeout(shared.cfg.connect_timeout, read_frame(&mut cr, &mut cbuf, max)).await {
-        Err(_) => return Err(End::Refused("no CONNECT in time")),
-        Ok(r) => r?.ok_or(End::Closed)?,
-    };
-    if first.kind() != codec::CONNECT {
-        return Err(End::Protocol("first packet is not CONNECT".into()));
-    }
-    let level = codec::connect_level(&first)?;
-    if level != 4 && level != 5 {
-        cw.write_all(&codec::encode_connack(0x01, false)).await?;
-        return Err(End::Refused("unsupported protocol level"));
-    }
-    let v5 = level == 5;
-    let refuse = |v4code: u8, v5code: u8| codec::encode_connack(if v5 { v5code } else { v4code }, v5);
-    let mut raw = BytesMut::from(&first.bytes[..]);
-    let parsed = if v5 {
-        proto::v5::V5.read_mut(&mut raw, max)
-    } else {
-        proto::v4::V4.read_mut(&mut raw, max)
-    };
-    let Ok(Packet::Connect(mut connect, props, will, will_props, login)) = parsed else {
-        cw.write_all(&refuse(0x02, 0x81)).await?;
-        return Err(End::Protocol("malformed CONNECT".into()));
-    };
-
-    // Authenticate: a verified client certificate names the client; otherwise credentials.
-    let mut cert_serial = None;
-    let cert_login = match &cert {
-        Some(der) => {
-            let (outcome, serial) = shared.auth.login_cert(der).await;
-            cert_serial = serial;
-            Some(outcome)
-        }
-        None => None,
-    };
-    if let (Some(Login::Ok(id)), Some(l)) = (&cert_login, login.as_ref().filter(|l| !l.username.is_empty())) {
-        if l.username != id.client_id {
-            Metrics::inc(&shared.metrics.refused_connect);
-            cw.write_all(&refuse(0x04, 0x86)).await?;
-            return Err(End::Refused("username does not match the certificate"));
-        }
-    }
-    let identity = match cert_login {
-        Some(Login::Ok(id)) => Some(id),
-        Some(Login::BadCredentials) => {
-            Metrics::inc(&shared.metrics.refused_connect);
-            tracing::info!(reason = "unknown certificate", "CONNECT refused");
-            cw.write_all(&refuse(0x04, 0x86)).await?;
-            return Err(End::Refused("unknown certificate"));
-        }
-        Some(Login::Disabled) => {
-            Metrics::inc(&shared.metrics.refused_connect);
-            tracing::info!(reason = "revoked certificate or disabled client", "CONNECT refused");
-            cw.write_all(&refuse(0x05, 0x87)).await?;
-            return Err(End::Refused("certificate revoked or client disabled"));
-        }
-        None => match login.as_ref().filter(|l| !l.username.is_empty()) {
-            Some(l) => match shared.auth.login(&l.username, &l.password).await {
-                Login::Ok(id) => Some(id),
-                Login::BadCredentials => {
-                    Metrics::inc(&shared.metrics.refused_connect);
-                    tracing::info!(client = %l.username, reason = "bad credentials", "CONNECT refused");
-                    cw.write_all(&refuse(0x04, 0x86)).await?;
-                    return Err(End::Refused("bad credentials"));
-                }
-                Login::Disabled => {
-                    Metrics::inc(&shared.metrics.refused_connect);
-                    tracing::info!(client = %l.username, reason = "disabled", "CONNECT refused");
-                    cw.write_all(&refuse(0x05, 0x87)).await?;
-                    return Err(End::Refused("client or domain disabled"));
-                }
-            },
-            None if shared.cfg.allow_anonymous => None,
-            None => {
-                Metrics::inc(&shared.metrics.refused_connect);
-                cw.write_all(&refuse(0x05, 0x87)).await?;
-                return Err(End::Refused("credentials required"));
-            }
-        },
-    };
-
-    // Client id: assigned when empty (clean session only), namespaced upstream.
-    let mut assigned = None;
-    if connect.client_id.is_empty() {
-        if !connect.clean_session {
-            cw.write_all(&refuse(0x02, 0x85)).await?;
-            return Err(End::Refused("empty client id without clean session"));
-        }
-        let id = format!("fg-{}", crate::random_hex(8));
-        assigned = Some(id.clone());
-        connect.client_id = id;
-    }
-    let mqtt_client_id = connect.client_id.clone();
-    connect.client_id = match &identity {
-        Some(i) => format!("{}:{}:{}", i.domain_id, i.client_id, mqtt_client_id),
-        None => format!("anonymous:{mqtt_client_id}"),
-    };
-
-    let mut rights: HashMap<String, Rights> = HashMap::new();
-    // The will is published on the client's behalf: it needs the publish right.
-    if let Some(w) = &will {
-        let t = std::str::from_utf8(&w.topic).unwrap_or("");
-        if !may_publish(shared, &identity, &mut rights, t).await {
-            Metrics::inc(&shared.metrics.refused_connect);
-            tracing::info!(topic = %t, reason = "will topic not allowed", "CONNECT refused");
-            cw.write_all(&refuse(0x05, 0x87)).await?;
-            return Err(End::Refused("will topic not allowed"));
-        }
-    }
-
-    let client_keep_alive = connect.keep_alive;
-    connect.keep_alive = if client_keep_alive == 0 {
-        UPSTREAM_KEEP_ALIVE
-    } else {
-        client_keep_alive
-    };
-    let client_max_packet = props.as_ref().and_then(|p| p.max_packet_size).map(|m| m as usize);
-    let login = Some(proto::Login {
-        username: shared.internal_user.clone(),
-        password: shared.internal_pass.clone(),
-    });
-    let upstream = tokio::net::TcpStream::connect(if v5 { shared.upstream_v5 } else { shared.upstream_v4 }).await?;
-    let _ = upstream.set_nodelay(true);
-    let (mut ur, mut uw) = upstream.into_split();
-    let mut out = BytesMut::new();
-    let packet = Packet::Connect(connect, props, will, will_props, login);
-    let written = if v5 {
-        proto::v5::V5.write(packet, &mut out)
-    } else {
-        proto::v4::V4.write(packet, &mut out)
-    };
-    written.map_err(|e| End::Protocol(format!("cannot encode CONNECT: {e}")))?;
-    uw.write_all(&out).await?;
-
-    // CONNACK from upstream: forwarded; in v5 with our assigned id and limits.
-    let mut ubuf = BytesMut::with_capacity(8192);
-    let ack = read_frame(&mut ur, &mut ubuf, usize::MAX).await?.ok_or(End::Closed)?;
-    if ack.kind() != codec::CONNACK {
-        return Err(End::Protocol("upstream did not answer CONNECT".into()));
-    }
-    if v5 {
-        let (rewritten, ok) = codec::rewrite_connack_v5(
-            &ack,
-            assigned.as_deref(),
-            shared.cfg.inflight_window,
-            shared.cfg.max_packet_size as u32,
-        )?;
-        cw.write_all(&rewritten).await?;
-        if !ok {
-            return Err(End::Refused("upstream refused"));
-        }
-    } else {
-        cw.write_all(&ack.bytes).await?;
-        if ack.body().get(1).copied().unwrap_or(1) != 0 {
-            return Err(End::Refused("upstream refused"));
-        }
-    }
-
-    let conn = Connected {
-        v5,
-        identity,
-        mqtt_client_id,
-        client_keep_alive,
-        client_max_packet,
-    };
-    let (sid, mut ctrl, _keep) = match &conn.identity {
-        Some(i) => {
-            let (sid, rx) = shared.registry.register(i, cert_serial.clone());
-            (Some(sid), rx, None)
-        }
-        None => {
-            let (tx, rx) = mpsc::unbounded_channel();
-            (None, rx, Some(tx))
-        }
-    };
-    let mut relay = Relay {
+    first: Box<Attach>,
+) {
+    let origin = shared.next_origin.fetch_add(1, Ordering::Relaxed);
+    let max_bytes = shared.cfg.max_queued_bytes;
+    let max_msgs = shared.cfg.max_queued_messages;
+    let s = Session {
         shared: shared.clone(),
-        conn,
-        transport,
-        rights,
-        in_aliases: HashMap::new(),
-        out_aliases: HashMap::new(),
-        pending_subs: HashMap::new(),
-        dropped_qos2: HashSet::new(),
-        inflight_in: 0,
-        own_pings: 0,
-        to_up: BytesMut::new(),
-        to_client: BytesMut::new(),
+        key,
+        gen,
+        ctrl,
+        identity,
+        origin,
+        link: None,
+        subs: HashMap::new(),
+        by_rid: HashMap::new(),
+        next_rid: 1,
+        rights: RightsCache::default(),
+        out: Outbound::new(max_bytes, max_msgs),
+        in_qos2: HashSet::new(),
+        expiry: 0,
+        started: false,
+        pending_will: None,
+        to_router: Vec::new(),
         to_sink: Vec::new(),
     };
-    let result = relay
-        .run(&mut cr, &mut cw, &mut ur, &mut uw, &mut cbuf, &mut ubuf, &mut ctrl)
-        .await;
-    if let (Some(sid), Some(i)) = (sid, &relay.conn.identity) {
-        shared.registry.unregister(i, sid);
-    }
-    let _ = cw.shutdown().await;
-    result
+    shared.rt.spawn(s.run(first));
 }
 
-async fn may_publish(shared: &Shared, who: &Option<Identity>, cache: &mut HashMap<String, Rights>, t: &str) -> bool {
-    if !codec::valid_topic(t) || t.starts_with('$') {
-        return false;
-    }
-    match who {
-        None => !topic::in_channel_space(t),
-        Some(id) => match topic::parse(t, false) {
-            Some(ct) => rights_of(shared, id, cache, ct.channel).await.publish,
-            None => false,
-        },
-    }
-}
-
-async fn rights_of(shared: &Shared, who: &Identity, cache: &mut HashMap<String, Rights>, channel: &str) -> Rights {
-    if let Some(r) = cache.get(channel) {
-        return *r;
-    }
-    let r = shared.auth.rights(who, channel).await;
-    if cache.len() >= MAX_CACHED_CHANNELS {
-        cache.clear();
-    }
-    cache.insert(channel.to_string(), r);
-    r
-}
-
-struct Relay {
+struct Session {
     shared: Arc<Shared>,
-    conn: Connected,
-    transport: &'static str,
-    rights: HashMap<String, Rights>,
-    in_aliases: HashMap<u16, String>,
-    out_aliases: HashMap<u16, String>,
-    /// SUBSCRIBEs forwarded with some filters removed: per filter, the refusal code or
-    /// `None` for a filter whose code comes from upstream's SUBACK.
-    pending_subs: HashMap<u16, Vec<Option<u8>>>,
-    /// QoS 2 deliveries the front dropped and acknowledged upstream itself.
-    dropped_qos2: HashSet<u16>,
-    inflight_in: u32,
-    own_pings: u32,
-    to_up: BytesMut,
-    to_client: BytesMut,
-    /// Accepted messages for the pipeline, handed over together at the next flush.
+    key: String,
+    gen: u64,
+    ctrl: mpsc::UnboundedReceiver<Control>,
+    identity: Option<Identity>,
+    /// Identifies this session's messages for No Local.
+    origin: u64,
+    link: Option<(LinkTx, LinkRx)>,
+    subs: HashMap<String, Sub>,
+    by_rid: HashMap<usize, String>,
+    next_rid: usize,
+    rights: RightsCache,
+    out: Outbound,
+    /// QoS 2 publishes received (PUBREC sent) and not yet released: exactly once.
+    in_qos2: HashSet<u16>,
+    /// Seconds the session outlives its connection.
+    expiry: u32,
+    started: bool,
+    pending_will: Option<(Will, Instant)>,
+    to_router: Vec<Packet>,
     to_sink: Vec<Message>,
 }
 
-enum Step {
-    Continue,
-    Stop,
-}
+impl Session {
+    fn m(&self) -> &Metrics {
+        &self.shared.metrics
+    }
 
-impl Relay {
-    #[allow(clippy::too_many_arguments)]
-    async fn run<CR, CW, UR, UW>(
-        &mut self,
-        cr: &mut CR,
-        cw: &mut CW,
-        ur: &mut UR,
-        uw: &mut UW,
-        cbuf: &mut BytesMut,
-        ubuf: &mut BytesMut,
-        ctrl: &mut mpsc::UnboundedReceiver<Control>,
-    ) -> Result<(), End>
-    where
-        CR: AsyncRead + Unpin,
-        CW: AsyncWrite + Unpin,
-        UR: AsyncRead + Unpin,
-        UW: AsyncWrite + Unpin,
-    {
-        let max = self.shared.cfg.max_packet_size;
-        let mut ping = (self.conn.client_keep_alive == 0)
-            .then(|| tokio::time::interval(Duration::from_secs(UPSTREAM_KEEP_ALIVE as u64 / 2)));
-        // Packets that arrived together with CONNECT (from the client) or CONNACK (upstream,
-        // e.g. a persistent session's queued messages).
-        let mut step = self.on_client_bytes(cbuf, max).await?;
-        if let Step::Continue = step {
-            step = self.on_upstream_bytes(ubuf).await?;
-        }
-        loop {
-            if let Step::Stop = step {
-                self.flush(cw, uw).await?;
-                return Ok(());
-            }
-            self.flush(cw, uw).await?;
-            // Biased: a revocation queued before a packet arrived is applied before that
-            // packet is looked at.
-            step = tokio::select! {
-                biased;
-                c = ctrl.recv() => match c {
-                    Some(Control::Close(reason)) => {
-                        if self.conn.v5 {
-                            self.to_client.extend_from_slice(&codec::encode_disconnect(reason));
-                        }
-                        Step::Stop
+    fn client(&self) -> &str {
+        self.identity.as_ref().map_or("anonymous", |i| i.client_id.as_str())
+    }
+
+    async fn run(mut self, first: Box<Attach>) {
+        let mut next = Some(first);
+        while let Some(a) = next.take() {
+            let Some(mut live) = self.accept(a).await else { break };
+            let end = self.serve(&mut live).await;
+            let (will, ends) = match end {
+                End::Normal { will } => (will, false),
+                End::Abnormal(why) => {
+                    tracing::debug!(client = %self.client(), why, "connection ended");
+                    (true, false)
+                }
+                End::Takeover(a) => {
+                    if live.req.v5 {
+                        let _ = live
+                            .wr
+                            .write_all(&codec::encode_disconnect(reason::SESSION_TAKEN_OVER))
+                            .await;
                     }
-                    Some(Control::Invalidate(ch)) => {
-                        match ch {
-                            Some(ch) => { self.rights.remove(&ch); }
-                            None => self.rights.clear(),
-                        }
-                        Step::Continue
+                    next = Some(a);
+                    (true, false)
+                }
+                End::Revoked(code) => {
+                    if live.req.v5 {
+                        let _ = live.wr.write_all(&codec::encode_disconnect(code)).await;
                     }
-                    None => Step::Continue,
-                },
-                r = cr.read_buf(spare(cbuf)) => {
-                    if r? == 0 { return Ok(()) }
-                    self.on_client_bytes(cbuf, max).await?
+                    if live.req.will.is_some() {
+                        Metrics::inc(&self.m().wills_suppressed);
+                    }
+                    (false, true)
                 }
-                r = ur.read_buf(spare(ubuf)) => {
-                    if r? == 0 { return Ok(()) }
-                    self.on_upstream_bytes(ubuf).await?
-                }
-                _ = async { match ping.as_mut() { Some(p) => { p.tick().await; } None => std::future::pending::<()>().await } } => {
-                    self.to_up.extend_from_slice(&codec::pingreq());
-                    self.own_pings += 1;
-                    Step::Continue
-                }
+                End::LinkGone => (false, true),
             };
+            let _ = tokio::time::timeout(Duration::from_secs(1), live.wr.shutdown()).await;
+            if let (true, Some(w)) = (will, live.req.will.take()) {
+                self.will_after_end(w).await;
+            }
+            drop(live);
+            if ends || (self.expiry == 0 && next.is_none()) {
+                break;
+            }
+            if next.is_none() {
+                next = self.detached().await;
+            }
+        }
+        self.finish().await;
+    }
+
+    /// A connection ended abnormally: its will goes out now, or after its delay (cancelled
+    /// by a reconnect) when the session outlives the connection.
+    async fn will_after_end(&mut self, w: Will) {
+        let delay = w.delay.min(self.expiry);
+        if delay == 0 {
+            self.publish_will(w).await;
+        } else {
+            self.pending_will = Some((w, Instant::now() + Duration::from_secs(delay as u64)));
         }
     }
 
-    async fn flush<CW: AsyncWrite + Unpin, UW: AsyncWrite + Unpin>(
-        &mut self,
-        cw: &mut CW,
-        uw: &mut UW,
-    ) -> Result<(), End> {
+    /// Publishes a will if its client may still publish there right now.
+    async fn publish_will(&mut self, w: Will) {
+        if let Some(ct) = topic::parse(&w.topic, false) {
+            self.rights.invalidate(Some(ct.channel));
+        }
+        let auth = self.shared.auth.clone();
+        if !self
+            .rights
+            .allowed(auth.as_ref(), self.identity.as_ref(), Action::Publish, &w.topic)
+            .await
+        {
+            Metrics::inc(&self.m().wills_suppressed);
+            tracing::info!(client = %self.client(), topic = %w.topic, "will not published: no publish right");
+            return;
+        }
+        Metrics::inc(&self.m().wills_published);
+        let expires = w.expiry.map_or(0, |e| router::now_ms() + e as u64 * 1000);
+        self.route(&w.topic, &w.payload, w.qos, w.retain, w.props.clone(), expires);
+        let _ = self.flush_router().await;
         if !self.to_sink.is_empty() {
-            let refused = self.shared.sink.offer(std::mem::take(&mut self.to_sink)) as u64;
-            if refused > 0 {
-                let before = self.shared.metrics.pipeline_full.fetch_add(refused, Ordering::Relaxed);
-                if (before + refused).ilog2() != before.checked_ilog2().unwrap_or(u32::MAX) {
-                    tracing::warn!(
-                        dropped_total = before + refused,
-                        "message pipeline full: MQTT messages not stored"
-                    );
+            let refused = self.shared.sink.offer(std::mem::take(&mut self.to_sink));
+            self.count_unstored(refused.len());
+        }
+    }
+
+    fn count_unstored(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let before = self.m().pipeline_full.fetch_add(n as u64, Ordering::Relaxed);
+        if (before + n as u64).ilog2() != before.checked_ilog2().unwrap_or(u32::MAX) {
+            tracing::warn!(
+                dropped_total = before + n as u64,
+                "message pipeline full: QoS 0 MQTT messages not stored"
+            );
+        }
+    }
+
+    /// Takes a new connection: clean start or resumption, link, CONNACK, redelivery.
+    async fn accept(&mut self, mut a: Box<Attach>) -> Option<Live> {
+        let resumed = self.started && !a.req.clean_start;
+        // A reconnect cancels a will that waits for its delay.
+        self.pending_will = None;
+        if self.started && a.req.clean_start {
+            self.reset();
+        }
+        if a.req.session_expiry > 0 && self.expiry == 0 {
+            if let Some(id) = &self.identity {
+                if !self
+                    .shared
+                    .registry
+                    .make_room(id, &self.key, self.shared.cfg.max_sessions_per_client)
+                {
+                    connect::refuse_attach(&mut a, connect::QUOTA, self.m()).await;
+                    return None;
                 }
             }
         }
-        if !self.to_up.is_empty() {
-            uw.write_all(&self.to_up).await?;
-            self.to_up.clear();
+        if self.link.is_none() {
+            let (router, key) = (self.shared.router.clone(), self.key.clone());
+            let built = tokio::task::spawn_blocking(move || router.link(&key))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            match built {
+                Ok(l) => self.link = Some(l),
+                Err(e) => {
+                    tracing::error!(client = %self.client(), error = %e, "the router refused a link");
+                    connect::refuse_attach(&mut a, connect::UNAVAILABLE, self.m()).await;
+                    return None;
+                }
+            }
         }
-        if !self.to_client.is_empty() {
-            cw.write_all(&self.to_client).await?;
-            self.to_client.clear();
+        self.started = true;
+        self.expiry = a.req.session_expiry;
+        let Attach { req, io, rbuf, guard } = *a;
+        self.shared
+            .registry
+            .update(&self.key, self.gen, req.cert_serial.clone(), self.expiry > 0, false);
+        let (rd, wr) = tokio::io::split(io);
+        let mut live = Live {
+            rd,
+            wr,
+            rbuf,
+            wbuf: BytesMut::with_capacity(64),
+            aliases: HashMap::new(),
+            last_rx: Instant::now(),
+            req,
+            _guard: guard,
+        };
+        let props = codec::ConnAckProps {
+            assigned_id: live.req.assigned.then_some(live.req.mqtt_client_id.as_str()),
+            receive_max: self.shared.cfg.inflight_window,
+            max_packet: self.shared.cfg.max_packet_size as u32,
+            topic_alias_max: TOPIC_ALIAS_MAX,
+            session_expiry: live.req.expiry_capped.then_some(self.expiry),
+            server_keep_alive: None,
+        };
+        live.wbuf
+            .extend_from_slice(&codec::encode_connack(0, resumed, live.req.v5, Some(&props)));
+        if resumed {
+            self.out.resend(&mut live.wbuf, live.req.v5, router::now_ms());
+        } else {
+            self.in_qos2.clear();
+        }
+        Some(live)
+    }
+
+    /// Drops subscriptions, queued and in-flight messages (Clean Start on an existing session).
+    fn reset(&mut self) {
+        for f in self.subs.keys() {
+            self.to_router.push(router::unsubscribe(f));
+        }
+        self.subs.clear();
+        self.by_rid.clear();
+        self.out.clear();
+        self.in_qos2.clear();
+    }
+
+    /// The loop of a live connection.
+    async fn serve(&mut self, live: &mut Live) -> End {
+        if let Err(e) = self.flush_router().await {
+            return e;
+        }
+        // Packets that arrived together with CONNECT.
+        if let Err(e) = self.on_bytes(live).await {
+            return e;
+        }
+        loop {
+            if let Err(e) = self.pump(live).await {
+                return e;
+            }
+            let ka = live.req.keep_alive;
+            let deadline = live.last_rx + Duration::from_millis(ka as u64 * 1500);
+            let reading = live.wbuf.len() < 2 * WBUF_HIGH;
+            let step: Step = tokio::select! {
+                biased;
+                c = self.ctrl.recv() => match c {
+                    Some(Control::Attach(a)) => Err(End::Takeover(a)),
+                    Some(Control::Close(code)) => Err(End::Revoked(code)),
+                    Some(Control::Invalidate(ch)) => {
+                        self.rights.invalidate(ch.as_deref());
+                        Ok(())
+                    }
+                    None => Ok(()),
+                },
+                r = live.wr.write(&live.wbuf), if !live.wbuf.is_empty() => match r {
+                    Ok(0) | Err(_) => Err(End::Abnormal("write failed".into())),
+                    Ok(n) => {
+                        let _ = live.wbuf.split_to(n);
+                        Ok(())
+                    }
+                },
+                n = next_notification(&mut self.link) => self.on_link(n, true).await,
+                r = live.rd.read_buf(&mut live.rbuf), if reading => match r {
+                    Ok(0) => Err(End::Abnormal("closed by peer".into())),
+                    Err(e) => Err(End::Abnormal(e.to_string())),
+                    Ok(_) => {
+                        live.last_rx = Instant::now();
+                        self.on_bytes(live).await
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline), if ka > 0 => {
+                    if live.req.v5 {
+                        live.wbuf.extend_from_slice(&codec::encode_disconnect(reason::KEEP_ALIVE_TIMEOUT));
+                    }
+                    Err(End::Abnormal("keep-alive timeout".into()))
+                }
+            };
+            if let Err(e) = step {
+                // What the session wrote last (acknowledgements, DISCONNECT) is sent, bounded.
+                if !live.wbuf.is_empty() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), live.wr.write_all(&live.wbuf)).await;
+                    live.wbuf.clear();
+                }
+                return e;
+            }
+        }
+    }
+
+    /// A persistent session without connection: keeps its queue filling until a connection
+    /// attaches (returned), it expires or it is revoked.
+    async fn detached(&mut self) -> Option<Box<Attach>> {
+        Metrics::inc(&self.m().sessions_persistent_offline);
+        self.shared.registry.update(&self.key, self.gen, None, true, true);
+        let expires = Instant::now() + Duration::from_secs(self.expiry as u64);
+        let out = loop {
+            let will_at = self.pending_will.as_ref().map(|w| w.1);
+            let step = tokio::select! {
+                biased;
+                c = self.ctrl.recv() => match c {
+                    Some(Control::Attach(a)) => break Some(a),
+                    Some(Control::Close(_)) | None => {
+                        if self.pending_will.take().is_some() {
+                            Metrics::inc(&self.m().wills_suppressed);
+                        }
+                        break None;
+                    }
+                    Some(Control::Invalidate(ch)) => {
+                        self.rights.invalidate(ch.as_deref());
+                        Ok(())
+                    }
+                },
+                n = next_notification(&mut self.link) => self.on_link(n, false).await,
+                _ = tokio::time::sleep_until(will_at.unwrap_or(expires)), if will_at.is_some() => {
+                    if let Some((w, _)) = self.pending_will.take() {
+                        self.publish_will(w).await;
+                    }
+                    Ok(())
+                }
+                _ = tokio::time::sleep_until(expires) => {
+                    Metrics::inc(&self.m().sessions_expired);
+                    break None;
+                }
+            };
+            if step.is_err() {
+                break None;
+            }
+        };
+        self.shared
+            .metrics
+            .sessions_persistent_offline
+            .fetch_sub(1, Ordering::Relaxed);
+        out
+    }
+
+    /// Ends the session: its pending will, its link, its registration; connections that were
+    /// handed to it meanwhile start a new session.
+    async fn finish(mut self) {
+        if let Some((w, _)) = self.pending_will.take() {
+            self.publish_will(w).await;
+        }
+        if let Some((mut tx, _rx)) = self.link.take() {
+            let _ = tx.send(router::disconnect()).await;
+        }
+        self.shared.registry.remove(&self.key, self.gen);
+        while let Ok(c) = self.ctrl.try_recv() {
+            if let Control::Attach(a) = c {
+                if let Handed::New(gen, rx, a) = self.shared.registry.attach(&self.key, self.identity.as_ref(), a) {
+                    spawn(self.shared.clone(), self.key.clone(), gen, rx, self.identity.clone(), a);
+                }
+            }
+        }
+    }
+
+    /// Sends what is queued for the router: one router event for the whole batch.
+    async fn flush_router(&mut self) -> Step {
+        if self.to_router.is_empty() {
+            return Ok(());
+        }
+        let Some((tx, _)) = self.link.as_mut() else {
+            self.to_router.clear();
+            return Ok(());
+        };
+        while tx.buffer().len() > MAX_LINK_BACKLOG {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut packets = std::mem::take(&mut self.to_router);
+        let last = packets.pop();
+        if !packets.is_empty() {
+            tx.buffer().extend(packets);
+        }
+        if let Some(last) = last {
+            if tx.send(last).await.is_err() {
+                return Err(End::LinkGone);
+            }
         }
         Ok(())
     }
 
-    fn refuse_log(&self, what: &str, t: &str, reason: &str) {
-        let (d, c) = self
-            .conn
-            .identity
-            .as_ref()
-            .map(|i| (i.domain_id.as_str(), i.client_id.as_str()))
-            .unwrap_or(("", "anonymous"));
-        let id = &self.conn.mqtt_client_id;
-        tracing::info!(domain = d, client = c, mqtt_client_id = %id, topic = t, reason, "{what} refused");
-    }
-
-    async fn on_client_bytes(&mut self, buf: &mut BytesMut, max: usize) -> Result<Step, End> {
-        while let Some(f) = codec::next_frame(buf, max).map_err(|e| {
-            if let codec::FrameError::TooLarge(_) = e {
-                if self.conn.v5 {
-                    self.to_client.extend_from_slice(&codec::encode_disconnect(0x95));
-                }
-            }
-            End::from(e)
-        })? {
-            match f.kind() {
-                codec::PUBLISH => {
-                    if let Step::Stop = self.client_publish(&f).await? {
-                        return Ok(Step::Stop);
-                    }
-                }
-                codec::SUBSCRIBE => self.client_subscribe(&f).await?,
-                codec::UNSUBSCRIBE
-                | codec::PUBACK
-                | codec::PUBREC
-                | codec::PUBREL
-                | codec::PUBCOMP
-                | codec::PINGREQ => self.to_up.extend_from_slice(&f.bytes),
-                codec::DISCONNECT => {
-                    self.to_up.extend_from_slice(&f.bytes);
-                    return Ok(Step::Stop);
-                }
-                k => return Err(End::Protocol(format!("unexpected packet type {k} from client"))),
+    /// A message for the router (and the sink and the retained index).
+    fn route(&mut self, t: &str, payload: &[u8], qos: u8, retain: bool, props: Bytes, expires_at_ms: u64) {
+        if retain {
+            let r = Retained {
+                topic: t.to_string(),
+                payload: Bytes::copy_from_slice(payload),
+                qos,
+                props: props.clone(),
+                expires_at_ms,
+            };
+            if self.shared.retained.store(r) == crate::retained::Stored::Full {
+                Metrics::inc(&self.m().retained_full);
+                tracing::warn!(topic = t, "retained message not kept: mqtt.max_retained reached");
             }
         }
-        Ok(Step::Continue)
-    }
-
-    async fn client_publish(&mut self, f: &Frame) -> Result<Step, End> {
-        let v5 = self.conn.v5;
-        let p = codec::publish(f, v5)?;
-        let topic = resolve_topic(&mut self.in_aliases, &p)
-            .ok_or_else(|| End::Protocol("PUBLISH without topic or with an unknown topic alias".into()))?;
-        if !codec::valid_topic(&topic) {
-            if v5 {
-                self.to_client.extend_from_slice(&codec::encode_disconnect(0x90));
-            }
-            return Err(End::Protocol("invalid topic name in PUBLISH".into()));
-        }
-        if p.qos > 0 {
-            self.inflight_in += 1;
-            if self.inflight_in > self.shared.cfg.inflight_window as u32 {
-                if v5 {
-                    self.to_client.extend_from_slice(&codec::encode_disconnect(0x93));
-                }
-                return Err(End::Protocol("receive maximum exceeded".into()));
-            }
-        }
-        let allowed = may_publish(&self.shared, &self.conn.identity, &mut self.rights, &topic).await;
-        if !allowed {
-            Metrics::inc(&self.shared.metrics.refused_publish);
-            self.refuse_log("PUBLISH", &topic, "not connected for publish");
-            if !v5 {
-                return Ok(Step::Stop);
-            }
-            match p.qos {
-                0 => {
-                    self.to_client.extend_from_slice(&codec::encode_disconnect(0x87));
-                    return Ok(Step::Stop);
-                }
-                1 => self
-                    .to_client
-                    .extend_from_slice(&codec::encode_ack(codec::PUBACK, p.pkid, Some(0x87))),
-                _ => self
-                    .to_client
-                    .extend_from_slice(&codec::encode_ack(codec::PUBREC, p.pkid, Some(0x87))),
-            }
-            self.inflight_in = self.inflight_in.saturating_sub(1);
-            return Ok(Step::Continue);
-        }
-        Metrics::inc(&self.shared.metrics.messages_in);
-        if let (Some(id), Some(ct)) = (&self.conn.identity, topic::parse(&topic, false)) {
-            let msg = Message {
+        let tag = router::Tag {
+            qos,
+            retain,
+            origin: self.origin,
+            expires_at_ms,
+            props,
+        };
+        self.to_router.push(router::publish(
+            Bytes::copy_from_slice(t.as_bytes()),
+            router::encode(&tag, payload),
+        ));
+        if let (Some(id), Some(ct)) = (&self.identity, topic::parse(t, false)) {
+            self.to_sink.push(Message {
                 domain_id: id.domain_id.clone(),
                 channel_id: ct.channel.to_string(),
                 subtopic: ct.subtopic.to_string(),
                 publisher: id.client_id.clone(),
-                protocol: self.transport,
-                // A copy, not a view: a view would keep the whole read buffer alive while the
-                // message waits in the queue (up to queue_size read buffers).
-                payload: bytes::Bytes::copy_from_slice(p.payload),
-                received_at: now_micros(),
-            };
-            self.to_sink.push(msg);
+                protocol: "mqtt",
+                payload: Bytes::copy_from_slice(payload),
+                received_at: (router::now_ms() * 1000) as i64,
+                qos,
+            });
         }
-        self.to_up.extend_from_slice(&f.bytes);
-        Ok(Step::Continue)
     }
 
-    async fn client_subscribe(&mut self, f: &Frame) -> Result<(), End> {
-        let v5 = self.conn.v5;
-        let s = codec::subscribe(f, v5)?;
-        let denied = if v5 { 0x87 } else { 0x80 };
-        let mut codes: Vec<Option<u8>> = Vec::with_capacity(s.filters.len());
-        let mut allowed: Vec<(&str, u8)> = Vec::new();
-        for (filter, opts) in &s.filters {
-            let code = if !codec::valid_filter(filter) || filter.starts_with('$') {
-                Some(0x80)
-            } else {
-                match &self.conn.identity {
-                    None if topic::in_channel_space(filter) => Some(denied),
-                    None => None,
-                    Some(id) => match topic::parse(filter, true) {
-                        None => Some(denied),
-                        Some(ct) => {
-                            let r = rights_of(&self.shared, id, &mut self.rights, ct.channel).await;
-                            (!r.subscribe).then_some(denied)
-                        }
-                    },
-                }
-            };
-            if code.is_some() {
-                Metrics::inc(&self.shared.metrics.refused_subscribe);
-                self.refuse_log("SUBSCRIBE", filter, "not connected for subscribe");
-            } else {
-                allowed.push((filter, *opts));
+    /// Hands accepted messages to the sink. QoS 1/2 messages that do not fit are waited for
+    /// (the device's socket is not read meanwhile); QoS 0 ones are counted and not stored.
+    async fn flush_sink(&mut self) {
+        let mut batch = std::mem::take(&mut self.to_sink);
+        loop {
+            if batch.is_empty() {
+                return;
             }
-            codes.push(code);
+            let room = self.shared.sink.room();
+            let refused = self.shared.sink.offer(batch);
+            let (must, lost): (Vec<Message>, Vec<Message>) = refused.into_iter().partition(|m| m.qos > 0);
+            self.count_unstored(lost.len());
+            if must.is_empty() {
+                return;
+            }
+            Metrics::inc(&self.m().pipeline_waits);
+            room.await;
+            batch = must;
         }
-        if allowed.is_empty() {
-            let codes: Vec<u8> = codes.into_iter().map(|c| c.unwrap_or(0x80)).collect();
-            self.to_client
-                .extend_from_slice(&codec::encode_suback(s.pkid, &codes, v5));
-        } else if allowed.len() == s.filters.len() {
-            self.to_up.extend_from_slice(&f.bytes);
-        } else {
-            self.to_up
-                .extend_from_slice(&codec::encode_subscribe(s.pkid, s.props, &allowed, v5));
-            self.pending_subs.insert(s.pkid, codes);
-        }
-        Ok(())
     }
 
-    async fn on_upstream_bytes(&mut self, buf: &mut BytesMut) -> Result<Step, End> {
-        while let Some(f) = codec::next_frame(buf, usize::MAX)? {
-            match f.kind() {
-                codec::PUBLISH => self.deliver(&f).await?,
-                codec::SUBACK => {
-                    let (pkid, up_codes) = codec::suback(&f, self.conn.v5)?;
-                    match self.pending_subs.remove(&pkid) {
-                        Some(template) => {
-                            let mut it = up_codes.into_iter();
-                            let merged: Vec<u8> = template
-                                .into_iter()
-                                .map(|c| c.unwrap_or_else(|| it.next().unwrap_or(0x80)))
-                                .collect();
-                            self.to_client
-                                .extend_from_slice(&codec::encode_suback(pkid, &merged, self.conn.v5));
-                        }
-                        None => self.to_client.extend_from_slice(&f.bytes),
+    /// Everything the device sent that is complete in the read buffer.
+    async fn on_bytes(&mut self, live: &mut Live) -> Step {
+        let mut replies = BytesMut::new();
+        let mut result = Ok(());
+        let mut qos_in_read = 0usize;
+        loop {
+            let f = match codec::next_frame(&mut live.rbuf, self.shared.cfg.max_packet_size) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    if live.req.v5 {
+                        let code = if matches!(e, FrameError::TooLarge(_)) {
+                            reason::PACKET_TOO_LARGE
+                        } else {
+                            reason::MALFORMED
+                        };
+                        replies.extend_from_slice(&codec::encode_disconnect(code));
                     }
+                    Metrics::inc(&self.m().malformed);
+                    result = Err(End::Abnormal(e.to_string()));
+                    break;
                 }
-                codec::PUBACK | codec::PUBCOMP => {
-                    self.inflight_in = self.inflight_in.saturating_sub(1);
-                    self.to_client.extend_from_slice(&f.bytes);
+            };
+            let r = self.on_packet(live, &f, &mut replies, &mut qos_in_read).await;
+            if let Err(e) = r {
+                if matches!(e, End::Abnormal(_)) {
+                    Metrics::inc(&self.m().malformed);
                 }
-                codec::PUBREC => {
-                    if codec::ack(&f)?.1 >= 0x80 {
-                        self.inflight_in = self.inflight_in.saturating_sub(1);
-                    }
-                    self.to_client.extend_from_slice(&f.bytes);
-                }
-                codec::PUBREL => {
-                    let (pkid, _) = codec::ack(&f)?;
-                    if self.dropped_qos2.remove(&pkid) {
-                        self.to_up
-                            .extend_from_slice(&codec::encode_ack(codec::PUBCOMP, pkid, None));
-                    } else {
-                        self.to_client.extend_from_slice(&f.bytes);
-                    }
-                }
-                codec::PINGRESP if self.own_pings > 0 => self.own_pings -= 1,
-                codec::DISCONNECT => {
-                    self.to_client.extend_from_slice(&f.bytes);
-                    return Ok(Step::Stop);
-                }
-                _ => self.to_client.extend_from_slice(&f.bytes),
+                result = Err(e);
+                break;
             }
         }
-        Ok(Step::Continue)
+        // Acknowledgements leave only once the sink took what they acknowledge.
+        self.flush_sink().await;
+        live.wbuf.extend_from_slice(&replies);
+        if let Err(e) = self.flush_router().await {
+            return Err(e);
+        }
+        result
     }
 
-    /// A delivery to the client: only on channels it may still subscribe to, and never larger
-    /// than the client's Maximum Packet Size.
-    async fn deliver(&mut self, f: &Frame) -> Result<(), End> {
-        let p = codec::publish(f, self.conn.v5)?;
-        let topic = resolve_topic(&mut self.out_aliases, &p).unwrap_or_default();
-        let allowed = match &self.conn.identity {
-            None => !topic::in_channel_space(&topic),
-            Some(id) => match topic::parse(&topic, false) {
-                Some(ct) => {
-                    rights_of(&self.shared, id, &mut self.rights, ct.channel)
-                        .await
-                        .subscribe
-                }
-                None => false,
-            },
+    async fn on_packet(&mut self, live: &mut Live, f: &Frame, replies: &mut BytesMut, qos_in_read: &mut usize) -> Step {
+        let v5 = live.req.v5;
+        let protocol = |replies: &mut BytesMut, code: u8, e: String| {
+            if v5 {
+                replies.extend_from_slice(&codec::encode_disconnect(code));
+            }
+            Err(End::Abnormal(e))
         };
-        let fits = self.conn.client_max_packet.is_none_or(|m| f.bytes.len() <= m);
-        if allowed && fits {
-            Metrics::inc(&self.shared.metrics.messages_out);
-            self.to_client.extend_from_slice(&f.bytes);
+        match f.kind() {
+            codec::PUBLISH => self.on_publish(live, f, replies, qos_in_read).await,
+            codec::SUBSCRIBE => match codec::subscribe(f, v5) {
+                Ok(s) => self.on_subscribe(live, s, replies).await,
+                Err(e) => protocol(replies, reason::MALFORMED, e.to_string()),
+            },
+            codec::UNSUBSCRIBE => match codec::unsubscribe(f, v5) {
+                Ok((pkid, filters)) => {
+                    let mut codes = Vec::with_capacity(filters.len());
+                    for fl in filters {
+                        match self.subs.remove(fl) {
+                            Some(s) => {
+                                self.by_rid.remove(&s.rid);
+                                self.to_router.push(router::unsubscribe(fl));
+                                codes.push(reason::SUCCESS);
+                            }
+                            None => codes.push(reason::NO_SUBSCRIPTION_EXISTED),
+                        }
+                    }
+                    replies.extend_from_slice(&codec::encode_unsuback(pkid, &codes, v5));
+                    Ok(())
+                }
+                Err(e) => protocol(replies, reason::MALFORMED, e.to_string()),
+            },
+            codec::PUBACK | codec::PUBREC | codec::PUBCOMP | codec::PUBREL => {
+                let (pkid, code) = match codec::ack(f) {
+                    Ok(x) => x,
+                    Err(e) => return protocol(replies, reason::MALFORMED, e.to_string()),
+                };
+                match f.kind() {
+                    codec::PUBACK => {
+                        self.out.puback(pkid);
+                    }
+                    codec::PUBREC => {
+                        if self.out.pubrec(pkid, code) {
+                            replies.extend_from_slice(&codec::encode_ack(codec::PUBREL, pkid, None));
+                        }
+                    }
+                    codec::PUBCOMP => {
+                        self.out.pubcomp(pkid);
+                    }
+                    _ => {
+                        let known = self.in_qos2.remove(&pkid);
+                        let r = (v5 && !known).then_some(reason::PACKET_ID_NOT_FOUND);
+                        replies.extend_from_slice(&codec::encode_ack(codec::PUBCOMP, pkid, r));
+                    }
+                }
+                Ok(())
+            }
+            codec::PINGREQ => {
+                replies.extend_from_slice(&codec::pingresp());
+                Ok(())
+            }
+            codec::DISCONNECT => match codec::disconnect(f, v5) {
+                Ok((code, expiry)) => {
+                    if let Some(e) = expiry {
+                        if self.expiry == 0 && e > 0 {
+                            return protocol(
+                                replies,
+                                reason::PROTOCOL_ERROR,
+                                "session expiry set at DISCONNECT".into(),
+                            );
+                        }
+                        self.expiry = e.min(self.shared.cfg.max_session_expiry.as_secs().min(u32::MAX as u64) as u32);
+                        self.shared.registry.update(
+                            &self.key,
+                            self.gen,
+                            live.req.cert_serial.clone(),
+                            self.expiry > 0,
+                            false,
+                        );
+                    }
+                    Err(End::Normal {
+                        will: code == reason::WILL,
+                    })
+                }
+                Err(e) => protocol(replies, reason::MALFORMED, e.to_string()),
+            },
+            k => protocol(
+                replies,
+                reason::PROTOCOL_ERROR,
+                format!("unexpected packet type {k} from client"),
+            ),
+        }
+    }
+
+    async fn on_publish(
+        &mut self,
+        live: &mut Live,
+        f: &Frame,
+        replies: &mut BytesMut,
+        qos_in_read: &mut usize,
+    ) -> Step {
+        let v5 = live.req.v5;
+        let fail = |replies: &mut BytesMut, code: u8, why: &str| {
+            if v5 {
+                replies.extend_from_slice(&codec::encode_disconnect(code));
+            }
+            Err(End::Abnormal(why.to_string()))
+        };
+        let p = match codec::publish(f, v5) {
+            Ok(p) => p,
+            Err(FrameError::Protocol(why)) => return fail(replies, reason::PROTOCOL_ERROR, why),
+            Err(e) => return fail(replies, reason::MALFORMED, &e.to_string()),
+        };
+        // Client-to-server topic aliases are resolved here, exactly once.
+        let topic: String = match p.alias {
+            Some(a) if a == 0 || a > TOPIC_ALIAS_MAX => {
+                return fail(replies, reason::TOPIC_ALIAS_INVALID, "topic alias out of range")
+            }
+            Some(a) if p.topic.is_empty() => match live.aliases.get(&a) {
+                Some(t) => t.clone(),
+                None => return fail(replies, reason::PROTOCOL_ERROR, "unknown topic alias"),
+            },
+            Some(a) => {
+                live.aliases.insert(a, p.topic.to_string());
+                p.topic.to_string()
+            }
+            None => p.topic.to_string(),
+        };
+        if !codec::valid_topic(&topic) {
+            return fail(replies, reason::TOPIC_NAME_INVALID, "invalid topic name in PUBLISH");
+        }
+        if p.qos == 2 && self.in_qos2.contains(&p.pkid) {
+            // A resent QoS 2 PUBLISH whose PUBREC was lost: acknowledged again, not routed again.
+            replies.extend_from_slice(&codec::encode_ack(codec::PUBREC, p.pkid, None));
             return Ok(());
         }
-        Metrics::inc(&self.shared.metrics.refused_delivery);
-        match p.qos {
-            1 => self
-                .to_up
-                .extend_from_slice(&codec::encode_ack(codec::PUBACK, p.pkid, None)),
+        if p.qos > 0 {
+            *qos_in_read += 1;
+            if *qos_in_read + self.in_qos2.len() > self.shared.cfg.inflight_window as usize {
+                return fail(replies, reason::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded");
+            }
+        }
+        let auth = self.shared.auth.clone();
+        if !self
+            .rights
+            .allowed(auth.as_ref(), self.identity.as_ref(), Action::Publish, &topic)
+            .await
+        {
+            Metrics::inc(&self.m().refused_publish);
+            tracing::info!(client = %self.client(), mqtt_client_id = %live.req.mqtt_client_id, topic = %topic, "PUBLISH refused");
+            if !v5 {
+                return Err(End::Abnormal("publish not allowed".into()));
+            }
+            match p.qos {
+                0 => return fail(replies, reason::NOT_AUTHORIZED, "publish not allowed"),
+                1 => replies.extend_from_slice(&codec::encode_ack(codec::PUBACK, p.pkid, Some(reason::NOT_AUTHORIZED))),
+                _ => replies.extend_from_slice(&codec::encode_ack(codec::PUBREC, p.pkid, Some(reason::NOT_AUTHORIZED))),
+            }
+            return Ok(());
+        }
+        Metrics::inc(&self.m().messages_in);
+        let props: Bytes = if p.props.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::from(p.props.concat())
+        };
+        let expires = p.expiry.map_or(0, |e| router::now_ms() + e as u64 * 1000);
+        let (qos, retain, pkid) = (p.qos, p.retain, p.pkid);
+        let transport = live.req.transport;
+        self.route(&topic, p.payload, qos, retain, props, expires);
+        if let Some(m) = self.to_sink.last_mut() {
+            m.protocol = transport;
+        }
+        match qos {
+            1 => replies.extend_from_slice(&codec::encode_ack(codec::PUBACK, pkid, None)),
             2 => {
-                self.to_up
-                    .extend_from_slice(&codec::encode_ack(codec::PUBREC, p.pkid, None));
-                self.dropped_qos2.insert(p.pkid);
+                self.in_qos2.insert(pkid);
+                replies.extend_from_slice(&codec::encode_ack(codec::PUBREC, pkid, None));
             }
             _ => {}
         }
         Ok(())
     }
-}
 
-/// Room for one read: under load one read then carries many packets (fewer system calls);
-/// idle connections keep their small initial buffers.
-fn spare(buf: &mut BytesMut) -> &mut BytesMut {
-    const READ_CHUNK: usize = 16 * 1024;
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
-    }
-    buf
-}
-
-/// The topic of a PUBLISH, recording and resolving MQTT 5 topic aliases. Borrowed from the
-/// packet unless an alias supplies it, so the usual case allocates nothing.
-fn resolve_topic<'a>(aliases: &mut HashMap<u16, String>, p: &codec::PublishInfo<'a>) -> Option<Cow<'a, str>> {
-    match (p.topic.is_empty(), p.alias) {
-        (false, Some(a)) => {
-            aliases.insert(a, p.topic.to_string());
-            Some(Cow::Borrowed(p.topic))
+    async fn on_subscribe(&mut self, live: &mut Live, s: codec::SubscribeInfo<'_>, replies: &mut BytesMut) -> Step {
+        let v5 = live.req.v5;
+        let denied = if v5 {
+            reason::NOT_AUTHORIZED
+        } else {
+            reason::UNSPECIFIED
+        };
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        let auth = self.shared.auth.clone();
+        for (filter, o) in &s.filters {
+            let shared_sub = crate::rights::shared_filter(filter);
+            let inner = shared_sub.map(|(_, f)| f).unwrap_or(filter);
+            let code = if !codec::valid_filter(inner)
+                || (filter.starts_with('$') && shared_sub.is_none())
+                || (shared_sub.is_some() && o.no_local)
+            {
+                reason::UNSPECIFIED
+            } else if !self
+                .rights
+                .allowed(auth.as_ref(), self.identity.as_ref(), Action::Subscribe, filter)
+                .await
+            {
+                denied
+            } else if !self.subs.contains_key(*filter) && self.subs.len() >= MAX_SUBSCRIPTIONS {
+                if v5 {
+                    reason::QUOTA_EXCEEDED
+                } else {
+                    reason::UNSPECIFIED
+                }
+            } else {
+                o.qos
+            };
+            if code >= 0x80 {
+                Metrics::inc(&self.m().refused_subscribe);
+                tracing::info!(client = %self.client(), mqtt_client_id = %live.req.mqtt_client_id, filter = %filter, "SUBSCRIBE refused");
+                codes.push(code);
+                continue;
+            }
+            let existed = self.subs.contains_key(*filter);
+            let rid = match self.subs.get(*filter) {
+                Some(old) => old.rid,
+                None => {
+                    let rid = self.next_rid;
+                    self.next_rid += 1;
+                    rid
+                }
+            };
+            self.subs.insert(
+                filter.to_string(),
+                Sub {
+                    rid,
+                    qos: o.qos,
+                    no_local: o.no_local,
+                    rap: o.retain_as_published,
+                    sub_id: s.sub_id,
+                },
+            );
+            self.by_rid.insert(rid, filter.to_string());
+            if !existed {
+                self.to_router.push(router::subscribe(filter, rid));
+            }
+            codes.push(o.qos);
+            // Retained messages: not for shared subscriptions; Retain Handling 1 only for a
+            // new subscription, 2 never.
+            if shared_sub.is_none() && (o.retain_handling == 0 || (o.retain_handling == 1 && !existed)) {
+                for r in self.shared.retained.matching(filter) {
+                    retained.push((r, o.qos, s.sub_id));
+                }
+            }
         }
-        (false, None) => Some(Cow::Borrowed(p.topic)),
-        (true, Some(a)) => aliases.get(&a).cloned().map(Cow::Owned),
-        (true, None) => None,
+        replies.extend_from_slice(&codec::encode_suback(s.pkid, &codes, v5));
+        for (r, granted, sub_id) in retained {
+            if !self
+                .rights
+                .allowed(auth.as_ref(), self.identity.as_ref(), Action::Deliver, &r.topic)
+                .await
+            {
+                continue;
+            }
+            let d = Delivery {
+                topic: Bytes::copy_from_slice(r.topic.as_bytes()),
+                payload: r.payload.clone(),
+                props: r.props.clone(),
+                qos: r.qos.min(granted),
+                retain: true,
+                expires_at_ms: r.expires_at_ms,
+                sub_ids: sub_id.into_iter().collect(),
+            };
+            self.enqueue(d, true)?;
+        }
+        Ok(())
+    }
+
+    /// A notification from the router (or the link's end).
+    async fn on_link(&mut self, n: Result<Option<Notification>, ()>, live: bool) -> Step {
+        let mut n = match n {
+            Ok(n) => n,
+            Err(()) => {
+                tracing::error!(client = %self.client(), "the router dropped a session's link");
+                return Err(End::LinkGone);
+            }
+        };
+        let mut unscheduled = false;
+        for _ in 0..DRAIN_BATCH {
+            match n.take() {
+                Some(Notification::Forward(f)) => self.on_forward(f, live).await?,
+                Some(Notification::Unschedule) => unscheduled = true,
+                Some(Notification::Disconnect(..)) => {
+                    tracing::error!(client = %self.client(), "the router disconnected a session's link");
+                    return Err(End::LinkGone);
+                }
+                Some(_) | None => {}
+            }
+            match self.link.as_mut().and_then(|l| l.1.next().now_or_never()) {
+                Some(Ok(next)) => n = next,
+                Some(Err(_)) => return Err(End::LinkGone),
+                None => break,
+            }
+        }
+        if unscheduled {
+            if let Some((_, rx)) = self.link.as_ref() {
+                if rx.wake().await.is_err() {
+                    return Err(End::LinkGone);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_forward(&mut self, f: rumqttd::Forward, live: bool) -> Step {
+        let Some(rid) = f
+            .properties
+            .as_ref()
+            .and_then(|p| p.subscription_identifiers.first().copied())
+        else {
+            return Ok(());
+        };
+        let Some(sub) = self.by_rid.get(&rid).and_then(|fl| self.subs.get(fl)) else {
+            return Ok(());
+        };
+        let Some((tag, payload)) = router::decode(f.publish.payload) else {
+            return Ok(());
+        };
+        if sub.no_local && tag.origin == self.origin {
+            return Ok(());
+        }
+        if tag.expires_at_ms != 0 && tag.expires_at_ms <= router::now_ms() {
+            Metrics::inc(&self.m().dropped_expired);
+            return Ok(());
+        }
+        let d = Delivery {
+            topic: f.publish.topic,
+            payload,
+            props: tag.props,
+            qos: tag.qos.min(sub.qos),
+            retain: sub.rap && tag.retain,
+            expires_at_ms: tag.expires_at_ms,
+            sub_ids: sub.sub_id.into_iter().collect(),
+        };
+        // Persistent sessions queue only QoS 1/2 while offline.
+        if !live && d.qos == 0 {
+            return Ok(());
+        }
+        let t = std::str::from_utf8(&d.topic).unwrap_or("");
+        let auth = self.shared.auth.clone();
+        if !self
+            .rights
+            .allowed(auth.as_ref(), self.identity.as_ref(), Action::Deliver, t)
+            .await
+        {
+            Metrics::inc(&self.m().refused_delivery);
+            return Ok(());
+        }
+        self.enqueue(d, live)
+    }
+
+    fn enqueue(&mut self, d: Delivery, live: bool) -> Step {
+        let before = self.out.evicted_qos0;
+        let r = self.out.push(d);
+        let evicted = self.out.evicted_qos0 - before;
+        if evicted > 0 {
+            self.m().dropped_qos0_full.fetch_add(evicted, Ordering::Relaxed);
+        }
+        match r {
+            Push::Queued => Ok(()),
+            Push::DroppedQos0 => {
+                Metrics::inc(&self.m().dropped_qos0_full);
+                Ok(())
+            }
+            Push::Full if live && self.expiry == 0 => {
+                // A clean session that cannot keep up is disconnected rather than letting it
+                // hold more memory.
+                Metrics::inc(&self.m().disconnected_slow);
+                tracing::warn!(client = %self.client(), "subscriber too slow: outbound queue full, disconnecting");
+                Err(End::Abnormal("outbound queue full".into()))
+            }
+            Push::Full => {
+                let n = self.m().dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(client = %self.client(), dropped_total = n + 1, "session queue full: QoS 1/2 message dropped");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves deliveries from the queue to the write buffer, within the device's Receive
+    /// Maximum and Maximum Packet Size, checking rights once more.
+    async fn pump(&mut self, live: &mut Live) -> Step {
+        let now = router::now_ms();
+        let v5 = live.req.v5;
+        let receive_max = live.req.receive_max as usize;
+        let auth = self.shared.auth.clone();
+        while live.wbuf.len() < WBUF_HIGH {
+            let mut expired = 0;
+            let next = self.out.next(receive_max, now, &mut expired);
+            if expired > 0 {
+                self.m().dropped_expired.fetch_add(expired, Ordering::Relaxed);
+            }
+            let Some((pkid, d)) = next else { break };
+            let t = std::str::from_utf8(&d.topic).unwrap_or("");
+            let allowed = self
+                .rights
+                .allowed(auth.as_ref(), self.identity.as_ref(), Action::Deliver, t)
+                .await;
+            let fits = live.req.max_packet.is_none_or(|m| d.encoded_len(v5, now) <= m);
+            if !allowed || !fits {
+                if !allowed {
+                    Metrics::inc(&self.m().refused_delivery);
+                } else {
+                    Metrics::inc(&self.m().dropped_too_large);
+                }
+                if pkid != 0 {
+                    self.out.abandon(pkid);
+                }
+                continue;
+            }
+            Metrics::inc(&self.m().messages_out);
+            d.encode(&mut live.wbuf, pkid, false, v5, now);
+        }
+        Ok(())
     }
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+/// The next notification of a session's link (pending forever without a link).
+async fn next_notification(link: &mut Option<(LinkTx, LinkRx)>) -> Result<Option<Notification>, ()> {
+    match link.as_mut() {
+        Some((_, rx)) => rx.next().await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
 }

@@ -35,7 +35,9 @@ pub(crate) fn routes(shared: Arc<Shared>) -> warp::filters::BoxedFilter<(warp::r
 
 async fn bridge(socket: warp::ws::WebSocket, peer: std::net::SocketAddr, shared: Arc<Shared>) {
     let (front, back) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(crate::session::run(front, peer, "ws", None, shared));
+    shared
+        .rt
+        .spawn(crate::connect::run(Box::new(front), peer, "ws", None, shared.clone()));
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (mut br, mut bw) = tokio::io::split(back);
     let inbound = async {

@@ -66,7 +66,12 @@ pub struct Ctx {
     pub messages: Arc<dyn messages::MessagePort>,
     /// The platform CA (client certificates, CRL).
     pub ca: Arc<::certs::Ca>,
+    /// Health checks of the other components (name, "is it working?"), for `GET /health`.
+    pub probes: Vec<(&'static str, Probe)>,
 }
+
+/// A component's health check.
+pub type Probe = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Ctx {
     /// Announces a committed change on the change feed (no receivers is fine).
@@ -183,11 +188,29 @@ fn health(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     if req.method != Method::GET {
         return Err(ApiError::MethodNotAllowed);
     }
-    let mut r = Reply::ok(&serde_json::json!({
-        "status": "pass",
-        "version": ctx.cfg.version,
-        "description": "fluxgate IoT platform",
-    }))?;
+    let failing: Vec<&str> = ctx.probes.iter().filter(|(_, ok)| !ok()).map(|(n, _)| *n).collect();
+    let checks: serde_json::Map<String, serde_json::Value> = ctx
+        .probes
+        .iter()
+        .map(|(n, _)| {
+            let status = if failing.contains(n) { "fail" } else { "pass" };
+            (n.to_string(), serde_json::json!([{ "status": status }]))
+        })
+        .collect();
+    let (status, code) = if failing.is_empty() {
+        ("pass", warp::http::StatusCode::OK)
+    } else {
+        ("fail", warp::http::StatusCode::SERVICE_UNAVAILABLE)
+    };
+    let mut r = Reply::json(
+        code,
+        &serde_json::json!({
+            "status": status,
+            "version": ctx.cfg.version,
+            "description": "fluxgate IoT platform",
+            "checks": checks,
+        }),
+    )?;
     r.content_type = "application/health+json";
     Ok(r)
 }

@@ -16,6 +16,7 @@ mod events;
 mod groups;
 mod messages;
 mod migrations;
+mod retained;
 mod settings;
 mod users;
 
@@ -26,6 +27,7 @@ pub use domains::{Domain, DomainMember, DomainPatch, DomainQuery, NewDomain, Rel
 pub use events::{Change, ConnType};
 pub use groups::{max_depth as groups_max_depth, Group, GroupNode, GroupPatch, GroupQuery, NewGroup};
 pub use messages::{Aggregate, Cmp, MessageQuery, MessageRow, NewMessage, ValueFilter};
+pub use retained::RetainedRow;
 pub use users::{NewUser, Role, User, UserPatch, UserQuery};
 
 use r2d2_sqlite::SqliteConnectionManager;

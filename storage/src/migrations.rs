@@ -156,6 +156,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX certs_client ON certs(domain_id, client_id);
     "#,
+    // 5: MQTT retained messages (one per topic; raw MQTT 5 properties kept as they came).
+    r#"
+    CREATE TABLE retained (
+        topic TEXT PRIMARY KEY,
+        payload BLOB NOT NULL,
+        qos INTEGER NOT NULL,
+        props BLOB NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -1,0 +1,399 @@
+//! The CONNECT handshake: read at most `max_connect_size` bytes within the CONNECT timeout,
+//! parse, authenticate (password or client certificate), validate the client id and the will,
+//! then hand the connection to its session (a new one, or the one already holding the id).
+//! Every refusal goes through [`refuse`] with a [`Refusal`] that carries both protocol levels'
+//! reason codes.
+
+use crate::codec::{self, Frame};
+use crate::registry::Handed;
+use crate::rights::{Action, RightsCache};
+use crate::{router, session, Identity, Login, Metrics, Shared};
+use bytes::{Bytes, BytesMut};
+use rumqttd::protocol::{self as proto, Packet, Protocol};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub(crate) type BoxIo = Box<dyn Io>;
+
+/// A CONNECT refusal: CONNACK code for 3.1.1 and for 5, and why (for the log).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refusal {
+    pub v4: u8,
+    pub v5: u8,
+    pub why: &'static str,
+}
+
+pub(crate) const UNSUPPORTED_PROTOCOL: Refusal = Refusal {
+    v4: 0x01,
+    v5: 0x84,
+    why: "unsupported protocol level",
+};
+pub(crate) const MALFORMED: Refusal = Refusal {
+    v4: 0x02,
+    v5: 0x81,
+    why: "malformed CONNECT",
+};
+pub(crate) const BAD_CLIENT_ID: Refusal = Refusal {
+    v4: 0x02,
+    v5: 0x85,
+    why: "empty client id without clean session",
+};
+pub(crate) const BAD_CREDENTIALS: Refusal = Refusal {
+    v4: 0x04,
+    v5: 0x86,
+    why: "bad credentials",
+};
+pub(crate) const UNKNOWN_CERT: Refusal = Refusal {
+    v4: 0x04,
+    v5: 0x86,
+    why: "unknown certificate",
+};
+pub(crate) const CERT_MISMATCH: Refusal = Refusal {
+    v4: 0x04,
+    v5: 0x86,
+    why: "username does not match the certificate",
+};
+pub(crate) const DISABLED: Refusal = Refusal {
+    v4: 0x05,
+    v5: 0x87,
+    why: "client or domain disabled, or certificate revoked",
+};
+pub(crate) const NO_CREDENTIALS: Refusal = Refusal {
+    v4: 0x05,
+    v5: 0x87,
+    why: "credentials required",
+};
+pub(crate) const WILL_NOT_ALLOWED: Refusal = Refusal {
+    v4: 0x05,
+    v5: 0x87,
+    why: "will topic not allowed",
+};
+pub(crate) const UNAVAILABLE: Refusal = Refusal {
+    v4: 0x03,
+    v5: 0x88,
+    why: "server unavailable",
+};
+pub(crate) const QUOTA: Refusal = Refusal {
+    v4: 0x03,
+    v5: 0x97,
+    why: "persistent session limit reached",
+};
+
+/// Writes the refusal CONNACK (best effort), counts and logs it.
+pub(crate) async fn refuse<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, v5: bool, r: Refusal, m: &Metrics, client: &str) {
+    Metrics::inc(&m.refused_connect);
+    tracing::info!(client, reason = r.why, "CONNECT refused");
+    let code = if v5 { r.v5 } else { r.v4 };
+    let _ = w.write_all(&codec::encode_connack(code, false, v5, None)).await;
+    let _ = w.flush().await;
+}
+
+/// A will, as the front publishes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Will {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub props: Bytes,
+    pub delay: u32,
+    pub expiry: Option<u32>,
+}
+
+/// What a CONNECT asked for, after authentication.
+pub(crate) struct ConnectReq {
+    pub v5: bool,
+    pub identity: Option<Identity>,
+    pub cert_serial: Option<String>,
+    pub mqtt_client_id: String,
+    pub assigned: bool,
+    pub clean_start: bool,
+    pub keep_alive: u16,
+    /// Seconds the session outlives the connection (0: ends with it), already capped.
+    pub session_expiry: u32,
+    pub expiry_capped: bool,
+    pub receive_max: u16,
+    pub max_packet: Option<usize>,
+    pub will: Option<Will>,
+    pub transport: &'static str,
+}
+
+/// A connection ready to join its session: the request, the stream, and what was read past
+/// the CONNECT.
+pub(crate) struct Attach {
+    pub req: ConnectReq,
+    pub io: BoxIo,
+    pub rbuf: BytesMut,
+    pub guard: ConnGuard,
+}
+
+/// Counts a connection in `connections_current` for as long as it lives.
+pub(crate) struct ConnGuard(pub Arc<Metrics>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0
+            .connections_current
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted connection: handshake, then hand-over to its session.
+pub(crate) async fn run(
+    mut io: BoxIo,
+    peer: std::net::SocketAddr,
+    transport: &'static str,
+    cert: Option<Vec<u8>>,
+    shared: Arc<Shared>,
+) {
+    let m = shared.metrics.clone();
+    let current = m.connections_current.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let guard = ConnGuard(m.clone());
+    Metrics::inc(&m.connections_total);
+    if current as usize >= shared.cfg.max_connections {
+        tracing::debug!(%peer, "connection limit reached");
+        return;
+    }
+    // Connections that have not finished CONNECT are bounded; beyond, new ones are closed.
+    let Ok(permit) = shared.pending.clone().try_acquire_owned() else {
+        Metrics::inc(&m.refused_pending);
+        tracing::debug!(%peer, "too many connections without CONNECT");
+        return;
+    };
+    let handshake =
+        tokio::time::timeout(shared.cfg.connect_timeout, handshake(&mut io, transport, cert, &shared)).await;
+    drop(permit);
+    let (req, rbuf) = match handshake {
+        Ok(Ok(Some(x))) => x,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            Metrics::inc(&m.malformed);
+            tracing::debug!(%peer, error = %e, "CONNECT failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT in time");
+            return;
+        }
+    };
+    let key = router::router_id(
+        req.identity
+            .as_ref()
+            .map(|i| (i.domain_id.as_str(), i.client_id.as_str())),
+        &req.mqtt_client_id,
+    );
+    let identity = req.identity.clone();
+    let a = Box::new(Attach { req, io, rbuf, guard });
+    match shared.registry.attach(&key, identity.as_ref(), a) {
+        Handed::Existing => {}
+        Handed::New(gen, rx, a) => session::spawn(shared.clone(), key, gen, rx, identity, a),
+    }
+}
+
+async fn read_frame(io: &mut BoxIo, buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, codec::FrameError> {
+    loop {
+        if let Some(f) = codec::next_frame(buf, max)? {
+            return Ok(Some(f));
+        }
+        // Reads at most what is needed to finish the packet (bounded by `max`), never more.
+        let room = (max + 8).saturating_sub(buf.len()).clamp(1, 4096);
+        let mut chunk = [0u8; 4096];
+        match io.read(&mut chunk[..room]).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads and checks CONNECT. `Ok(None)`: refused or closed (already answered).
+async fn handshake(
+    io: &mut BoxIo,
+    transport: &'static str,
+    cert: Option<Vec<u8>>,
+    shared: &Arc<Shared>,
+) -> Result<Option<(ConnectReq, BytesMut)>, codec::FrameError> {
+    let m = &shared.metrics;
+    let mut buf = BytesMut::with_capacity(256);
+    let Some(first) = read_frame(io, &mut buf, shared.cfg.max_connect_size).await? else {
+        return Ok(None);
+    };
+    // The packet type is checked before anything parses it.
+    if first.kind() != codec::CONNECT || first.flags() != 0 {
+        return Err(codec::FrameError::Protocol("first packet is not CONNECT"));
+    }
+    let level = codec::connect_level(&first)?;
+    if level != 4 && level != 5 {
+        refuse(io, false, UNSUPPORTED_PROTOCOL, m, "").await;
+        return Ok(None);
+    }
+    let v5 = level == 5;
+    let mut raw = BytesMut::from(&first.bytes[..]);
+    let parsed = if v5 {
+        proto::v5::V5.read_mut(&mut raw, shared.cfg.max_connect_size)
+    } else {
+        proto::v4::V4.read_mut(&mut raw, shared.cfg.max_connect_size)
+    };
+    let Ok(Packet::Connect(connect, props, will, will_props, login)) = parsed else {
+        refuse(io, v5, MALFORMED, m, "").await;
+        return Ok(None);
+    };
+    if connect.client_id.contains('\0') {
+        refuse(io, v5, MALFORMED, m, "").await;
+        return Ok(None);
+    }
+
+    // Authenticate: a verified client certificate names the client; otherwise credentials.
+    let username = login.as_ref().map(|l| l.username.as_str()).filter(|u| !u.is_empty());
+    let mut cert_serial = None;
+    let identity = match &cert {
+        Some(der) => {
+            let (outcome, serial) = shared.auth.login_cert(der).await;
+            cert_serial = serial;
+            match outcome {
+                Login::Ok(id) => {
+                    if username.is_some_and(|u| u != id.client_id) {
+                        refuse(io, v5, CERT_MISMATCH, m, &id.client_id).await;
+                        return Ok(None);
+                    }
+                    Some(id)
+                }
+                Login::BadCredentials => {
+                    refuse(io, v5, UNKNOWN_CERT, m, "").await;
+                    return Ok(None);
+                }
+                Login::Disabled => {
+                    refuse(io, v5, DISABLED, m, "").await;
+                    return Ok(None);
+                }
+            }
+        }
+        None => match (username, login.as_ref()) {
+            (Some(u), Some(l)) => match shared.auth.login(u, &l.password).await {
+                Login::Ok(id) => Some(id),
+                Login::BadCredentials => {
+                    refuse(io, v5, BAD_CREDENTIALS, m, u).await;
+                    return Ok(None);
+                }
+                Login::Disabled => {
+                    refuse(io, v5, DISABLED, m, u).await;
+                    return Ok(None);
+                }
+            },
+            _ if shared.cfg.allow_anonymous => None,
+            _ => {
+                refuse(io, v5, NO_CREDENTIALS, m, "").await;
+                return Ok(None);
+            }
+        },
+    };
+
+    // Client id: assigned when empty (clean start only).
+    let (mut mqtt_client_id, mut assigned) = (connect.client_id.clone(), false);
+    if mqtt_client_id.is_empty() {
+        if !connect.clean_session {
+            refuse(io, v5, BAD_CLIENT_ID, m, "").await;
+            return Ok(None);
+        }
+        mqtt_client_id = format!("fg-{}", uuid_like());
+        assigned = true;
+    }
+
+    let props = props.unwrap_or_default_props();
+    let max_expiry = shared.cfg.max_session_expiry.as_secs().min(u32::MAX as u64) as u32;
+    let asked = if v5 {
+        props.0.unwrap_or(0)
+    } else if connect.clean_session {
+        0
+    } else {
+        u32::MAX
+    };
+    let session_expiry = asked.min(max_expiry);
+    let expiry_capped = v5 && session_expiry != asked;
+
+    // The will is published on the client's behalf: it needs the publish right now, and is
+    // checked again when it is published.
+    let will = match will {
+        Some(w) => {
+            let topic = String::from_utf8(w.topic.to_vec()).unwrap_or_default();
+            let mut rc = RightsCache::default();
+            let ok = codec::valid_topic(&topic)
+                && rc
+                    .allowed(shared.auth.as_ref(), identity.as_ref(), Action::Publish, &topic)
+                    .await;
+            if !ok {
+                refuse(
+                    io,
+                    v5,
+                    WILL_NOT_ALLOWED,
+                    m,
+                    identity.as_ref().map_or("", |i| i.client_id.as_str()),
+                )
+                .await;
+                return Ok(None);
+            }
+            let wp = will_props.as_ref();
+            Some(Will {
+                topic,
+                payload: w.message,
+                qos: w.qos as u8,
+                retain: w.retain,
+                props: codec::will_props(
+                    wp.and_then(|p| p.payload_format_indicator),
+                    wp.and_then(|p| p.content_type.as_deref()),
+                    wp.and_then(|p| p.response_topic.as_deref()),
+                    wp.and_then(|p| p.correlation_data.as_deref()),
+                    wp.map(|p| p.user_properties.as_slice()).unwrap_or(&[]),
+                ),
+                delay: wp.and_then(|p| p.delay_interval).unwrap_or(0),
+                expiry: wp.and_then(|p| p.message_expiry_interval),
+            })
+        }
+        None => None,
+    };
+    let req = ConnectReq {
+        v5,
+        identity,
+        cert_serial,
+        mqtt_client_id,
+        assigned,
+        clean_start: connect.clean_session,
+        keep_alive: connect.keep_alive,
+        session_expiry,
+        expiry_capped,
+        receive_max: props.1.filter(|r| *r > 0).unwrap_or(65_535),
+        max_packet: props.2.map(|m| m as usize),
+        will,
+        transport,
+    };
+    Ok(Some((req, buf)))
+}
+
+/// (session expiry, receive maximum, maximum packet size) of a CONNECT's properties.
+trait PropsExt {
+    fn unwrap_or_default_props(self) -> (Option<u32>, Option<u16>, Option<u32>);
+}
+
+impl PropsExt for Option<proto::ConnectProperties> {
+    fn unwrap_or_default_props(self) -> (Option<u32>, Option<u16>, Option<u32>) {
+        match self {
+            Some(p) => (p.session_expiry_interval, p.receive_maximum, p.max_packet_size),
+            None => (None, None, None),
+        }
+    }
+}
+
+fn uuid_like() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Used by sessions to refuse at attach time (e.g. the router cannot take the link).
+pub(crate) async fn refuse_attach(a: &mut Attach, r: Refusal, m: &Metrics) {
+    let client = a.req.identity.as_ref().map(|i| i.client_id.clone()).unwrap_or_default();
+    refuse(&mut a.io, a.req.v5, r, m, &client).await;
+    let _ = a.io.shutdown().await;
+}

@@ -1,0 +1,310 @@
+//! A session's outbound side: the queue of deliveries waiting for the device, and the QoS 1/2
+//! deliveries in flight (sent, not yet acknowledged), with packet ids assigned here. Bounded
+//! in bytes and messages: when full, QoS 0 messages go first; a QoS 1/2 message that still
+//! does not fit is refused and the caller decides (a live clean session is disconnected, an
+//! offline persistent one drops it, counted). The queue survives reconnects of persistent
+//! sessions, and what is in flight is sent again on reconnect (DUP set, PUBREL for QoS 2
+//! deliveries that reached PUBREC).
+
+use crate::codec::{self, OutPublish};
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub props: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub expires_at_ms: u64,
+    pub sub_ids: Vec<u32>,
+}
+
+impl Delivery {
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.payload.len() + self.props.len() + 64
+    }
+
+    fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
+    }
+
+    /// Encodes it; the Message Expiry Interval is what remains of it.
+    pub fn encode(&self, out: &mut BytesMut, pkid: u16, dup: bool, v5: bool, now_ms: u64) {
+        codec::encode_publish(out, &self.out(pkid, dup, now_ms), v5);
+    }
+
+    pub fn encoded_len(&self, v5: bool, now_ms: u64) -> usize {
+        codec::publish_len(&self.out(1, false, now_ms), v5)
+    }
+
+    fn out(&self, pkid: u16, dup: bool, now_ms: u64) -> OutPublish<'_> {
+        OutPublish {
+            qos: self.qos,
+            retain: self.retain,
+            dup,
+            topic: &self.topic,
+            pkid,
+            props: &self.props,
+            expiry: (self.expires_at_ms != 0)
+                .then(|| (self.expires_at_ms.saturating_sub(now_ms)).div_ceil(1000).max(1) as u32),
+            sub_ids: &self.sub_ids,
+            payload: &self.payload,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Sent(Delivery),
+    /// PUBREC received and PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+/// What happened to a delivery offered to the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Push {
+    Queued,
+    /// A QoS 0 message that did not fit.
+    DroppedQos0,
+    /// A QoS 1/2 message that did not fit even after dropping every queued QoS 0 message.
+    Full,
+}
+
+pub(crate) struct Outbound {
+    queue: VecDeque<Delivery>,
+    bytes: usize,
+    inflight: VecDeque<(u16, State)>,
+    next_pkid: u16,
+    max_bytes: usize,
+    max_messages: usize,
+    /// QoS 0 messages evicted to make room (counted by the caller).
+    pub evicted_qos0: u64,
+}
+
+impl Outbound {
+    pub fn new(max_bytes: usize, max_messages: usize) -> Outbound {
+        Outbound {
+            queue: VecDeque::new(),
+            bytes: 0,
+            inflight: VecDeque::new(),
+            next_pkid: 0,
+            max_bytes,
+            max_messages,
+            evicted_qos0: 0,
+        }
+    }
+
+    fn fits(&self, size: usize) -> bool {
+        self.queue.len() < self.max_messages && self.bytes + size <= self.max_bytes
+    }
+
+    pub fn push(&mut self, d: Delivery) -> Push {
+        let size = d.size();
+        if !self.fits(size) {
+            if d.qos == 0 {
+                return Push::DroppedQos0;
+            }
+            let before = self.queue.len();
+            let mut freed = 0;
+            self.queue.retain(|q| {
+                if q.qos == 0 {
+                    freed += q.size();
+                    false
+                } else {
+                    true
+                }
+            });
+            self.evicted_qos0 += (before - self.queue.len()) as u64;
+            self.bytes -= freed;
+            if !self.fits(size) {
+                return Push::Full;
+            }
+        }
+        self.bytes += size;
+        self.queue.push_back(d);
+        Push::Queued
+    }
+
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn pkid_in_use(&self, p: u16) -> bool {
+        self.inflight.iter().any(|(id, _)| *id == p)
+    }
+
+    /// Takes the next delivery that may be sent now (QoS 1/2 only while fewer than
+    /// `receive_max` are in flight), assigning its packet id. Expired messages are dropped
+    /// (returned in the count).
+    pub fn next(&mut self, receive_max: usize, now_ms: u64, expired: &mut u64) -> Option<(u16, Delivery)> {
+        loop {
+            let front = self.queue.front()?;
+            if front.expired(now_ms) {
+                if let Some(d) = self.queue.pop_front() {
+                    self.bytes -= d.size();
+                }
+                *expired += 1;
+                continue;
+            }
+            if front.qos > 0 && self.inflight.len() >= receive_max.min(65_535) {
+                return None;
+            }
+            let d = self.queue.pop_front()?;
+            self.bytes -= d.size();
+            if d.qos == 0 {
+                return Some((0, d));
+            }
+            let mut p = self.next_pkid;
+            loop {
+                p = p.wrapping_add(1).max(1);
+                if !self.pkid_in_use(p) {
+                    break;
+                }
+            }
+            self.next_pkid = p;
+            self.inflight.push_back((p, State::Sent(d.clone())));
+            return Some((p, d));
+        }
+    }
+
+    fn position(&self, pkid: u16) -> Option<usize> {
+        // Acknowledgements usually come in order: the front is checked first.
+        match self.inflight.front() {
+            Some((p, _)) if *p == pkid => Some(0),
+            _ => self.inflight.iter().position(|(p, _)| *p == pkid),
+        }
+    }
+
+    /// PUBACK: true when it acknowledged a QoS 1 delivery in flight.
+    pub fn puback(&mut self, pkid: u16) -> bool {
+        match self.position(pkid) {
+            Some(i) if matches!(&self.inflight[i].1, State::Sent(d) if d.qos == 1) => {
+                self.inflight.remove(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC: true when a PUBREL must be sent. A v5 error reason ends the delivery.
+    pub fn pubrec(&mut self, pkid: u16, reason: u8) -> bool {
+        match self.position(pkid) {
+            Some(i) if matches!(&self.inflight[i].1, State::Sent(d) if d.qos == 2) => {
+                if reason >= 0x80 {
+                    self.inflight.remove(i);
+                    return false;
+                }
+                self.inflight[i].1 = State::Released;
+                true
+            }
+            // A repeated PUBREC for a released id is answered again.
+            Some(i) => matches!(self.inflight[i].1, State::Released),
+            None => false,
+        }
+    }
+
+    pub fn pubcomp(&mut self, pkid: u16) -> bool {
+        match self.position(pkid) {
+            Some(i) if matches!(self.inflight[i].1, State::Released) => {
+                self.inflight.remove(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets a delivery in flight that will not be sent after all.
+    pub fn abandon(&mut self, pkid: u16) {
+        if let Some(i) = self.position(pkid) {
+            self.inflight.remove(i);
+        }
+    }
+
+    /// Everything in flight again, in order, for a resumed session [MQTT-4.4.0-1].
+    pub fn resend(&self, out: &mut BytesMut, v5: bool, now_ms: u64) {
+        for (p, s) in &self.inflight {
+            match s {
+                State::Sent(d) => d.encode(out, *p, true, v5, now_ms),
+                State::Released => out.extend_from_slice(&codec::encode_ack(codec::PUBREL, *p, None)),
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.inflight.clear();
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(qos: u8, n: usize) -> Delivery {
+        Delivery {
+            topic: Bytes::from_static(b"t"),
+            payload: Bytes::from(vec![0u8; n]),
+            props: Bytes::new(),
+            qos,
+            retain: false,
+            expires_at_ms: 0,
+            sub_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn full_queue_drops_qos0_first_then_refuses() {
+        let mut o = Outbound::new(1000, 100);
+        assert_eq!(o.push(d(0, 300)), Push::Queued);
+        assert_eq!(o.push(d(1, 300)), Push::Queued);
+        assert_eq!(o.push(d(0, 300)), Push::DroppedQos0);
+        // Room is made for QoS 1 by evicting the queued QoS 0 message.
+        assert_eq!(o.push(d(1, 300)), Push::Queued);
+        assert_eq!(o.evicted_qos0, 1);
+        assert_eq!(o.push(d(1, 300)), Push::Full);
+        assert_eq!(o.queued(), 2);
+    }
+
+    #[test]
+    fn receive_maximum_ids_acks_and_resend() {
+        let mut o = Outbound::new(1 << 20, 100);
+        for q in [1, 2, 1] {
+            o.push(d(q, 1));
+        }
+        let mut expired = 0;
+        let (p1, _) = o.next(2, 0, &mut expired).expect("first");
+        let (p2, _) = o.next(2, 0, &mut expired).expect("second");
+        assert!(o.next(2, 0, &mut expired).is_none(), "receive maximum reached");
+        assert!(!o.puback(p2), "a QoS 2 delivery is not completed by PUBACK");
+        assert!(o.pubrec(p2, 0));
+        let mut out = BytesMut::new();
+        o.resend(&mut out, false, 0);
+        // PUBLISH with DUP for p1, PUBREL for p2.
+        assert_eq!(out[0], 0x3A);
+        assert_eq!(&out[out.len() - 4..], &[0x62, 2, 0, p2 as u8]);
+        assert!(o.puback(p1));
+        assert!(o.pubcomp(p2));
+        assert!(o.next(2, 0, &mut expired).is_some());
+    }
+
+    #[test]
+    fn expired_messages_are_not_delivered_and_remaining_interval_is_sent() {
+        let mut o = Outbound::new(1 << 20, 100);
+        let mut e = d(1, 1);
+        e.expires_at_ms = 1000;
+        o.push(e.clone());
+        let mut expired = 0;
+        assert!(o.next(10, 2000, &mut expired).is_none());
+        assert_eq!(expired, 1);
+        e.expires_at_ms = 10_500;
+        let mut out = BytesMut::new();
+        e.encode(&mut out, 1, false, true, 1000);
+        // Remaining 9.5 s, rounded up to 10: property 0x02 with value 10.
+        assert!(out.windows(5).any(|w| w == [0x02, 0, 0, 0, 10]));
+    }
+}

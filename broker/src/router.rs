@@ -1,0 +1,237 @@
+//! rumqttd's router, used only through its public API: spawned once, reached through one
+//! in-process link per session. Everything sent to the router is QoS 0 and never retained,
+//! and every subscription is made at QoS 0 with a per-session subscription identifier: the
+//! router only matches topics to filters; QoS, retained messages, wills, sessions and flow
+//! control live in the front. So the router never waits for an acknowledgement, never
+//! disconnects a link on its own (no duplicate ids, no acks, no `$` filters reach it) and its
+//! per-filter log only has to cover the time between a message's arrival and the session
+//! task draining its link.
+//!
+//! A message carries what the router would lose in a small header ahead of its payload
+//! ([`Tag`]): the publisher's QoS and retain flag, the publishing session (for No Local), the
+//! expiry deadline and the raw v5 properties.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
+use rumqttd::protocol::{Filter, Packet, Publish, QoS, RetainForwardRule, Subscribe, SubscribeProperties, Unsubscribe};
+use std::sync::Arc;
+
+/// Builds links to the spawned router and tells whether it still runs.
+#[derive(Clone)]
+pub(crate) struct RouterPort {
+    build: Arc<dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync>,
+    alive: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl RouterPort {
+    /// Spawns rumqttd's router thread. The sender's type is private to rumqttd, so it lives
+    /// only inside the two closures.
+    pub fn spawn(max_connections: usize, segment_size: usize, segment_count: usize) -> RouterPort {
+        let cfg = rumqttd::RouterConfig {
+            max_connections,
+            max_outgoing_packet_count: 200,
+            max_segment_size: segment_size,
+            max_segment_count: segment_count,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        };
+        let tx = rumqttd::Router::new(0, cfg).spawn();
+        let tx2 = tx.clone();
+        RouterPort {
+            build: Arc::new(move |id: &str| {
+                LinkBuilder::new(id, tx.clone())
+                    .clean_session(true)
+                    .dynamic_filters(true)
+                    .topic_alias_max(0)
+                    .build()
+                    .map(|(t, r, _ack)| (t, r))
+                    .map_err(|e| e.to_string())
+            }),
+            alive: Arc::new(move || !tx2.is_disconnected()),
+        }
+    }
+
+    /// Builds a link (a blocking router round trip: call it on the blocking pool).
+    pub fn link(&self, id: &str) -> Result<(LinkTx, LinkRx), String> {
+        (self.build)(id)
+    }
+
+    pub fn alive(&self) -> bool {
+        (self.alive)()
+    }
+}
+
+/// The router client id of a session: an injective encoding of (domain, registry client,
+/// MQTT client id). Each part is escaped so that it holds neither `:` nor any character the
+/// router refuses (`+ $ # /`), then the parts are joined with `:`; anonymous sessions use a
+/// different prefix. Two different triples never give the same id.
+pub(crate) fn router_id(domain_and_client: Option<(&str, &str)>, mqtt_client_id: &str) -> String {
+    fn esc(out: &mut String, s: &str) {
+        for c in s.chars() {
+            match c {
+                '%' | ':' | '+' | '$' | '#' | '/' => {
+                    out.push('%');
+                    out.push_str(&format!("{:02X}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    let mut out = String::with_capacity(mqtt_client_id.len() + 80);
+    match domain_and_client {
+        Some((d, c)) => {
+            out.push_str("c:");
+            esc(&mut out, d);
+            out.push(':');
+            esc(&mut out, c);
+        }
+        None => out.push('a'),
+    }
+    out.push(':');
+    esc(&mut out, mqtt_client_id);
+    out
+}
+
+/// What travels with a message through the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tag {
+    pub qos: u8,
+    pub retain: bool,
+    /// The publishing session (0: none, e.g. HTTP).
+    pub origin: u64,
+    /// Unix milliseconds after which the message must not be delivered (0: never expires).
+    pub expires_at_ms: u64,
+    pub props: Bytes,
+}
+
+const MAGIC: u8 = 0xF7;
+const HEADER: usize = 1 + 1 + 8 + 8 + 4;
+
+pub(crate) fn encode(tag: &Tag, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(HEADER + tag.props.len() + payload.len());
+    b.put_u8(MAGIC);
+    b.put_u8(tag.qos | (u8::from(tag.retain) << 2));
+    b.put_u64(tag.origin);
+    b.put_u64(tag.expires_at_ms);
+    b.put_u32(tag.props.len() as u32);
+    b.put_slice(&tag.props);
+    b.put_slice(payload);
+    b.freeze()
+}
+
+/// Splits a routed payload into its tag and the original payload (a view, no copy).
+pub(crate) fn decode(mut b: Bytes) -> Option<(Tag, Bytes)> {
+    if b.len() < HEADER || b[0] != MAGIC {
+        return None;
+    }
+    b.advance(1);
+    let f = b.get_u8();
+    let origin = b.get_u64();
+    let expires_at_ms = b.get_u64();
+    let n = b.get_u32() as usize;
+    if b.len() < n {
+        return None;
+    }
+    let props = b.split_to(n);
+    Some((
+        Tag {
+            qos: (f & 0x03).min(2),
+            retain: f & 0x04 != 0,
+            origin,
+            expires_at_ms,
+            props,
+        },
+        b,
+    ))
+}
+
+/// A QoS 0, non-retained publish for the router.
+pub(crate) fn publish(topic: Bytes, tagged: Bytes) -> Packet {
+    Packet::Publish(Publish::new(topic, tagged, false), None)
+}
+
+/// A router subscription for one filter, at QoS 0, carrying the session's own identifier for
+/// it (which comes back on every delivery and names the subscription it matched).
+pub(crate) fn subscribe(filter: &str, rid: usize) -> Packet {
+    Packet::Subscribe(
+        Subscribe {
+            pkid: 0,
+            filters: vec![Filter {
+                path: filter.to_string(),
+                qos: QoS::AtMostOnce,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: RetainForwardRule::Never,
+            }],
+        },
+        Some(SubscribeProperties {
+            id: Some(rid),
+            user_properties: Vec::new(),
+        }),
+    )
+}
+
+pub(crate) fn unsubscribe(filter: &str) -> Packet {
+    Packet::Unsubscribe(
+        Unsubscribe {
+            pkid: 0,
+            filters: vec![filter.to_string()],
+        },
+        None,
+    )
+}
+
+pub(crate) fn disconnect() -> Packet {
+    Packet::Disconnect(
+        rumqttd::protocol::Disconnect {
+            reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+        },
+        None,
+    )
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn router_ids_are_injective_and_acceptable_to_the_router() {
+        let cases = [
+            (Some(("d", "c")), "a:b"),
+            (Some(("d", "c:a")), "b"),
+            (Some(("d:c", "a")), "b"),
+            (None, "c:d:c:a:b"),
+            (Some(("d", "c")), "a%3Ab"),
+            (Some(("d", "c")), "x/+#$"),
+        ];
+        let ids: Vec<String> = cases.iter().map(|(dc, m)| router_id(*dc, m)).collect();
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
+        for id in &ids {
+            assert!(!id.contains(['+', '$', '#', '/']), "{id}");
+        }
+    }
+
+    #[test]
+    fn tag_roundtrip() {
+        let tag = Tag {
+            qos: 2,
+            retain: true,
+            origin: 42,
+            expires_at_ms: 7,
+            props: Bytes::from_static(b"\x01\x01"),
+        };
+        let b = encode(&tag, b"payload");
+        let (t, p) = decode(b).expect("tag");
+        assert_eq!((t, &p[..]), (tag, &b"payload"[..]));
+        assert!(decode(Bytes::from_static(b"short")).is_none());
+    }
+}
