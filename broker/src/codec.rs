@@ -202,7 +202,10 @@ pub enum PropValue<'a> {
 }
 
 /// Splits a property block into (identifier, value, whole property bytes).
-pub fn props(mut p: &[u8]) -> Result<Vec<(u8, PropValue<'_>, &[u8])>, FrameError> {
+/// One property: identifier, value, and its whole encoded bytes.
+pub type Prop<'a> = (u8, PropValue<'a>, &'a [u8]);
+
+pub fn props(mut p: &[u8]) -> Result<Vec<Prop<'_>>, FrameError> {
     let mut out = Vec::new();
     while !p.is_empty() {
         let start = p;

@@ -17,9 +17,11 @@ use rumqttd::protocol::{Filter, Packet, Publish, QoS, RetainForwardRule, Subscri
 use std::sync::Arc;
 
 /// Builds links to the spawned router and tells whether it still runs.
+type BuildLink = dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync;
+
 #[derive(Clone)]
 pub(crate) struct RouterPort {
-    build: Arc<dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync>,
+    build: Arc<BuildLink>,
     alive: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 

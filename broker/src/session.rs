@@ -582,9 +582,7 @@ impl Session {
         // Acknowledgements leave only once the sink took what they acknowledge.
         self.flush_sink().await;
         live.wbuf.extend_from_slice(&replies);
-        if let Err(e) = self.flush_router().await {
-            return Err(e);
-        }
+        self.flush_router().await?;
         result
     }
 

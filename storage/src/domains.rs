@@ -321,7 +321,8 @@ mod tests {
             .expect("domain");
         assert_eq!(s.relation(&d.id, &a).expect("r"), Some(Relation::Admin));
         assert!(matches!(s.unassign_member(&d.id, &a), Err(StoreError::Conflict(_))));
-        s.assign_members(&d.id, &[b.clone()], Relation::Viewer).expect("assign");
+        s.assign_members(&d.id, std::slice::from_ref(&b), Relation::Viewer)
+            .expect("assign");
         assert_eq!(s.list_members(&d.id, &PageReq::default()).expect("m").total, 2);
         assert!(matches!(
             s.assign_members(&d.id, &[b.clone(), "ghost".into()], Relation::Editor),

@@ -47,6 +47,9 @@ fn get_varint(b: &[u8], i: &mut usize) -> usize {
     v
 }
 
+/// A will: (topic, payload, qos, retain, raw v5 will properties).
+pub type WillSpec<'a> = (&'a str, &'a [u8], u8, bool, Vec<u8>);
+
 /// What a CONNECT carries.
 #[derive(Clone)]
 pub struct Connect<'a> {
@@ -58,8 +61,7 @@ pub struct Connect<'a> {
     pub keep_alive: u16,
     /// Raw v5 CONNECT properties.
     pub props: Vec<u8>,
-    /// (topic, payload, qos, retain, raw v5 will properties)
-    pub will: Option<(&'a str, &'a [u8], u8, bool, Vec<u8>)>,
+    pub will: Option<WillSpec<'a>>,
 }
 
 impl<'a> Connect<'a> {
