@@ -87,6 +87,8 @@ enum End {
     Revoked(u8),
     /// The router dropped the link (not expected): the session ends.
     LinkGone,
+    /// A clean session's outbound queue overflowed: DISCONNECT 0x97 (5), will applies.
+    Overflow,
 }
 
 type Step = Result<(), End>;
@@ -189,6 +191,16 @@ impl Session {
                     (false, true)
                 }
                 End::LinkGone => (false, true),
+                End::Overflow => {
+                    if live.req.v5 {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            live.wr.write_all(&codec::encode_disconnect(reason::QUOTA_EXCEEDED)),
+                        )
+                        .await;
+                    }
+                    (true, false)
+                }
             };
             let _ = tokio::time::timeout(Duration::from_secs(1), live.wr.shutdown()).await;
             if let (true, Some(w)) = (will, live.req.will.take()) {
@@ -965,7 +977,7 @@ impl Session {
                 // hold more memory.
                 Metrics::inc(&self.m().disconnected_slow);
                 tracing::warn!(client = %self.client(), "subscriber too slow: outbound queue full, disconnecting");
-                Err(End::Abnormal("outbound queue full".into()))
+                Err(End::Overflow)
             }
             Push::Full => {
                 let n = self.m().dropped_queue_full.fetch_add(1, Ordering::Relaxed);
