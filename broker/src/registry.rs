@@ -84,7 +84,8 @@ impl Registry {
         };
         let gen = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        if let Some(old) = m.by_key.insert(
+        // Replaces an entry whose task ended without deregistering, if any.
+        m.by_key.insert(
             key.to_string(),
             Entry {
                 gen,
@@ -94,10 +95,7 @@ impl Registry {
                 persistent: false,
                 offline_since: None,
             },
-        ) {
-            // A task that ended without deregistering: forget it.
-            drop(old);
-        }
+        );
         if let Some(id) = identity {
             m.by_identity.entry(id.clone()).or_default().insert(key.to_string());
         }

@@ -492,11 +492,6 @@ async fn non_reading_subscribers_do_not_slow_publishers_or_other_tenants() {
         assert_eq!(p.publish(&t, &payload, 1, false, i % 60000 + 1).await, 0);
     }
     exchange(&e, "during-flood").await;
-    let m = &e.app.broker_metrics;
-    assert!(
-        m.dropped_qos0_full.load(Ordering::Relaxed) + m.disconnected_slow.load(Ordering::Relaxed) > 0
-            || m.messages_out.load(Ordering::Relaxed) > 0
-    );
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Test-side MQTT clients (rumqttc, 3.1.1 and 5) whose events arrive on a channel, so tests
 //! await events instead of sleeping.
 
+use crate::raw::{framed, put_str};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -357,29 +358,6 @@ impl Conn {
 pub struct RawV5 {
     s: tokio::net::TcpStream,
     buf: Vec<u8>,
-}
-
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-fn framed(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
 }
 
 impl RawV5 {
