@@ -68,6 +68,7 @@ pub struct MqttConfig {
     pub allow_anonymous: bool,
     pub max_packet_size: usize,
     pub connect_timeout: u64,
+    pub max_keep_alive: u16,
     pub max_connections: usize,
     pub inflight_window: u16,
     pub max_connect_size: usize,
@@ -258,6 +259,7 @@ impl Config {
         }
         let m = &self.mqtt;
         if m.max_connect_size < 64
+            || m.max_keep_alive == 0
             || m.max_pending_connections == 0
             || m.max_queued_bytes < 1024
             || m.max_queued_messages == 0
@@ -266,7 +268,7 @@ impl Config {
             || m.max_segment_count < 2
         {
             return Err(ConfigError::Invalid(
-                "mqtt: max_connect_size >= 64, max_queued_bytes >= 1024, max_segment_size >= 1024, max_segment_count >= 2; pending connections, queued messages and sessions per client positive".into(),
+                "mqtt: max_connect_size >= 64, max_queued_bytes >= 1024, max_segment_size >= 1024, max_segment_count >= 2; max_keep_alive, pending connections, queued messages and sessions per client positive".into(),
             ));
         }
         if self.messages.queue_size == 0 || self.messages.batch_size == 0 || self.messages.retention_interval == 0 {

@@ -121,6 +121,7 @@ impl App {
             allow_anonymous: cfg.mqtt.allow_anonymous,
             max_packet_size: cfg.mqtt.max_packet_size,
             connect_timeout: std::time::Duration::from_secs(cfg.mqtt.connect_timeout),
+            max_keep_alive: cfg.mqtt.max_keep_alive,
             max_connections: cfg.mqtt.max_connections,
             inflight_window: cfg.mqtt.inflight_window,
             max_connect_size: cfg.mqtt.max_connect_size,

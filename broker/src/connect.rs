@@ -75,6 +75,11 @@ pub(crate) const UNAVAILABLE: Refusal = Refusal {
     v5: 0x88,
     why: "server unavailable",
 };
+pub(crate) const KEEP_ALIVE_TOO_LONG: Refusal = Refusal {
+    v4: 0x02,
+    v5: 0x82,
+    why: "keep alive above mqtt.max_keep_alive (3.1.1 cannot be told a shorter one)",
+};
 pub(crate) const QUOTA: Refusal = Refusal {
     v4: 0x03,
     v5: 0x97,
@@ -111,6 +116,8 @@ pub(crate) struct ConnectReq {
     pub assigned: bool,
     pub clean_start: bool,
     pub keep_alive: u16,
+    /// v5 Server Keep Alive sent in CONNACK when the server chose `keep_alive`.
+    pub server_keep_alive: Option<u16>,
     /// Seconds the session outlives the connection (0: ends with it), already capped.
     pub session_expiry: u32,
     pub expiry_capped: bool,
@@ -352,6 +359,18 @@ async fn handshake(
         }
         None => None,
     };
+    // Keep alive: capped at mqtt.max_keep_alive. A v5 client is told the value it must use
+    // (Server Keep Alive, also when it asked for none) [MQTT-3.2.2-21]; a 3.1.1 client cannot
+    // be told, so one asking for more is refused (as Mosquitto does).
+    let max_ka = shared.cfg.max_keep_alive;
+    let (keep_alive, server_keep_alive) = match connect.keep_alive {
+        ka if v5 && (ka == 0 || ka > max_ka) => (max_ka, Some(max_ka)),
+        ka if !v5 && ka > max_ka => {
+            refuse(io, v5, KEEP_ALIVE_TOO_LONG, m, &mqtt_client_id).await;
+            return Ok(None);
+        }
+        ka => (ka, None),
+    };
     let req = ConnectReq {
         v5,
         identity,
@@ -359,7 +378,8 @@ async fn handshake(
         mqtt_client_id,
         assigned,
         clean_start: connect.clean_session,
-        keep_alive: connect.keep_alive,
+        keep_alive,
+        server_keep_alive,
         session_expiry,
         expiry_capped,
         receive_max: props.1.filter(|r| *r > 0).unwrap_or(65_535),

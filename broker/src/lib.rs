@@ -135,6 +135,8 @@ pub struct BrokerConfig {
     /// Connections that have not finished CONNECT, at most.
     pub max_pending_connections: usize,
     pub connect_timeout: Duration,
+    /// Longest keep alive granted, in seconds (v5: Server Keep Alive; 3.1.1: refused beyond).
+    pub max_keep_alive: u16,
     pub max_connections: usize,
     /// Receive Maximum: QoS 1/2 publishes a client may have unacknowledged.
     pub inflight_window: u16,
@@ -180,6 +182,7 @@ impl Default for BrokerConfig {
             max_connect_size: 64 * 1024,
             max_pending_connections: 1024,
             connect_timeout: Duration::from_secs(10),
+            max_keep_alive: 65_535,
             max_connections: 100_000,
             inflight_window: 100,
             max_queued_bytes: 1024 * 1024,

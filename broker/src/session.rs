@@ -324,7 +324,7 @@ impl Session {
             max_packet: self.shared.cfg.max_packet_size as u32,
             topic_alias_max: TOPIC_ALIAS_MAX,
             session_expiry: live.req.expiry_capped.then_some(self.expiry),
-            server_keep_alive: None,
+            server_keep_alive: live.req.server_keep_alive,
         };
         live.wbuf
             .extend_from_slice(&codec::encode_connack(0, resumed, live.req.v5, Some(&props)));

@@ -9,17 +9,28 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// A domain with an owner token, a channel and one client with both rights on it.
-struct Env {
-    app: TestApp,
-    t: String,
-    d: String,
-    h: String,
-    c: String,
-    s: String,
+pub(crate) struct Env {
+    pub app: TestApp,
+    pub t: String,
+    pub d: String,
+    pub h: String,
+    pub c: String,
+    pub s: String,
 }
 
-async fn env() -> Env {
-    let app = TestApp::spawn().await;
+pub(crate) async fn env() -> Env {
+    env_on(TestApp::spawn().await).await
+}
+
+/// The same, on a server started with a changed configuration.
+pub(crate) async fn env_with(change: impl FnOnce(&mut fluxgate::config::Config)) -> Env {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = crate::helpers::test_config(dir.path());
+    change(&mut cfg);
+    env_on(TestApp::spawn_with(dir, cfg).await).await
+}
+
+async fn env_on(app: TestApp) -> Env {
     let (_, t) = app.user("engineowner").await;
     let d = app.domain(&t, "engine").await;
     let h = app.channel(&t, &d, "ch").await;
@@ -29,19 +40,19 @@ async fn env() -> Env {
 }
 
 impl Env {
-    fn topic(&self, sub: &str) -> String {
+    pub fn topic(&self, sub: &str) -> String {
         format!("channels/{}/messages/{sub}", self.h)
     }
-    fn conn<'a>(&'a self, v5: bool, id: &'a str) -> Connect<'a> {
+    pub fn conn<'a>(&'a self, v5: bool, id: &'a str) -> Connect<'a> {
         Connect::new(v5, id, &self.c, &self.s)
     }
-    async fn raw(&self, v5: bool, id: &str) -> Raw {
+    pub async fn raw(&self, v5: bool, id: &str) -> Raw {
         Raw::ok(self.app.mqtt_addr, &self.conn(v5, id)).await
     }
 }
 
 /// Both levels exchange a message (the broker still serves everybody).
-async fn exchange(e: &Env, tag: &str) {
+pub(crate) async fn exchange(e: &Env, tag: &str) {
     for v5 in [false, true] {
         let id = format!("check-{tag}-{v5}");
         let mut r = e.raw(v5, &id).await;
@@ -256,7 +267,7 @@ async fn wills_follow_the_rights_at_the_moment_they_fire() {
     );
 }
 
-async fn wait_until(f: impl Fn() -> bool) {
+pub(crate) async fn wait_until(f: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !f() {
         assert!(std::time::Instant::now() < deadline, "condition not reached");

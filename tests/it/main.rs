@@ -2,11 +2,13 @@
 //! driven over real sockets. One test binary, so the app links once.
 
 mod channels;
+mod child;
 mod cli;
 mod clients;
 mod config;
 mod domains;
 mod engine;
+mod engine_flow;
 mod groups;
 mod helpers;
 mod isolation;

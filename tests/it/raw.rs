@@ -135,14 +135,15 @@ pub struct Pub {
 
 impl Pub {
     /// (id, raw value bytes) of each v5 property.
-    pub fn prop_ids(&self) -> Vec<u8> {
+    pub fn prop_list(&self) -> Vec<(u8, Vec<u8>)> {
         let mut out = Vec::new();
         let p = &self.props;
         let mut i = 0;
+        let str_len = |i: usize| 2 + u16::from_be_bytes([p[i], p[i + 1]]) as usize;
         while i < p.len() {
             let id = p[i];
             i += 1;
-            out.push(id);
+            let start = i;
             match id {
                 0x01 => i += 1,
                 0x02 => i += 4,
@@ -150,16 +151,26 @@ impl Pub {
                 0x0B => {
                     get_varint(p, &mut i);
                 }
-                0x03 | 0x08 | 0x09 => i += 2 + u16::from_be_bytes([p[i], p[i + 1]]) as usize,
+                0x03 | 0x08 | 0x09 => i += str_len(i),
                 0x26 => {
-                    for _ in 0..2 {
-                        i += 2 + u16::from_be_bytes([p[i], p[i + 1]]) as usize;
-                    }
+                    i += str_len(i);
+                    i += str_len(i);
                 }
                 _ => break,
             }
+            out.push((id, p[start..i].to_vec()));
         }
         out
+    }
+
+    /// The ids of the v5 properties, in order.
+    pub fn prop_ids(&self) -> Vec<u8> {
+        self.prop_list().into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// The value bytes of property `id`.
+    pub fn prop(&self, id: u8) -> Option<Vec<u8>> {
+        self.prop_list().into_iter().find(|(i, _)| *i == id).map(|(_, v)| v)
     }
 }
 
@@ -184,6 +195,16 @@ impl Raw {
                 let (sp, code) = (body[0] & 1 == 1, body[1]);
                 (r, code, sp)
             }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Connects; returns the client and the whole CONNACK body (flags, code, v5 properties).
+    pub async fn connack(addr: std::net::SocketAddr, c: &Connect<'_>) -> (Raw, Vec<u8>) {
+        let mut r = Raw::open(addr, c.v5).await;
+        r.send(&c.encode()).await;
+        match r.packet().await {
+            Some((first, body)) if first >> 4 == 2 => (r, body),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
@@ -393,6 +414,36 @@ impl Raw {
     }
 }
 
+/// The two-byte integer property `id` of a v5 CONNACK body, if present.
+pub fn connack_u16(body: &[u8], id: u8) -> Option<u16> {
+    let mut i = 2;
+    let len = get_varint(body, &mut i);
+    let end = i + len;
+    while i < end {
+        let pid = body[i];
+        i += 1;
+        let n = match pid {
+            0x13 | 0x21 | 0x22 => {
+                let v = u16::from_be_bytes([body[i], body[i + 1]]);
+                if pid == id {
+                    return Some(v);
+                }
+                2
+            }
+            0x11 | 0x27 => 4,
+            0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
+            0x12 | 0x1F | 0x1A | 0x1C | 0x15 | 0x16 => 2 + u16::from_be_bytes([body[i], body[i + 1]]) as usize,
+            0x26 => {
+                let k = 2 + u16::from_be_bytes([body[i], body[i + 1]]) as usize;
+                k + 2 + u16::from_be_bytes([body[i + k], body[i + k + 1]]) as usize
+            }
+            other => panic!("unknown CONNACK property {other:#x}"),
+        };
+        i += n;
+    }
+    None
+}
+
 /// v5 property bytes.
 pub mod props {
     use super::put_str;
@@ -425,5 +476,39 @@ pub mod props {
     }
     pub fn sub_id(id: u8) -> Vec<u8> {
         vec![0x0B, id]
+    }
+
+    pub fn receive_max(n: u16) -> Vec<u8> {
+        let mut v = vec![0x21];
+        v.extend_from_slice(&n.to_be_bytes());
+        v
+    }
+
+    pub fn max_packet(n: u32) -> Vec<u8> {
+        let mut v = vec![0x27];
+        v.extend_from_slice(&n.to_be_bytes());
+        v
+    }
+
+    pub fn will_delay(secs: u32) -> Vec<u8> {
+        let mut v = vec![0x18];
+        v.extend_from_slice(&secs.to_be_bytes());
+        v
+    }
+
+    pub fn correlation(d: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x09];
+        put_str(&mut v, d);
+        v
+    }
+
+    pub fn response_topic(t: &str) -> Vec<u8> {
+        let mut v = vec![0x08];
+        put_str(&mut v, t.as_bytes());
+        v
+    }
+
+    pub fn payload_format(utf8: bool) -> Vec<u8> {
+        vec![0x01, u8::from(utf8)]
     }
 }
