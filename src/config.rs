@@ -58,6 +58,11 @@ pub struct HttpConfig {
     pub addr: String,
     pub max_body_bytes: u64,
     pub tls: bool,
+    pub public_url: String,
+    pub header_timeout: u64,
+    pub idle_timeout: u64,
+    pub max_connections: usize,
+    pub backlog: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -70,6 +75,7 @@ pub struct MqttConfig {
     pub connect_timeout: u64,
     pub max_keep_alive: u16,
     pub max_connections: usize,
+    pub backlog: u32,
     pub inflight_window: u16,
     pub max_connect_size: usize,
     pub max_pending_connections: usize,
@@ -103,6 +109,8 @@ pub struct MessagesConfig {
     pub flush_interval_ms: u64,
     pub writer_priority: WriterPriority,
     pub store_mqtt: bool,
+    pub max_senml_name: usize,
+    pub max_senml_string: usize,
     pub retention_max_age: u64,
     pub retention_max_rows_per_channel: u64,
     pub retention_interval: u64,
@@ -183,6 +191,15 @@ pub struct Overrides {
     pub wss_addr: Option<String>,
 }
 
+impl MessagesConfig {
+    pub fn senml_limits(&self) -> mgmt::senml::Limits {
+        mgmt::senml::Limits {
+            max_name: self.max_senml_name,
+            max_string: self.max_senml_string,
+        }
+    }
+}
+
 impl Config {
     /// The embedded defaults alone.
     pub fn defaults() -> Config {
@@ -255,6 +272,24 @@ impl Config {
         if self.mqtt.max_packet_size < 64 || self.mqtt.inflight_window == 0 || self.mqtt.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "mqtt.max_packet_size must be at least 64; inflight_window and max_connections positive".into(),
+            ));
+        }
+        let h = &self.http;
+        if h.header_timeout == 0
+            || h.idle_timeout == 0
+            || h.max_connections == 0
+            || h.backlog == 0
+            || self.mqtt.backlog == 0
+        {
+            return Err(ConfigError::Invalid(
+                "http.header_timeout, http.idle_timeout, http.max_connections and the backlogs must be positive".into(),
+            ));
+        }
+        let u = &h.public_url;
+        let url_ok = u.is_empty() || u.starts_with("http://") || u.starts_with("https://");
+        if !url_ok {
+            return Err(ConfigError::Invalid(
+                "http.public_url must start with http:// or https://".into(),
             ));
         }
         let m = &self.mqtt;

@@ -6,7 +6,8 @@
 
 pub mod cli;
 pub mod config;
-pub mod https;
+pub mod datadir;
+pub mod http_server;
 pub mod mail;
 pub mod mqtt;
 pub mod pipeline;
@@ -32,6 +33,8 @@ pub enum AppError {
     Bind { addr: String, err: std::io::Error },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
     #[error("startup: {0}")]
     Startup(String),
 }
@@ -54,13 +57,28 @@ pub struct App {
     writer: pipeline::Writer,
     https: Option<Arc<certs::RustlsServerConfig>>,
     wss_addr: Option<SocketAddr>,
+    limits: http_server::HttpLimits,
+    /// Released when the platform stops.
+    _dir_lock: datadir::DirLock,
+    http_counters: Arc<http_server::HttpCounters>,
     /// The generated bootstrap password, when this start created the super-admin with one.
     pub generated_admin_password: Option<String>,
 }
 
 impl App {
     pub async fn build(cfg: Config, hooks: Hooks) -> Result<App, AppError> {
-        std::fs::create_dir_all(&cfg.data_dir)?;
+        // The API listener first: nothing is created when its port is taken.
+        let http = http_server::bind(&cfg.http.addr, cfg.http.backlog).map_err(|err| AppError::Bind {
+            addr: cfg.http.addr.clone(),
+            err,
+        })?;
+        let http_addr = http.local_addr()?;
+        let limits = http_server::HttpLimits {
+            header_timeout: std::time::Duration::from_secs(cfg.http.header_timeout),
+            idle_timeout: std::time::Duration::from_secs(cfg.http.idle_timeout),
+            max_connections: cfg.http.max_connections,
+        };
+        let dir_lock = datadir::prepare(&cfg.data_dir)?;
         let db_path = cfg.data_dir.join("fluxgate.db");
         let store_cfg = StoreConfig {
             busy_timeout: std::time::Duration::from_millis(cfg.store.busy_timeout_ms),
@@ -123,6 +141,7 @@ impl App {
             connect_timeout: std::time::Duration::from_secs(cfg.mqtt.connect_timeout),
             max_keep_alive: cfg.mqtt.max_keep_alive,
             max_connections: cfg.mqtt.max_connections,
+            backlog: cfg.mqtt.backlog,
             inflight_window: cfg.mqtt.inflight_window,
             max_connect_size: cfg.mqtt.max_connect_size,
             max_pending_connections: cfg.mqtt.max_pending_connections,
@@ -152,13 +171,23 @@ impl App {
         tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
         let wss_addr = match (&tls, cfg.tls.wss_addr.as_str()) {
             (Some(sc), a) if !a.is_empty() => {
-                let l = tokio::net::TcpListener::bind(a).await.map_err(|err| AppError::Bind {
+                let l = http_server::bind(a, cfg.mqtt.backlog).map_err(|err| AppError::Bind {
                     addr: a.to_string(),
                     err,
                 })?;
                 let addr = l.local_addr()?;
                 tracing::info!(%addr, "MQTT over secure WebSocket listening on /mqtt");
-                tokio::spawn(https::serve(l, sc.clone(), broker.ws_routes(), std::future::pending()));
+                tokio::spawn(http_server::serve(
+                    l,
+                    Some(sc.clone()),
+                    broker.ws_routes(),
+                    http_server::HttpLimits {
+                        max_connections: cfg.mqtt.max_connections,
+                        ..limits
+                    },
+                    Arc::new(http_server::HttpCounters::default()),
+                    std::future::pending(),
+                ));
                 Some(addr)
             }
             _ => None,
@@ -172,6 +201,8 @@ impl App {
                 self_registration: cfg.auth.self_registration,
                 max_body_bytes: cfg.http.max_body_bytes,
                 version: VERSION,
+                public_url: public_url(&cfg, http_addr),
+                senml: cfg.messages.senml_limits(),
             },
             outbox,
             events: events.clone(),
@@ -184,14 +215,6 @@ impl App {
         });
         let generated_admin_password = bootstrap_admin(&ctx, &cfg).await?;
 
-        let http = tokio::net::TcpListener::bind(&cfg.http.addr)
-            .await
-            .map_err(|err| AppError::Bind {
-                addr: cfg.http.addr.clone(),
-                err,
-            })?;
-        let http_addr = http.local_addr()?;
-
         Ok(App {
             http,
             http_addr,
@@ -202,12 +225,20 @@ impl App {
             writer,
             https: tls.filter(|_| cfg.http.tls),
             wss_addr,
+            limits,
+            _dir_lock: dir_lock,
+            http_counters: Arc::new(http_server::HttpCounters::default()),
             generated_admin_password,
         })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// What the API listener refused or closed (connection cap, idle connections).
+    pub fn http_counters(&self) -> Arc<http_server::HttpCounters> {
+        self.http_counters.clone()
     }
 
     pub fn mqtt_addr(&self) -> SocketAddr {
@@ -271,12 +302,10 @@ impl App {
             let died = stop_rx.await.unwrap_or(false);
             let _ = died_tx.send(died);
         };
-        match self.https {
-            Some(sc) => {
-                use warp::Filter;
-                https::serve(self.http, sc, mgmt::routes(self.ctx).boxed(), stop).await
-            }
-            None => mgmt::serve(self.http, self.ctx, stop).await,
+        {
+            use warp::Filter;
+            let routes = mgmt::routes(self.ctx).boxed();
+            http_server::serve(self.http, self.https, routes, self.limits, self.http_counters, stop).await;
         }
         // Everything accepted is written before exit.
         self.writer.drain().await;
@@ -285,6 +314,20 @@ impl App {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The base of links sent to users: `http.public_url`, else the API's own address (an
+/// unspecified bind address becomes `localhost`). Never derived from a request.
+fn public_url(cfg: &Config, bound: SocketAddr) -> String {
+    if !cfg.http.public_url.is_empty() {
+        return cfg.http.public_url.trim_end_matches('/').to_string();
+    }
+    let scheme = if cfg.http.tls { "https" } else { "http" };
+    if bound.ip().is_unspecified() {
+        format!("{scheme}://localhost:{}", bound.port())
+    } else {
+        format!("{scheme}://{bound}")
     }
 }
 

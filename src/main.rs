@@ -198,6 +198,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log.level);
+            raise_open_file_limit();
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -214,6 +215,30 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every device connection is a
+/// descriptor, and the default soft limit (often 1024) would refuse devices long before the
+/// configured connection caps.
+#[allow(unsafe_code)]
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct passed by pointer.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if got != 0 || lim.rlim_cur >= lim.rlim_max {
+        return;
+    }
+    let from = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        tracing::info!(from, to = lim.rlim_max, "raised the open-file limit to the hard limit");
+    } else {
+        tracing::warn!(soft = from, hard = lim.rlim_max, "could not raise the open-file limit");
     }
 }
 

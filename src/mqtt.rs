@@ -60,16 +60,14 @@ impl Authorizer for StoreAuthorizer {
             };
             let s2 = serial.clone();
             let outcome = tokio::task::spawn_blocking(move || {
-                let Ok(Some(rec)) = store.cert_by_serial(&s2) else {
+                let Ok(Some((rec, client))) = store.cert_login(&s2) else {
                     return Login::BadCredentials;
                 };
                 if rec.revoked_at.is_some() {
                     return Login::Disabled;
                 }
-                let client = store
-                    .clients_by_id(&rec.client_id)
-                    .ok()
-                    .and_then(|v| v.into_iter().find(|c| c.domain_id == rec.domain_id));
+                // The client record the certificate was issued for (not one re-created under
+                // the same id).
                 match client {
                     None => Login::BadCredentials,
                     Some(c) if !c.active() => Login::Disabled,

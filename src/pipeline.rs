@@ -190,11 +190,11 @@ pub fn start(
         Duration::from_millis(cfg.flush_interval_ms),
     ));
     let (finished_tx, finished) = oneshot::channel();
-    let (s, m, nice) = (store.clone(), metrics.clone(), cfg.writer_priority);
+    let (s, m, nice, limits) = (store.clone(), metrics.clone(), cfg.writer_priority, cfg.senml_limits());
     std::thread::Builder::new()
         .name("fluxgate-writer".into())
         .spawn(move || {
-            writer_thread(s, batch_rx, stored_tx, m, nice);
+            writer_thread(s, batch_rx, stored_tx, m, nice, limits);
             let _ = finished_tx.send(());
         })?;
     if cfg.retention_max_age > 0 || cfg.retention_max_rows_per_channel > 0 {
@@ -242,7 +242,7 @@ fn rows_from_records(base: &NewMessage, records: Vec<mgmt::senml::Record>) -> Ve
 
 /// Normalizes an MQTT payload: SenML when it is a valid pack, a JSON document when it is
 /// other JSON, otherwise kept raw (counted, never dropped).
-fn mqtt_rows(m: Message, metrics: &PipelineMetrics) -> Vec<NewMessage> {
+fn mqtt_rows(m: Message, metrics: &PipelineMetrics, limits: mgmt::senml::Limits) -> Vec<NewMessage> {
     let received = m.received_at as f64 / 1e6;
     let base = NewMessage {
         domain_id: m.domain_id,
@@ -254,7 +254,7 @@ fn mqtt_rows(m: Message, metrics: &PipelineMetrics) -> Vec<NewMessage> {
         format: "raw",
         ..Default::default()
     };
-    if let Ok(records) = mgmt::senml::normalize(&m.payload, received) {
+    if let Ok(records) = mgmt::senml::normalize(&m.payload, received, limits) {
         return rows_from_records(&base, records);
     }
     if serde_json::from_slice::<serde_json::Value>(&m.payload).is_ok() {
@@ -334,6 +334,7 @@ fn writer_thread(
     stored: tokio::sync::watch::Sender<u64>,
     metrics: Arc<PipelineMetrics>,
     priority: WriterPriority,
+    limits: mgmt::senml::Limits,
 ) {
     set_priority(priority);
     while let Some(batch) = batches.blocking_recv() {
@@ -347,7 +348,7 @@ fn writer_thread(
                 }
                 Envelope::Mqtt(ms) => {
                     for m in ms {
-                        rows.extend(mqtt_rows(m, &metrics));
+                        rows.extend(mqtt_rows(m, &metrics, limits));
                     }
                 }
             }

@@ -138,6 +138,8 @@ pub struct BrokerConfig {
     /// Longest keep alive granted, in seconds (v5: Server Keep Alive; 3.1.1: refused beyond).
     pub max_keep_alive: u16,
     pub max_connections: usize,
+    /// Accept backlog of the MQTT listeners.
+    pub backlog: u32,
     /// Receive Maximum: QoS 1/2 publishes a client may have unacknowledged.
     pub inflight_window: u16,
     /// Per-session outbound queue bounds.
@@ -184,6 +186,7 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: 65_535,
             max_connections: 100_000,
+            backlog: 4096,
             inflight_window: 100,
             max_queued_bytes: 1024 * 1024,
             max_queued_messages: 10_000,
@@ -361,13 +364,26 @@ impl BrokerHandle {
     }
 }
 
-fn bind(addr: &str) -> Result<std::net::TcpListener, BrokerError> {
-    let l = std::net::TcpListener::bind(addr).map_err(|err| BrokerError::Bind {
+fn bind(addr: &str, backlog: u32) -> Result<std::net::TcpListener, BrokerError> {
+    bind_listener(addr, backlog).map_err(|err| BrokerError::Bind {
         addr: addr.to_string(),
         err,
-    })?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    })
+}
+
+/// Binds a non-blocking TCP listener with an explicit accept backlog (std's is 128; the kernel
+/// caps the value at `net.core.somaxconn`). Shared with the HTTP listeners.
+pub fn bind_listener(addr: &str, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sa = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "address resolves to nothing"))?;
+    let s = Socket::new(Domain::for_address(sa), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&sa.into())?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
 }
 
 /// Spawns the router and the broker's runtime, binds the listeners and starts accepting.
@@ -377,12 +393,15 @@ pub async fn start(
     sink: Arc<dyn MessageSink>,
     retained_store: Option<Arc<dyn RetainedStore>>,
 ) -> Result<BrokerHandle, BrokerError> {
-    let mqtt = bind(&cfg.mqtt_addr)?;
+    let mqtt = bind(&cfg.mqtt_addr, cfg.backlog)?;
     let mqtt_addr = mqtt.local_addr()?;
-    let ws = cfg.ws_addr.as_deref().map(bind).transpose()?;
+    let ws = cfg.ws_addr.as_deref().map(|a| bind(a, cfg.backlog)).transpose()?;
     let ws_addr = ws.as_ref().map(|l| l.local_addr()).transpose()?;
     let tls = match &cfg.tls {
-        Some(t) => Some((bind(&t.addr)?, tokio_rustls::TlsAcceptor::from(t.config.clone()))),
+        Some(t) => Some((
+            bind(&t.addr, cfg.backlog)?,
+            tokio_rustls::TlsAcceptor::from(t.config.clone()),
+        )),
         None => None,
     };
     let mqtts_addr = tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;

@@ -212,13 +212,21 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
         }
         [id] if m == Method::DELETE => {
             let (d, cid) = (a.domain_id().to_string(), id.to_string());
-            ctx.db(move |s| s.delete_client(&d, &cid))
+            let revoked = ctx
+                .db(move |s| s.delete_client(&d, &cid))
                 .await
                 .map_err(not_found_as("client"))?;
             ctx.emit(Change::ClientDeleted {
                 domain_id: a.domain_id().into(),
                 client_id: id.to_string(),
             });
+            for serial in revoked {
+                ctx.emit(Change::CertRevoked {
+                    domain_id: a.domain_id().into(),
+                    client_id: id.to_string(),
+                    serial,
+                });
+            }
             tracing::info!(domain = %a.domain_id(), client = %id, "client deleted");
             Reply::empty(StatusCode::NO_CONTENT)
         }

@@ -65,14 +65,22 @@ impl Req {
         self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
-    /// A numeric query parameter; 400 naming the parameter when it does not parse.
+    /// A numeric query parameter, the one parser of them all: 400 naming the parameter when it
+    /// does not parse or exceeds what the store holds (a signed 64-bit integer).
     pub fn q_u64(&self, key: &str) -> Result<Option<u64>, ApiError> {
         match self.q(key) {
             None | Some("") => Ok(None),
             Some(v) => v
-                .parse()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= i64::MAX as u64)
                 .map(Some)
-                .map_err(|_| ApiError::bad(format!("invalid value of query parameter `{key}`"))),
+                .ok_or_else(|| {
+                    ApiError::bad(format!(
+                        "query parameter `{key}` must be an integer from 0 to {}",
+                        i64::MAX
+                    ))
+                }),
         }
     }
 

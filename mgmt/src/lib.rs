@@ -25,7 +25,6 @@ pub mod views;
 
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use std::future::Future;
 use std::sync::Arc;
 use storage::{Order, PageReq, Store};
 use warp::http::Method;
@@ -37,7 +36,14 @@ pub struct MgmtConfig {
     pub self_registration: bool,
     pub max_body_bytes: u64,
     pub version: &'static str,
+    /// Base of links sent to users (password reset), from configuration only.
+    pub public_url: String,
+    pub senml: senml::Limits,
 }
+
+/// The peer address of a request, put into its extensions by the server that accepted it.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// Where notices for users (password reset links) are delivered.
 pub trait Outbox: Send + Sync {
@@ -117,7 +123,7 @@ pub fn routes(
         .and(warp::path::full())
         .and(raw_query)
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<Peer>().map(|p: Option<Peer>| p.map(|p| p.0)))
         .and(warp::body::stream())
         .then(
             |ctx: Arc<Ctx>, method: Method, path: warp::path::FullPath, query: String, headers, remote, body| async move {
@@ -137,19 +143,6 @@ pub fn routes(
                 http::render(res)
             },
         )
-}
-
-/// Serves the API on an already-bound listener until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    ctx: Arc<Ctx>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    warp::serve(routes(ctx))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
 }
 
 async fn route(ctx: &Arc<Ctx>, req: Req) -> Result<Reply, ApiError> {

@@ -158,9 +158,10 @@ pub async fn publish(
     }
     let now = now_secs();
     let content = match req.content_type().as_deref() {
-        Some("application/senml+json") => {
-            Content::Senml(senml::normalize(&req.body, now).map_err(|e| ApiError::bad(format!("invalid SenML: {e}")))?)
-        }
+        Some("application/senml+json") => Content::Senml(
+            senml::normalize(&req.body, now, ctx.cfg.senml)
+                .map_err(|e| ApiError::bad(format!("invalid SenML: {e}")))?,
+        ),
         Some("application/json") => {
             if req.body.is_empty() {
                 return Err(ApiError::bad("request body is empty"));

@@ -76,8 +76,27 @@ fn text<'a>(o: &'a Map<String, Value>, k: &str, i: usize) -> Result<Option<&'a s
     }
 }
 
+/// Length limits of names and strings (configured in `[messages]`).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longest resolved name (`bn` + `n`), in bytes.
+    pub max_name: usize,
+    /// Longest unit, string value or data value, in bytes.
+    pub max_string: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_name: 256,
+            max_string: 4096,
+        }
+    }
+}
+
 /// Parses and normalizes a SenML JSON pack. The error names the first bad record (0-based).
-pub fn normalize(payload: &[u8], now: f64) -> Result<Vec<Record>, String> {
+/// Resolved times, values and sums must be finite (a base plus an offset can overflow).
+pub fn normalize(payload: &[u8], now: f64, limits: Limits) -> Result<Vec<Record>, String> {
     let v: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
     let Value::Array(items) = v else {
         return Err("a SenML pack is a JSON array of records".into());
@@ -119,6 +138,9 @@ pub fn normalize(payload: &[u8], now: f64) -> Result<Vec<Record>, String> {
             }
         }
         let name = format!("{bn}{}", text(o, "n", i)?.unwrap_or(""));
+        if name.len() > limits.max_name {
+            return Err(format!("record {i}: name longer than {} bytes", limits.max_name));
+        }
         if name.is_empty() {
             return Err(format!("record {i}: name is empty (give n or bn)"));
         }
@@ -144,17 +166,34 @@ pub fn normalize(payload: &[u8], now: f64) -> Result<Vec<Record>, String> {
         if values == 0 && s.is_none() {
             return Err(format!("record {i}: no value or sum"));
         }
-        let t = bt + num(o, "t", i)?.unwrap_or(0.0);
+        let unit = text(o, "u", i)?.map(String::from).unwrap_or_else(|| bu.clone());
+        for (k, x) in [("u", Some(unit.as_str())), ("vs", vs), ("vd", vd)] {
+            if x.is_some_and(|x| x.len() > limits.max_string) {
+                return Err(format!("record {i}: `{k}` longer than {} bytes", limits.max_string));
+            }
+        }
+        let time = resolve_time(bt + num(o, "t", i)?.unwrap_or(0.0), now);
+        let value = v.map(|x| bv + x);
+        let sum = s.map(|x| bs + x);
+        for (what, x) in [
+            ("time (bt + t)", Some(time)),
+            ("value (bv + v)", value),
+            ("sum (bs + s)", sum),
+        ] {
+            if x.is_some_and(|x| !x.is_finite()) {
+                return Err(format!("record {i}: {what} is not a finite number"));
+            }
+        }
         out.push(Record {
             name,
-            unit: text(o, "u", i)?.map(String::from).unwrap_or_else(|| bu.clone()),
-            time: resolve_time(t, now),
+            unit,
+            time,
             update_time: num(o, "ut", i)?,
-            value: v.map(|x| bv + x),
+            value,
             string_value: vs.map(String::from),
             bool_value: vb,
             data_value: vd.map(String::from),
-            sum: s.map(|x| bs + x),
+            sum,
         });
     }
     Ok(out)
@@ -171,7 +210,7 @@ mod tests {
         let pack =
             br#"[{"bn":"some-base-name:","bt":1.276020076001e+09,"bu":"A","bver":5,"n":"voltage","u":"V","v":120.1},
                        {"n":"current","t":-5,"v":1.2},{"n":"current","t":-4,"v":1.3}]"#;
-        let r = normalize(pack, NOW).expect("valid");
+        let r = normalize(pack, NOW, Limits::default()).expect("valid");
         assert_eq!(r.len(), 3);
         assert_eq!(
             (r[0].name.as_str(), r[0].unit.as_str(), r[0].value),
@@ -187,7 +226,7 @@ mod tests {
 
     #[test]
     fn base_values_relative_times_sums_and_kinds() {
-        let r = normalize(br#"[{"bn":"dev/","bv":10,"bs":100,"n":"a","v":1,"t":-10},{"n":"b","s":5},{"n":"c","vs":"on"},{"n":"d","vb":true},{"n":"e","vd":"AAEC"}]"#, NOW)
+        let r = normalize(br#"[{"bn":"dev/","bv":10,"bs":100,"n":"a","v":1,"t":-10},{"n":"b","s":5},{"n":"c","vs":"on"},{"n":"d","vb":true},{"n":"e","vd":"AAEC"}]"#, NOW, Limits::default())
             .expect("valid");
         assert_eq!(r[0].value, Some(11.0));
         assert_eq!(r[0].time, NOW - 10.0);
@@ -199,6 +238,7 @@ mod tests {
         let r = normalize(
             br#"[{"n":"x","v":1,"t":1700000000123},{"n":"x","v":1,"t":1700000000123000000}]"#,
             NOW,
+            Limits::default(),
         )
         .expect("valid");
         assert_eq!(r[0].time, 1700000000.123);
@@ -207,7 +247,7 @@ mod tests {
 
     #[test]
     fn refusals_name_the_record() {
-        let cases: [(&[u8], &str); 8] = [
+        let cases: [(&[u8], &str); 11] = [
             (b"[]", "empty"),
             (b"{}", "array"),
             (
@@ -219,10 +259,37 @@ mod tests {
             (br#"[{"n":"a b","v":1}]"#, "invalid name"),
             (br#"[{"v":1}]"#, "name is empty"),
             (br#"[{"n":"a","v":"1"}]"#, "`v` must be a number"),
+            (
+                br#"[{"n":"a","bv":1.7e308,"v":1.7e308}]"#,
+                "record 0: value (bv + v) is not a finite",
+            ),
+            (
+                br#"[{"n":"a","v":1},{"n":"b","bs":-1.7e308,"s":-1.7e308}]"#,
+                "record 1: sum (bs + s)",
+            ),
+            (
+                br#"[{"n":"a","bt":1.7e308,"t":1.7e308,"v":1}]"#,
+                "record 0: time (bt + t)",
+            ),
         ];
         for (p, want) in cases {
-            let e = normalize(p, NOW).expect_err("refused");
+            let e = normalize(p, NOW, Limits::default()).expect_err("refused");
             assert!(e.contains(want), "{} -> {e}", String::from_utf8_lossy(p));
         }
+    }
+
+    #[test]
+    fn names_and_strings_are_bounded() {
+        let l = Limits {
+            max_name: 8,
+            max_string: 4,
+        };
+        assert!(normalize(br#"[{"bn":"abcd","n":"efgh","v":1}]"#, NOW, l).is_ok());
+        let e = normalize(br#"[{"bn":"abcd","n":"efghi","v":1}]"#, NOW, l).expect_err("long name");
+        assert!(e.contains("record 0: name longer than 8"), "{e}");
+        let e = normalize(br#"[{"n":"a","v":1},{"n":"a","vs":"12345"}]"#, NOW, l).expect_err("long vs");
+        assert!(e.contains("record 1: `vs` longer than 4"), "{e}");
+        let e = normalize(br#"[{"n":"a","u":"12345","v":1}]"#, NOW, l).expect_err("long unit");
+        assert!(e.contains("`u` longer"), "{e}");
     }
 }

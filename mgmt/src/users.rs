@@ -364,29 +364,51 @@ async fn list(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
     Reply::ok(&views::page(&p, "users", views::user))
 }
 
+/// Shortest search term: a shorter one would enumerate users.
+const MIN_SEARCH_CHARS: usize = 3;
+
+/// `GET /users/search`: finds users to invite. Ordinary users match on username and names only
+/// and see id, username and names; only a super-admin may match on and see e-mail addresses.
 async fn search(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
-    auth::caller(ctx, req).await?;
+    let c = auth::caller(ctx, req).await?;
+    let admin = c.is_super_admin();
+    let email = q_text(req, "email");
+    if email.is_some() && !admin {
+        return Err(ApiError::forbidden());
+    }
     let q = UserQuery {
         page: page_req(req, 100)?,
         status: storage::StatusFilter::Enabled,
         first_name: q_text(req, "first_name"),
         last_name: q_text(req, "last_name"),
-        email: q_text(req, "email"),
+        email,
         username: q_text(req, "username").or_else(|| q_text(req, "name")),
         partial: true,
         ..Default::default()
     };
-    if q.first_name.is_none() && q.last_name.is_none() && q.email.is_none() && q.username.is_none() {
+    let terms = [&q.first_name, &q.last_name, &q.email, &q.username];
+    if terms.iter().all(|t| t.is_none()) {
         return Err(ApiError::bad(
-            "give at least one of username, first_name, last_name, email",
+            "give at least one of username, first_name, last_name (email: super-admins only)",
         ));
     }
+    if terms
+        .iter()
+        .flat_map(|t| t.iter())
+        .any(|t| t.chars().count() < MIN_SEARCH_CHARS)
+    {
+        return Err(ApiError::bad(format!(
+            "search terms need at least {MIN_SEARCH_CHARS} characters"
+        )));
+    }
     let p = ctx.db(move |s| s.list_users(&q)).await?;
-    Reply::ok(&views::page(
-        &p,
-        "users",
-        |u| json!({"id": u.id, "username": u.username, "email": u.email, "first_name": u.first_name, "last_name": u.last_name}),
-    ))
+    Reply::ok(&views::page(&p, "users", |u| {
+        let mut v = json!({"id": u.id, "username": u.username, "first_name": u.first_name, "last_name": u.last_name});
+        if admin {
+            v["email"] = json!(u.email);
+        }
+        v
+    }))
 }
 
 async fn update(ctx: &Arc<Ctx>, req: &Req, id: &str, patch: UserPatch, admin_only: bool) -> Result<Reply, ApiError> {
@@ -458,7 +480,7 @@ async fn reset_request(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
     if let Some(u) = ctx.db(move |s| s.user_by_identity(&email)).await? {
         if u.status == Status::Enabled && u.email.eq_ignore_ascii_case(&b.email) {
             let token = ctx.tokens.issue(&u, TokenKind::Reset)?;
-            let base = req.header("referer").unwrap_or("").trim_end_matches('/');
+            let base = &ctx.cfg.public_url;
             let body = format!(
                 "A password reset was requested for your account. Use this token within 15 minutes: {token}\n{base}/password/reset?token={token}"
             );

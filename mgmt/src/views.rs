@@ -123,9 +123,19 @@ pub fn metadata_query(q: Option<&str>) -> Result<Option<JsonText>, ApiError> {
         Some(s) => {
             let v: Value =
                 serde_json::from_str(s).map_err(|_| ApiError::bad("invalid value of query parameter `metadata`"))?;
+            if let Some(bad) = v.as_object().and_then(|m| m.keys().find(|k| !metadata_key_ok(k))) {
+                return Err(ApiError::bad(format!(
+                    "query parameter `metadata`: key {bad:?} must be 1 to 256 characters without control characters, quotes or backslashes"
+                )));
+            }
             metadata(Some(v)).map_err(|_| ApiError::bad("query parameter `metadata` must be a JSON object"))
         }
     }
+}
+
+/// A metadata key a filter can name (it becomes part of a JSON path in the store).
+fn metadata_key_ok(k: &str) -> bool {
+    (1..=256).contains(&k.chars().count()) && !k.chars().any(|c| c.is_control() || c == '"' || c == '\\')
 }
 
 /// A display name: at most 1024 bytes.

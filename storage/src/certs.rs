@@ -27,18 +27,21 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<CertRecord> {
 const COLUMNS: &str = "serial, domain_id, client_id, expire, revoked_at";
 
 impl Store {
-    /// Records an issued certificate; the client must exist in the domain.
+    /// Records an issued certificate; the client must exist in the domain. The certificate is
+    /// bound to this client record (its creation time): a client deleted and created again
+    /// under the same id does not inherit it.
     pub fn insert_cert(&self, c: &CertRecord) -> Result<()> {
         self.write(|tx| {
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM clients WHERE domain_id = ?1 AND id = ?2")?
-                .exists([&c.domain_id, &c.client_id])?;
-            if !exists {
+            let created: Option<i64> = tx
+                .prepare_cached("SELECT created_at FROM clients WHERE domain_id = ?1 AND id = ?2")?
+                .query_row([&c.domain_id, &c.client_id], |r| r.get(0))
+                .optional()?;
+            let Some(created) = created else {
                 return Err(StoreError::NotFound);
-            }
+            };
             tx.execute(
-                "INSERT INTO certs (serial, domain_id, client_id, expire, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![c.serial, c.domain_id, c.client_id, c.expire, crate::now_micros()],
+                "INSERT INTO certs (serial, domain_id, client_id, expire, created_at, client_created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![c.serial, c.domain_id, c.client_id, c.expire, crate::now_micros(), created],
             )
             .map_err(|e| crate::conflict(e, "serial already exists"))?;
             Ok(())
@@ -65,6 +68,33 @@ impl Store {
             from_row,
         )
         .optional()?)
+    }
+
+    /// TLS login: the certificate and, when the client record it was issued for still exists,
+    /// that client (a client re-created under the same id is another record: `None`).
+    pub fn cert_login(&self, serial: &str) -> Result<Option<(CertRecord, Option<crate::ClientAuth>)>> {
+        let c = self.conn()?;
+        let Some((rec, bound)) = c
+            .query_row(
+                &format!("SELECT {COLUMNS}, client_created_at FROM certs WHERE serial = ?1"),
+                [serial],
+                |r| Ok((from_row(r)?, r.get::<_, Option<i64>>(5)?)),
+            )
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let client = match bound {
+            None => None,
+            Some(created) => c
+                .prepare_cached(
+                    "SELECT c.domain_id, c.id, c.secret, c.status, d.status FROM clients c JOIN domains d ON d.id = c.domain_id
+                     WHERE c.domain_id = ?1 AND c.id = ?2 AND c.created_at = ?3",
+                )?
+                .query_row(rusqlite::params![rec.domain_id, rec.client_id, created], crate::clients::auth_row)
+                .optional()?,
+        };
+        Ok(Some((rec, client)))
     }
 
     pub fn client_certs(&self, domain: &str, client: &str) -> Result<Vec<CertRecord>> {

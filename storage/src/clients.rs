@@ -198,7 +198,9 @@ impl Store {
     }
 
     /// Deletes a client and, in the same transaction, its connections.
-    pub fn delete_client(&self, domain: &str, id: &str) -> Result<()> {
+    /// Deletes a client with its connections and revokes its certificates, in one
+    /// transaction; returns the serials revoked now (to be announced).
+    pub fn delete_client(&self, domain: &str, id: &str) -> Result<Vec<String>> {
         self.write(|tx| {
             tx.execute(
                 "DELETE FROM connections WHERE domain_id = ?1 AND client_id = ?2",
@@ -208,7 +210,14 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
-            Ok(())
+            let now = crate::now_micros() / 1_000_000;
+            let serials = tx
+                .prepare_cached(
+                    "UPDATE certs SET revoked_at = ?3 WHERE domain_id = ?1 AND client_id = ?2 AND revoked_at IS NULL RETURNING serial",
+                )?
+                .query_map(rusqlite::params![domain, id, now], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(serials)
         })
     }
 
@@ -293,7 +302,7 @@ impl Store {
     }
 }
 
-fn auth_row(r: &Row<'_>) -> rusqlite::Result<ClientAuth> {
+pub(crate) fn auth_row(r: &Row<'_>) -> rusqlite::Result<ClientAuth> {
     Ok(ClientAuth {
         domain_id: r.get(0)?,
         client_id: r.get(1)?,

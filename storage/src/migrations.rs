@@ -166,6 +166,16 @@ const MIGRATIONS: &[&str] = &[
         expires_at_ms INTEGER NOT NULL
     );
     "#,
+    // 6: a certificate binds to the client record it was issued for (its creation time), not
+    // to a reusable id; certificates of clients already deleted are revoked.
+    r#"
+    ALTER TABLE certs ADD COLUMN client_created_at INTEGER;
+    UPDATE certs SET client_created_at = (
+        SELECT c.created_at FROM clients c WHERE c.domain_id = certs.domain_id AND c.id = certs.client_id
+    );
+    UPDATE certs SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER)
+        WHERE revoked_at IS NULL AND client_created_at IS NULL;
+    "#,
 ];
 
 /// The schema version this binary writes.
