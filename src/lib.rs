@@ -212,6 +212,8 @@ impl App {
                 let b = broker.clone();
                 Arc::new(move || b.healthy()) as mgmt::Probe
             })],
+            guard: mgmt::guard::LoginGuard::default(),
+            hash_slots: mgmt::default_hash_slots(),
         });
         let generated_admin_password = bootstrap_admin(&ctx, &cfg).await?;
 

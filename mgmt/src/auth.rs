@@ -214,7 +214,8 @@ pub async fn user_for_token(ctx: &Ctx, claims: Claims) -> Result<User, ApiError>
     if user.status != Status::Enabled {
         return Err(ApiError::Unauthorized("user is disabled".into()));
     }
-    if claims.kind != TokenKind::Access && claims.ep != user.secret_epoch {
+    // Every token (access included) dies with a password change.
+    if claims.ep != user.secret_epoch {
         return Err(ApiError::Unauthorized("token revoked by a password change".into()));
     }
     Ok(user)

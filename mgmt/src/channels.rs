@@ -50,7 +50,7 @@ pub const MAX_BULK: usize = 1000;
 fn new_channel(b: CreateChannel) -> Result<NewChannel, ApiError> {
     let id = match b.id.filter(|s| !s.is_empty()) {
         Some(id) => uuid::Uuid::parse_str(&id)
-            .map_err(|_| ApiError::bad("channel id must be a UUID"))?
+            .map_err(|_| ApiError::bad(storage::INVALID_CHANNEL_ID))?
             .hyphenated()
             .to_string(),
         None => uuid::Uuid::new_v4().to_string(),

@@ -152,6 +152,9 @@ pub(crate) fn render(res: Result<Reply, ApiError>) -> warp::reply::Response {
             if matches!(e, ApiError::Unavailable(_)) {
                 r.headers.push(("retry-after", "1".into()));
             }
+            if let ApiError::TooManyRequests(secs) = e {
+                r.headers.push(("retry-after", secs.to_string()));
+            }
             r
         }
     };

@@ -16,6 +16,7 @@ mod clients;
 mod domains;
 pub mod error;
 mod groups;
+pub mod guard;
 pub mod http;
 pub mod messages;
 mod scoped;
@@ -74,6 +75,17 @@ pub struct Ctx {
     pub ca: Arc<::certs::Ca>,
     /// Health checks of the other components (name, "is it working?"), for `GET /health`.
     pub probes: Vec<(&'static str, Probe)>,
+    /// Failed-login brake (per identity and per source address).
+    pub guard: guard::LoginGuard,
+    /// Password hashes computed at once, at most: a flood of logins cannot take every core
+    /// from the API and the broker.
+    pub hash_slots: tokio::sync::Semaphore,
+}
+
+/// Concurrent password hashes: half the cores, at least one.
+pub fn default_hash_slots() -> tokio::sync::Semaphore {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tokio::sync::Semaphore::new((cores / 2).max(1))
 }
 
 /// A component's health check.
@@ -99,12 +111,17 @@ impl Ctx {
             .map_err(ApiError::from)
     }
 
-    /// Runs CPU-heavy work (password hashing) on the blocking pool.
+    /// Runs CPU-heavy work (password hashing) on the blocking pool, at most `hash_slots` at
+    /// once; a request that waits 10 s for a slot is answered 503.
     pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
     where
         F: FnOnce(&Ctx) -> Result<T, ApiError> + Send + 'static,
         T: Send + 'static,
     {
+        let _slot = tokio::time::timeout(std::time::Duration::from_secs(10), self.hash_slots.acquire())
+            .await
+            .map_err(|_| ApiError::Unavailable("too many logins in progress; try again".into()))?
+            .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
         let me = self.clone();
         tokio::task::spawn_blocking(move || f(&me))
             .await

@@ -134,6 +134,27 @@ async fn device(ctx: &Ctx, domain: &str, creds: DeviceCreds) -> Result<ClientAut
     Ok(c)
 }
 
+/// A device call's channel and client. An unknown channel and wrong credentials get the same
+/// 401, so a caller without valid credentials cannot tell which channel ids exist.
+async fn device_channel(
+    ctx: &Ctx,
+    domain: Option<&str>,
+    channel: &str,
+    creds: DeviceCreds,
+) -> Result<(Channel, ClientAuth), ApiError> {
+    let refused = || ApiError::Unauthorized("invalid client credentials for this channel".into());
+    let ch = match find_channel(ctx, domain, channel).await {
+        Ok(ch) => ch,
+        Err(ApiError::NotFound(_)) => return Err(refused()),
+        Err(e) => return Err(e),
+    };
+    match device(ctx, &ch.domain_id, creds).await {
+        Ok(c) => Ok((ch, c)),
+        Err(ApiError::Unauthorized(_)) => Err(refused()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn may(ctx: &Ctx, c: &ClientAuth, channel: &str, t: ConnType) -> Result<bool, ApiError> {
     let (d, id, h) = (c.domain_id.clone(), c.client_id.clone(), channel.to_string());
     ctx.db(move |s| s.can(&d, &id, &h, t)).await
@@ -149,8 +170,7 @@ pub async fn publish(
 ) -> Result<Reply, ApiError> {
     let subtopic = subtopic(sub)?;
     let creds = device_creds(req).ok_or_else(|| ApiError::Unauthorized("missing client credentials".into()))?;
-    let ch = find_channel(ctx, domain, channel).await?;
-    let client = device(ctx, &ch.domain_id, creds).await?;
+    let (ch, client) = device_channel(ctx, domain, channel, creds).await?;
     if !may(ctx, &client, &ch.id, ConnType::Publish).await? {
         return Err(ApiError::Forbidden(
             "client is not connected to this channel for publishing".into(),
@@ -341,19 +361,22 @@ fn message_json(m: &MessageRow) -> Value {
 
 /// `GET …/channels/{id}/messages`.
 pub async fn read(ctx: &Arc<Ctx>, req: &Req, domain: Option<&str>, channel: &str) -> Result<Reply, ApiError> {
-    let ch = find_channel(ctx, domain, channel).await?;
-    if req.bearer().is_some() {
+    let ch = if req.bearer().is_some() {
+        // The token first: an unauthenticated caller learns nothing about the channel.
         let caller = auth::caller(ctx, req).await?;
+        let ch = find_channel(ctx, domain, channel).await?;
         authorize(ctx, &caller, &ch.domain_id, Action::Read).await?;
+        ch
     } else {
         let creds = device_creds(req).ok_or_else(ApiError::unauthorized)?;
-        let client = device(ctx, &ch.domain_id, creds).await?;
+        let (ch, client) = device_channel(ctx, domain, channel, creds).await?;
         if !may(ctx, &client, &ch.id, ConnType::Subscribe).await? {
             return Err(ApiError::Forbidden(
                 "client is not connected to this channel for subscribing".into(),
             ));
         }
-    }
+        ch
+    };
     let q = reader_query(req)?;
     let (offset, limit) = (q.offset, q.limit);
     let h = ch.id.clone();

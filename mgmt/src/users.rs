@@ -293,6 +293,10 @@ async fn issue_token(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
     if identity.is_empty() || secret.is_empty() {
         return Err(ApiError::bad("identity and secret are required"));
     }
+    let addr = req.remote.map(|a| a.ip());
+    ctx.guard
+        .check(&identity, addr, std::time::Instant::now())
+        .map_err(|wait| ApiError::TooManyRequests(wait.as_secs_f64().ceil() as u64))?;
     let id2 = identity.clone();
     let user = ctx.db(move |s| s.user_by_identity(&id2)).await?;
     let phc = user.as_ref().map(|u| u.secret.clone());
@@ -300,8 +304,15 @@ async fn issue_token(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         .blocking(move |c| Ok(c.passwords.verify(&secret, phc.as_deref())))
         .await?;
     let user = match (ok, user) {
-        (true, Some(u)) => u,
-        _ => return Err(ApiError::Unauthorized("invalid identity or secret".into())),
+        (true, Some(u)) => {
+            ctx.guard.success(&identity);
+            u
+        }
+        _ => {
+            ctx.guard.failure(&identity, addr, std::time::Instant::now());
+            tracing::info!(remote = ?addr, "failed login");
+            return Err(ApiError::Unauthorized("invalid identity or secret".into()));
+        }
     };
     if user.status != Status::Enabled {
         return Err(ApiError::Unauthorized("user is disabled".into()));

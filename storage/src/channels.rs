@@ -109,12 +109,24 @@ fn all_in_domain(tx: &rusqlite::Transaction<'_>, domain: &str, clients: &[String
     Ok(())
 }
 
+/// The one answer to a channel id that cannot be used (malformed, or another domain's).
+pub const INVALID_CHANNEL_ID: &str = "invalid channel id: give an unused UUID, or none to have one generated";
+
 impl Store {
     pub fn create_channels(&self, domain: &str, new: &[NewChannel]) -> Result<Vec<Channel>> {
         self.write(|tx| {
             let now = crate::now_micros();
             for h in new {
                 check_group(tx, domain, &h.parent_group_id)?;
+                // Channel ids are global (they name MQTT topics). One taken by another domain
+                // is answered like an invalid id, so the answer confirms nothing about it.
+                let owner: Option<String> = tx
+                    .prepare_cached("SELECT domain_id FROM channels WHERE id = ?1")?
+                    .query_row([&h.id], |r| r.get(0))
+                    .optional()?;
+                if owner.is_some_and(|o| o != domain) {
+                    return Err(StoreError::Invalid(INVALID_CHANNEL_ID.into()));
+                }
                 tx.execute(
                     "INSERT INTO channels (id, domain_id, name, parent_group_id, tags, metadata, status, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -423,6 +435,57 @@ mod tests {
         .expect("enable");
         s.delete_client("d1", "c1").expect("delete");
         assert!(s.channel_connections("d1", "h1").expect("list").is_empty());
+    }
+
+    #[test]
+    fn certificates_die_with_their_client_record() {
+        let (_d, s) = store();
+        setup(&s, "d1");
+        s.create_clients("d1", &[client("dev", "s1")]).expect("c");
+        let cert = |serial: &str| crate::CertRecord {
+            serial: serial.into(),
+            domain_id: "d1".into(),
+            client_id: "dev".into(),
+            expire: i64::MAX,
+            revoked_at: None,
+        };
+        s.insert_cert(&cert("A")).expect("cert");
+        s.insert_cert(&cert("B")).expect("cert");
+        let (_, c) = s.cert_login("A").expect("q").expect("found");
+        assert_eq!(c.map(|c| c.client_id), Some("dev".into()));
+        // Deleting revokes both in the same transaction.
+        let mut revoked = s.delete_client("d1", "dev").expect("delete");
+        revoked.sort();
+        assert_eq!(revoked, vec!["A".to_string(), "B".to_string()]);
+        assert!(s.cert_login("A").expect("q").expect("found").0.revoked_at.is_some());
+        // A certificate that escaped revocation (e.g. from before it existed) does not bind to
+        // a client re-created under the same id.
+        s.create_clients("d1", &[client("dev", "s2")]).expect("again");
+        s.insert_cert(&cert("C")).expect("cert");
+        s.conn()
+            .expect("conn")
+            .execute(
+                "UPDATE certs SET client_created_at = client_created_at - 1 WHERE serial = 'C'",
+                [],
+            )
+            .expect("age");
+        assert!(s.cert_login("C").expect("q").expect("found").1.is_none());
+    }
+
+    #[test]
+    fn another_domains_channel_id_is_answered_as_invalid() {
+        let (_d, s) = store();
+        setup(&s, "d1");
+        setup(&s, "d2");
+        s.create_channels("d1", &[channel("h1")]).expect("h");
+        assert!(matches!(
+            s.create_channels("d2", &[channel("h1")]),
+            Err(StoreError::Invalid(m)) if m == INVALID_CHANNEL_ID
+        ));
+        assert!(matches!(
+            s.create_channels("d1", &[channel("h1")]),
+            Err(StoreError::Conflict(_))
+        ));
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod settings;
 mod users;
 
 pub use certs::CertRecord;
-pub use channels::{Channel, ChannelPatch, ChannelQuery, NewChannel};
+pub use channels::{Channel, ChannelPatch, ChannelQuery, NewChannel, INVALID_CHANNEL_ID};
 pub use clients::{Client, ClientAuth, ClientPatch, ClientQuery, NewClient};
 pub use domains::{Domain, DomainMember, DomainPatch, DomainQuery, NewDomain, Relation};
 pub use events::{Change, ConnType};

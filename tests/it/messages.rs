@@ -186,6 +186,7 @@ async fn device_and_user_authorization() {
             .0,
         202
     );
+    // An unknown channel is answered like wrong credentials (no existence oracle, #14).
     assert_eq!(
         app.send(
             "/channels/00000000-0000-4000-8000-000000000000/messages",
@@ -195,7 +196,7 @@ async fn device_and_user_authorization() {
         )
         .await
         .0,
-        404
+        401
     );
 
     // Readers: publish-only clients may not read; users need read access to the domain.
