@@ -10,6 +10,7 @@ mod domains;
 mod engine;
 mod engine_flow;
 mod groups;
+mod hardening;
 mod helpers;
 mod isolation;
 mod messages;
