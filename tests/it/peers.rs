@@ -6,9 +6,11 @@ use crate::helpers::TestApp;
 use std::process::Stdio;
 use tokio::process::Command;
 
-fn available(tool: &str) -> bool {
+/// Is `tool` installed? Missing: skipped with a notice, or a failure when
+/// FLUXGATE_REQUIRE_PEERS is set (as `.ci/run` does).
+pub(crate) fn available(tool: &str) -> bool {
     let found = std::process::Command::new(tool)
-        .arg("--help")
+        .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -18,7 +20,7 @@ fn available(tool: &str) -> bool {
             std::env::var("FLUXGATE_REQUIRE_PEERS").is_err(),
             "{tool} is required (FLUXGATE_REQUIRE_PEERS is set) but not installed"
         );
-        eprintln!("skipping: {tool} not installed (apt-get install mosquitto-clients)");
+        eprintln!("skipping: {tool} not installed (Debian: apt-get install mosquitto-clients curl openssl)");
     }
     found
 }
