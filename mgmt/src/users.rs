@@ -479,7 +479,7 @@ async fn change_secret(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         .await?;
     let id = c.user.id.clone();
     let u = ctx.db(move |s| s.set_user_secret(&id, &hash, None)).await?;
-    tracing::info!(user = %u.id, "password changed; earlier refresh tokens revoked");
+    tracing::info!(user = %u.id, "password changed; earlier tokens revoked");
     Reply::ok(&views::user(&u))
 }
 
