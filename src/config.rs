@@ -83,6 +83,8 @@ pub struct MqttConfig {
     pub max_queued_messages: usize,
     pub max_session_expiry: u64,
     pub max_sessions_per_client: usize,
+    pub persist_sessions: bool,
+    pub max_stored_queue_bytes: u64,
     pub max_retained: usize,
     pub threads: usize,
     pub max_segment_size: usize,

@@ -149,6 +149,7 @@ impl App {
             max_queued_messages: cfg.mqtt.max_queued_messages,
             max_session_expiry: std::time::Duration::from_secs(cfg.mqtt.max_session_expiry),
             max_sessions_per_client: cfg.mqtt.max_sessions_per_client,
+            max_stored_queue_bytes: cfg.mqtt.max_stored_queue_bytes,
             max_retained: cfg.mqtt.max_retained,
             threads: cfg.mqtt.threads,
             max_segment_size: cfg.mqtt.max_segment_size,
@@ -164,7 +165,11 @@ impl App {
         let authorizer = Arc::new(mqtt::StoreAuthorizer { store: store.clone() });
         let sink = Arc::new(pipeline::LateSink::default());
         let retained = Arc::new(mqtt::StoreRetained { store: store.clone() });
-        let broker = broker::start(bcfg, authorizer, sink.clone(), Some(retained))
+        let sessions: Option<Arc<dyn broker::SessionStore>> = cfg
+            .mqtt
+            .persist_sessions
+            .then(|| Arc::new(mqtt::StoreSessions { store: store.clone() }) as _);
+        let broker = broker::start(bcfg, authorizer, sink.clone(), Some(retained), sessions)
             .await
             .map_err(|e| AppError::Startup(e.to_string()))?;
         let broker = Arc::new(broker);

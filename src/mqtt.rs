@@ -1,7 +1,10 @@
 //! The broker's ports implemented over the store: MQTT login and channel rights, and the
 //! translation of the store's change feed into broker revocations.
 
-use broker::{Authorizer, BoxFuture, Identity, Login, Retained, RetainedOp, RetainedStore, Revocation, Rights};
+use broker::{
+    Authorizer, BoxFuture, Identity, Login, Retained, RetainedOp, RetainedStore, Revocation, Rights, SessionOp,
+    SessionStore, SessionsLoaded, StoredDelivery, StoredSession,
+};
 use std::sync::Arc;
 use storage::{Change, ConnType, Store};
 use subtle::ConstantTimeEq;
@@ -96,6 +99,83 @@ impl Authorizer for StoreAuthorizer {
             .await
             .unwrap_or_default()
         })
+    }
+}
+
+/// Persistent MQTT sessions and their queues in the store.
+pub struct StoreSessions {
+    pub store: Store,
+}
+
+impl SessionStore for StoreSessions {
+    fn load(&self) -> Result<SessionsLoaded, String> {
+        let snap = self.store.sessions_load().map_err(|e| e.to_string())?;
+        Ok(SessionsLoaded {
+            sessions: snap
+                .sessions
+                .into_iter()
+                .map(|s| StoredSession {
+                    key: s.key,
+                    owner: s.owner.map(|(domain_id, client_id)| Identity { domain_id, client_id }),
+                    expiry_s: s.expiry_s,
+                    disconnected_at_ms: s.disconnected_at_ms,
+                    state: s.state.into(),
+                    inbound: s.inbound.into(),
+                })
+                .collect(),
+            queued: snap
+                .queued
+                .into_iter()
+                .map(|q| StoredDelivery {
+                    session: q.session,
+                    msg: q.msg,
+                    meta: q.meta.into(),
+                    state: q.state,
+                    pkid: q.pkid,
+                    body: q.body.into(),
+                })
+                .collect(),
+            max_msg: snap.max_msg,
+            dropped: snap.dropped,
+        })
+    }
+
+    fn apply(&self, ops: &[SessionOp]) -> Result<(), String> {
+        use storage::{SessionRow, SessionWrite};
+        let writes: Vec<SessionWrite> = ops
+            .iter()
+            .map(|op| match op {
+                SessionOp::Put(s) => SessionWrite::Put(SessionRow {
+                    key: s.key.clone(),
+                    owner: s.owner.as_ref().map(|i| (i.domain_id.clone(), i.client_id.clone())),
+                    expiry_s: s.expiry_s,
+                    disconnected_at_ms: s.disconnected_at_ms,
+                    state: s.state.to_vec(),
+                    inbound: s.inbound.to_vec(),
+                }),
+                SessionOp::Inbound { key, inbound } => SessionWrite::Inbound {
+                    key: key.clone(),
+                    inbound: inbound.to_vec(),
+                },
+                SessionOp::Delete(k) => SessionWrite::Delete(k.clone()),
+                SessionOp::Message { id, body, targets } => SessionWrite::Message {
+                    id: *id,
+                    body: body.to_vec(),
+                    targets: targets.iter().map(|(k, m)| (k.clone(), m.to_vec())).collect(),
+                },
+                SessionOp::Mark { key, msg, state, pkid } => SessionWrite::Mark {
+                    key: key.clone(),
+                    msg: *msg,
+                    state: *state,
+                    pkid: *pkid,
+                },
+                SessionOp::Ack { key, msg } => SessionWrite::Ack {
+                    key: key.clone(),
+                    msg: *msg,
+                },
+            })
+            .collect();
+        self.store.sessions_apply(&writes).map_err(|e| e.to_string())
     }
 }
 

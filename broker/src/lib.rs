@@ -18,6 +18,7 @@
 
 mod codec;
 mod connect;
+mod durable;
 mod outbound;
 mod registry;
 mod retained;
@@ -121,6 +122,73 @@ pub trait RetainedStore: Send + Sync + 'static {
     fn apply(&self, ops: Vec<RetainedOp>);
 }
 
+/// A persistent session as stored: the broker encodes its state; the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSession {
+    pub key: String,
+    pub owner: Option<Identity>,
+    pub expiry_s: u32,
+    /// Unix milliseconds of the last disconnect; `None` while connected.
+    pub disconnected_at_ms: Option<u64>,
+    pub state: Bytes,
+    pub inbound: Bytes,
+}
+
+/// A message queued for a persistent session, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDelivery {
+    pub session: String,
+    pub msg: u64,
+    pub meta: Bytes,
+    pub state: u8,
+    pub pkid: u16,
+    pub body: Bytes,
+}
+
+/// Everything the store holds for persistent sessions.
+#[derive(Clone, Debug, Default)]
+pub struct SessionsLoaded {
+    pub sessions: Vec<StoredSession>,
+    /// Ordered by session, then message id.
+    pub queued: Vec<StoredDelivery>,
+    pub max_msg: u64,
+    /// Sessions the store dropped because their client is gone or disabled.
+    pub dropped: usize,
+}
+
+/// A write to the session store; a batch is applied in order, in one transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionOp {
+    Put(StoredSession),
+    Inbound {
+        key: String,
+        inbound: Bytes,
+    },
+    Delete(String),
+    Message {
+        id: u64,
+        body: Bytes,
+        targets: Vec<(String, Bytes)>,
+    },
+    Mark {
+        key: String,
+        msg: u64,
+        state: u8,
+        pkid: u16,
+    },
+    Ack {
+        key: String,
+        msg: u64,
+    },
+}
+
+/// Where persistent sessions and their queues persist. Both calls block; `apply` is called
+/// from one thread, in order.
+pub trait SessionStore: Send + Sync + 'static {
+    fn load(&self) -> Result<SessionsLoaded, String>;
+    fn apply(&self, ops: &[SessionOp]) -> Result<(), String>;
+}
+
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     /// Front listener for MQTT over TCP.
@@ -149,6 +217,8 @@ pub struct BrokerConfig {
     pub max_session_expiry: Duration,
     /// Persistent sessions one registry client may hold.
     pub max_sessions_per_client: usize,
+    /// Bytes of messages queued for persistent sessions in the session store, at most.
+    pub max_stored_queue_bytes: u64,
     /// Retained topics held, at most.
     pub max_retained: usize,
     /// The router's log per filter: segment size in bytes and segment count.
@@ -192,6 +262,7 @@ impl Default for BrokerConfig {
             max_queued_messages: 10_000,
             max_session_expiry: Duration::from_secs(86_400),
             max_sessions_per_client: 16,
+            max_stored_queue_bytes: 1 << 30,
             max_retained: 100_000,
             max_segment_size: 64 * 1024,
             max_segment_count: 4,
@@ -207,6 +278,8 @@ pub enum BrokerError {
     Bind { addr: String, err: std::io::Error },
     #[error("router: {0}")]
     Router(String),
+    #[error("persistent sessions: {0}")]
+    Sessions(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -236,6 +309,8 @@ pub struct Metrics {
     pub wills_suppressed: AtomicU64,
     pub retained_full: AtomicU64,
     pub sessions_expired: AtomicU64,
+    pub sessions_restored: AtomicU64,
+    pub dropped_store_full: AtomicU64,
 }
 
 impl Metrics {
@@ -268,6 +343,8 @@ impl Metrics {
             ("mqtt_wills_suppressed_total", g(&self.wills_suppressed)),
             ("mqtt_retained_full_total", g(&self.retained_full)),
             ("mqtt_sessions_expired_total", g(&self.sessions_expired)),
+            ("mqtt_sessions_restored_total", g(&self.sessions_restored)),
+            ("mqtt_not_durable_store_full_total", g(&self.dropped_store_full)),
         ]
     }
 }
@@ -281,9 +358,59 @@ pub(crate) struct Shared {
     pub registry: registry::Registry,
     pub router: router::RouterPort,
     pub retained: retained::RetainedIndex,
+    pub durable: durable::Durable,
     pub pending: Arc<tokio::sync::Semaphore>,
     pub rt: tokio::runtime::Handle,
     pub next_origin: AtomicU64,
+}
+
+impl Shared {
+    /// Writes a QoS 1/2 message for the persistent sessions subscribed to it, if any; returns
+    /// its entry id and, with `wait`, a receiver that resolves once it is committed.
+    pub(crate) fn durable_message(
+        &self,
+        topic: &[u8],
+        payload: &Bytes,
+        tag: &router::Tag,
+        origin: u64,
+        wait: bool,
+    ) -> Option<(u64, Option<tokio::sync::oneshot::Receiver<bool>>)> {
+        if tag.qos == 0 || !self.durable.enabled() {
+            return None;
+        }
+        let t = std::str::from_utf8(topic).ok()?;
+        let targets = self.durable.targets(t, tag.qos, origin);
+        if targets.is_empty() {
+            return None;
+        }
+        let size = (topic.len() + payload.len() + tag.props.len() + 64) as u64 * targets.len() as u64;
+        if !self.durable.has_room(size) {
+            let n = self.metrics.dropped_store_full.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() || n == 0 {
+                tracing::warn!(
+                    total = n + 1,
+                    "session store full (mqtt.max_stored_queue_bytes): message queued in memory only"
+                );
+            }
+            return None;
+        }
+        self.durable.add_bytes(size);
+        let id = self.durable.next_id();
+        let body = durable::encode_body(&durable::Body {
+            topic: Bytes::copy_from_slice(topic),
+            props: tag.props.clone(),
+            retain: tag.retain,
+            expires_at_ms: tag.expires_at_ms,
+            payload: payload.clone(),
+        });
+        let op = SessionOp::Message { id, body, targets };
+        if wait {
+            Some((id, Some(self.durable.write_wait(op))))
+        } else {
+            self.durable.write(op);
+            Some((id, None))
+        }
+    }
 }
 
 /// The broker's runtime; shut down without waiting when the broker is dropped (allowed from
@@ -318,13 +445,20 @@ impl BrokerHandle {
     /// Publishes into the broker from inside the process (the HTTP adapter), as an
     /// acknowledged (QoS 1) message. False when the router's queue is full or gone.
     pub fn publish(&self, topic: &str, payload: Bytes) -> bool {
-        let tag = router::Tag {
+        let mut tag = router::Tag {
             qos: 1,
             retain: false,
             origin: 0,
             expires_at_ms: 0,
+            msg: 0,
             props: Bytes::new(),
         };
+        // Queued for persistent sessions without waiting: an HTTP 202 promises the in-process
+        // queue, as for the message store.
+        tag.msg = self
+            .shared
+            .durable_message(topic.as_bytes(), &payload, &tag, 0, false)
+            .map_or(0, |(id, _)| id);
         let tagged = router::encode(&tag, &payload);
         match self.local.lock() {
             Ok(mut l) => l.0.try_publish(topic.to_string(), tagged).is_ok(),
@@ -392,6 +526,7 @@ pub async fn start(
     auth: Arc<dyn Authorizer>,
     sink: Arc<dyn MessageSink>,
     retained_store: Option<Arc<dyn RetainedStore>>,
+    session_store: Option<Arc<dyn SessionStore>>,
 ) -> Result<BrokerHandle, BrokerError> {
     let mqtt = bind(&cfg.mqtt_addr, cfg.backlog)?;
     let mqtt_addr = mqtt.local_addr()?;
@@ -425,8 +560,21 @@ pub async fn start(
     let retained = tokio::task::spawn_blocking(move || retained::RetainedIndex::start(retained_store, max_retained))
         .await
         .map_err(|e| BrokerError::Router(e.to_string()))??;
+    let (durable, loaded) = match session_store {
+        Some(store) => {
+            let max = cfg.max_stored_queue_bytes;
+            tokio::task::spawn_blocking(move || -> Result<_, BrokerError> {
+                let loaded = store.load().map_err(BrokerError::Sessions)?;
+                Ok((durable::Durable::start(store, loaded.max_msg, max)?, Some(loaded)))
+            })
+            .await
+            .map_err(|e| BrokerError::Sessions(e.to_string()))??
+        }
+        None => (durable::Durable::off(), None),
+    };
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
+        durable,
         pending: Arc::new(tokio::sync::Semaphore::new(cfg.max_pending_connections.max(1))),
         cfg,
         auth,
@@ -438,6 +586,14 @@ pub async fn start(
         rt: rt.handle().clone(),
         next_origin: AtomicU64::new(1),
     });
+    // Persistent sessions come back (links and subscriptions in place) before any device is
+    // accepted.
+    if let Some(loaded) = loaded {
+        let s = shared.clone();
+        rt.spawn(async move { session::restore_all(s, loaded).await })
+            .await
+            .map_err(|e| BrokerError::Sessions(e.to_string()))?;
+    }
     let s = shared.clone();
     rt.spawn(async move {
         match tokio::net::TcpListener::from_std(mqtt) {
@@ -584,6 +740,7 @@ mod tests {
             sink: sink.clone(),
             metrics: Arc::new(Metrics::default()),
             registry: registry::Registry::default(),
+            durable: durable::Durable::off(),
             rt: tokio::runtime::Handle::current(),
             next_origin: AtomicU64::new(1),
         });

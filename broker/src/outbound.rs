@@ -19,6 +19,8 @@ pub(crate) struct Delivery {
     pub retain: bool,
     pub expires_at_ms: u64,
     pub sub_ids: Vec<u32>,
+    /// The persistent queue entry this delivery is (0: none).
+    pub msg: u64,
 }
 
 impl Delivery {
@@ -59,8 +61,8 @@ impl Delivery {
 enum State {
     /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Sent(Delivery),
-    /// PUBREC received and PUBREL sent, waiting for PUBCOMP.
-    Released,
+    /// PUBREC received and PUBREL sent, waiting for PUBCOMP (with its queue entry, if any).
+    Released(u64, usize),
 }
 
 /// What happened to a delivery offered to the queue.
@@ -82,6 +84,12 @@ pub(crate) struct Outbound {
     max_messages: usize,
     /// QoS 0 messages evicted to make room (counted by the caller).
     pub evicted_qos0: u64,
+    /// QoS 1/2 messages evicted (oldest first) to make room in a persistent session.
+    pub evicted_full: u64,
+    /// Persistent queue entries that left (acknowledged or dropped), with their size.
+    pub gone: Vec<(u64, usize)>,
+    /// Persistent queue entries whose state changed: (entry, state, packet id).
+    pub marks: Vec<(u64, u8, u16)>,
 }
 
 impl Outbound {
@@ -94,6 +102,9 @@ impl Outbound {
             max_bytes,
             max_messages,
             evicted_qos0: 0,
+            evicted_full: 0,
+            gone: Vec::new(),
+            marks: Vec::new(),
         }
     }
 
@@ -101,7 +112,9 @@ impl Outbound {
         self.queue.len() < self.max_messages && self.bytes + size <= self.max_bytes
     }
 
-    pub fn push(&mut self, d: Delivery) -> Push {
+    /// Queues a delivery. With `evict_oldest` (persistent sessions), a QoS 1/2 message that
+    /// does not fit after the QoS 0 ones went makes room by dropping the oldest queued ones.
+    pub fn push(&mut self, d: Delivery, evict_oldest: bool) -> Push {
         let size = d.size();
         if !self.fits(size) {
             if d.qos == 0 {
@@ -119,6 +132,12 @@ impl Outbound {
             });
             self.evicted_qos0 += (before - self.queue.len()) as u64;
             self.bytes -= freed;
+            while evict_oldest && !self.fits(size) {
+                let Some(old) = self.queue.pop_front() else { break };
+                self.bytes -= old.size();
+                self.evicted_full += 1;
+                self.leave(&old);
+            }
             if !self.fits(size) {
                 return Push::Full;
             }
@@ -126,6 +145,29 @@ impl Outbound {
         self.bytes += size;
         self.queue.push_back(d);
         Push::Queued
+    }
+
+    fn leave(&mut self, d: &Delivery) {
+        if d.msg != 0 {
+            self.gone.push((d.msg, d.size()));
+        }
+    }
+
+    /// Puts back a delivery that was in flight when the session was stored (state SENT or
+    /// RELEASED with its packet id), before anything queued.
+    pub fn restore_inflight(&mut self, pkid: u16, released: bool, d: Delivery) {
+        if pkid == 0 || self.pkid_in_use(pkid) {
+            self.bytes += d.size();
+            self.queue.push_front(d);
+            return;
+        }
+        let st = if released {
+            State::Released(d.msg, d.size())
+        } else {
+            State::Sent(d)
+        };
+        self.inflight.push_back((pkid, st));
+        self.next_pkid = self.next_pkid.max(pkid);
     }
 
     #[cfg(test)]
@@ -146,6 +188,7 @@ impl Outbound {
             if front.expired(now_ms) {
                 if let Some(d) = self.queue.pop_front() {
                     self.bytes -= d.size();
+                    self.leave(&d);
                 }
                 *expired += 1;
                 continue;
@@ -166,6 +209,9 @@ impl Outbound {
                 }
             }
             self.next_pkid = p;
+            if d.qos == 2 && d.msg != 0 {
+                self.marks.push((d.msg, crate::durable::SENT, p));
+            }
             self.inflight.push_back((p, State::Sent(d.clone())));
             return Some((p, d));
         }
@@ -183,7 +229,9 @@ impl Outbound {
     pub fn puback(&mut self, pkid: u16) -> bool {
         match self.position(pkid) {
             Some(i) if matches!(&self.inflight[i].1, State::Sent(d) if d.qos == 1) => {
-                self.inflight.remove(i);
+                if let Some((_, State::Sent(d))) = self.inflight.remove(i) {
+                    self.leave(&d);
+                }
                 true
             }
             _ => false,
@@ -195,22 +243,35 @@ impl Outbound {
         match self.position(pkid) {
             Some(i) if matches!(&self.inflight[i].1, State::Sent(d) if d.qos == 2) => {
                 if reason >= 0x80 {
-                    self.inflight.remove(i);
+                    if let Some((_, State::Sent(d))) = self.inflight.remove(i) {
+                        self.leave(&d);
+                    }
                     return false;
                 }
-                self.inflight[i].1 = State::Released;
+                let (msg, size) = match &self.inflight[i].1 {
+                    State::Sent(d) => (d.msg, d.size()),
+                    State::Released(m, n) => (*m, *n),
+                };
+                if msg != 0 {
+                    self.marks.push((msg, crate::durable::RELEASED, pkid));
+                }
+                self.inflight[i].1 = State::Released(msg, size);
                 true
             }
             // A repeated PUBREC for a released id is answered again.
-            Some(i) => matches!(self.inflight[i].1, State::Released),
+            Some(i) => matches!(self.inflight[i].1, State::Released(..)),
             None => false,
         }
     }
 
     pub fn pubcomp(&mut self, pkid: u16) -> bool {
         match self.position(pkid) {
-            Some(i) if matches!(self.inflight[i].1, State::Released) => {
-                self.inflight.remove(i);
+            Some(i) if matches!(self.inflight[i].1, State::Released(..)) => {
+                if let Some((_, State::Released(m, n))) = self.inflight.remove(i) {
+                    if m != 0 {
+                        self.gone.push((m, n));
+                    }
+                }
                 true
             }
             _ => false,
@@ -220,7 +281,9 @@ impl Outbound {
     /// Forgets a delivery in flight that will not be sent after all.
     pub fn abandon(&mut self, pkid: u16) {
         if let Some(i) = self.position(pkid) {
-            self.inflight.remove(i);
+            if let Some((_, State::Sent(d))) = self.inflight.remove(i) {
+                self.leave(&d);
+            }
         }
     }
 
@@ -229,7 +292,7 @@ impl Outbound {
         for (p, s) in &self.inflight {
             match s {
                 State::Sent(d) => d.encode(out, *p, true, v5, now_ms),
-                State::Released => out.extend_from_slice(&codec::encode_ack(codec::PUBREL, *p, None)),
+                State::Released(..) => out.extend_from_slice(&codec::encode_ack(codec::PUBREL, *p, None)),
             }
         }
     }
@@ -254,27 +317,58 @@ mod tests {
             retain: false,
             expires_at_ms: 0,
             sub_ids: vec![],
+            msg: 0,
         }
     }
 
     #[test]
     fn full_queue_drops_qos0_first_then_refuses() {
         let mut o = Outbound::new(1000, 100);
-        assert_eq!(o.push(d(0, 300)), Push::Queued);
-        assert_eq!(o.push(d(1, 300)), Push::Queued);
-        assert_eq!(o.push(d(0, 300)), Push::DroppedQos0);
+        assert_eq!(o.push(d(0, 300), false), Push::Queued);
+        assert_eq!(o.push(d(1, 300), false), Push::Queued);
+        assert_eq!(o.push(d(0, 300), false), Push::DroppedQos0);
         // Room is made for QoS 1 by evicting the queued QoS 0 message.
-        assert_eq!(o.push(d(1, 300)), Push::Queued);
+        assert_eq!(o.push(d(1, 300), false), Push::Queued);
         assert_eq!(o.evicted_qos0, 1);
-        assert_eq!(o.push(d(1, 300)), Push::Full);
+        assert_eq!(o.push(d(1, 300), false), Push::Full);
         assert_eq!(o.queued(), 2);
+    }
+
+    #[test]
+    fn a_persistent_queue_drops_its_oldest_and_reports_entries_that_leave() {
+        let mut o = Outbound::new(1 << 20, 3);
+        for m in 1..=5u64 {
+            let mut x = d(if m == 2 { 2 } else { 1 }, 1);
+            x.msg = m;
+            assert_eq!(o.push(x, true), Push::Queued);
+        }
+        assert_eq!(o.evicted_full, 2);
+        assert_eq!(o.gone.iter().map(|g| g.0).collect::<Vec<_>>(), vec![1, 2]);
+        o.gone.clear();
+        let mut expired = 0;
+        let (p3, _) = o.next(10, 0, &mut expired).expect("3");
+        assert!(o.puback(p3));
+        assert_eq!(o.gone.iter().map(|g| g.0).collect::<Vec<_>>(), vec![3]);
+        // A QoS 2 entry: its packet id is recorded when sent, its release when PUBREC comes.
+        let mut o = Outbound::new(1 << 20, 10);
+        let mut x = d(2, 1);
+        x.msg = 9;
+        o.push(x, true);
+        let (p, _) = o.next(10, 0, &mut expired).expect("9");
+        assert!(o.pubrec(p, 0));
+        assert_eq!(
+            o.marks,
+            vec![(9, crate::durable::SENT, p), (9, crate::durable::RELEASED, p)]
+        );
+        assert!(o.pubcomp(p));
+        assert_eq!(o.gone.iter().map(|g| g.0).collect::<Vec<_>>(), vec![9]);
     }
 
     #[test]
     fn receive_maximum_ids_acks_and_resend() {
         let mut o = Outbound::new(1 << 20, 100);
         for q in [1, 2, 1] {
-            o.push(d(q, 1));
+            o.push(d(q, 1), false);
         }
         let mut expired = 0;
         let (p1, _) = o.next(2, 0, &mut expired).expect("first");
@@ -297,7 +391,7 @@ mod tests {
         let mut o = Outbound::new(1 << 20, 100);
         let mut e = d(1, 1);
         e.expires_at_ms = 1000;
-        o.push(e.clone());
+        o.push(e.clone(), false);
         let mut expired = 0;
         assert!(o.next(10, 2000, &mut expired).is_none());
         assert_eq!(expired, 1);

@@ -82,7 +82,26 @@ impl Registry {
             },
             None => a,
         };
-        let gen = self.next.fetch_add(1, Ordering::Relaxed);
+        let (gen, rx) = Self::insert(&self.next, &mut m, key, identity);
+        Handed::New(gen, rx, a)
+    }
+
+    /// Registers a session restored from the store (no connection yet).
+    pub fn register(&self, key: &str, identity: Option<&Identity>) -> Option<(u64, mpsc::UnboundedReceiver<Control>)> {
+        let mut m = self.inner.lock().ok()?;
+        if m.by_key.contains_key(key) {
+            return None;
+        }
+        Some(Self::insert(&self.next, &mut m, key, identity))
+    }
+
+    fn insert(
+        next: &AtomicU64,
+        m: &mut Inner,
+        key: &str,
+        identity: Option<&Identity>,
+    ) -> (u64, mpsc::UnboundedReceiver<Control>) {
+        let gen = next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         // Replaces an entry whose task ended without deregistering, if any.
         m.by_key.insert(
@@ -99,7 +118,7 @@ impl Registry {
         if let Some(id) = identity {
             m.by_identity.entry(id.clone()).or_default().insert(key.to_string());
         }
-        Handed::New(gen, rx, a)
+        (gen, rx)
     }
 
     /// Records what revocations and limits need to know about a session's current state.

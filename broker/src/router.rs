@@ -104,11 +104,13 @@ pub(crate) struct Tag {
     pub origin: u64,
     /// Unix milliseconds after which the message must not be delivered (0: never expires).
     pub expires_at_ms: u64,
+    /// The persistent queue entry id written for it (0: none).
+    pub msg: u64,
     pub props: Bytes,
 }
 
 const MAGIC: u8 = 0xF7;
-const HEADER: usize = 1 + 1 + 8 + 8 + 4;
+const HEADER: usize = 1 + 1 + 8 + 8 + 8 + 4;
 
 pub(crate) fn encode(tag: &Tag, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(HEADER + tag.props.len() + payload.len());
@@ -116,6 +118,7 @@ pub(crate) fn encode(tag: &Tag, payload: &[u8]) -> Bytes {
     b.put_u8(tag.qos | (u8::from(tag.retain) << 2));
     b.put_u64(tag.origin);
     b.put_u64(tag.expires_at_ms);
+    b.put_u64(tag.msg);
     b.put_u32(tag.props.len() as u32);
     b.put_slice(&tag.props);
     b.put_slice(payload);
@@ -131,6 +134,7 @@ pub(crate) fn decode(mut b: Bytes) -> Option<(Tag, Bytes)> {
     let f = b.get_u8();
     let origin = b.get_u64();
     let expires_at_ms = b.get_u64();
+    let msg = b.get_u64();
     let n = b.get_u32() as usize;
     if b.len() < n {
         return None;
@@ -142,6 +146,7 @@ pub(crate) fn decode(mut b: Bytes) -> Option<(Tag, Bytes)> {
             retain: f & 0x04 != 0,
             origin,
             expires_at_ms,
+            msg,
             props,
         },
         b,
@@ -229,6 +234,7 @@ mod tests {
             retain: true,
             origin: 42,
             expires_at_ms: 7,
+            msg: 11,
             props: Bytes::from_static(b"\x01\x01"),
         };
         let b = encode(&tag, b"payload");

@@ -7,10 +7,11 @@
 
 use crate::codec::{self, Frame, FrameError};
 use crate::connect::{self, Attach, BoxIo, ConnGuard, ConnectReq, Will};
+use crate::durable::{self, WillRec};
 use crate::outbound::{Delivery, Outbound, Push};
 use crate::registry::{Control, Handed};
 use crate::rights::{Action, RightsCache};
-use crate::{router, topic, Identity, Message, Metrics, Retained, Shared};
+use crate::{router, topic, Identity, Message, Metrics, Retained, SessionOp, SessionsLoaded, Shared};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
@@ -21,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// Topic aliases a client may use towards the server.
@@ -101,30 +102,48 @@ pub(crate) fn spawn(
     identity: Option<Identity>,
     first: Box<Attach>,
 ) {
-    let origin = shared.next_origin.fetch_add(1, Ordering::Relaxed);
-    let max_bytes = shared.cfg.max_queued_bytes;
-    let max_msgs = shared.cfg.max_queued_messages;
-    let s = Session {
-        shared: shared.clone(),
-        key,
-        gen,
-        ctrl,
-        identity,
-        origin,
-        link: None,
-        subs: HashMap::new(),
-        by_rid: HashMap::new(),
-        next_rid: 1,
-        rights: RightsCache::default(),
-        out: Outbound::new(max_bytes, max_msgs),
-        in_qos2: HashSet::new(),
-        expiry: 0,
-        started: false,
-        pending_will: None,
-        to_router: Vec::new(),
-        to_sink: Vec::new(),
-    };
-    shared.rt.spawn(s.run(first));
+    let s = Session::new(shared.clone(), key, gen, ctrl, identity);
+    shared.rt.spawn(s.run(Some(first)));
+}
+
+impl Session {
+    fn new(
+        shared: Arc<Shared>,
+        key: String,
+        gen: u64,
+        ctrl: mpsc::UnboundedReceiver<Control>,
+        identity: Option<Identity>,
+    ) -> Session {
+        let origin = shared.next_origin.fetch_add(1, Ordering::Relaxed);
+        let max_bytes = shared.cfg.max_queued_bytes;
+        let max_msgs = shared.cfg.max_queued_messages;
+        Session {
+            shared: shared.clone(),
+            key,
+            gen,
+            ctrl,
+            identity,
+            origin,
+            link: None,
+            subs: HashMap::new(),
+            by_rid: HashMap::new(),
+            next_rid: 1,
+            rights: RightsCache::default(),
+            out: Outbound::new(max_bytes, max_msgs),
+            in_qos2: HashSet::new(),
+            expiry: 0,
+            started: false,
+            pending_will: None,
+            to_router: Vec::new(),
+            to_sink: Vec::new(),
+            v5: false,
+            stored: false,
+            drop_logged: false,
+            waits: Vec::new(),
+            offline_until: None,
+            live_will: None,
+        }
+    }
 }
 
 struct Session {
@@ -149,6 +168,18 @@ struct Session {
     pending_will: Option<(Will, Instant)>,
     to_router: Vec<Packet>,
     to_sink: Vec<Message>,
+    /// Protocol level of the last connection.
+    v5: bool,
+    /// A record of this session is in the session store.
+    stored: bool,
+    /// A queue-full drop was logged for this session.
+    drop_logged: bool,
+    /// Session store writes that must commit before the acknowledgements of this read leave.
+    waits: Vec<oneshot::Receiver<bool>>,
+    /// A restored session's remaining lifetime.
+    offline_until: Option<Instant>,
+    /// The will of the connection attached now (kept in the session record).
+    live_will: Option<WillRec>,
 }
 
 impl Session {
@@ -160,8 +191,11 @@ impl Session {
         self.identity.as_ref().map_or("anonymous", |i| i.client_id.as_str())
     }
 
-    async fn run(mut self, first: Box<Attach>) {
-        let mut next = Some(first);
+    async fn run(mut self, first: Option<Box<Attach>>) {
+        let mut next = match first {
+            Some(a) => Some(a),
+            None => self.detached().await,
+        };
         while let Some(a) = next.take() {
             let Some(mut live) = self.accept(a).await else { break };
             let end = self.serve(&mut live).await;
@@ -246,6 +280,7 @@ impl Session {
         Metrics::inc(&self.m().wills_published);
         let expires = w.expiry.map_or(0, |e| router::now_ms() + e as u64 * 1000);
         self.route(&w.topic, &w.payload, w.qos, w.retain, w.props.clone(), expires);
+        let _ = self.await_durable().await;
         let _ = self.flush_router().await;
         if !self.to_sink.is_empty() {
             let refused = self.shared.sink.offer(std::mem::take(&mut self.to_sink));
@@ -303,6 +338,9 @@ impl Session {
         }
         self.started = true;
         self.expiry = a.req.session_expiry;
+        self.v5 = a.req.v5;
+        self.live_will = a.req.will.as_ref().map(WillRec::from);
+        self.save(None);
         let Attach { req, io, rbuf, guard } = *a;
         self.shared
             .registry
@@ -338,6 +376,11 @@ impl Session {
 
     /// Drops subscriptions, queued and in-flight messages (Clean Start on an existing session).
     fn reset(&mut self) {
+        if self.stored {
+            self.shared.durable.write(SessionOp::Delete(self.key.clone()));
+            self.shared.durable.index(&self.key, self.origin, Vec::new());
+            self.stored = false;
+        }
         for f in self.subs.keys() {
             self.to_router.push(router::unsubscribe(f));
         }
@@ -358,6 +401,9 @@ impl Session {
         }
         loop {
             if let Err(e) = self.pump(live).await {
+                return e;
+            }
+            if let Err(e) = self.sync_out().await {
                 return e;
             }
             let ka = live.req.keep_alive;
@@ -413,7 +459,15 @@ impl Session {
     async fn detached(&mut self) -> Option<Box<Attach>> {
         Metrics::inc(&self.m().sessions_persistent_offline);
         self.shared.registry.update(&self.key, self.gen, None, true, true);
-        let expires = Instant::now() + Duration::from_secs(self.expiry as u64);
+        let expires = self
+            .offline_until
+            .take()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(self.expiry as u64));
+        // The disconnect time is what a restart measures the session's expiry from.
+        let left = expires.saturating_duration_since(Instant::now()).as_millis() as u64;
+        let since = (router::now_ms() + left).saturating_sub(self.expiry as u64 * 1000);
+        self.live_will = None;
+        self.save(Some(since));
         let out = loop {
             let will_at = self.pending_will.as_ref().map(|w| w.1);
             let step = tokio::select! {
@@ -435,6 +489,8 @@ impl Session {
                 _ = tokio::time::sleep_until(will_at.unwrap_or(expires)), if will_at.is_some() => {
                     if let Some((w, _)) = self.pending_will.take() {
                         self.publish_will(w).await;
+                        let left = expires.saturating_duration_since(Instant::now()).as_millis() as u64;
+                        self.save(Some((router::now_ms() + left).saturating_sub(self.expiry as u64 * 1000)));
                     }
                     Ok(())
                 }
@@ -442,6 +498,10 @@ impl Session {
                     Metrics::inc(&self.m().sessions_expired);
                     break None;
                 }
+            };
+            let step = match step {
+                Ok(()) => self.sync_out().await,
+                e => e,
             };
             if step.is_err() {
                 break None;
@@ -459,6 +519,11 @@ impl Session {
     async fn finish(mut self) {
         if let Some((w, _)) = self.pending_will.take() {
             self.publish_will(w).await;
+        }
+        if self.stored {
+            self.shared.durable.write(SessionOp::Delete(self.key.clone()));
+            self.shared.durable.index(&self.key, self.origin, Vec::new());
+            self.stored = false;
         }
         if let Some((mut tx, _rx)) = self.link.take() {
             let _ = tx.send(router::disconnect()).await;
@@ -513,13 +578,22 @@ impl Session {
                 tracing::warn!(topic = t, "retained message not kept: mqtt.max_retained reached");
             }
         }
-        let tag = router::Tag {
+        let mut tag = router::Tag {
             qos,
             retain,
             origin: self.origin,
             expires_at_ms,
+            msg: 0,
             props,
         };
+        let payload_b = Bytes::copy_from_slice(payload);
+        if let Some((id, wait)) = self
+            .shared
+            .durable_message(t.as_bytes(), &payload_b, &tag, self.origin, true)
+        {
+            tag.msg = id;
+            self.waits.extend(wait);
+        }
         self.to_router.push(router::publish(
             Bytes::copy_from_slice(t.as_bytes()),
             router::encode(&tag, payload),
@@ -591,8 +665,10 @@ impl Session {
                 break;
             }
         }
-        // Acknowledgements leave only once the sink took what they acknowledge.
+        // Acknowledgements leave only once the sink took what they acknowledge, and the
+        // session store committed what persistent sessions must not lose.
         self.flush_sink().await;
+        self.await_durable().await?;
         live.wbuf.extend_from_slice(&replies);
         self.flush_router().await?;
         result
@@ -626,6 +702,9 @@ impl Session {
                         }
                     }
                     replies.extend_from_slice(&codec::encode_unsuback(pkid, &codes, v5));
+                    if self.stored {
+                        self.save(None);
+                    }
                     Ok(())
                 }
                 Err(e) => protocol(replies, reason::MALFORMED, e.to_string()),
@@ -649,6 +728,12 @@ impl Session {
                     }
                     _ => {
                         let known = self.in_qos2.remove(&pkid);
+                        if known && self.stored {
+                            self.shared.durable.write(SessionOp::Inbound {
+                                key: self.key.clone(),
+                                inbound: durable::encode_inbound(self.in_qos2.iter()),
+                            });
+                        }
                         let r = (v5 && !known).then_some(reason::PACKET_ID_NOT_FOUND);
                         replies.extend_from_slice(&codec::encode_ack(codec::PUBCOMP, pkid, r));
                     }
@@ -775,6 +860,14 @@ impl Session {
             1 => replies.extend_from_slice(&codec::encode_ack(codec::PUBACK, pkid, None)),
             2 => {
                 self.in_qos2.insert(pkid);
+                if self.stored {
+                    // Exactly once across a restart: the PUBREC leaves after this commits.
+                    let w = self.shared.durable.write_wait(SessionOp::Inbound {
+                        key: self.key.clone(),
+                        inbound: durable::encode_inbound(self.in_qos2.iter()),
+                    });
+                    self.waits.push(w);
+                }
                 replies.extend_from_slice(&codec::encode_ack(codec::PUBREC, pkid, None));
             }
             _ => {}
@@ -854,6 +947,9 @@ impl Session {
             }
         }
         replies.extend_from_slice(&codec::encode_suback(s.pkid, &codes, v5));
+        if self.stored {
+            self.save(None);
+        }
         for (r, granted, sub_id) in retained {
             if !self
                 .rights
@@ -870,6 +966,7 @@ impl Session {
                 retain: true,
                 expires_at_ms: r.expires_at_ms,
                 sub_ids: sub_id.into_iter().collect(),
+                msg: 0,
             };
             self.enqueue(d, true)?;
         }
@@ -926,14 +1023,16 @@ impl Session {
         let Some((tag, payload)) = router::decode(f.publish.payload) else {
             return Ok(());
         };
+        let entry = if self.stored { tag.msg } else { 0 };
         if sub.no_local && tag.origin == self.origin {
             return Ok(());
         }
         if tag.expires_at_ms != 0 && tag.expires_at_ms <= router::now_ms() {
             Metrics::inc(&self.m().dropped_expired);
+            self.drop_entry(entry);
             return Ok(());
         }
-        let d = Delivery {
+        let mut d = Delivery {
             topic: f.publish.topic,
             payload,
             props: tag.props,
@@ -941,6 +1040,7 @@ impl Session {
             retain: sub.rap && tag.retain,
             expires_at_ms: tag.expires_at_ms,
             sub_ids: sub.sub_id.into_iter().collect(),
+            msg: entry,
         };
         // Persistent sessions queue only QoS 1/2 while offline.
         if !live && d.qos == 0 {
@@ -954,17 +1054,180 @@ impl Session {
             .await
         {
             Metrics::inc(&self.m().refused_delivery);
+            self.drop_entry(entry);
             return Ok(());
+        }
+        if d.msg == 0 && d.qos > 0 && self.stored {
+            // Not written by its publisher for this session (a retained or shared
+            // subscription's message, or one that raced this subscription): written here.
+            d.msg = self.own_entry(&d);
         }
         self.enqueue(d, live)
     }
 
+    /// A queue entry that will not be delivered goes from the store.
+    fn drop_entry(&mut self, msg: u64) {
+        if msg != 0 && self.stored {
+            self.shared.durable.write(SessionOp::Ack {
+                key: self.key.clone(),
+                msg,
+            });
+        }
+    }
+
+    /// Writes a delivery as a queue entry of this session only (not waited for).
+    fn own_entry(&self, d: &Delivery) -> u64 {
+        let size = d.size() as u64;
+        if !self.shared.durable.has_room(size) {
+            Metrics::inc(&self.m().dropped_store_full);
+            return 0;
+        }
+        self.shared.durable.add_bytes(size);
+        let id = self.shared.durable.next_id();
+        let body = durable::encode_body(&durable::Body {
+            topic: d.topic.clone(),
+            props: d.props.clone(),
+            retain: d.retain,
+            expires_at_ms: d.expires_at_ms,
+            payload: d.payload.clone(),
+        });
+        self.shared.durable.write(SessionOp::Message {
+            id,
+            body,
+            targets: vec![(self.key.clone(), durable::encode_meta(d.qos, &d.sub_ids))],
+        });
+        id
+    }
+
+    /// Waits for the session store writes this read depends on.
+    async fn await_durable(&mut self) -> Step {
+        let mut ok = true;
+        for w in std::mem::take(&mut self.waits) {
+            ok &= w.await.unwrap_or(false);
+        }
+        if ok {
+            Ok(())
+        } else {
+            Err(End::Abnormal("session store write failed".into()))
+        }
+    }
+
+    /// Writes what the outbound side did to stored entries: acknowledged or dropped ones go,
+    /// QoS 2 packet ids and releases are recorded (a QoS 2 PUBLISH leaves only once its packet
+    /// id is stored).
+    async fn sync_out(&mut self) -> Step {
+        if self.out.gone.is_empty() && self.out.marks.is_empty() {
+            return Ok(());
+        }
+        let gone = std::mem::take(&mut self.out.gone);
+        let marks = std::mem::take(&mut self.out.marks);
+        for (_, n) in &gone {
+            self.shared.durable.sub_bytes(*n as u64);
+        }
+        if !self.stored {
+            return Ok(());
+        }
+        let mut wait = None;
+        for (msg, state, pkid) in marks {
+            let op = SessionOp::Mark {
+                key: self.key.clone(),
+                msg,
+                state,
+                pkid,
+            };
+            if state == durable::SENT {
+                wait = Some(self.shared.durable.write_wait(op));
+            } else {
+                self.shared.durable.write(op);
+            }
+        }
+        for (msg, _) in gone {
+            self.shared.durable.write(SessionOp::Ack {
+                key: self.key.clone(),
+                msg,
+            });
+        }
+        if let Some(w) = wait {
+            if !w.await.unwrap_or(false) {
+                return Err(End::Abnormal("session store write failed".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the session record (or removes it when the session is not persistent) and
+    /// indexes its subscriptions for the publisher side.
+    fn save(&mut self, disconnected_at_ms: Option<u64>) {
+        if !self.shared.durable.enabled() {
+            return;
+        }
+        if self.expiry == 0 {
+            if self.stored {
+                self.shared.durable.write(SessionOp::Delete(self.key.clone()));
+                self.shared.durable.index(&self.key, self.origin, Vec::new());
+                self.stored = false;
+            }
+            return;
+        }
+        let now = router::now_ms();
+        let will = match (&self.pending_will, &self.live_will) {
+            (Some((w, at)), _) => {
+                let left = at.saturating_duration_since(Instant::now()).as_millis() as u64;
+                Some((WillRec::from(w), now + left))
+            }
+            (None, Some(w)) => Some((w.clone(), 0)),
+            (None, None) => None,
+        };
+        let state = durable::State {
+            v5: self.v5,
+            subs: self
+                .subs
+                .iter()
+                .map(|(f, s)| (f.clone(), s.qos, s.no_local, s.rap, s.sub_id))
+                .collect(),
+            will,
+        };
+        let rec = durable::record(
+            &self.key,
+            self.identity.as_ref(),
+            self.expiry,
+            disconnected_at_ms,
+            &state,
+            durable::encode_inbound(self.in_qos2.iter()),
+        );
+        self.shared.durable.write(SessionOp::Put(rec));
+        self.shared.durable.index(
+            &self.key,
+            self.origin,
+            self.subs
+                .iter()
+                .map(|(f, s)| (f.clone(), s.qos, s.no_local, s.sub_id))
+                .collect(),
+        );
+        self.stored = true;
+    }
+
     fn enqueue(&mut self, d: Delivery, live: bool) -> Step {
-        let before = self.out.evicted_qos0;
-        let r = self.out.push(d);
-        let evicted = self.out.evicted_qos0 - before;
+        let before = (self.out.evicted_qos0, self.out.evicted_full);
+        let entry = d.msg;
+        let r = self.out.push(d, self.expiry > 0);
+        let evicted = self.out.evicted_qos0 - before.0;
         if evicted > 0 {
             self.m().dropped_qos0_full.fetch_add(evicted, Ordering::Relaxed);
+        }
+        let evicted = self.out.evicted_full - before.1;
+        if evicted > 0 {
+            self.m().dropped_queue_full.fetch_add(evicted, Ordering::Relaxed);
+            if !self.drop_logged {
+                self.drop_logged = true;
+                tracing::warn!(
+                    client = %self.client(),
+                    session = %self.key,
+                    limit_messages = self.shared.cfg.max_queued_messages,
+                    limit_bytes = self.shared.cfg.max_queued_bytes,
+                    "persistent session queue full: dropping its oldest QoS 1/2 messages (logged once per session)"
+                );
+            }
         }
         match r {
             Push::Queued => Ok(()),
@@ -980,6 +1243,7 @@ impl Session {
                 Err(End::Overflow)
             }
             Push::Full => {
+                self.drop_entry(entry);
                 let n = self.m().dropped_queue_full.fetch_add(1, Ordering::Relaxed);
                 if n.is_power_of_two() {
                     tracing::warn!(client = %self.client(), dropped_total = n + 1, "session queue full: QoS 1/2 message dropped");
@@ -1032,5 +1296,134 @@ async fn next_notification(link: &mut Option<(LinkTx, LinkRx)>) -> Result<Option
     match link.as_mut() {
         Some((_, rx)) => rx.next().await.map_err(|_| ()),
         None => std::future::pending().await,
+    }
+}
+
+/// Recreates the persistent sessions found in the store, each with its link, subscriptions,
+/// queue, in-flight QoS state and pending will, offline until a device attaches; expired ones
+/// are removed with their queues. Returns when every restored session's subscriptions are in
+/// the router.
+pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
+    let now = router::now_ms();
+    let mut queued: HashMap<String, Vec<crate::StoredDelivery>> = HashMap::new();
+    for q in loaded.queued {
+        queued.entry(q.session.clone()).or_default().push(q);
+    }
+    let (mut restored, mut expired) = (0u64, 0u64);
+    let mut tasks = tokio::task::JoinSet::new();
+    for rec in loaded.sessions {
+        let since = rec.disconnected_at_ms.unwrap_or(now);
+        let ends_at = since.saturating_add(rec.expiry_s as u64 * 1000);
+        let state = durable::decode_state(rec.state.clone());
+        let Some(state) = state.filter(|_| ends_at > now && rec.expiry_s > 0) else {
+            expired += 1;
+            shared.durable.write(SessionOp::Delete(rec.key.clone()));
+            continue;
+        };
+        let Some((gen, ctrl)) = shared.registry.register(&rec.key, rec.owner.as_ref()) else {
+            continue;
+        };
+        let mut s = Session::new(shared.clone(), rec.key.clone(), gen, ctrl, rec.owner.clone());
+        s.started = true;
+        s.stored = true;
+        s.v5 = state.v5;
+        s.expiry = rec.expiry_s;
+        s.offline_until = Some(Instant::now() + Duration::from_millis(ends_at - now));
+        s.in_qos2 = durable::decode_inbound(rec.inbound.clone()).into_iter().collect();
+        for (filter, qos, no_local, rap, sub_id) in state.subs {
+            let rid = s.next_rid;
+            s.next_rid += 1;
+            if crate::rights::shared_filter(&filter).is_none() && filter.starts_with('$') {
+                continue;
+            }
+            s.to_router.push(router::subscribe(&filter, rid));
+            s.by_rid.insert(rid, filter.clone());
+            s.subs.insert(
+                filter,
+                Sub {
+                    rid,
+                    qos,
+                    no_local,
+                    rap,
+                    sub_id,
+                },
+            );
+        }
+        if let Some((w, due)) = state.will {
+            // A will whose connection was live when the process stopped is due after its
+            // delay from now; one that was waiting keeps its time.
+            let at = if due == 0 {
+                Instant::now() + Duration::from_secs(w.delay.min(rec.expiry_s) as u64)
+            } else {
+                Instant::now() + Duration::from_millis(due.saturating_sub(now))
+            };
+            s.pending_will = Some((Will::from(w), at));
+        }
+        for q in queued.remove(&rec.key).unwrap_or_default() {
+            let (Some(body), Some((qos, sub_ids))) = (durable::decode_body(q.body), durable::decode_meta(q.meta))
+            else {
+                shared.durable.write(SessionOp::Ack {
+                    key: rec.key.clone(),
+                    msg: q.msg,
+                });
+                continue;
+            };
+            let d = Delivery {
+                topic: body.topic,
+                payload: body.payload,
+                props: body.props,
+                qos,
+                retain: body.retain,
+                expires_at_ms: body.expires_at_ms,
+                sub_ids,
+                msg: q.msg,
+            };
+            shared.durable.add_bytes(d.size() as u64);
+            match q.state {
+                durable::SENT if qos == 2 => s.out.restore_inflight(q.pkid, false, d),
+                durable::RELEASED => s.out.restore_inflight(q.pkid, true, d),
+                _ => {
+                    let _ = s.out.push(d, true);
+                }
+            }
+        }
+        s.shared.durable.index(
+            &s.key,
+            s.origin,
+            s.subs
+                .iter()
+                .map(|(f, x)| (f.clone(), x.qos, x.no_local, x.sub_id))
+                .collect(),
+        );
+        restored += 1;
+        tasks.spawn(async move {
+            let (router, key) = (s.shared.router.clone(), s.key.clone());
+            match tokio::task::spawn_blocking(move || router.link(&key)).await {
+                Ok(Ok(l)) => s.link = Some(l),
+                Ok(Err(e)) => {
+                    tracing::error!(session = %s.key, error = %e, "the router refused a restored session's link")
+                }
+                Err(e) => tracing::error!(session = %s.key, error = %e, "restoring a session"),
+            }
+            let _ = s.flush_router().await;
+            let _ = s.sync_out().await;
+            s
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(s) = r {
+            let rt = s.shared.rt.clone();
+            rt.spawn(s.run(None));
+        }
+    }
+    shared.metrics.sessions_restored.fetch_add(restored, Ordering::Relaxed);
+    shared.metrics.sessions_expired.fetch_add(expired, Ordering::Relaxed);
+    if restored + expired > 0 || loaded.dropped > 0 {
+        tracing::info!(
+            restored,
+            expired,
+            revoked = loaded.dropped,
+            "persistent sessions restored from the store"
+        );
     }
 }

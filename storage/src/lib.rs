@@ -17,6 +17,7 @@ mod groups;
 mod messages;
 mod migrations;
 mod retained;
+mod sessions;
 mod settings;
 mod users;
 
@@ -28,6 +29,7 @@ pub use events::{Change, ConnType};
 pub use groups::{max_depth as groups_max_depth, Group, GroupNode, GroupPatch, GroupQuery, NewGroup};
 pub use messages::{Aggregate, Cmp, MessageQuery, MessageRow, NewMessage, ValueFilter};
 pub use retained::RetainedRow;
+pub use sessions::{QueuedRow, SessionRow, SessionSnapshot, SessionWrite};
 pub use users::{NewUser, Role, User, UserPatch, UserQuery};
 
 use r2d2_sqlite::SqliteConnectionManager;

@@ -176,6 +176,34 @@ const MIGRATIONS: &[&str] = &[
     UPDATE certs SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER)
         WHERE revoked_at IS NULL AND client_created_at IS NULL;
     "#,
+    // 7: persistent MQTT sessions (opaque state encoded by the broker), the messages queued for
+    // them (one body per message, one queue row per session it waits for, removed on
+    // acknowledgement).
+    r#"
+    CREATE TABLE session_records (
+        key TEXT PRIMARY KEY,
+        domain_id TEXT,
+        client_id TEXT,
+        expiry_s INTEGER NOT NULL,
+        disconnected_at_ms INTEGER,
+        state BLOB NOT NULL,
+        inbound BLOB NOT NULL DEFAULT x''
+    );
+    CREATE INDEX session_records_client ON session_records(domain_id, client_id);
+    CREATE TABLE session_bodies (
+        id INTEGER PRIMARY KEY,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE session_queue (
+        session TEXT NOT NULL,
+        msg INTEGER NOT NULL,
+        meta BLOB NOT NULL,
+        state INTEGER NOT NULL DEFAULT 0,
+        pkid INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (session, msg)
+    ) WITHOUT ROWID;
+    CREATE INDEX session_queue_msg ON session_queue(msg);
+    "#,
 ];
 
 /// The schema version this binary writes.

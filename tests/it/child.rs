@@ -1,9 +1,10 @@
 //! The real `fluxgate serve` binary as a child process, for tests about the process itself
-//! (its resident memory).
+//! (its resident memory, what survives `kill -9`).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -13,9 +14,11 @@ pub const ADMIN_PASSWORD: &str = "child-admin-pass-123";
 pub struct ChildServer {
     child: Child,
     /// Kept alive (deleted) with the server.
-    _dir: TempDir,
+    dir: Option<TempDir>,
     pub http: SocketAddr,
     pub mqtt: SocketAddr,
+    /// Every log line so far, and a notification per new line.
+    logs: Arc<(Mutex<Vec<String>>, tokio::sync::Notify)>,
 }
 
 /// The value of `key=` in a log line (plain, no colours: stderr is not a terminal).
@@ -70,14 +73,64 @@ impl ChildServer {
             }
         });
         wait.await.expect("server started in time");
-        // Later log lines are read and dropped, so the pipe never fills.
-        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        // Later log lines are kept (the pipe never fills) for `wait_log`.
+        let logs = Arc::new((Mutex::new(Vec::new()), tokio::sync::Notify::new()));
+        let l2 = logs.clone();
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if let Ok(mut v) = l2.0.lock() {
+                    v.push(line);
+                }
+                l2.1.notify_waiters();
+            }
+        });
         ChildServer {
             child,
-            _dir: dir,
+            dir: Some(dir),
             http: http.expect("http"),
             mqtt: mqtt.expect("mqtt"),
+            logs,
         }
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush anything) and returns its data
+    /// directory, for a restart with `start_in`.
+    pub async fn kill9(mut self) -> TempDir {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("reaped");
+        self.dir.take().expect("dir")
+    }
+
+    /// Waits (up to 20 s) for a log line containing `needle`; returns it.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let find = || {
+            self.logs
+                .0
+                .lock()
+                .ok()
+                .and_then(|v| v.iter().find(|l| l.contains(needle)).cloned())
+        };
+        let wait = async {
+            loop {
+                let notified = self.logs.1.notified();
+                if let Some(l) = find() {
+                    return l;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no log line with {needle:?} in time"))
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.logs
+            .0
+            .lock()
+            .map(|v| v.iter().filter(|l| l.contains(needle)).count())
+            .unwrap_or(0)
     }
 
     pub fn pid(&self) -> u32 {

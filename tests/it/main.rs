@@ -7,6 +7,7 @@ mod cli;
 mod clients;
 mod config;
 mod domains;
+mod durable;
 mod engine;
 mod engine_flow;
 mod groups;

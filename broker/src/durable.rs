@@ -1,0 +1,584 @@
+//! Persistent sessions written through to the [`SessionStore`] port: session records, and the
+//! QoS 1/2 messages queued for persistent sessions, removed when the device acknowledges them.
+//!
+//! - **Publisher side.** A QoS 1/2 message is matched here against the subscriptions of
+//!   persistent sessions (an index bucketed by channel, like the retained index); when it is
+//!   for any of them, its body and one queue entry per such session are written before the
+//!   publisher gets its PUBACK/PUBREC. The message id travels through the router in the tag,
+//!   so the subscriber's session knows which entry a delivery is.
+//! - **Subscriber side.** A session removes an entry when the device acknowledges the
+//!   delivery (PUBACK; PUBCOMP for QoS 2) or when it drops it (expired, no right, queue full),
+//!   and records the packet id of a QoS 2 delivery before sending it and its release
+//!   (PUBREC received), so QoS 2 stays exactly once across a restart.
+//! - **One writer thread** applies the operations in order, batched per transaction, and
+//!   resolves the waiters of a batch after its commit.
+
+use crate::connect::Will;
+use crate::{Identity, SessionOp, SessionStore, StoredSession};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Queue entry states (as stored).
+pub(crate) const SENT: u8 = 1;
+pub(crate) const RELEASED: u8 = 2;
+
+/// Operations applied per transaction, at most.
+const BATCH: usize = 2048;
+
+type Waiter = oneshot::Sender<bool>;
+
+/// A persistent session's subscription, as the publisher side needs it.
+struct DSub {
+    key: Arc<str>,
+    filter: String,
+    qos: u8,
+    no_local: bool,
+    origin: u64,
+    sub_id: Option<u32>,
+}
+
+pub(crate) struct Durable {
+    tx: Mutex<Option<mpsc::Sender<(SessionOp, Option<Waiter>)>>>,
+    next_msg: AtomicU64,
+    /// Bucket (channel id, or "" outside channels) → subscriptions of persistent sessions.
+    index: Mutex<Index>,
+    /// Bytes of queued message bodies in the store (approximate), and the cap.
+    pub stored_bytes: AtomicU64,
+    max_stored_bytes: u64,
+}
+
+#[derive(Default)]
+struct Index {
+    buckets: HashMap<String, Vec<DSub>>,
+    by_key: HashMap<Arc<str>, Vec<String>>,
+}
+
+/// The bucket of a topic or filter (see `retained`).
+fn bucket(t: &str) -> Option<&str> {
+    match t.strip_prefix("channels/") {
+        Some(rest) => {
+            let c = rest.split('/').next().unwrap_or("");
+            (!c.is_empty() && c != "+" && c != "#").then_some(c)
+        }
+        None => Some(""),
+    }
+}
+
+/// A target of a message: session key and the entry's metadata.
+pub(crate) type Target = (String, Bytes);
+
+impl Durable {
+    /// Without a store: nothing is written, nothing waits.
+    pub fn off() -> Durable {
+        Durable {
+            tx: Mutex::new(None),
+            next_msg: AtomicU64::new(1),
+            index: Mutex::new(Index::default()),
+            stored_bytes: AtomicU64::new(0),
+            max_stored_bytes: u64::MAX,
+        }
+    }
+
+    /// Starts the writer thread over `store`; message ids continue after `max_msg`.
+    pub fn start(store: Arc<dyn SessionStore>, max_msg: u64, max_stored_bytes: u64) -> std::io::Result<Durable> {
+        let (tx, rx) = mpsc::channel::<(SessionOp, Option<Waiter>)>();
+        std::thread::Builder::new()
+            .name("fluxgate-sessions".into())
+            .spawn(move || {
+                let mut failed_logged = false;
+                while let Ok(first) = rx.recv() {
+                    let mut ops = Vec::with_capacity(64);
+                    let mut waiters = Vec::new();
+                    let mut next = Some(first);
+                    while let Some((op, w)) = next.take() {
+                        ops.push(op);
+                        waiters.extend(w);
+                        if ops.len() < BATCH {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    let ok = match store.apply(&ops) {
+                        Ok(()) => {
+                            failed_logged = false;
+                            true
+                        }
+                        Err(e) => {
+                            if !failed_logged {
+                                tracing::error!(error = %e, ops = ops.len(), "persistent sessions: store write failed");
+                                failed_logged = true;
+                            }
+                            false
+                        }
+                    };
+                    for w in waiters {
+                        let _ = w.send(ok);
+                    }
+                }
+            })?;
+        Ok(Durable {
+            tx: Mutex::new(Some(tx)),
+            next_msg: AtomicU64::new(max_msg + 1),
+            index: Mutex::new(Index::default()),
+            stored_bytes: AtomicU64::new(0),
+            max_stored_bytes,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.lock().map(|t| t.is_some()).unwrap_or(false)
+    }
+
+    /// Queues a write.
+    pub fn write(&self, op: SessionOp) {
+        if let Ok(t) = self.tx.lock() {
+            if let Some(tx) = t.as_ref() {
+                let _ = tx.send((op, None));
+            }
+        }
+    }
+
+    /// Queues a write; the receiver resolves (true) once it committed, false if it failed.
+    /// Resolves at once (true) without a store.
+    pub fn write_wait(&self, op: SessionOp) -> oneshot::Receiver<bool> {
+        let (w, r) = oneshot::channel();
+        match self.tx.lock() {
+            Ok(t) => match t.as_ref() {
+                Some(tx) => {
+                    if let Err(mpsc::SendError((_, Some(w)))) = tx.send((op, Some(w))) {
+                        let _ = w.send(false);
+                    }
+                }
+                None => {
+                    let _ = w.send(true);
+                }
+            },
+            Err(_) => {
+                let _ = w.send(false);
+            }
+        }
+        r
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_msg.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether the store-wide cap on queued bytes leaves room for `n` more.
+    pub fn has_room(&self, n: u64) -> bool {
+        self.stored_bytes.load(Ordering::Relaxed).saturating_add(n) <= self.max_stored_bytes
+    }
+
+    pub fn add_bytes(&self, n: u64) {
+        self.stored_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn sub_bytes(&self, n: u64) {
+        let _ = self
+            .stored_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
+    }
+
+    /// Replaces the indexed subscriptions of a session (none: it is not persistent).
+    pub fn index(&self, key: &str, origin: u64, subs: Vec<(String, u8, bool, Option<u32>)>) {
+        let Ok(mut ix) = self.index.lock() else { return };
+        let Index { buckets, by_key } = &mut *ix;
+        if let Some(old) = by_key.remove(key) {
+            for b in old {
+                if let Some(v) = buckets.get_mut(&b) {
+                    v.retain(|s| &*s.key != key);
+                    if v.is_empty() {
+                        buckets.remove(&b);
+                    }
+                }
+            }
+        }
+        if subs.is_empty() {
+            return;
+        }
+        let k: Arc<str> = Arc::from(key);
+        let mut used = Vec::new();
+        for (filter, qos, no_local, sub_id) in subs {
+            // Shared subscriptions: the router picks one member per message, which the
+            // publisher side cannot know; their messages are queued in memory only.
+            if qos == 0 || filter.starts_with('$') {
+                continue;
+            }
+            let Some(b) = bucket(&filter) else { continue };
+            let b = b.to_string();
+            buckets.entry(b.clone()).or_default().push(DSub {
+                key: k.clone(),
+                filter,
+                qos,
+                no_local,
+                origin,
+                sub_id,
+            });
+            if !used.contains(&b) {
+                used.push(b);
+            }
+        }
+        if !used.is_empty() {
+            by_key.insert(k, used);
+        }
+    }
+
+    /// The persistent sessions a message at `qos` published by `origin` is for, each with the
+    /// entry's metadata (delivered QoS, subscription identifiers).
+    pub fn targets(&self, topic: &str, qos: u8, origin: u64) -> Vec<Target> {
+        if qos == 0 {
+            return Vec::new();
+        }
+        let Some(b) = bucket(topic) else { return Vec::new() };
+        let Ok(ix) = self.index.lock() else { return Vec::new() };
+        let Some(subs) = ix.buckets.get(b) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(Arc<str>, u8, Vec<u32>)> = Vec::new();
+        for s in subs {
+            if (s.no_local && s.origin == origin) || !crate::codec::matches(&s.filter, topic) {
+                continue;
+            }
+            let q = qos.min(s.qos);
+            match found.iter_mut().find(|(k, _, _)| *k == s.key) {
+                Some(f) => {
+                    f.1 = f.1.max(q);
+                    f.2.extend(s.sub_id);
+                }
+                None => found.push((s.key.clone(), q, s.sub_id.into_iter().collect())),
+            }
+        }
+        found
+            .into_iter()
+            .map(|(k, q, ids)| (k.to_string(), encode_meta(q, &ids)))
+            .collect()
+    }
+}
+
+/// An entry's metadata: the delivered QoS and the subscription identifiers.
+pub(crate) fn encode_meta(qos: u8, sub_ids: &[u32]) -> Bytes {
+    let mut b = BytesMut::with_capacity(1 + 4 * sub_ids.len());
+    b.put_u8(qos);
+    for i in sub_ids {
+        b.put_u32(*i);
+    }
+    b.freeze()
+}
+
+pub(crate) fn decode_meta(mut b: Bytes) -> Option<(u8, Vec<u32>)> {
+    if b.is_empty() {
+        return None;
+    }
+    let qos = b.get_u8().min(2);
+    let mut ids = Vec::new();
+    while b.len() >= 4 {
+        ids.push(b.get_u32());
+    }
+    Some((qos, ids))
+}
+
+/// A message body as stored: topic, properties, retain flag, expiry deadline, payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Body {
+    pub topic: Bytes,
+    pub props: Bytes,
+    pub retain: bool,
+    pub expires_at_ms: u64,
+    pub payload: Bytes,
+}
+
+pub(crate) fn encode_body(b: &Body) -> Bytes {
+    let mut o = BytesMut::with_capacity(16 + b.topic.len() + b.props.len() + b.payload.len());
+    o.put_u8(1);
+    o.put_u16(b.topic.len().min(u16::MAX as usize) as u16);
+    o.put_slice(&b.topic[..b.topic.len().min(u16::MAX as usize)]);
+    o.put_u32(b.props.len() as u32);
+    o.put_slice(&b.props);
+    o.put_u8(u8::from(b.retain));
+    o.put_u64(b.expires_at_ms);
+    o.put_slice(&b.payload);
+    o.freeze()
+}
+
+pub(crate) fn decode_body(mut b: Bytes) -> Option<Body> {
+    if b.len() < 3 || b.get_u8() != 1 {
+        return None;
+    }
+    let n = b.get_u16() as usize;
+    if b.len() < n {
+        return None;
+    }
+    let topic = b.split_to(n);
+    if b.len() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    if b.len() < n + 9 {
+        return None;
+    }
+    let props = b.split_to(n);
+    let retain = b.get_u8() != 0;
+    let expires_at_ms = b.get_u64();
+    Some(Body {
+        topic,
+        props,
+        retain,
+        expires_at_ms,
+        payload: b,
+    })
+}
+
+/// A persistent session's state as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct State {
+    pub v5: bool,
+    /// filter, granted QoS, No Local, Retain As Published, subscription identifier.
+    pub subs: Vec<(String, u8, bool, bool, Option<u32>)>,
+    /// The will, and when it is due (Unix ms; 0: when the connection ends).
+    pub will: Option<(WillRec, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct WillRec {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub props: Bytes,
+    pub delay: u32,
+    pub expiry: Option<u32>,
+}
+
+impl From<&Will> for WillRec {
+    fn from(w: &Will) -> WillRec {
+        WillRec {
+            topic: w.topic.clone(),
+            payload: w.payload.clone(),
+            qos: w.qos,
+            retain: w.retain,
+            props: w.props.clone(),
+            delay: w.delay,
+            expiry: w.expiry,
+        }
+    }
+}
+
+impl From<WillRec> for Will {
+    fn from(w: WillRec) -> Will {
+        Will {
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+            props: w.props,
+            delay: w.delay,
+            expiry: w.expiry,
+        }
+    }
+}
+
+fn put_bytes(o: &mut BytesMut, b: &[u8]) {
+    o.put_u32(b.len() as u32);
+    o.put_slice(b);
+}
+
+fn get_bytes(b: &mut Bytes) -> Option<Bytes> {
+    if b.len() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    (b.len() >= n).then(|| b.split_to(n))
+}
+
+fn get_string(b: &mut Bytes) -> Option<String> {
+    String::from_utf8(get_bytes(b)?.to_vec()).ok()
+}
+
+pub(crate) fn encode_state(s: &State) -> Bytes {
+    let mut o = BytesMut::new();
+    o.put_u8(1);
+    o.put_u8(u8::from(s.v5));
+    o.put_u32(s.subs.len() as u32);
+    for (f, qos, nl, rap, id) in &s.subs {
+        put_bytes(&mut o, f.as_bytes());
+        o.put_u8(*qos | (u8::from(*nl) << 2) | (u8::from(*rap) << 3) | (u8::from(id.is_some()) << 4));
+        o.put_u32(id.unwrap_or(0));
+    }
+    match &s.will {
+        None => o.put_u8(0),
+        Some((w, due)) => {
+            o.put_u8(1);
+            put_bytes(&mut o, w.topic.as_bytes());
+            put_bytes(&mut o, &w.payload);
+            o.put_u8(w.qos | (u8::from(w.retain) << 2) | (u8::from(w.expiry.is_some()) << 3));
+            put_bytes(&mut o, &w.props);
+            o.put_u32(w.delay);
+            o.put_u32(w.expiry.unwrap_or(0));
+            o.put_u64(*due);
+        }
+    }
+    o.freeze()
+}
+
+pub(crate) fn decode_state(mut b: Bytes) -> Option<State> {
+    if b.len() < 6 || b.get_u8() != 1 {
+        return None;
+    }
+    let v5 = b.get_u8() != 0;
+    let n = b.get_u32() as usize;
+    let mut subs = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let f = get_string(&mut b)?;
+        if b.len() < 5 {
+            return None;
+        }
+        let fl = b.get_u8();
+        let id = b.get_u32();
+        subs.push((
+            f,
+            (fl & 3).min(2),
+            fl & 4 != 0,
+            fl & 8 != 0,
+            (fl & 16 != 0).then_some(id),
+        ));
+    }
+    if b.is_empty() {
+        return None;
+    }
+    let will = match b.get_u8() {
+        0 => None,
+        _ => {
+            let topic = get_string(&mut b)?;
+            let payload = get_bytes(&mut b)?;
+            if b.is_empty() {
+                return None;
+            }
+            let fl = b.get_u8();
+            let props = get_bytes(&mut b)?;
+            if b.len() < 16 {
+                return None;
+            }
+            let delay = b.get_u32();
+            let expiry = b.get_u32();
+            let due = b.get_u64();
+            Some((
+                WillRec {
+                    topic,
+                    payload,
+                    qos: (fl & 3).min(2),
+                    retain: fl & 4 != 0,
+                    props,
+                    delay,
+                    expiry: (fl & 8 != 0).then_some(expiry),
+                },
+                due,
+            ))
+        }
+    };
+    Some(State { v5, subs, will })
+}
+
+/// Inbound QoS 2 packet ids as stored.
+pub(crate) fn encode_inbound<'a>(ids: impl Iterator<Item = &'a u16>) -> Bytes {
+    let mut o = BytesMut::new();
+    for i in ids {
+        o.put_u16(*i);
+    }
+    o.freeze()
+}
+
+pub(crate) fn decode_inbound(mut b: Bytes) -> Vec<u16> {
+    let mut v = Vec::new();
+    while b.len() >= 2 {
+        v.push(b.get_u16());
+    }
+    v
+}
+
+/// A session record for the store.
+pub(crate) fn record(
+    key: &str,
+    owner: Option<&Identity>,
+    expiry_s: u32,
+    disconnected_at_ms: Option<u64>,
+    state: &State,
+    inbound: Bytes,
+) -> StoredSession {
+    StoredSession {
+        key: key.to_string(),
+        owner: owner.cloned(),
+        expiry_s,
+        disconnected_at_ms,
+        state: encode_state(state),
+        inbound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_body_and_meta_round_trip_and_garbage_is_refused() {
+        let s = State {
+            v5: true,
+            subs: vec![
+                ("channels/a/messages/#".into(), 2, true, false, Some(7)),
+                ("x/y".into(), 1, false, true, None),
+            ],
+            will: Some((
+                WillRec {
+                    topic: "channels/a/messages".into(),
+                    payload: Bytes::from_static(b"bye"),
+                    qos: 1,
+                    retain: true,
+                    props: Bytes::from_static(&[1, 1]),
+                    delay: 5,
+                    expiry: Some(60),
+                },
+                1234,
+            )),
+        };
+        assert_eq!(decode_state(encode_state(&s)), Some(s));
+        let b = Body {
+            topic: Bytes::from_static(b"channels/a/messages"),
+            props: Bytes::from_static(&[3, 0, 1, b'x']),
+            retain: false,
+            expires_at_ms: 99,
+            payload: Bytes::from_static(b"payload"),
+        };
+        assert_eq!(decode_body(encode_body(&b)), Some(b));
+        assert_eq!(decode_meta(encode_meta(2, &[1, 9])), Some((2, vec![1, 9])));
+        for junk in [&b""[..], &[1][..], &[1, 0, 0, 0, 0, 9][..], &[2, 0, 0][..]] {
+            assert_eq!(decode_state(Bytes::copy_from_slice(junk)), None);
+            assert_eq!(decode_body(Bytes::copy_from_slice(junk)), None);
+        }
+    }
+
+    #[test]
+    fn targets_match_persistent_subscriptions_once_per_session() {
+        let d = Durable::off();
+        d.index(
+            "s1",
+            1,
+            vec![
+                ("channels/c/messages/#".into(), 1, false, Some(3)),
+                ("channels/c/messages/a".into(), 2, false, Some(4)),
+            ],
+        );
+        d.index("s2", 2, vec![("channels/c/messages/a".into(), 2, true, None)]);
+        d.index("s3", 3, vec![("channels/other/messages".into(), 2, false, None)]);
+        let t = d.targets("channels/c/messages/a", 2, 2);
+        assert_eq!(t.len(), 1, "s2 is the publisher and asked for No Local: {t:?}");
+        assert_eq!(t[0].0, "s1");
+        assert_eq!(decode_meta(t[0].1.clone()), Some((2, vec![3, 4])));
+        assert!(
+            d.targets("channels/c/messages/a", 0, 9).is_empty(),
+            "QoS 0 is not queued"
+        );
+        d.index("s1", 1, vec![]);
+        assert_eq!(d.targets("channels/c/messages/a", 1, 9).len(), 1);
+    }
+}
