@@ -29,6 +29,7 @@ pub(crate) const RELEASED: u8 = 2;
 const BATCH: usize = 2048;
 
 type Waiter = oneshot::Sender<bool>;
+type Writer = mpsc::Sender<(SessionOp, Option<Waiter>)>;
 
 /// A persistent session's subscription, as the publisher side needs it.
 struct DSub {
@@ -41,7 +42,7 @@ struct DSub {
 }
 
 pub(crate) struct Durable {
-    tx: Mutex<Option<mpsc::Sender<(SessionOp, Option<Waiter>)>>>,
+    tx: Mutex<Option<Writer>>,
     next_msg: AtomicU64,
     /// Bucket (channel id, or "" outside channels) → subscriptions of persistent sessions.
     index: Mutex<Index>,

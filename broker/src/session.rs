@@ -237,6 +237,8 @@ impl Session {
                 }
             };
             let _ = tokio::time::timeout(Duration::from_secs(1), live.wr.shutdown()).await;
+            // Acknowledgements of the connection's last read reach the store.
+            let _ = self.sync_out().await;
             if let (true, Some(w)) = (will, live.req.will.take()) {
                 self.will_after_end(w).await;
             }

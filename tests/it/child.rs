@@ -61,9 +61,11 @@ impl ChildServer {
             }
         });
         let (mut http, mut mqtt) = (None, None);
+        let mut early = Vec::new();
         let wait = tokio::time::timeout(std::time::Duration::from_secs(60), async {
             while http.is_none() || mqtt.is_none() {
                 let line = rx.recv().await.expect("the server exited during start-up");
+                early.push(line.clone());
                 if line.contains("MQTT listening") {
                     mqtt = field(&line, "addr");
                 }
@@ -74,7 +76,7 @@ impl ChildServer {
         });
         wait.await.expect("server started in time");
         // Later log lines are kept (the pipe never fills) for `wait_log`.
-        let logs = Arc::new((Mutex::new(Vec::new()), tokio::sync::Notify::new()));
+        let logs = Arc::new((Mutex::new(early), tokio::sync::Notify::new()));
         let l2 = logs.clone();
         tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
