@@ -47,7 +47,7 @@ impl Server {
             .env("FLUXGATE_ADMIN_PASSWORD", "bench-password")
             .env("FLUXGATE_AUTH_PBKDF2_ITERATIONS", "1000")
             .env("FLUXGATE_MQTT_MAX_CONNECTIONS", "100000")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,broker::session=info,broker=info")
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("spawn fluxgate serve");

@@ -101,6 +101,7 @@ impl Durable {
                             next = rx.try_recv().ok();
                         }
                     }
+                    coalesce(&mut ops);
                     let ok = match store.apply(&ops) {
                         Ok(()) => {
                             failed_logged = false;
@@ -256,6 +257,42 @@ impl Durable {
             .map(|(k, q, ids)| (k.to_string(), encode_meta(q, &ids)))
             .collect()
     }
+}
+
+/// Removes the entries that a batch both creates and acknowledges (a device online and
+/// keeping up acknowledges most deliveries before their entry was even written): the
+/// message was delivered, so there is nothing left to keep. Its publisher's waiter still
+/// resolves after the batch commits.
+fn coalesce(ops: &mut Vec<SessionOp>) {
+    use std::collections::HashSet;
+    let mut created: HashSet<(&str, u64)> = HashSet::new();
+    let mut done: HashSet<(String, u64)> = HashSet::new();
+    for op in ops.iter() {
+        match op {
+            SessionOp::Message { id, targets, .. } => {
+                for (k, _) in targets {
+                    created.insert((k.as_str(), *id));
+                }
+            }
+            SessionOp::Ack { key, msg } if created.contains(&(key.as_str(), *msg)) => {
+                done.insert((key.clone(), *msg));
+            }
+            _ => {}
+        }
+    }
+    if done.is_empty() {
+        return;
+    }
+    for op in ops.iter_mut() {
+        if let SessionOp::Message { id, targets, .. } = op {
+            targets.retain(|(k, _)| !done.contains(&(k.clone(), *id)));
+        }
+    }
+    ops.retain(|op| match op {
+        SessionOp::Message { targets, .. } => !targets.is_empty(),
+        SessionOp::Ack { key, msg } | SessionOp::Mark { key, msg, .. } => !done.contains(&(key.clone(), *msg)),
+        _ => true,
+    });
 }
 
 /// An entry's metadata: the delivered QoS and the subscription identifiers.
@@ -556,6 +593,34 @@ mod tests {
             assert_eq!(decode_state(Bytes::copy_from_slice(junk)), None);
             assert_eq!(decode_body(Bytes::copy_from_slice(junk)), None);
         }
+    }
+
+    #[test]
+    fn a_batch_that_creates_and_acknowledges_an_entry_writes_neither() {
+        let msg = |id, keys: &[&str]| SessionOp::Message {
+            id,
+            body: Bytes::from_static(b"b"),
+            targets: keys.iter().map(|k| (k.to_string(), Bytes::new())).collect(),
+        };
+        let ack = |k: &str, m| SessionOp::Ack { key: k.into(), msg: m };
+        let mut ops = vec![
+            ack("a", 1),
+            msg(1, &["a", "b"]),
+            msg(2, &["a"]),
+            SessionOp::Mark {
+                key: "b".into(),
+                msg: 1,
+                state: SENT,
+                pkid: 3,
+            },
+            ack("b", 1),
+            ack("a", 2),
+            ack("a", 7),
+        ];
+        coalesce(&mut ops);
+        // The Ack before the Message (an older entry with the same id cannot exist) and the
+        // unrelated one stay; entry (a, 1) is written because its ack came first.
+        assert_eq!(ops, vec![ack("a", 1), msg(1, &["a"]), ack("a", 7)]);
     }
 
     #[test]

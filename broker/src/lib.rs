@@ -564,7 +564,14 @@ pub async fn start(
         Some(store) => {
             let max = cfg.max_stored_queue_bytes;
             tokio::task::spawn_blocking(move || -> Result<_, BrokerError> {
+                let t = std::time::Instant::now();
                 let loaded = store.load().map_err(BrokerError::Sessions)?;
+                tracing::info!(
+                    sessions = loaded.sessions.len(),
+                    queued = loaded.queued.len(),
+                    ms = t.elapsed().as_millis() as u64,
+                    "persistent sessions loaded from the store"
+                );
                 Ok((durable::Durable::start(store, loaded.max_msg, max)?, Some(loaded)))
             })
             .await

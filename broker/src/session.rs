@@ -34,6 +34,9 @@ const MAX_SUBSCRIPTIONS: usize = 1024;
 const WBUF_HIGH: usize = 64 * 1024;
 /// Packets waiting in the link for the router before the session stops reading its device.
 const MAX_LINK_BACKLOG: usize = 2000;
+/// Read batches whose replies wait for session store commits before the device's socket is
+/// not read any more.
+const MAX_HELD: usize = 64;
 /// Notifications taken from the link per turn of the loop.
 const DRAIN_BATCH: usize = 512;
 
@@ -141,6 +144,7 @@ impl Session {
             drop_logged: false,
             waits: Vec::new(),
             offline_until: None,
+            held: Held::new(),
             live_will: None,
         }
     }
@@ -178,6 +182,8 @@ struct Session {
     waits: Vec<oneshot::Receiver<bool>>,
     /// A restored session's remaining lifetime.
     offline_until: Option<Instant>,
+    /// Replies waiting for session store commits, in order.
+    held: Held,
     /// The will of the connection attached now (kept in the session record).
     live_will: Option<WillRec>,
 }
@@ -410,7 +416,7 @@ impl Session {
             }
             let ka = live.req.keep_alive;
             let deadline = live.last_rx + Duration::from_millis(ka as u64 * 1500);
-            let reading = live.wbuf.len() < 2 * WBUF_HIGH;
+            let reading = live.wbuf.len() < 2 * WBUF_HIGH && self.held.len() < MAX_HELD;
             let step: Step = tokio::select! {
                 biased;
                 c = self.ctrl.recv() => match c {
@@ -429,6 +435,15 @@ impl Session {
                         Ok(())
                     }
                 },
+                ok = committed(&mut self.held) => {
+                    match self.held.pop_front() {
+                        Some((_, replies)) if ok => {
+                            live.wbuf.extend_from_slice(&replies);
+                            Ok(())
+                        }
+                        _ => Err(End::Abnormal("session store write failed".into())),
+                    }
+                }
                 n = next_notification(&mut self.link) => self.on_link(n, true).await,
                 r = live.rd.read_buf(&mut live.rbuf), if reading => match r {
                     Ok(0) => Err(End::Abnormal("closed by peer".into())),
@@ -668,10 +683,19 @@ impl Session {
             }
         }
         // Acknowledgements leave only once the sink took what they acknowledge, and the
-        // session store committed what persistent sessions must not lose.
+        // session store committed what persistent sessions must not lose. The commit is not
+        // waited for here: the replies are held, in order, and the device's next packets are
+        // read meanwhile, so one commit covers many of its messages.
         self.flush_sink().await;
-        self.await_durable().await?;
-        live.wbuf.extend_from_slice(&replies);
+        if !self.waits.is_empty() || !self.held.is_empty() {
+            let waits = std::mem::take(&mut self.waits);
+            match self.held.back_mut() {
+                Some(last) if waits.is_empty() => last.1.extend_from_slice(&replies),
+                _ => self.held.push_back((waits, replies)),
+            }
+        } else {
+            live.wbuf.extend_from_slice(&replies);
+        }
         self.flush_router().await?;
         result
     }
@@ -1293,6 +1317,36 @@ impl Session {
     }
 }
 
+/// Replies waiting for session store commits.
+type Held = std::collections::VecDeque<(Vec<oneshot::Receiver<bool>>, BytesMut)>;
+
+/// Resolves when every commit the first held reply waits for is done (true if all
+/// succeeded, false at the first failure); pending forever when nothing is held.
+/// Cancel-safe: receivers are removed as they complete.
+async fn committed(held: &mut Held) -> bool {
+    let Some((waits, _)) = held.front_mut() else {
+        return std::future::pending().await;
+    };
+    std::future::poll_fn(|cx| {
+        let mut i = 0;
+        while i < waits.len() {
+            match std::future::Future::poll(std::pin::Pin::new(&mut waits[i]), cx) {
+                std::task::Poll::Ready(Ok(true)) => {
+                    waits.swap_remove(i);
+                }
+                std::task::Poll::Ready(_) => return std::task::Poll::Ready(false),
+                std::task::Poll::Pending => i += 1,
+            }
+        }
+        if waits.is_empty() {
+            std::task::Poll::Ready(true)
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 /// The next notification of a session's link (pending forever without a link).
 async fn next_notification(link: &mut Option<(LinkTx, LinkRx)>) -> Result<Option<Notification>, ()> {
     match link.as_mut() {
@@ -1306,6 +1360,7 @@ async fn next_notification(link: &mut Option<(LinkTx, LinkRx)>) -> Result<Option
 /// are removed with their queues. Returns when every restored session's subscriptions are in
 /// the router.
 pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
+    let started = std::time::Instant::now();
     let now = router::now_ms();
     let mut queued: HashMap<String, Vec<crate::StoredDelivery>> = HashMap::new();
     for q in loaded.queued {
@@ -1425,6 +1480,7 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
             restored,
             expired,
             revoked = loaded.dropped,
+            ms = started.elapsed().as_millis() as u64,
             "persistent sessions restored from the store"
         );
     }
