@@ -158,7 +158,13 @@ async fn until_connack(el: &mut rumqttc::EventLoop) {
 }
 
 /// QoS 1 deliveries per second, 4 publishers → 4 subscribers (one topic each).
-async fn throughput(addr: SocketAddr, topics: &[String], creds: &[(String, String)], persistent: bool, window: Duration) -> f64 {
+async fn throughput(
+    addr: SocketAddr,
+    topics: &[String],
+    creds: &[(String, String)],
+    persistent: bool,
+    window: Duration,
+) -> f64 {
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -201,7 +207,10 @@ async fn throughput(addr: SocketAddr, topics: &[String], creds: &[(String, Strin
         let (topic, stop3) = (topic.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             while start.elapsed() < window && !stop3.load(Ordering::Relaxed) {
-                if c.publish(topic.clone(), QoS::AtLeastOnce, false, vec![7u8; 64]).await.is_err() {
+                if c.publish(topic.clone(), QoS::AtLeastOnce, false, vec![7u8; 64])
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -340,7 +349,10 @@ async fn main() {
             pipeline.push(total as f64 / t.elapsed().as_secs_f64());
         }
         let (a, p) = (median(appends), median(pipeline));
-        println!("queued-message appends: {a:.0}/s; message pipeline rows: {p:.0}/s; ratio {:.2} (target >= 0.8)", a / p);
+        println!(
+            "queued-message appends: {a:.0}/s; message pipeline rows: {p:.0}/s; ratio {:.2} (target >= 0.8)",
+            a / p
+        );
     }
 
     let dir = tempfile::tempdir().expect("tmp");
@@ -417,7 +429,9 @@ async fn main() {
     let t0 = Instant::now() - listening;
     // A parked device comes back: session present, then its first queued message.
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("tcp");
-    s.write_all(&connect_packet("parked-0", &creds[0])).await.expect("connect");
+    s.write_all(&connect_packet("parked-0", &creds[0]))
+        .await
+        .expect("connect");
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let mut present_at = None;

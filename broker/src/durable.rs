@@ -55,6 +55,8 @@ pub(crate) struct Durable {
 struct Index {
     buckets: HashMap<String, Vec<DSub>>,
     by_key: HashMap<Arc<str>, Vec<String>>,
+    /// Restored sessions without a router link: their messages are handed to them directly.
+    direct: std::collections::HashSet<Arc<str>>,
 }
 
 /// The bucket of a topic or filter (see `retained`).
@@ -68,8 +70,14 @@ fn bucket(t: &str) -> Option<&str> {
     }
 }
 
-/// A target of a message: session key and the entry's metadata.
-pub(crate) type Target = (String, Bytes);
+/// A target of a message: session key, delivered QoS, subscription identifiers, and whether
+/// the session takes it directly (restored, no router link yet).
+pub(crate) struct Target {
+    pub key: String,
+    pub qos: u8,
+    pub sub_ids: Vec<u32>,
+    pub direct: bool,
+}
 
 impl Durable {
     /// Without a store: nothing is written, nothing waits.
@@ -183,10 +191,25 @@ impl Durable {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
     }
 
+    /// Marks a restored session as taking its messages directly (true) or through its own
+    /// router link (false).
+    pub fn set_direct(&self, key: &str, direct: bool) {
+        if let Ok(mut ix) = self.index.lock() {
+            if direct {
+                ix.direct.insert(Arc::from(key));
+            } else {
+                ix.direct.remove(key);
+            }
+        }
+    }
+
     /// Replaces the indexed subscriptions of a session (none: it is not persistent).
     pub fn index(&self, key: &str, origin: u64, subs: Vec<(String, u8, bool, Option<u32>)>) {
         let Ok(mut ix) = self.index.lock() else { return };
-        let Index { buckets, by_key } = &mut *ix;
+        if subs.is_empty() {
+            ix.direct.remove(key);
+        }
+        let Index { buckets, by_key, .. } = &mut *ix;
         if let Some(old) = by_key.remove(key) {
             for b in old {
                 if let Some(v) = buckets.get_mut(&b) {
@@ -254,7 +277,12 @@ impl Durable {
         }
         found
             .into_iter()
-            .map(|(k, q, ids)| (k.to_string(), encode_meta(q, &ids)))
+            .map(|(k, qos, sub_ids)| Target {
+                direct: ix.direct.contains(&k),
+                key: k.to_string(),
+                qos,
+                sub_ids,
+            })
             .collect()
     }
 }
@@ -637,9 +665,8 @@ mod tests {
         d.index("s2", 2, vec![("channels/c/messages/a".into(), 2, true, None)]);
         d.index("s3", 3, vec![("channels/other/messages".into(), 2, false, None)]);
         let t = d.targets("channels/c/messages/a", 2, 2);
-        assert_eq!(t.len(), 1, "s2 is the publisher and asked for No Local: {t:?}");
-        assert_eq!(t[0].0, "s1");
-        assert_eq!(decode_meta(t[0].1.clone()), Some((2, vec![3, 4])));
+        assert_eq!(t.len(), 1, "s2 is the publisher and asked for No Local");
+        assert_eq!((t[0].key.as_str(), t[0].qos, &t[0].sub_ids[..]), ("s1", 2, &[3, 4][..]));
         assert!(
             d.targets("channels/c/messages/a", 0, 9).is_empty(),
             "QoS 0 is not queued"

@@ -403,13 +403,46 @@ impl Shared {
             expires_at_ms: tag.expires_at_ms,
             payload: payload.clone(),
         });
-        let op = SessionOp::Message { id, body, targets };
-        if wait {
-            Some((id, Some(self.durable.write_wait(op))))
+        let direct: Vec<(String, u8, Vec<u32>)> = targets
+            .iter()
+            .filter(|t| t.direct)
+            .map(|t| (t.key.clone(), t.qos, t.sub_ids.clone()))
+            .collect();
+        let targets = targets
+            .into_iter()
+            .map(|t| (t.key, durable::encode_meta(t.qos, &t.sub_ids)))
+            .collect();
+        let op = SessionOp::Message {
+            id,
+            body: body.clone(),
+            targets,
+        };
+        let wait = if wait {
+            Some(self.durable.write_wait(op))
         } else {
             self.durable.write(op);
-            Some((id, None))
+            None
+        };
+        // Restored sessions without a router link get it from here (after its entry was
+        // queued for writing, so their acknowledgement comes after it).
+        if !direct.is_empty() {
+            if let Some(b) = durable::decode_body(body) {
+                for (key, qos, sub_ids) in direct {
+                    let d = outbound::Delivery {
+                        topic: b.topic.clone(),
+                        payload: b.payload.clone(),
+                        props: b.props.clone(),
+                        qos,
+                        retain: false,
+                        expires_at_ms: b.expires_at_ms,
+                        sub_ids,
+                        msg: id,
+                    };
+                    self.registry.send(&key, registry::Control::Deliver(Box::new(d)));
+                }
+            }
         }
+        Some((id, wait))
     }
 }
 

@@ -37,6 +37,8 @@ pub(crate) enum Control {
     Close(u8),
     /// Forget cached rights (of one channel, or all).
     Invalidate(Option<String>),
+    /// A message for a restored session that has no router link yet (its entry is written).
+    Deliver(Box<crate::outbound::Delivery>),
 }
 
 struct Entry {
@@ -175,6 +177,15 @@ impl Registry {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Sends to one session.
+    pub fn send(&self, key: &str, c: Control) {
+        if let Ok(m) = self.inner.lock() {
+            if let Some(e) = m.by_key.get(key) {
+                let _ = e.tx.send(c);
             }
         }
     }

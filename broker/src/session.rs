@@ -145,6 +145,8 @@ impl Session {
             waits: Vec::new(),
             offline_until: None,
             held: Held::new(),
+            direct: false,
+            direct_seen: HashSet::new(),
             live_will: None,
         }
     }
@@ -184,6 +186,12 @@ struct Session {
     offline_until: Option<Instant>,
     /// Replies waiting for session store commits, in order.
     held: Held,
+    /// Restored without a router link: messages come directly from their publishers (see
+    /// `durable`) until a device attaches and the session subscribes on its own link.
+    direct: bool,
+    /// Entries received directly since the link was built: the router may bring them again
+    /// in the moment between subscribing and leaving direct delivery.
+    direct_seen: HashSet<u64>,
     /// The will of the connection attached now (kept in the session record).
     live_will: Option<WillRec>,
 }
@@ -344,6 +352,13 @@ impl Session {
                 }
             }
         }
+        if self.direct {
+            // The restored session's subscriptions go to its new link now.
+            for (f, sub) in &self.subs {
+                self.to_router.push(router::subscribe(f, sub.rid));
+            }
+        }
+        self.direct_seen.clear();
         self.started = true;
         self.expiry = a.req.session_expiry;
         self.v5 = a.req.v5;
@@ -384,6 +399,13 @@ impl Session {
 
     /// Drops subscriptions, queued and in-flight messages (Clean Start on an existing session).
     fn reset(&mut self) {
+        if self.direct {
+            // Nothing was subscribed on a link yet.
+            self.direct = false;
+            self.shared.durable.set_direct(&self.key, false);
+            self.subs.clear();
+            self.by_rid.clear();
+        }
         if self.stored {
             self.shared.durable.write(SessionOp::Delete(self.key.clone()));
             self.shared.durable.index(&self.key, self.origin, Vec::new());
@@ -402,6 +424,11 @@ impl Session {
     async fn serve(&mut self, live: &mut Live) -> End {
         if let Err(e) = self.flush_router().await {
             return e;
+        }
+        if self.direct {
+            // Subscribed on the link: the router delivers from here on.
+            self.direct = false;
+            self.shared.durable.set_direct(&self.key, false);
         }
         // Packets that arrived together with CONNECT.
         if let Err(e) = self.on_bytes(live).await {
@@ -426,6 +453,7 @@ impl Session {
                         self.rights.invalidate(ch.as_deref());
                         Ok(())
                     }
+                    Some(Control::Deliver(d)) => self.on_direct(*d, true).await,
                     None => Ok(()),
                 },
                 r = live.wr.write(&live.wbuf), if !live.wbuf.is_empty() => match r {
@@ -501,6 +529,7 @@ impl Session {
                         self.rights.invalidate(ch.as_deref());
                         Ok(())
                     }
+                    Some(Control::Deliver(d)) => self.on_direct(*d, false).await,
                 },
                 n = next_notification(&mut self.link) => self.on_link(n, false).await,
                 _ = tokio::time::sleep_until(will_at.unwrap_or(expires)), if will_at.is_some() => {
@@ -1050,6 +1079,10 @@ impl Session {
             return Ok(());
         };
         let entry = if self.stored { tag.msg } else { 0 };
+        if entry != 0 && self.direct_seen.remove(&entry) {
+            // Already received directly (see `direct`).
+            return Ok(());
+        }
         if sub.no_local && tag.origin == self.origin {
             return Ok(());
         }
@@ -1087,6 +1120,30 @@ impl Session {
             // Not written by its publisher for this session (a retained or shared
             // subscription's message, or one that raced this subscription): written here.
             d.msg = self.own_entry(&d);
+        }
+        self.enqueue(d, live)
+    }
+
+    /// A message handed over directly (restored session without subscriptions on a link).
+    async fn on_direct(&mut self, d: Delivery, live: bool) -> Step {
+        if self.link.is_some() {
+            self.direct_seen.insert(d.msg);
+        }
+        if d.expires_at_ms != 0 && d.expires_at_ms <= router::now_ms() {
+            Metrics::inc(&self.m().dropped_expired);
+            self.drop_entry(d.msg);
+            return Ok(());
+        }
+        let t = std::str::from_utf8(&d.topic).unwrap_or("");
+        let auth = self.shared.auth.clone();
+        if !self
+            .rights
+            .allowed(auth.as_ref(), self.identity.as_ref(), Action::Deliver, t)
+            .await
+        {
+            Metrics::inc(&self.m().refused_delivery);
+            self.drop_entry(d.msg);
+            return Ok(());
         }
         self.enqueue(d, live)
     }
@@ -1367,7 +1424,6 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
         queued.entry(q.session.clone()).or_default().push(q);
     }
     let (mut restored, mut expired) = (0u64, 0u64);
-    let mut tasks = tokio::task::JoinSet::new();
     for rec in loaded.sessions {
         let since = rec.disconnected_at_ms.unwrap_or(now);
         let ends_at = since.saturating_add(rec.expiry_s as u64 * 1000);
@@ -1393,7 +1449,6 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
             if crate::rights::shared_filter(&filter).is_none() && filter.starts_with('$') {
                 continue;
             }
-            s.to_router.push(router::subscribe(&filter, rid));
             s.by_rid.insert(rid, filter.clone());
             s.subs.insert(
                 filter,
@@ -1452,26 +1507,14 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
                 .map(|(f, x)| (f.clone(), x.qos, x.no_local, x.sub_id))
                 .collect(),
         );
+        // No router link until a device attaches (building 10,000 links is what would make
+        // a restart slow): its publishers hand its messages over directly.
+        s.direct = true;
+        s.shared.durable.set_direct(&s.key, true);
         restored += 1;
-        tasks.spawn(async move {
-            let (router, key) = (s.shared.router.clone(), s.key.clone());
-            match tokio::task::spawn_blocking(move || router.link(&key)).await {
-                Ok(Ok(l)) => s.link = Some(l),
-                Ok(Err(e)) => {
-                    tracing::error!(session = %s.key, error = %e, "the router refused a restored session's link")
-                }
-                Err(e) => tracing::error!(session = %s.key, error = %e, "restoring a session"),
-            }
-            let _ = s.flush_router().await;
-            let _ = s.sync_out().await;
-            s
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        if let Ok(s) = r {
-            let rt = s.shared.rt.clone();
-            rt.spawn(s.run(None));
-        }
+        let _ = s.sync_out().await;
+        let rt = s.shared.rt.clone();
+        rt.spawn(s.run(None));
     }
     shared.metrics.sessions_restored.fetch_add(restored, Ordering::Relaxed);
     shared.metrics.sessions_expired.fetch_add(expired, Ordering::Relaxed);

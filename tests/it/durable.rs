@@ -203,25 +203,32 @@ async fn queued_messages_survive(v5: bool) {
     let dir = s.kill9().await;
     let s = ChildServer::start_in(dir, &[]).await;
     s.wait_log("persistent sessions restored").await;
+    // Published after the restart, before the device is back: queued behind the others.
+    let mut p = f.publisher(&s, v5).await;
+    for i in 1000..1010usize {
+        let qos = if i % 2 == 0 { 1 } else { 2 };
+        let t = f.topic(if qos == 1 { "q1" } else { "q2" });
+        assert_eq!(p.publish(&t, &numbered(i), qos, false, i as u16).await, 0);
+    }
     let (mut sub, code, present) = Raw::connect(s.mqtt, &f.sub_conn(v5, id, 3600)).await;
     assert_eq!((code, present), (0, true), "session present after kill -9");
     let mut rx = Receiver::default();
-    rx.until(&mut sub, 1000).await;
+    rx.until(&mut sub, 1010).await;
     let got: Vec<Vec<u8>> = rx.delivered.iter().map(|(_, p)| p.clone()).collect();
-    let want: Vec<Vec<u8>> = (0..1000).map(numbered).collect();
-    assert_eq!(got, want, "all 1,000, in order");
-    assert!(rx
+    let want: Vec<Vec<u8>> = (0..1010).map(numbered).collect();
+    assert_eq!(got, want, "all 1,000 and the 10 published since the restart, in order");
+    let qos_ok = rx
         .delivered
         .iter()
         .enumerate()
-        .all(|(i, (q, _))| *q == if i % 2 == 0 { 1 } else { 2 }));
+        .all(|(i, (q, _))| *q == if i % 2 == 0 { 1 } else { 2 });
+    assert!(qos_ok);
     rx.drain(&mut sub, Duration::from_millis(300)).await;
-    assert_eq!(rx.delivered.len(), 1000, "nothing twice");
+    assert_eq!(rx.delivered.len(), 1010, "nothing twice");
     // Live messages continue, on both subscriptions.
-    let mut p = f.publisher(&s, v5).await;
-    assert_eq!(p.publish(&f.topic("q2"), b"live", 2, false, 1).await, 0);
-    rx.until(&mut sub, 1001).await;
-    assert_eq!(rx.delivered[1000], (2, b"live".to_vec()));
+    assert_eq!(p.publish(&f.topic("q2"), b"live", 2, false, 2000).await, 0);
+    rx.until(&mut sub, 1011).await;
+    assert_eq!(rx.delivered[1010], (2, b"live".to_vec()));
     // The queue was emptied by the acknowledgements: another restart delivers nothing again.
     sub.disconnect().await;
     let dir = s.kill9().await;
@@ -229,7 +236,7 @@ async fn queued_messages_survive(v5: bool) {
     let (mut sub, code, present) = Raw::connect(s.mqtt, &f.sub_conn(v5, id, 3600)).await;
     assert_eq!((code, present), (0, true));
     rx.drain(&mut sub, Duration::from_millis(500)).await;
-    assert_eq!(rx.delivered.len(), 1001, "nothing delivered twice");
+    assert_eq!(rx.delivered.len(), 1011, "nothing delivered twice");
 }
 
 #[tokio::test]
