@@ -193,7 +193,8 @@ impl Store {
     }
 
     /// Gives every user in `users` the relation `rel` in `domain`; all or none (an unknown
-    /// user id is `NotFound` and nothing changes).
+    /// user id is `NotFound` and nothing changes). Demoting the domain's last admin is a
+    /// `Conflict`, as removing it is: the domain would have nobody to manage it.
     pub fn assign_members(&self, domain: &str, users: &[String], rel: Relation) -> Result<()> {
         self.write(|tx| {
             let now = crate::now_micros();
@@ -209,6 +210,16 @@ impl Store {
                      ON CONFLICT(domain_id, user_id) DO UPDATE SET relation = excluded.relation",
                     rusqlite::params![domain, u, rel.as_str(), now],
                 )?;
+            }
+            if rel != Relation::Admin {
+                let admins: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM domain_members WHERE domain_id = ?1 AND relation = 'admin'",
+                    [domain],
+                    |r| r.get(0),
+                )?;
+                if admins == 0 {
+                    return Err(StoreError::Conflict("cannot demote the last admin of a domain".into()));
+                }
             }
             Ok(())
         })
@@ -321,6 +332,15 @@ mod tests {
             .expect("domain");
         assert_eq!(s.relation(&d.id, &a).expect("r"), Some(Relation::Admin));
         assert!(matches!(s.unassign_member(&d.id, &a), Err(StoreError::Conflict(_))));
+        // Nor can the last admin be demoted, alone or together with others; nothing changes.
+        for users in [vec![a.clone()], vec![b.clone(), a.clone()]] {
+            assert!(matches!(
+                s.assign_members(&d.id, &users, Relation::Viewer),
+                Err(StoreError::Conflict(_))
+            ));
+        }
+        assert_eq!(s.relation(&d.id, &a).expect("r"), Some(Relation::Admin));
+        assert_eq!(s.relation(&d.id, &b).expect("r"), None);
         s.assign_members(&d.id, std::slice::from_ref(&b), Relation::Viewer)
             .expect("assign");
         assert_eq!(s.list_members(&d.id, &PageReq::default()).expect("m").total, 2);

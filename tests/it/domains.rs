@@ -171,3 +171,46 @@ async fn status_changes_and_the_super_admin() {
     let (s, _) = app.get("/domains/00000000-0000-4000-8000-000000000000", &admin).await;
     assert_eq!(s, 404);
 }
+
+/// #15 defect 1: a domain's only admin cannot demote themselves (or be demoted together with
+/// others): 409 with a clear message, nothing changes, and the domain stays manageable.
+#[tokio::test]
+async fn the_last_admin_cannot_be_demoted() {
+    let app = TestApp::spawn().await;
+    let (a_id, a) = app.user("solo").await;
+    let (b_id, _) = app.user("other").await;
+    let id = app.domain(&a, "solo-plant").await;
+    for users in [json!([a_id]), json!([b_id, a_id])] {
+        for rel in ["viewer", "editor"] {
+            let (s, v) = app
+                .post(
+                    &format!("/domains/{id}/users/assign"),
+                    Some(&a),
+                    json!({"user_ids": users, "relation": rel}),
+                )
+                .await;
+            assert_eq!(s, 409, "{v}");
+            assert!(v["message"].as_str().unwrap_or("").contains("last admin"), "{v}");
+        }
+    }
+    // Still the admin: managing the domain works, and B was not added by the refused call.
+    let (s, v) = app.get(&format!("/domains/{id}/users"), &a).await;
+    assert_eq!((s, &v["total"]), (200, &json!(1)), "{v}");
+    let (s, _) = app
+        .post(
+            &format!("/domains/{id}/users/assign"),
+            Some(&a),
+            json!({"user_ids": [b_id], "relation": "admin"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    // With a second admin, demoting oneself is allowed.
+    let (s, _) = app
+        .post(
+            &format!("/domains/{id}/users/assign"),
+            Some(&a),
+            json!({"user_ids": [a_id], "relation": "viewer"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+}
