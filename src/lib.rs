@@ -352,6 +352,64 @@ fn random_hex<const N: usize>() -> String {
 
 /// Creates the super-admin from configuration when the store has none. Returns the password
 /// when it was generated here.
+/// The configured super-admin as a new user with this password hash.
+fn admin_user(cfg: &Config, hash: String) -> NewUser {
+    NewUser {
+        id: uuid::Uuid::new_v4().to_string(),
+        first_name: cfg.admin.first_name.clone(),
+        last_name: cfg.admin.last_name.clone(),
+        email: cfg.admin.email.clone(),
+        username: cfg.admin.username.clone(),
+        secret: hash,
+        tags: storage::JsonText::empty_array(),
+        metadata: storage::JsonText::empty_object(),
+        profile_picture: String::new(),
+        role: Role::Admin,
+        status: Status::Enabled,
+    }
+}
+
+/// `fluxgate admin reset-password`: gives the configured super-admin (`admin.username`) a
+/// new password, creating the super-admin if a first start never got that far. Runs on a
+/// stopped server's data directory (it takes the directory's lock, so it is refused while a
+/// server runs there). The password is `admin.password` (`FLUXGATE_ADMIN_PASSWORD`) when
+/// set, else generated and returned to be printed once. The user's earlier tokens stop
+/// working (the password epoch moves).
+pub fn reset_admin_password(cfg: &Config) -> Result<Option<String>, AppError> {
+    let _lock = datadir::prepare(&cfg.data_dir)?;
+    let store = Store::open(
+        &cfg.data_dir.join("fluxgate.db"),
+        &StoreConfig {
+            busy_timeout: std::time::Duration::from_millis(cfg.store.busy_timeout_ms),
+            pool_size: 1,
+        },
+    )?;
+    let (password, generated) = if cfg.admin.password.is_empty() {
+        let p = random_hex::<12>();
+        (p.clone(), Some(p))
+    } else {
+        (cfg.admin.password.expose().to_string(), None)
+    };
+    let hash = auth::Passwords::new(cfg.auth.pbkdf2_iterations)
+        .and_then(|p| p.hash(&password))
+        .map_err(|e| AppError::Startup(e.to_string()))?;
+    match store.user_by_identity(&cfg.admin.username)? {
+        Some(u) if u.role == Role::Admin => {
+            store.set_user_secret(&u.id, &hash, None)?;
+        }
+        Some(_) => {
+            return Err(AppError::Startup(format!(
+                "user `{}` exists and is not a super-admin; set admin.username to the super-admin's username",
+                cfg.admin.username
+            )))
+        }
+        None => {
+            store.create_user(admin_user(cfg, hash))?;
+        }
+    }
+    Ok(generated)
+}
+
 async fn bootstrap_admin(ctx: &Arc<Ctx>, cfg: &Config) -> Result<Option<String>, AppError> {
     let s = ctx.store.clone();
     let existing = blocking(move || {
@@ -375,19 +433,7 @@ async fn bootstrap_admin(ctx: &Arc<Ctx>, cfg: &Config) -> Result<Option<String>,
         .blocking(move |c| c.passwords.hash(&password))
         .await
         .map_err(|e| AppError::Startup(e.to_string()))?;
-    let new = NewUser {
-        id: uuid::Uuid::new_v4().to_string(),
-        first_name: cfg.admin.first_name.clone(),
-        last_name: cfg.admin.last_name.clone(),
-        email: cfg.admin.email.clone(),
-        username: cfg.admin.username.clone(),
-        secret: hash,
-        tags: storage::JsonText::empty_array(),
-        metadata: storage::JsonText::empty_object(),
-        profile_picture: String::new(),
-        role: Role::Admin,
-        status: Status::Enabled,
-    };
+    let new = admin_user(cfg, hash);
     let s = ctx.store.clone();
     let u = blocking(move || s.create_user(new)).await??;
     tracing::info!(user = %u.id, username = %u.username, "created the bootstrap super-admin");

@@ -49,6 +49,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Operator tasks on a stopped server's data directory.
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -137,6 +142,20 @@ fn completion_command() -> clap::Command {
 }
 
 #[derive(Subcommand)]
+enum AdminCmd {
+    /// Give the super-admin a new password (generated, or FLUXGATE_ADMIN_PASSWORD), creating
+    /// it if the first start did not finish. Run it while the server is stopped.
+    ResetPassword {
+        /// Configuration file (TOML), as given to `serve`.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Data directory, as given to `serve`.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCmd {
     /// Print the embedded default configuration.
     Default,
@@ -147,7 +166,7 @@ fn main() -> ExitCode {
     // entity-first operator CLI (fluxgate::cli), whose grammar clap cannot express.
     let argv: Vec<String> = std::env::args().collect();
     let first = argv.get(1).map(String::as_str).unwrap_or("");
-    let clap_cmd = matches!(first, "serve" | "completions" | "--version" | "-V")
+    let clap_cmd = matches!(first, "serve" | "completions" | "admin" | "--version" | "-V")
         || (first == "config" && argv.get(2).map(String::as_str) == Some("default"));
     if !clap_cmd {
         if matches!(first, "" | "--help" | "-h" | "help") {
@@ -167,6 +186,39 @@ fn main() -> ExitCode {
         } => {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::ResetPassword { config, data_dir },
+        } => {
+            let flags = Overrides {
+                data_dir,
+                ..Default::default()
+            };
+            let cfg = match Config::load(config.as_deref(), std::env::vars(), &flags) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("fluxgate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match fluxgate::reset_admin_password(&cfg) {
+                Ok(Some(p)) => {
+                    // Printed once, on the terminal, never logged.
+                    println!("Super-admin `{}`: new password `{p}`", cfg.admin.username);
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    println!(
+                        "Super-admin `{}`: password set from admin.password (FLUXGATE_ADMIN_PASSWORD)",
+                        cfg.admin.username
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fluxgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Cmd::Completions { shell } => {
             let mut cmd = completion_command();

@@ -135,6 +135,11 @@ impl ChildServer {
             .unwrap_or(0)
     }
 
+    /// The data directory's parent (what `start_in` takes).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.as_ref().map(|d| d.path()).expect("dir")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
     }
@@ -158,6 +163,6 @@ impl ChildServer {
     }
 }
 
-fn data(dir: &Path) -> std::path::PathBuf {
+pub fn data(dir: &Path) -> std::path::PathBuf {
     dir.join("data")
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on 127.0.0.1 port 0 with a fresh data directory,
 //! driven over real sockets. One test binary, so the app links once.
 
+mod admin_cli;
 mod channels;
 mod child;
 mod cli;
