@@ -758,7 +758,8 @@ impl Session {
                     }
                     replies.extend_from_slice(&codec::encode_unsuback(pkid, &codes, v5));
                     if self.stored {
-                        self.save(None);
+                        // The UNSUBACK leaves once the subscriptions are committed.
+                        self.save_with(None, true);
                     }
                     Ok(())
                 }
@@ -1003,7 +1004,10 @@ impl Session {
         }
         replies.extend_from_slice(&codec::encode_suback(s.pkid, &codes, v5));
         if self.stored {
-            self.save(None);
+            // The SUBACK leaves once the subscriptions are committed, and before the retained
+            // messages it brings: everything held is waited for here.
+            self.save_with(None, true);
+            self.drain_held(live).await?;
         }
         for (r, granted, sub_id) in retained {
             if !self
@@ -1182,6 +1186,19 @@ impl Session {
         id
     }
 
+    /// Waits for every held reply (moving them to the write buffer in order) and for the
+    /// writes of this read.
+    async fn drain_held(&mut self, live: &mut Live) -> Step {
+        while !self.held.is_empty() {
+            let ok = committed(&mut self.held).await;
+            match self.held.pop_front() {
+                Some((_, replies)) if ok => live.wbuf.extend_from_slice(&replies),
+                _ => return Err(End::Abnormal("session store write failed".into())),
+            }
+        }
+        self.await_durable().await
+    }
+
     /// Waits for the session store writes this read depends on.
     async fn await_durable(&mut self) -> Step {
         let mut ok = true;
@@ -1241,6 +1258,11 @@ impl Session {
     /// Writes the session record (or removes it when the session is not persistent) and
     /// indexes its subscriptions for the publisher side.
     fn save(&mut self, disconnected_at_ms: Option<u64>) {
+        self.save_with(disconnected_at_ms, false)
+    }
+
+    /// `save`; with `wait`, the replies of the current read leave only after the commit.
+    fn save_with(&mut self, disconnected_at_ms: Option<u64>, wait: bool) {
         if !self.shared.durable.enabled() {
             return;
         }
@@ -1278,7 +1300,12 @@ impl Session {
             &state,
             durable::encode_inbound(self.in_qos2.iter()),
         );
-        self.shared.durable.write(SessionOp::Put(rec));
+        if wait {
+            let w = self.shared.durable.write_wait(SessionOp::Put(rec));
+            self.waits.push(w);
+        } else {
+            self.shared.durable.write(SessionOp::Put(rec));
+        }
         self.shared.durable.index(
             &self.key,
             self.origin,

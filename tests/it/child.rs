@@ -41,6 +41,9 @@ impl ChildServer {
             .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
             .args(["--ws-addr", "", "--mqtts-addr", "", "--wss-addr", ""])
             .env("FLUXGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            // Password hashing is not what these tests are about; keep starts and logins cheap
+            // on a busy 2-core machine.
+            .env("FLUXGATE_AUTH_PBKDF2_ITERATIONS", "1000")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -62,7 +65,7 @@ impl ChildServer {
         });
         let (mut http, mut mqtt) = (None, None);
         let mut early = Vec::new();
-        let wait = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let wait = tokio::time::timeout(std::time::Duration::from_secs(180), async {
             while http.is_none() || mqtt.is_none() {
                 let line = rx.recv().await.expect("the server exited during start-up");
                 early.push(line.clone());
@@ -121,7 +124,7 @@ impl ChildServer {
                 notified.await;
             }
         };
-        tokio::time::timeout(std::time::Duration::from_secs(20), wait)
+        tokio::time::timeout(std::time::Duration::from_secs(60), wait)
             .await
             .unwrap_or_else(|_| panic!("no log line with {needle:?} in time"))
     }
