@@ -98,7 +98,8 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 .pop()
                 .ok_or_else(|| ApiError::Internal("no channel returned".into()))?;
             tracing::info!(domain = %h.domain_id, channel = %h.id, "channel created");
-            Ok(Reply::created(&views::channel(&h))?.with_header("location", format!("/channels/{}", h.id)))
+            Ok(Reply::created(&views::channel(&h))?
+                .with_header("location", format!("/{}/channels/{}", h.domain_id, h.id)))
         }
         ["bulk"] if m == Method::POST => {
             let items: Vec<CreateChannel> = req.json()?;

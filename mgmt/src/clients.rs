@@ -124,7 +124,8 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 .pop()
                 .ok_or_else(|| ApiError::Internal("no client returned".into()))?;
             tracing::info!(domain = %c.domain_id, client = %c.id, "client created");
-            Ok(Reply::created(&views::client(&c, show))?.with_header("location", format!("/clients/{}", c.id)))
+            Ok(Reply::created(&views::client(&c, show))?
+                .with_header("location", format!("/{}/clients/{}", c.domain_id, c.id)))
         }
         ["bulk"] if m == Method::POST => {
             let items: Vec<CreateClient> = req.json()?;

@@ -78,7 +78,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 status: parse_status(b.status.as_deref())?,
             };
             let g = ctx.db(move |s| s.create_group(&d, new)).await?;
-            Ok(Reply::created(&views::group(&g))?.with_header("location", format!("/groups/{}", g.id)))
+            Ok(Reply::created(&views::group(&g))?.with_header("location", format!("/{}/groups/{}", g.domain_id, g.id)))
         }
         [] if m == Method::GET => {
             if req.q_bool("tree")?.unwrap_or(false) {

@@ -214,3 +214,37 @@ async fn the_last_admin_cannot_be_demoted() {
         .await;
     assert_eq!(s, 201);
 }
+
+/// #15 defect 5: the `Location` of every created entity names a path that answers GET with
+/// that entity.
+#[tokio::test]
+async fn location_headers_answer_get() {
+    let app = TestApp::spawn().await;
+    let (_, t) = app.user("locator").await;
+    let d = app.domain(&t, "locations").await;
+    for (path, body) in [
+        ("/domains".to_string(), json!({"name": "Another", "route": "another"})),
+        (format!("/{d}/clients"), json!({"name": "c"})),
+        (format!("/{d}/channels"), json!({"name": "h"})),
+        (format!("/{d}/groups"), json!({"name": "g"})),
+    ] {
+        let r = app
+            .client
+            .post(format!("{}{}", app.url, path))
+            .bearer_auth(&t)
+            .json(&body)
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(r.status().as_u16(), 201, "{path}");
+        let location = r
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("{path}: no Location"))
+            .to_string();
+        let created: serde_json::Value = r.json().await.expect("json");
+        let (s, v) = app.get(&location, &t).await;
+        assert_eq!((s, &v["id"]), (200, &created["id"]), "{path} -> {location}: {v}");
+    }
+}
