@@ -369,6 +369,8 @@ async fn list(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         username: q_text(req, "username"),
         tag: q_text(req, "tag").or_else(|| q_text(req, "tags")),
         metadata: views::metadata_query(req.q("metadata"))?,
+        identity: q_text(req, "identity"),
+        name: q_text(req, "name"),
         partial: false,
     };
     let p = ctx.db(move |s| s.list_users(&q)).await?;

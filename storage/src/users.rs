@@ -98,6 +98,11 @@ pub struct UserQuery {
     pub username: Option<String>,
     pub tag: Option<String>,
     pub metadata: Option<JsonText>,
+    /// The login identity: e-mail or username (equality, case-insensitive).
+    pub identity: Option<String>,
+    /// The name: username, first name, last name or "first last" (equality,
+    /// case-insensitive).
+    pub name: Option<String>,
     /// Substring match instead of equality on the text fields (used by search).
     pub partial: bool,
 }
@@ -263,6 +268,16 @@ impl Store {
         text(&mut f, "last_name", &q.last_name);
         text(&mut f, "email", &q.email);
         text(&mut f, "username", &q.username);
+        if let Some(v) = &q.identity {
+            f.push("(email = ? COLLATE NOCASE OR username = ? COLLATE NOCASE)", v.clone());
+        }
+        if let Some(v) = &q.name {
+            f.push(
+                "(username = ? COLLATE NOCASE OR first_name = ? COLLATE NOCASE OR last_name = ? COLLATE NOCASE
+                  OR (first_name || ' ' || last_name) = ? COLLATE NOCASE)",
+                v.clone(),
+            );
+        }
         f.tag("tags", &q.tag);
         f.metadata("metadata", &q.metadata);
         let c = self.conn()?;

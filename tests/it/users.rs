@@ -251,6 +251,24 @@ async fn admin_lists_changes_role_disables_and_deletes() {
     assert_eq!(page["users"].as_array().map(Vec::len), Some(1));
     let (s, page) = app.get("/users?username=dave", &admin).await;
     assert_eq!((s, &page["total"]), (200, &json!(1)));
+    // #15 defect 5: the page's `identity` (e-mail or username) and `name` filters.
+    for (q, want) in [
+        ("identity=dave@example.com", Some("dave")),
+        ("identity=erin", Some("erin")),
+        ("identity=nobody@example.com", None),
+        ("name=erin", Some("erin")),
+        ("name=Dave%20Test", Some("dave")),
+    ] {
+        let (s, page) = app.get(&format!("/users?{q}"), &admin).await;
+        assert_eq!(s, 200, "{q}: {page}");
+        let names: Vec<&str> = page["users"]
+            .as_array()
+            .expect("users")
+            .iter()
+            .filter_map(|u| u["credentials"]["username"].as_str())
+            .collect();
+        assert_eq!(names, want.into_iter().collect::<Vec<_>>(), "{q}");
+    }
     let (s, _) = app.get("/users?limit=101", &admin).await;
     assert_eq!(s, 400);
     let (s, _) = app.get("/users?status=sleeping", &admin).await;
