@@ -242,11 +242,21 @@ pub async fn users_route(ctx: &Arc<Ctx>, req: &Req, segs: &[&str]) -> Result<Rep
             Reply::empty(StatusCode::NO_CONTENT)
         }
         ["users", id, "memberships"] if req.method == Method::GET => {
-            if caller.id() != *id && !caller.is_super_admin() {
-                return Err(ApiError::forbidden());
-            }
+            // Oneself and the super-admin see everything; an admin of a domain the user is a
+            // member of sees the memberships in the domains they administer.
+            let scope = if caller.id() == *id || caller.is_super_admin() {
+                None
+            } else {
+                let (me, them) = (caller.id().to_string(), id.to_string());
+                if !ctx.db(move |s| s.administers_member(&me, &them)).await? {
+                    return Err(ApiError::forbidden());
+                }
+                Some(caller.id().to_string())
+            };
             let (id, page) = (id.to_string(), page_req(req, 100)?);
-            let p = ctx.db(move |s| s.user_memberships(&id, &page)).await?;
+            let p = ctx
+                .db(move |s| s.user_memberships(&id, scope.as_deref(), &page))
+                .await?;
             Reply::ok(&views::page(&p, "memberships", views::group))
         }
         _ => Err(ApiError::NotFound("no such users route".into())),

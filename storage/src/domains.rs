@@ -179,6 +179,18 @@ impl Store {
         })
     }
 
+    /// Whether `admin` is an admin of a domain `user` is a member of.
+    pub fn administers_member(&self, admin: &str, user: &str) -> Result<bool> {
+        let c = self.conn()?;
+        Ok(c.query_row(
+            "SELECT EXISTS (SELECT 1 FROM domain_members a JOIN domain_members b ON b.domain_id = a.domain_id
+               JOIN domains d ON d.id = a.domain_id
+             WHERE a.user_id = ?1 AND a.relation = 'admin' AND b.user_id = ?2 AND d.status = 'enabled')",
+            [admin, user],
+            |r| r.get(0),
+        )?)
+    }
+
     /// The relation of `user` to `domain`, if any.
     pub fn relation(&self, domain: &str, user: &str) -> Result<Option<Relation>> {
         let c = self.conn()?;

@@ -387,17 +387,31 @@ impl Store {
     }
 
     /// The groups a user belongs to (in every domain).
-    pub fn user_memberships(&self, user: &str, page: &PageReq) -> Result<Page<Group>> {
+    /// The group memberships of `user`; with `admin`, only those in domains where `admin` is
+    /// an admin and `user` a member (what a domain admin may see of a member).
+    pub fn user_memberships(&self, user: &str, admin: Option<&str>, page: &PageReq) -> Result<Page<Group>> {
         let c = self.conn()?;
-        let total: i64 = c.query_row("SELECT COUNT(*) FROM group_members WHERE user_id = ?1", [user], |r| {
-            r.get(0)
-        })?;
+        let scope = if admin.is_some() {
+            " AND g.domain_id IN (SELECT a.domain_id FROM domain_members a JOIN domain_members b
+               ON b.domain_id = a.domain_id WHERE a.user_id = ?2 AND a.relation = 'admin' AND b.user_id = ?1)"
+        } else {
+            " AND ?2 IS NULL"
+        };
+        let total: i64 = c.query_row(
+            &format!(
+                "SELECT COUNT(*) FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = ?1{scope}"
+            ),
+            rusqlite::params![user, admin],
+            |r| r.get(0),
+        )?;
         let mut st = c.prepare(&format!(
-            "SELECT {COLUMNS} FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = ?1
+            "SELECT {COLUMNS} FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = ?1{scope}
              ORDER BY m.created_at, g.rowid LIMIT {} OFFSET {}",
             page.limit, page.offset
         ))?;
-        let items = st.query_map([user], from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let items = st
+            .query_map(rusqlite::params![user, admin], from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(Page {
             total: total as u64,
             offset: page.offset,

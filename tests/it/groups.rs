@@ -180,6 +180,38 @@ async fn group_members_via_policies() {
         .get(&format!("/users/{m_id}/memberships"), &app.user("nosy").await.1)
         .await;
     assert_eq!(s, 403);
+    // #15 defect 5: the admin of a domain reads a member's memberships, those in the domains
+    // they administer only; a viewer cannot read the admin's.
+    let (_, t2) = app.user("gother").await;
+    let d2 = app.domain(&t2, "gm2").await;
+    app.post(
+        &format!("/domains/{d2}/users/assign"),
+        Some(&t2),
+        json!({"user_ids": [m_id], "relation": "viewer"}),
+    )
+    .await;
+    let (_, g2) = app
+        .post(&format!("/{d2}/groups"), Some(&t2), json!({"name": "Elsewhere"}))
+        .await;
+    let (s, _) = app
+        .post(
+            "/users/policies",
+            Some(&t2),
+            json!({"subject": m_id, "object": g2["id"], "actions": ["g_list"]}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = app.get(&format!("/users/{m_id}/memberships"), &t).await;
+    assert_eq!((s, &v["total"]), (200, &json!(1)), "{v}");
+    assert_eq!(v["memberships"][0]["id"], json!(g));
+    let (s, v) = app.get(&format!("/users/{m_id}/memberships"), &m).await;
+    assert_eq!((s, &v["total"]), (200, &json!(2)), "the member sees both: {v}");
+    let (t_id, _) = {
+        let (_, p) = app.get("/users/profile", &t).await;
+        (p["id"].as_str().expect("id").to_string(), ())
+    };
+    let (s, _) = app.get(&format!("/users/{t_id}/memberships"), &m).await;
+    assert_eq!(s, 403, "a viewer does not administer the admin");
 
     let (s, _) = app
         .call(Method::DELETE, &format!("/users/policies/{m_id}/{g}"), Some(&t), None)
