@@ -133,12 +133,7 @@ async fn group_members_via_policies() {
     let (m_id, m) = app.user("gmember").await;
     let (o_id, _) = app.user("goutsider").await;
     let d = app.domain(&t, "gm").await;
-    app.post(
-        &format!("/domains/{d}/users/assign"),
-        Some(&t),
-        json!({"user_ids": [m_id], "relation": "viewer"}),
-    )
-    .await;
+    app.assign(&t, &d, &m_id, "viewer").await;
     let (_, g) = app
         .post(&format!("/{d}/groups"), Some(&t), json!({"name": "Ops"}))
         .await;
@@ -184,12 +179,7 @@ async fn group_members_via_policies() {
     // they administer only; a viewer cannot read the admin's.
     let (_, t2) = app.user("gother").await;
     let d2 = app.domain(&t2, "gm2").await;
-    app.post(
-        &format!("/domains/{d2}/users/assign"),
-        Some(&t2),
-        json!({"user_ids": [m_id], "relation": "viewer"}),
-    )
-    .await;
+    app.assign(&t2, &d2, &m_id, "viewer").await;
     let (_, g2) = app
         .post(&format!("/{d2}/groups"), Some(&t2), json!({"name": "Elsewhere"}))
         .await;

@@ -284,6 +284,18 @@ impl TestApp {
         v["id"].as_str().expect("id").to_string()
     }
 
+    /// Gives `user` the relation `rel` in `domain` (asserts 201).
+    pub async fn assign(&self, token: &str, domain: &str, user: &str, rel: &str) {
+        let (s, v) = self
+            .post(
+                &format!("/domains/{domain}/users/assign"),
+                Some(token),
+                json!({"user_ids": [user], "relation": rel}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+
     /// Creates a domain owned by the token's user; returns its id.
     pub async fn domain(&self, token: &str, route: &str) -> String {
         let (s, v) = self
