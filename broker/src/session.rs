@@ -1017,7 +1017,7 @@ impl Session {
             {
                 continue;
             }
-            let d = Delivery {
+            let mut d = Delivery {
                 topic: Bytes::copy_from_slice(r.topic.as_bytes()),
                 payload: r.payload.clone(),
                 props: r.props.clone(),
@@ -1027,6 +1027,9 @@ impl Session {
                 sub_ids: sub_id.into_iter().collect(),
                 msg: 0,
             };
+            if self.stored && d.qos > 0 {
+                d.msg = self.own_entry(&d);
+            }
             self.enqueue(d, true)?;
         }
         Ok(())
@@ -1439,10 +1442,11 @@ async fn next_notification(link: &mut Option<(LinkTx, LinkRx)>) -> Result<Option
     }
 }
 
-/// Recreates the persistent sessions found in the store, each with its link, subscriptions,
-/// queue, in-flight QoS state and pending will, offline until a device attaches; expired ones
-/// are removed with their queues. Returns when every restored session's subscriptions are in
-/// the router.
+/// Recreates the persistent sessions found in the store, each with its subscriptions, queue,
+/// in-flight QoS state and pending will, offline and without a router link until a device
+/// attaches (meanwhile its messages come directly from their publishers, see `durable`);
+/// expired ones are removed with their queues. Returns once every restored session is
+/// registered and indexed.
 pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
     let started = std::time::Instant::now();
     let now = router::now_ms();
