@@ -87,6 +87,33 @@ fn parse_types(t: Option<Vec<String>>) -> Result<Vec<ConnType>, ApiError> {
     }
 }
 
+/// The list filters of `GET …/channels`.
+fn channel_query(req: &Req) -> Result<ChannelQuery, ApiError> {
+    Ok(ChannelQuery {
+        page: page_req(req, 100)?,
+        status: status_filter(req)?,
+        name: q_text(req, "name"),
+        tag: q_text(req, "tag").or_else(|| q_text(req, "tags")),
+        metadata: views::metadata_query(req.q("metadata"))?,
+        client: q_text(req, "client"),
+    })
+}
+
+/// `GET /channels`: the caller's channels across the enabled domains they are a member of,
+/// with the same filters and page as `GET /{domainID}/channels`.
+pub async fn list_all(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
+    if req.method != Method::GET || req.segs.len() != 1 {
+        return Err(ApiError::NotFound("no such channels route".into()));
+    }
+    let caller = crate::auth::caller(ctx, req).await?;
+    let q = channel_query(req)?;
+    let me = caller.id().to_string();
+    let p = ctx
+        .db(move |s| s.list_channels(storage::Scope::MemberOf(&me), &q))
+        .await?;
+    Reply::ok(&views::page(&p, "channels", views::channel))
+}
+
 pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -> Result<Reply, ApiError> {
     let m = &req.method;
     match segs {
@@ -138,14 +165,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             disconnect(ctx, a, clients, vec![id.to_string()], parse_types(b.types)?).await
         }
         [] if m == Method::GET => {
-            let q = ChannelQuery {
-                page: page_req(req, 100)?,
-                status: status_filter(req)?,
-                name: q_text(req, "name"),
-                tag: q_text(req, "tag").or_else(|| q_text(req, "tags")),
-                metadata: views::metadata_query(req.q("metadata"))?,
-                client: q_text(req, "client"),
-            };
+            let q = channel_query(req)?;
             let d = a.domain_id().to_string();
             let p = ctx.db(move |s| s.list_channels(&d, &q)).await?;
             Reply::ok(&views::page(&p, "channels", views::channel))

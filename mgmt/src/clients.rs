@@ -112,6 +112,33 @@ fn new_client(b: CreateClient) -> Result<NewClient, ApiError> {
     })
 }
 
+/// The list filters of `GET …/clients`.
+fn client_query(req: &Req) -> Result<ClientQuery, ApiError> {
+    Ok(ClientQuery {
+        page: page_req(req, 100)?,
+        status: status_filter(req)?,
+        name: q_text(req, "name"),
+        tag: q_text(req, "tag").or_else(|| q_text(req, "tags")),
+        metadata: views::metadata_query(req.q("metadata"))?,
+        channel: q_text(req, "channel"),
+    })
+}
+
+/// `GET /clients`: the caller's clients across the enabled domains they are a member of, with
+/// the same filters and page as `GET /{domainID}/clients`; secrets are not shown.
+pub async fn list_all(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
+    if req.method != Method::GET || req.segs.len() != 1 {
+        return Err(ApiError::NotFound("no such clients route".into()));
+    }
+    let caller = crate::auth::caller(ctx, req).await?;
+    let q = client_query(req)?;
+    let me = caller.id().to_string();
+    let p = ctx
+        .db(move |s| s.list_clients(storage::Scope::MemberOf(&me), &q))
+        .await?;
+    Reply::ok(&views::page(&p, "clients", |c| views::client(c, false)))
+}
+
 pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -> Result<Reply, ApiError> {
     let m = &req.method;
     let show = a.sees_secrets();
@@ -144,14 +171,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             )
         }
         [] if m == Method::GET => {
-            let q = ClientQuery {
-                page: page_req(req, 100)?,
-                status: status_filter(req)?,
-                name: q_text(req, "name"),
-                tag: q_text(req, "tag").or_else(|| q_text(req, "tags")),
-                metadata: views::metadata_query(req.q("metadata"))?,
-                channel: q_text(req, "channel"),
-            };
+            let q = client_query(req)?;
             let d = a.domain_id().to_string();
             let p = ctx.db(move |s| s.list_clients(&d, &q)).await?;
             Reply::ok(&views::page(&p, "clients", |c| views::client(c, show)))

@@ -185,6 +185,8 @@ async fn route(ctx: &Arc<Ctx>, req: Req) -> Result<Reply, ApiError> {
         "password" => users::password_route(ctx, &req).await,
         "domains" => domains::route(ctx, &req).await,
         "certs" => certs::public(ctx, &req).await,
+        "clients" => clients::list_all(ctx, &req).await,
+        "channels" => channels::list_all(ctx, &req).await,
         d if uuid::Uuid::parse_str(d).is_ok() => scoped::route(ctx, &req).await,
         _ => Err(ApiError::NotFound(format!(
             "no route for {} /{}",

@@ -203,9 +203,9 @@ impl Store {
         })
     }
 
-    pub fn list_channels(&self, domain: &str, q: &ChannelQuery) -> Result<Page<Channel>> {
+    pub fn list_channels<'a>(&self, scope: impl Into<crate::Scope<'a>>, q: &ChannelQuery) -> Result<Page<Channel>> {
         let mut f = Filter::default();
-        f.push("h.domain_id = ?", domain.to_string());
+        scope.into().filter(&mut f, "h.domain_id");
         f.status(q.status, "h.status");
         if let Some(n) = &q.name {
             f.push("instr(lower(h.name), lower(?)) > 0", n.clone());

@@ -221,9 +221,9 @@ impl Store {
         })
     }
 
-    pub fn list_clients(&self, domain: &str, q: &ClientQuery) -> Result<Page<Client>> {
+    pub fn list_clients<'a>(&self, scope: impl Into<crate::Scope<'a>>, q: &ClientQuery) -> Result<Page<Client>> {
         let mut f = Filter::default();
-        f.push("c.domain_id = ?", domain.to_string());
+        scope.into().filter(&mut f, "c.domain_id");
         f.status(q.status, "c.status");
         if let Some(n) = &q.name {
             f.push("instr(lower(c.name), lower(?)) > 0", n.clone());

@@ -194,6 +194,41 @@ pub struct Page<T> {
     pub items: Vec<T>,
 }
 
+/// Which domains a list covers: one domain, or every enabled domain a user is a member of.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    Domain(&'a str),
+    MemberOf(&'a str),
+}
+
+impl<'a> From<&'a str> for Scope<'a> {
+    fn from(d: &'a str) -> Scope<'a> {
+        Scope::Domain(d)
+    }
+}
+
+impl<'a> From<&'a String> for Scope<'a> {
+    fn from(d: &'a String) -> Scope<'a> {
+        Scope::Domain(d)
+    }
+}
+
+impl Scope<'_> {
+    /// Restricts `column` (a domain id) to the scope.
+    pub(crate) fn filter(self, f: &mut Filter, column: &str) {
+        match self {
+            Scope::Domain(d) => f.push(format!("{column} = ?"), d.to_string()),
+            Scope::MemberOf(u) => f.push(
+                format!(
+                    "{column} IN (SELECT m.domain_id FROM domain_members m JOIN domains dm ON dm.id = m.domain_id
+                     WHERE m.user_id = ? AND dm.status = 'enabled')"
+                ),
+                u.to_string(),
+            ),
+        }
+    }
+}
+
 /// Builds `WHERE` clauses with positional parameters without string-pasting values.
 #[derive(Default)]
 pub(crate) struct Filter {

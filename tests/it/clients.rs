@@ -213,3 +213,54 @@ async fn client_changes_are_announced() {
         }
     );
 }
+
+/// #15 defect 5: `GET /clients` and `GET /channels` without a domain answer with the caller's
+/// entities across the domains they belong to, with the same filters and page shape; nobody
+/// sees another tenant's, and secrets are not shown.
+#[tokio::test]
+async fn clients_and_channels_across_the_callers_domains() {
+    let app = TestApp::spawn().await;
+    let (_, a) = app.user("multi").await;
+    let (_, b) = app.user("single").await;
+    let d1 = app.domain(&a, "multi-one").await;
+    let d2 = app.domain(&a, "multi-two").await;
+    let d3 = app.domain(&b, "single-one").await;
+    for (t, d, name) in [(&a, &d1, "alpha"), (&a, &d2, "beta"), (&b, &d3, "gamma")] {
+        app.client(t, d, json!({"name": name})).await;
+        app.channel(t, d, name).await;
+    }
+    for (kind, key) in [("clients", "clients"), ("channels", "channels")] {
+        let (s, v) = app.get(&format!("/{kind}"), &a).await;
+        assert_eq!((s, &v["total"]), (200, &json!(2)), "{kind}: {v}");
+        assert!(v.get("offset").is_some() && v.get("limit").is_some());
+        let mut names: Vec<&str> = v[key]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["alpha", "beta"], "{kind}");
+        let (s, v) = app.get(&format!("/{kind}?name=bet&limit=1"), &a).await;
+        assert_eq!((s, &v["total"]), (200, &json!(1)), "{kind} filtered: {v}");
+        let (s, v) = app.get(&format!("/{kind}"), &b).await;
+        assert_eq!(
+            (s, &v["total"]),
+            (200, &json!(1)),
+            "{kind}: another tenant's are not listed"
+        );
+        let (s, _) = app.call(Method::GET, &format!("/{kind}"), None, None).await;
+        assert_eq!(s, 401);
+        let (s, _) = app.get(&format!("/{kind}?limit=500"), &a).await;
+        assert_eq!(s, 400);
+    }
+    let (_, v) = app.get("/clients", &a).await;
+    assert!(
+        v["clients"]
+            .as_array()
+            .expect("clients")
+            .iter()
+            .all(|c| c["credentials"]["secret"].is_null()),
+        "no secrets in the cross-domain list: {v}"
+    );
+}
