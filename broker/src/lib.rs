@@ -12,7 +12,9 @@
 //! - Nothing a client sends can panic a thread: every packet is parsed by `codec`, which
 //!   checks every length, before anything acts on it.
 //! - A QoS 1/2 PUBLISH is acknowledged only after the message sink took it (when it stores
-//!   MQTT messages); the router never holds a backlog: sessions drain their link promptly.
+//!   MQTT messages) and after the session store committed its entries for the persistent
+//!   sessions it is for (`durable`); the router never holds a backlog: sessions drain their
+//!   link promptly.
 //! - Sessions run on the broker's own runtime, so a router that is slow to take packets can
 //!   stall MQTT sessions but never the REST API.
 
