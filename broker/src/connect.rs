@@ -95,8 +95,8 @@ pub(crate) async fn refuse<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, v5: bool, 
     let _ = w.flush().await;
 }
 
-/// A will, as the front publishes it.
-#[derive(Debug, Clone)]
+/// A will, as the front publishes it (and as a persistent session stores it).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Will {
     pub topic: String,
     pub payload: Bytes,

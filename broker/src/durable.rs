@@ -14,6 +14,7 @@
 //!   resolves the waiters of a batch after its commit.
 
 use crate::connect::Will;
+use crate::topic::bucket;
 use crate::{Identity, SessionOp, SessionStore, StoredSession};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
@@ -57,17 +58,6 @@ struct Index {
     by_key: HashMap<Arc<str>, Vec<String>>,
     /// Restored sessions without a router link: their messages are handed to them directly.
     direct: std::collections::HashSet<Arc<str>>,
-}
-
-/// The bucket of a topic or filter (see `retained`).
-fn bucket(t: &str) -> Option<&str> {
-    match t.strip_prefix("channels/") {
-        Some(rest) => {
-            let c = rest.split('/').next().unwrap_or("");
-            (!c.is_empty() && c != "+" && c != "#").then_some(c)
-        }
-        None => Some(""),
-    }
 }
 
 /// A target of a message: session key, delivered QoS, subscription identifiers, and whether
@@ -403,46 +393,7 @@ pub(crate) struct State {
     /// filter, granted QoS, No Local, Retain As Published, subscription identifier.
     pub subs: Vec<(String, u8, bool, bool, Option<u32>)>,
     /// The will, and when it is due (Unix ms; 0: when the connection ends).
-    pub will: Option<(WillRec, u64)>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct WillRec {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: u8,
-    pub retain: bool,
-    pub props: Bytes,
-    pub delay: u32,
-    pub expiry: Option<u32>,
-}
-
-impl From<&Will> for WillRec {
-    fn from(w: &Will) -> WillRec {
-        WillRec {
-            topic: w.topic.clone(),
-            payload: w.payload.clone(),
-            qos: w.qos,
-            retain: w.retain,
-            props: w.props.clone(),
-            delay: w.delay,
-            expiry: w.expiry,
-        }
-    }
-}
-
-impl From<WillRec> for Will {
-    fn from(w: WillRec) -> Will {
-        Will {
-            topic: w.topic,
-            payload: w.payload,
-            qos: w.qos,
-            retain: w.retain,
-            props: w.props,
-            delay: w.delay,
-            expiry: w.expiry,
-        }
-    }
+    pub will: Option<(Will, u64)>,
 }
 
 fn put_bytes(o: &mut BytesMut, b: &[u8]) {
@@ -530,7 +481,7 @@ pub(crate) fn decode_state(mut b: Bytes) -> Option<State> {
             let expiry = b.get_u32();
             let due = b.get_u64();
             Some((
-                WillRec {
+                Will {
                     topic,
                     payload,
                     qos: (fl & 3).min(2),
@@ -595,7 +546,7 @@ mod tests {
                 ("x/y".into(), 1, false, true, None),
             ],
             will: Some((
-                WillRec {
+                Will {
                     topic: "channels/a/messages".into(),
                     payload: Bytes::from_static(b"bye"),
                     qos: 1,

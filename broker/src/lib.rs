@@ -372,7 +372,7 @@ impl Shared {
     pub(crate) fn durable_message(
         &self,
         topic: &[u8],
-        payload: &Bytes,
+        payload: &[u8],
         tag: &router::Tag,
         origin: u64,
         wait: bool,
@@ -403,7 +403,8 @@ impl Shared {
             props: tag.props.clone(),
             retain: tag.retain,
             expires_at_ms: tag.expires_at_ms,
-            payload: payload.clone(),
+            // Copied only here: most messages are for no persistent session.
+            payload: Bytes::copy_from_slice(payload),
         });
         let direct: Vec<(String, u8, Vec<u32>)> = targets
             .iter()

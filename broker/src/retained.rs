@@ -3,6 +3,7 @@
 //! the [`RetainedStore`] port by one background thread (in order, batched), and loaded from
 //! it at start.
 
+use crate::topic::bucket;
 use crate::{Retained, RetainedOp, RetainedStore};
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex};
@@ -12,17 +13,6 @@ pub(crate) struct RetainedIndex {
     count: std::sync::atomic::AtomicUsize,
     max: usize,
     writer: Mutex<Option<mpsc::Sender<RetainedOp>>>,
-}
-
-/// The bucket of a topic or filter: its channel id, or "" outside `channels/`.
-fn bucket(t: &str) -> Option<&str> {
-    match t.strip_prefix("channels/") {
-        Some(rest) => {
-            let c = rest.split('/').next().unwrap_or("");
-            (!c.is_empty() && c != "+" && c != "#").then_some(c)
-        }
-        None => Some(""),
-    }
 }
 
 /// What storing a retained message did.

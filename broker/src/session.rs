@@ -7,7 +7,7 @@
 
 use crate::codec::{self, Frame, FrameError};
 use crate::connect::{self, Attach, BoxIo, ConnGuard, ConnectReq, Will};
-use crate::durable::{self, WillRec};
+use crate::durable;
 use crate::outbound::{Delivery, Outbound, Push};
 use crate::registry::{Control, Handed};
 use crate::rights::{Action, RightsCache};
@@ -193,7 +193,7 @@ struct Session {
     /// in the moment between subscribing and leaving direct delivery.
     direct_seen: HashSet<u64>,
     /// The will of the connection attached now (kept in the session record).
-    live_will: Option<WillRec>,
+    live_will: Option<Will>,
 }
 
 impl Session {
@@ -362,7 +362,7 @@ impl Session {
         self.started = true;
         self.expiry = a.req.session_expiry;
         self.v5 = a.req.v5;
-        self.live_will = a.req.will.as_ref().map(WillRec::from);
+        self.live_will = a.req.will.clone();
         self.save(None);
         let Attach { req, io, rbuf, guard } = *a;
         self.shared
@@ -632,10 +632,9 @@ impl Session {
             msg: 0,
             props,
         };
-        let payload_b = Bytes::copy_from_slice(payload);
         if let Some((id, wait)) = self
             .shared
-            .durable_message(t.as_bytes(), &payload_b, &tag, self.origin, true)
+            .durable_message(t.as_bytes(), payload, &tag, self.origin, true)
         {
             tag.msg = id;
             self.waits.extend(wait);
@@ -1093,12 +1092,7 @@ impl Session {
         if sub.no_local && tag.origin == self.origin {
             return Ok(());
         }
-        if tag.expires_at_ms != 0 && tag.expires_at_ms <= router::now_ms() {
-            Metrics::inc(&self.m().dropped_expired);
-            self.drop_entry(entry);
-            return Ok(());
-        }
-        let mut d = Delivery {
+        let d = Delivery {
             topic: f.publish.topic,
             payload,
             props: tag.props,
@@ -1112,23 +1106,7 @@ impl Session {
         if !live && d.qos == 0 {
             return Ok(());
         }
-        let t = std::str::from_utf8(&d.topic).unwrap_or("");
-        let auth = self.shared.auth.clone();
-        if !self
-            .rights
-            .allowed(auth.as_ref(), self.identity.as_ref(), Action::Deliver, t)
-            .await
-        {
-            Metrics::inc(&self.m().refused_delivery);
-            self.drop_entry(entry);
-            return Ok(());
-        }
-        if d.msg == 0 && d.qos > 0 && self.stored {
-            // Not written by its publisher for this session (a retained or shared
-            // subscription's message, or one that raced this subscription): written here.
-            d.msg = self.own_entry(&d);
-        }
-        self.enqueue(d, live)
+        self.admit(d, live).await
     }
 
     /// A message handed over directly (restored session without subscriptions on a link).
@@ -1136,6 +1114,13 @@ impl Session {
         if self.link.is_some() {
             self.direct_seen.insert(d.msg);
         }
+        self.admit(d, live).await
+    }
+
+    /// A delivery for this session, from the router or directly: not when expired or when
+    /// the client may not receive it (its stored entry goes then), else queued (and written
+    /// as an entry of this session when it is persistent and nobody wrote one).
+    async fn admit(&mut self, mut d: Delivery, live: bool) -> Step {
         if d.expires_at_ms != 0 && d.expires_at_ms <= router::now_ms() {
             Metrics::inc(&self.m().dropped_expired);
             self.drop_entry(d.msg);
@@ -1151,6 +1136,11 @@ impl Session {
             Metrics::inc(&self.m().refused_delivery);
             self.drop_entry(d.msg);
             return Ok(());
+        }
+        if d.msg == 0 && d.qos > 0 && self.stored {
+            // Not written by its publisher for this session (a shared subscription's
+            // message, or one that raced this subscription): written here.
+            d.msg = self.own_entry(&d);
         }
         self.enqueue(d, live)
     }
@@ -1281,7 +1271,7 @@ impl Session {
         let will = match (&self.pending_will, &self.live_will) {
             (Some((w, at)), _) => {
                 let left = at.saturating_duration_since(Instant::now()).as_millis() as u64;
-                Some((WillRec::from(w), now + left))
+                Some((w.clone(), now + left))
             }
             (None, Some(w)) => Some((w.clone(), 0)),
             (None, None) => None,
@@ -1500,7 +1490,7 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
             } else {
                 Instant::now() + Duration::from_millis(due.saturating_sub(now))
             };
-            s.pending_will = Some((Will::from(w), at));
+            s.pending_will = Some((w, at));
         }
         for q in queued.remove(&rec.key).unwrap_or_default() {
             let (Some(body), Some((qos, sub_ids))) = (durable::decode_body(q.body), durable::decode_meta(q.meta))

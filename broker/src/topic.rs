@@ -34,6 +34,19 @@ pub fn parse(t: &str, filter: bool) -> Option<ChannelTopic<'_>> {
     Some(ChannelTopic { channel, subtopic })
 }
 
+/// The index bucket of a topic or filter: its channel id, or "" outside `channels/`; `None`
+/// for a filter whose channel level is a wildcard. Retained messages and persistent
+/// subscriptions are indexed by it, so a lookup scans one channel.
+pub(crate) fn bucket(t: &str) -> Option<&str> {
+    match t.strip_prefix("channels/") {
+        Some(rest) => {
+            let c = rest.split('/').next().unwrap_or("");
+            (!c.is_empty() && c != "+" && c != "#").then_some(c)
+        }
+        None => Some(""),
+    }
+}
+
 /// Does the topic belong to Fluxgate's channel namespace at all?
 pub fn in_channel_space(t: &str) -> bool {
     t == "channels" || t.starts_with("channels/") || t.starts_with("+/") || t == "+" || t == "#"
