@@ -105,6 +105,7 @@ async fn main() {
         s2.create_channels(
             &d.id,
             &[NewChannel {
+                description: String::new(),
                 id: h.clone(),
                 name: "b".into(),
                 parent_group_id: None,

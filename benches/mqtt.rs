@@ -663,6 +663,7 @@ fn many_channels(store: &storage::Store, n: usize) -> ((String, String), Vec<Str
         let new: Vec<NewChannel> = chunk
             .iter()
             .map(|id| NewChannel {
+                description: String::new(),
                 id: id.clone(),
                 name: id.clone(),
                 parent_group_id: None,
@@ -726,6 +727,7 @@ fn provision(store: &storage::Store, n: usize) -> (Vec<String>, Creds, Creds) {
                     &channels
                         .iter()
                         .map(|id| NewChannel {
+                            description: String::new(),
                             id: id.clone(),
                             name: id.clone(),
                             parent_group_id: None,

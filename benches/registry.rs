@@ -84,6 +84,7 @@ fn main() {
         let new: Vec<NewChannel> = chunk
             .iter()
             .map(|id| NewChannel {
+                description: String::new(),
                 id: id.clone(),
                 name: id.clone(),
                 parent_group_id: None,

@@ -108,6 +108,7 @@ fn provision(store: &Store, channels: usize, n: usize) -> (Vec<String>, Vec<(Str
     let new: Vec<NewChannel> = chans
         .iter()
         .map(|id| NewChannel {
+            description: String::new(),
             id: id.clone(),
             name: id.clone(),
             parent_group_id: None,

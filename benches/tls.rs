@@ -171,6 +171,7 @@ async fn main() {
         .create_channels(
             &d.id,
             &[NewChannel {
+                description: String::new(),
                 id: h.clone(),
                 name: "c".into(),
                 parent_group_id: None,

@@ -37,6 +37,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log: LogConfig,
     pub http: HttpConfig,
+    pub metrics: MetricsConfig,
     pub mqtt: MqttConfig,
     pub tls: TlsConfig,
     pub messages: MessagesConfig,
@@ -50,6 +51,20 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub token: Secret,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -63,6 +78,7 @@ pub struct HttpConfig {
     pub idle_timeout: u64,
     pub max_connections: usize,
     pub backlog: u32,
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -372,6 +388,14 @@ fn apply_env(
                         toml::Value::Boolean(_) => {
                             toml::Value::Boolean(raw.trim().parse().map_err(|_| bad("expected true or false"))?)
                         }
+                        // A list of strings: comma-separated.
+                        toml::Value::Array(_) => toml::Value::Array(
+                            raw.split(',')
+                                .map(str::trim)
+                                .filter(|s| !s.is_empty())
+                                .map(|s| toml::Value::String(s.to_string()))
+                                .collect(),
+                        ),
                         _ => toml::Value::String(raw.clone()),
                     };
                 }
@@ -390,6 +414,24 @@ mod tests {
         let c = Config::defaults();
         assert_eq!(c.auth.pbkdf2_iterations, 600_000);
         assert_eq!(c.admin.username, "admin");
+        assert!(c.http.cors_origins.is_empty());
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert!(c.metrics.token.is_empty());
+    }
+
+    #[test]
+    fn lists_and_log_format_from_the_environment() {
+        let env = [
+            ("FLUXGATE_HTTP_CORS_ORIGINS", "https://a.example, https://b.example"),
+            ("FLUXGATE_LOG_FORMAT", "json"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::load(None, env, &Overrides::default()).expect("load");
+        assert_eq!(c.http.cors_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(c.log.format, LogFormat::Json);
+        let bad = [("FLUXGATE_LOG_FORMAT".to_string(), "xml".to_string())].into_iter();
+        assert!(Config::load(None, bad, &Overrides::default()).is_err());
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct HttpLimits {
 pub struct HttpCounters {
     pub refused_over_cap: AtomicU64,
     pub closed_idle: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub tls_failures: AtomicU64,
 }
 
 /// Serves `routes` on `listener` (over TLS when `tls` is set) until `shutdown` completes;
@@ -96,12 +98,19 @@ pub async fn serve(
             let result = match &acceptor {
                 Some(acceptor) => {
                     let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
+                        Ok(Ok(s)) => {
+                            counters.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                            s
+                        }
                         Ok(Err(e)) => {
+                            counters.tls_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;
                         }
-                        Err(_) => return,
+                        Err(_) => {
+                            counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
                     };
                     let io = hyper_util::rt::TokioIo::new(Tracked::new(tls, activity, started));
                     let conn = watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());

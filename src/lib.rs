@@ -11,6 +11,7 @@ pub mod http_server;
 pub mod mail;
 pub mod mqtt;
 pub mod pipeline;
+pub mod telemetry;
 
 use config::Config;
 use mgmt::{auth, Ctx, MgmtConfig, Outbox};
@@ -174,6 +175,7 @@ impl App {
             .map_err(|e| AppError::Startup(e.to_string()))?;
         let broker = Arc::new(broker);
         tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
+        let wss_counters = Arc::new(http_server::HttpCounters::default());
         let wss_addr = match (&tls, cfg.tls.wss_addr.as_str()) {
             (Some(sc), a) if !a.is_empty() => {
                 let l = http_server::bind(a, cfg.mqtt.backlog).map_err(|err| AppError::Bind {
@@ -190,7 +192,7 @@ impl App {
                         max_connections: cfg.mqtt.max_connections,
                         ..limits
                     },
-                    Arc::new(http_server::HttpCounters::default()),
+                    wss_counters.clone(),
                     std::future::pending(),
                 ));
                 Some(addr)
@@ -198,6 +200,14 @@ impl App {
             _ => None,
         };
         let (pipeline, writer) = pipeline::start(store.clone(), &cfg.messages, broker.clone(), &sink)?;
+        let http_counters = Arc::new(http_server::HttpCounters::default());
+        let telemetry = telemetry::build(telemetry::Sources {
+            broker: broker.metrics.clone(),
+            pipeline: pipeline.metrics.clone(),
+            store: store.clone(),
+            http: vec![("api", http_counters.clone()), ("wss", wss_counters)],
+        })
+        .map_err(|e| AppError::Startup(format!("metrics: {e}")))?;
         let ctx = Arc::new(Ctx {
             store: store.clone(),
             tokens,
@@ -208,15 +218,15 @@ impl App {
                 version: VERSION,
                 public_url: public_url(&cfg, http_addr),
                 senml: cfg.messages.senml_limits(),
+                cors_origins: cfg.http.cors_origins.clone(),
+                metrics_token: cfg.metrics.token.expose().to_string(),
             },
             outbox,
             events: events.clone(),
             messages: Arc::new(pipeline.clone()),
             ca: ca.clone(),
-            probes: vec![("mqtt broker", {
-                let b = broker.clone();
-                Arc::new(move || b.healthy()) as mgmt::Probe
-            })],
+            probes: probes(&broker, &store, &pipeline),
+            telemetry,
             guard: mgmt::guard::LoginGuard::default(),
             hash_slots: mgmt::default_hash_slots(),
         });
@@ -234,7 +244,7 @@ impl App {
             wss_addr,
             limits,
             _dir_lock: dir_lock,
-            http_counters: Arc::new(http_server::HttpCounters::default()),
+            http_counters,
             generated_admin_password,
         })
     }
@@ -375,6 +385,33 @@ fn admin_user(cfg: &Config, hash: String) -> NewUser {
 /// server runs there). The password is `admin.password` (`FLUXGATE_ADMIN_PASSWORD`) when
 /// set, else generated and returned to be printed once. The user's earlier tokens stop
 /// working (the password epoch moves).
+/// The health checks behind `GET /health`: the MQTT router runs, the database takes a write,
+/// the message writer is not stuck.
+fn probes(
+    broker: &Arc<broker::BrokerHandle>,
+    store: &Store,
+    pipeline: &pipeline::Pipeline,
+) -> Vec<(&'static str, mgmt::Probe)> {
+    let b = broker.clone();
+    let s = store.clone();
+    let m = pipeline.metrics.clone();
+    vec![
+        (
+            "mqtt broker",
+            Arc::new(move || {
+                b.healthy()
+                    .then_some(())
+                    .ok_or_else(|| "the MQTT router stopped".to_string())
+            }) as mgmt::Probe,
+        ),
+        (
+            "store",
+            Arc::new(move || s.probe_write().map_err(|e| format!("database not writable: {e}"))) as mgmt::Probe,
+        ),
+        ("message pipeline", Arc::new(move || m.check()) as mgmt::Probe),
+    ]
+}
+
 pub fn reset_admin_password(cfg: &Config) -> Result<Option<String>, AppError> {
     let _lock = datadir::prepare(&cfg.data_dir)?;
     let store = Store::open(

@@ -249,7 +249,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(&cfg.log.level);
+            init_logging(&cfg.log.level, cfg.log.format);
             raise_open_file_limit();
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -326,13 +326,16 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: fluxgate::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        fluxgate::config::LogFormat::Text => fmt.init(),
+        fluxgate::config::LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).init(),
+    }
 }

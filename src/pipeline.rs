@@ -77,13 +77,74 @@ impl Queue {
 }
 
 /// Counters of the pipeline.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PipelineMetrics {
     pub stored: AtomicU64,
     pub stored_raw: AtomicU64,
     pub batches: AtomicU64,
     pub write_retries: AtomicU64,
     pub pruned: AtomicU64,
+    /// HTTP messages refused because the queue was full (503) or the pipeline closed.
+    pub refused_full: AtomicU64,
+    pub refused_closed: AtomicU64,
+    /// Rows waiting in the queue.
+    pub queued: Arc<AtomicUsize>,
+    /// When the batcher last took rows off the queue (µs since the epoch): a queue that holds
+    /// rows while this stays old means the writer stopped taking batches.
+    pub last_take: AtomicU64,
+    /// Since when the writer has been writing its current batch (µs; 0: idle).
+    pub writing_since: AtomicU64,
+    /// Time to write one batch, seconds (registered with the metrics at start).
+    pub batch_seconds: Option<prometheus::Histogram>,
+}
+
+/// A writer holding rows without committing for this long is reported stuck by `/health`.
+pub const STUCK_AFTER: Duration = Duration::from_secs(30);
+
+impl PipelineMetrics {
+    fn new(queued: Arc<AtomicUsize>) -> PipelineMetrics {
+        let opts = prometheus::HistogramOpts::new("pipeline_batch_duration_seconds", "Time to write one batch")
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]);
+        PipelineMetrics {
+            stored: AtomicU64::new(0),
+            stored_raw: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            write_retries: AtomicU64::new(0),
+            pruned: AtomicU64::new(0),
+            refused_full: AtomicU64::new(0),
+            refused_closed: AtomicU64::new(0),
+            queued,
+            last_take: AtomicU64::new(storage::now_micros() as u64),
+            writing_since: AtomicU64::new(0),
+            batch_seconds: prometheus::Histogram::with_opts(opts).ok(),
+        }
+    }
+
+    /// `Err` naming the problem when one batch has been written (retried) for longer than
+    /// [`STUCK_AFTER`], or rows have waited that long without the writer taking any.
+    pub fn check(&self) -> Result<(), String> {
+        self.check_at(storage::now_micros() as u64)
+    }
+
+    fn check_at(&self, now: u64) -> Result<(), String> {
+        let limit = STUCK_AFTER.as_micros() as u64;
+        let since = self.writing_since.load(Ordering::Relaxed);
+        if since != 0 && now.saturating_sub(since) > limit {
+            return Err(format!(
+                "writer stuck: one batch not committed for {} s (see the log for the store's error)",
+                now.saturating_sub(since) / 1_000_000
+            ));
+        }
+        let queued = self.queued.load(Ordering::Relaxed);
+        let idle = now.saturating_sub(self.last_take.load(Ordering::Relaxed));
+        if queued > 0 && idle > limit {
+            return Err(format!(
+                "writer stuck: {queued} rows queued, none taken for {} s",
+                idle / 1_000_000
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -175,14 +236,14 @@ pub fn start(
         room: Arc::new(tokio::sync::Notify::new()),
     };
     let _ = sink.0.set(cfg.store_mqtt.then(|| queue.clone()));
-    let metrics = Arc::new(PipelineMetrics::default());
+    let metrics = Arc::new(PipelineMetrics::new(queue.queued.clone()));
     let (stop_tx, stop_rx) = oneshot::channel();
     let (stored_tx, stored) = tokio::sync::watch::channel(0u64);
     // One batch being written and one waiting: the batcher keeps collecting meanwhile.
     let (batch_tx, batch_rx) = mpsc::channel(1);
     tokio::spawn(batch_loop(
         rx,
-        queue.queued.clone(),
+        metrics.clone(),
         queue.room.clone(),
         stop_rx,
         batch_tx,
@@ -278,7 +339,7 @@ fn mqtt_rows(m: Message, metrics: &PipelineMetrics, limits: mgmt::senml::Limits)
 /// first) and hands them to the writer thread; ends when the queue is closed and empty.
 async fn batch_loop(
     mut rx: mpsc::UnboundedReceiver<Envelope>,
-    queued: Arc<AtomicUsize>,
+    metrics: Arc<PipelineMetrics>,
     room: Arc<tokio::sync::Notify>,
     mut stop: oneshot::Receiver<()>,
     batches: mpsc::Sender<Vec<Envelope>>,
@@ -305,6 +366,7 @@ async fn batch_loop(
         if got == 0 {
             return;
         }
+        metrics.last_take.store(storage::now_micros() as u64, Ordering::Relaxed);
         let mut rows: usize = batch.iter().map(Envelope::rows).sum();
         let deadline = tokio::time::sleep(flush);
         tokio::pin!(deadline);
@@ -316,7 +378,7 @@ async fn batch_loop(
             }
             rows += batch[before..].iter().map(Envelope::rows).sum::<usize>();
         }
-        queued.fetch_sub(rows, Ordering::AcqRel);
+        metrics.queued.fetch_sub(rows, Ordering::AcqRel);
         room.notify_waiters();
         if batches.send(std::mem::take(&mut batch)).await.is_err() {
             return;
@@ -403,9 +465,17 @@ fn yield_between_rows(row: usize) {
 /// Writes one batch, retrying until it commits: a message accepted is never dropped.
 fn write_batch(store: &Store, rows: &[NewMessage], metrics: &PipelineMetrics) {
     let mut backoff = Duration::from_millis(10);
+    let started = std::time::Instant::now();
+    metrics
+        .writing_since
+        .store(storage::now_micros() as u64, Ordering::Relaxed);
     loop {
         match store.insert_messages_with(rows, yield_between_rows) {
             Ok(()) => {
+                metrics.writing_since.store(0, Ordering::Relaxed);
+                if let Some(h) = &metrics.batch_seconds {
+                    h.observe(started.elapsed().as_secs_f64());
+                }
                 metrics.stored.fetch_add(rows.len() as u64, Ordering::Relaxed);
                 metrics.batches.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -463,10 +533,12 @@ impl MessagePort for Pipeline {
         };
         let envelope = Envelope::Rows(rows, done_tx);
         let sent = if self.queue.reserve(envelope.rows(), false) == 0 {
+            self.metrics.refused_full.fetch_add(1, Ordering::Relaxed);
             Err(SubmitError::Full)
         } else if self.queue.send(envelope) {
             Ok(())
         } else {
+            self.metrics.refused_closed.fetch_add(1, Ordering::Relaxed);
             Err(SubmitError::Closed)
         };
         if sent.is_ok() {

@@ -66,6 +66,27 @@ impl Frame {
     }
 }
 
+/// How many packets `buf` holds, counting from its first byte (a run of whole packets the
+/// server encoded; a truncated last one counts too).
+pub fn count_packets(buf: &[u8]) -> u64 {
+    let mut n = 0;
+    let mut at = 0;
+    while at < buf.len() {
+        n += 1;
+        let (mut len, mut shift, mut i) = (0usize, 0, at + 1);
+        while let Some(&b) = buf.get(i) {
+            len |= ((b & 0x7f) as usize) << shift;
+            shift += 7;
+            i += 1;
+            if b & 0x80 == 0 || shift > 21 {
+                break;
+            }
+        }
+        at = i.saturating_add(len);
+    }
+    n
+}
+
 /// Takes one complete packet off the front of `buf`, if there is one.
 pub fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
     if buf.len() < 2 {
@@ -663,6 +684,19 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packets_in_a_buffer_are_counted() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&encode_disconnect(0x8e));
+        b.extend_from_slice(&[0x40, 0x02, 0x00, 0x01]);
+        b.extend_from_slice(&[0xd0, 0x00]);
+        assert_eq!(count_packets(&b), 3);
+        assert_eq!(count_packets(&[]), 0);
+        let mut big = vec![0x30, 0x80, 0x01];
+        big.extend(std::iter::repeat_n(0u8, 128));
+        assert_eq!(count_packets(&big), 1);
+    }
 
     fn frame(bytes: &[u8]) -> Frame {
         let mut b = BytesMut::from(bytes);

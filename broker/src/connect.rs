@@ -23,75 +23,93 @@ pub(crate) struct Refusal {
     pub v4: u8,
     pub v5: u8,
     pub why: &'static str,
+    /// Short reason label for the metrics.
+    pub label: &'static str,
 }
 
 pub(crate) const UNSUPPORTED_PROTOCOL: Refusal = Refusal {
     v4: 0x01,
     v5: 0x84,
     why: "unsupported protocol level",
+    label: "unsupported_protocol",
 };
 pub(crate) const MALFORMED: Refusal = Refusal {
     v4: 0x02,
     v5: 0x81,
     why: "malformed CONNECT",
+    label: "malformed",
 };
 pub(crate) const BAD_CLIENT_ID: Refusal = Refusal {
     v4: 0x02,
     v5: 0x85,
     why: "empty client id without clean session",
+    label: "bad_client_id",
 };
 pub(crate) const BAD_CREDENTIALS: Refusal = Refusal {
     v4: 0x04,
     v5: 0x86,
     why: "bad credentials",
+    label: "bad_credentials",
 };
 pub(crate) const UNKNOWN_CERT: Refusal = Refusal {
     v4: 0x04,
     v5: 0x86,
     why: "unknown certificate",
+    label: "unknown_cert",
 };
 pub(crate) const CERT_MISMATCH: Refusal = Refusal {
     v4: 0x04,
     v5: 0x86,
     why: "username does not match the certificate",
+    label: "cert_mismatch",
 };
 pub(crate) const DISABLED: Refusal = Refusal {
     v4: 0x05,
     v5: 0x87,
     why: "client or domain disabled, or certificate revoked",
+    label: "disabled",
 };
 pub(crate) const NO_CREDENTIALS: Refusal = Refusal {
     v4: 0x05,
     v5: 0x87,
     why: "credentials required",
+    label: "no_credentials",
 };
 pub(crate) const WILL_NOT_ALLOWED: Refusal = Refusal {
     v4: 0x05,
     v5: 0x87,
     why: "will topic not allowed",
+    label: "will_not_allowed",
 };
 pub(crate) const UNAVAILABLE: Refusal = Refusal {
     v4: 0x03,
     v5: 0x88,
     why: "server unavailable",
+    label: "unavailable",
 };
 pub(crate) const KEEP_ALIVE_TOO_LONG: Refusal = Refusal {
     v4: 0x02,
     v5: 0x82,
     why: "keep alive above mqtt.max_keep_alive (3.1.1 cannot be told a shorter one)",
+    label: "keep_alive_too_long",
 };
 pub(crate) const QUOTA: Refusal = Refusal {
     v4: 0x03,
     v5: 0x97,
     why: "persistent session limit reached",
+    label: "quota",
 };
 
 /// Writes the refusal CONNACK (best effort), counts and logs it.
 pub(crate) async fn refuse<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, v5: bool, r: Refusal, m: &Metrics, client: &str) {
-    Metrics::inc(&m.refused_connect);
+    m.refused(r.label);
     tracing::info!(client, reason = r.why, "CONNECT refused");
     let code = if v5 { r.v5 } else { r.v4 };
-    let _ = w.write_all(&codec::encode_connack(code, false, v5, None)).await;
+    let connack = codec::encode_connack(code, false, v5, None);
+    if w.write_all(&connack).await.is_ok() {
+        Metrics::inc(&m.packets_out);
+        Metrics::add(&m.bytes_out, connack.len() as u64);
+    }
     let _ = w.flush().await;
 }
 
@@ -199,9 +217,15 @@ pub(crate) async fn run(
     }
 }
 
-async fn read_frame(io: &mut BoxIo, buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, codec::FrameError> {
+async fn read_frame(
+    io: &mut BoxIo,
+    buf: &mut BytesMut,
+    max: usize,
+    m: &Metrics,
+) -> Result<Option<Frame>, codec::FrameError> {
     loop {
         if let Some(f) = codec::next_frame(buf, max)? {
+            Metrics::inc(&m.packets_in);
             return Ok(Some(f));
         }
         // Reads at most what is needed to finish the packet (bounded by `max`), never more.
@@ -209,7 +233,10 @@ async fn read_frame(io: &mut BoxIo, buf: &mut BytesMut, max: usize) -> Result<Op
         let mut chunk = [0u8; 4096];
         match io.read(&mut chunk[..room]).await {
             Ok(0) | Err(_) => return Ok(None),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                Metrics::add(&m.bytes_in, n as u64);
+                buf.extend_from_slice(&chunk[..n])
+            }
         }
     }
 }
@@ -223,7 +250,7 @@ async fn handshake(
 ) -> Result<Option<(ConnectReq, BytesMut)>, codec::FrameError> {
     let m = &shared.metrics;
     let mut buf = BytesMut::with_capacity(256);
-    let Some(first) = read_frame(io, &mut buf, shared.cfg.max_connect_size).await? else {
+    let Some(first) = read_frame(io, &mut buf, shared.cfg.max_connect_size, m).await? else {
         return Ok(None);
     };
     // The packet type is checked before anything parses it.

@@ -313,11 +313,40 @@ pub struct Metrics {
     pub sessions_expired: AtomicU64,
     pub sessions_restored: AtomicU64,
     pub dropped_store_full: AtomicU64,
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub tls_failures: AtomicU64,
+    pub revocations_applied: AtomicU64,
+    /// CONNECT refusals by reason label.
+    refused_by: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
     pub(crate) fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts the packets the server appended to a connection's output (`bytes`).
+    pub(crate) fn sent(&self, bytes: &[u8]) {
+        Metrics::add(&self.packets_out, codec::count_packets(bytes));
+    }
+    pub(crate) fn refused(&self, reason: &'static str) {
+        Metrics::inc(&self.refused_connect);
+        if let Ok(mut m) = self.refused_by.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+    /// CONNECT refusals by reason.
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        self.refused_by
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
     }
     /// A snapshot as (name, value) pairs.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
@@ -347,6 +376,13 @@ impl Metrics {
             ("mqtt_sessions_expired_total", g(&self.sessions_expired)),
             ("mqtt_sessions_restored_total", g(&self.sessions_restored)),
             ("mqtt_not_durable_store_full_total", g(&self.dropped_store_full)),
+            ("mqtt_packets_in_total", g(&self.packets_in)),
+            ("mqtt_packets_out_total", g(&self.packets_out)),
+            ("mqtt_bytes_in_total", g(&self.bytes_in)),
+            ("mqtt_bytes_out_total", g(&self.bytes_out)),
+            ("mqtt_tls_handshakes_total", g(&self.tls_handshakes)),
+            ("mqtt_tls_failures_total", g(&self.tls_failures)),
+            ("mqtt_revocations_applied_total", g(&self.revocations_applied)),
         ]
     }
 }
@@ -475,6 +511,7 @@ pub struct BrokerHandle {
 impl BrokerHandle {
     /// Applies a revocation from the change feed to live and offline sessions.
     pub fn revoke(&self, r: Revocation) {
+        Metrics::inc(&self.shared.metrics.revocations_applied);
         self.shared.registry.apply(r);
     }
 
@@ -700,6 +737,7 @@ async fn accept_tls(l: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAccep
                 tokio::spawn(async move {
                     match tokio::time::timeout(shared.cfg.connect_timeout, acceptor.accept(s)).await {
                         Ok(Ok(tls)) => {
+                            Metrics::inc(&shared.metrics.tls_handshakes);
                             let cert = tls
                                 .get_ref()
                                 .1
@@ -708,8 +746,14 @@ async fn accept_tls(l: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAccep
                                 .map(|c| c.to_vec());
                             connect::run(Box::new(tls), peer, "mqtt", cert, shared).await
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            Metrics::inc(&shared.metrics.tls_failures);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            Metrics::inc(&shared.metrics.tls_failures);
+                            tracing::debug!(%peer, "TLS handshake timed out")
+                        }
                     }
                 });
             }

@@ -387,11 +387,14 @@ impl Session {
             session_expiry: live.req.expiry_capped.then_some(self.expiry),
             server_keep_alive: live.req.server_keep_alive,
         };
+        let before = live.wbuf.len();
         live.wbuf
             .extend_from_slice(&codec::encode_connack(0, resumed, live.req.v5, Some(&props)));
         if resumed {
             self.out.resend(&mut live.wbuf, live.req.v5, router::now_ms());
-        } else {
+        }
+        self.m().sent(&live.wbuf[before..]);
+        if !resumed {
             self.in_qos2.clear();
         }
         Some(live)
@@ -459,6 +462,7 @@ impl Session {
                 r = live.wr.write(&live.wbuf), if !live.wbuf.is_empty() => match r {
                     Ok(0) | Err(_) => Err(End::Abnormal("write failed".into())),
                     Ok(n) => {
+                        Metrics::add(&self.m().bytes_out, n as u64);
                         let _ = live.wbuf.split_to(n);
                         Ok(())
                     }
@@ -466,6 +470,7 @@ impl Session {
                 ok = committed(&mut self.held) => {
                     match self.held.pop_front() {
                         Some((_, replies)) if ok => {
+                            self.m().sent(&replies);
                             live.wbuf.extend_from_slice(&replies);
                             Ok(())
                         }
@@ -476,13 +481,15 @@ impl Session {
                 r = live.rd.read_buf(&mut live.rbuf), if reading => match r {
                     Ok(0) => Err(End::Abnormal("closed by peer".into())),
                     Err(e) => Err(End::Abnormal(e.to_string())),
-                    Ok(_) => {
+                    Ok(n) => {
+                        Metrics::add(&self.m().bytes_in, n as u64);
                         live.last_rx = Instant::now();
                         self.on_bytes(live).await
                     }
                 },
                 _ = tokio::time::sleep_until(deadline), if ka > 0 => {
                     if live.req.v5 {
+                        Metrics::inc(&self.m().packets_out);
                         live.wbuf.extend_from_slice(&codec::encode_disconnect(reason::KEEP_ALIVE_TIMEOUT));
                     }
                     Err(End::Abnormal("keep-alive timeout".into()))
@@ -491,7 +498,10 @@ impl Session {
             if let Err(e) = step {
                 // What the session wrote last (acknowledgements, DISCONNECT) is sent, bounded.
                 if !live.wbuf.is_empty() {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), live.wr.write_all(&live.wbuf)).await;
+                    let w = tokio::time::timeout(Duration::from_secs(1), live.wr.write_all(&live.wbuf)).await;
+                    if matches!(w, Ok(Ok(()))) {
+                        Metrics::add(&self.m().bytes_out, live.wbuf.len() as u64);
+                    }
                     live.wbuf.clear();
                 }
                 return e;
@@ -685,7 +695,10 @@ impl Session {
         let mut qos_in_read = 0usize;
         loop {
             let f = match codec::next_frame(&mut live.rbuf, self.shared.cfg.max_packet_size) {
-                Ok(Some(f)) => f,
+                Ok(Some(f)) => {
+                    Metrics::inc(&self.m().packets_in);
+                    f
+                }
                 Ok(None) => break,
                 Err(e) => {
                     if live.req.v5 {
@@ -722,6 +735,7 @@ impl Session {
                 _ => self.held.push_back((waits, replies)),
             }
         } else {
+            self.m().sent(&replies);
             live.wbuf.extend_from_slice(&replies);
         }
         self.flush_router().await?;
@@ -1185,7 +1199,10 @@ impl Session {
         while !self.held.is_empty() {
             let ok = committed(&mut self.held).await;
             match self.held.pop_front() {
-                Some((_, replies)) if ok => live.wbuf.extend_from_slice(&replies),
+                Some((_, replies)) if ok => {
+                    self.m().sent(&replies);
+                    live.wbuf.extend_from_slice(&replies)
+                }
                 _ => return Err(End::Abnormal("session store write failed".into())),
             }
         }
@@ -1388,6 +1405,7 @@ impl Session {
                 continue;
             }
             Metrics::inc(&self.m().messages_out);
+            Metrics::inc(&self.m().packets_out);
             d.encode(&mut live.wbuf, pkid, false, v5, now);
         }
         Ok(())

@@ -96,6 +96,10 @@ pub struct Claims {
     pub ep: i64,
     /// Unique token id, so two tokens issued in one second differ.
     pub jti: String,
+    /// The token family: every access and refresh token issued from one login and its
+    /// refreshes share it, and logout revokes it (empty for reset tokens).
+    #[serde(default)]
+    pub fam: String,
 }
 
 const ISSUER: &str = "fluxgate";
@@ -141,7 +145,7 @@ impl Tokens {
         }
     }
 
-    pub fn issue(&self, user: &User, kind: TokenKind) -> Result<String, ApiError> {
+    pub fn issue(&self, user: &User, kind: TokenKind, family: &str) -> Result<String, ApiError> {
         let iat = now();
         let ttl = match kind {
             TokenKind::Access => self.access_ttl,
@@ -156,6 +160,7 @@ impl Tokens {
             exp: iat + ttl,
             ep: user.secret_epoch,
             jti: uuid::Uuid::new_v4().simple().to_string(),
+            fam: family.to_string(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .map_err(|e| ApiError::Internal(format!("token encoding failed: {e}")))
@@ -183,6 +188,8 @@ impl Tokens {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user: User,
+    /// The family of the access token the caller presented.
+    pub family: String,
 }
 
 impl Caller {
@@ -199,15 +206,25 @@ impl Caller {
 pub async fn caller(ctx: &Ctx, req: &Req) -> Result<Caller, ApiError> {
     let token = req.bearer().ok_or_else(ApiError::unauthorized)?;
     let claims = ctx.tokens.verify(token, TokenKind::Access)?;
-    user_for_token(ctx, claims).await.map(|user| Caller { user })
+    let family = claims.fam.clone();
+    let user = user_for_token(ctx, claims).await?;
+    let _ = req.caller.set(user.id.clone());
+    Ok(Caller { user, family })
 }
 
 /// Loads the token's user and checks it is still enabled (and, for refresh and reset
 /// tokens, that the password has not changed since).
 pub async fn user_for_token(ctx: &Ctx, claims: Claims) -> Result<User, ApiError> {
-    let id = claims.sub.clone();
-    let user = match ctx.db(move |s| s.user(&id)).await {
-        Ok(u) => u,
+    let (id, family) = (claims.sub.clone(), claims.fam.clone());
+    let found = ctx
+        .db(move |s| {
+            let revoked = !family.is_empty() && s.token_family_revoked(&family)?;
+            Ok((s.user(&id)?, revoked))
+        })
+        .await;
+    let user = match found {
+        Ok((_, true)) => return Err(ApiError::Unauthorized("token revoked by logout".into())),
+        Ok((u, false)) => u,
         Err(ApiError::NotFound(_)) => return Err(ApiError::Unauthorized("user no longer exists".into())),
         Err(e) => return Err(e),
     };
@@ -261,8 +278,8 @@ mod tests {
     #[test]
     fn token_kinds_are_not_interchangeable() {
         let t = Tokens::new(b"0123456789abcdef0123456789abcdef", 60, 120);
-        let access = t.issue(&user(), TokenKind::Access).expect("issue");
-        let refresh = t.issue(&user(), TokenKind::Refresh).expect("issue");
+        let access = t.issue(&user(), TokenKind::Access, "f").expect("issue");
+        let refresh = t.issue(&user(), TokenKind::Refresh, "f").expect("issue");
         assert!(t.verify(&access, TokenKind::Access).is_ok());
         assert!(t.verify(&refresh, TokenKind::Access).is_err());
         assert!(t.verify(&access, TokenKind::Refresh).is_err());

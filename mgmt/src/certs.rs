@@ -11,7 +11,9 @@ use std::sync::Arc;
 use storage::{CertRecord, Change};
 use warp::http::{Method, StatusCode};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = IssueCert)]
 struct Issue {
     client_id: String,
     ttl: Option<String>,
@@ -146,4 +148,9 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
         }
         _ => Err(ApiError::NotFound("no such certs route".into())),
     }
+}
+
+/// The request bodies of this module's routes, for the OpenAPI document.
+pub(crate) fn request_schemas(out: &mut crate::openapi::Schemas) {
+    crate::openapi::add::<Issue>(out);
 }

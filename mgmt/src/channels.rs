@@ -12,10 +12,19 @@ use std::sync::Arc;
 use storage::{Change, ChannelPatch, ChannelQuery, ConnType, NewChannel, Status};
 use warp::http::{Method, StatusCode};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateChannel {
+    /// Shown in the spec's examples; the domain comes from the path, so it is ignored.
+    #[serde(default, rename = "domain_id")]
+    #[schema(value_type = Option<String>)]
+    _domain_id: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "domainid")]
+    #[schema(value_type = Option<String>)]
+    _domainid: Option<serde::de::IgnoredAny>,
     id: Option<String>,
     name: Option<String>,
+    description: Option<String>,
     tags: Option<Vec<String>>,
     metadata: Option<Value>,
     status: Option<String>,
@@ -23,20 +32,24 @@ pub struct CreateChannel {
     parent_id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct UpdateChannel {
     name: Option<String>,
+    description: Option<String>,
     metadata: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Tags {
     tags: Vec<String>,
 }
 
 /// `{channel_ids, client_ids, types}`; the documents' older `{subjects, objects}` spelling
 /// (clients, channels) is accepted too.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Connect {
     channel_ids: Option<Vec<String>>,
     client_ids: Option<Vec<String>>,
@@ -57,9 +70,12 @@ fn new_channel(b: CreateChannel) -> Result<NewChannel, ApiError> {
     };
     let name = b.name.unwrap_or_default();
     views::name(&name)?;
+    let description = b.description.unwrap_or_default();
+    views::description(&description)?;
     Ok(NewChannel {
         id,
         name,
+        description,
         parent_group_id: b.parent_group_id.or(b.parent_id).filter(|s| !s.is_empty()),
         tags: views::tags(b.tags)?.unwrap_or_else(storage::JsonText::empty_array),
         metadata: views::metadata(b.metadata)?.unwrap_or_else(storage::JsonText::empty_object),
@@ -183,8 +199,12 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             if let Some(n) = &b.name {
                 views::name(n)?;
             }
+            if let Some(d) = &b.description {
+                views::description(d)?;
+            }
             let patch = ChannelPatch {
                 name: b.name,
+                description: b.description,
                 metadata: views::metadata(b.metadata)?,
                 ..Default::default()
             };
@@ -334,4 +354,11 @@ async fn disconnect(
 ) -> Result<Reply, ApiError> {
     change_connections(ctx, a, clients, channels, types, true).await?;
     Reply::empty(StatusCode::NO_CONTENT)
+}
+
+/// The request bodies of this module's routes, for the OpenAPI document.
+pub(crate) fn request_schemas(out: &mut crate::openapi::Schemas) {
+    crate::openapi::add::<CreateChannel>(out);
+    crate::openapi::add::<UpdateChannel>(out);
+    crate::openapi::add::<Connect>(out);
 }

@@ -12,14 +12,21 @@ use std::sync::Arc;
 use storage::{Change, ClientPatch, ClientQuery, NewClient, Status};
 use warp::http::{Method, StatusCode};
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ClientCredentials)]
 struct Credentials {
     identity: Option<String>,
     secret: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateClient {
+    /// Shown in the spec's examples; the domain comes from the path, so it is ignored.
+    #[serde(default, rename = "domain_id")]
+    #[schema(value_type = Option<String>)]
+    _domain_id: Option<serde::de::IgnoredAny>,
     id: Option<String>,
     name: Option<String>,
     tags: Option<Vec<String>>,
@@ -28,18 +35,21 @@ pub struct CreateClient {
     status: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct UpdateClient {
     name: Option<String>,
     metadata: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Tags {
     tags: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Secret {
     secret: String,
 }
@@ -282,4 +292,11 @@ async fn update(
         ctx.emit(ev);
     }
     Reply::ok(&views::client(&c, a.sees_secrets()))
+}
+
+/// The request bodies of this module's routes, for the OpenAPI document.
+pub(crate) fn request_schemas(out: &mut crate::openapi::Schemas) {
+    crate::openapi::add::<CreateClient>(out);
+    crate::openapi::add::<UpdateClient>(out);
+    crate::openapi::add::<Secret>(out);
 }

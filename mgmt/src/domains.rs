@@ -11,7 +11,8 @@ use std::sync::Arc;
 use storage::{DomainPatch, DomainQuery, NewDomain, Relation, Status};
 use warp::http::{Method, StatusCode};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct CreateDomain {
     name: String,
     route: Option<String>,
@@ -20,20 +21,23 @@ struct CreateDomain {
     metadata: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct UpdateDomain {
     name: Option<String>,
     tags: Option<Vec<String>>,
     metadata: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Assign {
     user_ids: Vec<String>,
     relation: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Unassign {
     user_id: String,
 }
@@ -179,4 +183,12 @@ async fn set_status(ctx: &Arc<Ctx>, caller: &Caller, id: &str, status: Status) -
         Status::Frozen => storage::Change::DomainFrozen { domain_id },
     });
     Ok(reply)
+}
+
+/// The request bodies of this module's routes, for the OpenAPI document.
+pub(crate) fn request_schemas(out: &mut crate::openapi::Schemas) {
+    crate::openapi::add::<CreateDomain>(out);
+    crate::openapi::add::<UpdateDomain>(out);
+    crate::openapi::add::<Assign>(out);
+    crate::openapi::add::<Unassign>(out);
 }

@@ -14,8 +14,13 @@ use std::sync::Arc;
 use storage::{GroupPatch, GroupQuery, NewGroup, Status};
 use warp::http::{Method, StatusCode};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct CreateGroup {
+    /// Shown in the spec's examples; the domain comes from the path, so it is ignored.
+    #[serde(default, rename = "domain_id")]
+    #[schema(value_type = Option<String>)]
+    _domain_id: Option<serde::de::IgnoredAny>,
     name: String,
     description: Option<String>,
     parent_id: Option<String>,
@@ -24,24 +29,28 @@ struct CreateGroup {
     status: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct UpdateGroup {
     name: Option<String>,
     description: Option<String>,
     metadata: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Tags {
     tags: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Parent {
     parent_id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Policy {
     subject: String,
     object: String,
@@ -67,7 +76,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             }
             views::name(&b.name)?;
             let description = b.description.unwrap_or_default();
-            views::name(&description)?;
+            views::description(&description)?;
             let new = NewGroup {
                 id: uuid::Uuid::new_v4().to_string(),
                 parent_id: b.parent_id.filter(|p| !p.is_empty()),
@@ -111,6 +120,9 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                     return Err(ApiError::bad("name must not be empty"));
                 }
                 views::name(n)?;
+            }
+            if let Some(d) = &b.description {
+                views::description(d)?;
             }
             let patch = GroupPatch {
                 name: b.name,
@@ -275,4 +287,12 @@ async fn group_access(ctx: &Ctx, caller: &Caller, group: &str) -> Result<(Domain
     };
     let access = authorize(ctx, caller, &g.domain_id, Action::Edit).await?;
     Ok((access, g.id))
+}
+
+/// The request bodies of this module's routes, for the OpenAPI document.
+pub(crate) fn request_schemas(out: &mut crate::openapi::Schemas) {
+    crate::openapi::add::<CreateGroup>(out);
+    crate::openapi::add::<UpdateGroup>(out);
+    crate::openapi::add::<Parent>(out);
+    crate::openapi::add::<Policy>(out);
 }

@@ -19,6 +19,8 @@ pub struct Req {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub remote: Option<SocketAddr>,
+    /// The authenticated user's id, once known (for the access log).
+    pub caller: std::sync::OnceLock<String>,
 }
 
 impl Req {
@@ -148,6 +150,9 @@ pub(crate) fn render(res: Result<Reply, ApiError>) -> warp::reply::Response {
             };
             if matches!(e, ApiError::Unauthorized(_)) {
                 r.headers.push(("www-authenticate", "Bearer".into()));
+            }
+            if let ApiError::MethodNotAllowed(allow) = &e {
+                r.headers.push(("allow", allow.clone()));
             }
             if matches!(e, ApiError::Unavailable(_)) {
                 r.headers.push(("retry-after", "1".into()));

@@ -14,11 +14,14 @@ mod certs;
 mod channels;
 mod clients;
 mod domains;
+pub mod edge;
 pub mod error;
 mod groups;
 pub mod guard;
 pub mod http;
 pub mod messages;
+pub mod openapi;
+pub mod routes;
 mod scoped;
 pub mod senml;
 mod users;
@@ -40,6 +43,10 @@ pub struct MgmtConfig {
     /// Base of links sent to users (password reset), from configuration only.
     pub public_url: String,
     pub senml: senml::Limits,
+    /// Origins answered with CORS headers (empty: none; `*`: any).
+    pub cors_origins: Vec<String>,
+    /// Bearer token `GET /metrics` requires (empty: open).
+    pub metrics_token: String,
 }
 
 /// The peer address of a request, put into its extensions by the server that accepted it.
@@ -75,6 +82,8 @@ pub struct Ctx {
     pub ca: Arc<::certs::Ca>,
     /// Health checks of the other components (name, "is it working?"), for `GET /health`.
     pub probes: Vec<(&'static str, Probe)>,
+    /// The metrics registry (`GET /metrics`).
+    pub telemetry: Arc<edge::Telemetry>,
     /// Failed-login brake (per identity and per source address).
     pub guard: guard::LoginGuard,
     /// Password hashes computed at once, at most: a flood of logins cannot take every core
@@ -88,8 +97,9 @@ pub fn default_hash_slots() -> tokio::sync::Semaphore {
     tokio::sync::Semaphore::new((cores / 2).max(1))
 }
 
-/// A component's health check.
-pub type Probe = Arc<dyn Fn() -> bool + Send + Sync>;
+/// A component's health check: `Err` says what is wrong. Probes may block (the store's
+/// takes the write lock), so they run on the blocking pool.
+pub type Probe = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl Ctx {
     /// Announces a committed change on the change feed (no receivers is fine).
@@ -144,25 +154,79 @@ pub fn routes(
         .and(warp::body::stream())
         .then(
             |ctx: Arc<Ctx>, method: Method, path: warp::path::FullPath, query: String, headers, remote, body| async move {
-                let res = async {
-                    let body = http::read_body(&headers, Box::pin(body), ctx.cfg.max_body_bytes).await?;
-                    let req = Req {
-                        method,
-                        segs: http::split_path(path.as_str())?,
-                        query: http::parse_query(&query),
-                        headers,
-                        body,
-                        remote,
-                    };
-                    route(&ctx, req).await
-                }
-                .await;
-                http::render(res)
+                let started = std::time::Instant::now();
+                let mut seen = Seen::default();
+                let res = serve_one(&ctx, &mut seen, method.clone(), path.as_str(), &query, headers, remote, body).await;
+                let resp = http::render(res);
+                edge::finish(&ctx, &method, seen, resp, started)
             },
         )
 }
 
-async fn route(ctx: &Arc<Ctx>, req: Req) -> Result<Reply, ApiError> {
+/// What the edge learnt about a request while serving it (for the access log and metrics).
+#[derive(Default)]
+pub struct Seen {
+    pub route: Option<&'static routes::Route>,
+    pub caller: Option<String>,
+    pub origin: Option<warp::http::HeaderValue>,
+}
+
+/// Matches the request against the route table (404, 405, 400 for an unknown query
+/// parameter), reads the body within its limit and dispatches.
+#[allow(clippy::too_many_arguments)]
+async fn serve_one<S, B>(
+    ctx: &Arc<Ctx>,
+    seen: &mut Seen,
+    method: Method,
+    path: &str,
+    query: &str,
+    headers: warp::http::HeaderMap,
+    remote: Option<std::net::SocketAddr>,
+    body: S,
+) -> Result<Reply, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Send,
+    B: bytes::Buf,
+{
+    seen.origin = headers.get("origin").cloned();
+    let segs = http::split_path(path)?;
+    if method == Method::OPTIONS {
+        if let Some(r) = edge::preflight(ctx, &headers, &segs) {
+            return r;
+        }
+    }
+    let seg_refs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let found = match routes::find(&method, &seg_refs) {
+        routes::Found::Route(r) => r,
+        routes::Found::WrongMethod(allowed) => return Err(ApiError::MethodNotAllowed(allowed.join(", "))),
+        routes::Found::NoRoute => return Err(ApiError::NotFound(format!("no route for {method} {path}"))),
+    };
+    seen.route = Some(found);
+    let query = http::parse_query(query);
+    if let Some(k) = found.unknown_param(query.iter().map(|(k, _)| k.as_str())) {
+        let takes: Vec<&str> = found.params().map(|p| p.name).collect();
+        return Err(ApiError::bad(if takes.is_empty() {
+            format!("unknown query parameter `{k}`: this route takes none")
+        } else {
+            format!("unknown query parameter `{k}`: this route takes {}", takes.join(", "))
+        }));
+    }
+    let body = http::read_body(&headers, Box::pin(body), ctx.cfg.max_body_bytes).await?;
+    let req = Req {
+        method,
+        segs,
+        query,
+        headers,
+        body,
+        remote,
+        caller: std::sync::OnceLock::new(),
+    };
+    let res = route(ctx, &req).await;
+    seen.caller = req.caller.get().cloned();
+    res
+}
+
+async fn route(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
     let first = req.seg(0).to_string();
     let segs: Vec<&str> = req.segs.iter().map(String::as_str).collect();
     let post = req.method == Method::POST;
@@ -170,24 +234,26 @@ async fn route(ctx: &Arc<Ctx>, req: Req) -> Result<Reply, ApiError> {
     // Messaging routes first: they authenticate devices, not users.
     match segs.as_slice() {
         ["http", "channels", ch, "messages", sub @ ..] | ["channels", ch, "messages", sub @ ..] if post => {
-            return messages::publish(ctx, &req, None, ch, sub).await
+            return messages::publish(ctx, req, None, ch, sub).await
         }
-        ["m", d, "c", ch, sub @ ..] if post => return messages::publish(ctx, &req, Some(d), ch, sub).await,
-        ["channels", ch, "messages"] if get => return messages::read(ctx, &req, None, ch).await,
+        ["m", d, "c", ch, sub @ ..] if post => return messages::publish(ctx, req, Some(d), ch, sub).await,
+        ["channels", ch, "messages"] if get => return messages::read(ctx, req, None, ch).await,
         [d, "channels", ch, "messages"] if get && uuid::Uuid::parse_str(d).is_ok() => {
-            return messages::read(ctx, &req, Some(d), ch).await
+            return messages::read(ctx, req, Some(d), ch).await
         }
         _ => {}
     }
     match first.as_str() {
-        "health" if req.segs.len() == 1 => health(ctx, &req),
-        "users" => users::route(ctx, &req).await,
-        "password" => users::password_route(ctx, &req).await,
-        "domains" => domains::route(ctx, &req).await,
-        "certs" => certs::public(ctx, &req).await,
-        "clients" => clients::list_all(ctx, &req).await,
-        "channels" => channels::list_all(ctx, &req).await,
-        d if uuid::Uuid::parse_str(d).is_ok() => scoped::route(ctx, &req).await,
+        "health" if req.segs.len() == 1 => health(ctx).await,
+        "metrics" if req.segs.len() == 1 => edge::metrics(ctx, req),
+        "openapi.json" if req.segs.len() == 1 => Reply::ok(openapi::document()),
+        "users" => users::route(ctx, req).await,
+        "password" => users::password_route(ctx, req).await,
+        "domains" => domains::route(ctx, req).await,
+        "certs" => certs::public(ctx, req).await,
+        "clients" => clients::list_all(ctx, req).await,
+        "channels" => channels::list_all(ctx, req).await,
+        d if uuid::Uuid::parse_str(d).is_ok() => scoped::route(ctx, req).await,
         _ => Err(ApiError::NotFound(format!(
             "no route for {} /{}",
             req.method,
@@ -196,23 +262,28 @@ async fn route(ctx: &Arc<Ctx>, req: Req) -> Result<Reply, ApiError> {
     }
 }
 
-fn health(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
-    if req.method != Method::GET {
-        return Err(ApiError::MethodNotAllowed);
-    }
-    let failing: Vec<&str> = ctx.probes.iter().filter(|(_, ok)| !ok()).map(|(n, _)| *n).collect();
-    let checks: serde_json::Map<String, serde_json::Value> = ctx
-        .probes
-        .iter()
-        .map(|(n, _)| {
-            let status = if failing.contains(n) { "fail" } else { "pass" };
-            (n.to_string(), serde_json::json!([{ "status": status }]))
+/// `GET /health`: `pass`, or `fail` (503) naming each component that is not serving and why.
+async fn health(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let probes = ctx.probes.clone();
+    let results: Vec<(&'static str, Result<(), String>)> =
+        tokio::task::spawn_blocking(move || probes.iter().map(|(n, p)| (*n, p())).collect())
+            .await
+            .map_err(|e| ApiError::Internal(format!("health task failed: {e}")))?;
+    let failing = results.iter().any(|(_, r)| r.is_err());
+    let checks: serde_json::Map<String, serde_json::Value> = results
+        .into_iter()
+        .map(|(n, r)| {
+            let check = match r {
+                Ok(()) => serde_json::json!([{ "status": "pass" }]),
+                Err(why) => serde_json::json!([{ "status": "fail", "output": why }]),
+            };
+            (n.to_string(), check)
         })
         .collect();
-    let (status, code) = if failing.is_empty() {
-        ("pass", warp::http::StatusCode::OK)
-    } else {
+    let (status, code) = if failing {
         ("fail", warp::http::StatusCode::SERVICE_UNAVAILABLE)
+    } else {
+        ("pass", warp::http::StatusCode::OK)
     };
     let mut r = Reply::json(
         code,

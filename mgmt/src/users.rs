@@ -11,13 +11,16 @@ use std::sync::Arc;
 use storage::{NewUser, Role, Status, UserPatch, UserQuery};
 use warp::http::{Method, StatusCode};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = UserCredentials)]
 struct Credentials {
     username: Option<String>,
     secret: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct CreateUser {
     #[serde(default)]
     first_name: String,
@@ -33,7 +36,8 @@ struct CreateUser {
     role: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct IssueToken {
     identity: Option<String>,
     username: Option<String>,
@@ -41,50 +45,61 @@ struct IssueToken {
     password: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct UpdateUser {
     first_name: Option<String>,
     last_name: Option<String>,
     metadata: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Tags {
     tags: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Picture {
     profile_picture: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Email {
     email: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Username {
     username: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Role)]
 struct RoleBody {
     role: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ChangeSecret)]
 struct Secret {
     old_secret: String,
     new_secret: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct ResetRequest {
     email: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Reset {
     password: String,
     confirm_password: String,
@@ -132,6 +147,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         ["users"] if m == Method::GET => list(ctx, req).await,
         ["users", "tokens", "issue"] if m == Method::POST => issue_token(ctx, req).await,
         ["users", "tokens", "refresh"] if m == Method::POST => refresh(ctx, req).await,
+        ["users", "tokens", "revoke"] if m == Method::POST => revoke(ctx, req).await,
         ["users", "profile"] if m == Method::GET => {
             let c = auth::caller(ctx, req).await?;
             Reply::ok(&views::user(&c.user))
@@ -317,15 +333,16 @@ async fn issue_token(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
     if user.status != Status::Enabled {
         return Err(ApiError::Unauthorized("user is disabled".into()));
     }
-    token_pair(ctx, &user, StatusCode::CREATED)
+    token_pair(ctx, &user, &uuid::Uuid::new_v4().simple().to_string())
 }
 
-fn token_pair(ctx: &Ctx, user: &storage::User, status: StatusCode) -> Result<Reply, ApiError> {
+/// An access and a refresh token of `family`.
+fn token_pair(ctx: &Ctx, user: &storage::User, family: &str) -> Result<Reply, ApiError> {
     Reply::json(
-        status,
+        StatusCode::CREATED,
         &json!({
-            "access_token": ctx.tokens.issue(user, TokenKind::Access)?,
-            "refresh_token": ctx.tokens.issue(user, TokenKind::Refresh)?,
+            "access_token": ctx.tokens.issue(user, TokenKind::Access, family)?,
+            "refresh_token": ctx.tokens.issue(user, TokenKind::Refresh, family)?,
             "access_type": "Bearer",
         }),
     )
@@ -334,8 +351,34 @@ fn token_pair(ctx: &Ctx, user: &storage::User, status: StatusCode) -> Result<Rep
 async fn refresh(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
     let token = req.bearer().ok_or_else(ApiError::unauthorized)?;
     let claims = ctx.tokens.verify(token, TokenKind::Refresh)?;
+    // Tokens from before families existed start one.
+    let family = match claims.fam.as_str() {
+        "" => uuid::Uuid::new_v4().simple().to_string(),
+        f => f.to_string(),
+    };
     let user = auth::user_for_token(ctx, claims).await?;
-    token_pair(ctx, &user, StatusCode::CREATED)
+    token_pair(ctx, &user, &family)
+}
+
+/// `POST /users/tokens/revoke`: logout. The caller's token family (the access token presented
+/// and every refresh token issued with it or from it) stops working at once.
+async fn revoke(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
+    let c = auth::caller(ctx, req).await?;
+    if c.family.is_empty() {
+        return Err(ApiError::bad(
+            "this token has no family to revoke; it expires on its own",
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    // Every token of the family expires by then: refresh tokens are the longest-lived.
+    let until = now + ctx.tokens.refresh_ttl.max(ctx.tokens.access_ttl) as i64;
+    let (user, family) = (c.id().to_string(), c.family.clone());
+    ctx.db(move |s| s.revoke_token_family(&user, &family, until, now))
+        .await?;
+    tracing::info!(user = %c.id(), "logged out: token family revoked");
+    Reply::empty(StatusCode::NO_CONTENT)
 }
 
 /// May `caller` act on user `id`? Themselves or the super-admin.
@@ -492,7 +535,7 @@ async fn reset_request(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
     // find out who has an account.
     if let Some(u) = ctx.db(move |s| s.user_by_identity(&email)).await? {
         if u.status == Status::Enabled && u.email.eq_ignore_ascii_case(&b.email) {
-            let token = ctx.tokens.issue(&u, TokenKind::Reset)?;
+            let token = ctx.tokens.issue(&u, TokenKind::Reset, "")?;
             let base = &ctx.cfg.public_url;
             let body = format!(
                 "A password reset was requested for your account. Use this token within 15 minutes: {token}\n{base}/password/reset?token={token}"
@@ -526,6 +569,21 @@ async fn reset(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         })?;
     tracing::info!(user = %user.id, "password reset");
     Reply::empty(StatusCode::CREATED)
+}
+
+/// The request bodies of this module's routes, for the OpenAPI document.
+pub(crate) fn request_schemas(out: &mut crate::openapi::Schemas) {
+    crate::openapi::add::<CreateUser>(out);
+    crate::openapi::add::<IssueToken>(out);
+    crate::openapi::add::<UpdateUser>(out);
+    crate::openapi::add::<Tags>(out);
+    crate::openapi::add::<Picture>(out);
+    crate::openapi::add::<Email>(out);
+    crate::openapi::add::<Username>(out);
+    crate::openapi::add::<RoleBody>(out);
+    crate::openapi::add::<Secret>(out);
+    crate::openapi::add::<ResetRequest>(out);
+    crate::openapi::add::<Reset>(out);
 }
 
 #[cfg(test)]

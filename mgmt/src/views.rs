@@ -140,8 +140,17 @@ fn metadata_key_ok(k: &str) -> bool {
 
 /// A display name: at most 1024 bytes.
 pub fn name(n: &str) -> Result<(), ApiError> {
-    if n.len() > 1024 {
-        return Err(ApiError::bad("name exceeds 1024 bytes"));
+    text("name", n)
+}
+
+pub fn description(d: &str) -> Result<(), ApiError> {
+    text("description", d)
+}
+
+/// A free-text field: at most 1024 bytes (400 naming the field beyond).
+fn text(field: &str, v: &str) -> Result<(), ApiError> {
+    if v.len() > 1024 {
+        return Err(ApiError::bad(format!("{field} exceeds 1024 bytes")));
     }
     Ok(())
 }
@@ -183,6 +192,7 @@ pub fn channel(h: &storage::Channel) -> Value {
     let mut m = Map::new();
     m.insert("id".into(), json!(h.id));
     put_nonempty(&mut m, "name", json!(h.name));
+    put_nonempty(&mut m, "description", json!(h.description));
     put_nonempty(&mut m, "tags", parse_text(&h.tags));
     m.insert("domain_id".into(), json!(h.domain_id));
     if let Some(p) = &h.parent_group_id {

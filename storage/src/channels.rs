@@ -14,6 +14,7 @@ pub struct Channel {
     pub id: String,
     pub domain_id: String,
     pub name: String,
+    pub description: String,
     pub parent_group_id: Option<String>,
     pub tags: JsonText,
     pub metadata: JsonText,
@@ -28,6 +29,7 @@ pub struct Channel {
 pub struct NewChannel {
     pub id: String,
     pub name: String,
+    pub description: String,
     pub parent_group_id: Option<String>,
     pub tags: JsonText,
     pub metadata: JsonText,
@@ -37,6 +39,7 @@ pub struct NewChannel {
 #[derive(Default)]
 pub struct ChannelPatch {
     pub name: Option<String>,
+    pub description: Option<String>,
     pub metadata: Option<JsonText>,
     pub tags: Option<JsonText>,
     pub status: Option<Status>,
@@ -53,7 +56,7 @@ pub struct ChannelQuery {
     pub client: Option<String>,
 }
 
-const COLUMNS: &str = "h.id, h.domain_id, h.name, h.parent_group_id, h.tags, h.metadata, h.status, h.created_at, h.updated_at, h.updated_by";
+const COLUMNS: &str = "h.id, h.domain_id, h.name, h.parent_group_id, h.tags, h.metadata, h.status, h.created_at, h.updated_at, h.updated_by, h.description";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Channel> {
     Ok(Channel {
@@ -67,6 +70,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Channel> {
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
         updated_by: r.get(9)?,
+        description: r.get(10)?,
         conn_types: Vec::new(),
     })
 }
@@ -128,8 +132,8 @@ impl Store {
                     return Err(StoreError::Invalid(INVALID_CHANNEL_ID.into()));
                 }
                 tx.execute(
-                    "INSERT INTO channels (id, domain_id, name, parent_group_id, tags, metadata, status, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO channels (id, domain_id, name, parent_group_id, tags, metadata, status, created_at, description)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     rusqlite::params![
                         h.id,
                         domain,
@@ -138,7 +142,8 @@ impl Store {
                         h.tags.0,
                         h.metadata.0,
                         h.status.as_str(),
-                        now
+                        now,
+                        h.description
                     ],
                 )
                 .map_err(|e| conflict(e, "channel id already exists"))?;
@@ -167,7 +172,8 @@ impl Store {
         self.write(|tx| {
             let n = tx.execute(
                 "UPDATE channels SET name = COALESCE(?3, name), metadata = COALESCE(?4, metadata),
-                    tags = COALESCE(?5, tags), status = COALESCE(?6, status), updated_at = ?7, updated_by = ?8
+                    tags = COALESCE(?5, tags), status = COALESCE(?6, status), updated_at = ?7, updated_by = ?8,
+                    description = COALESCE(?9, description)
                  WHERE domain_id = ?1 AND id = ?2",
                 rusqlite::params![
                     domain,
@@ -177,7 +183,8 @@ impl Store {
                     p.tags.map(|t| t.0),
                     p.status.map(Status::as_str),
                     crate::now_micros(),
-                    by
+                    by,
+                    p.description
                 ],
             )?;
             if n == 0 {
@@ -234,7 +241,7 @@ impl Store {
         let items = st
             .query_map(f.params(), |r| {
                 let mut h = from_row(r)?;
-                h.conn_types = parse_types(r.get(10)?);
+                h.conn_types = parse_types(r.get(11)?);
                 Ok(h)
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -383,6 +390,7 @@ mod tests {
 
     fn channel(id: &str) -> NewChannel {
         NewChannel {
+            description: String::new(),
             id: id.into(),
             name: id.into(),
             parent_group_id: None,

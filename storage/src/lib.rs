@@ -317,6 +317,23 @@ impl Default for StoreConfig {
 #[derive(Clone)]
 pub struct Store {
     pool: r2d2::Pool<SqliteConnectionManager>,
+    stats: std::sync::Arc<PoolStats>,
+}
+
+/// How long callers waited for a pooled connection (for the metrics).
+#[derive(Default, Debug)]
+pub struct PoolStats {
+    /// Connections handed out.
+    pub checkouts: std::sync::atomic::AtomicU64,
+    /// Total time callers waited for them, in microseconds.
+    pub wait_micros: std::sync::atomic::AtomicU64,
+}
+
+/// What the pool holds now.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolState {
+    pub connections: u32,
+    pub idle: u32,
 }
 
 impl std::fmt::Debug for Store {
@@ -347,11 +364,48 @@ impl Store {
             migrations::apply(&mut c)?;
         }
         let pool = r2d2::Pool::builder().max_size(cfg.pool_size.max(1)).build(manager)?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            stats: Default::default(),
+        })
     }
 
     pub(crate) fn conn(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>> {
-        Ok(self.pool.get()?)
+        use std::sync::atomic::Ordering::Relaxed;
+        let started = std::time::Instant::now();
+        let c = self.pool.get()?;
+        self.stats.checkouts.fetch_add(1, Relaxed);
+        self.stats
+            .wait_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        Ok(c)
+    }
+
+    /// Pool wait counters.
+    pub fn pool_stats(&self) -> &PoolStats {
+        &self.stats
+    }
+
+    /// Connections open and idle in the pool.
+    pub fn pool_state(&self) -> PoolState {
+        let s = self.pool.state();
+        PoolState {
+            connections: s.connections,
+            idle: s.idle_connections,
+        }
+    }
+
+    /// Proves the database accepts writes (for `GET /health`): takes the write lock (waiting
+    /// at most the busy timeout) and writes one settings row.
+    pub fn probe_write(&self) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES ('health_probe', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [now_micros().to_string()],
+            )?;
+            Ok(())
+        })
     }
 
     /// Runs `f` in an immediate (write-locking) transaction, committing on `Ok`.

@@ -204,6 +204,17 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX session_queue_msg ON session_queue(msg);
     "#,
+    // 8: a channel's description (the API page shows it on every channel view).
+    r#"ALTER TABLE channels ADD COLUMN description TEXT NOT NULL DEFAULT '';"#,
+    // 9: token families revoked by logout, kept until their last refresh token expires.
+    r#"
+    CREATE TABLE revoked_token_families (
+        family TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX revoked_token_families_expiry ON revoked_token_families (expires_at);
+    "#,
 ];
 
 /// The schema version this binary writes.

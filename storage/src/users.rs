@@ -161,6 +161,28 @@ impl Store {
         })
     }
 
+    /// Revokes a token family (every token issued from one login and its refreshes) until
+    /// `expires_at` (seconds since the epoch), after which no token of it can be valid anyway;
+    /// drops the records that outlived theirs.
+    pub fn revoke_token_family(&self, user: &str, family: &str, expires_at: i64, now: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM revoked_token_families WHERE expires_at < ?1", [now])?;
+            tx.execute(
+                "INSERT INTO revoked_token_families (family, user_id, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (family) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
+                rusqlite::params![family, user, expires_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Whether a token family was revoked.
+    pub fn token_family_revoked(&self, family: &str) -> Result<bool> {
+        let c = self.conn()?;
+        let mut st = c.prepare_cached("SELECT 1 FROM revoked_token_families WHERE family = ?1")?;
+        Ok(st.exists([family])?)
+    }
+
     pub fn user(&self, id: &str) -> Result<User> {
         let c = self.conn()?;
         c.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)
@@ -300,6 +322,20 @@ impl Store {
 mod tests {
     use super::*;
     use crate::testutil::store;
+
+    #[test]
+    fn revoked_token_families_are_remembered_until_they_expire() {
+        let (_dir, s) = store();
+        assert!(!s.token_family_revoked("f1").expect("read"));
+        s.revoke_token_family("u", "f1", 100, 50).expect("revoke");
+        s.revoke_token_family("u", "f1", 90, 50)
+            .expect("again: the later expiry stays");
+        assert!(s.token_family_revoked("f1").expect("read"));
+        s.revoke_token_family("u", "f2", 300, 101)
+            .expect("a later revocation prunes f1");
+        assert!(!s.token_family_revoked("f1").expect("read"));
+        assert!(s.token_family_revoked("f2").expect("read"));
+    }
 
     fn new(name: &str) -> NewUser {
         NewUser {

@@ -269,3 +269,88 @@ async fn deleting_a_client_removes_its_connections() {
     let (_, v) = app.get(&format!("/{d}/channels/{h}/clients"), &t).await;
     assert_eq!(v["total"], 0);
 }
+
+/// #15 defect 4: a misspelt field in a create or update body is refused with 400 naming it,
+/// and nothing is created; the spec's compatibility fields are kept (a channel's
+/// `description` is stored and returned) or ignored (`domain_id`, which the path gives).
+#[tokio::test]
+async fn unknown_body_fields_are_refused_and_description_is_kept() {
+    let app = TestApp::spawn().await;
+    let (_, t) = app.user("typo").await;
+    let d = app.domain(&t, "typos").await;
+    let cases = [
+        (Method::POST, format!("/{d}/channels"), json!({"nmae": "x"}), "nmae"),
+        (
+            Method::POST,
+            format!("/{d}/clients"),
+            json!({"name": "c", "secert": "s"}),
+            "secert",
+        ),
+        (
+            Method::POST,
+            format!("/{d}/groups"),
+            json!({"name": "g", "parent": "p"}),
+            "parent",
+        ),
+        (
+            Method::POST,
+            "/domains".to_string(),
+            json!({"name": "n", "route": "r1", "owner": "me"}),
+            "owner",
+        ),
+        (
+            Method::POST,
+            format!("/{d}/clients/bulk"),
+            json!([{"name": "ok"}, {"naem": "bad"}]),
+            "naem",
+        ),
+        (
+            Method::POST,
+            "/users".to_string(),
+            json!({"first_name": "a", "emial": "x@y.z"}),
+            "emial",
+        ),
+    ];
+    for (m, path, body, field) in cases {
+        let (s, v) = app.call(m, &path, Some(&t), Some(body)).await;
+        assert_eq!(s, 400, "{path}: {v}");
+        assert!(v["message"].as_str().unwrap_or("").contains(field), "{path}: {v}");
+    }
+    for list in ["channels", "clients", "groups"] {
+        let (s, v) = app.get(&format!("/{d}/{list}"), &t).await;
+        assert_eq!(s, 200);
+        assert_eq!(v["total"], 0, "nothing created by a refused body: {v}");
+    }
+
+    let (s, h) = app
+        .post(
+            &format!("/{d}/channels"),
+            Some(&t),
+            json!({"name": "Temperature Data", "description": "Weather temperature data", "domain_id": "abc123-domain"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{h}");
+    assert_eq!(h["description"], "Weather temperature data");
+    assert_eq!(h["domain_id"], d.as_str(), "the path's domain, not the body's");
+    let id = h["id"].as_str().unwrap_or_default().to_string();
+    let (s, v) = app
+        .patch(&format!("/{d}/channels/{id}"), &t, json!({"name": "T", "nmae": "x"}))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = app
+        .patch(&format!("/{d}/channels/{id}"), &t, json!({"description": "Outdoor"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = app.get(&format!("/{d}/channels/{id}"), &t).await;
+    assert_eq!(v["description"], "Outdoor");
+    assert_eq!(v["name"], "Temperature Data", "the refused update changed nothing");
+
+    let (s, c) = app
+        .post(
+            &format!("/{d}/clients"),
+            Some(&t),
+            json!({"name": "dev", "domain_id": "elsewhere", "status": "enabled"}),
+        )
+        .await;
+    assert_eq!(s, 201, "a client file's domain_id is ignored: {c}");
+}

@@ -271,6 +271,7 @@ async fn https_api_and_secure_websocket() {
         .create_channels(
             &d.id,
             &[storage::NewChannel {
+                description: String::new(),
                 id: h.clone(),
                 name: "c".into(),
                 parent_group_id: None,

@@ -1,0 +1,384 @@
+//! The metrics of every component in one Prometheus registry (served by `mgmt` at
+//! `GET /metrics`). Components keep plain atomic counters (the broker and the pipeline know
+//! nothing of Prometheus); right before each scrape they are copied into the registry here.
+
+use crate::http_server::HttpCounters;
+use crate::pipeline::PipelineMetrics;
+use mgmt::edge::Telemetry;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use storage::Store;
+
+/// What the scrape reads from.
+pub struct Sources {
+    pub broker: Arc<broker::Metrics>,
+    pub pipeline: Arc<PipelineMetrics>,
+    pub store: Store,
+    /// HTTP listeners by name: the API ("api") and secure WebSocket ("wss").
+    pub http: Vec<(&'static str, Arc<HttpCounters>)>,
+}
+
+/// A counter that mirrors a monotonic source value.
+struct Mirror {
+    counter: IntCounter,
+    read: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl Mirror {
+    fn sync(&self) {
+        let (now, seen) = ((self.read)(), self.counter.get());
+        if now > seen {
+            self.counter.inc_by(now - seen);
+        }
+    }
+}
+
+fn counter(t: &Telemetry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    let c = IntCounter::new(name, help)?;
+    t.registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(t: &Telemetry, name: &str, help: &str, label: &str) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+    t.registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(t: &Telemetry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    let g = IntGauge::new(name, help)?;
+    t.registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Builds the registry with every component's metrics.
+pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
+    let t = Arc::new(Telemetry::new()?);
+    let mut mirrors: Vec<Mirror> = Vec::new();
+    let b = src.broker.clone();
+    macro_rules! mirror {
+        ($counter:expr, $src:ident, $read:expr) => {{
+            let s = $src.clone();
+            mirrors.push(Mirror {
+                counter: $counter,
+                read: Box::new(move || $read(&*s)),
+            });
+        }};
+    }
+    // MQTT
+    let conn_now = gauge(&t, "mqtt_connections", "MQTT connections now")?;
+    let offline = gauge(
+        &t,
+        "mqtt_sessions_offline",
+        "Persistent MQTT sessions without a connection",
+    )?;
+    mirror!(
+        counter(
+            &t,
+            "mqtt_connections_total",
+            "MQTT connections accepted (CONNECT answered with success)"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.connections_total)
+    );
+    let refused = counter_vec(
+        &t,
+        "mqtt_connections_refused_total",
+        "CONNECT refusals by reason",
+        "reason",
+    )?;
+    mirror!(refused.with_label_values(&["pending_cap"]), b, |m: &broker::Metrics| {
+        load(&m.refused_pending)
+    });
+    mirror!(
+        counter(&t, "mqtt_packets_received_total", "MQTT packets received")?,
+        b,
+        |m: &broker::Metrics| load(&m.packets_in)
+    );
+    mirror!(
+        counter(&t, "mqtt_packets_sent_total", "MQTT packets sent")?,
+        b,
+        |m: &broker::Metrics| load(&m.packets_out)
+    );
+    mirror!(
+        counter(&t, "mqtt_received_bytes_total", "Bytes read from MQTT connections")?,
+        b,
+        |m: &broker::Metrics| load(&m.bytes_in)
+    );
+    mirror!(
+        counter(&t, "mqtt_sent_bytes_total", "Bytes written to MQTT connections")?,
+        b,
+        |m: &broker::Metrics| load(&m.bytes_out)
+    );
+    mirror!(
+        counter(
+            &t,
+            "mqtt_messages_received_total",
+            "PUBLISH packets accepted from clients"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.messages_in)
+    );
+    mirror!(
+        counter(&t, "mqtt_deliveries_total", "PUBLISH packets delivered to subscribers")?,
+        b,
+        |m: &broker::Metrics| load(&m.messages_out)
+    );
+    let dropped = counter_vec(
+        &t,
+        "mqtt_deliveries_dropped_total",
+        "Deliveries dropped, by reason",
+        "reason",
+    )?;
+    mirror!(
+        dropped.with_label_values(&["qos0_queue_full"]),
+        b,
+        |m: &broker::Metrics| load(&m.dropped_qos0_full)
+    );
+    mirror!(dropped.with_label_values(&["queue_full"]), b, |m: &broker::Metrics| {
+        load(&m.dropped_queue_full)
+    });
+    mirror!(dropped.with_label_values(&["expired"]), b, |m: &broker::Metrics| load(
+        &m.dropped_expired
+    ));
+    mirror!(
+        dropped.with_label_values(&["too_large"]),
+        b,
+        |m: &broker::Metrics| load(&m.dropped_too_large)
+    );
+    mirror!(
+        dropped.with_label_values(&["not_authorized"]),
+        b,
+        |m: &broker::Metrics| load(&m.refused_delivery)
+    );
+    mirror!(
+        counter(
+            &t,
+            "mqtt_slow_consumers_disconnected_total",
+            "Clean sessions disconnected (0x97) because they could not keep up"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.disconnected_slow)
+    );
+    let authz = counter_vec(
+        &t,
+        "mqtt_authorization_refusals_total",
+        "Publish, subscribe and delivery refusals by the connection rights",
+        "action",
+    )?;
+    mirror!(authz.with_label_values(&["publish"]), b, |m: &broker::Metrics| load(
+        &m.refused_publish
+    ));
+    mirror!(authz.with_label_values(&["subscribe"]), b, |m: &broker::Metrics| load(
+        &m.refused_subscribe
+    ));
+    mirror!(authz.with_label_values(&["delivery"]), b, |m: &broker::Metrics| load(
+        &m.refused_delivery
+    ));
+    mirror!(
+        counter(
+            &t,
+            "mqtt_revocations_applied_total",
+            "Rights changes from the store applied to sessions"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.revocations_applied)
+    );
+    mirror!(
+        counter(
+            &t,
+            "mqtt_malformed_packets_total",
+            "Malformed packets (connection closed)"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.malformed)
+    );
+    mirror!(
+        counter(&t, "mqtt_wills_published_total", "Wills published")?,
+        b,
+        |m: &broker::Metrics| load(&m.wills_published)
+    );
+    mirror!(
+        counter(
+            &t,
+            "mqtt_sessions_expired_total",
+            "Persistent sessions ended by their expiry"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.sessions_expired)
+    );
+    mirror!(
+        counter(
+            &t,
+            "mqtt_sessions_restored_total",
+            "Persistent sessions restored at start"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.sessions_restored)
+    );
+    mirror!(
+        counter(
+            &t,
+            "mqtt_retained_refused_total",
+            "Retained messages refused (mqtt.max_retained reached)"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.retained_full)
+    );
+    let tls = counter_vec(
+        &t,
+        "tls_handshakes_total",
+        "TLS handshakes completed, by listener",
+        "listener",
+    )?;
+    let tls_failed = counter_vec(
+        &t,
+        "tls_handshake_failures_total",
+        "TLS handshakes failed or timed out, by listener",
+        "listener",
+    )?;
+    mirror!(tls.with_label_values(&["mqtts"]), b, |m: &broker::Metrics| load(
+        &m.tls_handshakes
+    ));
+    mirror!(tls_failed.with_label_values(&["mqtts"]), b, |m: &broker::Metrics| load(
+        &m.tls_failures
+    ));
+    // HTTP listeners.
+    let http_refused = counter_vec(
+        &t,
+        "http_connections_refused_total",
+        "HTTP connections closed at once (connection cap), by listener",
+        "listener",
+    )?;
+    for (name, h) in &src.http {
+        mirror!(tls.with_label_values(&[name]), h, |c: &HttpCounters| load(
+            &c.tls_handshakes
+        ));
+        mirror!(tls_failed.with_label_values(&[name]), h, |c: &HttpCounters| load(
+            &c.tls_failures
+        ));
+        mirror!(http_refused.with_label_values(&[name]), h, |c: &HttpCounters| load(
+            &c.refused_over_cap
+        ));
+    }
+    // Message pipeline
+    let p = src.pipeline.clone();
+    let depth = gauge(&t, "pipeline_queue_rows", "Message rows waiting for the writer")?;
+    mirror!(
+        counter(&t, "pipeline_rows_stored_total", "Message rows committed")?,
+        p,
+        |m: &PipelineMetrics| load(&m.stored)
+    );
+    mirror!(
+        counter(&t, "pipeline_batches_total", "Batches committed")?,
+        p,
+        |m: &PipelineMetrics| load(&m.batches)
+    );
+    mirror!(
+        counter(
+            &t,
+            "pipeline_write_retries_total",
+            "Batch writes retried after a store error"
+        )?,
+        p,
+        |m: &PipelineMetrics| load(&m.write_retries)
+    );
+    mirror!(
+        counter(&t, "pipeline_rows_pruned_total", "Rows removed by retention")?,
+        p,
+        |m: &PipelineMetrics| load(&m.pruned)
+    );
+    let not_stored = counter_vec(
+        &t,
+        "pipeline_messages_not_stored_total",
+        "Messages not stored, by reason",
+        "reason",
+    )?;
+    mirror!(
+        not_stored.with_label_values(&["http_queue_full"]),
+        p,
+        |m: &PipelineMetrics| load(&m.refused_full)
+    );
+    mirror!(
+        not_stored.with_label_values(&["closed"]),
+        p,
+        |m: &PipelineMetrics| load(&m.refused_closed)
+    );
+    mirror!(
+        not_stored.with_label_values(&["mqtt_queue_full"]),
+        b,
+        |m: &broker::Metrics| load(&m.pipeline_full)
+    );
+    if let Some(hist) = &src.pipeline.batch_seconds {
+        t.registry.register(Box::new(hist.clone()))?;
+    }
+    // Store
+    let st = Arc::new(src.store.clone());
+    mirror!(
+        counter(
+            &t,
+            "store_pool_checkouts_total",
+            "Database connections taken from the pool"
+        )?,
+        st,
+        |s: &Store| load(&s.pool_stats().checkouts)
+    );
+    mirror!(
+        counter(
+            &t,
+            "store_pool_wait_microseconds_total",
+            "Time spent waiting for a pooled database connection"
+        )?,
+        st,
+        |s: &Store| load(&s.pool_stats().wait_micros)
+    );
+    let pool = IntGaugeVec::new(
+        Opts::new("store_pool_connections", "Pooled database connections by state"),
+        &["state"],
+    )?;
+    t.registry.register(Box::new(pool.clone()))?;
+    // Process
+    let rss = gauge(&t, "process_resident_memory_bytes", "Resident memory")?;
+    let fds = gauge(&t, "process_open_fds", "Open file descriptors")?;
+
+    let (b, p, st) = (src.broker, src.pipeline, src.store);
+    t.on_scrape(move || {
+        mirrors.iter().for_each(Mirror::sync);
+        for (reason, n) in b.refusals() {
+            let c = refused.with_label_values(&[reason]);
+            if n > c.get() {
+                c.inc_by(n - c.get());
+            }
+        }
+        conn_now.set(load(&b.connections_current) as i64);
+        offline.set(load(&b.sessions_persistent_offline) as i64);
+        depth.set(p.queued.load(Ordering::Relaxed) as i64);
+        let ps = st.pool_state();
+        pool.with_label_values(&["idle"]).set(i64::from(ps.idle));
+        pool.with_label_values(&["in_use"])
+            .set(i64::from(ps.connections.saturating_sub(ps.idle)));
+        let (r, f) = process_stats();
+        rss.set(r);
+        fds.set(f);
+    });
+    Ok(t)
+}
+
+/// Resident memory in bytes and open descriptors, from /proc (0 where it is not there).
+fn process_stats() -> (i64, i64) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64);
+    (rss, fds)
+}
