@@ -327,9 +327,21 @@ async fn shutdown_signal() {
 }
 
 fn init_logging(level: &str, format: fluxgate::config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // rumqttd's router logs ordinary events (a client going away while a message is routed to
+    // it) at ERROR; the broker reports the router's real failure itself. Its log is off unless
+    // the filter names it (e.g. "info,rumqttd=debug").
+    let directives = |d: &str| {
+        if d.contains("rumqttd") {
+            d.to_string()
+        } else {
+            format!("{d},rumqttd=off")
+        }
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|d| tracing_subscriber::EnvFilter::try_new(directives(&d)).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_new(directives(level)).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -563,6 +563,25 @@ impl MessagePort for Pipeline {
 mod tests {
     use super::*;
 
+    /// `/health`'s pipeline check: a batch retried past STUCK_AFTER, or rows that wait that
+    /// long with no take, are reported; an idle pipeline and ordinary batches are not.
+    #[test]
+    fn a_stuck_writer_is_reported() {
+        let m = PipelineMetrics::new(Arc::new(AtomicUsize::new(0)));
+        let limit = STUCK_AFTER.as_micros() as u64;
+        let t0 = m.last_take.load(Ordering::Relaxed);
+        assert!(m.check_at(t0 + 10 * limit).is_ok(), "idle and empty is healthy");
+        m.writing_since.store(t0, Ordering::Relaxed);
+        assert!(m.check_at(t0 + limit / 2).is_ok(), "a batch being written");
+        let e = m.check_at(t0 + limit + 1_000_000).expect_err("stuck");
+        assert!(e.contains("not committed"), "{e}");
+        m.writing_since.store(0, Ordering::Relaxed);
+        m.queued.store(5, Ordering::Relaxed);
+        assert!(m.check_at(t0 + limit / 2).is_ok());
+        let e = m.check_at(t0 + 2 * limit).expect_err("stuck");
+        assert!(e.contains("5 rows queued"), "{e}");
+    }
+
     fn queue(capacity: usize) -> (Queue, mpsc::UnboundedReceiver<Envelope>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let q = Queue {

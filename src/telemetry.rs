@@ -71,7 +71,11 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         }};
     }
     // MQTT
-    let conn_now = gauge(&t, "mqtt_connections", "MQTT connections now")?;
+    let conn_now = gauge(
+        &t,
+        "mqtt_connections",
+        "MQTT connections open now (TCP, TLS, WebSocket), those still in CONNECT included",
+    )?;
     let offline = gauge(
         &t,
         "mqtt_sessions_offline",
@@ -81,7 +85,7 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         counter(
             &t,
             "mqtt_connections_total",
-            "MQTT connections accepted (CONNECT answered with success)"
+            "MQTT connections accepted by the listeners (before CONNECT)"
         )?,
         b,
         |m: &broker::Metrics| load(&m.connections_total)

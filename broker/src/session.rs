@@ -901,7 +901,7 @@ impl Session {
             .await
         {
             Metrics::inc(&self.m().refused_publish);
-            tracing::info!(client = %self.client(), mqtt_client_id = %live.req.mqtt_client_id, topic = %topic, "PUBLISH refused");
+            tracing::info!(client = %self.client(), mqtt_client_id = %live.req.mqtt_client_id, topic = %topic, reason = "no publish right on this topic", "PUBLISH refused");
             if !v5 {
                 return Err(End::Abnormal("publish not allowed".into()));
             }
@@ -957,29 +957,30 @@ impl Session {
         for (filter, o) in &s.filters {
             let shared_sub = crate::rights::shared_filter(filter);
             let inner = shared_sub.map(|(_, f)| f).unwrap_or(filter);
-            let code = if !codec::valid_filter(inner)
+            let (code, why) = if !codec::valid_filter(inner)
                 || (filter.starts_with('$') && shared_sub.is_none())
                 || (shared_sub.is_some() && o.no_local)
             {
-                reason::UNSPECIFIED
+                (reason::UNSPECIFIED, "invalid or unsupported filter")
             } else if !self
                 .rights
                 .allowed(auth.as_ref(), self.identity.as_ref(), Action::Subscribe, filter)
                 .await
             {
-                denied
+                (denied, "no subscribe right on this filter")
             } else if !self.subs.contains_key(*filter) && self.subs.len() >= MAX_SUBSCRIPTIONS {
-                if v5 {
+                let code = if v5 {
                     reason::QUOTA_EXCEEDED
                 } else {
                     reason::UNSPECIFIED
-                }
+                };
+                (code, "too many subscriptions")
             } else {
-                o.qos
+                (o.qos, "")
             };
             if code >= 0x80 {
                 Metrics::inc(&self.m().refused_subscribe);
-                tracing::info!(client = %self.client(), mqtt_client_id = %live.req.mqtt_client_id, filter = %filter, "SUBSCRIBE refused");
+                tracing::info!(client = %self.client(), mqtt_client_id = %live.req.mqtt_client_id, filter = %filter, reason = why, "SUBSCRIBE refused");
                 codes.push(code);
                 continue;
             }

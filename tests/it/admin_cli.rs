@@ -2,7 +2,6 @@
 //! lost super-admin password, is recoverable from the data directory of a stopped server.
 
 use crate::child::{data, ChildServer, ADMIN_PASSWORD};
-use serde_json::json;
 
 /// Runs `fluxgate admin reset-password --data-dir DIR` without FLUXGATE_ADMIN_PASSWORD:
 /// (exit success, stdout, stderr).
@@ -30,21 +29,10 @@ fn printed_password(stdout: &str) -> String {
         .to_string()
 }
 
-async fn login(s: &ChildServer, secret: &str) -> (u16, serde_json::Value) {
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/users/tokens/issue", s.http))
-        .json(&json!({"identity": "admin", "secret": secret}))
-        .send()
-        .await
-        .expect("login");
-    let st = r.status().as_u16();
-    (st, r.json().await.unwrap_or_default())
-}
-
 #[tokio::test]
 async fn reset_password_recovers_the_super_admin_and_is_refused_while_the_server_runs() {
     let s = ChildServer::start(&[]).await;
-    let (st, t) = login(&s, ADMIN_PASSWORD).await;
+    let (st, t) = s.login(ADMIN_PASSWORD).await;
     assert_eq!(st, 201);
     let old_token = t["access_token"].as_str().expect("token").to_string();
     // While the server runs on the directory: refused, naming the holder.
@@ -61,8 +49,8 @@ async fn reset_password_recovers_the_super_admin_and_is_refused_while_the_server
     let password = printed_password(&out);
     assert!(password.len() >= 16, "{out}");
     let s = ChildServer::start_in(dir, &[]).await;
-    assert_eq!(login(&s, &password).await.0, 201, "the new password works");
-    assert_eq!(login(&s, ADMIN_PASSWORD).await.0, 401, "the old one does not");
+    assert_eq!(s.login(&password).await.0, 201, "the new password works");
+    assert_eq!(s.login(ADMIN_PASSWORD).await.0, 401, "the old one does not");
     let r = reqwest::Client::new()
         .get(format!("http://{}/users/profile", s.http))
         .bearer_auth(&old_token)
@@ -81,5 +69,5 @@ async fn reset_password_creates_a_super_admin_that_was_never_created() {
     assert!(ok, "{err}");
     let password = printed_password(&out);
     let s = ChildServer::start_in(dir, &[]).await;
-    assert_eq!(login(&s, &password).await.0, 201);
+    assert_eq!(s.login(&password).await.0, 201);
 }

@@ -22,7 +22,11 @@ pub struct ChildServer {
 }
 
 /// The value of `key=` in a log line (plain, no colours: stderr is not a terminal).
+/// An address field of a log line, text (`key=addr`) or JSON (`"key":"addr"`).
 fn field(line: &str, key: &str) -> Option<SocketAddr> {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        return v[key].as_str()?.parse().ok();
+    }
     let at = line.find(&format!("{key}="))? + key.len() + 1;
     line[at..].split_whitespace().next()?.parse().ok()
 }
@@ -155,6 +159,25 @@ impl ChildServer {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .expect("VmRSS")
+    }
+
+    /// Logs the super-admin in with `secret`: (status, token pair).
+    pub async fn login(&self, secret: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/users/tokens/issue", self.http))
+            .json(&serde_json::json!({"identity": "admin", "secret": secret}))
+            .send()
+            .await
+            .expect("login");
+        let st = r.status().as_u16();
+        (st, r.json().await.unwrap_or_default())
+    }
+
+    /// The super-admin's access token (the password the child was started with).
+    pub async fn admin_token(&self) -> String {
+        let (s, v) = self.login(ADMIN_PASSWORD).await;
+        assert_eq!(s, 201, "{v}");
+        v["access_token"].as_str().expect("token").to_string()
     }
 
     /// `GET /health` answers 200.

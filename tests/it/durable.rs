@@ -2,7 +2,7 @@
 //! killed with SIGKILL and restarted on the same data directory. Each test runs at both
 //! protocol levels: 3.1.1 clean session 0 and MQTT 5 session expiry 3600.
 
-use crate::child::{ChildServer, ADMIN_PASSWORD};
+use crate::child::ChildServer;
 use crate::raw::{framed, props, Connect, Raw};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -41,14 +41,7 @@ async fn post(http: std::net::SocketAddr, path: &str, token: Option<&str>, body:
 
 impl Fleet {
     async fn provision(s: &ChildServer) -> Fleet {
-        let t = post(
-            s.http,
-            "/users/tokens/issue",
-            None,
-            json!({"identity": "admin", "secret": ADMIN_PASSWORD}),
-        )
-        .await;
-        let token = t["access_token"].as_str().expect("token").to_string();
+        let token = s.admin_token().await;
         let d = post(
             s.http,
             "/domains",

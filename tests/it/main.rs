@@ -18,6 +18,7 @@ mod isolation;
 mod messages;
 mod mqtt;
 mod mqtt_client;
+mod operability;
 mod peers;
 mod raw;
 mod tls;

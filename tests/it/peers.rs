@@ -9,18 +9,23 @@ use tokio::process::Command;
 /// Is `tool` installed? Missing: skipped with a notice, or a failure when
 /// FLUXGATE_REQUIRE_PEERS is set (as `.ci/run` does).
 pub(crate) fn available(tool: &str) -> bool {
+    available_from(tool, "Debian: apt-get install mosquitto-clients curl openssl")
+}
+
+/// [`available`], naming where `tool` comes from in the notice.
+pub(crate) fn available_from(tool: &str, install: &str) -> bool {
     let found = std::process::Command::new(tool)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok();
+        .is_ok_and(|s| s.success());
     if !found {
         assert!(
             std::env::var("FLUXGATE_REQUIRE_PEERS").is_err(),
             "{tool} is required (FLUXGATE_REQUIRE_PEERS is set) but not installed"
         );
-        eprintln!("skipping: {tool} not installed (Debian: apt-get install mosquitto-clients curl openssl)");
+        eprintln!("skipping: {tool} not installed ({install})");
     }
     found
 }
