@@ -105,6 +105,13 @@ impl App {
             None => Arc::new(mgmt::LogOutbox),
         };
         let (events, _) = tokio::sync::broadcast::channel(4096);
+        // The store announces every rights-affecting change after its commit; the change feed
+        // carries them to the broker (and to tests).
+        let feed = events.clone();
+        store.set_change_sink(move |c: &storage::Change| {
+            tracing::debug!(change = ?c, "change feed");
+            let _ = feed.send(c.clone());
+        });
         // The platform CA and the TLS server configuration.
         let (ca, tls) = {
             let (data_dir, t, https) = (cfg.data_dir.clone(), cfg.tls.clone(), cfg.http.tls);
@@ -222,7 +229,6 @@ impl App {
                 metrics_token: cfg.metrics.token.expose().to_string(),
             },
             outbox,
-            events: events.clone(),
             messages: Arc::new(pipeline.clone()),
             ca: ca.clone(),
             probes: probes(&broker, &store, &pipeline),

@@ -8,7 +8,7 @@ use crate::{views, Ctx};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use storage::{CertRecord, Change};
+use storage::CertRecord;
 use warp::http::{Method, StatusCode};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -138,11 +138,6 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 .db(move |s| s.revoke_cert(&d, &sn, now))
                 .await
                 .map_err(|_| ApiError::not_found("certificate"))?;
-            ctx.emit(Change::CertRevoked {
-                domain_id: c.domain_id.clone(),
-                client_id: c.client_id.clone(),
-                serial: c.serial.clone(),
-            });
             tracing::info!(domain = %c.domain_id, serial = %c.serial, "client certificate revoked");
             Reply::ok(&json!({"serial": c.serial, "revocation_time": c.revoked_at.map(rfc3339)}))
         }

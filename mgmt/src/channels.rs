@@ -9,7 +9,7 @@ use crate::{page_req, q_text, status_filter, views, Ctx};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use storage::{Change, ChannelPatch, ChannelQuery, ConnType, NewChannel, Status};
+use storage::{ChannelPatch, ChannelQuery, ConnType, NewChannel, Status};
 use warp::http::{Method, StatusCode};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -208,7 +208,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 metadata: views::metadata(b.metadata)?,
                 ..Default::default()
             };
-            update(ctx, a, id, patch, None).await
+            update(ctx, a, id, patch).await
         }
         [id, "tags"] if m == Method::PATCH => {
             let b: Tags = req.json()?;
@@ -216,7 +216,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 tags: views::tags(Some(b.tags))?,
                 ..Default::default()
             };
-            update(ctx, a, id, patch, None).await
+            update(ctx, a, id, patch).await
         }
         [id, op @ ("enable" | "disable")] if m == Method::POST => {
             let enable = *op == "enable";
@@ -224,23 +224,13 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 status: Some(if enable { Status::Enabled } else { Status::Disabled }),
                 ..Default::default()
             };
-            let (channel_id, domain_id) = (id.to_string(), a.domain_id().to_string());
-            let ev = if enable {
-                Change::ChannelEnabled { domain_id, channel_id }
-            } else {
-                Change::ChannelDisabled { domain_id, channel_id }
-            };
-            update(ctx, a, id, patch, Some(ev)).await
+            update(ctx, a, id, patch).await
         }
         [id] if m == Method::DELETE => {
             let (d, hid) = (a.domain_id().to_string(), id.to_string());
             ctx.db(move |s| s.delete_channel(&d, &hid))
                 .await
                 .map_err(not_found_as("channel"))?;
-            ctx.emit(Change::ChannelDeleted {
-                domain_id: a.domain_id().into(),
-                channel_id: id.to_string(),
-            });
             tracing::info!(domain = %a.domain_id(), channel = %id, "channel deleted");
             Reply::empty(StatusCode::NO_CONTENT)
         }
@@ -260,21 +250,12 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
     }
 }
 
-async fn update(
-    ctx: &Ctx,
-    a: &DomainAccess,
-    id: &str,
-    patch: ChannelPatch,
-    ev: Option<Change>,
-) -> Result<Reply, ApiError> {
+async fn update(ctx: &Ctx, a: &DomainAccess, id: &str, patch: ChannelPatch) -> Result<Reply, ApiError> {
     let (d, id, by) = (a.domain_id().to_string(), id.to_string(), a.user_id().to_string());
     let h = ctx
         .db(move |s| s.update_channel(&d, &id, patch, &by))
         .await
         .map_err(not_found_as("channel"))?;
-    if let Some(ev) = ev {
-        ctx.emit(ev);
-    }
     Reply::ok(&views::channel(&h))
 }
 
@@ -287,8 +268,8 @@ fn unknown_as_404(e: ApiError) -> ApiError {
     }
 }
 
-/// Connects (or with `remove`, disconnects) every client to every channel with each type and
-/// announces each connection that changed.
+/// Connects (or with `remove`, disconnects) every client to every channel with each type (the
+/// store announces each connection that changed).
 async fn change_connections(
     ctx: &Ctx,
     a: &DomainAccess,
@@ -303,34 +284,15 @@ async fn change_connections(
         return Err(ApiError::bad("at most 100000 client-channel pairs per request"));
     }
     let d = a.domain_id().to_string();
-    let changed = ctx
-        .db(move |s| {
-            if remove {
-                s.disconnect(&d, &clients, &channels, &types)
-            } else {
-                s.connect(&d, &clients, &channels, &types)
-            }
-        })
-        .await
-        .map_err(unknown_as_404)?;
-    for (client_id, channel_id, conn_type) in changed {
-        let domain_id = a.domain_id().to_string();
-        ctx.emit(if remove {
-            Change::Disconnected {
-                domain_id,
-                client_id,
-                channel_id,
-                conn_type,
-            }
+    ctx.db(move |s| {
+        if remove {
+            s.disconnect(&d, &clients, &channels, &types)
         } else {
-            Change::Connected {
-                domain_id,
-                client_id,
-                channel_id,
-                conn_type,
-            }
-        });
-    }
+            s.connect(&d, &clients, &channels, &types)
+        }
+    })
+    .await
+    .map_err(unknown_as_404)?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use storage::{Change, ClientPatch, ClientQuery, NewClient, Status};
+use storage::{ClientPatch, ClientQuery, NewClient, Status};
 use warp::http::{Method, StatusCode};
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -204,7 +204,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 metadata: views::metadata(b.metadata)?,
                 ..Default::default()
             };
-            update(ctx, a, id, patch, None).await
+            update(ctx, a, id, patch).await
         }
         [id, "tags"] if m == Method::PATCH => {
             let b: Tags = req.json()?;
@@ -212,7 +212,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 tags: views::tags(Some(b.tags))?,
                 ..Default::default()
             };
-            update(ctx, a, id, patch, None).await
+            update(ctx, a, id, patch).await
         }
         [id, "secret"] if m == Method::PATCH => {
             let b: Secret = req.json()?;
@@ -221,11 +221,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 secret: Some(b.secret),
                 ..Default::default()
             };
-            let ev = Change::ClientSecretChanged {
-                domain_id: a.domain_id().into(),
-                client_id: id.to_string(),
-            };
-            update(ctx, a, id, patch, Some(ev)).await
+            update(ctx, a, id, patch).await
         }
         [id, op @ ("enable" | "disable")] if m == Method::POST => {
             let enable = *op == "enable";
@@ -233,31 +229,13 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 status: Some(if enable { Status::Enabled } else { Status::Disabled }),
                 ..Default::default()
             };
-            let (client_id, domain_id) = (id.to_string(), a.domain_id().to_string());
-            let ev = if enable {
-                Change::ClientEnabled { domain_id, client_id }
-            } else {
-                Change::ClientDisabled { domain_id, client_id }
-            };
-            update(ctx, a, id, patch, Some(ev)).await
+            update(ctx, a, id, patch).await
         }
         [id] if m == Method::DELETE => {
             let (d, cid) = (a.domain_id().to_string(), id.to_string());
-            let revoked = ctx
-                .db(move |s| s.delete_client(&d, &cid))
+            ctx.db(move |s| s.delete_client(&d, &cid))
                 .await
                 .map_err(not_found_as("client"))?;
-            ctx.emit(Change::ClientDeleted {
-                domain_id: a.domain_id().into(),
-                client_id: id.to_string(),
-            });
-            for serial in revoked {
-                ctx.emit(Change::CertRevoked {
-                    domain_id: a.domain_id().into(),
-                    client_id: id.to_string(),
-                    serial,
-                });
-            }
             tracing::info!(domain = %a.domain_id(), client = %id, "client deleted");
             Reply::empty(StatusCode::NO_CONTENT)
         }
@@ -276,21 +254,12 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
     }
 }
 
-async fn update(
-    ctx: &Ctx,
-    a: &DomainAccess,
-    id: &str,
-    patch: ClientPatch,
-    ev: Option<Change>,
-) -> Result<Reply, ApiError> {
+async fn update(ctx: &Ctx, a: &DomainAccess, id: &str, patch: ClientPatch) -> Result<Reply, ApiError> {
     let (d, id, by) = (a.domain_id().to_string(), id.to_string(), a.user_id().to_string());
     let c = ctx
         .db(move |s| s.update_client(&d, &id, patch, &by))
         .await
         .map_err(not_found_as("client"))?;
-    if let Some(ev) = ev {
-        ctx.emit(ev);
-    }
     Reply::ok(&views::client(&c, a.sees_secrets()))
 }
 

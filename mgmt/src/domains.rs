@@ -175,14 +175,7 @@ async fn set_status(ctx: &Arc<Ctx>, caller: &Caller, id: &str, status: Status) -
         ..Default::default()
     };
     tracing::info!(domain = %id, status = status.as_str(), "domain status changed");
-    let reply = update(ctx, a.domain_id(), patch, caller.id()).await?;
-    let domain_id = a.domain_id().to_string();
-    ctx.emit(match status {
-        Status::Enabled => storage::Change::DomainEnabled { domain_id },
-        Status::Disabled => storage::Change::DomainDisabled { domain_id },
-        Status::Frozen => storage::Change::DomainFrozen { domain_id },
-    });
-    Ok(reply)
+    update(ctx, a.domain_id(), patch, caller.id()).await
 }
 
 /// The request bodies of this module's routes, for the OpenAPI document.

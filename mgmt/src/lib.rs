@@ -74,8 +74,6 @@ pub struct Ctx {
     pub passwords: auth::Passwords,
     pub cfg: MgmtConfig,
     pub outbox: Arc<dyn Outbox>,
-    /// The change feed: rights-affecting changes, announced after their transaction commits.
-    pub events: tokio::sync::broadcast::Sender<storage::Change>,
     /// The message pipeline (HTTP adapter).
     pub messages: Arc<dyn messages::MessagePort>,
     /// The platform CA (client certificates, CRL).
@@ -102,12 +100,6 @@ pub fn default_hash_slots() -> tokio::sync::Semaphore {
 pub type Probe = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl Ctx {
-    /// Announces a committed change on the change feed (no receivers is fine).
-    pub fn emit(&self, change: storage::Change) {
-        tracing::debug!(?change, "change feed");
-        let _ = self.events.send(change);
-    }
-
     /// Runs a blocking store call on the blocking pool.
     pub async fn db<T, F>(&self, f: F) -> Result<T, ApiError>
     where

@@ -1,6 +1,6 @@
 //! Issued client certificates: serial, owner, expiry and revocation.
 
-use crate::{Result, Store, StoreError};
+use crate::{Change, Result, Store, StoreError};
 use rusqlite::{OptionalExtension, Row};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,8 +109,9 @@ impl Store {
     }
 
     /// Marks a certificate revoked (idempotent); returns the record.
+    /// Revokes a certificate and announces `CertRevoked`.
     pub fn revoke_cert(&self, domain: &str, serial: &str, at: i64) -> Result<CertRecord> {
-        self.write(|tx| {
+        self.write_announcing(|tx, changes| {
             let n = tx.execute(
                 "UPDATE certs SET revoked_at = COALESCE(revoked_at, ?3) WHERE domain_id = ?1 AND serial = ?2",
                 rusqlite::params![domain, serial, at],
@@ -118,11 +119,17 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
-            Ok(tx.query_row(
+            let c = tx.query_row(
                 &format!("SELECT {COLUMNS} FROM certs WHERE serial = ?1"),
                 [serial],
                 from_row,
-            )?)
+            )?;
+            changes.push(Change::CertRevoked {
+                domain_id: c.domain_id.clone(),
+                client_id: c.client_id.clone(),
+                serial: c.serial.clone(),
+            });
+            Ok(c)
         })
     }
 

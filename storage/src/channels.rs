@@ -3,7 +3,7 @@
 //! which the broker routes without a domain.
 
 use crate::clients::parse_types;
-use crate::events::ConnType;
+use crate::events::{Change, ConnType};
 use crate::{
     conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
 };
@@ -168,8 +168,15 @@ impl Store {
         .ok_or(StoreError::NotFound)
     }
 
+    /// Updates a channel; a status change is announced (`ChannelEnabled`, `ChannelDisabled`).
     pub fn update_channel(&self, domain: &str, id: &str, p: ChannelPatch, by: &str) -> Result<Channel> {
-        self.write(|tx| {
+        self.write_announcing(|tx, changes| {
+            let (domain_id, channel_id) = (domain.to_string(), id.to_string());
+            match p.status {
+                Some(Status::Enabled) => changes.push(Change::ChannelEnabled { domain_id, channel_id }),
+                Some(_) => changes.push(Change::ChannelDisabled { domain_id, channel_id }),
+                None => {}
+            }
             let n = tx.execute(
                 "UPDATE channels SET name = COALESCE(?3, name), metadata = COALESCE(?4, metadata),
                     tags = COALESCE(?5, tags), status = COALESCE(?6, status), updated_at = ?7, updated_by = ?8,
@@ -197,7 +204,11 @@ impl Store {
     /// Deletes a channel and its connections in one transaction; returns the removed
     /// connections so callers can announce them.
     pub fn delete_channel(&self, domain: &str, id: &str) -> Result<()> {
-        self.write(|tx| {
+        self.write_announcing(|tx, changes| {
+            changes.push(Change::ChannelDeleted {
+                domain_id: domain.into(),
+                channel_id: id.into(),
+            });
             tx.execute(
                 "DELETE FROM connections WHERE domain_id = ?1 AND channel_id = ?2",
                 [domain, id],
@@ -263,7 +274,7 @@ impl Store {
         channels: &[String],
         types: &[ConnType],
     ) -> Result<Vec<(String, String, ConnType)>> {
-        self.write(|tx| {
+        self.write_announcing(|tx, changes| {
             all_in_domain(tx, domain, clients, channels)?;
             let now = crate::now_micros();
             let mut created = Vec::new();
@@ -280,6 +291,12 @@ impl Store {
                     }
                 }
             }
+            changes.extend(created.iter().map(|(c, h, t)| Change::Connected {
+                domain_id: domain.into(),
+                client_id: c.clone(),
+                channel_id: h.clone(),
+                conn_type: *t,
+            }));
             Ok(created)
         })
     }
@@ -292,7 +309,7 @@ impl Store {
         channels: &[String],
         types: &[ConnType],
     ) -> Result<Vec<(String, String, ConnType)>> {
-        self.write(|tx| {
+        self.write_announcing(|tx, changes| {
             all_in_domain(tx, domain, clients, channels)?;
             let mut removed = Vec::new();
             let mut st = tx.prepare_cached(
@@ -307,6 +324,12 @@ impl Store {
                     }
                 }
             }
+            changes.extend(removed.iter().map(|(c, h, t)| Change::Disconnected {
+                domain_id: domain.into(),
+                client_id: c.clone(),
+                channel_id: h.clone(),
+                conn_type: *t,
+            }));
             Ok(removed)
         })
     }
@@ -398,6 +421,168 @@ mod tests {
             metadata: JsonText::empty_object(),
             status: Status::Enabled,
         }
+    }
+
+    /// Every rights-affecting write announces its changes to the sink after it commits, and
+    /// a write that fails announces nothing.
+    #[test]
+    fn rights_affecting_writes_announce_their_changes() {
+        use crate::{CertRecord, ClientPatch, DomainPatch};
+        use std::sync::{Arc, Mutex};
+        let (_d, s) = store();
+        setup(&s, "d1");
+        s.create_clients("d1", &[client("c1", "s1"), client("c2", "s2")])
+            .expect("c");
+        s.create_channels("d1", &[channel("h1")]).expect("h");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        assert!(s.set_change_sink(move |c: &Change| sink.lock().expect("lock").push(c.clone())));
+        assert!(!s.set_change_sink(|_: &Change| {}), "only one sink");
+        let take = || std::mem::take(&mut *seen.lock().expect("lock"));
+        let (d, c1, h1) = (String::from("d1"), String::from("c1"), String::from("h1"));
+        let (cs, hs) = (vec![c1.clone()], vec![h1.clone()]);
+
+        s.connect("d1", &cs, &hs, &[ConnType::Publish]).expect("connect");
+        let connected = Change::Connected {
+            domain_id: d.clone(),
+            client_id: c1.clone(),
+            channel_id: h1.clone(),
+            conn_type: ConnType::Publish,
+        };
+        assert_eq!(take(), [connected]);
+        s.connect("d1", &cs, &hs, &[ConnType::Publish]).expect("again");
+        assert_eq!(take(), [], "nothing changed, nothing announced");
+        assert!(s.connect("d1", &cs, &["nope".into()], &ConnType::BOTH).is_err());
+        assert_eq!(take(), [], "a failed write announces nothing");
+        s.disconnect("d1", &cs, &hs, &ConnType::BOTH).expect("disconnect");
+        assert_eq!(
+            take(),
+            [Change::Disconnected {
+                domain_id: d.clone(),
+                client_id: c1.clone(),
+                channel_id: h1.clone(),
+                conn_type: ConnType::Publish
+            }]
+        );
+
+        let status = |st| ClientPatch {
+            status: Some(st),
+            ..Default::default()
+        };
+        s.update_client("d1", "c1", status(Status::Disabled), "u")
+            .expect("disable");
+        s.update_client("d1", "c1", status(Status::Enabled), "u")
+            .expect("enable");
+        let secret = ClientPatch {
+            secret: Some("new".into()),
+            ..Default::default()
+        };
+        s.update_client("d1", "c1", secret, "u").expect("secret");
+        let renamed = ClientPatch {
+            name: Some("x".into()),
+            ..Default::default()
+        };
+        s.update_client("d1", "c1", renamed, "u").expect("rename");
+        let (dd, cc) = (d.clone(), c1.clone());
+        assert_eq!(
+            take(),
+            [
+                Change::ClientDisabled {
+                    domain_id: dd.clone(),
+                    client_id: cc.clone()
+                },
+                Change::ClientEnabled {
+                    domain_id: dd.clone(),
+                    client_id: cc.clone()
+                },
+                Change::ClientSecretChanged {
+                    domain_id: dd,
+                    client_id: cc
+                },
+            ]
+        );
+
+        let ch = |st| ChannelPatch {
+            status: Some(st),
+            ..Default::default()
+        };
+        s.update_channel("d1", "h1", ch(Status::Disabled), "u")
+            .expect("disable");
+        s.update_channel("d1", "h1", ch(Status::Enabled), "u").expect("enable");
+        assert_eq!(
+            take(),
+            [
+                Change::ChannelDisabled {
+                    domain_id: d.clone(),
+                    channel_id: h1.clone()
+                },
+                Change::ChannelEnabled {
+                    domain_id: d.clone(),
+                    channel_id: h1.clone()
+                },
+            ]
+        );
+
+        s.insert_cert(&CertRecord {
+            serial: "ab01".into(),
+            domain_id: d.clone(),
+            client_id: "c2".into(),
+            expire: i64::MAX / 2,
+            revoked_at: None,
+        })
+        .expect("cert");
+        s.insert_cert(&CertRecord {
+            serial: "ab02".into(),
+            domain_id: d.clone(),
+            client_id: c1.clone(),
+            expire: i64::MAX / 2,
+            revoked_at: None,
+        })
+        .expect("cert");
+        s.revoke_cert("d1", "ab01", 10).expect("revoke");
+        let revoked = |client: &str, serial: &str| Change::CertRevoked {
+            domain_id: "d1".into(),
+            client_id: client.into(),
+            serial: serial.into(),
+        };
+        assert_eq!(take(), [revoked("c2", "ab01")]);
+        s.delete_client("d1", "c1").expect("delete");
+        assert_eq!(
+            take(),
+            [
+                Change::ClientDeleted {
+                    domain_id: d.clone(),
+                    client_id: c1.clone()
+                },
+                revoked("c1", "ab02"),
+            ],
+            "deleting a client announces the certificates it revoked"
+        );
+        s.delete_channel("d1", "h1").expect("delete");
+        assert_eq!(
+            take(),
+            [Change::ChannelDeleted {
+                domain_id: d.clone(),
+                channel_id: h1
+            }]
+        );
+        let dom = |st| DomainPatch {
+            status: Some(st),
+            ..Default::default()
+        };
+        s.update_domain("d1", dom(Status::Frozen), "u").expect("freeze");
+        s.update_domain("d1", dom(Status::Disabled), "u").expect("disable");
+        s.update_domain("d1", dom(Status::Enabled), "u").expect("enable");
+        assert_eq!(
+            take(),
+            [
+                Change::DomainFrozen { domain_id: d.clone() },
+                Change::DomainDisabled { domain_id: d.clone() },
+                Change::DomainEnabled { domain_id: d },
+            ]
+        );
+        assert!(s.update_domain("nope", dom(Status::Disabled), "u").is_err());
+        assert_eq!(take(), []);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Clients (devices) of a domain and the authorization questions asked about them.
 //! A client is identified by (domain, id): the same external id may exist in two domains.
 
-use crate::events::ConnType;
+use crate::events::{Change, ConnType};
 use crate::{
     conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
 };
@@ -169,8 +169,25 @@ impl Store {
         get(&*self.conn()?, domain, id)
     }
 
+    /// Updates a client; a status or secret change is announced (`ClientEnabled`,
+    /// `ClientDisabled`, `ClientSecretChanged`).
     pub fn update_client(&self, domain: &str, id: &str, p: ClientPatch, by: &str) -> Result<Client> {
-        self.write(|tx| {
+        self.write_announcing(|tx, changes| {
+            let (domain_id, client_id) = (domain.to_string(), id.to_string());
+            match p.status {
+                Some(Status::Enabled) => changes.push(Change::ClientEnabled {
+                    domain_id: domain_id.clone(),
+                    client_id: client_id.clone(),
+                }),
+                Some(_) => changes.push(Change::ClientDisabled {
+                    domain_id: domain_id.clone(),
+                    client_id: client_id.clone(),
+                }),
+                None => {}
+            }
+            if p.secret.is_some() {
+                changes.push(Change::ClientSecretChanged { domain_id, client_id });
+            }
             let n = tx
                 .execute(
                     "UPDATE clients SET name = COALESCE(?3, name), metadata = COALESCE(?4, metadata),
@@ -197,11 +214,11 @@ impl Store {
         })
     }
 
-    /// Deletes a client and, in the same transaction, its connections.
     /// Deletes a client with its connections and revokes its certificates, in one
-    /// transaction; returns the serials revoked now (to be announced).
+    /// transaction; announces `ClientDeleted` and a `CertRevoked` per certificate revoked now,
+    /// and returns those serials.
     pub fn delete_client(&self, domain: &str, id: &str) -> Result<Vec<String>> {
-        self.write(|tx| {
+        self.write_announcing(|tx, changes| {
             tx.execute(
                 "DELETE FROM connections WHERE domain_id = ?1 AND client_id = ?2",
                 [domain, id],
@@ -217,6 +234,15 @@ impl Store {
                 )?
                 .query_map(rusqlite::params![domain, id, now], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
+            changes.push(Change::ClientDeleted {
+                domain_id: domain.into(),
+                client_id: id.into(),
+            });
+            changes.extend(serials.iter().map(|serial| Change::CertRevoked {
+                domain_id: domain.into(),
+                client_id: id.into(),
+                serial: serial.clone(),
+            }));
             Ok(serials)
         })
     }

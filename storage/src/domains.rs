@@ -1,6 +1,7 @@
 //! Domains (tenants) and their members. A member holds one relation per domain.
 
 use crate::users::User;
+use crate::Change;
 use crate::{
     conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
 };
@@ -126,8 +127,17 @@ impl Store {
             .ok_or(StoreError::NotFound)
     }
 
+    /// Updates a domain; a status change is announced (`DomainEnabled`, `DomainDisabled`,
+    /// `DomainFrozen`).
     pub fn update_domain(&self, id: &str, p: DomainPatch, by: &str) -> Result<Domain> {
-        self.write(|tx| {
+        self.write_announcing(|tx, changes| {
+            let domain_id = id.to_string();
+            match p.status {
+                Some(Status::Enabled) => changes.push(Change::DomainEnabled { domain_id }),
+                Some(Status::Disabled) => changes.push(Change::DomainDisabled { domain_id }),
+                Some(Status::Frozen) => changes.push(Change::DomainFrozen { domain_id }),
+                None => {}
+            }
             let n = tx.execute(
                 "UPDATE domains SET name = COALESCE(?2, name), tags = COALESCE(?3, tags),
                     metadata = COALESCE(?4, metadata), status = COALESCE(?5, status),

@@ -318,7 +318,12 @@ impl Default for StoreConfig {
 pub struct Store {
     pool: r2d2::Pool<SqliteConnectionManager>,
     stats: std::sync::Arc<PoolStats>,
+    sink: std::sync::Arc<std::sync::OnceLock<ChangeSink>>,
 }
+
+/// Where the store announces rights-affecting changes, after their transaction committed
+/// (a plain callback: the store knows nothing of async channels).
+pub type ChangeSink = Box<dyn Fn(&Change) + Send + Sync>;
 
 /// How long callers waited for a pooled connection (for the metrics).
 #[derive(Default, Debug)]
@@ -367,6 +372,7 @@ impl Store {
         Ok(Store {
             pool,
             stats: Default::default(),
+            sink: Default::default(),
         })
     }
 
@@ -406,6 +412,27 @@ impl Store {
             )?;
             Ok(())
         })
+    }
+
+    /// Sets where this store (and every clone of it) announces the rights-affecting changes
+    /// its writes make, after they commit. Only the first sink set counts; false after that.
+    pub fn set_change_sink(&self, sink: impl Fn(&Change) + Send + Sync + 'static) -> bool {
+        self.sink.set(Box::new(sink)).is_ok()
+    }
+
+    /// [`Store::write`] for a write that changes rights: `f` records the changes it makes, and
+    /// they are handed to the change sink once the transaction has committed (never for a
+    /// write that failed or rolled back).
+    pub(crate) fn write_announcing<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &mut Vec<Change>) -> Result<T>,
+    ) -> Result<T> {
+        let mut changes = Vec::new();
+        let out = self.write(|tx| f(tx, &mut changes))?;
+        if let Some(sink) = self.sink.get() {
+            changes.iter().for_each(sink);
+        }
+        Ok(out)
     }
 
     /// Runs `f` in an immediate (write-locking) transaction, committing on `Ok`.
