@@ -210,8 +210,8 @@ pub struct Overrides {
 }
 
 impl MessagesConfig {
-    pub fn senml_limits(&self) -> mgmt::senml::Limits {
-        mgmt::senml::Limits {
+    pub fn senml_limits(&self) -> senml::Limits {
+        senml::Limits {
             max_name: self.max_senml_name,
             max_string: self.max_senml_string,
         }

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod datadir;
+pub mod http_ingest;
 pub mod http_server;
 pub mod mail;
 pub mod mqtt;
@@ -206,13 +207,15 @@ impl App {
             }
             _ => None,
         };
-        let (pipeline, writer) = pipeline::start(store.clone(), &cfg.messages, broker.clone(), &sink)?;
+        let (pipeline, writer) = pipeline::start(store.clone(), &cfg.messages, &sink)?;
+        let http_ingest = Arc::new(http_ingest::HttpIngest::new(pipeline.clone(), broker.clone()));
         let http_counters = Arc::new(http_server::HttpCounters::default());
         let telemetry = telemetry::build(telemetry::Sources {
             broker: broker.metrics.clone(),
             pipeline: pipeline.metrics.clone(),
             store: store.clone(),
             http: vec![("api", http_counters.clone()), ("wss", wss_counters)],
+            http_fanout_refused: http_ingest.refused_fanout.clone(),
         })
         .map_err(|e| AppError::Startup(format!("metrics: {e}")))?;
         let ctx = Arc::new(Ctx {
@@ -229,7 +232,7 @@ impl App {
                 metrics_token: cfg.metrics.token.expose().to_string(),
             },
             outbox,
-            messages: Arc::new(pipeline.clone()),
+            messages: http_ingest.clone(),
             ca: ca.clone(),
             probes: probes(&broker, &store, &pipeline),
             telemetry,

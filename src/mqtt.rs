@@ -7,15 +7,10 @@ use broker::{
 };
 use std::sync::Arc;
 use storage::{Change, ConnType, Store};
-use subtle::ConstantTimeEq;
 
 /// Answers the broker's questions with one indexed query each, on the blocking pool.
 pub struct StoreAuthorizer {
     pub store: Store,
-}
-
-fn secrets_equal(a: &str, b: &str) -> bool {
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
 impl Authorizer for StoreAuthorizer {
@@ -30,18 +25,7 @@ impl Authorizer for StoreAuthorizer {
                         return Login::BadCredentials;
                     }
                 };
-                // Compare with every candidate (and a dummy when there is none) so the time
-                // taken says nothing about which ids exist.
-                let mut found = None;
-                for c in &candidates {
-                    if secrets_equal(&c.secret, &pass) {
-                        found = Some(c.clone());
-                    }
-                }
-                if candidates.is_empty() {
-                    let _ = secrets_equal("fluxgate-no-such-client-secret", &pass);
-                }
-                match found {
+                match mgmt::auth::match_device_secret(candidates, &pass) {
                     None => Login::BadCredentials,
                     Some(c) if !c.active() => Login::Disabled,
                     Some(c) => Login::Ok(Identity {

@@ -17,6 +17,8 @@ pub struct Sources {
     pub store: Store,
     /// HTTP listeners by name: the API ("api") and secure WebSocket ("wss").
     pub http: Vec<(&'static str, Arc<HttpCounters>)>,
+    /// HTTP messages stored but not fanned out to MQTT.
+    pub http_fanout_refused: Arc<AtomicU64>,
 }
 
 /// A counter that mirrors a monotonic source value.
@@ -317,6 +319,16 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         not_stored.with_label_values(&["mqtt_queue_full"]),
         b,
         |m: &broker::Metrics| load(&m.pipeline_full)
+    );
+    let fanout = src.http_fanout_refused.clone();
+    mirror!(
+        counter(
+            &t,
+            "http_messages_not_fanned_out_total",
+            "HTTP messages stored but not relayed to MQTT (broker busy)"
+        )?,
+        fanout,
+        |c: &AtomicU64| load(c)
     );
     if let Some(hist) = &src.pipeline.batch_seconds {
         t.registry.register(Box::new(hist.clone()))?;

@@ -238,6 +238,27 @@ pub async fn user_for_token(ctx: &Ctx, claims: Claims) -> Result<User, ApiError>
     Ok(user)
 }
 
+/// The one device secret check, for MQTT CONNECT and HTTP device calls alike: `secret` is
+/// compared with every candidate's in constant time (and with a dummy when there is none), so
+/// the time taken says nothing about which ids exist or how much of a secret matched.
+/// Returns the candidate whose secret it is.
+pub fn match_device_secret(candidates: Vec<storage::ClientAuth>, secret: &str) -> Option<storage::ClientAuth> {
+    fn equal(a: &str, b: &str) -> bool {
+        a.len() == b.len() && bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))
+    }
+    if candidates.is_empty() {
+        let _ = equal("fluxgate-no-such-client-secret", secret);
+        return None;
+    }
+    let mut found = None;
+    for c in candidates {
+        if equal(&c.secret, secret) {
+            found = Some(c);
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +294,22 @@ mod tests {
         // A hash made with another count still verifies: the count is in the string.
         let p2 = Passwords::new(2000).expect("new");
         assert!(p2.verify("correct horse", Some(&h)));
+    }
+
+    #[test]
+    fn device_secrets_match_only_exactly() {
+        let c = |id: &str, secret: &str| storage::ClientAuth {
+            domain_id: "d".into(),
+            client_id: id.into(),
+            secret: secret.into(),
+            client_status: Status::Enabled,
+            domain_status: Status::Enabled,
+        };
+        let found = match_device_secret(vec![c("a", "s1"), c("b", "s2")], "s2");
+        assert_eq!(found.map(|c| c.client_id), Some("b".into()));
+        assert!(match_device_secret(vec![c("a", "s1")], "s").is_none());
+        assert!(match_device_secret(vec![c("a", "s1")], "s10").is_none());
+        assert!(match_device_secret(Vec::new(), "s1").is_none());
     }
 
     #[test]

@@ -23,7 +23,6 @@ pub mod messages;
 pub mod openapi;
 pub mod routes;
 mod scoped;
-pub mod senml;
 mod users;
 pub mod views;
 

@@ -9,12 +9,11 @@ use crate::auth;
 use crate::authz::{authorize, Action};
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use crate::{senml, Ctx};
+use crate::Ctx;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use storage::{Aggregate, Channel, ClientAuth, Cmp, ConnType, MessageQuery, MessageRow, ValueFilter};
-use subtle::ConstantTimeEq;
 use warp::http::StatusCode;
 
 /// What the adapter hands to the message pipeline.
@@ -115,17 +114,15 @@ async fn device(ctx: &Ctx, domain: &str, creds: DeviceCreds) -> Result<ClientAut
     let d = domain.to_string();
     let found = match creds {
         DeviceCreds::Secret(secret) => {
-            ctx.db(move |s| {
-                s.client_by_secret(&d, &secret)
-                    .map(|c| c.filter(|c| bool::from(c.secret.as_bytes().ct_eq(secret.as_bytes()))))
-            })
-            .await?
+            let key = secret.clone();
+            let candidates = ctx.db(move |s| s.client_by_secret(&d, &key)).await?;
+            auth::match_device_secret(candidates.into_iter().collect(), &secret)
         }
-        DeviceCreds::IdSecret(id, secret) => ctx.db(move |s| s.clients_by_id(&id)).await?.into_iter().find(|c| {
-            c.domain_id == d
-                && c.secret.len() == secret.len()
-                && bool::from(c.secret.as_bytes().ct_eq(secret.as_bytes()))
-        }),
+        DeviceCreds::IdSecret(id, secret) => {
+            let candidates = ctx.db(move |s| s.clients_by_id(&id)).await?;
+            let in_domain = candidates.into_iter().filter(|c| c.domain_id == d).collect();
+            auth::match_device_secret(in_domain, &secret)
+        }
     };
     let c = found.ok_or_else(|| ApiError::Unauthorized("invalid client credentials".into()))?;
     if !c.active() {

@@ -1,0 +1,67 @@
+//! Message rows from what the adapters accepted: SenML records (already normalized by the
+//! `senml` crate for HTTP), or an MQTT payload normalized here.
+
+use super::PipelineMetrics;
+use broker::Message;
+use std::sync::atomic::Ordering;
+use storage::NewMessage;
+
+pub(super) fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+pub(crate) fn rows_from_records(base: &NewMessage, records: Vec<senml::Record>) -> Vec<NewMessage> {
+    records
+        .into_iter()
+        .map(|r| NewMessage {
+            name: r.name,
+            unit: r.unit,
+            time: r.time,
+            update_time: r.update_time,
+            value: r.value,
+            string_value: r.string_value,
+            bool_value: r.bool_value,
+            data_value: r.data_value,
+            sum: r.sum,
+            format: "senml",
+            ..base.clone()
+        })
+        .collect()
+}
+
+/// Normalizes an MQTT payload: SenML when it is a valid pack, a JSON document when it is
+/// other JSON, otherwise kept raw (counted, never dropped).
+pub(super) fn mqtt_rows(m: Message, metrics: &PipelineMetrics, limits: senml::Limits) -> Vec<NewMessage> {
+    let received = m.received_at as f64 / 1e6;
+    let base = NewMessage {
+        domain_id: m.domain_id,
+        channel: m.channel_id,
+        subtopic: m.subtopic,
+        publisher: m.publisher,
+        protocol: m.protocol.to_string(),
+        time: received,
+        format: "raw",
+        ..Default::default()
+    };
+    if let Ok(records) = senml::normalize(&m.payload, received, limits) {
+        return rows_from_records(&base, records);
+    }
+    if serde_json::from_slice::<serde_json::Value>(&m.payload).is_ok() {
+        return vec![NewMessage {
+            format: "json",
+            payload: Some(m.payload.to_vec()),
+            ..base
+        }];
+    }
+    let n = metrics.stored_raw.fetch_add(1, Ordering::Relaxed);
+    if n.is_power_of_two() {
+        tracing::warn!(channel = %base.channel, publisher = %base.publisher, raw_total = n + 1, "MQTT payload is neither SenML nor JSON: stored raw");
+    }
+    vec![NewMessage {
+        payload: Some(m.payload.to_vec()),
+        ..base
+    }]
+}
