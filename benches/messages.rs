@@ -6,6 +6,10 @@
 //!
 //! Run: `cargo bench --bench messages` (BENCH_SECS per ingest figure, default 5).
 
+// Benches and integration tests fail loudly on purpose: `expect` and `panic!` are their
+// assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
+#![allow(clippy::expect_used, clippy::panic)]
+
 use fluxgate::config::{Config, Secret};
 use fluxgate::{App, Hooks};
 use std::sync::atomic::{AtomicBool, Ordering};

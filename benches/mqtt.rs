@@ -18,6 +18,10 @@
 //! BENCH_CONNECTIONS, BENCH_TOPICS (0 skips), BENCH_SEGMENT_SIZE (mqtt.max_segment_size),
 //! BENCH_WRITER_PRIORITY (normal|low|idle), BENCH_STORE_MQTT=false.
 
+// Benches and integration tests fail loudly on purpose: `expect` and `panic!` are their
+// assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
+#![allow(clippy::expect_used, clippy::panic)]
+
 use fluxgate::config::{Config, Secret};
 use fluxgate::{App, Hooks};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};

@@ -5,6 +5,10 @@
 //!
 //! Run: `cargo bench --bench provision`.
 
+// Benches and integration tests fail loudly on purpose: `expect` and `panic!` are their
+// assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
+#![allow(clippy::expect_used, clippy::panic)]
+
 use fluxgate::config::{Config, Secret};
 use fluxgate::{App, Hooks};
 use serde_json::json;

@@ -4,6 +4,10 @@
 //!
 //! Run: `cargo bench --bench registry` (set BENCH_SCALE=0.1 for a quick run). Printed only.
 
+// Benches and integration tests fail loudly on purpose: `expect` and `panic!` are their
+// assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
+#![allow(clippy::expect_used, clippy::panic)]
+
 use rand::Rng;
 use std::time::{Duration, Instant};
 use storage::{

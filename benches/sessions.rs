@@ -14,6 +14,10 @@
 //! Run: `cargo bench --bench sessions`. Knobs: BENCH_SECS (window per throughput run, default
 //! 3), BENCH_RUNS (alternating runs, default 3), BENCH_SESSIONS, BENCH_QUEUED.
 
+// Benches and integration tests fail loudly on purpose: `expect` and `panic!` are their
+// assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
+#![allow(clippy::expect_used, clippy::panic)]
+
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,6 +4,10 @@
 //!
 //! Run: `cargo bench --bench tls` (BENCH_SECS per throughput figure, default 3).
 
+// Benches and integration tests fail loudly on purpose: `expect` and `panic!` are their
+// assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
+#![allow(clippy::expect_used, clippy::panic)]
+
 use fluxgate::config::{Config, Secret};
 use fluxgate::{App, Hooks};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};

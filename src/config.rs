@@ -219,7 +219,9 @@ impl MessagesConfig {
 }
 
 impl Config {
-    /// The embedded defaults alone.
+    /// The embedded defaults alone (tests and benches). The embedded file is a compile-time
+    /// constant that the unit test `defaults_parse` loads, so it cannot fail at run time.
+    #[allow(clippy::panic)]
     pub fn defaults() -> Config {
         Config::load(None, std::iter::empty(), &Overrides::default())
             .unwrap_or_else(|e| panic!("embedded config.toml is invalid: {e}"))

@@ -1,6 +1,10 @@
 //! Integration tests: the real server on 127.0.0.1 port 0 with a fresh data directory,
 //! driven over real sockets. One test binary, so the app links once.
 
+// Benches and integration tests fail loudly on purpose: `expect` and `panic!` are their
+// assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
+#![allow(clippy::expect_used, clippy::panic)]
+
 mod admin_cli;
 mod channels;
 mod child;

@@ -19,7 +19,8 @@ pub(crate) fn available_from(tool: &str, install: &str) -> bool {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
+        // Spawning is the test: some tools (mosquitto_sub) exit non-zero on --version.
+        .is_ok();
     if !found {
         assert!(
             std::env::var("FLUXGATE_REQUIRE_PEERS").is_err(),
