@@ -8,7 +8,8 @@
 // assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
 #![allow(clippy::expect_used, clippy::panic)]
 
-use fluxgate::config::{Config, Secret};
+mod common;
+
 use fluxgate::{App, Hooks};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -47,15 +48,9 @@ where
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("tmp");
-    let iterations: u32 = std::env::var("BENCH_PBKDF2_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(600_000);
-    let mut cfg = Config::defaults();
-    cfg.data_dir = dir.path().to_path_buf();
-    cfg.http.addr = "127.0.0.1:0".into();
+    let iterations: u32 = common::env("BENCH_PBKDF2_ITERATIONS", 600_000);
+    let mut cfg = common::config(dir.path().to_path_buf());
     cfg.auth.pbkdf2_iterations = iterations;
-    cfg.admin.password = Secret("bench-password".into());
     let app = App::build(cfg, Hooks::default()).await.expect("build");
     let url = format!("http://{}", app.http_addr());
     tokio::spawn(app.run(std::future::pending()));
@@ -79,7 +74,7 @@ async fn main() {
         let (c, u) = (c.clone(), u.clone());
         async move {
             c.post(format!("{u}/users/tokens/issue"))
-                .json(&json!({"identity": "admin", "secret": "bench-password"}))
+                .json(&json!({"identity": "admin", "secret": common::ADMIN_PASSWORD}))
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 201)
@@ -87,16 +82,7 @@ async fn main() {
     })
     .await;
 
-    let token: serde_json::Value = client
-        .post(format!("{url}/users/tokens/issue"))
-        .json(&json!({"identity": "admin", "secret": "bench-password"}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    let token = token["access_token"].as_str().expect("token").to_string();
+    let token = common::admin_token(&url).await;
     let (c, u) = (client.clone(), url.clone());
     let profile = rate("GET /users/profile", move || {
         let (c, u, t) = (c.clone(), u.clone(), token.clone());

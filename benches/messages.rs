@@ -10,15 +10,13 @@
 // assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
 #![allow(clippy::expect_used, clippy::panic)]
 
-use fluxgate::config::{Config, Secret};
+mod common;
+
 use fluxgate::{App, Hooks};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storage::{
-    ConnType, JsonText, MessageQuery, NewChannel, NewClient, NewDomain, NewMessage, Status, Store, StoreConfig,
-    ValueFilter,
-};
+use storage::{ConnType, MessageQuery, NewMessage, Store, StoreConfig, ValueFilter};
 
 const RECORDS_PER_MESSAGE: usize = 10;
 
@@ -63,23 +61,10 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let secs: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let n_rows: usize = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let secs: u64 = common::env("BENCH_SECS", 5);
+    let n_rows: usize = common::env("BENCH_ROWS", 1_000_000);
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cfg = Config::defaults();
-    cfg.data_dir = dir.path().to_path_buf();
-    cfg.http.addr = "127.0.0.1:0".into();
-    cfg.mqtt.addr = "127.0.0.1:0".into();
-    cfg.mqtt.ws_addr = String::new();
-    cfg.auth.pbkdf2_iterations = 1000;
-    cfg.admin.password = Secret("bench-password".into());
-    cfg.log.level = "warn".into();
+    let cfg = common::config(dir.path().to_path_buf());
     let app = App::build(cfg, Hooks::default()).await.expect("build");
     let (url, mqtt, store, stored) = (
         format!("http://{}", app.http_addr()),
@@ -92,45 +77,13 @@ async fn main() {
     // Registry: one domain, one channel, four clients connected for both types.
     let s2 = store.clone();
     let (domain, channel) = tokio::task::spawn_blocking(move || {
-        let admin = s2.user_by_identity("admin").expect("q").expect("admin");
-        let d = s2
-            .create_domain(
-                NewDomain {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    name: "b".into(),
-                    route: "bench".into(),
-                    tags: JsonText::empty_array(),
-                    metadata: JsonText::empty_object(),
-                },
-                &admin.id,
-            )
-            .expect("domain");
+        let d = common::domain(&s2, "bench", None);
         let h = uuid::Uuid::new_v4().to_string();
-        s2.create_channels(
-            &d.id,
-            &[NewChannel {
-                description: String::new(),
-                id: h.clone(),
-                name: "b".into(),
-                parent_group_id: None,
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-                status: Status::Enabled,
-            }],
-        )
-        .expect("channel");
-        let clients: Vec<NewClient> = (0..4)
-            .map(|i| NewClient {
-                id: format!("dev-{i}"),
-                name: String::new(),
-                identity: String::new(),
-                secret: format!("secret-dev-{i}"),
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-                status: Status::Enabled,
-            })
+        common::channels(&s2, &d.id, std::slice::from_ref(&h));
+        let creds: Vec<(String, String)> = (0..4)
+            .map(|i| (format!("dev-{i}"), format!("secret-dev-{i}")))
             .collect();
-        s2.create_clients(&d.id, &clients).expect("clients");
+        common::clients(&s2, &d.id, &creds);
         let ids: Vec<String> = (0..4).map(|i| format!("dev-{i}")).collect();
         s2.connect(&d.id, &ids, std::slice::from_ref(&h), &ConnType::BOTH)
             .expect("connect");

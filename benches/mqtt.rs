@@ -22,7 +22,9 @@
 // assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
 #![allow(clippy::expect_used, clippy::panic)]
 
-use fluxgate::config::{Config, Secret};
+mod common;
+
+use fluxgate::config::Config;
 use fluxgate::{App, Hooks};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
@@ -297,15 +299,9 @@ impl Drop for ServerProcess {
 
 #[tokio::main]
 async fn main() {
-    let secs: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let secs: u64 = common::env("BENCH_SECS", 3);
     let window = Duration::from_secs(secs);
-    let wanted: usize = std::env::var("BENCH_CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let wanted: usize = common::env("BENCH_CONNECTIONS", 10_000);
     let n_conns = wanted.min(fd_limit().saturating_sub(256) / 3);
     if n_conns < wanted {
         println!("note: the open-file limit allows {n_conns} of {wanted} connections; raise it with `ulimit -n`");
@@ -314,19 +310,11 @@ async fn main() {
 
     // (a) Fluxgate with a domain, 4 channels and 8 clients connected to all of them.
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cfg = Config::defaults();
-    cfg.data_dir = dir.path().to_path_buf();
-    cfg.http.addr = "127.0.0.1:0".into();
-    cfg.mqtt.addr = "127.0.0.1:0".into();
-    cfg.mqtt.ws_addr = String::new();
+    let mut cfg = common::config(dir.path().to_path_buf());
     cfg.tls.mqtts_addr = "127.0.0.1:0".into();
-    cfg.tls.wss_addr = String::new();
-    cfg.auth.pbkdf2_iterations = 1000;
-    cfg.admin.password = Secret("bench-password".into());
+    cfg.log.level = "info".into();
     // BENCH_SEGMENT_SIZE overrides mqtt.max_segment_size (the router's per-topic log bound).
-    if let Some(v) = std::env::var("BENCH_SEGMENT_SIZE").ok().and_then(|v| v.parse().ok()) {
-        cfg.mqtt.max_segment_size = v;
-    }
+    cfg.mqtt.max_segment_size = common::env("BENCH_SEGMENT_SIZE", cfg.mqtt.max_segment_size);
     match std::env::var("BENCH_WRITER_PRIORITY").as_deref() {
         Ok("idle") => cfg.messages.writer_priority = fluxgate::config::WriterPriority::Idle,
         Ok("normal") => cfg.messages.writer_priority = fluxgate::config::WriterPriority::Normal,
@@ -508,10 +496,7 @@ async fn main() {
     // Resident memory with BENCH_TOPICS (default 10,000) active channel topics: one client
     // subscribed to all of them (100 filters per SUBSCRIBE) while another publishes 20
     // messages of 1,600 bytes to each (32 KB, enough to fill the per-topic log bound).
-    let n_topics: usize = std::env::var("BENCH_TOPICS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let n_topics: usize = common::env("BENCH_TOPICS", 10_000);
     // Memory figures come from a separate `fluxgate serve` process with the default config.
     let server = ServerProcess::start(cfg.mqtt.max_segment_size).await;
     if n_topics > 0 {
@@ -642,59 +627,22 @@ async fn main() {
     server_rt.shutdown_background();
 }
 
-/// Creates a domain, 4 channels and `n` clients (all connected to the 4 channels); returns
-/// topics, the first 8 clients' credentials and every client's credentials.
 type Creds = Vec<(String, String)>;
 
 /// A second domain with `n` channels and one client connected to all of them (both types).
 fn many_channels(store: &storage::Store, n: usize) -> ((String, String), Vec<String>) {
-    use storage::*;
-    let admin = store.user_by_identity("admin").expect("q").expect("admin");
-    let d = store
-        .create_domain(
-            NewDomain {
-                id: uuid::Uuid::new_v4().to_string(),
-                name: "topics".into(),
-                route: "topics".into(),
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-            },
-            &admin.id,
-        )
-        .expect("domain");
+    let d = common::domain(store, "topics", None);
     let channels: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    for chunk in channels.chunks(1000) {
-        let new: Vec<NewChannel> = chunk
-            .iter()
-            .map(|id| NewChannel {
-                description: String::new(),
-                id: id.clone(),
-                name: id.clone(),
-                parent_group_id: None,
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-                status: Status::Enabled,
-            })
-            .collect();
-        store.create_channels(&d.id, &new).expect("channels");
-    }
+    common::channels(store, &d.id, &channels);
     let creds = ("topic-dev".to_string(), "topic-dev-secret".to_string());
+    common::clients(store, &d.id, std::slice::from_ref(&creds));
     store
-        .create_clients(
+        .connect(
             &d.id,
-            &[NewClient {
-                id: creds.0.clone(),
-                name: String::new(),
-                identity: String::new(),
-                secret: creds.1.clone(),
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-                status: Status::Enabled,
-            }],
+            std::slice::from_ref(&creds.0),
+            &channels,
+            &storage::ConnType::BOTH,
         )
-        .expect("client");
-    store
-        .connect(&d.id, std::slice::from_ref(&creds.0), &channels, &ConnType::BOTH)
         .expect("connect");
     (
         creds,
@@ -702,71 +650,24 @@ fn many_channels(store: &storage::Store, n: usize) -> ((String, String), Vec<Str
     )
 }
 
+/// Creates a domain, 4 channels and `n` clients (at least 8, all connected to the 4
+/// channels); returns the topics, the first 8 clients' credentials and every client's.
 fn provision(store: &storage::Store, n: usize) -> (Vec<String>, Creds, Creds) {
-    use storage::*;
-    let admin = store
-        .list_users(&UserQuery {
-            status: StatusFilter::All,
-            ..Default::default()
-        })
-        .expect("users")
-        .items
-        .remove(0);
-    store
-        .create_domain(
-            NewDomain {
-                id: uuid::Uuid::new_v4().to_string(),
-                name: "bench".into(),
-                route: "bench".into(),
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-            },
-            &admin.id,
-        )
-        .map(|d| {
-            let channels: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-            store
-                .create_channels(
-                    &d.id,
-                    &channels
-                        .iter()
-                        .map(|id| NewChannel {
-                            description: String::new(),
-                            id: id.clone(),
-                            name: id.clone(),
-                            parent_group_id: None,
-                            tags: JsonText::empty_array(),
-                            metadata: JsonText::empty_object(),
-                            status: Status::Enabled,
-                        })
-                        .collect::<Vec<_>>(),
-                )
-                .expect("channels");
-            let total = n.max(8);
-            let all: Vec<(String, String)> = (0..total)
-                .map(|i| (format!("dev-{i}"), format!("secret-of-dev-{i}")))
-                .collect();
-            for chunk in all.chunks(1000) {
-                let new: Vec<NewClient> = chunk
-                    .iter()
-                    .map(|(id, s)| NewClient {
-                        id: id.clone(),
-                        name: id.clone(),
-                        identity: String::new(),
-                        secret: s.clone(),
-                        tags: JsonText::empty_array(),
-                        metadata: JsonText::empty_object(),
-                        status: Status::Enabled,
-                    })
-                    .collect();
-                store.create_clients(&d.id, &new).expect("clients");
-                let ids: Vec<String> = chunk.iter().map(|c| c.0.clone()).collect();
-                store.connect(&d.id, &ids, &channels, &ConnType::BOTH).expect("connect");
-            }
-            let topics = channels.iter().map(|c| format!("channels/{c}/messages")).collect();
-            (topics, all[..8].to_vec(), all)
-        })
-        .expect("domain")
+    let d = common::domain(store, "bench", None);
+    let channels: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    common::channels(store, &d.id, &channels);
+    let all: Creds = (0..n.max(8))
+        .map(|i| (format!("dev-{i}"), format!("secret-of-dev-{i}")))
+        .collect();
+    common::clients(store, &d.id, &all);
+    for chunk in all.chunks(1000) {
+        let ids: Vec<String> = chunk.iter().map(|c| c.0.clone()).collect();
+        store
+            .connect(&d.id, &ids, &channels, &storage::ConnType::BOTH)
+            .expect("connect");
+    }
+    let topics = channels.iter().map(|c| format!("channels/{c}/messages")).collect();
+    (topics, all[..8].to_vec(), all)
 }
 
 /// Bare rumqttd (its own network layer, MQTT 3.1.1, no authentication) with the same router

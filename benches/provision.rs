@@ -9,42 +9,23 @@
 // assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
 #![allow(clippy::expect_used, clippy::panic)]
 
-use fluxgate::config::{Config, Secret};
+mod common;
+
 use fluxgate::{App, Hooks};
 use serde_json::json;
 use std::time::Instant;
-use storage::{JsonText, NewClient, Status};
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let n: usize = common::env("BENCH_ROWS", 100_000);
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cfg = Config::defaults();
-    cfg.data_dir = dir.path().join("data");
-    cfg.http.addr = "127.0.0.1:0".into();
-    cfg.mqtt.addr = "127.0.0.1:0".into();
-    cfg.mqtt.ws_addr = String::new();
-    cfg.auth.pbkdf2_iterations = 1000;
-    cfg.admin.password = Secret("bench-password".into());
-    cfg.log.level = "warn".into();
+    let cfg = common::config(dir.path().join("data"));
     let app = App::build(cfg, Hooks::default()).await.expect("build");
     let url = format!("http://{}", app.http_addr());
     let store = app.store();
     tokio::spawn(app.run(std::future::pending()));
     let http = reqwest::Client::new();
-    let tok: serde_json::Value = http
-        .post(format!("{url}/users/tokens/issue"))
-        .json(&json!({"identity": "admin", "secret": "bench-password"}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    let token = tok["access_token"].as_str().expect("token").to_string();
+    let token = common::admin_token(&url).await;
     let mk = |route: &str| {
         let (http, url, token, route) = (http.clone(), url.clone(), token.clone(), route.to_string());
         async move {
@@ -67,20 +48,15 @@ async fn main() {
     let start = Instant::now();
     let s2 = store.clone();
     tokio::task::spawn_blocking(move || {
-        for chunk in 0..n.div_ceil(1000) {
-            let new: Vec<NewClient> = (chunk * 1000..((chunk + 1) * 1000).min(n))
-                .map(|i| NewClient {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    name: format!("client{i}"),
-                    identity: String::new(),
-                    secret: uuid::Uuid::new_v4().simple().to_string(),
-                    tags: JsonText::empty_array(),
-                    metadata: JsonText::empty_object(),
-                    status: Status::Enabled,
-                })
-                .collect();
-            s2.create_clients(&d_ref, &new).expect("insert");
-        }
+        let creds: Vec<(String, String)> = (0..n)
+            .map(|_| {
+                (
+                    uuid::Uuid::new_v4().to_string(),
+                    uuid::Uuid::new_v4().simple().to_string(),
+                )
+            })
+            .collect();
+        common::clients(&s2, &d_ref, &creds);
     })
     .await
     .expect("reference");

@@ -8,12 +8,11 @@
 // assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
 #![allow(clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use rand::Rng;
 use std::time::{Duration, Instant};
-use storage::{
-    ClientQuery, ConnType, JsonText, NewChannel, NewClient, NewDomain, NewUser, PageReq, Role, Status, Store,
-    StoreConfig,
-};
+use storage::{ClientQuery, ConnType, JsonText, NewUser, PageReq, Role, Status, Store, StoreConfig};
 
 fn timed<T>(n: usize, mut f: impl FnMut(usize) -> T) -> f64 {
     let start = Instant::now();
@@ -29,10 +28,7 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let scale: f64 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
+    let scale: f64 = common::env("BENCH_SCALE", 1.0);
     let n_clients = (100_000.0 * scale) as usize;
     let n_channels = (10_000.0 * scale) as usize;
     let per_client = 10;
@@ -53,58 +49,23 @@ fn main() {
             status: Status::Enabled,
         })
         .expect("user");
-    store
-        .create_domain(
-            NewDomain {
-                id: "d".into(),
-                name: "d".into(),
-                route: "d".into(),
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-            },
-            "u",
-        )
-        .expect("domain");
+    let d = common::domain(&store, "d", Some("u")).id;
 
     let t0 = Instant::now();
     let client_ids: Vec<String> = (0..n_clients).map(|i| format!("client-{i:06}")).collect();
     let channel_ids: Vec<String> = (0..n_channels).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    for chunk in client_ids.chunks(1000) {
-        let new: Vec<NewClient> = chunk
-            .iter()
-            .map(|id| NewClient {
-                id: id.clone(),
-                name: id.clone(),
-                identity: String::new(),
-                secret: format!("secret-{id}"),
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-                status: Status::Enabled,
-            })
-            .collect();
-        store.create_clients("d", &new).expect("clients");
-    }
-    for chunk in channel_ids.chunks(1000) {
-        let new: Vec<NewChannel> = chunk
-            .iter()
-            .map(|id| NewChannel {
-                description: String::new(),
-                id: id.clone(),
-                name: id.clone(),
-                parent_group_id: None,
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-                status: Status::Enabled,
-            })
-            .collect();
-        store.create_channels("d", &new).expect("channels");
-    }
+    let creds: Vec<(String, String)> = client_ids
+        .iter()
+        .map(|id| (id.clone(), format!("secret-{id}")))
+        .collect();
+    common::clients(&store, &d, &creds);
+    common::channels(&store, &d, &channel_ids);
     // Client i is connected (publish) to channels i*10 .. i*10+9 (mod channel count).
     let channels_of = |i: usize| (0..per_client).map(move |k| (i * per_client + k) % n_channels);
     for (i, c) in client_ids.iter().enumerate() {
         let hs: Vec<String> = channels_of(i).map(|j| channel_ids[j].clone()).collect();
         store
-            .connect("d", std::slice::from_ref(c), &hs, &[ConnType::Publish])
+            .connect(&d, std::slice::from_ref(c), &hs, &[ConnType::Publish])
             .expect("connect");
     }
     println!(
@@ -116,13 +77,13 @@ fn main() {
     let mut rng = rand::thread_rng();
     let n = 100_000;
     let picks: Vec<usize> = (0..n).map(|_| rng.gen_range(0..n_clients)).collect();
-    let reference = timed(n, |i| store.client("d", &client_ids[picks[i]]).expect("get"));
+    let reference = timed(n, |i| store.client(&d, &client_ids[picks[i]]).expect("get"));
     println!("{:<52} {reference:>10.0} /s", "reference: client by primary key");
     let can = timed(n, |i| {
         let c = picks[i];
         let h = channels_of(c).next().unwrap_or(0);
         assert!(store
-            .can("d", &client_ids[c], &channel_ids[h], ConnType::Publish)
+            .can(&d, &client_ids[c], &channel_ids[h], ConnType::Publish)
             .expect("can"));
     });
     println!(
@@ -132,7 +93,7 @@ fn main() {
     );
     let deny = timed(n, |i| {
         store
-            .can("d", &client_ids[picks[i]], &channel_ids[0], ConnType::Subscribe)
+            .can(&d, &client_ids[picks[i]], &channel_ids[0], ConnType::Subscribe)
             .expect("can")
     });
     println!(
@@ -148,7 +109,7 @@ fn main() {
     );
     let by_secret = timed(n, |i| {
         store
-            .client_by_secret("d", &format!("secret-{}", client_ids[picks[i]]))
+            .client_by_secret(&d, &format!("secret-{}", client_ids[picks[i]]))
             .expect("by secret")
     });
     println!(
@@ -170,7 +131,7 @@ fn main() {
                 ..Default::default()
             };
             let t = Instant::now();
-            std::hint::black_box(store.list_clients("d", &q).expect("list"));
+            std::hint::black_box(store.list_clients(d.as_str(), &q).expect("list"));
             lat.push(t.elapsed());
         }
         println!(

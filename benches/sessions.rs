@@ -18,17 +18,15 @@
 // assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
 #![allow(clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storage::{ConnType, JsonText, NewChannel, NewClient, NewDomain, SessionRow, SessionWrite, Status, Store};
+use storage::{ConnType, SessionRow, SessionWrite, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -48,7 +46,7 @@ impl Server {
             .arg(dir)
             .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", &addr.to_string()])
             .args(["--ws-addr", "", "--mqtts-addr", "", "--wss-addr", ""])
-            .env("FLUXGATE_ADMIN_PASSWORD", "bench-password")
+            .env("FLUXGATE_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
             .env("FLUXGATE_AUTH_PBKDF2_ITERATIONS", "1000")
             .env("FLUXGATE_MQTT_MAX_CONNECTIONS", "100000")
             .env("RUST_LOG", "warn,broker::session=info,broker=info")
@@ -96,47 +94,12 @@ fn provision(store: &Store, channels: usize, n: usize) -> (Vec<String>, Vec<(Str
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let d = store
-        .create_domain(
-            NewDomain {
-                id: uuid::Uuid::new_v4().to_string(),
-                name: "sessions".into(),
-                route: "sessions".into(),
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-            },
-            &admin.id,
-        )
-        .expect("domain");
+    let d = common::domain(store, "sessions", Some(&admin.id));
     let chans: Vec<String> = (0..channels).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let new: Vec<NewChannel> = chans
-        .iter()
-        .map(|id| NewChannel {
-            description: String::new(),
-            id: id.clone(),
-            name: id.clone(),
-            parent_group_id: None,
-            tags: JsonText::empty_array(),
-            metadata: JsonText::empty_object(),
-            status: Status::Enabled,
-        })
-        .collect();
-    store.create_channels(&d.id, &new).expect("channels");
+    common::channels(store, &d.id, &chans);
     let all: Vec<(String, String)> = (0..n).map(|i| (format!("s-{i}"), format!("secret-s-{i}"))).collect();
+    common::clients(store, &d.id, &all);
     for chunk in all.chunks(1000) {
-        let new: Vec<NewClient> = chunk
-            .iter()
-            .map(|(id, s)| NewClient {
-                id: id.clone(),
-                name: id.clone(),
-                identity: String::new(),
-                secret: s.clone(),
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-                status: Status::Enabled,
-            })
-            .collect();
-        store.create_clients(&d.id, &new).expect("clients");
         let ids: Vec<String> = chunk.iter().map(|c| c.0.clone()).collect();
         store.connect(&d.id, &ids, &chans, &ConnType::BOTH).expect("connect");
     }
@@ -295,10 +258,10 @@ async fn park(addr: SocketAddr, id: String, creds: (String, String), filter: Str
 
 #[tokio::main]
 async fn main() {
-    let window = Duration::from_secs(env("BENCH_SECS", 3) as u64);
-    let runs = env("BENCH_RUNS", 3).max(1);
-    let sessions = env("BENCH_SESSIONS", 10_000).max(1);
-    let queued = env("BENCH_QUEUED", 100_000).max(sessions);
+    let window = Duration::from_secs(common::env::<usize>("BENCH_SECS", 3) as u64);
+    let runs = common::env::<usize>("BENCH_RUNS", 3).max(1);
+    let sessions = common::env::<usize>("BENCH_SESSIONS", 10_000).max(1);
+    let queued = common::env::<usize>("BENCH_QUEUED", 100_000).max(sessions);
 
     // 2. Storage-level append rates (no server).
     {

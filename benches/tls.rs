@@ -8,14 +8,15 @@
 // assertions (clippy.toml allows them inside `#[test]` functions; this covers the helpers).
 #![allow(clippy::expect_used, clippy::panic)]
 
-use fluxgate::config::{Config, Secret};
+mod common;
+
 use fluxgate::{App, Hooks};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storage::{CertRecord, ConnType, JsonText, NewChannel, NewClient, NewDomain, Status};
+use storage::{CertRecord, ConnType};
 
 #[derive(Clone)]
 enum Mode {
@@ -139,66 +140,18 @@ async fn throughput(addr: SocketAddr, mode: &Mode, topic: &str, window: Duration
 
 #[tokio::main]
 async fn main() {
-    let secs: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let secs: u64 = common::env("BENCH_SECS", 3);
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cfg = Config::defaults();
-    cfg.data_dir = dir.path().to_path_buf();
-    cfg.http.addr = "127.0.0.1:0".into();
-    cfg.mqtt.addr = "127.0.0.1:0".into();
-    cfg.mqtt.ws_addr = String::new();
+    let mut cfg = common::config(dir.path().to_path_buf());
     cfg.tls.mqtts_addr = "127.0.0.1:0".into();
-    cfg.auth.pbkdf2_iterations = 1000;
-    cfg.admin.password = Secret("bench-password".into());
-    cfg.log.level = "warn".into();
     let app = App::build(cfg, Hooks::default()).await.expect("build");
     let (plain, tls, store) = (app.mqtt_addr(), app.mqtts_addr().expect("tls"), app.store());
     tokio::spawn(app.run(std::future::pending()));
 
-    let admin = store.user_by_identity("admin").expect("q").expect("admin");
-    let d = store
-        .create_domain(
-            NewDomain {
-                id: uuid::Uuid::new_v4().to_string(),
-                name: "t".into(),
-                route: "tls".into(),
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-            },
-            &admin.id,
-        )
-        .expect("domain");
+    let d = common::domain(&store, "tls", None);
     let h = uuid::Uuid::new_v4().to_string();
-    store
-        .create_channels(
-            &d.id,
-            &[NewChannel {
-                description: String::new(),
-                id: h.clone(),
-                name: "c".into(),
-                parent_group_id: None,
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-                status: Status::Enabled,
-            }],
-        )
-        .expect("channel");
-    store
-        .create_clients(
-            &d.id,
-            &[NewClient {
-                id: "bench-dev".into(),
-                name: String::new(),
-                identity: String::new(),
-                secret: "bench-secret-1".into(),
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-                status: Status::Enabled,
-            }],
-        )
-        .expect("client");
+    common::channels(&store, &d.id, std::slice::from_ref(&h));
+    common::clients(&store, &d.id, &[("bench-dev".into(), "bench-secret-1".into())]);
     store
         .connect(&d.id, &["bench-dev".into()], std::slice::from_ref(&h), &ConnType::BOTH)
         .expect("connect");

@@ -1,0 +1,107 @@
+//! The benches' shared kit: environment knobs, a server configuration on free loopback ports,
+//! the admin's token, and registry entities written straight into the store. Each bench uses
+//! part of it.
+#![allow(dead_code)]
+
+use fluxgate::config::{Config, Secret};
+use std::path::PathBuf;
+use std::str::FromStr;
+use storage::{Domain, JsonText, NewChannel, NewClient, NewDomain, Status, Store};
+
+/// The bootstrap super-admin's password in every bench server.
+pub const ADMIN_PASSWORD: &str = "bench-password";
+
+/// `name` from the environment, parsed, or `default`.
+pub fn env<T: FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A server configuration for benches: data in `data_dir`, the API and MQTT on free loopback
+/// ports, no WebSocket or TLS listener, cheap password hashing, quiet logs.
+pub fn config(data_dir: PathBuf) -> Config {
+    let mut cfg = Config::defaults();
+    cfg.data_dir = data_dir;
+    cfg.http.addr = "127.0.0.1:0".into();
+    cfg.mqtt.addr = "127.0.0.1:0".into();
+    cfg.mqtt.ws_addr = String::new();
+    cfg.tls.mqtts_addr = String::new();
+    cfg.tls.wss_addr = String::new();
+    cfg.auth.pbkdf2_iterations = 1000;
+    cfg.admin.password = Secret(ADMIN_PASSWORD.into());
+    cfg.log.level = "warn".into();
+    cfg
+}
+
+/// The super-admin's access token from the API at `url`.
+pub async fn admin_token(url: &str) -> String {
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/users/tokens/issue"))
+        .json(&serde_json::json!({"identity": "admin", "secret": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    v["access_token"].as_str().expect("token").to_string()
+}
+
+/// A domain owned by `owner` (a user id; the bootstrap admin when `None`).
+pub fn domain(store: &Store, route: &str, owner: Option<&str>) -> Domain {
+    let owner = match owner {
+        Some(o) => o.to_string(),
+        None => store.user_by_identity("admin").expect("query").expect("admin").id,
+    };
+    store
+        .create_domain(
+            NewDomain {
+                id: uuid::Uuid::new_v4().to_string(),
+                name: route.into(),
+                route: route.into(),
+                tags: JsonText::empty_array(),
+                metadata: JsonText::empty_object(),
+            },
+            &owner,
+        )
+        .expect("domain")
+}
+
+pub fn new_channel(id: &str) -> NewChannel {
+    NewChannel {
+        id: id.into(),
+        name: id.into(),
+        description: String::new(),
+        parent_group_id: None,
+        tags: JsonText::empty_array(),
+        metadata: JsonText::empty_object(),
+        status: Status::Enabled,
+    }
+}
+
+pub fn new_client(id: &str, secret: &str) -> NewClient {
+    NewClient {
+        id: id.into(),
+        name: id.into(),
+        identity: String::new(),
+        secret: secret.into(),
+        tags: JsonText::empty_array(),
+        metadata: JsonText::empty_object(),
+        status: Status::Enabled,
+    }
+}
+
+/// Channels with these ids, in transactions of 1,000.
+pub fn channels(store: &Store, domain: &str, ids: &[String]) {
+    for chunk in ids.chunks(1000) {
+        let new: Vec<NewChannel> = chunk.iter().map(|id| new_channel(id)).collect();
+        store.create_channels(domain, &new).expect("channels");
+    }
+}
+
+/// Clients with these (id, secret) pairs, in transactions of 1,000.
+pub fn clients(store: &Store, domain: &str, creds: &[(String, String)]) {
+    for chunk in creds.chunks(1000) {
+        let new: Vec<NewClient> = chunk.iter().map(|(id, s)| new_client(id, s)).collect();
+        store.create_clients(domain, &new).expect("clients");
+    }
+}
