@@ -4,7 +4,7 @@ use crate::authz::DomainAccess;
 use crate::clients::parse_status;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use crate::scoped::{check_ids, not_found_as};
+use crate::scoped::check_ids;
 use crate::{page_req, q_text, status_filter, views, Ctx};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -188,10 +188,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
         }
         [id] if m == Method::GET => {
             let (d, id) = (a.domain_id().to_string(), id.to_string());
-            let h = ctx
-                .db(move |s| s.channel(&d, &id))
-                .await
-                .map_err(not_found_as("channel"))?;
+            let h = ctx.db(move |s| s.channel(&d, &id)).await?;
             Reply::ok(&views::channel(&h))
         }
         [id] if m == Method::PATCH || m == Method::PUT => {
@@ -228,9 +225,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
         }
         [id] if m == Method::DELETE => {
             let (d, hid) = (a.domain_id().to_string(), id.to_string());
-            ctx.db(move |s| s.delete_channel(&d, &hid))
-                .await
-                .map_err(not_found_as("channel"))?;
+            ctx.db(move |s| s.delete_channel(&d, &hid)).await?;
             tracing::info!(domain = %a.domain_id(), channel = %id, "channel deleted");
             Reply::empty(StatusCode::NO_CONTENT)
         }
@@ -252,20 +247,8 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
 
 async fn update(ctx: &Ctx, a: &DomainAccess, id: &str, patch: ChannelPatch) -> Result<Reply, ApiError> {
     let (d, id, by) = (a.domain_id().to_string(), id.to_string(), a.user_id().to_string());
-    let h = ctx
-        .db(move |s| s.update_channel(&d, &id, patch, &by))
-        .await
-        .map_err(not_found_as("channel"))?;
+    let h = ctx.db(move |s| s.update_channel(&d, &id, patch, &by)).await?;
     Reply::ok(&views::channel(&h))
-}
-
-/// The store's "unknown id" in a connection request is a 404: an id of another domain is
-/// indistinguishable from one that does not exist.
-fn unknown_as_404(e: ApiError) -> ApiError {
-    match e {
-        ApiError::BadRequest(m) if m.ends_with("not found") => ApiError::NotFound(m),
-        e => e,
-    }
 }
 
 /// Connects (or with `remove`, disconnects) every client to every channel with each type (the
@@ -291,8 +274,7 @@ async fn change_connections(
             s.connect(&d, &clients, &channels, &types)
         }
     })
-    .await
-    .map_err(unknown_as_404)?;
+    .await?;
     Ok(())
 }
 

@@ -3,7 +3,6 @@
 use crate::authz::DomainAccess;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use crate::scoped::not_found_as;
 use crate::{page_req, q_text, status_filter, views, Ctx};
 use rand::RngCore;
 use serde::Deserialize;
@@ -188,10 +187,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
         }
         [id] if m == Method::GET => {
             let (d, id) = (a.domain_id().to_string(), id.to_string());
-            let c = ctx
-                .db(move |s| s.client(&d, &id))
-                .await
-                .map_err(not_found_as("client"))?;
+            let c = ctx.db(move |s| s.client(&d, &id)).await?;
             Reply::ok(&views::client(&c, show))
         }
         [id] if m == Method::PATCH || m == Method::PUT => {
@@ -233,9 +229,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
         }
         [id] if m == Method::DELETE => {
             let (d, cid) = (a.domain_id().to_string(), id.to_string());
-            ctx.db(move |s| s.delete_client(&d, &cid))
-                .await
-                .map_err(not_found_as("client"))?;
+            ctx.db(move |s| s.delete_client(&d, &cid)).await?;
             tracing::info!(domain = %a.domain_id(), client = %id, "client deleted");
             Reply::empty(StatusCode::NO_CONTENT)
         }
@@ -256,10 +250,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
 
 async fn update(ctx: &Ctx, a: &DomainAccess, id: &str, patch: ClientPatch) -> Result<Reply, ApiError> {
     let (d, id, by) = (a.domain_id().to_string(), id.to_string(), a.user_id().to_string());
-    let c = ctx
-        .db(move |s| s.update_client(&d, &id, patch, &by))
-        .await
-        .map_err(not_found_as("client"))?;
+    let c = ctx.db(move |s| s.update_client(&d, &id, patch, &by)).await?;
     Reply::ok(&views::client(&c, a.sees_secrets()))
 }
 

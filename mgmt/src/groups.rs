@@ -6,7 +6,6 @@ use crate::authz::{authorize, Action, DomainAccess};
 use crate::clients::parse_status;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use crate::scoped::not_found_as;
 use crate::{page_req, q_text, status_filter, views, Ctx};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -110,7 +109,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
         }
         [id] if m == Method::GET => {
             let id = id.to_string();
-            let g = ctx.db(move |s| s.group(&d, &id)).await.map_err(not_found_as("group"))?;
+            let g = ctx.db(move |s| s.group(&d, &id)).await?;
             Reply::ok(&views::group(&g))
         }
         [id] if m == Method::PUT || m == Method::PATCH => {
@@ -153,9 +152,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
         }
         [id] if m == Method::DELETE => {
             let id = id.to_string();
-            ctx.db(move |s| s.delete_group(&d, &id))
-                .await
-                .map_err(not_found_as("group"))?;
+            ctx.db(move |s| s.delete_group(&d, &id)).await?;
             Reply::empty(StatusCode::NO_CONTENT)
         }
         [id, "parent"] if m == Method::POST || m == Method::PUT => {
@@ -165,26 +162,17 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
         [id, "parent"] if m == Method::DELETE => set_parent(ctx, a, id, None).await,
         [id, "parents"] if m == Method::GET => {
             let (id, lv) = (id.to_string(), levels(req)?);
-            let nodes = ctx
-                .db(move |s| s.group_ancestors(&d, &id, lv))
-                .await
-                .map_err(not_found_as("group"))?;
+            let nodes = ctx.db(move |s| s.group_ancestors(&d, &id, lv)).await?;
             hierarchy(req, nodes)
         }
         [id, "children"] if m == Method::GET => {
             let (id, lv) = (id.to_string(), levels(req)?);
-            let nodes = ctx
-                .db(move |s| s.group_descendants(&d, &id, lv))
-                .await
-                .map_err(not_found_as("group"))?;
+            let nodes = ctx.db(move |s| s.group_descendants(&d, &id, lv)).await?;
             hierarchy(req, nodes)
         }
         [id, "members"] if m == Method::GET => {
             let (id, page) = (id.to_string(), page_req(req, 100)?);
-            let p = ctx
-                .db(move |s| s.list_group_members(&d, &id, &page))
-                .await
-                .map_err(not_found_as("group"))?;
+            let p = ctx.db(move |s| s.list_group_members(&d, &id, &page)).await?;
             Reply::ok(&views::page(&p, "members", views::user))
         }
         _ => Err(ApiError::NotFound("no such groups route".into())),
@@ -212,10 +200,7 @@ fn hierarchy(req: &Req, nodes: Vec<storage::GroupNode>) -> Result<Reply, ApiErro
 
 async fn update(ctx: &Ctx, a: &DomainAccess, id: &str, patch: GroupPatch) -> Result<Reply, ApiError> {
     let (d, id, by) = (a.domain_id().to_string(), id.to_string(), a.user_id().to_string());
-    let g = ctx
-        .db(move |s| s.update_group(&d, &id, patch, &by))
-        .await
-        .map_err(not_found_as("group"))?;
+    let g = ctx.db(move |s| s.update_group(&d, &id, patch, &by)).await?;
     Reply::ok(&views::group(&g))
 }
 
@@ -223,8 +208,7 @@ async fn set_parent(ctx: &Ctx, a: &DomainAccess, id: &str, parent: Option<String
     let (d, id, by) = (a.domain_id().to_string(), id.to_string(), a.user_id().to_string());
     let g = ctx
         .db(move |s| s.set_group_parent(&d, &id, parent.as_deref(), &by))
-        .await
-        .map_err(not_found_as("group"))?;
+        .await?;
     Reply::ok(&views::group(&g))
 }
 
@@ -248,9 +232,7 @@ pub async fn users_route(ctx: &Arc<Ctx>, req: &Req, segs: &[&str]) -> Result<Rep
         ["users", "policies", subject, object] if req.method == Method::DELETE => {
             let (access, group) = group_access(ctx, &caller, object).await?;
             let (d, u) = (access.domain_id().to_string(), subject.to_string());
-            ctx.db(move |s| s.remove_group_member(&d, &group, &u))
-                .await
-                .map_err(not_found_as("membership"))?;
+            ctx.db(move |s| s.remove_group_member(&d, &group, &u)).await?;
             Reply::empty(StatusCode::NO_CONTENT)
         }
         ["users", id, "memberships"] if req.method == Method::GET => {

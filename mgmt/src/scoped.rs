@@ -28,14 +28,6 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
     }
 }
 
-/// Maps the store's "unknown id" to a 404 naming what was not found.
-pub fn not_found_as(what: &'static str) -> impl Fn(ApiError) -> ApiError {
-    move |e| match e {
-        ApiError::NotFound(_) => ApiError::not_found(what),
-        e => e,
-    }
-}
-
 /// Ids in a request body: at most this many per list.
 pub const MAX_IDS: usize = 1000;
 

@@ -37,7 +37,7 @@ impl Store {
                 .query_row([&c.domain_id, &c.client_id], |r| r.get(0))
                 .optional()?;
             let Some(created) = created else {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::not_found("client"));
             };
             tx.execute(
                 "INSERT INTO certs (serial, domain_id, client_id, expire, created_at, client_created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -56,7 +56,7 @@ impl Store {
             from_row,
         )
         .optional()?
-        .ok_or(StoreError::NotFound)
+        .ok_or(StoreError::not_found("certificate"))
     }
 
     /// A certificate by serial alone (TLS login).
@@ -117,7 +117,7 @@ impl Store {
                 rusqlite::params![domain, serial, at],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::not_found("certificate"));
             }
             let c = tx.query_row(
                 &format!("SELECT {COLUMNS} FROM certs WHERE serial = ?1"),

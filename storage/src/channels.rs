@@ -82,7 +82,7 @@ fn get(c: &rusqlite::Connection, domain: &str, id: &str) -> Result<Channel> {
         from_row,
     )
     .optional()?
-    .ok_or(StoreError::NotFound)
+    .ok_or(StoreError::not_found("channel"))
 }
 
 fn check_group(tx: &rusqlite::Transaction<'_>, domain: &str, group: &Option<String>) -> Result<()> {
@@ -99,14 +99,14 @@ fn check_group(tx: &rusqlite::Transaction<'_>, domain: &str, group: &Option<Stri
     Ok(())
 }
 
-/// Every client and channel id must belong to `domain` (`Invalid` naming the first that does
+/// Every client and channel id must belong to `domain` (`NotFound` naming the first that does
 /// not), so a connection can never link two tenants.
 fn all_in_domain(tx: &rusqlite::Transaction<'_>, domain: &str, clients: &[String], channels: &[String]) -> Result<()> {
     for (table, what, ids) in [("clients", "client", clients), ("channels", "channel", channels)] {
         let mut st = tx.prepare_cached(&format!("SELECT 1 FROM {table} WHERE domain_id = ?1 AND id = ?2"))?;
         for id in ids {
             if !st.exists([domain, id])? {
-                return Err(StoreError::Invalid(format!("{what} {id} not found")));
+                return Err(StoreError::not_found(format!("{what} {id}")));
             }
         }
     }
@@ -165,7 +165,7 @@ impl Store {
             from_row,
         )
         .optional()?
-        .ok_or(StoreError::NotFound)
+        .ok_or(StoreError::not_found("channel"))
     }
 
     /// Updates a channel; a status change is announced (`ChannelEnabled`, `ChannelDisabled`).
@@ -195,7 +195,7 @@ impl Store {
                 ],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::not_found("channel"));
             }
             get(tx, domain, id)
         })
@@ -215,7 +215,7 @@ impl Store {
             )?;
             let n = tx.execute("DELETE FROM channels WHERE domain_id = ?1 AND id = ?2", [domain, id])?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::not_found("channel"));
             }
             Ok(())
         })
@@ -301,7 +301,7 @@ impl Store {
         })
     }
 
-    /// Removes connections; returns those that existed. Unknown ids are `Invalid`.
+    /// Removes connections; returns those that existed. Unknown ids are `NotFound`.
     pub fn disconnect(
         &self,
         domain: &str,
@@ -603,7 +603,7 @@ mod tests {
         // Cross-domain: refused, nothing linked.
         assert!(matches!(
             s.connect("d1", &["c1".into()], &["h2".into()], &ConnType::BOTH),
-            Err(StoreError::Invalid(_))
+            Err(StoreError::NotFound(what)) if what == "channel h2"
         ));
         s.update_channel(
             "d1",

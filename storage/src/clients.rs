@@ -151,7 +151,7 @@ fn get(c: &rusqlite::Connection, domain: &str, id: &str) -> Result<Client> {
         from_row,
     )
     .optional()?
-    .ok_or(StoreError::NotFound)
+    .ok_or(StoreError::not_found("client"))
 }
 
 impl Store {
@@ -208,7 +208,7 @@ impl Store {
                 )
                 .map_err(unique)?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::not_found("client"));
             }
             get(tx, domain, id)
         })
@@ -225,7 +225,7 @@ impl Store {
             )?;
             let n = tx.execute("DELETE FROM clients WHERE domain_id = ?1 AND id = ?2", [domain, id])?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::not_found("client"));
             }
             let now = crate::now_micros() / 1_000_000;
             let serials = tx

@@ -124,7 +124,7 @@ impl Store {
         let c = self.conn()?;
         c.query_row(&format!("SELECT {COLUMNS} FROM domains WHERE id = ?1"), [id], from_row)
             .optional()?
-            .ok_or(StoreError::NotFound)
+            .ok_or(StoreError::not_found("domain"))
     }
 
     /// Updates a domain; a status change is announced (`DomainEnabled`, `DomainDisabled`,
@@ -154,7 +154,7 @@ impl Store {
                 ],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::not_found("domain"));
             }
             Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM domains WHERE id = ?1"), [id], from_row)?)
         })
@@ -225,7 +225,7 @@ impl Store {
                     .query_row("SELECT 1 FROM users WHERE id = ?1", [u], |r| r.get(0))
                     .optional()?;
                 if exists.is_none() {
-                    return Err(StoreError::NotFound);
+                    return Err(StoreError::not_found("user"));
                 }
                 tx.execute(
                     "INSERT INTO domain_members (domain_id, user_id, relation, created_at) VALUES (?1, ?2, ?3, ?4)
@@ -258,7 +258,7 @@ impl Store {
                 )
                 .optional()?;
             match rel.as_deref() {
-                None => return Err(StoreError::NotFound),
+                None => return Err(StoreError::not_found("member")),
                 Some("admin") => {
                     let admins: i64 = tx.query_row(
                         "SELECT COUNT(*) FROM domain_members WHERE domain_id = ?1 AND relation = 'admin'",
@@ -368,7 +368,7 @@ mod tests {
         assert_eq!(s.list_members(&d.id, &PageReq::default()).expect("m").total, 2);
         assert!(matches!(
             s.assign_members(&d.id, &[b.clone(), "ghost".into()], Relation::Editor),
-            Err(StoreError::NotFound)
+            Err(StoreError::NotFound(_))
         ));
         assert_eq!(s.relation(&d.id, &b).expect("r"), Some(Relation::Viewer));
         let q = DomainQuery {

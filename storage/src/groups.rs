@@ -90,7 +90,7 @@ fn get(c: &rusqlite::Connection, domain: &str, id: &str) -> Result<Group> {
         from_row,
     )
     .optional()?
-    .ok_or(StoreError::NotFound)
+    .ok_or(StoreError::not_found("group"))
 }
 
 /// Ids from the root down to `id`.
@@ -150,7 +150,7 @@ impl Store {
             from_row,
         )
         .optional()?
-        .ok_or(StoreError::NotFound)
+        .ok_or(StoreError::not_found("group"))
     }
 
     /// The group's path from the root, ids joined by `.`.
@@ -178,7 +178,7 @@ impl Store {
                 ],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::not_found("group"));
             }
             get(tx, domain, id)
         })
@@ -357,7 +357,7 @@ impl Store {
                 [group, user],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::not_found("member"));
             }
             Ok(())
         })

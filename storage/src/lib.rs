@@ -40,8 +40,9 @@ use std::time::Duration;
 /// Errors of the storage layer. The HTTP and MQTT edges map these once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("not found")]
-    NotFound,
+    /// What was not found, e.g. "channel" or "client dev-1".
+    #[error("{0} not found")]
+    NotFound(String),
     #[error("conflict: {0}")]
     Conflict(String),
     #[error("invalid: {0}")]
@@ -54,6 +55,13 @@ pub enum StoreError {
     Pool(#[from] r2d2::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// `NotFound` naming what (an entity, or an entity and its id).
+    pub fn not_found(what: impl Into<String>) -> StoreError {
+        StoreError::NotFound(what.into())
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

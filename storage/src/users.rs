@@ -187,7 +187,7 @@ impl Store {
         let c = self.conn()?;
         c.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)
             .optional()?
-            .ok_or(StoreError::NotFound)
+            .ok_or(StoreError::not_found("user"))
     }
 
     /// Finds a user by username or e-mail (case-insensitive).
@@ -241,7 +241,7 @@ impl Store {
                 )
                 .map_err(unique_violation)?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::not_found("user"));
             }
             Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)?)
         })
@@ -258,7 +258,7 @@ impl Store {
                 rusqlite::params![id, secret, crate::now_micros(), expected_epoch],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::not_found("user"));
             }
             Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)?)
         })
@@ -268,7 +268,7 @@ impl Store {
         self.write(|tx| {
             let n = tx.execute("DELETE FROM users WHERE id = ?1", [id])?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::not_found("user"));
             }
             Ok(())
         })
@@ -411,7 +411,7 @@ mod tests {
         assert_eq!(u2.secret_epoch, u.secret_epoch + 1);
         assert!(matches!(
             s.set_user_secret(&u.id, "h3", Some(u.secret_epoch)),
-            Err(StoreError::NotFound)
+            Err(StoreError::NotFound(_))
         ));
     }
 }
