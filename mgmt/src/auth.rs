@@ -216,12 +216,7 @@ pub async fn caller(ctx: &Ctx, req: &Req) -> Result<Caller, ApiError> {
 /// tokens, that the password has not changed since).
 pub async fn user_for_token(ctx: &Ctx, claims: Claims) -> Result<User, ApiError> {
     let (id, family) = (claims.sub.clone(), claims.fam.clone());
-    let found = ctx
-        .db(move |s| {
-            let revoked = !family.is_empty() && s.token_family_revoked(&family)?;
-            Ok((s.user(&id)?, revoked))
-        })
-        .await;
+    let found = ctx.db(move |s| s.token_user(&id, &family)).await;
     let user = match found {
         Ok((_, true)) => return Err(ApiError::Unauthorized("token revoked by logout".into())),
         Ok((u, false)) => u,

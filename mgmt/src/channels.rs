@@ -118,9 +118,6 @@ fn channel_query(req: &Req) -> Result<ChannelQuery, ApiError> {
 /// `GET /channels`: the caller's channels across the enabled domains they are a member of,
 /// with the same filters and page as `GET /{domainID}/channels`.
 pub async fn list_all(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
-    if req.method != Method::GET || req.segs.len() != 1 {
-        return Err(ApiError::NotFound("no such channels route".into()));
-    }
     let caller = crate::auth::caller(ctx, req).await?;
     let q = channel_query(req)?;
     let me = caller.id().to_string();

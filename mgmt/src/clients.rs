@@ -136,9 +136,6 @@ fn client_query(req: &Req) -> Result<ClientQuery, ApiError> {
 /// `GET /clients`: the caller's clients across the enabled domains they are a member of, with
 /// the same filters and page as `GET /{domainID}/clients`; secrets are not shown.
 pub async fn list_all(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
-    if req.method != Method::GET || req.segs.len() != 1 {
-        return Err(ApiError::NotFound("no such clients route".into()));
-    }
     let caller = crate::auth::caller(ctx, req).await?;
     let q = client_query(req)?;
     let me = caller.id().to_string();

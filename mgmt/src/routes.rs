@@ -328,31 +328,28 @@ pub enum Found {
 
 /// How well `path` matches `segs`: `None` if it does not; otherwise a score where a literal
 /// segment beats a parameter at the first position they differ (`/users/profile` wins over
-/// `/users/{userID}`).
-fn score(r: &Route, segs: &[&str]) -> Option<Vec<bool>> {
-    let tpl: Vec<&str> = r.path.split('/').filter(|s| !s.is_empty()).collect();
-    let fits = if r.rest {
-        segs.len() >= tpl.len()
-    } else {
-        segs.len() == tpl.len()
-    };
-    if !fits {
-        return None;
-    }
-    let mut literal = Vec::with_capacity(tpl.len());
-    for (t, s) in tpl.iter().zip(segs) {
-        let is_param = t.starts_with('{');
-        if !is_param && t != s {
-            return None;
+/// `/users/{userID}`): bit 63 − i is set when segment i is literal. No allocation: this
+/// runs for every route on every request.
+fn score(r: &Route, segs: &[&str]) -> Option<u64> {
+    let mut literal = 0u64;
+    let mut n = 0;
+    for (i, t) in r.path.split('/').filter(|s| !s.is_empty()).enumerate() {
+        let s = segs.get(i)?;
+        if !t.starts_with('{') {
+            if t != *s {
+                return None;
+            }
+            literal |= 1 << (63 - i.min(63));
         }
-        literal.push(!is_param);
+        n = i + 1;
     }
-    Some(literal)
+    let fits = if r.rest { segs.len() >= n } else { segs.len() == n };
+    fits.then_some(literal)
 }
 
 /// The route serving `method` on `segs` (percent-decoded path segments).
 pub fn find(method: &Method, segs: &[&str]) -> Found {
-    let mut best: Option<(&'static Route, Vec<bool>)> = None;
+    let mut best: Option<(&'static Route, u64)> = None;
     let mut others = Vec::new();
     for r in ROUTES {
         let Some(s) = score(r, segs) else { continue };
@@ -360,7 +357,7 @@ pub fn find(method: &Method, segs: &[&str]) -> Found {
             others.push(r.method);
             continue;
         }
-        if best.as_ref().is_none_or(|(_, b)| s > *b) {
+        if best.is_none_or(|(_, b)| s > b) {
             best = Some((r, s));
         }
     }

@@ -145,6 +145,17 @@ fn unique_violation(e: rusqlite::Error) -> StoreError {
     conflict(e, what)
 }
 
+fn family_revoked(c: &rusqlite::Connection, family: &str) -> Result<bool> {
+    let mut st = c.prepare_cached("SELECT 1 FROM revoked_token_families WHERE family = ?1")?;
+    Ok(st.exists([family])?)
+}
+
+fn user_on(c: &rusqlite::Connection, id: &str) -> Result<User> {
+    c.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)
+        .optional()?
+        .ok_or(StoreError::not_found("user"))
+}
+
 impl Store {
     pub fn create_user(&self, u: NewUser) -> Result<User> {
         self.write(|tx| {
@@ -178,16 +189,19 @@ impl Store {
 
     /// Whether a token family was revoked.
     pub fn token_family_revoked(&self, family: &str) -> Result<bool> {
+        family_revoked(&*self.conn()?, family)
+    }
+
+    /// The user a token names, and whether its family (if any) was revoked: what every
+    /// authenticated request checks, on one pooled connection.
+    pub fn token_user(&self, id: &str, family: &str) -> Result<(User, bool)> {
         let c = self.conn()?;
-        let mut st = c.prepare_cached("SELECT 1 FROM revoked_token_families WHERE family = ?1")?;
-        Ok(st.exists([family])?)
+        let revoked = !family.is_empty() && family_revoked(&c, family)?;
+        Ok((user_on(&c, id)?, revoked))
     }
 
     pub fn user(&self, id: &str) -> Result<User> {
-        let c = self.conn()?;
-        c.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)
-            .optional()?
-            .ok_or(StoreError::not_found("user"))
+        user_on(&*self.conn()?, id)
     }
 
     /// Finds a user by username or e-mail (case-insensitive).
