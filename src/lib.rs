@@ -460,10 +460,14 @@ async fn bootstrap_admin(ctx: &Arc<Ctx>, cfg: &Config) -> Result<Option<String>,
     let s = ctx.store.clone();
     let existing = blocking(move || {
         s.list_users(&UserQuery {
-            status: storage::StatusFilter::All,
+            filter: storage::EntityFilter {
+                status: storage::StatusFilter::All,
+                ..Default::default()
+            },
+            role: Some(Role::Admin),
             ..Default::default()
         })
-        .map(|p| p.items.iter().any(|u| u.role == Role::Admin))
+        .map(|p| p.total > 0)
     })
     .await??;
     if existing {

@@ -1,15 +1,14 @@
 //! `/{domainID}/channels…`: channels of a domain and connections of clients to them.
 
 use crate::authz::DomainAccess;
-use crate::clients::parse_status;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use crate::scoped::check_ids;
-use crate::{page_req, q_text, status_filter, views, Ctx};
+use crate::params::{self, check_ids, q_text};
+use crate::{views, Ctx};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use storage::{ChannelPatch, ChannelQuery, ConnType, NewChannel, Status};
+use storage::{ChannelPatch, ChannelQuery, ConnType, ListQuery, NewChannel, Scope, Status};
 use warp::http::{Method, StatusCode};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -58,8 +57,6 @@ struct Connect {
     types: Option<Vec<String>>,
 }
 
-pub const MAX_BULK: usize = 1000;
-
 fn new_channel(b: CreateChannel) -> Result<NewChannel, ApiError> {
     let id = match b.id.filter(|s| !s.is_empty()) {
         Some(id) => uuid::Uuid::parse_str(&id)
@@ -79,7 +76,7 @@ fn new_channel(b: CreateChannel) -> Result<NewChannel, ApiError> {
         parent_group_id: b.parent_group_id.or(b.parent_id).filter(|s| !s.is_empty()),
         tags: views::tags(b.tags)?.unwrap_or_else(storage::JsonText::empty_array),
         metadata: views::metadata(b.metadata)?.unwrap_or_else(storage::JsonText::empty_object),
-        status: parse_status(b.status.as_deref())?,
+        status: params::body_status(b.status.as_deref())?,
     })
 }
 
@@ -105,12 +102,10 @@ fn parse_types(t: Option<Vec<String>>) -> Result<Vec<ConnType>, ApiError> {
 
 /// The list filters of `GET …/channels`.
 fn channel_query(req: &Req) -> Result<ChannelQuery, ApiError> {
+    let ListQuery { page, filter } = params::list_query(req)?;
     Ok(ChannelQuery {
-        page: page_req(req, 100)?,
-        status: status_filter(req)?,
-        name: q_text(req, "name"),
-        tag: q_text(req, "tag").or_else(|| q_text(req, "tags")),
-        metadata: views::metadata_query(req.q("metadata"))?,
+        page,
+        filter,
         client: q_text(req, "client"),
     })
 }
@@ -118,12 +113,14 @@ fn channel_query(req: &Req) -> Result<ChannelQuery, ApiError> {
 /// `GET /channels`: the caller's channels across the enabled domains they are a member of,
 /// with the same filters and page as `GET /{domainID}/channels`.
 pub async fn list_all(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
-    let caller = crate::auth::caller(ctx, req).await?;
+    let me = crate::auth::caller(ctx, req).await?.id().to_string();
+    list(ctx, req, Scope::MemberOf(me)).await
+}
+
+/// A page of the channels in `scope`.
+async fn list(ctx: &Ctx, req: &Req, scope: Scope) -> Result<Reply, ApiError> {
     let q = channel_query(req)?;
-    let me = caller.id().to_string();
-    let p = ctx
-        .db(move |s| s.list_channels(storage::Scope::MemberOf(&me), &q))
-        .await?;
+    let p = ctx.db(move |s| s.list_channels(scope, &q)).await?;
     Reply::ok(&views::page(&p, "channels", views::channel))
 }
 
@@ -142,15 +139,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 .with_header("location", format!("/{}/channels/{}", h.domain_id, h.id)))
         }
         ["bulk"] if m == Method::POST => {
-            let items: Vec<CreateChannel> = req.json()?;
-            if items.is_empty() || items.len() > MAX_BULK {
-                return Err(ApiError::bad(format!("a bulk request holds 1 to {MAX_BULK} channels")));
-            }
-            let new = items
-                .into_iter()
-                .enumerate()
-                .map(|(i, b)| new_channel(b).map_err(|e| ApiError::bad(format!("channel {i}: {e}"))))
-                .collect::<Result<Vec<_>, _>>()?;
+            let new = params::bulk(req, "channel", new_channel)?;
             let d = a.domain_id().to_string();
             let made = ctx.db(move |s| s.create_channels(&d, &new)).await?;
             Reply::ok(&json!({"total": made.len(), "channels": made.iter().map(views::channel).collect::<Vec<_>>()}))
@@ -177,12 +166,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             let clients = b.client_ids.or(b.subjects).unwrap_or_default();
             disconnect(ctx, a, clients, vec![id.to_string()], parse_types(b.types)?).await
         }
-        [] if m == Method::GET => {
-            let q = channel_query(req)?;
-            let d = a.domain_id().to_string();
-            let p = ctx.db(move |s| s.list_channels(&d, &q)).await?;
-            Reply::ok(&views::page(&p, "channels", views::channel))
-        }
+        [] if m == Method::GET => list(ctx, req, a.domain_id().into()).await,
         [id] if m == Method::GET => {
             let (d, id) = (a.domain_id().to_string(), id.to_string());
             let h = ctx.db(move |s| s.channel(&d, &id)).await?;
@@ -227,11 +211,11 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             Reply::empty(StatusCode::NO_CONTENT)
         }
         [id, "clients"] if m == Method::GET => {
+            let ListQuery { page, filter } = params::status_page(req)?;
             let q = storage::ClientQuery {
-                page: page_req(req, 100)?,
-                status: status_filter(req)?,
+                page,
+                filter,
                 channel: Some(id.to_string()),
-                ..Default::default()
             };
             let d = a.domain_id().to_string();
             let p = ctx.db(move |s| s.list_clients(&d, &q)).await?;

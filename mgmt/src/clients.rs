@@ -3,12 +3,13 @@
 use crate::authz::DomainAccess;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use crate::{page_req, q_text, status_filter, views, Ctx};
+use crate::params::{self, q_text};
+use crate::{views, Ctx};
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use storage::{ClientPatch, ClientQuery, NewClient, Status};
+use storage::{ClientPatch, ClientQuery, ListQuery, NewClient, Scope, Status};
 use warp::http::{Method, StatusCode};
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -53,9 +54,6 @@ struct Secret {
     secret: String,
 }
 
-/// Most clients one bulk request may create.
-pub const MAX_BULK: usize = 1000;
-
 /// A client id: 1–64 characters from letters, digits and `_ - . :` (it is also the MQTT
 /// username, so no `/`, `+`, `#` or spaces).
 pub fn valid_client_id(id: &str) -> bool {
@@ -78,14 +76,6 @@ pub fn random_secret() -> String {
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-pub fn parse_status(s: Option<&str>) -> Result<Status, ApiError> {
-    match s {
-        None | Some("") | Some("enabled") => Ok(Status::Enabled),
-        Some("disabled") => Ok(Status::Disabled),
-        Some(_) => Err(ApiError::bad("status must be \"enabled\" or \"disabled\"")),
-    }
 }
 
 fn new_client(b: CreateClient) -> Result<NewClient, ApiError> {
@@ -117,18 +107,16 @@ fn new_client(b: CreateClient) -> Result<NewClient, ApiError> {
         secret,
         tags: views::tags(b.tags)?.unwrap_or_else(storage::JsonText::empty_array),
         metadata: views::metadata(b.metadata)?.unwrap_or_else(storage::JsonText::empty_object),
-        status: parse_status(b.status.as_deref())?,
+        status: params::body_status(b.status.as_deref())?,
     })
 }
 
 /// The list filters of `GET …/clients`.
 fn client_query(req: &Req) -> Result<ClientQuery, ApiError> {
+    let ListQuery { page, filter } = params::list_query(req)?;
     Ok(ClientQuery {
-        page: page_req(req, 100)?,
-        status: status_filter(req)?,
-        name: q_text(req, "name"),
-        tag: q_text(req, "tag").or_else(|| q_text(req, "tags")),
-        metadata: views::metadata_query(req.q("metadata"))?,
+        page,
+        filter,
         channel: q_text(req, "channel"),
     })
 }
@@ -136,13 +124,15 @@ fn client_query(req: &Req) -> Result<ClientQuery, ApiError> {
 /// `GET /clients`: the caller's clients across the enabled domains they are a member of, with
 /// the same filters and page as `GET /{domainID}/clients`; secrets are not shown.
 pub async fn list_all(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
-    let caller = crate::auth::caller(ctx, req).await?;
+    let me = crate::auth::caller(ctx, req).await?.id().to_string();
+    list(ctx, req, Scope::MemberOf(me), false).await
+}
+
+/// A page of the clients in `scope`, secrets shown when `show`.
+async fn list(ctx: &Ctx, req: &Req, scope: Scope, show: bool) -> Result<Reply, ApiError> {
     let q = client_query(req)?;
-    let me = caller.id().to_string();
-    let p = ctx
-        .db(move |s| s.list_clients(storage::Scope::MemberOf(&me), &q))
-        .await?;
-    Reply::ok(&views::page(&p, "clients", |c| views::client(c, false)))
+    let p = ctx.db(move |s| s.list_clients(scope, &q)).await?;
+    Reply::ok(&views::page(&p, "clients", |c| views::client(c, show)))
 }
 
 pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -> Result<Reply, ApiError> {
@@ -161,27 +151,14 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 .with_header("location", format!("/{}/clients/{}", c.domain_id, c.id)))
         }
         ["bulk"] if m == Method::POST => {
-            let items: Vec<CreateClient> = req.json()?;
-            if items.is_empty() || items.len() > MAX_BULK {
-                return Err(ApiError::bad(format!("a bulk request holds 1 to {MAX_BULK} clients")));
-            }
-            let new = items
-                .into_iter()
-                .enumerate()
-                .map(|(i, b)| new_client(b).map_err(|e| ApiError::bad(format!("client {i}: {e}"))))
-                .collect::<Result<Vec<_>, _>>()?;
+            let new = params::bulk(req, "client", new_client)?;
             let d = a.domain_id().to_string();
             let made = ctx.db(move |s| s.create_clients(&d, &new)).await?;
             Reply::ok(
                 &json!({"total": made.len(), "clients": made.iter().map(|c| views::client(c, show)).collect::<Vec<_>>()}),
             )
         }
-        [] if m == Method::GET => {
-            let q = client_query(req)?;
-            let d = a.domain_id().to_string();
-            let p = ctx.db(move |s| s.list_clients(&d, &q)).await?;
-            Reply::ok(&views::page(&p, "clients", |c| views::client(c, show)))
-        }
+        [] if m == Method::GET => list(ctx, req, a.domain_id().into(), show).await,
         [id] if m == Method::GET => {
             let (d, id) = (a.domain_id().to_string(), id.to_string());
             let c = ctx.db(move |s| s.client(&d, &id)).await?;
@@ -231,11 +208,11 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             Reply::empty(StatusCode::NO_CONTENT)
         }
         [id, "channels"] if m == Method::GET => {
+            let ListQuery { page, filter } = params::status_page(req)?;
             let q = storage::ChannelQuery {
-                page: page_req(req, 100)?,
-                status: status_filter(req)?,
+                page,
+                filter,
                 client: Some(id.to_string()),
-                ..Default::default()
             };
             let d = a.domain_id().to_string();
             let p = ctx.db(move |s| s.list_channels(&d, &q)).await?;

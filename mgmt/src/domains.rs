@@ -4,7 +4,8 @@ use crate::auth::{self, Caller};
 use crate::authz::{authorize, Action};
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use crate::{page_req, q_text, status_filter, views, Ctx};
+use crate::params;
+use crate::{views, Ctx};
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::Arc;
@@ -107,7 +108,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         }
         ["domains", id, "users" | "members"] if m == Method::GET => {
             let a = authorize(ctx, &caller, id, Action::Read).await?;
-            let page = page_req(req, 100)?;
+            let page = params::page(req)?;
             let d = a.domain_id().to_string();
             let p = ctx.db(move |s| s.list_members(&d, &page)).await?;
             Reply::ok(&views::page(&p, "users", |m| {
@@ -147,11 +148,8 @@ async fn create(ctx: &Arc<Ctx>, req: &Req, caller: &Caller) -> Result<Reply, Api
 
 async fn list(ctx: &Arc<Ctx>, req: &Req, caller: &Caller) -> Result<Reply, ApiError> {
     let q = DomainQuery {
-        page: page_req(req, 100)?,
-        status: status_filter(req)?,
-        name: q_text(req, "name"),
-        tag: q_text(req, "tag").or_else(|| q_text(req, "tags")),
-        metadata: views::metadata_query(req.q("metadata"))?,
+        page: params::page(req)?,
+        filter: params::entity_filter(req)?,
         member: (!caller.is_super_admin()).then(|| caller.id().to_string()),
     };
     let p = ctx.db(move |s| s.list_domains(&q)).await?;

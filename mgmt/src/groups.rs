@@ -3,14 +3,14 @@
 
 use crate::auth::{self, Caller};
 use crate::authz::{authorize, Action, DomainAccess};
-use crate::clients::parse_status;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use crate::{page_req, q_text, status_filter, views, Ctx};
+use crate::params::{self, page, status_filter};
+use crate::{views, Ctx};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use storage::{GroupPatch, GroupQuery, NewGroup, Status};
+use storage::{GroupPatch, NewGroup, Status};
 use warp::http::{Method, StatusCode};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -83,7 +83,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 description,
                 tags: views::tags(b.tags)?.unwrap_or_else(storage::JsonText::empty_array),
                 metadata: views::metadata(b.metadata)?.unwrap_or_else(storage::JsonText::empty_object),
-                status: parse_status(b.status.as_deref())?,
+                status: params::body_status(b.status.as_deref())?,
             };
             let g = ctx.db(move |s| s.create_group(&d, new)).await?;
             Ok(Reply::created(&views::group(&g))?.with_header("location", format!("/{}/groups/{}", g.domain_id, g.id)))
@@ -92,18 +92,12 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             if req.q_bool("tree")?.unwrap_or(false) {
                 let status = status_filter(req)?;
                 let nodes = ctx.db(move |s| s.group_forest(&d, status)).await?;
-                let page = page_req(req, 100)?;
+                let page = page(req)?;
                 return Reply::ok(
                     &json!({"total": nodes.len(), "offset": page.offset, "limit": page.limit, "groups": views::group_tree(&nodes)}),
                 );
             }
-            let q = GroupQuery {
-                page: page_req(req, 100)?,
-                status: status_filter(req)?,
-                name: q_text(req, "name"),
-                metadata: views::metadata_query(req.q("metadata"))?,
-                tag: q_text(req, "tag").or_else(|| q_text(req, "tags")),
-            };
+            let q = params::list_query(req)?;
             let p = ctx.db(move |s| s.list_groups(&d, &q)).await?;
             Reply::ok(&views::page(&p, "groups", views::group))
         }
@@ -171,7 +165,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             hierarchy(req, nodes)
         }
         [id, "members"] if m == Method::GET => {
-            let (id, page) = (id.to_string(), page_req(req, 100)?);
+            let (id, page) = (id.to_string(), page(req)?);
             let p = ctx.db(move |s| s.list_group_members(&d, &id, &page)).await?;
             Reply::ok(&views::page(&p, "members", views::user))
         }
@@ -182,7 +176,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
 /// Flat: the other groups with `level` and `path`. With `tree=true`: the group and the others
 /// nested through `children`.
 fn hierarchy(req: &Req, nodes: Vec<storage::GroupNode>) -> Result<Reply, ApiError> {
-    let page = page_req(req, 100)?;
+    let page = page(req)?;
     if req.q_bool("tree")?.unwrap_or(false) {
         return Reply::ok(
             &json!({"total": nodes.len(), "offset": page.offset, "limit": page.limit, "groups": views::group_tree(&nodes)}),
@@ -247,7 +241,7 @@ pub async fn users_route(ctx: &Arc<Ctx>, req: &Req, segs: &[&str]) -> Result<Rep
                 }
                 Some(caller.id().to_string())
             };
-            let (id, page) = (id.to_string(), page_req(req, 100)?);
+            let (id, page) = (id.to_string(), page(req)?);
             let p = ctx
                 .db(move |s| s.user_memberships(&id, scope.as_deref(), &page))
                 .await?;

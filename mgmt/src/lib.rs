@@ -21,6 +21,7 @@ pub mod guard;
 pub mod http;
 pub mod messages;
 pub mod openapi;
+pub mod params;
 pub mod routes;
 mod scoped;
 mod users;
@@ -29,7 +30,7 @@ pub mod views;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
 use std::sync::Arc;
-use storage::{Order, PageReq, Store};
+use storage::Store;
 use warp::http::Method;
 use warp::Filter;
 
@@ -287,45 +288,4 @@ async fn health(ctx: &Ctx) -> Result<Reply, ApiError> {
     )?;
     r.content_type = "application/health+json";
     Ok(r)
-}
-
-/// Reads `offset`, `limit` (default 10, at most `max_limit`), `order` and `dir`.
-pub fn page_req(req: &Req, max_limit: u64) -> Result<PageReq, ApiError> {
-    let offset = req.q_u64("offset")?.unwrap_or(0);
-    let limit = req.q_u64("limit")?.unwrap_or(10);
-    if limit == 0 || limit > max_limit {
-        return Err(ApiError::bad(format!(
-            "query parameter `limit` must be between 1 and {max_limit}"
-        )));
-    }
-    let order = match req.q("order") {
-        None | Some("") => Order::CreatedAt,
-        Some(o) => Order::parse(o).ok_or_else(|| ApiError::bad("invalid value of query parameter `order`"))?,
-    };
-    let descending = match req.q("dir") {
-        None | Some("") | Some("asc") => false,
-        Some("desc") => true,
-        Some(_) => return Err(ApiError::bad("invalid value of query parameter `dir`")),
-    };
-    Ok(PageReq {
-        offset,
-        limit,
-        order,
-        descending,
-    })
-}
-
-/// Reads the `status` filter (`enabled` by default).
-pub fn status_filter(req: &Req) -> Result<storage::StatusFilter, ApiError> {
-    match req.q("status") {
-        None | Some("") => Ok(storage::StatusFilter::Enabled),
-        Some(s) => {
-            storage::StatusFilter::parse(s).ok_or_else(|| ApiError::bad("invalid value of query parameter `status`"))
-        }
-    }
-}
-
-/// A trimmed, non-empty query parameter.
-pub fn q_text(req: &Req, key: &str) -> Option<String> {
-    req.q(key).map(str::trim).filter(|s| !s.is_empty()).map(String::from)
 }

@@ -300,11 +300,11 @@ fn response_schemas() -> Vec<(&'static str, Value)> {
         ),
         (
             "CreateClients",
-            json!({"type": "array", "minItems": 1, "maxItems": crate::clients::MAX_BULK, "items": schema_ref("CreateClient")}),
+            json!({"type": "array", "minItems": 1, "maxItems": crate::params::MAX_BULK, "items": schema_ref("CreateClient")}),
         ),
         (
             "CreateChannels",
-            json!({"type": "array", "minItems": 1, "maxItems": crate::channels::MAX_BULK, "items": schema_ref("CreateChannel")}),
+            json!({"type": "array", "minItems": 1, "maxItems": crate::params::MAX_BULK, "items": schema_ref("CreateChannel")}),
         ),
         (
             "Cert",

@@ -27,16 +27,3 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         _ => Err(ApiError::NotFound("no such route in domain".into())),
     }
 }
-
-/// Ids in a request body: at most this many per list.
-pub const MAX_IDS: usize = 1000;
-
-pub fn check_ids(ids: &[String], what: &str) -> Result<(), ApiError> {
-    if ids.is_empty() {
-        return Err(ApiError::bad(format!("{what} must not be empty")));
-    }
-    if ids.len() > MAX_IDS {
-        return Err(ApiError::bad(format!("{what} holds more than {MAX_IDS} ids")));
-    }
-    Ok(())
-}

@@ -4,7 +4,8 @@
 use crate::auth::{self, Caller, TokenKind};
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use crate::{page_req, q_text, status_filter, views, Ctx};
+use crate::params::{self, q_text};
+use crate::{views, Ctx};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -404,16 +405,14 @@ async fn list(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         return Err(ApiError::forbidden());
     }
     let q = UserQuery {
-        page: page_req(req, 100)?,
-        status: status_filter(req)?,
+        page: params::page(req)?,
+        filter: params::entity_filter(req)?,
         first_name: q_text(req, "first_name"),
         last_name: q_text(req, "last_name"),
         email: q_text(req, "email"),
         username: q_text(req, "username"),
-        tag: q_text(req, "tag").or_else(|| q_text(req, "tags")),
-        metadata: views::metadata_query(req.q("metadata"))?,
         identity: q_text(req, "identity"),
-        name: q_text(req, "name"),
+        role: None,
         partial: false,
     };
     let p = ctx.db(move |s| s.list_users(&q)).await?;
@@ -433,8 +432,7 @@ async fn search(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         return Err(ApiError::forbidden());
     }
     let q = UserQuery {
-        page: page_req(req, 100)?,
-        status: storage::StatusFilter::Enabled,
+        page: params::page(req)?,
         first_name: q_text(req, "first_name"),
         last_name: q_text(req, "last_name"),
         email,

@@ -2,10 +2,10 @@
 //! unique across the platform because they name MQTT topics (`channels/<id>/messages`),
 //! which the broker routes without a domain.
 
-use crate::clients::parse_types;
+use crate::clients::{connection_types, parse_types};
 use crate::events::{Change, ConnType};
 use crate::{
-    conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
+    conflict, status_from_sql, EntityFilter, Filter, JsonText, Page, PageReq, Result, Status, Store, StoreError,
 };
 use rusqlite::{OptionalExtension, Row};
 
@@ -48,10 +48,7 @@ pub struct ChannelPatch {
 #[derive(Default)]
 pub struct ChannelQuery {
     pub page: PageReq,
-    pub status: StatusFilter,
-    pub name: Option<String>,
-    pub tag: Option<String>,
-    pub metadata: Option<JsonText>,
+    pub filter: EntityFilter,
     /// Only channels this client is connected to (with connection types filled in).
     pub client: Option<String>,
 }
@@ -221,47 +218,24 @@ impl Store {
         })
     }
 
-    pub fn list_channels<'a>(&self, scope: impl Into<crate::Scope<'a>>, q: &ChannelQuery) -> Result<Page<Channel>> {
+    pub fn list_channels(&self, scope: impl Into<crate::Scope>, q: &ChannelQuery) -> Result<Page<Channel>> {
         let mut f = Filter::default();
         scope.into().filter(&mut f, "h.domain_id");
-        f.status(q.status, "h.status");
-        if let Some(n) = &q.name {
-            f.push("instr(lower(h.name), lower(?)) > 0", n.clone());
-        }
-        f.tag("h.tags", &q.tag);
-        f.metadata("h.metadata", &q.metadata);
-        let mut types = "NULL".to_string();
-        if let Some(cl) = &q.client {
-            let n = f.next_index();
-            f.push(
-                "EXISTS (SELECT 1 FROM connections k WHERE k.domain_id = h.domain_id AND k.channel_id = h.id AND k.client_id = ?)",
-                cl.clone(),
-            );
-            types = format!(
-                "(SELECT group_concat(type) FROM connections k WHERE k.domain_id = h.domain_id AND k.channel_id = h.id AND k.client_id = ?{n})"
-            );
-        }
+        q.filter.apply(&mut f, "h.");
+        let types = connection_types(&mut f, "h.domain_id", ("channel_id", "h.id"), "client_id", &q.client);
         let c = self.conn()?;
-        let w = f.where_sql();
-        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM channels h{w}"), f.params(), |r| r.get(0))?;
-        let sql = format!(
-            "SELECT {COLUMNS}, {types} FROM channels h{w}{}",
-            q.page.sql("h.name").replace("rowid", "h.rowid")
-        );
-        let mut st = c.prepare(&sql)?;
-        let items = st
-            .query_map(f.params(), |r| {
+        f.page(
+            &c,
+            "channels h",
+            &format!("{COLUMNS}, {types}"),
+            &q.page.sql("h.name", "h.rowid"),
+            &q.page,
+            |r| {
                 let mut h = from_row(r)?;
                 h.conn_types = parse_types(r.get(11)?);
                 Ok(h)
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Page {
-            total: total as u64,
-            offset: q.page.offset,
-            limit: q.page.limit,
-            items,
-        })
+            },
+        )
     }
 
     /// Connects every client to every channel with every type, all or nothing. An id not in
@@ -341,10 +315,9 @@ impl Store {
             c.prepare_cached("SELECT channel_id, type FROM connections WHERE domain_id = ?1 AND client_id = ?2")?;
         let rows = st
             .query_map([domain, client], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                Ok((r.get::<_, String>(0)?, crate::parsed(r, 1, ConnType::parse)?))
             })?
-            .filter_map(|r| r.ok().and_then(|(h, t)| ConnType::parse(&t).map(|t| (h, t))))
-            .collect();
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
@@ -355,10 +328,9 @@ impl Store {
             c.prepare_cached("SELECT client_id, type FROM connections WHERE domain_id = ?1 AND channel_id = ?2")?;
         let rows = st
             .query_map([domain, channel], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                Ok((r.get::<_, String>(0)?, crate::parsed(r, 1, ConnType::parse)?))
             })?
-            .filter_map(|r| r.ok().and_then(|(h, t)| ConnType::parse(&t).map(|t| (h, t))))
-            .collect();
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 }
@@ -367,24 +339,11 @@ impl Store {
 mod tests {
     use super::*;
     use crate::testutil::store;
-    use crate::{NewClient, NewDomain, NewUser, Role};
+    use crate::{NewClient, NewDomain};
 
     fn setup(s: &Store, d: &str) {
         if s.user("u").is_err() {
-            s.create_user(NewUser {
-                id: "u".into(),
-                first_name: String::new(),
-                last_name: String::new(),
-                email: "u@x.io".into(),
-                username: "u".into(),
-                secret: "h".into(),
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-                profile_picture: String::new(),
-                role: Role::User,
-                status: Status::Enabled,
-            })
-            .expect("user");
+            crate::testutil::user(s, "u");
         }
         s.create_domain(
             NewDomain {

@@ -3,7 +3,7 @@
 
 use crate::events::{Change, ConnType};
 use crate::{
-    conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
+    conflict, status_from_sql, EntityFilter, Filter, JsonText, Page, PageReq, Result, Status, Store, StoreError,
 };
 use rusqlite::{OptionalExtension, Row};
 
@@ -56,10 +56,7 @@ pub struct ClientPatch {
 #[derive(Default)]
 pub struct ClientQuery {
     pub page: PageReq,
-    pub status: StatusFilter,
-    pub name: Option<String>,
-    pub tag: Option<String>,
-    pub metadata: Option<JsonText>,
+    pub filter: EntityFilter,
     /// Only clients connected to this channel (with their connection types filled in).
     pub channel: Option<String>,
 }
@@ -107,6 +104,29 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Client> {
         updated_by: r.get(10)?,
         conn_types: Vec::new(),
     })
+}
+
+/// With `other` (an id of the other side of connections, in column `other_column`), keeps the
+/// rows connected to it and returns the SQL of their connection types (comma-separated); without,
+/// `NULL`. `this` is (column of `connections`, column of the listed row).
+pub(crate) fn connection_types(
+    f: &mut Filter,
+    domain_column: &str,
+    this: (&str, &str),
+    other_column: &str,
+    other: &Option<String>,
+) -> String {
+    let Some(other) = other else {
+        return "NULL".into();
+    };
+    let (this_column, row_id) = this;
+    let n = f.next_index();
+    let on = format!("k.domain_id = {domain_column} AND k.{this_column} = {row_id} AND k.{other_column}");
+    f.push(
+        format!("EXISTS (SELECT 1 FROM connections k WHERE {on} = ?)"),
+        other.clone(),
+    );
+    format!("(SELECT group_concat(type) FROM connections k WHERE {on} = ?{n})")
 }
 
 pub(crate) fn parse_types(s: Option<String>) -> Vec<ConnType> {
@@ -247,47 +267,24 @@ impl Store {
         })
     }
 
-    pub fn list_clients<'a>(&self, scope: impl Into<crate::Scope<'a>>, q: &ClientQuery) -> Result<Page<Client>> {
+    pub fn list_clients(&self, scope: impl Into<crate::Scope>, q: &ClientQuery) -> Result<Page<Client>> {
         let mut f = Filter::default();
         scope.into().filter(&mut f, "c.domain_id");
-        f.status(q.status, "c.status");
-        if let Some(n) = &q.name {
-            f.push("instr(lower(c.name), lower(?)) > 0", n.clone());
-        }
-        f.tag("c.tags", &q.tag);
-        f.metadata("c.metadata", &q.metadata);
-        let mut types = "NULL".to_string();
-        if let Some(ch) = &q.channel {
-            let n = f.next_index();
-            f.push(
-                "EXISTS (SELECT 1 FROM connections k WHERE k.domain_id = c.domain_id AND k.client_id = c.id AND k.channel_id = ?)",
-                ch.clone(),
-            );
-            types = format!(
-                "(SELECT group_concat(type) FROM connections k WHERE k.domain_id = c.domain_id AND k.client_id = c.id AND k.channel_id = ?{n})"
-            );
-        }
+        q.filter.apply(&mut f, "c.");
+        let types = connection_types(&mut f, "c.domain_id", ("client_id", "c.id"), "channel_id", &q.channel);
         let c = self.conn()?;
-        let w = f.where_sql();
-        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM clients c{w}"), f.params(), |r| r.get(0))?;
-        let sql = format!(
-            "SELECT {COLUMNS}, {types} FROM clients c{w}{}",
-            q.page.sql("c.name").replace("rowid", "c.rowid")
-        );
-        let mut st = c.prepare(&sql)?;
-        let items = st
-            .query_map(f.params(), |r| {
+        f.page(
+            &c,
+            "clients c",
+            &format!("{COLUMNS}, {types}"),
+            &q.page.sql("c.name", "c.rowid"),
+            &q.page,
+            |r| {
                 let mut cl = from_row(r)?;
                 cl.conn_types = parse_types(r.get(11)?);
                 Ok(cl)
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Page {
-            total: total as u64,
-            offset: q.page.offset,
-            limit: q.page.limit,
-            items,
-        })
+            },
+        )
     }
 
     /// Authentication by id: every client with this id (ids are unique per domain only),

@@ -3,7 +3,7 @@
 use crate::users::User;
 use crate::Change;
 use crate::{
-    conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
+    conflict, status_from_sql, EntityFilter, Filter, JsonText, Page, PageReq, Result, Status, Store, StoreError,
 };
 use rusqlite::{OptionalExtension, Row};
 
@@ -66,10 +66,7 @@ pub struct DomainPatch {
 #[derive(Default)]
 pub struct DomainQuery {
     pub page: PageReq,
-    pub status: StatusFilter,
-    pub name: Option<String>,
-    pub tag: Option<String>,
-    pub metadata: Option<JsonText>,
+    pub filter: EntityFilter,
     /// Only domains this user is a member of; `None` lists all (super-admin).
     pub member: Option<String>,
 }
@@ -162,12 +159,7 @@ impl Store {
 
     pub fn list_domains(&self, q: &DomainQuery) -> Result<Page<Domain>> {
         let mut f = Filter::default();
-        f.status(q.status, "status");
-        if let Some(n) = &q.name {
-            f.push("instr(lower(name), lower(?)) > 0", n.clone());
-        }
-        f.tag("tags", &q.tag);
-        f.metadata("metadata", &q.metadata);
+        q.filter.apply(&mut f, "");
         if let Some(u) = &q.member {
             f.push(
                 "id IN (SELECT domain_id FROM domain_members WHERE user_id = ?)",
@@ -175,18 +167,7 @@ impl Store {
             );
         }
         let c = self.conn()?;
-        let w = f.where_sql();
-        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM domains{w}"), f.params(), |r| r.get(0))?;
-        let mut st = c.prepare(&format!("SELECT {COLUMNS} FROM domains{w}{}", q.page.sql("name")))?;
-        let items = st
-            .query_map(f.params(), from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Page {
-            total: total as u64,
-            offset: q.page.offset,
-            limit: q.page.limit,
-            items,
-        })
+        f.page(&c, "domains", COLUMNS, &q.page.sql("name", "rowid"), &q.page, from_row)
     }
 
     /// Whether `admin` is an admin of a domain `user` is a member of.
@@ -281,59 +262,29 @@ impl Store {
 
     pub fn list_members(&self, domain: &str, page: &PageReq) -> Result<Page<DomainMember>> {
         let c = self.conn()?;
-        let total: i64 = c.query_row(
-            "SELECT COUNT(*) FROM domain_members WHERE domain_id = ?1",
-            [domain],
-            |r| r.get(0),
-        )?;
-        let cols = "u.id, u.first_name, u.last_name, u.email, u.username, u.secret, u.secret_epoch, u.tags, u.metadata, u.profile_picture, u.role, u.status, u.created_at, u.updated_at, u.updated_by";
-        let mut st = c.prepare(&format!(
-            "SELECT {cols}, m.relation FROM domain_members m JOIN users u ON u.id = m.user_id
-             WHERE m.domain_id = ?1 ORDER BY m.created_at, u.rowid LIMIT {} OFFSET {}",
-            page.limit, page.offset
-        ))?;
-        let items = st
-            .query_map([domain], |r| {
+        let mut f = Filter::default();
+        f.push("m.domain_id = ?", domain.to_string());
+        let tail = format!(" ORDER BY m.created_at, u.rowid{}", page.window());
+        let columns = format!("{}, m.relation", crate::users::COLUMNS_U);
+        f.page(
+            &c,
+            "domain_members m JOIN users u ON u.id = m.user_id",
+            &columns,
+            &tail,
+            page,
+            |r| {
                 let user = crate::users::from_row_pub(r)?;
-                let rel: String = r.get(15)?;
-                Ok(DomainMember {
-                    user,
-                    relation: Relation::parse(&rel).unwrap_or(Relation::Viewer),
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Page {
-            total: total as u64,
-            offset: page.offset,
-            limit: page.limit,
-            items,
-        })
+                let relation = crate::parsed(r, 15, Relation::parse)?;
+                Ok(DomainMember { user, relation })
+            },
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::store;
-    use crate::{NewUser, Role};
-
-    fn user(s: &Store, n: &str) -> String {
-        s.create_user(NewUser {
-            id: n.into(),
-            first_name: n.into(),
-            last_name: String::new(),
-            email: format!("{n}@x.io"),
-            username: n.into(),
-            secret: "h".into(),
-            tags: JsonText::empty_array(),
-            metadata: JsonText::empty_object(),
-            profile_picture: String::new(),
-            role: Role::User,
-            status: Status::Enabled,
-        })
-        .expect("user")
-        .id
-    }
+    use crate::testutil::{store, user};
 
     #[test]
     fn creator_is_admin_and_last_admin_stays() {

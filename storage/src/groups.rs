@@ -2,7 +2,9 @@
 //! user members.
 
 use crate::users::User;
-use crate::{status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError};
+use crate::{
+    status_from_sql, Filter, JsonText, ListQuery, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
+};
 use rusqlite::{OptionalExtension, Row};
 
 #[derive(Clone, Debug)]
@@ -46,15 +48,6 @@ pub struct GroupPatch {
     pub metadata: Option<JsonText>,
     pub tags: Option<JsonText>,
     pub status: Option<Status>,
-}
-
-#[derive(Default)]
-pub struct GroupQuery {
-    pub page: PageReq,
-    pub status: StatusFilter,
-    pub name: Option<String>,
-    pub metadata: Option<JsonText>,
-    pub tag: Option<String>,
 }
 
 /// Deepest hierarchy walked by the recursive queries.
@@ -224,32 +217,19 @@ impl Store {
         })
     }
 
-    pub fn list_groups(&self, domain: &str, q: &GroupQuery) -> Result<Page<Group>> {
+    pub fn list_groups(&self, domain: &str, q: &ListQuery) -> Result<Page<Group>> {
         let mut f = Filter::default();
         f.push("g.domain_id = ?", domain.to_string());
-        f.status(q.status, "g.status");
-        if let Some(n) = &q.name {
-            f.push("instr(lower(g.name), lower(?)) > 0", n.clone());
-        }
-        f.tag("g.tags", &q.tag);
-        f.metadata("g.metadata", &q.metadata);
+        q.filter.apply(&mut f, "g.");
         let c = self.conn()?;
-        let w = f.where_sql();
-        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM groups g{w}"), f.params(), |r| r.get(0))?;
-        let sql = format!(
-            "SELECT {COLUMNS} FROM groups g{w}{}",
-            q.page.sql("g.name").replace("rowid", "g.rowid")
-        );
-        let mut st = c.prepare(&sql)?;
-        let items = st
-            .query_map(f.params(), from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Page {
-            total: total as u64,
-            offset: q.page.offset,
-            limit: q.page.limit,
-            items,
-        })
+        f.page(
+            &c,
+            "groups g",
+            COLUMNS,
+            &q.page.sql("g.name", "g.rowid"),
+            &q.page,
+            from_row,
+        )
     }
 
     /// Every group of the domain passing the status filter, with level and path from its
@@ -366,24 +346,17 @@ impl Store {
     pub fn list_group_members(&self, domain: &str, group: &str, page: &PageReq) -> Result<Page<User>> {
         let c = self.conn()?;
         get(&c, domain, group)?;
-        let total: i64 = c.query_row("SELECT COUNT(*) FROM group_members WHERE group_id = ?1", [group], |r| {
-            r.get(0)
-        })?;
-        let cols = "u.id, u.first_name, u.last_name, u.email, u.username, u.secret, u.secret_epoch, u.tags, u.metadata, u.profile_picture, u.role, u.status, u.created_at, u.updated_at, u.updated_by";
-        let mut st = c.prepare(&format!(
-            "SELECT {cols} FROM group_members m JOIN users u ON u.id = m.user_id WHERE m.group_id = ?1
-             ORDER BY m.created_at, u.rowid LIMIT {} OFFSET {}",
-            page.limit, page.offset
-        ))?;
-        let items = st
-            .query_map([group], crate::users::from_row_pub)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Page {
-            total: total as u64,
-            offset: page.offset,
-            limit: page.limit,
-            items,
-        })
+        let mut f = Filter::default();
+        f.push("m.group_id = ?", group.to_string());
+        let tail = format!(" ORDER BY m.created_at, u.rowid{}", page.window());
+        f.page(
+            &c,
+            "group_members m JOIN users u ON u.id = m.user_id",
+            crate::users::COLUMNS_U,
+            &tail,
+            page,
+            crate::users::from_row_pub,
+        )
     }
 
     /// The groups a user belongs to (in every domain).
@@ -391,32 +364,23 @@ impl Store {
     /// an admin and `user` a member (what a domain admin may see of a member).
     pub fn user_memberships(&self, user: &str, admin: Option<&str>, page: &PageReq) -> Result<Page<Group>> {
         let c = self.conn()?;
-        let scope = if admin.is_some() {
-            " AND g.domain_id IN (SELECT a.domain_id FROM domain_members a JOIN domain_members b
-               ON b.domain_id = a.domain_id WHERE a.user_id = ?2 AND a.relation = 'admin' AND b.user_id = ?1)"
-        } else {
-            " AND ?2 IS NULL"
-        };
-        let total: i64 = c.query_row(
-            &format!(
-                "SELECT COUNT(*) FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = ?1{scope}"
-            ),
-            rusqlite::params![user, admin],
-            |r| r.get(0),
-        )?;
-        let mut st = c.prepare(&format!(
-            "SELECT {COLUMNS} FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = ?1{scope}
-             ORDER BY m.created_at, g.rowid LIMIT {} OFFSET {}",
-            page.limit, page.offset
-        ))?;
-        let items = st
-            .query_map(rusqlite::params![user, admin], from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Page {
-            total: total as u64,
-            offset: page.offset,
-            limit: page.limit,
-            items,
-        })
+        let mut f = Filter::default();
+        f.push("m.user_id = ?", user.to_string());
+        if let Some(admin) = admin {
+            f.push(
+                "g.domain_id IN (SELECT a.domain_id FROM domain_members a JOIN domain_members b
+                 ON b.domain_id = a.domain_id WHERE a.user_id = ? AND a.relation = 'admin' AND b.user_id = m.user_id)",
+                admin.to_string(),
+            );
+        }
+        let tail = format!(" ORDER BY m.created_at, g.rowid{}", page.window());
+        f.page(
+            &c,
+            "group_members m JOIN groups g ON g.id = m.group_id",
+            COLUMNS,
+            &tail,
+            page,
+            from_row,
+        )
     }
 }

@@ -14,6 +14,7 @@ mod clients;
 mod domains;
 mod events;
 mod groups;
+mod list;
 mod messages;
 mod migrations;
 mod retained;
@@ -26,7 +27,9 @@ pub use channels::{Channel, ChannelPatch, ChannelQuery, NewChannel, INVALID_CHAN
 pub use clients::{Client, ClientAuth, ClientPatch, ClientQuery, NewClient};
 pub use domains::{Domain, DomainMember, DomainPatch, DomainQuery, NewDomain, Relation};
 pub use events::{Change, ConnType};
-pub use groups::{max_depth as groups_max_depth, Group, GroupNode, GroupPatch, GroupQuery, NewGroup};
+pub use groups::{max_depth as groups_max_depth, Group, GroupNode, GroupPatch, NewGroup};
+pub(crate) use list::Filter;
+pub use list::{EntityFilter, ListQuery, Order, Page, PageReq, Scope, StatusFilter};
 pub use messages::{Aggregate, Cmp, MessageQuery, MessageRow, NewMessage, ValueFilter};
 pub use retained::RetainedRow;
 pub use sessions::{QueuedRow, SessionRow, SessionSnapshot, SessionWrite};
@@ -104,196 +107,6 @@ impl Status {
             "freezed" | "frozen" => Some(Status::Frozen),
             _ => None,
         }
-    }
-}
-
-/// Status filter for list queries.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StatusFilter {
-    #[default]
-    Enabled,
-    Disabled,
-    All,
-}
-
-impl StatusFilter {
-    pub fn parse(s: &str) -> Option<StatusFilter> {
-        match s {
-            "enabled" => Some(StatusFilter::Enabled),
-            "disabled" => Some(StatusFilter::Disabled),
-            "all" => Some(StatusFilter::All),
-            _ => None,
-        }
-    }
-    fn sql(self, column: &str) -> Option<String> {
-        match self {
-            StatusFilter::Enabled => Some(format!("{column} = 'enabled'")),
-            StatusFilter::Disabled => Some(format!("{column} = 'disabled'")),
-            StatusFilter::All => None,
-        }
-    }
-}
-
-/// Sort order of list queries.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Order {
-    Name,
-    #[default]
-    CreatedAt,
-    UpdatedAt,
-}
-
-impl Order {
-    pub fn parse(s: &str) -> Option<Order> {
-        match s {
-            "name" => Some(Order::Name),
-            "created_at" => Some(Order::CreatedAt),
-            "updated_at" => Some(Order::UpdatedAt),
-            _ => None,
-        }
-    }
-    fn column(self, name_column: &str) -> String {
-        match self {
-            Order::Name => name_column.to_string(),
-            Order::CreatedAt => "created_at".into(),
-            Order::UpdatedAt => "COALESCE(updated_at, created_at)".into(),
-        }
-    }
-}
-
-/// Offset/limit, order and direction of a list query.
-#[derive(Clone, Copy, Debug)]
-pub struct PageReq {
-    pub offset: u64,
-    pub limit: u64,
-    pub order: Order,
-    pub descending: bool,
-}
-
-impl Default for PageReq {
-    fn default() -> Self {
-        PageReq {
-            offset: 0,
-            limit: 10,
-            order: Order::CreatedAt,
-            descending: false,
-        }
-    }
-}
-
-impl PageReq {
-    fn sql(&self, name_column: &str) -> String {
-        let dir = if self.descending { "DESC" } else { "ASC" };
-        format!(
-            " ORDER BY {} {dir}, rowid {dir} LIMIT {} OFFSET {}",
-            self.order.column(name_column),
-            self.limit.min(i64::MAX as u64),
-            self.offset.min(i64::MAX as u64)
-        )
-    }
-}
-
-/// One page of a list query and the total number of matches.
-#[derive(Clone, Debug)]
-pub struct Page<T> {
-    pub total: u64,
-    pub offset: u64,
-    pub limit: u64,
-    pub items: Vec<T>,
-}
-
-/// Which domains a list covers: one domain, or every enabled domain a user is a member of.
-#[derive(Clone, Copy, Debug)]
-pub enum Scope<'a> {
-    Domain(&'a str),
-    MemberOf(&'a str),
-}
-
-impl<'a> From<&'a str> for Scope<'a> {
-    fn from(d: &'a str) -> Scope<'a> {
-        Scope::Domain(d)
-    }
-}
-
-impl<'a> From<&'a String> for Scope<'a> {
-    fn from(d: &'a String) -> Scope<'a> {
-        Scope::Domain(d)
-    }
-}
-
-impl Scope<'_> {
-    /// Restricts `column` (a domain id) to the scope.
-    pub(crate) fn filter(self, f: &mut Filter, column: &str) {
-        match self {
-            Scope::Domain(d) => f.push(format!("{column} = ?"), d.to_string()),
-            Scope::MemberOf(u) => f.push(
-                format!(
-                    "{column} IN (SELECT m.domain_id FROM domain_members m JOIN domains dm ON dm.id = m.domain_id
-                     WHERE m.user_id = ? AND dm.status = 'enabled')"
-                ),
-                u.to_string(),
-            ),
-        }
-    }
-}
-
-/// Builds `WHERE` clauses with positional parameters without string-pasting values.
-#[derive(Default)]
-pub(crate) struct Filter {
-    clauses: Vec<String>,
-    params: Vec<rusqlite::types::Value>,
-}
-
-impl Filter {
-    pub(crate) fn push(&mut self, clause: impl Into<String>, value: impl Into<rusqlite::types::Value>) {
-        self.clauses
-            .push(clause.into().replace('?', &format!("?{}", self.params.len() + 1)));
-        self.params.push(value.into());
-    }
-    /// The number the next pushed parameter will have (`?N`), to reuse it elsewhere in a query.
-    pub(crate) fn next_index(&self) -> usize {
-        self.params.len() + 1
-    }
-    pub(crate) fn raw(&mut self, clause: impl Into<String>) {
-        self.clauses.push(clause.into());
-    }
-    pub(crate) fn status(&mut self, s: StatusFilter, column: &str) {
-        if let Some(c) = s.sql(column) {
-            self.raw(c);
-        }
-    }
-    /// Rows whose `column` holds a JSON object containing every key/value of `want`.
-    pub(crate) fn metadata(&mut self, column: &str, want: &Option<JsonText>) {
-        if let Some(m) = want {
-            self.push(
-                format!(
-                    "NOT EXISTS (SELECT 1 FROM json_each(?) w WHERE json_extract({column}, '$.\"' || w.key || '\"') IS NOT w.value)"
-                ),
-                m.0.clone(),
-            );
-        }
-    }
-    /// Rows whose JSON array `column` contains `tag`.
-    pub(crate) fn tag(&mut self, column: &str, tag: &Option<String>) {
-        if let Some(t) = tag {
-            self.push(
-                format!("EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"),
-                t.clone(),
-            );
-        }
-    }
-    pub(crate) fn where_sql(&self) -> String {
-        if self.clauses.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", self.clauses.join(" AND "))
-        }
-    }
-    pub(crate) fn values(&self) -> Vec<rusqlite::types::Value> {
-        self.params.clone()
-    }
-    pub(crate) fn params(&self) -> rusqlite::ParamsFromIter<std::slice::Iter<'_, rusqlite::types::Value>> {
-        rusqlite::params_from_iter(self.params.iter())
     }
 }
 
@@ -467,6 +280,15 @@ pub(crate) fn conflict(e: rusqlite::Error, what: &str) -> StoreError {
     }
 }
 
+/// Column `i` as text read by `parse`; a value it does not know is an error of the row, not
+/// something to skip.
+pub(crate) fn parsed<T>(r: &rusqlite::Row<'_>, i: usize, parse: impl Fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let s: String = r.get(i)?;
+    parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, format!("unknown value {s:?}").into())
+    })
+}
+
 pub(crate) fn status_from_sql(s: &str) -> Status {
     Status::parse(s).unwrap_or(Status::Disabled)
 }
@@ -478,6 +300,24 @@ pub(crate) mod testutil {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Store::open(&dir.path().join("t.db"), &StoreConfig::default()).expect("open");
         (dir, s)
+    }
+    /// Creates an enabled ordinary user `id` (username `id`, e-mail `id@x.io`); returns its id.
+    pub fn user(s: &Store, id: &str) -> String {
+        s.create_user(NewUser {
+            id: id.into(),
+            first_name: id.into(),
+            last_name: String::new(),
+            email: format!("{id}@x.io"),
+            username: id.into(),
+            secret: "h".into(),
+            tags: JsonText::empty_array(),
+            metadata: JsonText::empty_object(),
+            profile_picture: String::new(),
+            role: Role::User,
+            status: Status::Enabled,
+        })
+        .expect("user")
+        .id
     }
 }
 

@@ -2,7 +2,7 @@
 //! secret epoch that revokes earlier refresh tokens when a password changes.
 
 use crate::{
-    conflict, status_from_sql, Filter, JsonText, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
+    conflict, status_from_sql, EntityFilter, Filter, JsonText, Page, PageReq, Result, Status, Store, StoreError,
 };
 use rusqlite::{OptionalExtension, Row};
 
@@ -60,6 +60,7 @@ impl std::fmt::Debug for User {
     }
 }
 
+#[derive(Clone)]
 pub struct NewUser {
     pub id: String,
     pub first_name: String,
@@ -91,23 +92,25 @@ pub struct UserPatch {
 #[derive(Default)]
 pub struct UserQuery {
     pub page: PageReq,
-    pub status: StatusFilter,
+    /// Status, tag, metadata; its name matches username, first name, last name or "first last"
+    /// (equality, case-insensitive).
+    pub filter: EntityFilter,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     pub email: Option<String>,
     pub username: Option<String>,
-    pub tag: Option<String>,
-    pub metadata: Option<JsonText>,
     /// The login identity: e-mail or username (equality, case-insensitive).
     pub identity: Option<String>,
-    /// The name: username, first name, last name or "first last" (equality,
-    /// case-insensitive).
-    pub name: Option<String>,
+    /// Only users with this platform role.
+    pub role: Option<Role>,
     /// Substring match instead of equality on the text fields (used by search).
     pub partial: bool,
 }
 
 const COLUMNS: &str = "id, first_name, last_name, email, username, secret, secret_epoch, tags, metadata, profile_picture, role, status, created_at, updated_at, updated_by";
+
+/// [`COLUMNS`] on the users table aliased `u`.
+pub(crate) const COLUMNS_U: &str = "u.id, u.first_name, u.last_name, u.email, u.username, u.secret, u.secret_epoch, u.tags, u.metadata, u.profile_picture, u.role, u.status, u.created_at, u.updated_at, u.updated_by";
 
 pub(crate) fn from_row_pub(r: &Row<'_>) -> rusqlite::Result<User> {
     from_row(r)
@@ -290,7 +293,12 @@ impl Store {
 
     pub fn list_users(&self, q: &UserQuery) -> Result<Page<User>> {
         let mut f = Filter::default();
-        f.status(q.status, "status");
+        q.filter.apply_with_name(
+            &mut f,
+            "",
+            "(username = ? COLLATE NOCASE OR first_name = ? COLLATE NOCASE OR last_name = ? COLLATE NOCASE
+              OR (first_name || ' ' || last_name) = ? COLLATE NOCASE)",
+        );
         let text = |f: &mut Filter, col: &str, v: &Option<String>| {
             if let Some(v) = v {
                 if q.partial {
@@ -307,28 +315,18 @@ impl Store {
         if let Some(v) = &q.identity {
             f.push("(email = ? COLLATE NOCASE OR username = ? COLLATE NOCASE)", v.clone());
         }
-        if let Some(v) = &q.name {
-            f.push(
-                "(username = ? COLLATE NOCASE OR first_name = ? COLLATE NOCASE OR last_name = ? COLLATE NOCASE
-                  OR (first_name || ' ' || last_name) = ? COLLATE NOCASE)",
-                v.clone(),
-            );
+        if let Some(r) = q.role {
+            f.push("role = ?", r.as_str().to_string());
         }
-        f.tag("tags", &q.tag);
-        f.metadata("metadata", &q.metadata);
         let c = self.conn()?;
-        let w = f.where_sql();
-        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM users{w}"), f.params(), |r| r.get(0))?;
-        let mut st = c.prepare(&format!("SELECT {COLUMNS} FROM users{w}{}", q.page.sql("first_name")))?;
-        let items = st
-            .query_map(f.params(), from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Page {
-            total: total as u64,
-            offset: q.page.offset,
-            limit: q.page.limit,
-            items,
-        })
+        f.page(
+            &c,
+            "users",
+            COLUMNS,
+            &q.page.sql("first_name", "rowid"),
+            &q.page,
+            from_row,
+        )
     }
 }
 
@@ -393,19 +391,28 @@ mod tests {
         b.metadata = JsonText("{\"k\":\"w\"}".into());
         s.create_user(b).expect("c");
         let q = UserQuery {
-            tag: Some("a".into()),
+            filter: EntityFilter {
+                tag: Some("a".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert_eq!(s.list_users(&q).expect("l").total, 1);
         let q = UserQuery {
-            metadata: Some(JsonText("{\"k\":\"w\"}".into())),
+            filter: EntityFilter {
+                metadata: Some(JsonText("{\"k\":\"w\"}".into())),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let p = s.list_users(&q).expect("l");
         assert_eq!(p.total, 1);
         assert_eq!(p.items[0].username, "bob");
         let q = UserQuery {
-            metadata: Some(JsonText("{\"n\":1}".into())),
+            filter: EntityFilter {
+                metadata: Some(JsonText("{\"n\":1}".into())),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert_eq!(s.list_users(&q).expect("l").items[0].username, "ann");
