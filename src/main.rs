@@ -61,84 +61,11 @@ enum Cmd {
     },
 }
 
-/// The whole command tree (including the entity-first commands) for shell completions.
+/// The whole command tree (including the entity-first commands, from the CLI's command table)
+/// for shell completions.
 fn completion_command() -> clap::Command {
-    use clap::{Arg, Command, CommandFactory};
-    let mut cmd = Cli::command();
-    let entity = |name: &'static str, verbs: &'static [&'static str]| {
-        Command::new(name).about(fluxgate::cli::usage(name)).arg(
-            Arg::new("args")
-                .num_args(0..)
-                .value_parser(clap::builder::PossibleValuesParser::new(verbs.iter().copied())),
-        )
-    };
-    for (name, verbs) in [
-        (
-            "users",
-            &[
-                "create",
-                "token",
-                "refreshtoken",
-                "all",
-                "get",
-                "update",
-                "password",
-                "resetpasswordrequest",
-                "resetpassword",
-                "enable",
-                "disable",
-                "delete",
-                "profile",
-                "search",
-            ][..],
-        ),
-        (
-            "domains",
-            &[
-                "create", "all", "get", "update", "enable", "disable", "freeze", "members",
-            ][..],
-        ),
-        (
-            "clients",
-            &[
-                "create",
-                "all",
-                "get",
-                "update",
-                "enable",
-                "disable",
-                "delete",
-                "connect",
-                "disconnect",
-            ][..],
-        ),
-        (
-            "channels",
-            &[
-                "create",
-                "all",
-                "get",
-                "update",
-                "enable",
-                "disable",
-                "delete",
-                "connect",
-                "disconnect",
-            ][..],
-        ),
-        (
-            "groups",
-            &[
-                "create", "all", "get", "parents", "children", "members", "update", "enable", "disable", "delete",
-            ][..],
-        ),
-        ("messages", &["send", "read"][..]),
-        ("provision", &["clients", "channels", "connect"][..]),
-        ("certs", &["issue", "get", "serial", "revoke", "ca"][..]),
-    ] {
-        cmd = cmd.subcommand(entity(name, verbs));
-    }
-    cmd
+    use clap::CommandFactory;
+    fluxgate::cli::completion_command(Cli::command())
 }
 
 #[derive(Subcommand)]
@@ -170,7 +97,7 @@ fn main() -> ExitCode {
         || (first == "config" && argv.get(2).map(String::as_str) == Some("default"));
     if !clap_cmd {
         if matches!(first, "" | "--help" | "-h" | "help") {
-            println!("{}", fluxgate::cli::TOP);
+            println!("{}", fluxgate::cli::top());
             return if first.is_empty() {
                 ExitCode::from(2)
             } else {

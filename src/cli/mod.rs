@@ -7,6 +7,9 @@
 //! when a command's token argument is left out.
 
 mod provision;
+mod table;
+
+use table::Tail;
 
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -58,8 +61,8 @@ impl Args {
 
 /// Why a command failed, and how to exit.
 pub enum Fail {
-    /// Wrong arguments: print this usage and exit 2.
-    Usage(&'static str),
+    /// Wrong arguments: print the entity's usage and exit 2.
+    Usage,
     /// Anything else: print and exit 1.
     Msg(String),
 }
@@ -200,70 +203,29 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-const USERS: &str = "usage: fluxgate users create <first_name> <last_name> <email> <username> <password> [<token>]
-       fluxgate users token <username|email> <password> [--save]
-       fluxgate users refreshtoken <refresh_token>
-       fluxgate users <user_id|all> get <token> [--offset N --limit N]
-       fluxgate users <user_id> update '<json>' | tags '<json list>' | email <email> | username <name> | role <role> <token>
-       fluxgate users password <old_password> <new_password> <token>
-       fluxgate users resetpasswordrequest <email>
-       fluxgate users resetpassword <password> <confirm_password> <reset_token>
-       fluxgate users <user_id> enable|disable|delete <token>
-       fluxgate users profile <token>
-       fluxgate users search <query> <token>";
-const DOMAINS: &str = "usage: fluxgate domains create <name> <route> <token>
-       fluxgate domains <domain_id|all> get <token>
-       fluxgate domains <domain_id> update '<json>' <token>
-       fluxgate domains <domain_id> enable|disable|freeze <token>
-       fluxgate domains <domain_id> members [list | add <user_id> <relation> | remove <user_id>] <token>";
-const CLIENTS: &str = "usage: fluxgate clients create '<json>' <domain_id> <token>
-       fluxgate clients <client_id|all> get <domain_id> <token> [--offset N --limit N]
-       fluxgate clients <client_id> update '<json>' | update tags '<json list>' | update secret <secret> <domain_id> <token>
-       fluxgate clients <client_id> enable|disable|delete <domain_id> <token>
-       fluxgate clients <client_id> connect|disconnect <channel_id> '<conn types json list>' <domain_id> <token>
-       fluxgate clients <file.csv|file.json> <domain_id> <token>";
-const CHANNELS: &str = "usage: fluxgate channels create '<json>' <domain_id> <token>
-       fluxgate channels <channel_id|all> get <domain_id> <token> [--offset N --limit N]
-       fluxgate channels <channel_id> update '<json>' | update tags '<json list>' <domain_id> <token>
-       fluxgate channels <channel_id> enable|disable|delete <domain_id> <token>
-       fluxgate channels <channel_id> connect|disconnect <client_id> '<conn types json list>' <domain_id> <token>
-       fluxgate channels <file.csv|file.json> <domain_id> <token>";
-const GROUPS: &str = "usage: fluxgate groups create '<json>' <domain_id> <token>
-       fluxgate groups <group_id|all> get <domain_id> <token>
-       fluxgate groups <group_id> parents|children|members <domain_id> <token>
-       fluxgate groups <group_id> update '<json>' <domain_id> <token>
-       fluxgate groups <group_id> enable|disable|delete <domain_id> <token>";
-const MESSAGES: &str = "usage: fluxgate messages send <channel_id>[/<subtopic>] '<senml json>' <client_secret>
-       fluxgate messages read <channel_id> <token or client secret> [--offset N --limit N --name X ...]";
-const PROVISION: &str = "usage: fluxgate provision clients|channels <file.csv|file.json> <domain_id> <token>
-       fluxgate provision connect <connections.csv> <domain_id> <token>";
-const CERTS: &str = "usage: fluxgate certs issue <client_id> <domain_id> <token> [--ttl 8760h]
-       fluxgate certs get <client_id> <domain_id> <token>      (the client's certificates)
-       fluxgate certs serial <serial> <domain_id> <token>
-       fluxgate certs revoke <serial> <domain_id> <token>
-       fluxgate certs ca";
-const CONFIG: &str = "usage: fluxgate config default
-       fluxgate config set url|token <value>
-       fluxgate config show";
-pub const TOP: &str = "usage: fluxgate serve [--config FILE --data-dir DIR --http-addr A --mqtt-addr A --ws-addr A]
-       fluxgate users|domains|clients|channels|groups|messages|provision|certs|config ...
-       fluxgate completions bash|zsh|fish
-global flags: --url URL (or FLUXGATE_URL), --raw (compact JSON), --help";
+/// The usage text of an entity, or the top-level usage.
+pub fn usage(entity: &str) -> String {
+    table::usage(entity)
+}
 
-/// The usage text of an entity.
-pub fn usage(entity: &str) -> &'static str {
-    match entity {
-        "users" => USERS,
-        "domains" => DOMAINS,
-        "clients" => CLIENTS,
-        "channels" => CHANNELS,
-        "groups" => GROUPS,
-        "messages" => MESSAGES,
-        "provision" => PROVISION,
-        "config" => CONFIG,
-        "certs" => CERTS,
-        _ => TOP,
+/// The top-level usage.
+pub fn top() -> String {
+    table::top()
+}
+
+/// The command tree for shell completions: `fluxgate`'s own subcommands (from clap) and, per
+/// entity, the words of its commands in the table.
+pub fn completion_command(mut cmd: clap::Command) -> clap::Command {
+    for e in table::ENTITIES.iter().filter(|e| **e != "config") {
+        cmd = cmd.subcommand(
+            clap::Command::new(*e).about(usage(e)).arg(
+                clap::Arg::new("args")
+                    .num_args(0..)
+                    .value_parser(clap::builder::PossibleValuesParser::new(table::verbs(e))),
+            ),
+        );
     }
+    cmd
 }
 
 /// Runs an entity command; prints the result; returns the exit code.
@@ -298,6 +260,14 @@ pub fn run(a: Args) -> ExitCode {
             println!("ok");
             ExitCode::SUCCESS
         }
+        // Text answers (the CA certificate) are printed as they are.
+        Ok(Some(Value::String(text))) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
         Ok(Some(v)) => {
             let text = if a.raw {
                 v.to_string()
@@ -307,8 +277,8 @@ pub fn run(a: Args) -> ExitCode {
             println!("{text}");
             ExitCode::SUCCESS
         }
-        Err(Fail::Usage(u)) => {
-            eprintln!("{u}");
+        Err(Fail::Usage) => {
+            eprintln!("{}", usage(&entity));
             ExitCode::from(2)
         }
         Err(Fail::Msg(m)) => {
@@ -318,489 +288,136 @@ pub fn run(a: Args) -> ExitCode {
     }
 }
 
+/// The hand-written commands first (they have fixed first words or a file name), then the
+/// table.
 async fn dispatch(api: &Api, a: &Args, entity: &str) -> Res {
     let w: Vec<&str> = a.words.iter().skip(1).map(String::as_str).collect();
-    match entity {
-        "users" => users(api, a, &w).await,
-        "domains" => domains(api, &w).await,
-        "clients" | "channels" => things(api, a, entity, &w).await,
-        "groups" => groups(api, &w).await,
-        "messages" => messages(api, a, &w).await,
-        "provision" => match w.as_slice() {
-            [kind @ ("clients" | "channels"), file, d, rest @ ..] => {
-                provision::entities(api, kind, file, d, token(api, rest, PROVISION)?).await
-            }
-            ["connect", file, d, rest @ ..] => provision::connections(api, file, d, token(api, rest, PROVISION)?).await,
-            _ => Err(Fail::Usage(PROVISION)),
-        },
-        "certs" => certs(api, a, &w).await,
-        "config" => match w.as_slice() {
-            ["set", key @ ("url" | "token"), value] => {
-                save_config(key, value)?;
-                Ok(None)
-            }
-            ["show"] => Ok(Some(load_config())),
-            _ => Err(Fail::Usage(CONFIG)),
-        },
-        _ => Err(Fail::Usage(TOP)),
+    if let Some(out) = irregular(api, a, entity, &w).await {
+        return out;
     }
+    let m = table::find(entity, &w).ok_or(Fail::Usage)?;
+    let c = m.cmd;
+    let (domain, tok) = match c.tail {
+        Tail::Public => (None, None),
+        Tail::OptionalToken => (None, m.tail.first().map(|t| t.to_string())),
+        Tail::Token => (None, Some(token(api, m.tail)?.to_string())),
+        Tail::Domain => {
+            let (d, t) = domain_and_token(api, m.tail)?;
+            (Some(d), Some(t))
+        }
+    };
+    let mut path = m.path(entity, domain.as_deref());
+    if c.query {
+        path.push_str(&query(a));
+    }
+    let body = m.body().map_err(Fail::Msg)?;
+    let method = reqwest::Method::from_bytes(c.method.as_bytes()).map_err(|e| msg(e.to_string()))?;
+    let auth = tok.as_deref().map(Auth::Bearer).unwrap_or(Auth::None);
+    let out = api.call(method, &path, auth, body).await?;
+    Ok(if c.quiet { None } else { out })
 }
 
 /// `<domain_id> <token>` at the end of a command, the token defaulting to the saved one.
-fn domain_and_token(api: &Api, rest: &[&str], u: &'static str) -> Result<(String, String), Fail> {
+fn domain_and_token(api: &Api, rest: &[&str]) -> Result<(String, String), Fail> {
     match rest {
         [d, t] => Ok((d.to_string(), t.to_string())),
-        [d] => api
-            .saved_token
-            .clone()
-            .map(|t| (d.to_string(), t))
-            .ok_or(Fail::Usage(u)),
-        _ => Err(Fail::Usage(u)),
+        [d] => api.saved_token.clone().map(|t| (d.to_string(), t)).ok_or(Fail::Usage),
+        _ => Err(Fail::Usage),
     }
 }
 
 /// The token argument, or the saved one when it was left out.
-fn token<'a>(api: &'a Api, rest: &[&'a str], u: &'static str) -> Result<&'a str, Fail> {
+fn token<'a>(api: &'a Api, rest: &[&'a str]) -> Result<&'a str, Fail> {
     match rest {
         [t] => Ok(t),
-        [] => api.saved_token.as_deref().ok_or(Fail::Usage(u)),
-        _ => Err(Fail::Usage(u)),
+        [] => api.saved_token.as_deref().ok_or(Fail::Usage),
+        _ => Err(Fail::Usage),
     }
 }
 
-async fn users(api: &Api, a: &Args, w: &[&str]) -> Res {
+/// The commands the table cannot express (listed in `table::IRREGULAR` for usage and
+/// completions); `None` when `w` is none of them.
+async fn irregular(api: &Api, a: &Args, entity: &str, w: &[&str]) -> Option<Res> {
     use reqwest::Method as M;
-    let u = USERS;
-    match w {
-        ["create", first, last, email, username, password, rest @ ..] => {
-            let body = json!({"first_name": first, "last_name": last, "email": email,
-                              "credentials": {"username": username, "secret": password}});
-            let auth = rest.first().map(|t| Auth::Bearer(t)).unwrap_or(Auth::None);
-            if rest.len() > 1 {
-                return Err(Fail::Usage(u));
+    Some(match (entity, w) {
+        ("users", ["token", identity, password]) => {
+            let body = json!({"identity": identity, "secret": password});
+            match api.call(M::POST, "/users/tokens/issue", Auth::None, Some(body)).await {
+                Ok(v) => match v.as_ref().and_then(|v| v["access_token"].as_str()) {
+                    Some(t) if a.save => save_config("token", t).map(|()| v),
+                    _ => Ok(v),
+                },
+                Err(e) => Err(e),
             }
-            api.call(M::POST, "/users", auth, Some(body)).await
         }
-        ["token", identity, password] => {
-            let v = api
-                .call(
-                    M::POST,
-                    "/users/tokens/issue",
-                    Auth::None,
-                    Some(json!({"identity": identity, "secret": password})),
-                )
-                .await?;
-            if a.save {
-                if let Some(t) = v.as_ref().and_then(|v| v["access_token"].as_str()) {
-                    save_config("token", t)?;
-                }
-            }
-            Ok(v)
-        }
-        ["refreshtoken", t] => api.call(M::POST, "/users/tokens/refresh", Auth::Bearer(t), None).await,
-        ["profile", rest @ ..] => {
-            api.call(M::GET, "/users/profile", Auth::Bearer(token(api, rest, u)?), None)
-                .await
-        }
-        ["search", q, rest @ ..] => {
+        ("users", ["search", q, rest @ ..]) => {
             let qs = if q.contains('=') {
                 q.to_string()
             } else {
                 format!("username={}", enc(q))
             };
-            api.call(
-                M::GET,
-                &format!("/users/search?{qs}"),
-                Auth::Bearer(token(api, rest, u)?),
-                None,
-            )
-            .await
-        }
-        ["password", old, new, rest @ ..] => {
-            api.call(
-                M::PATCH,
-                "/users/secret",
-                Auth::Bearer(token(api, rest, u)?),
-                Some(json!({"old_secret": old, "new_secret": new})),
-            )
-            .await
-        }
-        ["resetpasswordrequest", email] => {
-            api.call(
-                M::POST,
-                "/password/reset-request",
-                Auth::None,
-                Some(json!({"email": email})),
-            )
-            .await?;
-            Ok(None)
-        }
-        ["resetpassword", p, c, t] => {
-            api.call(
-                M::PUT,
-                "/password/reset",
-                Auth::None,
-                Some(json!({"password": p, "confirm_password": c, "token": t})),
-            )
-            .await
-        }
-        ["all", "get", rest @ ..] => {
-            api.call(
-                M::GET,
-                &format!("/users{}", query(a)),
-                Auth::Bearer(token(api, rest, u)?),
-                None,
-            )
-            .await
-        }
-        [id, "get", rest @ ..] => {
-            api.call(
-                M::GET,
-                &format!("/users/{id}"),
-                Auth::Bearer(token(api, rest, u)?),
-                None,
-            )
-            .await
-        }
-        [id, "update", field @ ("tags" | "email" | "username" | "role" | "picture"), value, rest @ ..] => {
-            let body = match *field {
-                "tags" => json!({"tags": parse_json(value, "tags")?}),
-                "picture" => json!({"profile_picture": value}),
-                f => json!({ f: value }),
-            };
-            api.call(
-                M::PATCH,
-                &format!("/users/{id}/{field}"),
-                Auth::Bearer(token(api, rest, u)?),
-                Some(body),
-            )
-            .await
-        }
-        [id, "update", body, rest @ ..] => {
-            api.call(
-                M::PATCH,
-                &format!("/users/{id}"),
-                Auth::Bearer(token(api, rest, u)?),
-                Some(parse_json(body, "update")?),
-            )
-            .await
-        }
-        [id, op @ ("enable" | "disable"), rest @ ..] => {
-            api.call(
-                M::POST,
-                &format!("/users/{id}/{op}"),
-                Auth::Bearer(token(api, rest, u)?),
-                None,
-            )
-            .await
-        }
-        [id, "delete", rest @ ..] => {
-            api.call(
-                M::DELETE,
-                &format!("/users/{id}"),
-                Auth::Bearer(token(api, rest, u)?),
-                None,
-            )
-            .await
-        }
-        _ => Err(Fail::Usage(u)),
-    }
-}
-
-async fn domains(api: &Api, w: &[&str]) -> Res {
-    use reqwest::Method as M;
-    let u = DOMAINS;
-    match w {
-        ["create", name, route, rest @ ..] => {
-            api.call(
-                M::POST,
-                "/domains",
-                Auth::Bearer(token(api, rest, u)?),
-                Some(json!({"name": name, "route": route})),
-            )
-            .await
-        }
-        ["all", "get", rest @ ..] => {
-            api.call(M::GET, "/domains", Auth::Bearer(token(api, rest, u)?), None)
-                .await
-        }
-        [id, "get", rest @ ..] => {
-            api.call(
-                M::GET,
-                &format!("/domains/{id}"),
-                Auth::Bearer(token(api, rest, u)?),
-                None,
-            )
-            .await
-        }
-        [id, "update", body, rest @ ..] => {
-            api.call(
-                M::PATCH,
-                &format!("/domains/{id}"),
-                Auth::Bearer(token(api, rest, u)?),
-                Some(parse_json(body, "update")?),
-            )
-            .await
-        }
-        [id, op @ ("enable" | "disable" | "freeze"), rest @ ..] => {
-            api.call(
-                M::POST,
-                &format!("/domains/{id}/{op}"),
-                Auth::Bearer(token(api, rest, u)?),
-                None,
-            )
-            .await
-        }
-        [id, "members", "add", user, rel, rest @ ..] => {
-            api.call(
-                M::POST,
-                &format!("/domains/{id}/users/assign"),
-                Auth::Bearer(token(api, rest, u)?),
-                Some(json!({"user_ids": [user], "relation": rel})),
-            )
-            .await
-        }
-        [id, "members", "remove", user, rest @ ..] => {
-            api.call(
-                M::POST,
-                &format!("/domains/{id}/users/unassign"),
-                Auth::Bearer(token(api, rest, u)?),
-                Some(json!({"user_id": user})),
-            )
-            .await
-        }
-        [id, "members", "list", rest @ ..] | [id, "members", rest @ ..] => {
-            api.call(
-                M::GET,
-                &format!("/domains/{id}/users"),
-                Auth::Bearer(token(api, rest, u)?),
-                None,
-            )
-            .await
-        }
-        _ => Err(Fail::Usage(u)),
-    }
-}
-
-/// Clients and channels share their command shapes.
-async fn things(api: &Api, a: &Args, entity: &str, w: &[&str]) -> Res {
-    use reqwest::Method as M;
-    let u = usage(entity);
-    let dt = |rest: &[&str]| domain_and_token(api, rest, u);
-    match w {
-        ["create", body, rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(
-                M::POST,
-                &format!("/{d}/{entity}"),
-                Auth::Bearer(&t),
-                Some(parse_json(body, "entity")?),
-            )
-            .await
-        }
-        ["all", "get", rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(M::GET, &format!("/{d}/{entity}{}", query(a)), Auth::Bearer(&t), None)
-                .await
-        }
-        [file, rest @ ..] if file.ends_with(".csv") || file.ends_with(".json") => {
-            let (d, t) = dt(rest)?;
-            provision::entities(api, entity, file, &d, &t).await
-        }
-        [id, "get", rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(M::GET, &format!("/{d}/{entity}/{id}"), Auth::Bearer(&t), None)
-                .await
-        }
-        [id, "update", "tags", tags, rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(
-                M::PATCH,
-                &format!("/{d}/{entity}/{id}/tags"),
-                Auth::Bearer(&t),
-                Some(json!({"tags": parse_json(tags, "tags")?})),
-            )
-            .await
-        }
-        [id, "update", "secret", secret, rest @ ..] if entity == "clients" => {
-            let (d, t) = dt(rest)?;
-            api.call(
-                M::PATCH,
-                &format!("/{d}/clients/{id}/secret"),
-                Auth::Bearer(&t),
-                Some(json!({"secret": secret})),
-            )
-            .await
-        }
-        [id, "update", body, rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(
-                M::PATCH,
-                &format!("/{d}/{entity}/{id}"),
-                Auth::Bearer(&t),
-                Some(parse_json(body, "update")?),
-            )
-            .await
-        }
-        [id, op @ ("enable" | "disable"), rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(M::POST, &format!("/{d}/{entity}/{id}/{op}"), Auth::Bearer(&t), None)
-                .await
-        }
-        [id, "delete", rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(M::DELETE, &format!("/{d}/{entity}/{id}"), Auth::Bearer(&t), None)
-                .await
-        }
-        [id, op @ ("connect" | "disconnect"), other, types, rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            let types = parse_json(types, "connection types")?;
-            let (client, channel) = if entity == "clients" { (id, other) } else { (other, id) };
-            api.call(
-                M::POST,
-                &format!("/{d}/channels/{op}"),
-                Auth::Bearer(&t),
-                Some(json!({"client_ids": [client], "channel_ids": [channel], "types": types})),
-            )
-            .await?;
-            Ok(None)
-        }
-        _ => Err(Fail::Usage(u)),
-    }
-}
-
-async fn groups(api: &Api, w: &[&str]) -> Res {
-    use reqwest::Method as M;
-    let u = GROUPS;
-    let dt = |rest: &[&str]| domain_and_token(api, rest, u);
-    match w {
-        ["create", body, rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(
-                M::POST,
-                &format!("/{d}/groups"),
-                Auth::Bearer(&t),
-                Some(parse_json(body, "group")?),
-            )
-            .await
-        }
-        ["all", "get", rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(M::GET, &format!("/{d}/groups"), Auth::Bearer(&t), None).await
-        }
-        [id, "get", rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(M::GET, &format!("/{d}/groups/{id}"), Auth::Bearer(&t), None)
-                .await
-        }
-        [id, op @ ("parents" | "children" | "members"), rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            let q = if *op == "members" { "" } else { "?tree=true" };
-            api.call(M::GET, &format!("/{d}/groups/{id}/{op}{q}"), Auth::Bearer(&t), None)
-                .await
-        }
-        [id, "update", body, rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(
-                M::PUT,
-                &format!("/{d}/groups/{id}"),
-                Auth::Bearer(&t),
-                Some(parse_json(body, "update")?),
-            )
-            .await
-        }
-        [id, op @ ("enable" | "disable"), rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(M::POST, &format!("/{d}/groups/{id}/{op}"), Auth::Bearer(&t), None)
-                .await
-        }
-        [id, "delete", rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(M::DELETE, &format!("/{d}/groups/{id}"), Auth::Bearer(&t), None)
-                .await
-        }
-        _ => Err(Fail::Usage(u)),
-    }
-}
-
-async fn certs(api: &Api, a: &Args, w: &[&str]) -> Res {
-    use reqwest::Method as M;
-    let u = CERTS;
-    let dt = |rest: &[&str]| domain_and_token(api, rest, u);
-    match w {
-        ["ca"] => {
-            let r = api
-                .http
-                .get(format!("{}/certs/ca", api.url))
-                .send()
-                .await
-                .map_err(|e| msg(format!("cannot reach {}: {e}", api.url)))?;
-            if !r.status().is_success() {
-                return Err(msg(format!("HTTP {}", r.status())));
+            match token(api, rest) {
+                Ok(t) => {
+                    api.call(M::GET, &format!("/users/search?{qs}"), Auth::Bearer(t), None)
+                        .await
+                }
+                Err(e) => Err(e),
             }
-            print!("{}", r.text().await.unwrap_or_default());
-            std::process::exit(0);
         }
-        ["issue", client, rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            let ttl = a.flag("ttl").unwrap_or("8760h");
-            api.call(
-                M::POST,
-                &format!("/{d}/certs"),
-                Auth::Bearer(&t),
-                Some(json!({"client_id": client, "ttl": ttl})),
-            )
-            .await
+        ("clients" | "channels", [file, rest @ ..]) if file.ends_with(".csv") || file.ends_with(".json") => {
+            match domain_and_token(api, rest) {
+                Ok((d, t)) => provision::entities(api, entity, file, &d, &t).await,
+                Err(e) => Err(e),
+            }
         }
-        ["get", client, rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(M::GET, &format!("/{d}/serials/{client}"), Auth::Bearer(&t), None)
-                .await
-        }
-        ["serial", serial, rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(M::GET, &format!("/{d}/certs/{serial}"), Auth::Bearer(&t), None)
-                .await
-        }
-        ["revoke", serial, rest @ ..] => {
-            let (d, t) = dt(rest)?;
-            api.call(M::DELETE, &format!("/{d}/certs/{serial}"), Auth::Bearer(&t), None)
-                .await
-        }
-        _ => Err(Fail::Usage(u)),
-    }
-}
-
-async fn messages(api: &Api, a: &Args, w: &[&str]) -> Res {
-    match w {
-        ["send", target, payload, secret] => {
+        ("provision", [kind @ ("clients" | "channels"), file, d, rest @ ..]) => match token(api, rest) {
+            Ok(t) => provision::entities(api, kind, file, d, t).await,
+            Err(e) => Err(e),
+        },
+        ("provision", ["connect", file, d, rest @ ..]) => match token(api, rest) {
+            Ok(t) => provision::connections(api, file, d, t).await,
+            Err(e) => Err(e),
+        },
+        ("certs", ["issue", client, rest @ ..]) => match domain_and_token(api, rest) {
+            Ok((d, t)) => {
+                let ttl = a.flag("ttl").unwrap_or("8760h");
+                let body = json!({"client_id": client, "ttl": ttl});
+                api.call(M::POST, &format!("/{d}/certs"), Auth::Bearer(&t), Some(body))
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+        ("certs", ["ca"]) => api.call(M::GET, "/certs/ca", Auth::None, None).await,
+        ("messages", ["send", target, payload, secret]) => {
             let (channel, sub) = target.split_once('/').unwrap_or((target, ""));
             let path = if sub.is_empty() {
                 format!("/http/channels/{channel}/messages")
             } else {
                 format!("/http/channels/{channel}/messages/{sub}")
             };
-            parse_json(payload, "message")?;
-            api.send_raw(&path, secret, "application/senml+json", payload.to_string())
-                .await
+            match parse_json(payload, "message") {
+                Ok(_) => {
+                    api.send_raw(&path, secret, "application/senml+json", payload.to_string())
+                        .await
+                }
+                Err(e) => Err(e),
+            }
         }
-        ["read", channel, cred] => {
+        ("messages", ["read", channel, cred]) => {
             // A JWT has three dot-separated parts; anything else is a client secret.
             let auth = if cred.split('.').count() == 3 {
                 Auth::Bearer(cred)
             } else {
                 Auth::Client(cred)
             };
-            api.call(
-                reqwest::Method::GET,
-                &format!("/channels/{channel}/messages{}", query(a)),
-                auth,
-                None,
-            )
-            .await
+            api.call(M::GET, &format!("/channels/{channel}/messages{}", query(a)), auth, None)
+                .await
         }
-        _ => Err(Fail::Usage(MESSAGES)),
-    }
+        ("config", ["set", key @ ("url" | "token"), value]) => save_config(key, value).map(|()| None),
+        ("config", ["show"]) => Ok(Some(load_config())),
+        ("messages" | "provision" | "config", _) => Err(Fail::Usage),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -818,5 +435,22 @@ mod tests {
         assert!(a.raw);
         assert_eq!(query(&a), "?offset=1&limit=5");
         assert_eq!(enc("a b/c"), "a%20b%2Fc");
+    }
+
+    /// The generated completion scripts offer every fixed word of every entity's commands.
+    #[test]
+    fn completion_scripts_hold_every_command_word() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Fish] {
+            let mut cmd = completion_command(clap::Command::new("fluxgate"));
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "fluxgate", &mut out);
+            let script = String::from_utf8(out).expect("utf-8");
+            for e in table::ENTITIES.iter().filter(|e| **e != "config") {
+                assert!(script.contains(e), "{shell}: {e}");
+                for v in table::verbs(e) {
+                    assert!(script.contains(v), "{shell}: {e} {v}");
+                }
+            }
+        }
     }
 }
