@@ -25,6 +25,7 @@ use storage::{NewUser, Role, Status, Store, StoreConfig, UserQuery};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Errors of starting and running the platform, each from its layer.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -37,8 +38,24 @@ pub enum AppError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     DataDir(#[from] datadir::DataDirError),
-    #[error("startup: {0}")]
-    Startup(String),
+    #[error("MQTT broker: {0}")]
+    Broker(#[from] broker::BrokerError),
+    #[error("certificates: {0}")]
+    Certs(#[from] certs::CertError),
+    #[error("cannot read {path}: {err}")]
+    ReadFile { path: String, err: std::io::Error },
+    #[error("password hashing: {0}")]
+    Passwords(#[from] mgmt::error::ApiError),
+    #[error("smtp: {0}")]
+    Smtp(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("a start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("user `{0}` exists and is not a super-admin; set admin.username to the super-admin's username")]
+    NotSuperAdmin(String),
+    #[error("{0} stopped while the platform was running")]
+    Stopped(&'static str),
 }
 
 /// Options that are not configuration: hooks for embedding (tests use them).
@@ -48,32 +65,50 @@ pub struct Hooks {
     pub outbox: Option<Arc<dyn Outbox>>,
 }
 
-/// A built, bound, not yet running platform.
+/// A built platform: every listener bound, the store open, keys and certificates ready, the
+/// super-admin in place; nothing running yet (no task, no thread, nothing accepted).
 pub struct App {
+    cfg: Config,
     http: tokio::net::TcpListener,
     http_addr: SocketAddr,
-    ctx: Arc<Ctx>,
-    events: tokio::sync::broadcast::Sender<storage::Change>,
-    broker: Arc<broker::BrokerHandle>,
-    pipeline: pipeline::Pipeline,
-    writer: pipeline::Writer,
     https: Option<Arc<certs::RustlsServerConfig>>,
+    mqtt: broker::Listeners,
+    mqtt_addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
+    mqtts_addr: Option<SocketAddr>,
+    wss: Option<(tokio::net::TcpListener, Arc<certs::RustlsServerConfig>)>,
     wss_addr: Option<SocketAddr>,
+    store: Store,
+    tokens: auth::Tokens,
+    passwords: auth::Passwords,
+    outbox: Arc<dyn mgmt::Outbox>,
+    ca: Arc<certs::Ca>,
+    events: tokio::sync::broadcast::Sender<storage::Change>,
+    broker_metrics: Arc<broker::Metrics>,
+    sink: Arc<pipeline::LateSink>,
+    pipeline: pipeline::Pipeline,
+    parked: pipeline::Parked,
     limits: http_server::HttpLimits,
-    /// Released when the platform stops.
-    _dir_lock: datadir::DirLock,
     http_counters: Arc<http_server::HttpCounters>,
+    /// Released when the platform stops.
+    dir_lock: datadir::DirLock,
     /// The generated bootstrap password, when this start created the super-admin with one.
     pub generated_admin_password: Option<String>,
 }
 
+fn bind_http(addr: &str, backlog: u32) -> Result<tokio::net::TcpListener, AppError> {
+    http_server::bind(addr, backlog).map_err(|err| AppError::Bind {
+        addr: addr.to_string(),
+        err,
+    })
+}
+
 impl App {
+    /// Binds every listener, opens the store, prepares keys and certificates and the
+    /// super-admin. Starts nothing: a failure here leaves no task or thread behind.
     pub async fn build(cfg: Config, hooks: Hooks) -> Result<App, AppError> {
         // The API listener first: nothing is created when its port is taken.
-        let http = http_server::bind(&cfg.http.addr, cfg.http.backlog).map_err(|err| AppError::Bind {
-            addr: cfg.http.addr.clone(),
-            err,
-        })?;
+        let http = bind_http(&cfg.http.addr, cfg.http.backlog)?;
         let http_addr = http.local_addr()?;
         let limits = http_server::HttpLimits {
             header_timeout: std::time::Duration::from_secs(cfg.http.header_timeout),
@@ -96,13 +131,11 @@ impl App {
         };
         let tokens = auth::Tokens::new(secret.as_bytes(), cfg.auth.access_token_ttl, cfg.auth.refresh_token_ttl);
         let iterations = cfg.auth.pbkdf2_iterations;
-        let passwords = blocking(move || auth::Passwords::new(iterations))
-            .await?
-            .map_err(|e| AppError::Startup(e.to_string()))?;
+        let passwords = blocking(move || auth::Passwords::new(iterations)).await??;
 
         let outbox: Arc<dyn mgmt::Outbox> = match hooks.outbox {
             Some(o) => o,
-            None if !cfg.smtp.host.is_empty() => Arc::new(mail::SmtpOutbox::new(&cfg.smtp).map_err(AppError::Startup)?),
+            None if !cfg.smtp.host.is_empty() => Arc::new(mail::SmtpOutbox::new(&cfg.smtp).map_err(AppError::Smtp)?),
             None => Arc::new(mgmt::LogOutbox),
         };
         let (events, _) = tokio::sync::broadcast::channel(4096);
@@ -117,144 +150,78 @@ impl App {
         let (ca, tls) = {
             let (data_dir, t, https) = (cfg.data_dir.clone(), cfg.tls.clone(), cfg.http.tls);
             blocking(
-                move || -> Result<(certs::Ca, Option<Arc<certs::RustlsServerConfig>>), String> {
+                move || -> Result<(certs::Ca, Option<Arc<certs::RustlsServerConfig>>), AppError> {
                     let configured = (!t.ca_cert_file.is_empty())
                         .then(|| (PathBuf::from(&t.ca_cert_file), PathBuf::from(&t.ca_key_file)));
                     let ca = certs::Ca::load_or_create(
                         &data_dir,
                         configured.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-                    )
-                    .map_err(|e| e.to_string())?;
+                    )?;
                     if t.mqtts_addr.is_empty() && t.wss_addr.is_empty() && !https {
                         return Ok((ca, None));
                     }
                     let (cert, key) = if t.cert_file.is_empty() {
-                        ca.issue_server(&t.hosts).map_err(|e| e.to_string())?
+                        ca.issue_server(&t.hosts)?
                     } else {
-                        let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
+                        let read = |p: &str| {
+                            std::fs::read_to_string(p).map_err(|err| AppError::ReadFile {
+                                path: p.to_string(),
+                                err,
+                            })
+                        };
                         (read(&t.cert_file)?, read(&t.key_file)?)
                     };
-                    let sc = ca.server_config(&cert, &key).map_err(|e| e.to_string())?;
+                    let sc = ca.server_config(&cert, &key)?;
                     Ok((ca, Some(sc)))
                 },
             )
-            .await?
-            .map_err(AppError::Startup)?
+            .await??
         };
-        let ca = Arc::new(ca);
-        let bcfg = broker::BrokerConfig {
-            mqtt_addr: cfg.mqtt.addr.clone(),
-            ws_addr: Some(cfg.mqtt.ws_addr.clone()).filter(|a| !a.is_empty()),
-            allow_anonymous: cfg.mqtt.allow_anonymous,
-            max_packet_size: cfg.mqtt.max_packet_size,
-            connect_timeout: std::time::Duration::from_secs(cfg.mqtt.connect_timeout),
-            max_keep_alive: cfg.mqtt.max_keep_alive,
-            max_connections: cfg.mqtt.max_connections,
-            backlog: cfg.mqtt.backlog,
-            inflight_window: cfg.mqtt.inflight_window,
-            max_connect_size: cfg.mqtt.max_connect_size,
-            max_pending_connections: cfg.mqtt.max_pending_connections,
-            max_queued_bytes: cfg.mqtt.max_queued_bytes,
-            max_queued_messages: cfg.mqtt.max_queued_messages,
-            max_session_expiry: std::time::Duration::from_secs(cfg.mqtt.max_session_expiry),
-            max_sessions_per_client: cfg.mqtt.max_sessions_per_client,
-            max_stored_queue_bytes: cfg.mqtt.max_stored_queue_bytes,
-            max_retained: cfg.mqtt.max_retained,
-            threads: cfg.mqtt.threads,
-            max_segment_size: cfg.mqtt.max_segment_size,
-            max_segment_count: cfg.mqtt.max_segment_count,
-            tls: tls
-                .clone()
-                .filter(|_| !cfg.tls.mqtts_addr.is_empty())
-                .map(|config| broker::TlsSettings {
-                    addr: cfg.tls.mqtts_addr.clone(),
-                    config,
-                }),
-        };
-        let authorizer = Arc::new(mqtt::StoreAuthorizer { store: store.clone() });
-        let sink = Arc::new(pipeline::LateSink::default());
-        let retained = Arc::new(mqtt::StoreRetained { store: store.clone() });
-        let sessions: Option<Arc<dyn broker::SessionStore>> = cfg
-            .mqtt
-            .persist_sessions
-            .then(|| Arc::new(mqtt::StoreSessions { store: store.clone() }) as _);
-        let broker = broker::start(bcfg, authorizer, sink.clone(), Some(retained), sessions)
-            .await
-            .map_err(|e| AppError::Startup(e.to_string()))?;
-        let broker = Arc::new(broker);
-        tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
-        let wss_counters = Arc::new(http_server::HttpCounters::default());
-        let wss_addr = match (&tls, cfg.tls.wss_addr.as_str()) {
-            (Some(sc), a) if !a.is_empty() => {
-                let l = http_server::bind(a, cfg.mqtt.backlog).map_err(|err| AppError::Bind {
-                    addr: a.to_string(),
-                    err,
-                })?;
-                let addr = l.local_addr()?;
-                tracing::info!(%addr, "MQTT over secure WebSocket listening on /mqtt");
-                tokio::spawn(http_server::serve(
-                    l,
-                    Some(sc.clone()),
-                    broker.ws_routes(),
-                    http_server::HttpLimits {
-                        max_connections: cfg.mqtt.max_connections,
-                        ..limits
-                    },
-                    wss_counters.clone(),
-                    std::future::pending(),
-                ));
-                Some(addr)
-            }
+        // The MQTT listeners (TCP, WebSocket, TLS) and MQTT over secure WebSocket.
+        let mqtts = tls
+            .clone()
+            .filter(|_| !cfg.tls.mqtts_addr.is_empty())
+            .map(|c| (cfg.tls.mqtts_addr.as_str(), c));
+        let ws = Some(cfg.mqtt.ws_addr.as_str()).filter(|a| !a.is_empty());
+        let mqtt = broker::Listeners::bind(&cfg.mqtt.addr, ws, mqtts, cfg.mqtt.backlog)?;
+        let mqtt_addr = mqtt.mqtt.local_addr()?;
+        let ws_addr = mqtt.ws.as_ref().map(|l| l.local_addr()).transpose()?;
+        let mqtts_addr = mqtt.mqtts.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+        let wss = match (&tls, cfg.tls.wss_addr.as_str()) {
+            (Some(sc), a) if !a.is_empty() => Some((bind_http(a, cfg.mqtt.backlog)?, sc.clone())),
             _ => None,
         };
-        let (pipeline, writer) = pipeline::start(store.clone(), &cfg.messages, &sink)?;
-        let http_ingest = Arc::new(http_ingest::HttpIngest::new(pipeline.clone(), broker.clone()));
-        let http_counters = Arc::new(http_server::HttpCounters::default());
-        let telemetry = telemetry::build(telemetry::Sources {
-            broker: broker.metrics.clone(),
-            pipeline: pipeline.metrics.clone(),
-            store: store.clone(),
-            http: vec![("api", http_counters.clone()), ("wss", wss_counters)],
-            http_fanout_refused: http_ingest.refused_fanout.clone(),
-        })
-        .map_err(|e| AppError::Startup(format!("metrics: {e}")))?;
-        let ctx = Arc::new(Ctx {
-            store: store.clone(),
-            tokens,
-            passwords,
-            cfg: MgmtConfig {
-                self_registration: cfg.auth.self_registration,
-                max_body_bytes: cfg.http.max_body_bytes,
-                version: VERSION,
-                public_url: public_url(&cfg, http_addr),
-                senml: cfg.messages.senml_limits(),
-                cors_origins: cfg.http.cors_origins.clone(),
-                metrics_token: cfg.metrics.token.expose().to_string(),
-            },
-            outbox,
-            messages: http_ingest.clone(),
-            ca: ca.clone(),
-            probes: probes(&broker, &store, &pipeline),
-            telemetry,
-            guard: mgmt::guard::LoginGuard::default(),
-            hash_slots: mgmt::default_hash_slots(),
-        });
-        let generated_admin_password = bootstrap_admin(&ctx, &cfg).await?;
+        let wss_addr = wss.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+
+        let sink = Arc::new(pipeline::LateSink::default());
+        let (pipeline, parked) = pipeline::prepare(&cfg.messages, &sink);
+        let (generated_admin_password, passwords) = bootstrap_admin(&store, passwords, &cfg).await?;
 
         Ok(App {
             http,
             http_addr,
-            ctx,
-            events,
-            broker,
-            pipeline,
-            writer,
             https: tls.filter(|_| cfg.http.tls),
+            mqtt,
+            mqtt_addr,
+            ws_addr,
+            mqtts_addr,
+            wss,
             wss_addr,
+            store,
+            tokens,
+            passwords,
+            outbox,
+            ca: Arc::new(ca),
+            events,
+            broker_metrics: Arc::new(broker::Metrics::default()),
+            sink,
+            pipeline,
+            parked,
             limits,
-            _dir_lock: dir_lock,
-            http_counters,
+            http_counters: Arc::new(http_server::HttpCounters::default()),
+            dir_lock,
             generated_admin_password,
+            cfg,
         })
     }
 
@@ -268,11 +235,11 @@ impl App {
     }
 
     pub fn mqtt_addr(&self) -> SocketAddr {
-        self.broker.mqtt_addr
+        self.mqtt_addr
     }
 
     pub fn ws_addr(&self) -> Option<SocketAddr> {
-        self.broker.ws_addr
+        self.ws_addr
     }
 
     pub fn wss_addr(&self) -> Option<SocketAddr> {
@@ -280,12 +247,12 @@ impl App {
     }
 
     pub fn mqtts_addr(&self) -> Option<SocketAddr> {
-        self.broker.mqtts_addr
+        self.mqtts_addr
     }
 
     /// The broker's counters.
     pub fn broker_metrics(&self) -> Arc<broker::Metrics> {
-        self.broker.metrics.clone()
+        self.broker_metrics.clone()
     }
 
     /// Total message rows committed by the pipeline, as a watch (await `wait_for`).
@@ -305,42 +272,202 @@ impl App {
 
     /// The store, for in-process embedders and tests that check authorization answers.
     pub fn store(&self) -> Store {
-        self.ctx.store.clone()
+        self.store.clone()
     }
 
-    /// Serves until `shutdown` completes; in-flight requests finish first. Ends with an error
-    /// (after draining the writer) if the MQTT router stops: a broker that refuses every
-    /// device must not look healthy.
+    /// Starts everything (broker, change feed, message writer, HTTP API, MQTT over secure
+    /// WebSocket) and serves until `shutdown` completes or a part stops on its own. Then stops
+    /// in order: no listener accepts, MQTT sessions are closed, the HTTP servers finish their
+    /// requests, and the writer stores everything queued, so no message arrives after the
+    /// writer stopped. A part that stopped on its own is named in the error.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
-        tracing::info!(addr = %self.http_addr, "HTTP API listening");
-        tracing::info!(mqtt = %self.broker.mqtt_addr, mqtts = ?self.broker.mqtts_addr, ws = ?self.broker.ws_addr, "MQTT listening");
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
-        let failed = self.broker.failed();
-        tokio::spawn(async move {
-            let router_died = tokio::select! {
-                _ = shutdown => false,
-                _ = failed => true,
-            };
-            let _ = stop_tx.send(router_died);
-        });
-        let (died_tx, died_rx) = tokio::sync::oneshot::channel::<bool>();
-        let stop = async move {
-            let died = stop_rx.await.unwrap_or(false);
-            let _ = died_tx.send(died);
+        let App {
+            cfg,
+            http,
+            http_addr,
+            https,
+            mqtt,
+            wss,
+            store,
+            tokens,
+            passwords,
+            outbox,
+            ca,
+            events,
+            broker_metrics,
+            sink,
+            pipeline,
+            parked,
+            limits,
+            http_counters,
+            dir_lock,
+            ..
+        } = self;
+        let mut writer = parked.start(store.clone(), &cfg.messages)?;
+        let broker = match start_broker(&cfg, mqtt, &store, sink, broker_metrics).await {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                writer.drain().await;
+                return Err(e);
+            }
         };
-        {
+        let follow = tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
+        let http_ingest = Arc::new(http_ingest::HttpIngest::new(pipeline.clone(), broker.clone()));
+        let wss_counters = Arc::new(http_server::HttpCounters::default());
+        let telemetry = telemetry::build(telemetry::Sources {
+            broker: broker.metrics.clone(),
+            pipeline: pipeline.metrics.clone(),
+            store: store.clone(),
+            http: vec![("api", http_counters.clone()), ("wss", wss_counters.clone())],
+            http_fanout_refused: http_ingest.refused_fanout.clone(),
+        })?;
+        let ctx = Arc::new(Ctx {
+            store: store.clone(),
+            tokens,
+            passwords,
+            cfg: MgmtConfig {
+                self_registration: cfg.auth.self_registration,
+                max_body_bytes: cfg.http.max_body_bytes,
+                version: VERSION,
+                public_url: public_url(&cfg, http_addr),
+                senml: cfg.messages.senml_limits(),
+                cors_origins: cfg.http.cors_origins.clone(),
+                metrics_token: cfg.metrics.token.expose().to_string(),
+            },
+            outbox,
+            messages: http_ingest,
+            ca,
+            probes: probes(&broker, &store, &pipeline),
+            telemetry,
+            guard: mgmt::guard::LoginGuard::default(),
+            hash_slots: mgmt::default_hash_slots(),
+        });
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let mut wss_task = wss.map(|(l, sc)| {
+            let addr = l.local_addr().ok();
+            tracing::info!(addr = ?addr, "MQTT over secure WebSocket listening on /mqtt");
+            let wss_limits = http_server::HttpLimits {
+                max_connections: cfg.mqtt.max_connections,
+                ..limits
+            };
+            tokio::spawn(http_server::serve(
+                l,
+                Some(sc),
+                broker.ws_routes(),
+                wss_limits,
+                wss_counters,
+                stopped(),
+            ))
+        });
+        tracing::info!(addr = %http_addr, "HTTP API listening");
+        let mut http_task = {
             use warp::Filter;
-            let routes = mgmt::routes(self.ctx).boxed();
-            http_server::serve(self.http, self.https, routes, self.limits, self.http_counters, stop).await;
+            let routes = mgmt::routes(ctx).boxed();
+            tokio::spawn(http_server::serve(
+                http,
+                https,
+                routes,
+                limits,
+                http_counters,
+                stopped(),
+            ))
+        };
+
+        // Serve until asked to stop, or until a part stops on its own.
+        let mut http_done = false;
+        let mut wss_done = false;
+        let early = tokio::select! {
+            _ = shutdown => None,
+            _ = broker.failed() => Some("the MQTT router"),
+            _ = &mut http_task => {
+                http_done = true;
+                Some("the HTTP API server")
+            }
+            _ = async {
+                match wss_task.as_mut() {
+                    Some(t) => {
+                        let _ = t.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            } => {
+                wss_done = true;
+                Some("the MQTT over secure WebSocket server")
+            }
+            _ = writer.ended() => Some("the message writer"),
+        };
+        if let Some(what) = early {
+            tracing::error!(part = what, "stopped on its own; the platform stops");
         }
-        // Everything accepted is written before exit.
-        self.writer.drain().await;
-        if died_rx.await.unwrap_or(false) {
-            return Err(AppError::Startup("the MQTT router stopped".into()));
+        // 1. No listener accepts any more; 2. MQTT sessions close (persistent ones stay
+        // stored); 3. the HTTP servers (plain and TLS) finish their requests; 4. the writer
+        // stores what is queued.
+        let _ = stop_tx.send(true);
+        broker.shut_down(std::time::Duration::from_secs(5)).await;
+        if !http_done {
+            let _ = http_task.await;
         }
-        tracing::info!("stopped");
-        Ok(())
+        if let (Some(t), false) = (wss_task, wss_done) {
+            let _ = t.await;
+        }
+        follow.abort();
+        writer.drain().await;
+        drop(dir_lock);
+        match early {
+            Some(what) => Err(AppError::Stopped(what)),
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+        }
     }
+}
+
+/// Starts the broker on its bound listeners, plugged into the store and the pipeline.
+async fn start_broker(
+    cfg: &Config,
+    listeners: broker::Listeners,
+    store: &Store,
+    sink: Arc<pipeline::LateSink>,
+    metrics: Arc<broker::Metrics>,
+) -> Result<broker::BrokerHandle, AppError> {
+    let m = &cfg.mqtt;
+    let bcfg = broker::BrokerConfig {
+        allow_anonymous: m.allow_anonymous,
+        max_packet_size: m.max_packet_size,
+        connect_timeout: std::time::Duration::from_secs(m.connect_timeout),
+        max_keep_alive: m.max_keep_alive,
+        max_connections: m.max_connections,
+        backlog: m.backlog,
+        inflight_window: m.inflight_window,
+        max_connect_size: m.max_connect_size,
+        max_pending_connections: m.max_pending_connections,
+        max_queued_bytes: m.max_queued_bytes,
+        max_queued_messages: m.max_queued_messages,
+        max_session_expiry: std::time::Duration::from_secs(m.max_session_expiry),
+        max_sessions_per_client: m.max_sessions_per_client,
+        max_stored_queue_bytes: m.max_stored_queue_bytes,
+        max_retained: m.max_retained,
+        threads: m.threads,
+        max_segment_size: m.max_segment_size,
+        max_segment_count: m.max_segment_count,
+    };
+    let ports = broker::Ports {
+        auth: Arc::new(mqtt::StoreAuthorizer { store: store.clone() }),
+        sink,
+        retained: Some(Arc::new(mqtt::StoreRetained { store: store.clone() })),
+        sessions: m
+            .persist_sessions
+            .then(|| Arc::new(mqtt::StoreSessions { store: store.clone() }) as _),
+    };
+    Ok(broker::start(bcfg, listeners, ports, metrics).await?)
 }
 
 /// The base of links sent to users: `http.public_url`, else the API's own address (an
@@ -358,9 +485,7 @@ fn public_url(cfg: &Config, bound: SocketAddr) -> String {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, AppError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AppError::Startup(format!("blocking task failed: {e}")))
+    Ok(tokio::task::spawn_blocking(f).await?)
 }
 
 fn random_hex<const N: usize>() -> String {
@@ -436,18 +561,13 @@ pub fn reset_admin_password(cfg: &Config) -> Result<Option<String>, AppError> {
     } else {
         (cfg.admin.password.expose().to_string(), None)
     };
-    let hash = auth::Passwords::new(cfg.auth.pbkdf2_iterations)
-        .and_then(|p| p.hash(&password))
-        .map_err(|e| AppError::Startup(e.to_string()))?;
+    let hash = auth::Passwords::new(cfg.auth.pbkdf2_iterations).and_then(|p| p.hash(&password))?;
     match store.user_by_identity(&cfg.admin.username)? {
         Some(u) if u.role == Role::Admin => {
             store.set_user_secret(&u.id, &hash, None)?;
         }
         Some(_) => {
-            return Err(AppError::Startup(format!(
-                "user `{}` exists and is not a super-admin; set admin.username to the super-admin's username",
-                cfg.admin.username
-            )))
+            return Err(AppError::NotSuperAdmin(cfg.admin.username.clone()));
         }
         None => {
             store.create_user(admin_user(cfg, hash))?;
@@ -456,8 +576,14 @@ pub fn reset_admin_password(cfg: &Config) -> Result<Option<String>, AppError> {
     Ok(generated)
 }
 
-async fn bootstrap_admin(ctx: &Arc<Ctx>, cfg: &Config) -> Result<Option<String>, AppError> {
-    let s = ctx.store.clone();
+/// Creates the super-admin from configuration when the store has none. Returns the password
+/// when it was generated here (and the hasher back).
+async fn bootstrap_admin(
+    store: &Store,
+    passwords: auth::Passwords,
+    cfg: &Config,
+) -> Result<(Option<String>, auth::Passwords), AppError> {
+    let s = store.clone();
     let existing = blocking(move || {
         s.list_users(&UserQuery {
             filter: storage::EntityFilter {
@@ -471,7 +597,7 @@ async fn bootstrap_admin(ctx: &Arc<Ctx>, cfg: &Config) -> Result<Option<String>,
     })
     .await??;
     if existing {
-        return Ok(None);
+        return Ok((None, passwords));
     }
     let (password, generated) = if cfg.admin.password.is_empty() {
         let p = random_hex::<12>();
@@ -479,13 +605,10 @@ async fn bootstrap_admin(ctx: &Arc<Ctx>, cfg: &Config) -> Result<Option<String>,
     } else {
         (cfg.admin.password.expose().to_string(), None)
     };
-    let hash = ctx
-        .blocking(move |c| c.passwords.hash(&password))
-        .await
-        .map_err(|e| AppError::Startup(e.to_string()))?;
-    let new = admin_user(cfg, hash);
-    let s = ctx.store.clone();
+    let (hash, passwords) = blocking(move || (passwords.hash(&password), passwords)).await?;
+    let new = admin_user(cfg, hash?);
+    let s = store.clone();
     let u = blocking(move || s.create_user(new)).await??;
     tracing::info!(user = %u.id, username = %u.username, "created the bootstrap super-admin");
-    Ok(generated)
+    Ok((generated, passwords))
 }

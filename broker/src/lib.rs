@@ -193,10 +193,6 @@ pub trait SessionStore: Send + Sync + 'static {
 
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
-    /// Front listener for MQTT over TCP.
-    pub mqtt_addr: String,
-    /// Front listener for MQTT over WebSocket (path `/mqtt`); `None` disables it.
-    pub ws_addr: Option<String>,
     pub allow_anonymous: bool,
     /// Largest packet accepted from a client, in bytes.
     pub max_packet_size: usize,
@@ -228,29 +224,46 @@ pub struct BrokerConfig {
     pub max_segment_count: usize,
     /// Worker threads of the broker's runtime.
     pub threads: usize,
-    /// MQTT over TLS: listener address and server configuration.
-    pub tls: Option<TlsSettings>,
 }
 
-#[derive(Clone)]
-pub struct TlsSettings {
-    pub addr: String,
-    pub config: Arc<tokio_rustls::rustls::ServerConfig>,
+/// The broker's bound listeners (the caller binds them, so every address is known, and a
+/// port that is taken fails, before anything starts).
+pub struct Listeners {
+    /// MQTT over TCP.
+    pub mqtt: std::net::TcpListener,
+    /// MQTT over WebSocket (path `/mqtt`).
+    pub ws: Option<std::net::TcpListener>,
+    /// MQTT over TLS, with its server configuration.
+    pub mqtts: Option<(std::net::TcpListener, Arc<tokio_rustls::rustls::ServerConfig>)>,
 }
 
-impl std::fmt::Debug for TlsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsSettings")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
+impl Listeners {
+    /// Binds the MQTT listener, and the WebSocket and TLS ones when given.
+    pub fn bind(
+        mqtt: &str,
+        ws: Option<&str>,
+        mqtts: Option<(&str, Arc<tokio_rustls::rustls::ServerConfig>)>,
+        backlog: u32,
+    ) -> Result<Listeners, BrokerError> {
+        Ok(Listeners {
+            mqtt: bind(mqtt, backlog)?,
+            ws: ws.map(|a| bind(a, backlog)).transpose()?,
+            mqtts: mqtts.map(|(a, c)| bind(a, backlog).map(|l| (l, c))).transpose()?,
+        })
     }
+}
+
+/// What the broker is plugged into.
+pub struct Ports {
+    pub auth: Arc<dyn Authorizer>,
+    pub sink: Arc<dyn MessageSink>,
+    pub retained: Option<Arc<dyn RetainedStore>>,
+    pub sessions: Option<Arc<dyn SessionStore>>,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            mqtt_addr: "127.0.0.1:0".into(),
-            ws_addr: None,
             allow_anonymous: false,
             max_packet_size: 1024 * 1024,
             max_connect_size: 64 * 1024,
@@ -269,7 +282,6 @@ impl Default for BrokerConfig {
             max_segment_size: 64 * 1024,
             max_segment_count: 4,
             threads: 2,
-            tls: None,
         }
     }
 }
@@ -389,6 +401,8 @@ impl Metrics {
 
 /// State shared by every session.
 pub(crate) struct Shared {
+    /// True once the broker stops accepting connections.
+    pub stop: tokio::sync::watch::Sender<bool>,
     pub cfg: BrokerConfig,
     pub auth: Arc<dyn Authorizer>,
     pub sink: Arc<dyn MessageSink>,
@@ -403,6 +417,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Resolves once the broker stops accepting connections.
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
     /// Writes a QoS 1/2 message for the persistent sessions subscribed to it, if any; returns
     /// its entry id and, with `wait`, a receiver that resolves once it is committed.
     pub(crate) fn durable_message(
@@ -505,6 +527,8 @@ pub struct BrokerHandle {
     pub metrics: Arc<Metrics>,
     shared: Arc<Shared>,
     local: std::sync::Mutex<(rumqttd::local::LinkTx, rumqttd::local::LinkRx)>,
+    /// The accept loops (they end, closing their listeners, when the broker stops).
+    accepting: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     _rt: Runtime,
 }
 
@@ -554,6 +578,32 @@ impl BrokerHandle {
         self.shared.retained.len()
     }
 
+    /// Stops the broker: its listeners stop accepting (MQTT, TLS, WebSocket), every session
+    /// is closed (DISCONNECT 0x8B to v5 clients, no wills; persistent sessions stay stored),
+    /// and this resolves once every session task has ended, or after `within`.
+    pub async fn shut_down(&self, within: Duration) {
+        let _ = self.shared.stop.send(true);
+        self.shared.registry.apply(Revocation::ShutDown);
+        let accepting = self
+            .accepting
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        let ended = async {
+            self.shared.registry.empty().await;
+            // The accept loops (and the WebSocket server, once its connections closed).
+            for t in accepting {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(within, ended).await.is_err() {
+            tracing::warn!(
+                left = self.shared.registry.len(),
+                "sessions still ending after the shutdown wait"
+            );
+        }
+    }
+
     /// False once the router thread has stopped (it panicked): the broker cannot serve.
     pub fn healthy(&self) -> bool {
         self.shared.router.alive()
@@ -593,25 +643,25 @@ pub fn bind_listener(addr: &str, backlog: u32) -> std::io::Result<std::net::TcpL
     Ok(s.into())
 }
 
-/// Spawns the router and the broker's runtime, binds the listeners and starts accepting.
+/// Spawns the router and the broker's runtime, restores persistent sessions, then accepts on
+/// the bound listeners. `metrics` is the broker's counters (made by the caller, so they can be
+/// read before the broker starts).
 pub async fn start(
     cfg: BrokerConfig,
-    auth: Arc<dyn Authorizer>,
-    sink: Arc<dyn MessageSink>,
-    retained_store: Option<Arc<dyn RetainedStore>>,
-    session_store: Option<Arc<dyn SessionStore>>,
+    listeners: Listeners,
+    ports: Ports,
+    metrics: Arc<Metrics>,
 ) -> Result<BrokerHandle, BrokerError> {
-    let mqtt = bind(&cfg.mqtt_addr, cfg.backlog)?;
+    let Ports {
+        auth,
+        sink,
+        retained: retained_store,
+        sessions: session_store,
+    } = ports;
+    let Listeners { mqtt, ws, mqtts } = listeners;
     let mqtt_addr = mqtt.local_addr()?;
-    let ws = cfg.ws_addr.as_deref().map(|a| bind(a, cfg.backlog)).transpose()?;
     let ws_addr = ws.as_ref().map(|l| l.local_addr()).transpose()?;
-    let tls = match &cfg.tls {
-        Some(t) => Some((
-            bind(&t.addr, cfg.backlog)?,
-            tokio_rustls::TlsAcceptor::from(t.config.clone()),
-        )),
-        None => None,
-    };
+    let tls = mqtts.map(|(l, c)| (l, tokio_rustls::TlsAcceptor::from(c)));
     let mqtts_addr = tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -652,8 +702,9 @@ pub async fn start(
         }
         None => (durable::Durable::off(), None),
     };
-    let metrics = Arc::new(Metrics::default());
+    let (stop, _) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
+        stop,
         durable,
         pending: Arc::new(tokio::sync::Semaphore::new(cfg.max_pending_connections.max(1))),
         cfg,
@@ -674,30 +725,31 @@ pub async fn start(
             .await
             .map_err(|e| BrokerError::Sessions(e.to_string()))?;
     }
+    let mut accepting = Vec::new();
     let s = shared.clone();
-    rt.spawn(async move {
+    accepting.push(rt.spawn(async move {
         match tokio::net::TcpListener::from_std(mqtt) {
             Ok(l) => accept_tcp(l, s).await,
             Err(e) => tracing::error!(error = %e, "MQTT listener"),
         }
-    });
+    }));
     if let Some((l, acceptor)) = tls {
         let s = shared.clone();
-        rt.spawn(async move {
+        accepting.push(rt.spawn(async move {
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => accept_tls(l, acceptor, s).await,
                 Err(e) => tracing::error!(error = %e, "MQTT over TLS listener"),
             }
-        });
+        }));
     }
     if let Some(l) = ws {
         let s = shared.clone();
-        rt.spawn(async move {
+        accepting.push(rt.spawn(async move {
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => ws::serve(l, s).await,
                 Err(e) => tracing::error!(error = %e, "MQTT over WebSocket listener"),
             }
-        });
+        }));
     }
     tracing::info!(addr = %mqtt_addr, tls = ?mqtts_addr, ws = ?ws_addr, "MQTT listening");
     Ok(BrokerHandle {
@@ -707,13 +759,20 @@ pub async fn start(
         metrics,
         shared,
         local: std::sync::Mutex::new(local),
+        accepting: std::sync::Mutex::new(accepting),
         _rt: Runtime(Some(rt)),
     })
 }
 
 async fn accept_tcp(l: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let stopped = shared.stopped();
+    tokio::pin!(stopped);
     loop {
-        match l.accept().await {
+        let accepted = tokio::select! {
+            _ = &mut stopped => return,
+            a = l.accept() => a,
+        };
+        match accepted {
             Ok((s, peer)) => {
                 let _ = s.set_nodelay(true);
                 tokio::spawn(connect::run(Box::new(s), peer, "mqtt", None, shared.clone()));
@@ -729,8 +788,14 @@ async fn accept_tcp(l: tokio::net::TcpListener, shared: Arc<Shared>) {
 /// TLS: the handshake (bounded by the CONNECT timeout) runs in the connection's own task, so
 /// a client that stalls or speaks plain TCP or an old TLS version affects only itself.
 async fn accept_tls(l: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+    let stopped = shared.stopped();
+    tokio::pin!(stopped);
     loop {
-        match l.accept().await {
+        let accepted = tokio::select! {
+            _ = &mut stopped => return,
+            a = l.accept() => a,
+        };
+        match accepted {
             Ok((s, peer)) => {
                 let _ = s.set_nodelay(true);
                 let (shared, acceptor) = (shared.clone(), acceptor.clone());
@@ -819,6 +884,7 @@ mod tests {
     fn shared(cfg: BrokerConfig) -> (Arc<Shared>, Arc<FakeSink>) {
         let sink = Arc::new(FakeSink::default());
         let s = Arc::new(Shared {
+            stop: tokio::sync::watch::channel(false).0,
             pending: Arc::new(tokio::sync::Semaphore::new(16)),
             router: router::RouterPort::spawn(64, 64 * 1024, 4),
             retained: retained::RetainedIndex::start(None, 100).expect("index"),

@@ -27,6 +27,9 @@ pub enum Revocation {
     Cert { serial: String },
     /// Some changes may have been missed: every session forgets all cached rights.
     Everything,
+    /// The server is stopping: every connection gets DISCONNECT 0x8B (v5) and every session
+    /// task ends; persistent sessions stay in the session store for the next start.
+    ShutDown,
 }
 
 /// A message to one session task.
@@ -35,6 +38,8 @@ pub(crate) enum Control {
     Attach(Box<crate::connect::Attach>),
     /// End the session (its connection gets DISCONNECT with this v5 reason); no will.
     Close(u8),
+    /// The server stops: end the task, keeping a persistent session stored.
+    ShutDown,
     /// Forget cached rights (of one channel, or all).
     Invalidate(Option<String>),
     /// A message for a restored session that has no router link yet (its entry is written).
@@ -54,12 +59,16 @@ struct Entry {
 struct Inner {
     by_key: HashMap<String, Entry>,
     by_identity: HashMap<Identity, HashSet<String>>,
+    /// The server stops: no new session is registered (a connection that arrives is closed).
+    closing: bool,
 }
 
 #[derive(Default)]
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
     next: AtomicU64,
+    /// Woken when the last session leaves.
+    emptied: tokio::sync::Notify,
 }
 
 /// The outcome of handing a connection to its session.
@@ -76,6 +85,9 @@ impl Registry {
         let Ok(mut m) = self.inner.lock() else {
             return Handed::Existing;
         };
+        if m.closing {
+            return Handed::Existing;
+        }
         let a = match m.by_key.get(key) {
             Some(e) => match e.tx.send(Control::Attach(a)) {
                 Ok(()) => return Handed::Existing,
@@ -91,7 +103,7 @@ impl Registry {
     /// Registers a session restored from the store (no connection yet).
     pub fn register(&self, key: &str, identity: Option<&Identity>) -> Option<(u64, mpsc::UnboundedReceiver<Control>)> {
         let mut m = self.inner.lock().ok()?;
-        if m.by_key.contains_key(key) {
+        if m.closing || m.by_key.contains_key(key) {
             return None;
         }
         Some(Self::insert(&self.next, &mut m, key, identity))
@@ -178,6 +190,22 @@ impl Registry {
                     }
                 }
             }
+            if m.by_key.is_empty() {
+                self.emptied.notify_waiters();
+            }
+        }
+    }
+
+    /// Resolves once no session is registered.
+    pub async fn empty(&self) {
+        loop {
+            let woken = self.emptied.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.len() == 0 {
+                return;
+            }
+            woken.await;
         }
     }
 
@@ -195,7 +223,11 @@ impl Registry {
     }
 
     pub fn apply(&self, r: Revocation) {
-        let Ok(m) = self.inner.lock() else { return };
+        let Ok(mut m) = self.inner.lock() else { return };
+        if matches!(r, Revocation::ShutDown) {
+            m.closing = true;
+        }
+        let m = m;
         let send = |keys: &HashSet<String>, c: &dyn Fn() -> Control| {
             for k in keys {
                 if let Some(e) = m.by_key.get(k) {
@@ -226,6 +258,12 @@ impl Registry {
                         tracing::info!(serial = %serial, "ending a session of a revoked certificate");
                         let _ = e.tx.send(Control::Close(0x98));
                     }
+                }
+            }
+            Revocation::ShutDown => {
+                tracing::info!(sessions = m.by_key.len(), "closing every session: the server stops");
+                for e in m.by_key.values() {
+                    let _ = e.tx.send(Control::ShutDown);
                 }
             }
             Revocation::Everything => {

@@ -48,6 +48,7 @@ mod reason {
     pub const MALFORMED: u8 = 0x81;
     pub const PROTOCOL_ERROR: u8 = 0x82;
     pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
     pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
     pub const SESSION_TAKEN_OVER: u8 = 0x8E;
     pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
@@ -89,6 +90,8 @@ enum End {
     Takeover(Box<Attach>),
     /// A revocation: the session ends, without will.
     Revoked(u8),
+    /// The server stops: DISCONNECT 0x8B (v5), no will; a persistent session stays stored.
+    ShutDown,
     /// The router dropped the link (not expected): the session ends.
     LinkGone,
     /// A clean session's outbound queue overflowed: DISCONNECT 0x97 (5), will applies.
@@ -148,6 +151,7 @@ impl Session {
             direct: false,
             direct_seen: HashSet::new(),
             live_will: None,
+            shutting_down: false,
         }
     }
 }
@@ -194,6 +198,8 @@ struct Session {
     direct_seen: HashSet<u64>,
     /// The will of the connection attached now (kept in the session record).
     live_will: Option<Will>,
+    /// The server stops: the session ends without deleting what the store keeps of it.
+    shutting_down: bool,
 }
 
 impl Session {
@@ -236,6 +242,18 @@ impl Session {
                     if live.req.will.is_some() {
                         Metrics::inc(&self.m().wills_suppressed);
                     }
+                    (false, true)
+                }
+                End::ShutDown => {
+                    if live.req.v5 {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            live.wr
+                                .write_all(&codec::encode_disconnect(reason::SERVER_SHUTTING_DOWN)),
+                        )
+                        .await;
+                    }
+                    self.shutting_down = true;
                     (false, true)
                 }
                 End::LinkGone => (false, true),
@@ -452,6 +470,7 @@ impl Session {
                 c = self.ctrl.recv() => match c {
                     Some(Control::Attach(a)) => Err(End::Takeover(a)),
                     Some(Control::Close(code)) => Err(End::Revoked(code)),
+                    Some(Control::ShutDown) => Err(End::ShutDown),
                     Some(Control::Invalidate(ch)) => {
                         self.rights.invalidate(ch.as_deref());
                         Ok(())
@@ -529,6 +548,10 @@ impl Session {
                 biased;
                 c = self.ctrl.recv() => match c {
                     Some(Control::Attach(a)) => break Some(a),
+                    Some(Control::ShutDown) => {
+                        self.shutting_down = true;
+                        break None;
+                    }
                     Some(Control::Close(_)) | None => {
                         if self.pending_will.take().is_some() {
                             Metrics::inc(&self.m().wills_suppressed);
@@ -574,9 +597,12 @@ impl Session {
     /// handed to it meanwhile start a new session.
     async fn finish(mut self) {
         if let Some((w, _)) = self.pending_will.take() {
-            self.publish_will(w).await;
+            if !self.shutting_down {
+                self.publish_will(w).await;
+            }
         }
-        if self.stored {
+        // A stopping server keeps persistent sessions for its next start.
+        if self.stored && !self.shutting_down {
             self.shared.durable.write(SessionOp::Delete(self.key.clone()));
             self.shared.durable.index(&self.key, self.origin, Vec::new());
             self.stored = false;

@@ -8,7 +8,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warp::Filter;
 
 pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    warp::serve(routes(shared)).incoming(listener).run().await;
+    let stopped = shared.stopped();
+    warp::serve(routes(shared))
+        .incoming(listener)
+        .graceful(stopped)
+        .run()
+        .await;
 }
 
 /// The `/mqtt` WebSocket endpoint as a filter (served plain here, or over TLS by the caller).

@@ -108,19 +108,38 @@ pub struct Pipeline {
 pub struct Writer {
     stop: Option<oneshot::Sender<()>>,
     finished: oneshot::Receiver<()>,
+    done: bool,
 }
 
 impl Writer {
+    /// Resolves if the writer thread ends on its own (it never should before [`Writer::drain`]).
+    pub async fn ended(&mut self) {
+        let _ = (&mut self.finished).await;
+        self.done = true;
+    }
+
     /// Closes the queue, writes everything still in it, and waits for the last commit.
     pub async fn drain(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        let _ = self.finished.await;
+        if !self.done {
+            let _ = self.finished.await;
+        }
     }
 }
 
-pub fn start(store: Store, cfg: &MessagesConfig, sink: &LateSink) -> std::io::Result<(Pipeline, Writer)> {
+/// A pipeline whose queue exists (the broker's sink and the HTTP adapter can be wired to it)
+/// but whose batcher, writer thread and retention task have not started.
+pub struct Parked {
+    rx: mpsc::UnboundedReceiver<Envelope>,
+    stored_tx: tokio::sync::watch::Sender<u64>,
+    queue: Queue,
+    metrics: Arc<PipelineMetrics>,
+}
+
+/// Makes the queue (and points `sink` at it when MQTT messages are stored); starts nothing.
+pub fn prepare(cfg: &MessagesConfig, sink: &LateSink) -> (Pipeline, Parked) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queue = Queue {
         tx,
@@ -130,37 +149,60 @@ pub fn start(store: Store, cfg: &MessagesConfig, sink: &LateSink) -> std::io::Re
     };
     let _ = sink.0.set(cfg.store_mqtt.then(|| queue.clone()));
     let metrics = Arc::new(PipelineMetrics::new(queue.queued.clone()));
-    let (stop_tx, stop_rx) = oneshot::channel();
     let (stored_tx, stored) = tokio::sync::watch::channel(0u64);
-    // One batch being written and one waiting: the batcher keeps collecting meanwhile.
-    let (batch_tx, batch_rx) = mpsc::channel(1);
-    tokio::spawn(batch_loop(
-        rx,
-        metrics.clone(),
-        queue.room.clone(),
-        stop_rx,
-        batch_tx,
-        cfg.batch_size,
-        Duration::from_millis(cfg.flush_interval_ms),
-    ));
-    let (finished_tx, finished) = oneshot::channel();
-    let (s, m, nice, limits) = (store.clone(), metrics.clone(), cfg.writer_priority, cfg.senml_limits());
-    std::thread::Builder::new()
-        .name("fluxgate-writer".into())
-        .spawn(move || {
-            writer_thread(s, batch_rx, stored_tx, m, nice, limits);
-            let _ = finished_tx.send(());
-        })?;
-    if cfg.retention_max_age > 0 || cfg.retention_max_rows_per_channel > 0 {
-        tokio::spawn(retention::retention(store, cfg.clone(), metrics.clone()));
-    }
-    Ok((
-        Pipeline { queue, stored, metrics },
-        Writer {
+    (
+        Pipeline {
+            queue: queue.clone(),
+            stored,
+            metrics: metrics.clone(),
+        },
+        Parked {
+            rx,
+            stored_tx,
+            queue,
+            metrics,
+        },
+    )
+}
+
+impl Parked {
+    /// Starts the batcher, the writer thread and (when configured) retention.
+    pub fn start(self, store: Store, cfg: &MessagesConfig) -> std::io::Result<Writer> {
+        let Parked {
+            rx,
+            stored_tx,
+            queue,
+            metrics,
+        } = self;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        // One batch being written and one waiting: the batcher keeps collecting meanwhile.
+        let (batch_tx, batch_rx) = mpsc::channel(1);
+        let (finished_tx, finished) = oneshot::channel();
+        let (s, m, nice, limits) = (store.clone(), metrics.clone(), cfg.writer_priority, cfg.senml_limits());
+        std::thread::Builder::new()
+            .name("fluxgate-writer".into())
+            .spawn(move || {
+                writer_thread(s, batch_rx, stored_tx, m, nice, limits);
+                let _ = finished_tx.send(());
+            })?;
+        tokio::spawn(batch_loop(
+            rx,
+            metrics.clone(),
+            queue.room.clone(),
+            stop_rx,
+            batch_tx,
+            cfg.batch_size,
+            Duration::from_millis(cfg.flush_interval_ms),
+        ));
+        if cfg.retention_max_age > 0 || cfg.retention_max_rows_per_channel > 0 {
+            tokio::spawn(retention::retention(store, cfg.clone(), metrics));
+        }
+        Ok(Writer {
             stop: Some(stop_tx),
             finished,
-        },
-    ))
+            done: false,
+        })
+    }
 }
 
 impl Pipeline {

@@ -19,6 +19,7 @@ mod groups;
 mod hardening;
 mod helpers;
 mod isolation;
+mod lifecycle;
 mod messages;
 mod mqtt;
 mod mqtt_client;
