@@ -210,17 +210,6 @@ async fn scenario(
 }
 
 /// Resident memory of a process ("self" or a pid), in KiB.
-fn rss_kib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// `fluxgate serve` as a child process, so that memory figures count the server alone. Its
 /// registry is provisioned by opening the same database file from here.
 struct ServerProcess {
@@ -233,37 +222,12 @@ struct ServerProcess {
 impl ServerProcess {
     async fn start(segment_size: usize) -> ServerProcess {
         let dir = tempfile::tempdir().expect("tmp");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let data_dir = dir.path().to_string_lossy().to_string();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fluxgate"))
-            .args(["serve", "--data-dir", &data_dir, "--http-addr", "127.0.0.1:0"])
-            .args([
-                "--mqtt-addr",
-                &addr.to_string(),
-                "--ws-addr",
-                "",
-                "--mqtts-addr",
-                "",
-                "--wss-addr",
-                "",
-            ])
-            .env("FLUXGATE_ADMIN_PASSWORD", "bench-password")
-            .env("FLUXGATE_AUTH_PBKDF2_ITERATIONS", "1000")
-            .env("FLUXGATE_MQTT_MAX_SEGMENT_SIZE", segment_size.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn fluxgate serve");
-        let mut waited = 0;
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            waited += 1;
-            assert!(waited < 3000, "fluxgate serve did not start");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let addr = common::free_addr();
+        let env = [
+            ("FLUXGATE_MQTT_MAX_SEGMENT_SIZE", segment_size.to_string()),
+            ("RUST_LOG", "warn".to_string()),
+        ];
+        let child = common::serve_child(dir.path(), addr, &env).await;
         let db = dir.path().join("fluxgate.db");
         let store = tokio::task::spawn_blocking(move || {
             storage::Store::open(&db, &storage::StoreConfig::default()).expect("open the server's database")
@@ -286,7 +250,7 @@ impl ServerProcess {
     }
 
     fn rss_kib(&self) -> u64 {
-        rss_kib(&self.child.id().to_string())
+        common::rss_kib(self.child.id())
     }
 }
 
@@ -372,10 +336,7 @@ async fn main() {
     let reference: Option<SocketAddr> = match std::env::var("BENCH_MQTT_REFERENCE") {
         Ok(a) => a.parse().ok(),
         Err(_) => {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .unwrap_or(0);
+            let port = common::free_addr().port();
             match std::process::Command::new("mosquitto")
                 .args(["-p", &port.to_string()])
                 .stderr(std::process::Stdio::null())
@@ -674,9 +635,7 @@ fn provision(store: &storage::Store, n: usize) -> (Vec<String>, Creds, Creds) {
 /// settings, on a free loopback port: the reference the engine is measured against.
 async fn start_bare_rumqttd(cfg: &broker::BrokerConfig) -> SocketAddr {
     use std::collections::HashMap;
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let addr = common::free_addr();
     let conn = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: cfg.max_packet_size,

@@ -41,36 +41,16 @@ struct Server {
 impl Server {
     async fn start(dir: &std::path::Path, addr: SocketAddr) -> (Server, Duration) {
         let t0 = Instant::now();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fluxgate"))
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", &addr.to_string()])
-            .args(["--ws-addr", "", "--mqtts-addr", "", "--wss-addr", ""])
-            .env("FLUXGATE_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
-            .env("FLUXGATE_AUTH_PBKDF2_ITERATIONS", "1000")
-            .env("FLUXGATE_MQTT_MAX_CONNECTIONS", "100000")
-            .env("RUST_LOG", "warn,broker::session=info,broker=info")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn fluxgate serve");
-        let mut waited = 0;
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            waited += 1;
-            assert!(waited < 6000, "fluxgate serve did not start");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let env = [
+            ("FLUXGATE_MQTT_MAX_CONNECTIONS", "100000".to_string()),
+            ("RUST_LOG", "warn,broker::session=info,broker=info".to_string()),
+        ];
+        let child = common::serve_child(dir, addr, &env).await;
         (Server { child }, t0.elapsed())
     }
 
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            })
-            .unwrap_or(0)
+        common::rss_kib(self.child.id())
     }
 
     fn kill9(mut self) {
@@ -324,11 +304,7 @@ async fn main() {
     }
 
     let dir = tempfile::tempdir().expect("tmp");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let addr = common::free_addr();
     let (server, _) = Server::start(dir.path(), addr).await;
     let db = dir.path().join("fluxgate.db");
     let store = Store::open(&db, &Default::default()).expect("open the server's database");

@@ -105,3 +105,53 @@ pub fn clients(store: &Store, domain: &str, creds: &[(String, String)]) {
         store.create_clients(domain, &new).expect("clients");
     }
 }
+
+/// `fluxgate serve` as a child process on `data_dir`, MQTT on `mqtt` (API on a free port, no
+/// WebSocket or TLS listener), with `env` added; returns once MQTT accepts connections.
+pub async fn serve_child(
+    data_dir: &std::path::Path,
+    mqtt: std::net::SocketAddr,
+    env: &[(&str, String)],
+) -> std::process::Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fluxgate"))
+        .args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", &mqtt.to_string()])
+        .args(["--ws-addr", "", "--mqtts-addr", "", "--wss-addr", ""])
+        .env("FLUXGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("FLUXGATE_AUTH_PBKDF2_ITERATIONS", "1000")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn fluxgate serve");
+    let started = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(mqtt).await.is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "fluxgate serve did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    child
+}
+
+/// Resident memory of a process, in KiB (0 when unknown).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A loopback address with a port that was free a moment ago (for a child server).
+pub fn free_addr() -> std::net::SocketAddr {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    ([127, 0, 0, 1], port).into()
+}

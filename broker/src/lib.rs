@@ -764,7 +764,12 @@ pub async fn start(
     })
 }
 
-async fn accept_tcp(l: tokio::net::TcpListener, shared: Arc<Shared>) {
+/// Accepts on `l` until the broker stops, handing each connection (no Nagle) to `serve`.
+async fn accept_loop(
+    l: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    serve: impl Fn(tokio::net::TcpStream, SocketAddr, Arc<Shared>),
+) {
     let stopped = shared.stopped();
     tokio::pin!(stopped);
     loop {
@@ -775,7 +780,7 @@ async fn accept_tcp(l: tokio::net::TcpListener, shared: Arc<Shared>) {
         match accepted {
             Ok((s, peer)) => {
                 let _ = s.set_nodelay(true);
-                tokio::spawn(connect::run(Box::new(s), peer, "mqtt", None, shared.clone()));
+                serve(s, peer, shared.clone());
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -785,49 +790,42 @@ async fn accept_tcp(l: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
+async fn accept_tcp(l: tokio::net::TcpListener, shared: Arc<Shared>) {
+    accept_loop(l, shared, |s, peer, shared| {
+        tokio::spawn(connect::run(Box::new(s), peer, "mqtt", None, shared));
+    })
+    .await
+}
+
 /// TLS: the handshake (bounded by the CONNECT timeout) runs in the connection's own task, so
 /// a client that stalls or speaks plain TCP or an old TLS version affects only itself.
 async fn accept_tls(l: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
-    let stopped = shared.stopped();
-    tokio::pin!(stopped);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut stopped => return,
-            a = l.accept() => a,
-        };
-        match accepted {
-            Ok((s, peer)) => {
-                let _ = s.set_nodelay(true);
-                let (shared, acceptor) = (shared.clone(), acceptor.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(shared.cfg.connect_timeout, acceptor.accept(s)).await {
-                        Ok(Ok(tls)) => {
-                            Metrics::inc(&shared.metrics.tls_handshakes);
-                            let cert = tls
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .map(|c| c.to_vec());
-                            connect::run(Box::new(tls), peer, "mqtt", cert, shared).await
-                        }
-                        Ok(Err(e)) => {
-                            Metrics::inc(&shared.metrics.tls_failures);
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => {
-                            Metrics::inc(&shared.metrics.tls_failures);
-                            tracing::debug!(%peer, "TLS handshake timed out")
-                        }
-                    }
-                });
+    accept_loop(l, shared, move |s, peer, shared| {
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(shared.cfg.connect_timeout, acceptor.accept(s)).await {
+                Ok(Ok(tls)) => {
+                    Metrics::inc(&shared.metrics.tls_handshakes);
+                    let cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.to_vec());
+                    connect::run(Box::new(tls), peer, "mqtt", cert, shared).await
+                }
+                Ok(Err(e)) => {
+                    Metrics::inc(&shared.metrics.tls_failures);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => {
+                    Metrics::inc(&shared.metrics.tls_failures);
+                    tracing::debug!(%peer, "TLS handshake timed out")
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+        });
+    })
+    .await
 }
 
 #[cfg(test)]

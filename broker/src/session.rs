@@ -1343,6 +1343,12 @@ impl Session {
         } else {
             self.shared.durable.write(SessionOp::Put(rec));
         }
+        self.index_subscriptions();
+        self.stored = true;
+    }
+
+    /// Puts the session's subscriptions in the index of persistent subscriptions.
+    fn index_subscriptions(&self) {
         self.shared.durable.index(
             &self.key,
             self.origin,
@@ -1351,7 +1357,6 @@ impl Session {
                 .map(|(f, s)| (f.clone(), s.qos, s.no_local, s.sub_id))
                 .collect(),
         );
-        self.stored = true;
     }
 
     fn enqueue(&mut self, d: Delivery, live: bool) -> Step {
@@ -1565,14 +1570,7 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
                 }
             }
         }
-        s.shared.durable.index(
-            &s.key,
-            s.origin,
-            s.subs
-                .iter()
-                .map(|(f, x)| (f.clone(), x.qos, x.no_local, x.sub_id))
-                .collect(),
-        );
+        s.index_subscriptions();
         // No router link until a device attaches (building 10,000 links is what would make
         // a restart slow): its publishers hand its messages over directly.
         s.direct = true;

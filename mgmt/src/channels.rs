@@ -8,7 +8,7 @@ use crate::{views, Ctx};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use storage::{ChannelPatch, ChannelQuery, ConnType, ListQuery, NewChannel, Scope, Status};
+use storage::{ChannelPatch, ChannelQuery, ConnType, ListQuery, NewChannel, Scope};
 use warp::http::{Method, StatusCode};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -37,12 +37,6 @@ struct UpdateChannel {
     name: Option<String>,
     description: Option<String>,
     metadata: Option<Value>,
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct Tags {
-    tags: Vec<String>,
 }
 
 /// `{channel_ids, client_ids, types}`; the documents' older `{subjects, objects}` spelling
@@ -144,28 +138,8 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             let made = ctx.db(move |s| s.create_channels(&d, &new)).await?;
             Reply::ok(&json!({"total": made.len(), "channels": made.iter().map(views::channel).collect::<Vec<_>>()}))
         }
-        ["connect"] if m == Method::POST => {
-            let b: Connect = req.json()?;
-            let clients = b.client_ids.or(b.subjects).unwrap_or_default();
-            let channels = b.channel_ids.or(b.objects).unwrap_or_default();
-            connect(ctx, a, clients, channels, parse_types(b.types)?).await
-        }
-        ["disconnect"] if m == Method::POST => {
-            let b: Connect = req.json()?;
-            let clients = b.client_ids.or(b.subjects).unwrap_or_default();
-            let channels = b.channel_ids.or(b.objects).unwrap_or_default();
-            disconnect(ctx, a, clients, channels, parse_types(b.types)?).await
-        }
-        [id, "connect"] if m == Method::POST => {
-            let b: Connect = req.json()?;
-            let clients = b.client_ids.or(b.subjects).unwrap_or_default();
-            connect(ctx, a, clients, vec![id.to_string()], parse_types(b.types)?).await
-        }
-        [id, "disconnect"] if m == Method::POST => {
-            let b: Connect = req.json()?;
-            let clients = b.client_ids.or(b.subjects).unwrap_or_default();
-            disconnect(ctx, a, clients, vec![id.to_string()], parse_types(b.types)?).await
-        }
+        [op @ ("connect" | "disconnect")] if m == Method::POST => connections(ctx, a, req, None, op).await,
+        [id, op @ ("connect" | "disconnect")] if m == Method::POST => connections(ctx, a, req, Some(id), op).await,
         [] if m == Method::GET => list(ctx, req, a.domain_id().into()).await,
         [id] if m == Method::GET => {
             let (d, id) = (a.domain_id().to_string(), id.to_string());
@@ -188,21 +162,9 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             };
             update(ctx, a, id, patch).await
         }
-        [id, "tags"] if m == Method::PATCH => {
-            let b: Tags = req.json()?;
-            let patch = ChannelPatch {
-                tags: views::tags(Some(b.tags))?,
-                ..Default::default()
-            };
-            update(ctx, a, id, patch).await
-        }
+        [id, "tags"] if m == Method::PATCH => update(ctx, a, id, params::tags_patch::<ChannelPatch>(req)?).await,
         [id, op @ ("enable" | "disable")] if m == Method::POST => {
-            let enable = *op == "enable";
-            let patch = ChannelPatch {
-                status: Some(if enable { Status::Enabled } else { Status::Disabled }),
-                ..Default::default()
-            };
-            update(ctx, a, id, patch).await
+            update(ctx, a, id, params::status_patch::<ChannelPatch>(op)).await
         }
         [id] if m == Method::DELETE => {
             let (d, hid) = (a.domain_id().to_string(), id.to_string());
@@ -232,22 +194,29 @@ async fn update(ctx: &Ctx, a: &DomainAccess, id: &str, patch: ChannelPatch) -> R
     Reply::ok(&views::channel(&h))
 }
 
-/// Connects (or with `remove`, disconnects) every client to every channel with each type (the
-/// store announces each connection that changed).
-async fn change_connections(
+/// `POST …/connect` or `…/disconnect` (of `channel` when the path names one): every client to
+/// every channel with each type; 201 or 204 (the store announces each connection that changed).
+async fn connections(
     ctx: &Ctx,
     a: &DomainAccess,
-    clients: Vec<String>,
-    channels: Vec<String>,
-    types: Vec<ConnType>,
-    remove: bool,
-) -> Result<(), ApiError> {
+    req: &Req,
+    channel: Option<&str>,
+    op: &str,
+) -> Result<Reply, ApiError> {
+    let b: Connect = req.json()?;
+    let clients = b.client_ids.or(b.subjects).unwrap_or_default();
+    let channels = match channel {
+        Some(id) => vec![id.to_string()],
+        None => b.channel_ids.or(b.objects).unwrap_or_default(),
+    };
+    let types = parse_types(b.types)?;
     check_ids(&clients, "client_ids")?;
     check_ids(&channels, "channel_ids")?;
     if clients.len() * channels.len() > 100_000 {
         return Err(ApiError::bad("at most 100000 client-channel pairs per request"));
     }
     let d = a.domain_id().to_string();
+    let remove = op == "disconnect";
     ctx.db(move |s| {
         if remove {
             s.disconnect(&d, &clients, &channels, &types)
@@ -256,29 +225,11 @@ async fn change_connections(
         }
     })
     .await?;
-    Ok(())
-}
-
-async fn connect(
-    ctx: &Ctx,
-    a: &DomainAccess,
-    clients: Vec<String>,
-    channels: Vec<String>,
-    types: Vec<ConnType>,
-) -> Result<Reply, ApiError> {
-    change_connections(ctx, a, clients, channels, types, false).await?;
-    Reply::empty(StatusCode::CREATED)
-}
-
-async fn disconnect(
-    ctx: &Ctx,
-    a: &DomainAccess,
-    clients: Vec<String>,
-    channels: Vec<String>,
-    types: Vec<ConnType>,
-) -> Result<Reply, ApiError> {
-    change_connections(ctx, a, clients, channels, types, true).await?;
-    Reply::empty(StatusCode::NO_CONTENT)
+    Reply::empty(if remove {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    })
 }
 
 /// The request bodies of this module's routes, for the OpenAPI document.

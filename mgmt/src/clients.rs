@@ -9,7 +9,7 @@ use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use storage::{ClientPatch, ClientQuery, ListQuery, NewClient, Scope, Status};
+use storage::{ClientPatch, ClientQuery, ListQuery, NewClient, Scope};
 use warp::http::{Method, StatusCode};
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -40,12 +40,6 @@ pub struct CreateClient {
 struct UpdateClient {
     name: Option<String>,
     metadata: Option<Value>,
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct Tags {
-    tags: Vec<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -176,14 +170,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             };
             update(ctx, a, id, patch).await
         }
-        [id, "tags"] if m == Method::PATCH => {
-            let b: Tags = req.json()?;
-            let patch = ClientPatch {
-                tags: views::tags(Some(b.tags))?,
-                ..Default::default()
-            };
-            update(ctx, a, id, patch).await
-        }
+        [id, "tags"] if m == Method::PATCH => update(ctx, a, id, params::tags_patch::<ClientPatch>(req)?).await,
         [id, "secret"] if m == Method::PATCH => {
             let b: Secret = req.json()?;
             valid_secret(&b.secret)?;
@@ -194,12 +181,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             update(ctx, a, id, patch).await
         }
         [id, op @ ("enable" | "disable")] if m == Method::POST => {
-            let enable = *op == "enable";
-            let patch = ClientPatch {
-                status: Some(if enable { Status::Enabled } else { Status::Disabled }),
-                ..Default::default()
-            };
-            update(ctx, a, id, patch).await
+            update(ctx, a, id, params::status_patch::<ClientPatch>(op)).await
         }
         [id] if m == Method::DELETE => {
             let (d, cid) = (a.domain_id().to_string(), id.to_string());

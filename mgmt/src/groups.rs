@@ -10,7 +10,7 @@ use crate::{views, Ctx};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use storage::{GroupPatch, NewGroup, Status};
+use storage::{GroupPatch, NewGroup};
 use warp::http::{Method, StatusCode};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -34,12 +34,6 @@ struct UpdateGroup {
     name: Option<String>,
     description: Option<String>,
     metadata: Option<Value>,
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct Tags {
-    tags: Vec<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -125,24 +119,9 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
             };
             update(ctx, a, id, patch).await
         }
-        [id, "tags"] if m == Method::PATCH => {
-            let b: Tags = req.json()?;
-            let patch = GroupPatch {
-                tags: views::tags(Some(b.tags))?,
-                ..Default::default()
-            };
-            update(ctx, a, id, patch).await
-        }
+        [id, "tags"] if m == Method::PATCH => update(ctx, a, id, params::tags_patch::<GroupPatch>(req)?).await,
         [id, op @ ("enable" | "disable")] if m == Method::POST => {
-            let patch = GroupPatch {
-                status: Some(if *op == "enable" {
-                    Status::Enabled
-                } else {
-                    Status::Disabled
-                }),
-                ..Default::default()
-            };
-            update(ctx, a, id, patch).await
+            update(ctx, a, id, params::status_patch::<GroupPatch>(op)).await
         }
         [id] if m == Method::DELETE => {
             let id = id.to_string();

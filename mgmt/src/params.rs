@@ -5,7 +5,10 @@
 use crate::error::ApiError;
 use crate::http::Req;
 use crate::views;
-use storage::{EntityFilter, ListQuery, Order, PageReq, Status, StatusFilter};
+use serde::Deserialize;
+use storage::{
+    ChannelPatch, ClientPatch, EntityFilter, GroupPatch, JsonText, ListQuery, Order, PageReq, Status, StatusFilter,
+};
 
 /// Largest page a list returns.
 pub const MAX_LIMIT: u64 = 100;
@@ -125,4 +128,53 @@ pub fn bulk<B: serde::de::DeserializeOwned, T>(
         .enumerate()
         .map(|(i, b)| make(b).map_err(|e| ApiError::bad(format!("{what} {i}: {e}"))))
         .collect()
+}
+
+/// The body of `PATCH …/{id}/tags`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tags {
+    tags: Vec<String>,
+}
+
+impl Tags {
+    /// The validated tags of a `PATCH …/{id}/tags` body.
+    pub fn read(req: &Req) -> Result<JsonText, ApiError> {
+        let b: Tags = req.json()?;
+        views::tags(Some(b.tags))?.ok_or_else(|| ApiError::bad("tags are required"))
+    }
+}
+
+/// The patches of registry entities that `…/tags` and `…/enable|disable` routes make.
+pub trait LabelPatch: Default {
+    fn tags(tags: JsonText) -> Self;
+    fn status(status: Status) -> Self;
+}
+
+macro_rules! label_patch {
+    ($($t:ty),*) => {$(
+        impl LabelPatch for $t {
+            fn tags(tags: JsonText) -> Self {
+                Self { tags: Some(tags), ..Default::default() }
+            }
+            fn status(status: Status) -> Self {
+                Self { status: Some(status), ..Default::default() }
+            }
+        }
+    )*};
+}
+label_patch!(ClientPatch, ChannelPatch, GroupPatch);
+
+/// The patch of `PATCH …/{id}/tags`.
+pub fn tags_patch<P: LabelPatch>(req: &Req) -> Result<P, ApiError> {
+    Ok(P::tags(Tags::read(req)?))
+}
+
+/// The patch of `POST …/{id}/enable` or `…/disable`.
+pub fn status_patch<P: LabelPatch>(op: &str) -> P {
+    P::status(if op == "enable" {
+        Status::Enabled
+    } else {
+        Status::Disabled
+    })
 }

@@ -56,12 +56,6 @@ struct UpdateUser {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Tags {
-    tags: Vec<String>,
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 struct Picture {
     profile_picture: String,
 }
@@ -172,9 +166,8 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         }
         ["users", id] if m == Method::DELETE => delete(ctx, req, id).await,
         ["users", id, "tags"] if m == Method::PATCH => {
-            let b: Tags = req.json()?;
             let patch = UserPatch {
-                tags: views::tags(Some(b.tags))?,
+                tags: Some(params::Tags::read(req)?),
                 ..Default::default()
             };
             update(ctx, req, id, patch, false).await
@@ -574,7 +567,7 @@ pub(crate) fn request_schemas(out: &mut crate::openapi::Schemas) {
     crate::openapi::add::<CreateUser>(out);
     crate::openapi::add::<IssueToken>(out);
     crate::openapi::add::<UpdateUser>(out);
-    crate::openapi::add::<Tags>(out);
+    crate::openapi::add::<params::Tags>(out);
     crate::openapi::add::<Picture>(out);
     crate::openapi::add::<Email>(out);
     crate::openapi::add::<Username>(out);

@@ -133,6 +133,23 @@ impl Api {
         if let Some(b) = body {
             r = r.json(&b);
         }
+        self.send(r).await
+    }
+
+    /// Posts `body` as it is, with its content type, as a device (`Client <secret>`).
+    async fn send_raw(&self, path: &str, secret: &str, content_type: &str, body: String) -> Res {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("authorization", format!("Client {secret}"))
+            .header("content-type", content_type)
+            .body(body);
+        self.send(r).await.map(|_| None)
+    }
+
+    /// Sends; an error status becomes the answer's `message`; a JSON answer is parsed, any
+    /// other is kept as text.
+    async fn send(&self, r: reqwest::RequestBuilder) -> Res {
         let resp = r
             .send()
             .await
@@ -150,28 +167,6 @@ impl Api {
             return Ok(None);
         }
         Ok(Some(serde_json::from_str(&text).unwrap_or(Value::String(text))))
-    }
-
-    async fn send_raw(&self, path: &str, secret: &str, content_type: &str, body: String) -> Res {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .header("authorization", format!("Client {secret}"))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| msg(format!("cannot reach {}: {e}", self.url)))?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            let detail = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(String::from))
-                .unwrap_or(text);
-            return Err(msg(format!("HTTP {status}: {detail}")));
-        }
-        Ok(None)
     }
 }
 

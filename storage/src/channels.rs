@@ -251,20 +251,13 @@ impl Store {
         self.write_announcing(|tx, changes| {
             all_in_domain(tx, domain, clients, channels)?;
             let now = crate::now_micros();
-            let mut created = Vec::new();
             let mut st = tx.prepare_cached(
                 "INSERT INTO connections (domain_id, client_id, channel_id, type, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT DO NOTHING",
             )?;
-            for c in clients {
-                for h in channels {
-                    for t in types {
-                        if st.execute(rusqlite::params![domain, c, h, t.as_str(), now])? > 0 {
-                            created.push((c.clone(), h.clone(), *t));
-                        }
-                    }
-                }
-            }
+            let created = each_connection(clients, channels, types, |c, h, t| {
+                st.execute(rusqlite::params![domain, c, h, t.as_str(), now])
+            })?;
             changes.extend(created.iter().map(|(c, h, t)| Change::Connected {
                 domain_id: domain.into(),
                 client_id: c.clone(),
@@ -285,19 +278,12 @@ impl Store {
     ) -> Result<Vec<(String, String, ConnType)>> {
         self.write_announcing(|tx, changes| {
             all_in_domain(tx, domain, clients, channels)?;
-            let mut removed = Vec::new();
             let mut st = tx.prepare_cached(
                 "DELETE FROM connections WHERE domain_id = ?1 AND client_id = ?2 AND channel_id = ?3 AND type = ?4",
             )?;
-            for c in clients {
-                for h in channels {
-                    for t in types {
-                        if st.execute(rusqlite::params![domain, c, h, t.as_str()])? > 0 {
-                            removed.push((c.clone(), h.clone(), *t));
-                        }
-                    }
-                }
-            }
+            let removed = each_connection(clients, channels, types, |c, h, t| {
+                st.execute(rusqlite::params![domain, c, h, t.as_str()])
+            })?;
             changes.extend(removed.iter().map(|(c, h, t)| Change::Disconnected {
                 domain_id: domain.into(),
                 client_id: c.clone(),
@@ -310,29 +296,47 @@ impl Store {
 
     /// Connections of one client, as (channel id, type).
     pub fn client_connections(&self, domain: &str, client: &str) -> Result<Vec<(String, ConnType)>> {
-        let c = self.conn()?;
-        let mut st =
-            c.prepare_cached("SELECT channel_id, type FROM connections WHERE domain_id = ?1 AND client_id = ?2")?;
-        let rows = st
-            .query_map([domain, client], |r| {
-                Ok((r.get::<_, String>(0)?, crate::parsed(r, 1, ConnType::parse)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        self.connections_of(domain, "client_id", "channel_id", client)
     }
 
     /// Connections of one channel, as (client id, type).
     pub fn channel_connections(&self, domain: &str, channel: &str) -> Result<Vec<(String, ConnType)>> {
+        self.connections_of(domain, "channel_id", "client_id", channel)
+    }
+
+    /// The connections whose `side` column is `id`, as (`other` column, type).
+    fn connections_of(&self, domain: &str, side: &str, other: &str, id: &str) -> Result<Vec<(String, ConnType)>> {
         let c = self.conn()?;
-        let mut st =
-            c.prepare_cached("SELECT client_id, type FROM connections WHERE domain_id = ?1 AND channel_id = ?2")?;
+        let mut st = c.prepare_cached(&format!(
+            "SELECT {other}, type FROM connections WHERE domain_id = ?1 AND {side} = ?2"
+        ))?;
         let rows = st
-            .query_map([domain, channel], |r| {
+            .query_map([domain, id], |r| {
                 Ok((r.get::<_, String>(0)?, crate::parsed(r, 1, ConnType::parse)?))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
+}
+
+/// Runs `write` for every (client, channel, type); returns those it changed a row for.
+fn each_connection(
+    clients: &[String],
+    channels: &[String],
+    types: &[ConnType],
+    mut write: impl FnMut(&str, &str, ConnType) -> rusqlite::Result<usize>,
+) -> Result<Vec<(String, String, ConnType)>> {
+    let mut changed = Vec::new();
+    for c in clients {
+        for h in channels {
+            for t in types {
+                if write(c, h, *t)? > 0 {
+                    changed.push((c.clone(), h.clone(), *t));
+                }
+            }
+        }
+    }
+    Ok(changed)
 }
 
 #[cfg(test)]
