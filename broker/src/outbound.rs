@@ -153,21 +153,47 @@ impl Outbound {
         }
     }
 
-    /// Puts back a delivery that was in flight when the session was stored (state SENT or
-    /// RELEASED with its packet id), before anything queued.
-    pub fn restore_inflight(&mut self, pkid: u16, released: bool, d: Delivery) {
-        if pkid == 0 || self.pkid_in_use(pkid) {
-            self.bytes += d.size();
-            self.queue.push_front(d);
-            return;
+    /// Puts back a stored session's entries, in their order, as `(state, packet id,
+    /// delivery)`. Entries leave the queue in order, so every entry up to the last one
+    /// recorded in flight (`SENT` or `RELEASED`; only QoS 2 sends are recorded) had been sent:
+    /// all of them go back in flight in that order, the recorded ones with their packet ids
+    /// (QoS 2 stays exactly once), the QoS 1 ones among them with fresh ids; the rest is
+    /// queued. A resumed device thus gets everything in the order it was published
+    /// [MQTT-4.6.0-1].
+    pub fn restore(&mut self, entries: Vec<(u8, u16, Delivery)>) {
+        let recorded = |e: &(u8, u16, Delivery)| e.0 != 0 && e.1 != 0 && e.2.qos == 2;
+        let last = entries.iter().rposition(recorded);
+        let reserved: Vec<u16> = entries.iter().filter(|e| recorded(e)).map(|e| e.1).collect();
+        for (i, e) in entries.into_iter().enumerate() {
+            let (state, pkid, d) = e;
+            let was_sent = last.is_some_and(|l| i <= l) && d.qos > 0;
+            if !was_sent {
+                let _ = self.push(d, true);
+                continue;
+            }
+            let own = state != 0 && pkid != 0 && d.qos == 2 && !self.pkid_in_use(pkid);
+            let p = if own {
+                pkid
+            } else {
+                let mut p = self.next_pkid;
+                loop {
+                    p = p.wrapping_add(1).max(1);
+                    if !self.pkid_in_use(p) && !reserved.contains(&p) {
+                        break p;
+                    }
+                }
+            };
+            if !own && d.qos == 2 && d.msg != 0 {
+                self.marks.push((d.msg, crate::durable::SENT, p));
+            }
+            let st = if own && state == crate::durable::RELEASED {
+                State::Released(d.msg, d.size())
+            } else {
+                State::Sent(d)
+            };
+            self.inflight.push_back((p, st));
+            self.next_pkid = self.next_pkid.max(p);
         }
-        let st = if released {
-            State::Released(d.msg, d.size())
-        } else {
-            State::Sent(d)
-        };
-        self.inflight.push_back((pkid, st));
-        self.next_pkid = self.next_pkid.max(pkid);
     }
 
     #[cfg(test)]
@@ -362,6 +388,46 @@ mod tests {
         );
         assert!(o.pubcomp(p));
         assert_eq!(o.gone.iter().map(|g| g.0).collect::<Vec<_>>(), vec![9]);
+    }
+
+    /// Restored entries keep their order: QoS 1 entries sent before a recorded QoS 2 send go
+    /// back in flight with it (fresh ids that avoid the recorded ones), later ones are queued.
+    #[test]
+    fn restore_keeps_the_published_order_across_qos() {
+        let mut o = Outbound::new(1 << 20, 100);
+        let entry = |qos: u8, msg: u64| {
+            let mut x = d(qos, 1);
+            x.msg = msg;
+            x
+        };
+        o.restore(vec![
+            (0, 0, entry(1, 1)),
+            (crate::durable::SENT, 1, entry(2, 2)),
+            (0, 0, entry(1, 3)),
+            (crate::durable::RELEASED, 2, entry(2, 4)),
+            (0, 0, entry(1, 5)),
+            (0, 0, entry(2, 6)),
+        ]);
+        let flight: Vec<(u16, u64)> = o
+            .inflight
+            .iter()
+            .map(|(p, s)| match s {
+                State::Sent(d) => (*p, d.msg),
+                State::Released(m, _) => (*p, *m),
+            })
+            .collect();
+        assert_eq!(flight.iter().map(|f| f.1).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!((flight[1].0, flight[3].0), (1, 2), "recorded QoS 2 ids kept");
+        assert!(
+            ![1, 2].contains(&flight[0].0) && ![1, 2].contains(&flight[2].0),
+            "{flight:?}"
+        );
+        assert!(matches!(o.inflight[3].1, State::Released(..)));
+        assert_eq!(o.queued(), 2, "5 and 6 were never sent");
+        let mut expired = 0;
+        let (p, next) = o.next(100, 0, &mut expired).expect("5");
+        assert_eq!(next.msg, 5);
+        assert!(!flight.iter().any(|f| f.0 == p), "a fresh id");
     }
 
     #[test]

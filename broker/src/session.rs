@@ -1542,6 +1542,7 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
             };
             s.pending_will = Some((w, at));
         }
+        let mut entries = Vec::new();
         for q in queued.remove(&rec.key).unwrap_or_default() {
             let (Some(body), Some((qos, sub_ids))) = (durable::decode_body(q.body), durable::decode_meta(q.meta))
             else {
@@ -1562,14 +1563,9 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
                 msg: q.msg,
             };
             shared.durable.add_bytes(d.size() as u64);
-            match q.state {
-                durable::SENT if qos == 2 => s.out.restore_inflight(q.pkid, false, d),
-                durable::RELEASED => s.out.restore_inflight(q.pkid, true, d),
-                _ => {
-                    let _ = s.out.push(d, true);
-                }
-            }
+            entries.push((q.state, q.pkid, d));
         }
+        s.out.restore(entries);
         s.index_subscriptions();
         // No router link until a device attaches (building 10,000 links is what would make
         // a restart slow): its publishers hand its messages over directly.
