@@ -12,6 +12,7 @@ pub mod http_server;
 pub mod mail;
 pub mod mqtt;
 pub mod pipeline;
+pub mod presence;
 pub mod telemetry;
 
 use config::Config;
@@ -84,6 +85,7 @@ pub struct App {
     outbox: Arc<dyn mgmt::Outbox>,
     ca: Arc<certs::Ca>,
     events: tokio::sync::broadcast::Sender<storage::Change>,
+    presence_feed: tokio::sync::broadcast::Sender<storage::PresenceChange>,
     broker_metrics: Arc<broker::Metrics>,
     sink: Arc<pipeline::LateSink>,
     pipeline: pipeline::Pipeline,
@@ -213,6 +215,7 @@ impl App {
             outbox,
             ca: Arc::new(ca),
             events,
+            presence_feed: tokio::sync::broadcast::channel(4096).0,
             broker_metrics: Arc::new(broker::Metrics::default()),
             sink,
             pipeline,
@@ -270,6 +273,12 @@ impl App {
         self.events.subscribe()
     }
 
+    /// Subscribes to device presence: each client's online state after its sessions' events
+    /// are stored.
+    pub fn subscribe_presence(&self) -> tokio::sync::broadcast::Receiver<storage::PresenceChange> {
+        self.presence_feed.subscribe()
+    }
+
     /// The store, for in-process embedders and tests that check authorization answers.
     pub fn store(&self) -> Store {
         self.store.clone()
@@ -294,6 +303,7 @@ impl App {
             outbox,
             ca,
             events,
+            presence_feed,
             broker_metrics,
             sink,
             pipeline,
@@ -303,8 +313,12 @@ impl App {
             dir_lock,
             ..
         } = self;
+        // Connections a previous run recorded as live ended with it.
+        let s = store.clone();
+        blocking(move || s.reset_presence(storage::now_micros())).await??;
         let mut writer = parked.start(store.clone(), &cfg.messages)?;
-        let broker = match start_broker(&cfg, mqtt, &store, sink, broker_metrics).await {
+        let presence = presence::StorePresence::start(store.clone(), presence_feed);
+        let broker = match start_broker(&cfg, mqtt, &store, sink, presence::port(&presence), broker_metrics).await {
             Ok(b) => Arc::new(b),
             Err(e) => {
                 writer.drain().await;
@@ -411,6 +425,8 @@ impl App {
         // stores what is queued.
         let _ = stop_tx.send(true);
         broker.shut_down(std::time::Duration::from_secs(5)).await;
+        // The ends of the sessions just closed are recorded.
+        presence.flush().await;
         if !http_done {
             let _ = http_task.await;
         }
@@ -436,6 +452,7 @@ async fn start_broker(
     listeners: broker::Listeners,
     store: &Store,
     sink: Arc<pipeline::LateSink>,
+    presence: Arc<dyn broker::Presence>,
     metrics: Arc<broker::Metrics>,
 ) -> Result<broker::BrokerHandle, AppError> {
     let m = &cfg.mqtt;
@@ -466,6 +483,7 @@ async fn start_broker(
         sessions: m
             .persist_sessions
             .then(|| Arc::new(mqtt::StoreSessions { store: store.clone() }) as _),
+        presence: Some(presence),
     };
     Ok(broker::start(bcfg, listeners, ports, metrics).await?)
 }

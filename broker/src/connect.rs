@@ -149,6 +149,7 @@ pub(crate) struct ConnectReq {
 /// the CONNECT.
 pub(crate) struct Attach {
     pub req: ConnectReq,
+    pub peer: std::net::SocketAddr,
     pub io: BoxIo,
     pub rbuf: BytesMut,
     pub guard: ConnGuard,
@@ -210,7 +211,13 @@ pub(crate) async fn run(
         &req.mqtt_client_id,
     );
     let identity = req.identity.clone();
-    let a = Box::new(Attach { req, io, rbuf, guard });
+    let a = Box::new(Attach {
+        req,
+        peer,
+        io,
+        rbuf,
+        guard,
+    });
     match shared.registry.attach(&key, identity.as_ref(), a) {
         Handed::Existing => {}
         Handed::New(gen, rx, a) => session::spawn(shared.clone(), key, gen, rx, identity, a),

@@ -75,6 +75,35 @@ pub trait Authorizer: Send + Sync + 'static {
     fn rights(&self, who: &Identity, channel_id: &str) -> BoxFuture<Rights>;
 }
 
+/// One live connection of a registered client, as presence reports it.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub identity: Identity,
+    /// The MQTT client identifier of the session.
+    pub mqtt_client_id: String,
+    pub remote: std::net::SocketAddr,
+    /// `mqtt`, `mqtts`, `ws` or `wss`.
+    pub transport: &'static str,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// Where the broker reports device presence: a connection joined its session (CONNACK sent)
+/// or left it. Called on the broker's threads: implementations must not block.
+pub trait Presence: Send + Sync + 'static {
+    fn connected(&self, c: Connection);
+    fn disconnected(&self, c: Connection);
+}
+
+/// The protocol a message arrived over, as stored: TLS is not told apart.
+pub(crate) fn message_protocol(transport: &'static str) -> &'static str {
+    match transport {
+        "mqtts" => "mqtt",
+        "wss" => "ws",
+        t => t,
+    }
+}
+
 /// A message accepted from a device, on its way to the message pipeline.
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -259,6 +288,7 @@ pub struct Ports {
     pub sink: Arc<dyn MessageSink>,
     pub retained: Option<Arc<dyn RetainedStore>>,
     pub sessions: Option<Arc<dyn SessionStore>>,
+    pub presence: Option<Arc<dyn Presence>>,
 }
 
 impl Default for BrokerConfig {
@@ -403,6 +433,7 @@ impl Metrics {
 pub(crate) struct Shared {
     /// True once the broker stops accepting connections.
     pub stop: tokio::sync::watch::Sender<bool>,
+    pub presence: Option<Arc<dyn Presence>>,
     pub cfg: BrokerConfig,
     pub auth: Arc<dyn Authorizer>,
     pub sink: Arc<dyn MessageSink>,
@@ -565,7 +596,7 @@ impl BrokerHandle {
 
     /// The MQTT-over-WebSocket endpoint (`/mqtt`) as a warp filter, for serving it over TLS.
     pub fn ws_routes(&self) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
-        ws::routes(self.shared.clone())
+        ws::routes(self.shared.clone(), "wss")
     }
 
     /// Sessions held (live and persistent offline ones).
@@ -657,6 +688,7 @@ pub async fn start(
         sink,
         retained: retained_store,
         sessions: session_store,
+        presence,
     } = ports;
     let Listeners { mqtt, ws, mqtts } = listeners;
     let mqtt_addr = mqtt.local_addr()?;
@@ -705,6 +737,7 @@ pub async fn start(
     let (stop, _) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         stop,
+        presence,
         durable,
         pending: Arc::new(tokio::sync::Semaphore::new(cfg.max_pending_connections.max(1))),
         cfg,
@@ -812,7 +845,7 @@ async fn accept_tls(l: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAccep
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| c.to_vec());
-                    connect::run(Box::new(tls), peer, "mqtt", cert, shared).await
+                    connect::run(Box::new(tls), peer, "mqtts", cert, shared).await
                 }
                 Ok(Err(e)) => {
                     Metrics::inc(&shared.metrics.tls_failures);
@@ -883,6 +916,7 @@ mod tests {
         let sink = Arc::new(FakeSink::default());
         let s = Arc::new(Shared {
             stop: tokio::sync::watch::channel(false).0,
+            presence: None,
             pending: Arc::new(tokio::sync::Semaphore::new(16)),
             router: router::RouterPort::spawn(64, 64 * 1024, 4),
             retained: retained::RetainedIndex::start(None, 100).expect("index"),

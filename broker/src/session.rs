@@ -71,6 +71,7 @@ struct Sub {
 /// The connection currently attached.
 struct Live {
     req: ConnectReq,
+    peer: std::net::SocketAddr,
     rd: ReadHalf<BoxIo>,
     wr: WriteHalf<BoxIo>,
     rbuf: BytesMut,
@@ -207,6 +208,25 @@ impl Session {
         &self.shared.metrics
     }
 
+    /// Tells the presence port that `live` joined (or left) this session.
+    fn report_presence(&self, live: &Live, joined: bool) {
+        let (Some(p), Some(identity)) = (&self.shared.presence, &self.identity) else {
+            return;
+        };
+        let c = crate::Connection {
+            identity: identity.clone(),
+            mqtt_client_id: live.req.mqtt_client_id.clone(),
+            remote: live.peer,
+            transport: live.req.transport,
+            at_ms: router::now_ms(),
+        };
+        if joined {
+            p.connected(c);
+        } else {
+            p.disconnected(c);
+        }
+    }
+
     fn client(&self) -> &str {
         self.identity.as_ref().map_or("anonymous", |i| i.client_id.as_str())
     }
@@ -218,6 +238,7 @@ impl Session {
         };
         while let Some(a) = next.take() {
             let Some(mut live) = self.accept(a).await else { break };
+            self.report_presence(&live, true);
             let end = self.serve(&mut live).await;
             let (will, ends) = match end {
                 End::Normal { will } => (will, false),
@@ -274,6 +295,7 @@ impl Session {
             if let (true, Some(w)) = (will, live.req.will.take()) {
                 self.will_after_end(w).await;
             }
+            self.report_presence(&live, false);
             drop(live);
             if ends || (self.expiry == 0 && next.is_none()) {
                 break;
@@ -382,7 +404,13 @@ impl Session {
         self.v5 = a.req.v5;
         self.live_will = a.req.will.clone();
         self.save(None);
-        let Attach { req, io, rbuf, guard } = *a;
+        let Attach {
+            req,
+            peer,
+            io,
+            rbuf,
+            guard,
+        } = *a;
         self.shared
             .registry
             .update(&self.key, self.gen, req.cert_serial.clone(), self.expiry > 0, false);
@@ -395,6 +423,7 @@ impl Session {
             aliases: HashMap::new(),
             last_rx: Instant::now(),
             req,
+            peer,
             _guard: guard,
         };
         let props = codec::ConnAckProps {
@@ -949,7 +978,7 @@ impl Session {
         let transport = live.req.transport;
         self.route(&topic, p.payload, qos, retain, props, expires);
         if let Some(m) = self.to_sink.last_mut() {
-            m.protocol = transport;
+            m.protocol = crate::message_protocol(transport);
         }
         match qos {
             1 => replies.extend_from_slice(&codec::encode_ack(codec::PUBACK, pkid, None)),

@@ -9,7 +9,7 @@ use warp::Filter;
 
 pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let stopped = shared.stopped();
-    warp::serve(routes(shared))
+    warp::serve(routes(shared, "ws"))
         .incoming(listener)
         .graceful(stopped)
         .run()
@@ -17,7 +17,11 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
 }
 
 /// The `/mqtt` WebSocket endpoint as a filter (served plain here, or over TLS by the caller).
-pub(crate) fn routes(shared: Arc<Shared>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+/// `transport`: `ws`, or `wss` when the caller serves it over TLS.
+pub(crate) fn routes(
+    shared: Arc<Shared>,
+    transport: &'static str,
+) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     use warp::Reply;
     warp::path!("mqtt")
         .and(warp::ws())
@@ -27,7 +31,7 @@ pub(crate) fn routes(shared: Arc<Shared>) -> warp::filters::BoxedFilter<(warp::r
             let peer = peer.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
             let reply = ws
                 .max_message_size(shared.cfg.max_packet_size + 8)
-                .on_upgrade(move |socket| bridge(socket, peer, shared));
+                .on_upgrade(move |socket| bridge(socket, peer, transport, shared));
             warp::reply::with_header(
                 reply,
                 warp::http::header::SEC_WEBSOCKET_PROTOCOL,
@@ -38,11 +42,15 @@ pub(crate) fn routes(shared: Arc<Shared>) -> warp::filters::BoxedFilter<(warp::r
         .boxed()
 }
 
-async fn bridge(socket: warp::ws::WebSocket, peer: std::net::SocketAddr, shared: Arc<Shared>) {
+async fn bridge(socket: warp::ws::WebSocket, peer: std::net::SocketAddr, transport: &'static str, shared: Arc<Shared>) {
     let (front, back) = tokio::io::duplex(64 * 1024);
-    shared
-        .rt
-        .spawn(crate::connect::run(Box::new(front), peer, "ws", None, shared.clone()));
+    shared.rt.spawn(crate::connect::run(
+        Box::new(front),
+        peer,
+        transport,
+        None,
+        shared.clone(),
+    ));
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (mut br, mut bw) = tokio::io::split(back);
     let inbound = async {

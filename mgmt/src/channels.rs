@@ -178,6 +178,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
                 page,
                 filter,
                 channel: Some(id.to_string()),
+                connected: None,
             };
             let d = a.domain_id().to_string();
             let p = ctx.db(move |s| s.list_clients(&d, &q)).await?;

@@ -112,6 +112,7 @@ fn client_query(req: &Req) -> Result<ClientQuery, ApiError> {
         page,
         filter,
         channel: q_text(req, "channel"),
+        connected: req.q_bool("connected")?,
     })
 }
 

@@ -250,6 +250,11 @@ fn response_schemas() -> Vec<(&'static str, Value)> {
                     "credentials": object(&[], json!({"identity": s("string"), "secret": s("string")})),
                     "metadata": meta, "status": status, "created_at": time, "updated_at": time, "updated_by": s("string"),
                     "connection_types": conn,
+                    "connected": s("boolean"), "connected_at": time, "disconnected_at": time,
+                    "remote_addr": s("string"), "protocol": {"type": "string", "enum": ["mqtt", "mqtts", "ws", "wss"]},
+                    "sessions": {"type": "array", "items": object(&["client_id", "remote_addr", "protocol", "connected_at"], json!({
+                        "client_id": s("string"), "remote_addr": s("string"), "protocol": s("string"), "connected_at": time,
+                    }))},
                 }),
             ),
         ),

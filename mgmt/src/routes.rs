@@ -125,7 +125,14 @@ const STATUS: &[Param] = &[p(
     Ty::Enum(&["enabled", "disabled", "all"]),
     "Status filter (default enabled).",
 )];
-const BY_CHANNEL: &[Param] = &[p("channel", Ty::Str, "Only clients connected to this channel.")];
+const BY_CHANNEL: &[Param] = &[
+    p("channel", Ty::Str, "Only clients connected to this channel."),
+    p(
+        "connected",
+        Ty::Bool,
+        "Only clients with (true) or without (false) a live MQTT connection.",
+    ),
+];
 const BY_CLIENT: &[Param] = &[p("client", Ty::Str, "Only channels this client is connected to.")];
 const USER_FILTERS: &[Param] = &[
     p("first_name", Ty::Str, "First name equals."),

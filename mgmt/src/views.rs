@@ -185,7 +185,35 @@ pub fn client(c: &storage::Client, show_secret: bool) -> Value {
         m.insert("updated_by".into(), json!(by));
     }
     conn_types(&mut m, &c.conn_types);
+    presence(&mut m, &c.presence);
     Value::Object(m)
+}
+
+/// `connected`, `connected_at`, `disconnected_at`, `remote_addr`, `protocol` and the live
+/// `sessions` (`client_id` is the MQTT client identifier).
+fn presence(m: &mut Map<String, Value>, p: &storage::Presence) {
+    m.insert("connected".into(), json!(p.online()));
+    if let Some(t) = p.connected_at {
+        m.insert("connected_at".into(), json!(time(Some(t))));
+    }
+    if let Some(t) = p.disconnected_at {
+        m.insert("disconnected_at".into(), json!(time(Some(t))));
+    }
+    if let Some(a) = &p.remote_addr {
+        m.insert("remote_addr".into(), json!(a));
+    }
+    if let Some(pr) = &p.protocol {
+        m.insert("protocol".into(), json!(pr));
+    }
+    let mut sessions = parse_text(&p.sessions);
+    if let Some(list) = sessions.as_array_mut() {
+        for s in list {
+            if let Some(at) = s.get("connected_at").and_then(Value::as_i64) {
+                s["connected_at"] = json!(time(Some(at)));
+            }
+        }
+    }
+    m.insert("sessions".into(), sessions);
 }
 
 pub fn channel(h: &storage::Channel) -> Value {

@@ -22,6 +22,29 @@ pub struct Client {
     pub updated_by: Option<String>,
     /// Connection types to the channel a list was filtered by, if any.
     pub conn_types: Vec<ConnType>,
+    pub presence: Presence,
+}
+
+/// Where and since when a client is connected, from the broker's session events.
+#[derive(Clone, Debug, Default)]
+pub struct Presence {
+    /// The last time one of its MQTT sessions got a connection.
+    pub connected_at: Option<i64>,
+    /// The last time its last live connection ended.
+    pub disconnected_at: Option<i64>,
+    /// Remote address and transport (`mqtt`, `mqtts`, `ws`, `wss`) of the last connection.
+    pub remote_addr: Option<String>,
+    pub protocol: Option<String>,
+    /// The live connections: a JSON array of `{client_id, remote_addr, protocol,
+    /// connected_at}` (the MQTT client id; microseconds).
+    pub sessions: JsonText,
+}
+
+impl Presence {
+    /// Whether a connection is live now.
+    pub fn online(&self) -> bool {
+        self.sessions.0.trim() != "[]"
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -59,6 +82,8 @@ pub struct ClientQuery {
     pub filter: EntityFilter,
     /// Only clients connected to this channel (with their connection types filled in).
     pub channel: Option<String>,
+    /// Only clients with (`true`) or without (`false`) a live connection.
+    pub connected: Option<bool>,
 }
 
 /// What the MQTT front and the HTTP adapter need to authenticate a client.
@@ -87,7 +112,14 @@ impl ClientAuth {
     }
 }
 
-const COLUMNS: &str = "c.id, c.domain_id, c.name, c.identity, c.secret, c.tags, c.metadata, c.status, c.created_at, c.updated_at, c.updated_by";
+const COLUMNS: &str = "c.id, c.domain_id, c.name, c.identity, c.secret, c.tags, c.metadata, c.status, c.created_at, c.updated_at, c.updated_by,
+    c.connected_at, c.disconnected_at, c.remote_addr, c.protocol,
+    (SELECT json_group_array(json_object('client_id', s.mqtt_client_id, 'remote_addr', s.remote_addr,
+        'protocol', s.protocol, 'connected_at', s.connected_at))
+     FROM client_sessions s WHERE s.domain_id = c.domain_id AND s.client_id = c.id)";
+
+/// Where the list query's connection types column is (after [`COLUMNS`]).
+const TYPES_COLUMN: usize = 16;
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Client> {
     Ok(Client {
@@ -103,6 +135,13 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Client> {
         updated_at: r.get(9)?,
         updated_by: r.get(10)?,
         conn_types: Vec::new(),
+        presence: Presence {
+            connected_at: r.get(11)?,
+            disconnected_at: r.get(12)?,
+            remote_addr: r.get(13)?,
+            protocol: r.get(14)?,
+            sessions: JsonText(r.get::<_, Option<String>>(15)?.unwrap_or_else(|| "[]".into())),
+        },
     })
 }
 
@@ -272,6 +311,12 @@ impl Store {
         scope.into().filter(&mut f, "c.domain_id");
         q.filter.apply(&mut f, "c.");
         let types = connection_types(&mut f, "c.domain_id", ("client_id", "c.id"), "channel_id", &q.channel);
+        if let Some(online) = q.connected {
+            let not = if online { "" } else { "NOT " };
+            f.raw(format!(
+                "{not}EXISTS (SELECT 1 FROM client_sessions s WHERE s.domain_id = c.domain_id AND s.client_id = c.id)"
+            ));
+        }
         let c = self.conn()?;
         f.page(
             &c,
@@ -281,7 +326,7 @@ impl Store {
             &q.page,
             |r| {
                 let mut cl = from_row(r)?;
-                cl.conn_types = parse_types(r.get(11)?);
+                cl.conn_types = parse_types(r.get(TYPES_COLUMN)?);
                 Ok(cl)
             },
         )

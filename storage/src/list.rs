@@ -369,6 +369,7 @@ mod tests {
                     page,
                     filter: filter.clone(),
                     channel: None,
+                    connected: None,
                 },
             )
             .expect("clients");
@@ -471,6 +472,7 @@ mod tests {
                         ..Default::default()
                     },
                     channel: None,
+                    connected: None,
                 },
             )
             .expect("page");

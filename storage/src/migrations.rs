@@ -215,6 +215,24 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX revoked_token_families_expiry ON revoked_token_families (expires_at);
     "#,
+    // 10: device presence: a client's last connect and disconnect, its last remote address
+    // and transport, and its live MQTT sessions.
+    r#"
+    ALTER TABLE clients ADD COLUMN connected_at INTEGER;
+    ALTER TABLE clients ADD COLUMN disconnected_at INTEGER;
+    ALTER TABLE clients ADD COLUMN remote_addr TEXT;
+    ALTER TABLE clients ADD COLUMN protocol TEXT;
+    CREATE TABLE client_sessions (
+        domain_id TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        mqtt_client_id TEXT NOT NULL,
+        remote_addr TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        connected_at INTEGER NOT NULL,
+        PRIMARY KEY (domain_id, client_id, mqtt_client_id),
+        FOREIGN KEY (domain_id, client_id) REFERENCES clients(domain_id, id) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -4,7 +4,7 @@ use crate::helpers::{TestApp, ADMIN_PASSWORD};
 use serde_json::Value;
 use std::path::PathBuf;
 
-struct Cli {
+pub(crate) struct Cli {
     url: String,
     config: PathBuf,
     _dir: tempfile::TempDir,
@@ -28,7 +28,7 @@ impl Out {
 }
 
 impl Cli {
-    fn new(app: &TestApp) -> Cli {
+    pub(crate) fn new(app: &TestApp) -> Cli {
         let dir = tempfile::tempdir().expect("tmp");
         Cli {
             url: app.url.clone(),
@@ -52,7 +52,7 @@ impl Cli {
         }
     }
 
-    async fn json(&self, args: &[&str]) -> Value {
+    pub(crate) async fn json(&self, args: &[&str]) -> Value {
         self.run(args).await.ok().json()
     }
 }

@@ -44,6 +44,7 @@ pub struct TestApp {
     pub stored: tokio::sync::Mutex<tokio::sync::watch::Receiver<u64>>,
     pub data_dir: std::path::PathBuf,
     pub changes: tokio::sync::Mutex<tokio::sync::broadcast::Receiver<storage::Change>>,
+    pub presence: tokio::sync::Mutex<tokio::sync::broadcast::Receiver<storage::PresenceChange>>,
     dir: Option<TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -94,6 +95,7 @@ impl TestApp {
         let (mqtt_addr, ws_addr, broker_metrics) = (app.mqtt_addr(), app.ws_addr(), app.broker_metrics());
         let mqtts_addr = app.mqtts_addr();
         let changes = tokio::sync::Mutex::new(app.subscribe_changes());
+        let presence = tokio::sync::Mutex::new(app.subscribe_presence());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run(async {
@@ -114,6 +116,7 @@ impl TestApp {
             stored,
             data_dir,
             changes,
+            presence,
             dir: Some(dir),
             stop: Some(tx),
             task: Some(task),
@@ -202,6 +205,27 @@ impl TestApp {
             .await
             .expect("a change event within 10 s")
             .expect("feed open")
+    }
+
+    /// Waits until `client` of `domain` is recorded online (or offline).
+    pub async fn presence_becomes(&self, domain: &str, client: &str, online: bool) {
+        let mut rx = self.presence.lock().await;
+        let want = storage::PresenceChange {
+            domain_id: domain.to_string(),
+            client_id: client.to_string(),
+            online,
+        };
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match rx.recv().await {
+                    Ok(c) if c == want => return,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => panic!("presence feed closed"),
+                }
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "{client} online={online} recorded within 10 s");
     }
 
     /// Waits until the pipeline has committed at least `n` message rows in total.

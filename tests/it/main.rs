@@ -25,6 +25,7 @@ mod mqtt;
 mod mqtt_client;
 mod operability;
 mod peers;
+mod presence;
 mod raw;
 mod tls;
 mod users;

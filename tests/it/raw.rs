@@ -216,6 +216,11 @@ impl Raw {
         r
     }
 
+    /// This client's own address (the server's `remote_addr` for it).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.s.local_addr().expect("local addr")
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.s.write_all(bytes).await.expect("write");
     }
