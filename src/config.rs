@@ -79,6 +79,7 @@ pub struct HttpConfig {
     pub max_connections: usize,
     pub backlog: u32,
     pub cors_origins: Vec<String>,
+    pub max_live_viewers: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]

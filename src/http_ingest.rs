@@ -12,15 +12,17 @@ use std::sync::Arc;
 pub struct HttpIngest {
     pipeline: Pipeline,
     broker: Arc<BrokerHandle>,
+    live: Arc<crate::live::LiveHub>,
     /// HTTP messages stored but not fanned out to MQTT (broker refused).
     pub refused_fanout: Arc<AtomicU64>,
 }
 
 impl HttpIngest {
-    pub fn new(pipeline: Pipeline, broker: Arc<BrokerHandle>) -> HttpIngest {
+    pub fn new(pipeline: Pipeline, broker: Arc<BrokerHandle>, live: Arc<crate::live::LiveHub>) -> HttpIngest {
         HttpIngest {
             pipeline,
             broker,
+            live,
             refused_fanout: Arc::default(),
         }
     }
@@ -39,9 +41,21 @@ impl MessagePort for HttpIngest {
     fn submit(&self, msg: Inbound, durable: bool) -> BoxFuture<Result<(), SubmitError>> {
         let topic = topic(&msg.channel_id, &msg.subtopic);
         let payload = msg.payload.clone();
+        let live = self.live.watched().then(|| mgmt::live::LiveMessage {
+            domain_id: msg.domain_id.clone(),
+            channel_id: msg.channel_id.clone(),
+            subtopic: msg.subtopic.clone(),
+            publisher: msg.publisher.clone(),
+            protocol: msg.protocol,
+            payload: msg.payload.clone(),
+            received_at: (msg.received_at * 1e6) as i64,
+        });
         match self.pipeline.enqueue(msg, durable) {
             Err(e) => Box::pin(async move { Err(e) }),
             Ok(stored) => {
+                if let Some(m) = live {
+                    self.live.publish(m);
+                }
                 if !self.broker.publish(&topic, payload) {
                     let n = self.refused_fanout.fetch_add(1, Ordering::Relaxed);
                     if n.is_power_of_two() {

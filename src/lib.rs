@@ -9,6 +9,7 @@ pub mod config;
 pub mod datadir;
 pub mod http_ingest;
 pub mod http_server;
+pub mod live;
 pub mod mail;
 pub mod mqtt;
 pub mod pipeline;
@@ -318,6 +319,11 @@ impl App {
         blocking(move || s.reset_presence(storage::now_micros())).await??;
         let mut writer = parked.start(store.clone(), &cfg.messages)?;
         let presence = presence::StorePresence::start(store.clone(), presence_feed);
+        let hub = Arc::new(live::LiveHub::new(cfg.http.max_live_viewers));
+        let sink = Arc::new(live::LiveSink {
+            hub: hub.clone(),
+            inner: sink,
+        });
         let broker = match start_broker(&cfg, mqtt, &store, sink, presence::port(&presence), broker_metrics).await {
             Ok(b) => Arc::new(b),
             Err(e) => {
@@ -326,7 +332,11 @@ impl App {
             }
         };
         let follow = tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
-        let http_ingest = Arc::new(http_ingest::HttpIngest::new(pipeline.clone(), broker.clone()));
+        let http_ingest = Arc::new(http_ingest::HttpIngest::new(
+            pipeline.clone(),
+            broker.clone(),
+            hub.clone(),
+        ));
         let wss_counters = Arc::new(http_server::HttpCounters::default());
         let telemetry = telemetry::build(telemetry::Sources {
             broker: broker.metrics.clone(),
@@ -350,6 +360,7 @@ impl App {
             },
             outbox,
             messages: http_ingest,
+            live: hub.clone(),
             ca,
             probes: probes(&broker, &store, &pipeline),
             telemetry,
@@ -427,6 +438,8 @@ impl App {
         broker.shut_down(std::time::Duration::from_secs(5)).await;
         // The ends of the sessions just closed are recorded.
         presence.flush().await;
+        // Live views end, so that the HTTP server's requests finish.
+        hub.close_all();
         if !http_done {
             let _ = http_task.await;
         }
@@ -451,7 +464,7 @@ async fn start_broker(
     cfg: &Config,
     listeners: broker::Listeners,
     store: &Store,
-    sink: Arc<pipeline::LateSink>,
+    sink: Arc<dyn broker::MessageSink>,
     presence: Arc<dyn broker::Presence>,
     metrics: Arc<broker::Metrics>,
 ) -> Result<broker::BrokerHandle, AppError> {

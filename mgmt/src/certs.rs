@@ -42,6 +42,7 @@ fn pem(body: String) -> Result<Reply, ApiError> {
         body: Some(body.into()),
         content_type: "application/x-pem-file",
         headers: Vec::new(),
+        raw: None,
     })
 }
 

@@ -141,6 +141,12 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
         [op @ ("connect" | "disconnect")] if m == Method::POST => connections(ctx, a, req, None, op).await,
         [id, op @ ("connect" | "disconnect")] if m == Method::POST => connections(ctx, a, req, Some(id), op).await,
         [] if m == Method::GET => list(ctx, req, a.domain_id().into()).await,
+        [id, "messages", "live"] if m == Method::GET => {
+            let (d, hid) = (a.domain_id().to_string(), id.to_string());
+            ctx.db(move |s| s.channel(&d, &hid)).await?;
+            let rx = ctx.live.watch(a.domain_id(), id)?;
+            Ok(Reply::stream(crate::live::response(rx, ctx.cfg.senml)))
+        }
         [id] if m == Method::GET => {
             let (d, id) = (a.domain_id().to_string(), id.to_string());
             let h = ctx.db(move |s| s.channel(&d, &id)).await?;

@@ -153,6 +153,7 @@ pub(crate) fn preflight(
             ),
             ("access-control-max-age", "600".into()),
         ],
+        raw: None,
     };
     Some(Ok(reply))
 }
@@ -173,5 +174,6 @@ pub(crate) fn metrics(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         body: Some(text.into()),
         content_type: "text/plain; version=0.0.4; charset=utf-8",
         headers: Vec::new(),
+        raw: None,
     })
 }

@@ -102,6 +102,8 @@ pub struct Reply {
     pub body: Option<Bytes>,
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
+    /// A response made elsewhere (a stream), sent as it is.
+    pub raw: Option<warp::reply::Response>,
 }
 
 impl Reply {
@@ -112,6 +114,7 @@ impl Reply {
             body: Some(body.into()),
             content_type: "application/json",
             headers: Vec::new(),
+            raw: None,
         })
     }
     pub fn ok<T: Serialize>(v: &T) -> Result<Reply, ApiError> {
@@ -126,7 +129,18 @@ impl Reply {
             body: None,
             content_type: "application/json",
             headers: Vec::new(),
+            raw: None,
         })
+    }
+    /// A streamed response (Server-Sent Events).
+    pub fn stream(resp: warp::reply::Response) -> Reply {
+        Reply {
+            status: resp.status(),
+            body: None,
+            content_type: "text/event-stream",
+            headers: Vec::new(),
+            raw: Some(resp),
+        }
     }
     pub fn with_header(mut self, name: &'static str, value: String) -> Reply {
         self.headers.push((name, value));
@@ -147,6 +161,7 @@ pub(crate) fn render(res: Result<Reply, ApiError>) -> warp::reply::Response {
                 body: Some(body.to_string().into()),
                 content_type: "application/json",
                 headers: Vec::new(),
+                raw: None,
             };
             if matches!(e, ApiError::Unauthorized(_)) {
                 r.headers.push(("www-authenticate", "Bearer".into()));
@@ -163,6 +178,9 @@ pub(crate) fn render(res: Result<Reply, ApiError>) -> warp::reply::Response {
             r
         }
     };
+    if let Some(raw) = reply.raw {
+        return raw;
+    }
     let mut resp = warp::reply::Response::new(reply.body.unwrap_or_default().into());
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();

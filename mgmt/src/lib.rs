@@ -19,6 +19,7 @@ pub mod error;
 mod groups;
 pub mod guard;
 pub mod http;
+pub mod live;
 pub mod messages;
 pub mod openapi;
 pub mod params;
@@ -76,6 +77,8 @@ pub struct Ctx {
     pub outbox: Arc<dyn Outbox>,
     /// The message pipeline (HTTP adapter).
     pub messages: Arc<dyn messages::MessagePort>,
+    /// Live views of channels (Server-Sent Events).
+    pub live: Arc<dyn live::LivePort>,
     /// The platform CA (client certificates, CRL).
     pub ca: Arc<::certs::Ca>,
     /// Health checks of the other components (name, "is it working?"), for `GET /health`.

@@ -208,6 +208,11 @@ const PEM: Success = Success {
     schema: Some("Text"),
     media: "application/x-pem-file",
 };
+const EVENTS: Success = Success {
+    status: 200,
+    schema: Some("Text"),
+    media: "text/event-stream",
+};
 const ACCEPTED: Success = Success {
     status: 202,
     schema: None,
@@ -290,6 +295,7 @@ routes! {
     POST "/{domainID}/channels/{channelID}/connect" => "connectChannel", "channels", "Connect clients to this channel", Bearer, [], json("Connect"), ok(201, "Empty");
     POST "/{domainID}/channels/{channelID}/disconnect" => "disconnectChannel", "channels", "Disconnect clients from this channel", Bearer, [], json("Connect"), no_content();
     GET "/{domainID}/channels/{channelID}/clients" => "channelClients", "channels", "Clients connected to a channel", Bearer, [PAGE, STATUS], None, ok(200, "ClientsPage");
+    GET "/{domainID}/channels/{channelID}/messages/live" => "liveMessages", "messages", "A channel's messages as they arrive (Server-Sent Events `message`, JSON: channel, subtopic, publisher, protocol, received_at, senml or payload)", Bearer, [], None, EVENTS;
 
     POST "/{domainID}/groups" => "createGroup", "groups", "Create a group", Bearer, [], json("CreateGroup"), ok(201, "Group");
     GET "/{domainID}/groups" => "listGroups", "groups", "Groups of a domain", Bearer, [PAGE, FILTERS, TREE], None, ok(200, "GroupsPage");

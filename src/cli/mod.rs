@@ -312,6 +312,62 @@ async fn dispatch(api: &Api, a: &Args, entity: &str) -> Res {
     Ok(if c.quiet { None } else { out })
 }
 
+/// `messages watch`: finds the channel's domain among the caller's channels, then prints each
+/// event of its live view as one JSON line until the server ends the stream.
+async fn watch(api: &Api, channel: &str, token: &str) -> Res {
+    use std::io::Write;
+    let mut domain = None;
+    let mut offset = 0u64;
+    while domain.is_none() {
+        let page = api
+            .call(
+                reqwest::Method::GET,
+                &format!("/channels?status=all&limit=100&offset={offset}"),
+                Auth::Bearer(token),
+                None,
+            )
+            .await?
+            .unwrap_or_default();
+        let items = page["channels"].as_array().cloned().unwrap_or_default();
+        if items.is_empty() {
+            return Err(msg(format!("channel {channel} not found among your channels")));
+        }
+        domain = items
+            .iter()
+            .find(|c| c["id"] == channel)
+            .and_then(|c| c["domain_id"].as_str().map(String::from));
+        offset += items.len() as u64;
+    }
+    let d = domain.unwrap_or_default();
+    let mut resp = api
+        .http
+        .get(format!("{}/{d}/channels/{channel}/messages/live", api.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| msg(format!("cannot reach {}: {e}", api.url)))?;
+    if !resp.status().is_success() {
+        return Err(msg(format!("HTTP {}", resp.status())));
+    }
+    // On stderr, so that stdout holds only events: the view is open from here on.
+    eprintln!("watching channel {channel} of domain {d}");
+    let mut buf = String::new();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| msg(format!("stream: {e}")))? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            for data in event.lines().filter_map(|l| l.strip_prefix("data:")) {
+                let _ = writeln!(out, "{data}");
+            }
+            let _ = out.flush();
+        }
+    }
+    Err(msg(
+        "the server ended the live view (this viewer fell behind, or the server stopped)",
+    ))
+}
+
 /// `<domain_id> <token>` at the end of a command, the token defaulting to the saved one.
 fn domain_and_token(api: &Api, rest: &[&str]) -> Result<(String, String), Fail> {
     match rest {
@@ -408,6 +464,10 @@ async fn irregular(api: &Api, a: &Args, entity: &str, w: &[&str]) -> Option<Res>
             api.call(M::GET, &format!("/channels/{channel}/messages{}", query(a)), auth, None)
                 .await
         }
+        ("messages", ["watch", channel, rest @ ..]) => match token(api, rest) {
+            Ok(t) => watch(api, channel, t).await,
+            Err(e) => Err(e),
+        },
         ("config", ["set", key @ ("url" | "token"), value]) => save_config(key, value).map(|()| None),
         ("config", ["show"]) => Ok(Some(load_config())),
         ("messages" | "provision" | "config", _) => Err(Fail::Usage),

@@ -439,6 +439,11 @@ pub static IRREGULAR: &[(&str, &str, &[&str])] = &[
         "connect <connections.csv> <domain_id> <token>",
         &["connect"],
     ),
+    (
+        "messages",
+        "watch <channel_id> <token>      (prints each message as it arrives, one JSON line)",
+        &["watch"],
+    ),
     ("config", "set url|token <value>", &["set"]),
     ("config", "show", &["show"]),
     ("config", "default", &["default"]),

@@ -20,6 +20,7 @@ mod hardening;
 mod helpers;
 mod isolation;
 mod lifecycle;
+mod live;
 mod messages;
 mod mqtt;
 mod mqtt_client;

@@ -1,0 +1,176 @@
+//! Live views of channels: accepted messages (from MQTT through the broker's sink, from HTTP
+//! through the HTTP adapter) are handed to the viewers of their channel without waiting. Each
+//! viewer has a bounded queue; one that falls behind is dropped (its stream ends), so a slow
+//! browser never holds memory without bound. Viewers are capped per server.
+
+use mgmt::error::ApiError;
+use mgmt::live::{LiveMessage, LivePort};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// Messages queued per viewer before it counts as too slow.
+pub const VIEWER_QUEUE: usize = 256;
+
+type Viewers = HashMap<(String, String), Vec<mpsc::Sender<Arc<LiveMessage>>>>;
+
+#[derive(Default)]
+pub struct LiveHub {
+    viewers: Mutex<Viewers>,
+    /// Viewers now (read without the lock on every message).
+    count: AtomicUsize,
+    max: usize,
+    /// Viewers dropped for falling behind.
+    pub dropped: AtomicU64,
+}
+
+impl LiveHub {
+    pub fn new(max_viewers: usize) -> LiveHub {
+        LiveHub {
+            max: max_viewers,
+            ..Default::default()
+        }
+    }
+
+    /// Whether anyone watches (cheap; checked before building messages).
+    pub fn watched(&self) -> bool {
+        self.count.load(Ordering::Relaxed) > 0
+    }
+
+    /// Hands `m` to the viewers of its channel; drops those whose queue is full or gone.
+    pub fn publish(&self, m: LiveMessage) {
+        let Ok(mut v) = self.viewers.lock() else { return };
+        let key = (m.domain_id.clone(), m.channel_id.clone());
+        let Some(list) = v.get_mut(&key) else { return };
+        let m = Arc::new(m);
+        let before = list.len();
+        list.retain(|tx| match tx.try_send(m.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(channel = %m.channel_id, "a live viewer fell behind and was dropped");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        let gone = before - list.len();
+        if list.is_empty() {
+            v.remove(&key);
+        }
+        self.count.fetch_sub(gone, Ordering::Relaxed);
+    }
+}
+
+impl LiveHub {
+    /// Ends every live view (the server stops: their streams end, so the HTTP server can
+    /// finish).
+    pub fn close_all(&self) {
+        if let Ok(mut v) = self.viewers.lock() {
+            v.clear();
+        }
+        self.count.store(0, Ordering::Relaxed);
+    }
+}
+
+impl LivePort for LiveHub {
+    fn watch(&self, domain: &str, channel: &str) -> Result<mpsc::Receiver<Arc<LiveMessage>>, ApiError> {
+        let mut v = self
+            .viewers
+            .lock()
+            .map_err(|_| ApiError::Internal("live views unavailable".into()))?;
+        // Viewers that went away are only noticed on the next message: count them out here.
+        let mut closed = 0;
+        v.retain(|_, list| {
+            let n = list.len();
+            list.retain(|tx| !tx.is_closed());
+            closed += n - list.len();
+            !list.is_empty()
+        });
+        self.count.fetch_sub(closed, Ordering::Relaxed);
+        if self.count.load(Ordering::Relaxed) >= self.max {
+            return Err(ApiError::Unavailable(format!("at most {} live viewers", self.max)));
+        }
+        let (tx, rx) = mpsc::channel(VIEWER_QUEUE);
+        v.entry((domain.to_string(), channel.to_string())).or_default().push(tx);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(rx)
+    }
+}
+
+/// The broker's sink with the live views in front: what the pipeline takes from a batch is
+/// shown to the viewers of its channel.
+pub struct LiveSink {
+    pub hub: Arc<LiveHub>,
+    pub inner: Arc<dyn broker::MessageSink>,
+}
+
+impl broker::MessageSink for LiveSink {
+    fn offer(&self, batch: Vec<broker::Message>) -> Vec<broker::Message> {
+        if !self.hub.watched() {
+            return self.inner.offer(batch);
+        }
+        let copy = batch.clone();
+        let rest = self.inner.offer(batch);
+        let taken = copy.len() - rest.len().min(copy.len());
+        for m in copy.into_iter().take(taken) {
+            self.hub.publish(LiveMessage {
+                domain_id: m.domain_id,
+                channel_id: m.channel_id,
+                subtopic: m.subtopic,
+                publisher: m.publisher,
+                protocol: m.protocol,
+                payload: m.payload,
+                received_at: m.received_at,
+            });
+        }
+        rest
+    }
+    fn room(&self) -> broker::BoxFuture<()> {
+        self.inner.room()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: u8) -> LiveMessage {
+        LiveMessage {
+            domain_id: "d".into(),
+            channel_id: "h".into(),
+            subtopic: String::new(),
+            publisher: "c".into(),
+            protocol: "mqtt",
+            payload: bytes::Bytes::from(vec![i]),
+            received_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_slow_viewer_is_dropped_and_others_keep_their_order() {
+        let hub = LiveHub::new(10);
+        let mut fast = hub.watch("d", "h").expect("fast");
+        let slow = hub.watch("d", "h").expect("slow");
+        let other = hub.watch("d", "elsewhere").expect("other channel");
+        for i in 0..=VIEWER_QUEUE {
+            hub.publish(msg(i as u8));
+            // The fast viewer keeps up.
+            let got = fast.try_recv().expect("delivered");
+            assert_eq!(got.payload[0], i as u8);
+        }
+        assert_eq!(hub.dropped.load(Ordering::Relaxed), 1, "the slow one");
+        drop(slow);
+        assert!(other.is_empty());
+        assert_eq!(hub.count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn viewers_are_capped_and_gone_ones_make_room() {
+        let hub = LiveHub::new(1);
+        let first = hub.watch("d", "h").expect("first");
+        assert!(matches!(hub.watch("d", "h"), Err(ApiError::Unavailable(_))));
+        drop(first);
+        assert!(hub.watch("d", "h").is_ok(), "a closed viewer frees its place");
+    }
+}
