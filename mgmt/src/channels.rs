@@ -141,6 +141,11 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
         [op @ ("connect" | "disconnect")] if m == Method::POST => connections(ctx, a, req, None, op).await,
         [id, op @ ("connect" | "disconnect")] if m == Method::POST => connections(ctx, a, req, Some(id), op).await,
         [] if m == Method::GET => list(ctx, req, a.domain_id().into()).await,
+        [id, "messages", "chart.svg"] if m == Method::GET => {
+            let (d, hid) = (a.domain_id().to_string(), id.to_string());
+            ctx.db(move |s| s.channel(&d, &hid)).await?;
+            crate::chart::chart(ctx, req, id).await
+        }
         [id, "messages", "live"] if m == Method::GET => {
             let (d, hid) = (a.domain_id().to_string(), id.to_string());
             ctx.db(move |s| s.channel(&d, &hid)).await?;

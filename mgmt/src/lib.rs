@@ -12,6 +12,7 @@ pub mod auth;
 pub mod authz;
 mod certs;
 mod channels;
+pub mod chart;
 mod clients;
 mod domains;
 pub mod edge;

@@ -214,7 +214,7 @@ pub async fn publish(
     Reply::empty(StatusCode::ACCEPTED)
 }
 
-fn parse_interval(s: &str) -> Option<f64> {
+pub(crate) fn parse_interval(s: &str) -> Option<f64> {
     let s = s.trim();
     let (num, mult) = match s.chars().last()? {
         's' => (&s[..s.len() - 1], 1.0),
@@ -228,7 +228,7 @@ fn parse_interval(s: &str) -> Option<f64> {
     (v > 0.0 && v.is_finite()).then_some(v * mult)
 }
 
-fn q_f64(req: &Req, key: &str) -> Result<Option<f64>, ApiError> {
+pub(crate) fn q_f64(req: &Req, key: &str) -> Result<Option<f64>, ApiError> {
     match req.q(key) {
         None | Some("") => Ok(None),
         Some(v) => v

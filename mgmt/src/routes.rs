@@ -151,6 +151,30 @@ const SEARCH: &[Param] = &[
 const TREE: &[Param] = &[p("tree", Ty::Bool, "Nest the groups through `children`.")];
 const LEVEL: &[Param] = &[p("level", Ty::Int, "Levels to walk (default all).")];
 const DURABLE: &[Param] = &[p("durable", Ty::Bool, "Answer only once the message is stored.")];
+const CHART: &[Param] = &[
+    p("name", Ty::Str, "SenML name of the measurement (required)."),
+    p(
+        "from",
+        Ty::Num,
+        "Start (seconds since the epoch; default: an hour before `to`).",
+    ),
+    p("to", Ty::Num, "End (seconds since the epoch; default: now)."),
+    p(
+        "interval",
+        Ty::Str,
+        "Bucket length, e.g. 30s, 5m, 1h (default: a hundredth of the range; at most 1000 buckets).",
+    ),
+    p(
+        "aggregation",
+        Ty::Enum(&["min", "max", "avg", "sum", "count"]),
+        "Aggregate per bucket (default avg).",
+    ),
+];
+const SVG: Success = Success {
+    status: 200,
+    schema: Some("Text"),
+    media: "image/svg+xml",
+};
 const READER: &[Param] = &[
     p("offset", Ty::Int, "Messages to skip."),
     p("limit", Ty::Int, "Messages per page: 1 to 1000 (default 10)."),
@@ -295,6 +319,7 @@ routes! {
     POST "/{domainID}/channels/{channelID}/connect" => "connectChannel", "channels", "Connect clients to this channel", Bearer, [], json("Connect"), ok(201, "Empty");
     POST "/{domainID}/channels/{channelID}/disconnect" => "disconnectChannel", "channels", "Disconnect clients from this channel", Bearer, [], json("Connect"), no_content();
     GET "/{domainID}/channels/{channelID}/clients" => "channelClients", "channels", "Clients connected to a channel", Bearer, [PAGE, STATUS], None, ok(200, "ClientsPage");
+    GET "/{domainID}/channels/{channelID}/messages/chart.svg" => "chartMessages", "messages", "A time-series chart (SVG) of one measurement of a channel", Bearer, [CHART], None, SVG;
     GET "/{domainID}/channels/{channelID}/messages/live" => "liveMessages", "messages", "A channel's messages as they arrive (Server-Sent Events `message`, JSON: channel, subtopic, publisher, protocol, received_at, senml or payload)", Bearer, [], None, EVENTS;
 
     POST "/{domainID}/groups" => "createGroup", "groups", "Create a group", Bearer, [], json("CreateGroup"), ok(201, "Group");

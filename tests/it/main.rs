@@ -7,6 +7,7 @@
 
 mod admin_cli;
 mod channels;
+mod chart;
 mod child;
 mod cli;
 mod clients;
