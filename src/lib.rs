@@ -525,8 +525,6 @@ fn random_hex<const N: usize>() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Creates the super-admin from configuration when the store has none. Returns the password
-/// when it was generated here.
 /// The configured super-admin as a new user with this password hash.
 fn admin_user(cfg: &Config, hash: String) -> NewUser {
     NewUser {
@@ -544,12 +542,6 @@ fn admin_user(cfg: &Config, hash: String) -> NewUser {
     }
 }
 
-/// `fluxgate admin reset-password`: gives the configured super-admin (`admin.username`) a
-/// new password, creating the super-admin if a first start never got that far. Runs on a
-/// stopped server's data directory (it takes the directory's lock, so it is refused while a
-/// server runs there). The password is `admin.password` (`FLUXGATE_ADMIN_PASSWORD`) when
-/// set, else generated and returned to be printed once. The user's earlier tokens stop
-/// working (the password epoch moves).
 /// The health checks behind `GET /health`: the MQTT router runs, the database takes a write,
 /// the message writer is not stuck.
 fn probes(
@@ -577,6 +569,12 @@ fn probes(
     ]
 }
 
+/// `fluxgate admin reset-password`: gives the configured super-admin (`admin.username`) a
+/// new password, creating the super-admin if a first start never got that far. Runs on a
+/// stopped server's data directory (it takes the directory's lock, so it is refused while a
+/// server runs there). The password is `admin.password` (`FLUXGATE_ADMIN_PASSWORD`) when
+/// set, else generated and returned to be printed once. The user's earlier tokens stop
+/// working (the password epoch moves).
 pub fn reset_admin_password(cfg: &Config) -> Result<Option<String>, AppError> {
     let _lock = datadir::prepare(&cfg.data_dir)?;
     let store = Store::open(

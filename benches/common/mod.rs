@@ -106,17 +106,28 @@ pub fn clients(store: &Store, domain: &str, creds: &[(String, String)]) {
     }
 }
 
-/// `fluxgate serve` as a child process on `data_dir`, MQTT on `mqtt` (API on a free port, no
-/// WebSocket or TLS listener), with `env` added; returns once MQTT accepts connections.
+/// `fluxgate serve` as a child process on `data_dir`, MQTT on `mqtt` (API on `http`, else a
+/// free port; no WebSocket or TLS listener), with `env` added; returns once MQTT accepts
+/// connections.
 pub async fn serve_child(
     data_dir: &std::path::Path,
     mqtt: std::net::SocketAddr,
     env: &[(&str, String)],
 ) -> std::process::Child {
+    serve_child_on(data_dir, mqtt, None, env).await
+}
+
+pub async fn serve_child_on(
+    data_dir: &std::path::Path,
+    mqtt: std::net::SocketAddr,
+    http: Option<std::net::SocketAddr>,
+    env: &[(&str, String)],
+) -> std::process::Child {
+    let http = http.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_fluxgate"))
         .args(["serve", "--data-dir"])
         .arg(data_dir)
-        .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", &mqtt.to_string()])
+        .args(["--http-addr", &http, "--mqtt-addr", &mqtt.to_string()])
         .args(["--ws-addr", "", "--mqtts-addr", "", "--wss-addr", ""])
         .env("FLUXGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("FLUXGATE_AUTH_PBKDF2_ITERATIONS", "1000")
