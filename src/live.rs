@@ -21,6 +21,8 @@ pub struct LiveHub {
     /// Viewers now (read without the lock on every message).
     count: AtomicUsize,
     max: usize,
+    /// Set when the server stops: no new view opens.
+    closed: std::sync::atomic::AtomicBool,
     /// Viewers dropped for falling behind.
     pub dropped: AtomicU64,
 }
@@ -66,6 +68,7 @@ impl LiveHub {
     /// Ends every live view (the server stops: their streams end, so the HTTP server can
     /// finish).
     pub fn close_all(&self) {
+        self.closed.store(true, Ordering::Relaxed);
         if let Ok(mut v) = self.viewers.lock() {
             v.clear();
         }
@@ -88,6 +91,9 @@ impl LivePort for LiveHub {
             !list.is_empty()
         });
         self.count.fetch_sub(closed, Ordering::Relaxed);
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(ApiError::Unavailable("the server is stopping".into()));
+        }
         if self.count.load(Ordering::Relaxed) >= self.max {
             return Err(ApiError::Unavailable(format!("at most {} live viewers", self.max)));
         }
@@ -172,5 +178,7 @@ mod tests {
         assert!(matches!(hub.watch("d", "h"), Err(ApiError::Unavailable(_))));
         drop(first);
         assert!(hub.watch("d", "h").is_ok(), "a closed viewer frees its place");
+        hub.close_all();
+        assert!(matches!(hub.watch("d", "h"), Err(ApiError::Unavailable(_))), "stopping");
     }
 }

@@ -50,6 +50,7 @@ impl Store {
                         EXISTS (SELECT 1 FROM clients WHERE domain_id = ?1 AND id = ?2)",
             )?;
             let mut out: Vec<PresenceChange> = Vec::new();
+            let mut at: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
             for e in events {
                 let (d, c) = (&e.domain_id, &e.client_id);
                 if e.connected {
@@ -59,14 +60,21 @@ impl Store {
                     leave.execute(rusqlite::params![d, c, e.mqtt_client_id])?;
                     left.execute(rusqlite::params![d, c, e.at])?;
                 }
-                out.retain(|p| !(p.domain_id == *d && p.client_id == *c));
                 let (live, exists): (bool, bool) = online.query_row([d, c], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                if exists {
-                    out.push(PresenceChange {
-                        domain_id: d.clone(),
-                        client_id: c.clone(),
-                        online: live,
-                    });
+                if !exists {
+                    continue;
+                }
+                // One change per client: its state after the batch.
+                match at.get(&(d.clone(), c.clone())) {
+                    Some(&i) => out[i].online = live,
+                    None => {
+                        at.insert((d.clone(), c.clone()), out.len());
+                        out.push(PresenceChange {
+                            domain_id: d.clone(),
+                            client_id: c.clone(),
+                            online: live,
+                        });
+                    }
                 }
             }
             Ok(out)
