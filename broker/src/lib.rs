@@ -862,6 +862,18 @@ async fn accept_tls(l: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAccep
 }
 
 #[cfg(test)]
+mod protocol_tests {
+    /// Stored messages keep the protocol names they always had: TLS is a transport detail.
+    #[test]
+    fn tls_transports_store_as_their_plain_protocol() {
+        assert_eq!(super::message_protocol("mqtts"), "mqtt");
+        assert_eq!(super::message_protocol("wss"), "ws");
+        assert_eq!(super::message_protocol("mqtt"), "mqtt");
+        assert_eq!(super::message_protocol("ws"), "ws");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     //! The session layer over in-memory streams, with a fake authorizer (channel "ok": publish
     //! and subscribe; anything else: nothing) and a fake sink that records what it took.

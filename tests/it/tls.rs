@@ -364,3 +364,46 @@ async fn https_checked_with_curl(ca_file: &std::path::Path, http: std::net::Sock
         "plain HTTP is not served"
     );
 }
+
+/// Presence names the transport of each connection: `mqtts` over TLS, `ws` over WebSocket.
+#[tokio::test]
+async fn presence_names_the_transport() {
+    let app = TestApp::spawn().await;
+    let (t, d, _, c, s) = setup(&app).await;
+    let ca = ca_pem(&app).await;
+    let tls = connect(
+        app.mqtts_addr.expect("tls listener"),
+        tls_opts("presence-tls", &ca, None, Some(&c), Some(&s)),
+    )
+    .connected()
+    .await;
+    app.presence_becomes(&d, &c, true).await;
+    let (_, v) = app.get(&format!("/{d}/clients/{c}"), &t).await;
+    assert_eq!(
+        (v["protocol"].as_str(), v["sessions"][0]["protocol"].as_str()),
+        (Some("mqtts"), Some("mqtts")),
+        "{v}"
+    );
+    tls.disconnect().await;
+    app.presence_becomes(&d, &c, false).await;
+    let ws = connect(
+        app.ws_addr.expect("ws listener"),
+        Opts {
+            id: "presence-ws",
+            user: Some(&c),
+            pass: Some(&s),
+            ws: true,
+            ..Default::default()
+        },
+    )
+    .connected()
+    .await;
+    app.presence_becomes(&d, &c, true).await;
+    let (_, v) = app.get(&format!("/{d}/clients/{c}"), &t).await;
+    assert_eq!(
+        (v["protocol"].as_str(), v["sessions"][0]["client_id"].as_str()),
+        (Some("ws"), Some("presence-ws")),
+        "{v}"
+    );
+    ws.disconnect().await;
+}
