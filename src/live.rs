@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 /// Messages queued per viewer before it counts as too slow.
 pub const VIEWER_QUEUE: usize = 256;
 
-type Viewers = HashMap<(String, String), Vec<mpsc::Sender<Arc<LiveMessage>>>>;
+/// Viewers by channel id (channel ids are unique across domains).
+type Viewers = HashMap<String, Vec<mpsc::Sender<Arc<LiveMessage>>>>;
 
 #[derive(Default)]
 pub struct LiveHub {
@@ -43,8 +44,7 @@ impl LiveHub {
     /// Hands `m` to the viewers of its channel; drops those whose queue is full or gone.
     pub fn publish(&self, m: LiveMessage) {
         let Ok(mut v) = self.viewers.lock() else { return };
-        let key = (m.domain_id.clone(), m.channel_id.clone());
-        let Some(list) = v.get_mut(&key) else { return };
+        let Some(list) = v.get_mut(&m.channel_id) else { return };
         let m = Arc::new(m);
         let before = list.len();
         list.retain(|tx| match tx.try_send(m.clone()) {
@@ -58,9 +58,32 @@ impl LiveHub {
         });
         let gone = before - list.len();
         if list.is_empty() {
-            v.remove(&key);
+            v.remove(&m.channel_id);
         }
         self.count.fetch_sub(gone, Ordering::Relaxed);
+    }
+
+    /// The messages of `batch` whose channel is watched, with their positions (one lock for
+    /// the batch; nothing is copied for channels nobody watches).
+    fn watched_in(&self, batch: &[broker::Message]) -> Vec<(usize, LiveMessage)> {
+        let Ok(v) = self.viewers.lock() else { return Vec::new() };
+        batch
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| v.contains_key(&m.channel_id))
+            .map(|(i, m)| {
+                let live = LiveMessage {
+                    domain_id: m.domain_id.clone(),
+                    channel_id: m.channel_id.clone(),
+                    subtopic: m.subtopic.clone(),
+                    publisher: m.publisher.clone(),
+                    protocol: m.protocol,
+                    payload: m.payload.clone(),
+                    received_at: m.received_at,
+                };
+                (i, live)
+            })
+            .collect()
     }
 }
 
@@ -77,7 +100,9 @@ impl LiveHub {
 }
 
 impl LivePort for LiveHub {
-    fn watch(&self, domain: &str, channel: &str) -> Result<mpsc::Receiver<Arc<LiveMessage>>, ApiError> {
+    /// Viewers are kept by channel id alone (ids are unique across domains; the caller
+    /// checked the channel belongs to `_domain`).
+    fn watch(&self, _domain: &str, channel: &str) -> Result<mpsc::Receiver<Arc<LiveMessage>>, ApiError> {
         let mut v = self
             .viewers
             .lock()
@@ -98,7 +123,7 @@ impl LivePort for LiveHub {
             return Err(ApiError::Unavailable(format!("at most {} live viewers", self.max)));
         }
         let (tx, rx) = mpsc::channel(VIEWER_QUEUE);
-        v.entry((domain.to_string(), channel.to_string())).or_default().push(tx);
+        v.entry(channel.to_string()).or_default().push(tx);
         self.count.fetch_add(1, Ordering::Relaxed);
         Ok(rx)
     }
@@ -116,19 +141,13 @@ impl broker::MessageSink for LiveSink {
         if !self.hub.watched() {
             return self.inner.offer(batch);
         }
-        let copy = batch.clone();
+        let watched = self.hub.watched_in(&batch);
+        let n = batch.len();
         let rest = self.inner.offer(batch);
-        let taken = copy.len() - rest.len().min(copy.len());
-        for m in copy.into_iter().take(taken) {
-            self.hub.publish(LiveMessage {
-                domain_id: m.domain_id,
-                channel_id: m.channel_id,
-                subtopic: m.subtopic,
-                publisher: m.publisher,
-                protocol: m.protocol,
-                payload: m.payload,
-                received_at: m.received_at,
-            });
+        // What the pipeline took is the batch's front; the rest comes again later.
+        let taken = n - rest.len().min(n);
+        for (_, m) in watched.into_iter().filter(|(i, _)| *i < taken) {
+            self.hub.publish(m);
         }
         rest
     }

@@ -4,7 +4,7 @@
 
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use crate::messages::{parse_interval, q_f64};
+use crate::messages::{now_secs, parse_interval, q_f64};
 use crate::Ctx;
 use bytes::Bytes;
 use plotters::prelude::*;
@@ -29,11 +29,7 @@ fn params(req: &Req) -> Result<Params, ApiError> {
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad("query parameter `name` is required"))?
         .to_string();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    let to = q_f64(req, "to")?.map(senml::to_seconds).unwrap_or(now);
+    let to = q_f64(req, "to")?.map(senml::to_seconds).unwrap_or_else(now_secs);
     let from = q_f64(req, "from")?.map(senml::to_seconds).unwrap_or(to - 3600.0);
     if from >= to {
         return Err(ApiError::bad("`from` must be before `to`"));

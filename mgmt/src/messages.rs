@@ -66,7 +66,7 @@ pub fn subtopic(levels: &[&str]) -> Result<String, ApiError> {
     Ok(s)
 }
 
-fn now_secs() -> f64 {
+pub(crate) fn now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -286,11 +286,8 @@ fn reader_query(req: &Req) -> Result<MessageQuery, ApiError> {
         None | Some("") | Some("time") => {}
         Some(_) => return Err(ApiError::bad("invalid value of query parameter `order`: only `time`")),
     }
-    let ascending = match req.q("dir") {
-        None | Some("") | Some("desc") => false,
-        Some("asc") => true,
-        Some(_) => return Err(ApiError::bad("invalid value of query parameter `dir`")),
-    };
+    // Newest first unless asked otherwise.
+    let ascending = !crate::params::descending(req, true)?;
     Ok(MessageQuery {
         offset,
         limit,

@@ -29,17 +29,23 @@ pub fn page_req(req: &Req, max_limit: u64) -> Result<PageReq, ApiError> {
         None | Some("") => Order::CreatedAt,
         Some(o) => Order::parse(o).ok_or_else(|| ApiError::bad("invalid value of query parameter `order`"))?,
     };
-    let descending = match req.q("dir") {
-        None | Some("") | Some("asc") => false,
-        Some("desc") => true,
-        Some(_) => return Err(ApiError::bad("invalid value of query parameter `dir`")),
-    };
+    let descending = descending(req, false)?;
     Ok(PageReq {
         offset,
         limit,
         order,
         descending,
     })
+}
+
+/// `dir`: `asc` or `desc`, `default_desc` when absent.
+pub fn descending(req: &Req, default_desc: bool) -> Result<bool, ApiError> {
+    match req.q("dir") {
+        None | Some("") => Ok(default_desc),
+        Some("asc") => Ok(false),
+        Some("desc") => Ok(true),
+        Some(_) => Err(ApiError::bad("invalid value of query parameter `dir`")),
+    }
 }
 
 /// The page of a list route: [`page_req`] up to [`MAX_LIMIT`].
