@@ -80,6 +80,8 @@ pub struct HttpConfig {
     pub backlog: u32,
     pub cors_origins: Vec<String>,
     pub max_live_viewers: usize,
+    pub console: bool,
+    pub max_console_sessions: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]

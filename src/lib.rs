@@ -357,6 +357,8 @@ impl App {
                 senml: cfg.messages.senml_limits(),
                 cors_origins: cfg.http.cors_origins.clone(),
                 metrics_token: cfg.metrics.token.expose().to_string(),
+                console: cfg.http.console,
+                tls: cfg.http.tls,
             },
             outbox,
             messages: http_ingest,
@@ -366,6 +368,7 @@ impl App {
             telemetry,
             guard: mgmt::guard::LoginGuard::default(),
             hash_slots: mgmt::default_hash_slots(),
+            console: mgmt::console::session::Sessions::new(cfg.http.max_console_sessions),
         });
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

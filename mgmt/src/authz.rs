@@ -46,6 +46,10 @@ impl DomainAccess {
     pub fn relation(&self) -> Option<Relation> {
         self.relation
     }
+    /// Whether the caller may also do `action` in this domain (the rule of [`decide`]).
+    pub fn may(&self, action: Action) -> bool {
+        decide(&self.domain, self.relation, self.super_admin, action).is_ok()
+    }
     /// Admins and editors see client secrets; viewers do not.
     pub fn sees_secrets(&self) -> bool {
         self.super_admin || matches!(self.relation, Some(Relation::Admin | Relation::Editor))

@@ -90,7 +90,11 @@ pub(crate) fn finish(
         h.append("vary", HeaderValue::from_static("Origin"));
     }
     let elapsed = started.elapsed();
-    let route = seen.route.map_or(UNMATCHED, |r| r.path);
+    let route = match seen.route {
+        Some(r) => r.path,
+        None if seen.console => "/console",
+        None => UNMATCHED,
+    };
     let status = resp.status().as_u16();
     // An unknown method would be another unbounded label.
     let m = if ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"].contains(&method.as_str()) {

@@ -189,7 +189,7 @@ pub(crate) fn render(res: Result<Reply, ApiError>) -> warp::reply::Response {
     }
     for (k, v) in reply.headers {
         if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(k, v);
+            h.append(k, v);
         }
     }
     resp

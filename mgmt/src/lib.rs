@@ -14,6 +14,7 @@ mod certs;
 mod channels;
 pub mod chart;
 mod clients;
+pub mod console;
 mod domains;
 pub mod edge;
 pub mod error;
@@ -49,6 +50,10 @@ pub struct MgmtConfig {
     pub cors_origins: Vec<String>,
     /// Bearer token `GET /metrics` requires (empty: open).
     pub metrics_token: String,
+    /// Serve the web console at `/` and `/console/…`.
+    pub console: bool,
+    /// The API listener speaks TLS (console cookies are then `Secure`).
+    pub tls: bool,
 }
 
 /// The peer address of a request, put into its extensions by the server that accepted it.
@@ -91,6 +96,8 @@ pub struct Ctx {
     /// Password hashes computed at once, at most: a flood of logins cannot take every core
     /// from the API and the broker.
     pub hash_slots: tokio::sync::Semaphore,
+    /// Logged-in console browsers.
+    pub console: console::session::Sessions,
 }
 
 /// Concurrent password hashes: half the cores, at least one.
@@ -165,6 +172,8 @@ pub struct Seen {
     pub route: Option<&'static routes::Route>,
     pub caller: Option<String>,
     pub origin: Option<warp::http::HeaderValue>,
+    /// A console page (one route label for all of them).
+    pub console: bool,
 }
 
 /// Matches the request against the route table (404, 405, 400 for an unknown query
@@ -186,6 +195,23 @@ where
 {
     seen.origin = headers.get("origin").cloned();
     let segs = http::split_path(path)?;
+    if console::owns(&segs) {
+        seen.console = true;
+        let body = http::read_body(&headers, Box::pin(body), ctx.cfg.max_body_bytes).await?;
+        let req = console::Request {
+            method,
+            segs,
+            query: http::parse_query(query),
+            headers,
+            body,
+            remote,
+        };
+        return console::serve(ctx, req).await.or_else(|e| match e {
+            // Off means absent: the plain JSON 404 of an unknown path.
+            ApiError::NotFound(_) if !ctx.cfg.console => Err(e),
+            e => Ok(console::error_page(&e)),
+        });
+    }
     if method == Method::OPTIONS {
         if let Some(r) = edge::preflight(ctx, &headers, &segs) {
             return r;

@@ -12,6 +12,7 @@ mod child;
 mod cli;
 mod clients;
 mod config;
+mod console;
 mod domains;
 mod durable;
 mod engine;

@@ -349,6 +349,30 @@ async fn https_checked_with_curl(ca_file: &std::path::Path, http: std::net::Sock
         "{:?}",
         out
     );
+    // The console's cookies are Secure when the API is served over TLS.
+    let login = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            ca_file.to_str().expect("p"),
+            &format!("https://127.0.0.1:{}/console/login", http.port()),
+        ])
+        .output()
+        .await
+        .expect("curl");
+    let head = String::from_utf8_lossy(&login.stdout).to_ascii_lowercase();
+    let cookie = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(
+        cookie.contains("; secure") && cookie.contains("httponly") && cookie.contains("samesite=strict"),
+        "{cookie}"
+    );
     let plain = tokio::process::Command::new("curl")
         .args([
             "-sS",

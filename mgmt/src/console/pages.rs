@@ -1,0 +1,765 @@
+//! The console's HTML, rendered from the REST API's JSON answers (maud escapes every value).
+
+use super::session::Session;
+use super::{str_of, Kind, Notice, Where, PAGE};
+use maud::{html, Markup, DOCTYPE};
+use serde_json::Value;
+use warp::http::StatusCode;
+
+/// A REST timestamp (`2026-11-24T08:58:02.205874Z`) as `2026-11-24 08:58:02 UTC`; the zero
+/// time as "never".
+fn when(s: &str) -> String {
+    if s.is_empty() || s.starts_with("0001-") {
+        return "never".into();
+    }
+    let s = s.split('.').next().unwrap_or(s).trim_end_matches('Z');
+    format!("{} UTC", s.replacen('T', " ", 1))
+}
+
+fn csrf(s: &Session) -> Markup {
+    html! { input type="hidden" name="csrf" value=(s.csrf); }
+}
+
+/// The error box of one form, when the notice is about it.
+fn notice_for(n: Option<&Notice>, form: &str) -> Markup {
+    html! {
+        @if let Some(n) = n.filter(|n| n.form == form) {
+            p.error role="alert" data-form=(form) { (n.message) }
+        }
+    }
+}
+
+fn items(v: &Value, key: &str) -> Vec<Value> {
+    v.get(key).and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+fn tags_text(v: &Value) -> String {
+    v.get("tags")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+fn metadata_text(v: &Value) -> String {
+    match v.get("metadata") {
+        Some(m @ Value::Object(o)) if !o.is_empty() => serde_json::to_string_pretty(m).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// The frame of every page after login.
+pub fn layout(s: &Session, title: &str, d: Option<(&str, &Where)>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Fluxgate" }
+                link rel="stylesheet" href="/console/assets/console.css";
+                script src="/console/assets/console.js" defer {}
+            }
+            body data-keepalive=(s.ttl / 3) {
+                header.top {
+                    a.brand href="/console/" { "Fluxgate" }
+                    @if let Some((d, w)) = d {
+                        a.domain href="/console/" title="Change domain" { (str_of(&w.domain, &["name"])) " ▾" }
+                        nav {
+                            a href={ "/console/d/" (d) "/clients" } { "Clients" }
+                            a href={ "/console/d/" (d) "/channels" } { "Channels" }
+                            a href={ "/console/d/" (d) "/groups" } { "Groups" }
+                            a href={ "/console/d/" (d) "/members" } { "Members" }
+                        }
+                    }
+                    span.user { (s.username) }
+                    form.inline method="post" action="/console/logout" {
+                        (csrf(s))
+                        button #logout type="submit" { "Log out" }
+                    }
+                }
+                main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+/// A page without a session (login, errors before login).
+fn bare(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Fluxgate" }
+                link rel="stylesheet" href="/console/assets/console.css";
+            }
+            body.bare {
+                main.narrow {
+                    h1 { "Fluxgate" }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+pub fn error(status: StatusCode, message: &str) -> Markup {
+    bare(
+        "Error",
+        html! {
+            h2 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+            p.error role="alert" { (message) }
+            p { a href="/console/" { "Back to the console" } }
+        },
+    )
+}
+
+pub fn problem(message: &str) -> Markup {
+    html! {
+        p.error role="alert" { (message) }
+        p { a href="/console/" { "Back to your domains" } }
+    }
+}
+
+pub fn login(token: &str, identity: &str, message: &str) -> Markup {
+    bare(
+        "Log in",
+        html! {
+            form #login method="post" action="/console/login" {
+                input type="hidden" name="csrf" value=(token);
+                @if !message.is_empty() { p.error role="alert" { (message) } }
+                label { "Username or e-mail" input #identity name="identity" value=(identity) autocomplete="username" required autofocus; }
+                label { "Password" input #password name="password" type="password" autocomplete="current-password" required; }
+                button type="submit" { "Log in" }
+            }
+        },
+    )
+}
+
+pub fn domains(s: &Session, list: &Value, n: Option<&Notice>) -> Markup {
+    let ds = items(list, "domains");
+    html! {
+        @if ds.is_empty() {
+            p { "You belong to no domain yet. Create one: you become its admin." }
+        } @else {
+            table #domains {
+                thead { tr { th { "Domain" } th { "Route" } th { "Status" } th { "Created" } } }
+                tbody {
+                    @for d in &ds {
+                        tr {
+                            td { a href={ "/console/d/" (str_of(d, &["id"])) "/clients" } { (str_of(d, &["name"])) } }
+                            td { (str_of(d, &["route"])) }
+                            td { span class={ "status " (str_of(d, &["status"])) } { (str_of(d, &["status"])) } }
+                            td { (when(str_of(d, &["created_at"]))) }
+                        }
+                    }
+                }
+            }
+        }
+        section {
+            h2 { "Create a domain" }
+            (notice_for(n, "create_domain"))
+            form #create-domain method="post" action="/console/domains" {
+                (csrf(s))
+                input type="hidden" name="action" value="create_domain";
+                label { "Name" input name="name" required; }
+                label { "Route (optional, lower case)" input name="route"; }
+                button type="submit" { "Create domain" }
+            }
+        }
+    }
+}
+
+pub fn members(s: &Session, d: &str, w: &Where, list: &Value, n: Option<&Notice>) -> Markup {
+    let users = items(list, "users");
+    let action = format!("/console/d/{d}/members");
+    html! {
+        @if let Some(n) = n.filter(|n| !w.can_manage || n.form == "unassign") {
+            p.error role="alert" data-form=(n.form) { (n.message) }
+        }
+        table #members {
+            thead { tr { th { "User" } th { "E-mail" } th { "Role" } @if w.can_manage { th {} } } }
+            tbody {
+                @for u in &users {
+                    @let id = str_of(u, &["id"]);
+                    @let rel = str_of(u, &["relation"]);
+                    tr {
+                        td { (str_of(u, &["credentials", "username"])) }
+                        td { (str_of(u, &["email"])) }
+                        @if w.can_manage {
+                            td {
+                                form.inline method="post" action=(action) {
+                                    (csrf(s))
+                                    input type="hidden" name="action" value="assign";
+                                    input type="hidden" name="user" value=(id);
+                                    select name="relation" aria-label="Role" {
+                                        @for r in ["admin", "editor", "viewer"] {
+                                            option value=(r) selected[r == rel] { (r) }
+                                        }
+                                    }
+                                    button type="submit" { "Change role" }
+                                }
+                            }
+                            td {
+                                form.inline method="post" action=(action) {
+                                    (csrf(s))
+                                    input type="hidden" name="action" value="unassign";
+                                    input type="hidden" name="user" value=(id);
+                                    button.danger type="submit" { "Remove" }
+                                }
+                            }
+                        } @else {
+                            td { (rel) }
+                        }
+                    }
+                }
+            }
+        }
+        @if w.can_manage {
+            section {
+                h2 { "Add a member" }
+                (notice_for(n, "assign"))
+                form #assign method="post" action=(action) {
+                    (csrf(s))
+                    input type="hidden" name="action" value="assign";
+                    label { "User (id or username)" input name="user" required; }
+                    label { "Role" select name="relation" { option value="viewer" { "viewer" } option value="editor" { "editor" } option value="admin" { "admin" } } }
+                    button type="submit" { "Add" }
+                }
+                p.hint { "The last admin of a domain can be neither demoted nor removed." }
+            }
+        }
+    }
+}
+
+/// The search fields of a list page.
+pub struct Filters<'a> {
+    pub name: &'a str,
+    pub tag: &'a str,
+    pub status: &'a str,
+    pub connected: &'a str,
+}
+
+/// One row of a bulk creation's result.
+pub struct BulkRow {
+    pub line: usize,
+    pub name: String,
+    /// The new id, or why the row failed.
+    pub result: Result<String, String>,
+}
+
+fn presence(c: &Value) -> Markup {
+    let online = c.get("connected").and_then(Value::as_bool).unwrap_or(false);
+    html! {
+        @if online {
+            span.online data-presence="online" { "online" }
+            " since " (when(str_of(c, &["connected_at"])))
+        } @else {
+            span.offline data-presence="offline" { "offline" }
+            @let since = str_of(c, &["disconnected_at"]);
+            @if !since.is_empty() { " since " (when(since)) }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn list(
+    s: &Session,
+    d: &str,
+    w: &Where,
+    k: Kind,
+    list: &Value,
+    f: &Filters,
+    n: Option<&Notice>,
+    bulk: Option<&[BulkRow]>,
+) -> Markup {
+    let rows = items(list, k.path());
+    let total = list.get("total").and_then(Value::as_u64).unwrap_or(0);
+    let offset = list.get("offset").and_then(Value::as_u64).unwrap_or(0);
+    let here = format!("/console/d/{d}/{}", k.path());
+    let page_link = |off: u64| {
+        let mut q = vec![format!("offset={off}")];
+        for (k, v) in [
+            ("name", f.name),
+            ("tag", f.tag),
+            ("status", f.status),
+            ("connected", f.connected),
+        ] {
+            if !v.is_empty() {
+                q.push(format!("{k}={}", url_encode(v)));
+            }
+        }
+        format!("{here}?{}", q.join("&"))
+    };
+    html! {
+        @if let Some(n) = n.filter(|_| !w.can_edit) {
+            p.error role="alert" data-form=(n.form) { (n.message) }
+        }
+        form.search method="get" action=(here) {
+            label { "Name" input name="name" value=(f.name); }
+            label { "Tag" input name="tag" value=(f.tag); }
+            label { "Status" select name="status" {
+                @for st in ["", "enabled", "disabled", "all"] { option value=(st) selected[st == f.status] { (if st.is_empty() { "enabled" } else { st }) } }
+            } }
+            @if k == Kind::Clients {
+                label { "Presence" select name="connected" {
+                    option value="" selected[f.connected.is_empty()] { "any" }
+                    option value="true" selected[f.connected == "true"] { "online" }
+                    option value="false" selected[f.connected == "false"] { "offline" }
+                } }
+            }
+            button type="submit" { "Search" }
+        }
+        table #list data-total=(total) {
+            thead { tr {
+                th { "Name" } th { "Id" } th { "Tags" } th { "Status" }
+                @if k == Kind::Clients { th { "Presence" } th { "Protocol" } }
+            } }
+            tbody {
+                @for e in &rows {
+                    tr {
+                        td { a href={ (here) "/" (str_of(e, &["id"])) } { (str_of(e, &["name"])) } }
+                        td.id { code { (str_of(e, &["id"])) } }
+                        td { (tags_text(e)) }
+                        td { span class={ "status " (str_of(e, &["status"])) } { (str_of(e, &["status"])) } }
+                        @if k == Kind::Clients {
+                            td { (presence(e)) }
+                            td { (str_of(e, &["protocol"])) }
+                        }
+                    }
+                }
+            }
+        }
+        p.pager {
+            (if total == 0 { 0 } else { offset + 1 }) "–" (offset + rows.len() as u64) " of " (total)
+            @if offset > 0 { " " a href=(page_link(offset.saturating_sub(PAGE))) { "← previous" } }
+            @if offset + (rows.len() as u64) < total { " " a href=(page_link(offset + PAGE)) { "next →" } }
+        }
+        @if w.can_edit {
+            section {
+                h2 { "Create a " (k.one()) }
+                (notice_for(n, "create"))
+                form #create method="post" action=(here) {
+                    (csrf(s))
+                    input type="hidden" name="action" value="create";
+                    label { "Name" input name="name" required; }
+                    label { "Tags (comma-separated)" input name="tags"; }
+                    label { "Metadata (JSON object)" textarea name="metadata" rows="2" {} }
+                    @if k == Kind::Clients { label { "Secret (empty: generated)" input name="secret" autocomplete="off"; } }
+                    button type="submit" { "Create" }
+                }
+            }
+            @if k != Kind::Groups {
+                section {
+                    h2 { "Create many from CSV" }
+                    p.hint { "One " (k.one()) " per line: " code { "name,tags" @if k == Kind::Clients { ",secret" } } " (tags separated by semicolons; a header line " code { "name,…" } " is skipped; at most " (super::MAX_CSV_ROWS) " rows)." }
+                    (notice_for(n, "bulk"))
+                    form #bulk method="post" action=(here) {
+                        (csrf(s))
+                        input type="hidden" name="action" value="bulk";
+                        label { "CSV file" input #csv-file type="file" accept=".csv,text/csv"; }
+                        label { "or paste it" textarea #csv name="csv" rows="5" {} }
+                        button type="submit" { "Create all" }
+                    }
+                    @if let Some(rows) = bulk {
+                        table #bulk-result {
+                            thead { tr { th { "Line" } th { "Name" } th { "Result" } } }
+                            tbody {
+                                @for r in rows {
+                                    tr {
+                                        td { (r.line) }
+                                        td { (r.name) }
+                                        @match &r.result {
+                                            Ok(id) => td.ok { "created " a href={ (here) "/" (id) } { code { (id) } } },
+                                            Err(e) => td.error { (e) },
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The chart form's fields.
+#[derive(Default)]
+pub struct ChartForm {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    pub interval: String,
+    pub aggregation: String,
+}
+
+/// Everything an entity page shows.
+pub struct Entity<'a> {
+    pub d: &'a str,
+    pub kind: Kind,
+    pub entity: &'a Value,
+    pub show_secret: bool,
+    pub confirm: &'a str,
+    /// A client's channels or a channel's clients, with their connection types.
+    pub related: Value,
+    /// Channels a client may be connected to.
+    pub choices: Value,
+    pub certs: Value,
+    pub history: Value,
+    pub chart: ChartForm,
+    pub msg_filters: Vec<(&'static str, String)>,
+}
+
+fn action_button(s: &Session, here: &str, action: &str, label: &str, class: &str) -> Markup {
+    html! {
+        form.inline method="post" action=(here) {
+            (csrf(s))
+            input type="hidden" name="action" value=(action);
+            button class=(class) type="submit" id={ "do-" (action) } { (label) }
+        }
+    }
+}
+
+pub fn entity(s: &Session, w: &Where, p: &Entity, n: Option<&Notice>) -> Markup {
+    let e = p.entity;
+    let k = p.kind;
+    let id = str_of(e, &["id"]);
+    let here = format!("/console/d/{}/{}/{id}", p.d, k.path());
+    let status = str_of(e, &["status"]);
+    html! {
+        p { a href={ "/console/d/" (p.d) "/" (k.path()) } { "← all " (k.path()) } }
+        // Errors of forms this caller is not shown (a forged request) still show, at the top.
+        @if let Some(n) = n.filter(|n| !w.can_edit || ["enable", "disable", "delete", "rotate"].contains(&n.form.as_str())) {
+            p.error role="alert" data-form=(n.form) { (n.message) }
+        }
+        dl.details {
+            dt { "Id" } dd { code #entity-id { (id) } }
+            dt { "Status" } dd { span class={ "status " (status) } #status { (status) } }
+            dt { "Tags" } dd { (tags_text(e)) }
+            @let desc = str_of(e, &["description"]);
+            @if !desc.is_empty() { dt { "Description" } dd { (desc) } }
+            dt { "Metadata" } dd { pre { (metadata_text(e)) } }
+            dt { "Created" } dd { (when(str_of(e, &["created_at"]))) }
+        }
+        @if k == Kind::Clients { (client_parts(s, w, p, &here, n)) }
+        @if w.can_edit {
+            @if p.confirm == "delete" {
+                section.confirm {
+                    p { "Delete " (k.one()) " " strong { (str_of(e, &["name"])) } "? This cannot be undone." }
+                    (action_button(s, &here, "delete", "Yes, delete", "danger"))
+                    " " a href=(here) { "Cancel" }
+                }
+            }
+            section #edit {
+                h2 { "Edit" }
+                (notice_for(n, "update"))
+                form #update method="post" action=(here) {
+                    (csrf(s))
+                    input type="hidden" name="action" value="update";
+                    label { "Name" input name="name" value=(str_of(e, &["name"])); }
+                    @if k != Kind::Clients { label { "Description" input name="description" value=(desc); } }
+                    label { "Metadata (JSON object)" textarea name="metadata" rows="3" { (metadata_text(e)) } }
+                    button type="submit" { "Save" }
+                }
+                (notice_for(n, "tags"))
+                form #tags method="post" action=(here) {
+                    (csrf(s))
+                    input type="hidden" name="action" value="tags";
+                    label { "Tags (comma-separated)" input name="tags" value=(tags_text(e)); }
+                    button type="submit" { "Save tags" }
+                }
+                p.actions {
+                    @if status == "enabled" {
+                        (action_button(s, &here, "disable", "Disable", ""))
+                    } @else {
+                        (action_button(s, &here, "enable", "Enable", ""))
+                    }
+                    " " a.danger #delete href={ (here) "?confirm=delete" } { "Delete…" }
+                }
+            }
+        }
+        @if k == Kind::Channels { (channel_parts(s, w, p, &here, n)) }
+    }
+}
+
+fn rights(v: &Value) -> String {
+    v.get("connection_types")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" + "))
+        .unwrap_or_default()
+}
+
+fn client_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Notice>) -> Markup {
+    let e = p.entity;
+    let secret = str_of(e, &["credentials", "secret"]);
+    let sessions = items(e, "sessions");
+    let channels = items(&p.related, "channels");
+    let choices = items(&p.choices, "channels");
+    let certs = items(&p.certs, "certs");
+    html! {
+        section #presence {
+            h2 { "Presence" }
+            p { (presence(e)) }
+            @let remote = str_of(e, &["remote_addr"]);
+            @if !remote.is_empty() { p { "Last remote address " code #remote { (remote) } " over " span #protocol { (str_of(e, &["protocol"])) } } }
+            @if !sessions.is_empty() {
+                table #sessions {
+                    thead { tr { th { "MQTT client id" } th { "Remote" } th { "Protocol" } th { "Since" } } }
+                    tbody { @for x in &sessions { tr {
+                        td { code { (str_of(x, &["mqtt_client_id"])) } }
+                        td { (str_of(x, &["remote_addr"])) }
+                        td { (str_of(x, &["protocol"])) }
+                        td { (when(str_of(x, &["connected_at"]))) }
+                    } } }
+                }
+            }
+        }
+        @if !secret.is_empty() {
+            section #secret {
+                h2 { "Secret" }
+                (notice_for(n, "rotate"))
+                @if p.show_secret {
+                    p { code #secret-value { (secret) } " " a href=(here) { "Hide" } }
+                } @else {
+                    p { a #show-secret href={ (here) "?secret=show" } { "Show secret" } }
+                }
+                @if w.can_edit {
+                    @if p.confirm == "rotate" {
+                        div.confirm {
+                            p { "Rotate the secret? Devices using the old one are disconnected and cannot log in again." }
+                            (action_button(s, here, "rotate", "Yes, rotate", "danger"))
+                            " " a href=(here) { "Cancel" }
+                        }
+                    } @else {
+                        p { a #rotate href={ (here) "?confirm=rotate" } { "Rotate secret…" } }
+                    }
+                }
+            }
+        }
+        section #connections {
+            h2 { "Channels" }
+            (notice_for(n, "disconnect"))
+            @if channels.is_empty() { p { "Not connected to any channel." } } @else {
+                table #connected {
+                    thead { tr { th { "Channel" } th { "Rights" } @if w.can_edit { th {} } } }
+                    tbody { @for c in &channels { tr {
+                        td { a href={ "/console/d/" (p.d) "/channels/" (str_of(c, &["id"])) } { (str_of(c, &["name"])) } }
+                        td { (rights(c)) }
+                        @if w.can_edit { td {
+                            form.inline method="post" action=(here) {
+                                (csrf(s))
+                                input type="hidden" name="action" value="disconnect";
+                                input type="hidden" name="other" value=(str_of(c, &["id"]));
+                                button type="submit" { "Disconnect" }
+                            }
+                        } }
+                    } } }
+                }
+            }
+            @if w.can_edit {
+                (notice_for(n, "connect"))
+                form #connect method="post" action=(here) {
+                    (csrf(s))
+                    input type="hidden" name="action" value="connect";
+                    label { "Channel" select name="other" {
+                        @for c in &choices { option value=(str_of(c, &["id"])) { (str_of(c, &["name"])) } }
+                    } }
+                    label.check { input type="checkbox" name="publish" checked; "publish" }
+                    label.check { input type="checkbox" name="subscribe" checked; "subscribe" }
+                    button type="submit" { "Connect" }
+                }
+            }
+        }
+        section #certificates {
+            h2 { "Certificates" }
+            (notice_for(n, "revoke_cert"))
+            @if certs.is_empty() { p { "No certificates." } } @else {
+                table {
+                    thead { tr { th { "Serial" } th { "Expires" } th { "State" } @if w.can_edit { th {} } } }
+                    tbody { @for c in &certs {
+                        @let revoked = c.get("revoked").and_then(Value::as_bool).unwrap_or(false);
+                        tr {
+                            td { code { (str_of(c, &["serial"])) } }
+                            td { (when(str_of(c, &["expire"]))) }
+                            td { @if revoked { "revoked" } @else { "valid" } }
+                            @if w.can_edit { td { @if !revoked {
+                                form.inline method="post" action=(here) {
+                                    (csrf(s))
+                                    input type="hidden" name="action" value="revoke_cert";
+                                    input type="hidden" name="serial" value=(str_of(c, &["serial"]));
+                                    button.danger type="submit" { "Revoke" }
+                                }
+                            } } }
+                        }
+                    } }
+                }
+            }
+            @if w.can_edit {
+                (notice_for(n, "issue_cert"))
+                form #issue-cert method="post" action=(here) {
+                    (csrf(s))
+                    input type="hidden" name="action" value="issue_cert";
+                    label { "Valid for (e.g. 8760h)" input name="ttl" placeholder="8760h"; }
+                    button type="submit" { "Issue certificate" }
+                }
+            }
+            p { a href="/console/ca.pem" { "Download the CA certificate" } }
+        }
+    }
+}
+
+fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Notice>) -> Markup {
+    let clients = items(&p.related, "clients");
+    let d = p.d;
+    let id = str_of(p.entity, &["id"]);
+    let c = &p.chart;
+    let chart_src = (!c.name.is_empty()).then(|| {
+        let mut q = vec![format!("name={}", url_encode(&c.name))];
+        for (k, v) in [
+            ("from", &c.from),
+            ("to", &c.to),
+            ("interval", &c.interval),
+            ("aggregation", &c.aggregation),
+        ] {
+            if !v.is_empty() {
+                q.push(format!("{k}={}", url_encode(v)));
+            }
+        }
+        format!("{here}/chart.svg?{}", q.join("&"))
+    });
+    let msgs = items(&p.history, "messages");
+    html! {
+        section #clients {
+            h2 { "Clients and their rights" }
+            (notice_for(n, "disconnect"))
+            @if clients.is_empty() { p { "No client is connected to this channel." } } @else {
+                table #channel-clients {
+                    thead { tr { th { "Client" } th { "Rights" } th { "Presence" } @if w.can_edit { th {} } } }
+                    tbody { @for x in &clients { tr {
+                        td { a href={ "/console/d/" (d) "/clients/" (str_of(x, &["id"])) } { (str_of(x, &["name"])) } }
+                        td { (rights(x)) }
+                        td { (presence(x)) }
+                        @if w.can_edit { td {
+                            form.inline method="post" action=(here) {
+                                (csrf(s))
+                                input type="hidden" name="action" value="disconnect";
+                                input type="hidden" name="other" value=(str_of(x, &["id"]));
+                                button type="submit" { "Disconnect" }
+                            }
+                        } }
+                    } } }
+                }
+            }
+        }
+        section #live-section {
+            h2 { "Live messages" }
+            p.hint #live-state { "connecting…" }
+            table #live data-src={ (here) "/live" } {
+                thead { tr { th { "Received" } th { "Publisher" } th { "Subtopic" } th { "Protocol" } th { "Name" } th { "Value" } th { "Unit" } th { "Time" } } }
+                tbody {}
+            }
+        }
+        section #chart-section {
+            h2 { "Chart" }
+            form #chart-form method="get" action=(here) {
+                label { "Measurement name" input name="chart_name" value=(c.name) required; }
+                label { "From (Unix s)" input name="chart_from" value=(c.from); }
+                label { "To (Unix s)" input name="chart_to" value=(c.to); }
+                label { "Interval (e.g. 10s, 1m, 1h)" input name="chart_interval" value=(c.interval); }
+                label { "Aggregation" select name="chart_aggregation" {
+                    @for a in ["", "avg", "min", "max", "sum", "count"] { option value=(a) selected[a == c.aggregation] { (if a.is_empty() { "avg" } else { a }) } }
+                } }
+                button type="submit" { "Draw" }
+            }
+            @if let Some(src) = chart_src {
+                p.error #chart-error hidden {}
+                img #chart src=(src) alt={ "Chart of " (c.name) };
+            }
+        }
+        section #history {
+            h2 { "History" }
+            form.search method="get" action=(here) {
+                @for key in ["name", "subtopic", "publisher", "protocol", "from", "to"] {
+                    @let v = p.msg_filters.iter().find(|(k, _)| *k == key).map_or("", |(_, v)| v.as_str());
+                    label { (key) input name=(key) value=(v); }
+                }
+                button type="submit" { "Filter" }
+            }
+            @if let Some(err) = p.history.get("error").and_then(Value::as_str) {
+                p.error role="alert" { (err) }
+            } @else {
+                table #messages {
+                    thead { tr { th { "Time" } th { "Publisher" } th { "Subtopic" } th { "Protocol" } th { "Name" } th { "Value" } th { "Unit" } } }
+                    tbody { @for m in &msgs { tr {
+                        td { (m.get("time").map(Value::to_string).unwrap_or_default()) }
+                        td { code { (str_of(m, &["publisher"])) } }
+                        td { (str_of(m, &["subtopic"])) }
+                        td { (str_of(m, &["protocol"])) }
+                        td { (str_of(m, &["name"])) }
+                        td { (["value", "string_value", "bool_value", "data_value"].iter().find_map(|k| m.get(*k)).map(|v| match v { Value::String(s) => s.clone(), v => v.to_string() }).unwrap_or_default()) }
+                        td { (str_of(m, &["unit"])) }
+                    } } }
+                }
+                p.pager { (p.history.get("total").and_then(Value::as_u64).unwrap_or(0)) " messages in all" }
+            }
+        }
+        span hidden data-channel=(id) {}
+    }
+}
+
+/// The page that shows an issued certificate and its key, once.
+pub fn issued(d: &str, client: &str, cert: &Value) -> Markup {
+    let crt = str_of(cert, &["client_cert"]);
+    let key = str_of(cert, &["client_key"]);
+    let data = |pem: &str| {
+        use base64::Engine;
+        format!(
+            "data:application/x-pem-file;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(pem)
+        )
+    };
+    html! {
+        p.warning { "The private key is shown this once and is not stored. Download both now." }
+        p { "Serial " code { (str_of(cert, &["serial"])) } ", expires " (when(str_of(cert, &["expire"]))) }
+        p {
+            a download="client.crt" href=(data(crt)) { "Download certificate" }
+            " · "
+            a download="client.key" href=(data(key)) { "Download private key" }
+        }
+        details { summary { "Certificate (PEM)" } pre { (crt) } }
+        p { a href={ "/console/d/" (d) "/clients/" (client) } { "Back to the client" } }
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_encoding() {
+        assert_eq!(when("2026-11-24T08:58:02.205874Z"), "2026-11-24 08:58:02 UTC");
+        assert_eq!(when("0001-01-01T00:00:00Z"), "never");
+        assert_eq!(url_encode("a b&c"), "a%20b%26c");
+    }
+
+    #[test]
+    fn values_are_escaped() {
+        let m = problem("<script>alert(1)</script>");
+        assert!(!m.into_string().contains("<script>"));
+    }
+}
