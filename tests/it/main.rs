@@ -6,6 +6,7 @@
 #![allow(clippy::expect_used, clippy::panic)]
 
 mod admin_cli;
+mod browser;
 mod channels;
 mod chart;
 mod child;

@@ -447,6 +447,7 @@ pub fn entity(s: &Session, w: &Where, p: &Entity, n: Option<&Notice>) -> Markup 
             dt { "Created" } dd { (when(str_of(e, &["created_at"]))) }
         }
         @if k == Kind::Clients { (client_parts(s, w, p, &here, n)) }
+        @if k == Kind::Channels { (channel_parts(s, w, p, &here, n)) }
         @if w.can_edit {
             @if p.confirm == "delete" {
                 section.confirm {
@@ -483,7 +484,6 @@ pub fn entity(s: &Session, w: &Where, p: &Entity, n: Option<&Notice>) -> Markup 
                 }
             }
         }
-        @if k == Kind::Channels { (channel_parts(s, w, p, &here, n)) }
     }
 }
 
@@ -511,7 +511,7 @@ fn client_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Notic
                 table #sessions {
                     thead { tr { th { "MQTT client id" } th { "Remote" } th { "Protocol" } th { "Since" } } }
                     tbody { @for x in &sessions { tr {
-                        td { code { (str_of(x, &["mqtt_client_id"])) } }
+                        td { code { (str_of(x, &["client_id"])) } }
                         td { (str_of(x, &["remote_addr"])) }
                         td { (str_of(x, &["protocol"])) }
                         td { (when(str_of(x, &["connected_at"]))) }
@@ -578,7 +578,9 @@ fn client_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Notic
         section #certificates {
             h2 { "Certificates" }
             (notice_for(n, "revoke_cert"))
-            @if certs.is_empty() { p { "No certificates." } } @else {
+            @if let Some(err) = p.certs.get("error").and_then(Value::as_str) {
+                p.hint { "Certificates: " (err) }
+            } @else if certs.is_empty() { p { "No certificates." } } @else {
                 table {
                     thead { tr { th { "Serial" } th { "Expires" } th { "State" } @if w.can_edit { th {} } } }
                     tbody { @for c in &certs {
@@ -634,28 +636,6 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
     });
     let msgs = items(&p.history, "messages");
     html! {
-        section #clients {
-            h2 { "Clients and their rights" }
-            (notice_for(n, "disconnect"))
-            @if clients.is_empty() { p { "No client is connected to this channel." } } @else {
-                table #channel-clients {
-                    thead { tr { th { "Client" } th { "Rights" } th { "Presence" } @if w.can_edit { th {} } } }
-                    tbody { @for x in &clients { tr {
-                        td { a href={ "/console/d/" (d) "/clients/" (str_of(x, &["id"])) } { (str_of(x, &["name"])) } }
-                        td { (rights(x)) }
-                        td { (presence(x)) }
-                        @if w.can_edit { td {
-                            form.inline method="post" action=(here) {
-                                (csrf(s))
-                                input type="hidden" name="action" value="disconnect";
-                                input type="hidden" name="other" value=(str_of(x, &["id"]));
-                                button type="submit" { "Disconnect" }
-                            }
-                        } }
-                    } } }
-                }
-            }
-        }
         section #live-section {
             h2 { "Live messages" }
             p.hint #live-state { "connecting…" }
@@ -666,7 +646,7 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
         }
         section #chart-section {
             h2 { "Chart" }
-            form #chart-form method="get" action=(here) {
+            form.search #chart-form method="get" action=(here) {
                 label { "Measurement name" input name="chart_name" value=(c.name) required; }
                 label { "From (Unix s)" input name="chart_from" value=(c.from); }
                 label { "To (Unix s)" input name="chart_to" value=(c.to); }
@@ -706,6 +686,28 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
                     } } }
                 }
                 p.pager { (p.history.get("total").and_then(Value::as_u64).unwrap_or(0)) " messages in all" }
+            }
+        }
+        section #clients {
+            h2 { "Clients and their rights" }
+            (notice_for(n, "disconnect"))
+            @if clients.is_empty() { p { "No client is connected to this channel." } } @else {
+                table #channel-clients {
+                    thead { tr { th { "Client" } th { "Rights" } th { "Presence" } @if w.can_edit { th {} } } }
+                    tbody { @for x in &clients { tr {
+                        td { a href={ "/console/d/" (d) "/clients/" (str_of(x, &["id"])) } { (str_of(x, &["name"])) } }
+                        td { (rights(x)) }
+                        td { (presence(x)) }
+                        @if w.can_edit { td {
+                            form.inline method="post" action=(here) {
+                                (csrf(s))
+                                input type="hidden" name="action" value="disconnect";
+                                input type="hidden" name="other" value=(str_of(x, &["id"]));
+                                button type="submit" { "Disconnect" }
+                            }
+                        } }
+                    } } }
+                }
             }
         }
         span hidden data-channel=(id) {}
