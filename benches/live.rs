@@ -171,13 +171,7 @@ async fn main() {
     ];
     let mut child = common::serve_child_on(dir.path(), mqtt, Some(http), &env).await;
     let url = format!("http://{http}");
-    let db = dir.path().join("fluxgate.db");
-    let store = storage::Store::open(&db, &storage::StoreConfig::default()).expect("open the server's database");
-    let started = Instant::now();
-    while store.user_by_identity("admin").ok().flatten().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(30), "no admin");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let store = common::server_store(dir.path()).await;
     let d = common::domain(&store, "live", None).id;
     let channel = uuid::Uuid::new_v4().to_string();
     common::channels(&store, &d, std::slice::from_ref(&channel));

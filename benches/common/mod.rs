@@ -166,3 +166,15 @@ pub fn free_addr() -> std::net::SocketAddr {
         .port();
     ([127, 0, 0, 1], port).into()
 }
+
+/// The database of a child server in `data_dir`, once the server has created its super-admin.
+pub async fn server_store(data_dir: &std::path::Path) -> Store {
+    let db = data_dir.join("fluxgate.db");
+    let store = Store::open(&db, &storage::StoreConfig::default()).expect("open the server's database");
+    let started = std::time::Instant::now();
+    while store.user_by_identity("admin").ok().flatten().is_none() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "no admin");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    store
+}
