@@ -321,8 +321,43 @@ async fn an_editor_manages_clients_and_errors_show_next_to_the_form() {
     assert!(p.body.contains("client secret must be"), "{}", p.body);
     assert_eq!(app.get(&format!("/{d}/clients"), &admin).await.1["total"], 3);
 
-    // Disable, rotate and delete through the entity page.
+    // Connect from the client's page (publish only), see the right on the channel's page,
+    // disconnect from there.
+    let ch = app.channel(&admin, &d, "kitchen").await;
     let page = format!("/console/d/{d}/clients/{id}");
+    let p = b
+        .post(
+            &page,
+            &[
+                ("csrf", &token),
+                ("action", "connect"),
+                ("other", &ch),
+                ("publish", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let chan_page = format!("/console/d/{d}/channels/{ch}");
+    let cp = b.get(&chan_page).await;
+    assert!(cp.body.contains("id=\"channel-clients\""), "{}", cp.body);
+    assert!(cp.body.contains(">publish<"), "publish only: {}", cp.body);
+    let p = b
+        .post(
+            &chan_page,
+            &[("csrf", &token), ("action", "disconnect"), ("other", &id)],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let (_, conns) = app.get(&format!("/{d}/clients/{id}/channels"), &admin).await;
+    assert_eq!(conns["total"], 0, "{conns}");
+    // Neither right chosen: refused with a message, nothing connected.
+    let p = b
+        .post(&page, &[("csrf", &token), ("action", "connect"), ("other", &ch)])
+        .await;
+    assert_eq!(p.status, 400);
+    assert!(p.body.contains("choose publish, subscribe or both"));
+
+    // Disable, rotate and delete through the entity page.
     let secret = c["credentials"]["secret"].as_str().expect("secret").to_string();
     let shown = b.get(&format!("{page}?secret=show")).await;
     assert!(shown.body.contains(&secret));
@@ -382,4 +417,94 @@ async fn a_console_switched_off_serves_nothing() {
     // The REST API is still there.
     let (s, _) = app.login("admin", ADMIN_PASSWORD).await;
     assert_eq!(s, 201);
+}
+
+#[tokio::test]
+async fn members_are_managed_and_the_last_admin_stays() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let d = app.domain(&admin, "plant").await;
+    let (vera, _) = app.user("vera").await;
+    let me = app.get("/users/profile", &admin).await.1["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut b = Browser::new(&app);
+    b.login("admin", ADMIN_PASSWORD).await;
+    let page = format!("/console/d/{d}/members");
+    let token = b.csrf(&page).await;
+    let relation_of = |list: &serde_json::Value, id: &str| {
+        list["users"]
+            .as_array()
+            .and_then(|a| a.iter().find(|u| u["id"] == id))
+            .map(|u| u["relation"].clone())
+    };
+
+    // Added by username, then promoted by id.
+    let p = b
+        .post(
+            &page,
+            &[
+                ("csrf", &token),
+                ("action", "assign"),
+                ("user", "vera"),
+                ("relation", "viewer"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let p = b
+        .post(
+            &page,
+            &[
+                ("csrf", &token),
+                ("action", "assign"),
+                ("user", &vera),
+                ("relation", "editor"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let (_, list) = app.get(&format!("/domains/{d}/users"), &admin).await;
+    assert_eq!(relation_of(&list, &vera), Some(json!("editor")), "{list}");
+
+    // The last admin can be neither demoted nor removed; the page says why.
+    let p = b
+        .post(
+            &page,
+            &[
+                ("csrf", &token),
+                ("action", "assign"),
+                ("user", &me),
+                ("relation", "viewer"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 409, "{}", p.body);
+    assert!(p.body.contains("last admin"), "{}", p.body);
+    let p = b
+        .post(&page, &[("csrf", &token), ("action", "unassign"), ("user", &me)])
+        .await;
+    assert_eq!(p.status, 409, "{}", p.body);
+    assert!(p.body.contains("last admin"), "{}", p.body);
+    let (_, list) = app.get(&format!("/domains/{d}/users"), &admin).await;
+    assert_eq!(relation_of(&list, &me), Some(json!("admin")));
+
+    let p = b
+        .post(
+            &page,
+            &[
+                ("csrf", &token),
+                ("action", "assign"),
+                ("user", "nobody"),
+                ("relation", "viewer"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 404);
+    assert!(p.body.contains("no user named"), "{}", p.body);
+    let p = b
+        .post(&page, &[("csrf", &token), ("action", "unassign"), ("user", &vera)])
+        .await;
+    assert_eq!(p.status, 303);
 }

@@ -125,7 +125,7 @@ pub async fn serve(ctx: &Arc<Ctx>, req: Request) -> Result<Reply, ApiError> {
         ["login"] => return Err(wrong_method("GET, POST")),
         _ => {}
     }
-    let Some(s) = current(ctx, &req).await else {
+    let Some((s, renewed)) = current(ctx, &req).await else {
         return if get {
             Ok(redirect("/console/login"))
         } else {
@@ -134,53 +134,69 @@ pub async fn serve(ctx: &Arc<Ctx>, req: Request) -> Result<Reply, ApiError> {
             ))
         };
     };
+    // A renewed session's cookie lives as long as its new token.
+    let cookie = renewed.then(|| s.cookie(ctx.cfg.tls));
     let cx = Cx {
         ctx: ctx.clone(),
         s,
         remote: req.remote,
     };
-    if post {
+    let reply = if post {
         let form = Form::parse(&req)?;
         if !session::same(form.get("csrf"), &cx.s.csrf) {
             return Err(ApiError::Forbidden(
                 "this form is stale or forged (CSRF token missing or wrong); reload the page".into(),
             ));
         }
-        return cx.post(&segs, &req, form).await;
-    }
-    if !get {
+        cx.post(&segs, &req, form).await?
+    } else if get {
+        cx.get(&segs, &req).await?
+    } else {
         return Err(wrong_method("GET, POST"));
-    }
-    cx.get(&segs, &req).await
+    };
+    Ok(match cookie {
+        // A logout clears the cookie itself.
+        Some(c) if !reply.headers.iter().any(|(k, _)| *k == "set-cookie") => reply.with_header("set-cookie", c),
+        _ => reply,
+    })
 }
 
 fn wrong_method(allowed: &str) -> ApiError {
     ApiError::MethodNotAllowed(allowed.into())
 }
 
-/// The session a request's cookie names, renewed when its access token is half spent.
-async fn current(ctx: &Arc<Ctx>, req: &Request) -> Option<Session> {
+/// The session a request's cookie names, renewed (`true`) when its access token is half
+/// spent. A session whose renewal fails (its tokens were revoked) ends.
+async fn current(ctx: &Arc<Ctx>, req: &Request) -> Option<(Session, bool)> {
     let s = ctx.console.find(req.cookie(session::COOKIE)?, now())?;
     if !s.wants_renewal(now()) {
-        return Some(s);
+        return Some((s, false));
     }
-    let tokens = internal(
-        ctx,
-        &s.refresh,
-        req.remote,
-        Method::POST,
-        "/users/tokens/refresh",
-        &[],
-        None,
-    )
-    .await
-    .ok()?;
-    let (access, refresh) = token_pair(&tokens)?;
-    let claims = ctx.tokens.verify(&access, TokenKind::Access).ok()?;
-    ctx.console.renew(&s.id, access.clone(), refresh.clone(), claims.exp);
+    let renewed = async {
+        let tokens = internal(
+            ctx,
+            &s.refresh,
+            req.remote,
+            Method::POST,
+            "/users/tokens/refresh",
+            &[],
+            None,
+        )
+        .await
+        .ok()?;
+        let (access, refresh) = token_pair(&tokens)?;
+        let exp = ctx.tokens.verify(&access, TokenKind::Access).ok()?.exp;
+        Some((access, refresh, exp))
+    }
+    .await;
+    let Some((access, refresh, exp)) = renewed else {
+        ctx.console.end(&s.id);
+        return None;
+    };
+    ctx.console.renew(&s.id, access.clone(), refresh.clone(), exp);
     let mut s = s;
-    (s.access, s.refresh, s.expires_at) = (access, refresh, claims.exp);
-    Some(s)
+    (s.access, s.refresh, s.expires_at) = (access, refresh, exp);
+    Some((s, true))
 }
 
 fn token_pair(v: &Value) -> Option<(String, String)> {
