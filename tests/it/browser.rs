@@ -289,6 +289,25 @@ async fn console_end_to_end_in_chromium() {
     b.find("#list").await;
     let d = id_after(&b.url().await, "/console/d/");
 
+    // Bulk creation from an uploaded CSV file: one result per row.
+    let csv = tempfile::Builder::new().suffix(".csv").tempfile().expect("csv");
+    std::fs::write(csv.path(), "name,tags,secret\nbulk-1,a;b,\nbulk-2,,short\n").expect("write csv");
+    let input = b.find("#csv-file").await;
+    b.cmd(
+        "POST",
+        &format!("element/{input}/value"),
+        json!({ "text": csv.path().display().to_string() }),
+    )
+    .await;
+    b.find("#csv[data-loaded]").await;
+    b.submit("#bulk button").await;
+    let result = b.text("#bulk-result").await;
+    assert!(result.contains("bulk-1") && result.contains("created"), "{result}");
+    assert!(
+        result.contains("bulk-2") && result.contains("client secret must be"),
+        "{result}"
+    );
+
     b.fill("#create input[name=name]", "thermometer").await;
     b.fill("#create input[name=tags]", "kitchen, sensor").await;
     b.submit("#create button").await;

@@ -71,7 +71,11 @@
     if (!f) return;
     if (f.size > 512 * 1024) { alert("The file is larger than 512 KiB; split it."); return; }
     const reader = new FileReader();
-    reader.onload = () => { document.getElementById("csv").value = reader.result; };
+    reader.onload = () => {
+      const box = document.getElementById("csv");
+      box.value = reader.result;
+      box.dataset.loaded = f.name;
+    };
     reader.readAsText(f);
   });
 })();
