@@ -320,6 +320,11 @@ async fn an_editor_manages_clients_and_errors_show_next_to_the_form() {
     assert_eq!(p.body.matches("created ").count(), 2, "{}", p.body);
     assert!(p.body.contains("client secret must be"), "{}", p.body);
     assert_eq!(app.get(&format!("/{d}/clients"), &admin).await.1["total"], 3);
+    // Groups too (name and tags).
+    let groups = format!("/console/d/{d}/groups");
+    let p = b.post(&groups, &[("csrf", &token), ("action", "bulk"), ("csv", "g1,x\ng2")]).await;
+    assert_eq!(p.body.matches("created ").count(), 2, "{}", p.body);
+    assert_eq!(app.get(&format!("/{d}/groups"), &admin).await.1["total"], 2);
 
     // Connect from the client's page (publish only), see the right on the channel's page,
     // disconnect from there.

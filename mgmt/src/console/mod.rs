@@ -587,7 +587,7 @@ impl Cx {
                 let k = Kind::parse(kind).ok_or_else(|| ApiError::NotFound("no such page".into()))?;
                 uuid_ok(d)?;
                 match action.as_str() {
-                    "bulk" if k != Kind::Groups => {
+                    "bulk" => {
                         let rows = self.bulk(d, k, form.get("csv")).await;
                         match rows {
                             Ok(rows) => self.list_page(d, k, req, None, Some(rows)).await,

@@ -353,30 +353,28 @@ pub fn list(
                     button type="submit" { "Create" }
                 }
             }
-            @if k != Kind::Groups {
-                section {
-                    h2 { "Create many from CSV" }
-                    p.hint { "One " (k.one()) " per line: " code { "name,tags" @if k == Kind::Clients { ",secret" } } " (tags separated by semicolons; a header line " code { "name,…" } " is skipped; at most " (super::MAX_CSV_ROWS) " rows)." }
-                    (notice_for(n, "bulk"))
-                    form #bulk method="post" action=(here) {
-                        (csrf(s))
-                        input type="hidden" name="action" value="bulk";
-                        label { "CSV file" input #csv-file type="file" accept=".csv,text/csv"; }
-                        label { "or paste it" textarea #csv name="csv" rows="5" {} }
-                        button type="submit" { "Create all" }
-                    }
-                    @if let Some(rows) = bulk {
-                        table #bulk-result {
-                            thead { tr { th { "Line" } th { "Name" } th { "Result" } } }
-                            tbody {
-                                @for r in rows {
-                                    tr {
-                                        td { (r.line) }
-                                        td { (r.name) }
-                                        @match &r.result {
-                                            Ok(id) => td.ok { "created " a href={ (here) "/" (id) } { code { (id) } } },
-                                            Err(e) => td.error { (e) },
-                                        }
+            section {
+                h2 { "Create many from CSV" }
+                p.hint { "One " (k.one()) " per line: " code { "name,tags" @if k == Kind::Clients { ",secret" } } " (tags separated by semicolons; a header line " code { "name,…" } " is skipped; at most " (super::MAX_CSV_ROWS) " rows)." }
+                (notice_for(n, "bulk"))
+                form #bulk method="post" action=(here) {
+                    (csrf(s))
+                    input type="hidden" name="action" value="bulk";
+                    label { "CSV file" input #csv-file type="file" accept=".csv,text/csv"; }
+                    label { "or paste it" textarea #csv name="csv" rows="5" {} }
+                    button type="submit" { "Create all" }
+                }
+                @if let Some(rows) = bulk {
+                    table #bulk-result {
+                        thead { tr { th { "Line" } th { "Name" } th { "Result" } } }
+                        tbody {
+                            @for r in rows {
+                                tr {
+                                    td { (r.line) }
+                                    td { (r.name) }
+                                    @match &r.result {
+                                        Ok(id) => td.ok { "created " a href={ (here) "/" (id) } { code { (id) } } },
+                                        Err(e) => td.error { (e) },
                                     }
                                 }
                             }
