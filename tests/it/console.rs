@@ -322,7 +322,9 @@ async fn an_editor_manages_clients_and_errors_show_next_to_the_form() {
     assert_eq!(app.get(&format!("/{d}/clients"), &admin).await.1["total"], 3);
     // Groups too (name and tags).
     let groups = format!("/console/d/{d}/groups");
-    let p = b.post(&groups, &[("csrf", &token), ("action", "bulk"), ("csv", "g1,x\ng2")]).await;
+    let p = b
+        .post(&groups, &[("csrf", &token), ("action", "bulk"), ("csv", "g1,x\ng2")])
+        .await;
     assert_eq!(p.body.matches("created ").count(), 2, "{}", p.body);
     assert_eq!(app.get(&format!("/{d}/groups"), &admin).await.1["total"], 2);
 
@@ -512,4 +514,47 @@ async fn members_are_managed_and_the_last_admin_stays() {
         .post(&page, &[("csrf", &token), ("action", "unassign"), ("user", &vera)])
         .await;
     assert_eq!(p.status, 303);
+}
+
+#[tokio::test]
+async fn a_channel_page_shows_its_history_with_the_readers_filters() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let d = app.domain(&admin, "plant").await;
+    let ch = app.channel(&admin, &d, "kitchen").await;
+    let (dev, secret) = app.device(&admin, &d).await;
+    app.connect(&admin, &d, &dev, &ch, &["publish"]).await;
+    let body = r#"[{"bn":"k:","n":"temp","v":19.5},{"n":"temp","v":24.5},{"n":"hum","v":40}]"#;
+    let (s, _) = app
+        .send(
+            &format!("/http/channels/{ch}/messages"),
+            &format!("Client {secret}"),
+            "application/senml+json",
+            body,
+        )
+        .await;
+    assert_eq!(s, 202);
+    app.stored_at_least(3).await;
+    let mut b = Browser::new(&app);
+    b.login("admin", ADMIN_PASSWORD).await;
+    let page = format!("/console/d/{d}/channels/{ch}");
+    let all = b.get(&page).await;
+    assert!(all.body.contains("3 messages in all"), "{}", all.body);
+    let some = b.get(&format!("{page}?name=k%3Atemp&v=20&comparator=gt")).await;
+    assert_eq!(some.status, 200);
+    assert!(some.body.contains("1 messages in all"), "{}", some.body);
+    assert!(
+        some.body.contains(">24.5<") && !some.body.contains(">19.5<"),
+        "{}",
+        some.body
+    );
+    // A bad filter is shown in words in the history section; the rest of the page still works.
+    let bad = b.get(&format!("{page}?comparator=sideways")).await;
+    assert_eq!(bad.status, 200);
+    let history = &bad.body[bad.body.find("id=\"history\"").expect("history")..];
+    assert!(
+        history.contains("role=\"alert\"") && history.contains("comparator"),
+        "{history}"
+    );
+    assert!(bad.body.contains("id=\"live\""));
 }

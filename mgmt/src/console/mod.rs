@@ -25,6 +25,20 @@ use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 /// Rows in a console list page.
 pub const PAGE: u64 = 20;
+/// The readers' filters the channel page's history offers.
+pub const MSG_FILTERS: &[&str] = &[
+    "name",
+    "subtopic",
+    "publisher",
+    "protocol",
+    "v",
+    "comparator",
+    "vs",
+    "vb",
+    "from",
+    "to",
+    "dir",
+];
 /// Rows a bulk CSV may hold.
 pub const MAX_CSV_ROWS: usize = 1000;
 
@@ -884,7 +898,7 @@ impl Cx {
                     .get_json(&format!("{base}/clients"), &[("limit", "100".into())])
                     .await?;
                 let mut q: Vec<(&str, String)> = vec![("limit", "20".into())];
-                for key in ["offset", "name", "subtopic", "publisher", "protocol", "from", "to"] {
+                for key in std::iter::once("offset").chain(MSG_FILTERS.iter().copied()) {
                     if let Some(v) = req.q(key) {
                         q.push((key, v.to_string()));
                         page.msg_filters.push((key, v.to_string()));

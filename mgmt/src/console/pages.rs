@@ -662,8 +662,8 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
         section #history {
             h2 { "History" }
             form.search method="get" action=(here) {
-                @for key in ["name", "subtopic", "publisher", "protocol", "from", "to"] {
-                    @let v = p.msg_filters.iter().find(|(k, _)| *k == key).map_or("", |(_, v)| v.as_str());
+                @for key in super::MSG_FILTERS {
+                    @let v = p.msg_filters.iter().find(|(k, _)| k == key).map_or("", |(_, v)| v.as_str());
                     label { (key) input name=(key) value=(v); }
                 }
                 button type="submit" { "Filter" }
@@ -683,7 +683,18 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
                         td { (str_of(m, &["unit"])) }
                     } } }
                 }
-                p.pager { (p.history.get("total").and_then(Value::as_u64).unwrap_or(0)) " messages in all" }
+                @let total = p.history.get("total").and_then(Value::as_u64).unwrap_or(0);
+                @let offset = p.history.get("offset").and_then(Value::as_u64).unwrap_or(0);
+                @let link = |off: u64| {
+                    let mut q: Vec<String> = p.msg_filters.iter().filter(|(k, _)| *k != "offset").map(|(k, v)| format!("{k}={}", url_encode(v))).collect();
+                    q.push(format!("offset={off}"));
+                    format!("{here}?{}#history", q.join("&"))
+                };
+                p.pager {
+                    (total) " messages in all"
+                    @if offset > 0 { " " a href=(link(offset.saturating_sub(20))) { "← newer" } }
+                    @if offset + (msgs.len() as u64) < total { " " a href=(link(offset + 20)) { "older →" } }
+                }
             }
         }
         section #clients {
