@@ -256,12 +256,7 @@ async fn internal_raw(
             "console calls an unknown route {method} {path}"
         )));
     }
-    let mut headers = HeaderMap::new();
-    if !token.is_empty() {
-        let v = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| ApiError::Unauthorized("malformed token".into()))?;
-        headers.insert("authorization", v);
-    }
+    let mut headers = bearer(token)?;
     let body = match body {
         Some(v) => {
             headers.insert("content-type", HeaderValue::from_static("application/json"));
@@ -285,6 +280,17 @@ async fn internal_raw(
         caller: std::sync::OnceLock::new(),
     };
     crate::route(ctx, &req).await
+}
+
+/// Headers presenting `token` as a bearer token (none for an empty token).
+fn bearer(token: &str) -> Result<HeaderMap, ApiError> {
+    let mut headers = HeaderMap::new();
+    if !token.is_empty() {
+        let v = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ApiError::Unauthorized("malformed token".into()))?;
+        headers.insert("authorization", v);
+    }
+    Ok(headers)
 }
 
 /// A 303 redirect.
@@ -495,13 +501,7 @@ impl Cx {
             method: Method::GET,
             segs: Vec::new(),
             query: Vec::new(),
-            headers: {
-                let mut h = HeaderMap::new();
-                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", self.s.access)) {
-                    h.insert("authorization", v);
-                }
-                h
-            },
+            headers: bearer(&self.s.access)?,
             body: bytes::Bytes::new(),
             remote: self.remote,
             caller: std::sync::OnceLock::new(),
