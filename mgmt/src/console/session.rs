@@ -14,8 +14,8 @@ pub const COOKIE: &str = "fg_session";
 /// Name of the cookie that carries the login form's CSRF token (before there is a session).
 pub const LOGIN_COOKIE: &str = "fg_login";
 
-/// One logged-in browser.
-#[derive(Clone, Debug)]
+/// One logged-in browser. (`Debug` shows no secret, token or CSRF value.)
+#[derive(Clone)]
 pub struct Session {
     pub id: String,
     secret: String,
@@ -29,6 +29,16 @@ pub struct Session {
     pub ttl: u64,
     pub csrf: String,
     last_used: u64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
@@ -237,6 +247,17 @@ mod tests {
         assert!(ss.find(&value(&b), 4).is_none(), "b was used least recently");
         assert!(ss.find(&value(&a), 4).is_some());
         assert!(ss.find(&value(&c), 4).is_some());
+    }
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let ss = Sessions::new(1);
+        let s = ss.start(login(100, 0), 0);
+        let shown = format!("{s:?}");
+        for secret in [value(&s), s.csrf.clone(), s.access.clone(), s.refresh.clone()] {
+            assert!(!shown.contains(&format!("\"{secret}\"")), "{shown}");
+        }
+        assert!(!shown.contains(value(&s).split('.').nth(1).unwrap_or("-")));
     }
 
     #[test]
