@@ -180,22 +180,13 @@ fn query(a: &Args) -> String {
         .flags
         .iter()
         .filter(|(k, _)| k != "url")
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .map(|(k, v)| format!("{}={}", mgmt::http::percent_encode(k), mgmt::http::percent_encode(v)))
         .collect();
     if q.is_empty() {
         String::new()
     } else {
         format!("?{}", q.join("&"))
     }
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The usage text of an entity, or the top-level usage.
@@ -405,7 +396,7 @@ async fn irregular(api: &Api, a: &Args, entity: &str, w: &[&str]) -> Option<Res>
             let qs = if q.contains('=') {
                 q.to_string()
             } else {
-                format!("username={}", enc(q))
+                format!("username={}", mgmt::http::percent_encode(q))
             };
             match token(api, rest) {
                 Ok(t) => {
@@ -489,7 +480,7 @@ mod tests {
         assert_eq!(a.words, vec!["users", "all", "get", "tok"]);
         assert!(a.raw);
         assert_eq!(query(&a), "?offset=1&limit=5");
-        assert_eq!(enc("a b/c"), "a%20b%2Fc");
+        assert_eq!(mgmt::http::percent_encode("a b/c"), "a%20b%2Fc");
     }
 
     /// The generated completion scripts offer every fixed word of every entity's commands.

@@ -103,7 +103,7 @@ impl Browser {
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(
                 form.iter()
-                    .map(|(k, v)| format!("{k}={}", encode(v)))
+                    .map(|(k, v)| format!("{k}={}", mgmt::http::percent_encode(v)))
                     .collect::<Vec<_>>()
                     .join("&"),
             );
@@ -128,15 +128,6 @@ impl Browser {
         assert_eq!(p.status, 200, "{path}: {}", p.body);
         p.csrf()
     }
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -187,7 +187,7 @@ async fn current(ctx: &Arc<Ctx>, req: &Request) -> Option<(Session, bool)> {
         return Some((s, false));
     }
     let renewed = async {
-        let tokens = internal(
+        let tokens = internal_raw(
             ctx,
             &s.refresh,
             req.remote,
@@ -197,6 +197,7 @@ async fn current(ctx: &Arc<Ctx>, req: &Request) -> Option<(Session, bool)> {
             None,
         )
         .await
+        .and_then(json_of)
         .ok()?;
         let (access, refresh) = token_pair(&tokens)?;
         let exp = ctx.tokens.verify(&access, TokenKind::Access).ok()?.exp;
@@ -220,18 +221,8 @@ fn token_pair(v: &Value) -> Option<(String, String)> {
     ))
 }
 
-/// Calls the REST router as the holder of `token` would: route table, authentication and
-/// authorization included. Returns the JSON answer (`null` when there is none).
-async fn internal(
-    ctx: &Arc<Ctx>,
-    token: &str,
-    remote: Option<SocketAddr>,
-    method: Method,
-    path: &str,
-    query: &[(&str, String)],
-    body: Option<Value>,
-) -> Result<Value, ApiError> {
-    let reply = internal_raw(ctx, token, remote, method, path, query, body).await?;
+/// The JSON of an API answer (`null` when there is none).
+fn json_of(reply: Reply) -> Result<Value, ApiError> {
     match reply.body {
         Some(b) if !b.is_empty() && reply.content_type.contains("json") => {
             serde_json::from_slice(&b).map_err(|e| ApiError::Internal(format!("API answer: {e}")))
@@ -240,6 +231,8 @@ async fn internal(
     }
 }
 
+/// Calls the REST router as the holder of `token` would: route table, authentication and
+/// authorization included.
 async fn internal_raw(
     ctx: &Arc<Ctx>,
     token: &str,
@@ -369,7 +362,7 @@ async fn login(ctx: &Arc<Ctx>, req: &Request) -> Result<Reply, ApiError> {
         ));
     }
     let body = json!({"identity": identity, "secret": form.get("password")});
-    let tokens = match internal(
+    let tokens = match internal_raw(
         ctx,
         "",
         req.remote,
@@ -379,6 +372,7 @@ async fn login(ctx: &Arc<Ctx>, req: &Request) -> Result<Reply, ApiError> {
         Some(body),
     )
     .await
+    .and_then(json_of)
     {
         Ok(t) => t,
         Err(e) => return fail(e),
@@ -387,7 +381,7 @@ async fn login(ctx: &Arc<Ctx>, req: &Request) -> Result<Reply, ApiError> {
         return fail(ApiError::Internal("login answered without tokens".into()));
     };
     let claims = ctx.tokens.verify(&access, TokenKind::Access)?;
-    let profile = internal(ctx, &access, req.remote, Method::GET, "/users/profile", &[], None).await?;
+    let profile = json_of(internal_raw(ctx, &access, req.remote, Method::GET, "/users/profile", &[], None).await?)?;
     let username = str_of(&profile, &["credentials", "username"]).to_string();
     let s = ctx.console.start(
         Login {
@@ -486,7 +480,7 @@ impl Cx {
         query: &[(&str, String)],
         body: Option<Value>,
     ) -> Result<Value, ApiError> {
-        internal(&self.ctx, &self.s.access, self.remote, method, path, query, body).await
+        json_of(internal_raw(&self.ctx, &self.s.access, self.remote, method, path, query, body).await?)
     }
 
     async fn get_json(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ApiError> {

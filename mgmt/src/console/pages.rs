@@ -47,18 +47,25 @@ fn metadata_text(v: &Value) -> String {
     }
 }
 
+/// The `<head>` of every page: the embedded stylesheet and script, nothing from elsewhere.
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Fluxgate" }
+            link rel="stylesheet" href="/console/assets/console.css";
+            script src="/console/assets/console.js" defer {}
+        }
+    }
+}
+
 /// The frame of every page after login.
 pub fn layout(s: &Session, title: &str, d: Option<(&str, &Where)>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Fluxgate" }
-                link rel="stylesheet" href="/console/assets/console.css";
-                script src="/console/assets/console.js" defer {}
-            }
+            (head(title))
             body data-keepalive=(s.ttl / 3) {
                 header.top {
                     a.brand href="/console/" { "Fluxgate" }
@@ -91,12 +98,7 @@ fn bare(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Fluxgate" }
-                link rel="stylesheet" href="/console/assets/console.css";
-            }
+            (head(title))
             body.bare {
                 main.narrow {
                     h1 { "Fluxgate" }
@@ -290,7 +292,7 @@ pub fn list(
             ("connected", f.connected),
         ] {
             if !v.is_empty() {
-                q.push(format!("{k}={}", url_encode(v)));
+                q.push(format!("{k}={}", crate::http::percent_encode(v)));
             }
         }
         format!("{here}?{}", q.join("&"))
@@ -619,7 +621,7 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
     let id = str_of(p.entity, &["id"]);
     let c = &p.chart;
     let chart_src = (!c.name.is_empty()).then(|| {
-        let mut q = vec![format!("name={}", url_encode(&c.name))];
+        let mut q = vec![format!("name={}", crate::http::percent_encode(&c.name))];
         for (k, v) in [
             ("from", &c.from),
             ("to", &c.to),
@@ -627,7 +629,7 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
             ("aggregation", &c.aggregation),
         ] {
             if !v.is_empty() {
-                q.push(format!("{k}={}", url_encode(v)));
+                q.push(format!("{k}={}", crate::http::percent_encode(v)));
             }
         }
         format!("{here}/chart.svg?{}", q.join("&"))
@@ -686,7 +688,7 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
                 @let total = p.history.get("total").and_then(Value::as_u64).unwrap_or(0);
                 @let offset = p.history.get("offset").and_then(Value::as_u64).unwrap_or(0);
                 @let link = |off: u64| {
-                    let mut q: Vec<String> = p.msg_filters.iter().filter(|(k, _)| *k != "offset").map(|(k, v)| format!("{k}={}", url_encode(v))).collect();
+                    let mut q: Vec<String> = p.msg_filters.iter().filter(|(k, _)| *k != "offset").map(|(k, v)| format!("{k}={}", crate::http::percent_encode(v))).collect();
                     q.push(format!("offset={off}"));
                     format!("{here}?{}#history", q.join("&"))
                 };
@@ -747,16 +749,6 @@ pub fn issued(d: &str, client: &str, cert: &Value) -> Markup {
     }
 }
 
-/// Percent-encodes a query value.
-pub fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -765,7 +757,7 @@ mod tests {
     fn times_and_encoding() {
         assert_eq!(when("2026-11-24T08:58:02.205874Z"), "2026-11-24 08:58:02 UTC");
         assert_eq!(when("0001-01-01T00:00:00Z"), "never");
-        assert_eq!(url_encode("a b&c"), "a%20b%26c");
+        assert_eq!(crate::http::percent_encode("a b&c"), "a%20b%26c");
     }
 
     #[test]
