@@ -56,13 +56,16 @@ impl MessagePort for HttpIngest {
                 if let Some(m) = live {
                     self.live.publish(m);
                 }
-                if !self.broker.publish(&topic, payload) {
-                    let n = self.refused_fanout.fetch_add(1, Ordering::Relaxed);
-                    if n.is_power_of_two() {
-                        tracing::warn!(%topic, refused_total = n + 1, "HTTP message stored but not fanned out to MQTT (router busy)");
+                let (broker, refused) = (self.broker.clone(), self.refused_fanout.clone());
+                Box::pin(async move {
+                    if !broker.publish(&topic, payload).await {
+                        let n = refused.fetch_add(1, Ordering::Relaxed);
+                        if n.is_power_of_two() {
+                            tracing::warn!(%topic, refused_total = n + 1, "HTTP message stored but not fanned out to MQTT (router busy)");
+                        }
                     }
-                }
-                Box::pin(stored)
+                    stored.await
+                })
             }
         }
     }

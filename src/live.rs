@@ -77,7 +77,7 @@ impl LiveHub {
                     channel_id: m.channel_id.clone(),
                     subtopic: m.subtopic.clone(),
                     publisher: m.publisher.clone(),
-                    protocol: m.protocol,
+                    protocol: m.transport.protocol(),
                     payload: m.payload.clone(),
                     received_at: m.received_at,
                 };

@@ -2,87 +2,89 @@
 //! translation of the store's change feed into broker revocations.
 
 use broker::{
-    Authorizer, BoxFuture, Identity, Login, Retained, RetainedOp, RetainedStore, Revocation, Rights, SessionOp,
-    SessionStore, SessionsLoaded, StoredDelivery, StoredSession,
+    Authorizer, BoxFuture, Identity, Login, PortError, Retained, RetainedOp, RetainedStore, Revocation, Rights,
+    SessionOp, SessionStore, SessionsLoaded, StoredDelivery, StoredSession,
 };
 use std::sync::Arc;
 use storage::{Change, ConnType, Store};
 
-/// Answers the broker's questions with one indexed query each, on the blocking pool.
+/// A store failure as the broker sees it: the registry could not answer.
+fn unavailable(e: impl std::fmt::Display) -> PortError {
+    PortError::Unavailable("store", e.to_string())
+}
+
+/// Runs a store call on the blocking pool; a task that could not finish is an outage too.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PortError> + Send + 'static,
+) -> Result<T, PortError> {
+    tokio::task::spawn_blocking(f).await.map_err(unavailable)?
+}
+
+/// Answers the broker's questions with one indexed query each, on the blocking pool. A store
+/// that fails is reported as such (the broker answers "server unavailable"), never as "no".
 pub struct StoreAuthorizer {
     pub store: Store,
 }
 
 impl Authorizer for StoreAuthorizer {
-    fn login(&self, username: &str, password: &str) -> BoxFuture<Login> {
+    fn login(&self, username: &str, password: &str) -> BoxFuture<Result<Login, PortError>> {
         let (store, user, pass) = (self.store.clone(), username.to_string(), password.to_string());
-        Box::pin(async move {
-            let r = tokio::task::spawn_blocking(move || {
-                let candidates = match store.clients_by_id(&user) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!(error = %e, "MQTT login lookup failed");
-                        return Login::BadCredentials;
-                    }
-                };
-                match mgmt::auth::match_device_secret(candidates, &pass) {
-                    None => Login::BadCredentials,
-                    Some(c) if !c.active() => Login::Disabled,
-                    Some(c) => Login::Ok(Identity {
-                        domain_id: c.domain_id,
-                        client_id: c.client_id,
-                    }),
-                }
+        Box::pin(blocking(move || {
+            let candidates = store.clients_by_id(&user).map_err(unavailable)?;
+            Ok(match mgmt::auth::match_device_secret(candidates, &pass) {
+                None => Login::BadCredentials,
+                Some(c) if !c.active() => Login::Disabled,
+                Some(c) => Login::Ok(Identity {
+                    domain_id: c.domain_id,
+                    client_id: c.client_id,
+                }),
             })
-            .await;
-            r.unwrap_or(Login::BadCredentials)
-        })
+        }))
     }
 
-    fn login_cert(&self, der: &[u8]) -> BoxFuture<(Login, Option<String>)> {
+    fn login_cert(&self, der: &[u8]) -> BoxFuture<(Result<Login, PortError>, Option<String>)> {
         let (store, serial) = (self.store.clone(), certs::serial_of(der));
         Box::pin(async move {
             let Some(serial) = serial else {
-                return (Login::BadCredentials, None);
+                return (Ok(Login::BadCredentials), None);
             };
             let s2 = serial.clone();
-            let outcome = tokio::task::spawn_blocking(move || {
-                let Ok(Some((rec, client))) = store.cert_login(&s2) else {
-                    return Login::BadCredentials;
+            let outcome = blocking(move || {
+                let Some((rec, client)) = store.cert_login(&s2).map_err(unavailable)? else {
+                    return Ok(Login::BadCredentials);
                 };
                 if rec.revoked_at.is_some() {
-                    return Login::Disabled;
+                    return Ok(Login::Disabled);
                 }
                 // The client record the certificate was issued for (not one re-created under
                 // the same id).
-                match client {
+                Ok(match client {
                     None => Login::BadCredentials,
                     Some(c) if !c.active() => Login::Disabled,
                     Some(c) => Login::Ok(Identity {
                         domain_id: c.domain_id,
                         client_id: c.client_id,
                     }),
-                }
+                })
             })
-            .await
-            .unwrap_or(Login::BadCredentials);
+            .await;
             (outcome, Some(serial))
         })
     }
 
-    fn rights(&self, who: &Identity, channel_id: &str) -> BoxFuture<Rights> {
+    fn rights(&self, who: &Identity, channel_id: &str) -> BoxFuture<Result<Rights, PortError>> {
         let (store, who, channel) = (self.store.clone(), who.clone(), channel_id.to_string());
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let can = |t| store.can(&who.domain_id, &who.client_id, &channel, t).unwrap_or(false);
-                Rights {
-                    publish: can(ConnType::Publish),
-                    subscribe: can(ConnType::Subscribe),
-                }
+        Box::pin(blocking(move || {
+            let can = |t| {
+                store
+                    .can(&who.domain_id, &who.client_id, &channel, t)
+                    .map_err(unavailable)
+            };
+            Ok(Rights {
+                publish: can(ConnType::Publish)?,
+                subscribe: can(ConnType::Subscribe)?,
             })
-            .await
-            .unwrap_or_default()
-        })
+        }))
     }
 }
 
@@ -92,8 +94,8 @@ pub struct StoreSessions {
 }
 
 impl SessionStore for StoreSessions {
-    fn load(&self) -> Result<SessionsLoaded, String> {
-        let snap = self.store.sessions_load().map_err(|e| e.to_string())?;
+    fn load(&self) -> Result<SessionsLoaded, PortError> {
+        let snap = self.store.sessions_load().map_err(unavailable)?;
         Ok(SessionsLoaded {
             sessions: snap
                 .sessions
@@ -124,7 +126,7 @@ impl SessionStore for StoreSessions {
         })
     }
 
-    fn apply(&self, ops: &[SessionOp]) -> Result<(), String> {
+    fn apply(&self, ops: &[SessionOp]) -> Result<(), PortError> {
         use storage::{SessionRow, SessionWrite};
         let writes: Vec<SessionWrite> = ops
             .iter()
@@ -159,7 +161,7 @@ impl SessionStore for StoreSessions {
                 },
             })
             .collect();
-        self.store.sessions_apply(&writes).map_err(|e| e.to_string())
+        self.store.sessions_apply(&writes).map_err(unavailable)
     }
 }
 
@@ -169,54 +171,41 @@ pub struct StoreRetained {
 }
 
 impl RetainedStore for StoreRetained {
-    fn load(&self) -> Vec<Retained> {
-        match self.store.retained_all() {
-            Ok(rows) => rows
-                .into_iter()
-                .map(|r| Retained {
-                    topic: r.topic,
-                    payload: r.payload.into(),
-                    qos: r.qos,
-                    props: r.props.into(),
-                    expires_at_ms: r.expires_at_ms,
-                })
-                .collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot load retained messages");
-                Vec::new()
-            }
-        }
+    fn load(&self) -> Result<Vec<Retained>, PortError> {
+        let rows = self.store.retained_all().map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Retained {
+                topic: r.topic,
+                payload: r.payload.into(),
+                qos: r.qos,
+                props: r.props.into(),
+                expires_at_ms: r.expires_at_ms,
+            })
+            .collect())
     }
 
-    fn apply(&self, ops: Vec<RetainedOp>) {
+    /// One attempt per batch: a store that cannot take it is reported at once, and the
+    /// broker refuses what it could not keep (a QoS 1/2 publisher is told) instead of
+    /// retrying for seconds and dropping it silently.
+    fn apply(&self, ops: &[RetainedOp]) -> Result<(), PortError> {
         let rows: Vec<(String, Option<storage::RetainedRow>)> = ops
-            .into_iter()
+            .iter()
             .map(|op| match op {
                 RetainedOp::Put(r) => (
                     r.topic.clone(),
                     Some(storage::RetainedRow {
-                        topic: r.topic,
+                        topic: r.topic.clone(),
                         payload: r.payload.to_vec(),
                         qos: r.qos,
                         props: r.props.to_vec(),
                         expires_at_ms: r.expires_at_ms,
                     }),
                 ),
-                RetainedOp::Delete(t) => (t, None),
+                RetainedOp::Delete(t) => (t.clone(), None),
             })
             .collect();
-        // Retried until it commits (a busy database is transient); a retained message that
-        // was acknowledged is not dropped silently.
-        for attempt in 0..50 {
-            match self.store.retained_apply(&rows) {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "retained messages not written yet");
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-            }
-        }
-        tracing::error!(count = rows.len(), "retained messages could not be written");
+        self.store.retained_apply(&rows).map_err(unavailable)
     }
 }
 

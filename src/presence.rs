@@ -43,7 +43,7 @@ impl StorePresence {
             client_id: c.identity.client_id,
             mqtt_client_id: c.mqtt_client_id,
             remote_addr: c.remote.to_string(),
-            protocol: c.transport.to_string(),
+            protocol: c.transport.as_str().to_string(),
             at: c.at_ms.min(i64::MAX as u64 / 1000) as i64 * 1000,
             connected,
         };

@@ -236,6 +236,15 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         b,
         |m: &broker::Metrics| load(&m.retained_full)
     );
+    mirror!(
+        counter(
+            &t,
+            "mqtt_retained_not_stored_total",
+            "Retained messages the store could not commit (QoS 1/2: refused to the publisher)"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.retained_not_stored)
+    );
     let tls = counter_vec(
         &t,
         "tls_handshakes_total",

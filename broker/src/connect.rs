@@ -1,13 +1,14 @@
 //! The CONNECT handshake: read at most `max_connect_size` bytes within the CONNECT timeout,
 //! parse, authenticate (password or client certificate), validate the client id and the will,
 //! then hand the connection to its session (a new one, or the one already holding the id).
-//! Every refusal goes through [`refuse`] with a [`Refusal`] that carries both protocol levels'
-//! reason codes.
+//! Each check returns the [`Refusal`] (from the one reason table, `reason`) that ends the
+//! handshake; [`handshake`] writes it, once.
 
 use crate::codec::{self, Frame};
+use crate::reason::{self, Refusal};
 use crate::registry::Handed;
 use crate::rights::{Action, RightsCache};
-use crate::{router, session, Identity, Login, Metrics, Shared};
+use crate::{session, Identity, Login, Metrics, PortError, Shared, Transport};
 use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{self as proto, Packet, Protocol};
 use std::sync::Arc;
@@ -17,95 +18,11 @@ pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub(crate) type BoxIo = Box<dyn Io>;
 
-/// A CONNECT refusal: CONNACK code for 3.1.1 and for 5, and why (for the log).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Refusal {
-    pub v4: u8,
-    pub v5: u8,
-    pub why: &'static str,
-    /// Short reason label for the metrics.
-    pub label: &'static str,
-}
-
-pub(crate) const UNSUPPORTED_PROTOCOL: Refusal = Refusal {
-    v4: 0x01,
-    v5: 0x84,
-    why: "unsupported protocol level",
-    label: "unsupported_protocol",
-};
-pub(crate) const MALFORMED: Refusal = Refusal {
-    v4: 0x02,
-    v5: 0x81,
-    why: "malformed CONNECT",
-    label: "malformed",
-};
-pub(crate) const BAD_CLIENT_ID: Refusal = Refusal {
-    v4: 0x02,
-    v5: 0x85,
-    why: "empty client id without clean session",
-    label: "bad_client_id",
-};
-pub(crate) const BAD_CREDENTIALS: Refusal = Refusal {
-    v4: 0x04,
-    v5: 0x86,
-    why: "bad credentials",
-    label: "bad_credentials",
-};
-pub(crate) const UNKNOWN_CERT: Refusal = Refusal {
-    v4: 0x04,
-    v5: 0x86,
-    why: "unknown certificate",
-    label: "unknown_cert",
-};
-pub(crate) const CERT_MISMATCH: Refusal = Refusal {
-    v4: 0x04,
-    v5: 0x86,
-    why: "username does not match the certificate",
-    label: "cert_mismatch",
-};
-pub(crate) const DISABLED: Refusal = Refusal {
-    v4: 0x05,
-    v5: 0x87,
-    why: "client or domain disabled, or certificate revoked",
-    label: "disabled",
-};
-pub(crate) const NO_CREDENTIALS: Refusal = Refusal {
-    v4: 0x05,
-    v5: 0x87,
-    why: "credentials required",
-    label: "no_credentials",
-};
-pub(crate) const WILL_NOT_ALLOWED: Refusal = Refusal {
-    v4: 0x05,
-    v5: 0x87,
-    why: "will topic not allowed",
-    label: "will_not_allowed",
-};
-pub(crate) const UNAVAILABLE: Refusal = Refusal {
-    v4: 0x03,
-    v5: 0x88,
-    why: "server unavailable",
-    label: "unavailable",
-};
-pub(crate) const KEEP_ALIVE_TOO_LONG: Refusal = Refusal {
-    v4: 0x02,
-    v5: 0x82,
-    why: "keep alive above mqtt.max_keep_alive (3.1.1 cannot be told a shorter one)",
-    label: "keep_alive_too_long",
-};
-pub(crate) const QUOTA: Refusal = Refusal {
-    v4: 0x03,
-    v5: 0x97,
-    why: "persistent session limit reached",
-    label: "quota",
-};
-
 /// Writes the refusal CONNACK (best effort), counts and logs it.
 pub(crate) async fn refuse<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, v5: bool, r: Refusal, m: &Metrics, client: &str) {
     m.refused(r.label);
     tracing::info!(client, reason = r.why, "CONNECT refused");
-    let code = if v5 { r.v5 } else { r.v4 };
-    let connack = codec::encode_connack(code, false, v5, None);
+    let connack = codec::encode_connack(r.code(v5), false, v5, None);
     if w.write_all(&connack).await.is_ok() {
         Metrics::inc(&m.packets_out);
         Metrics::add(&m.bytes_out, connack.len() as u64);
@@ -142,7 +59,7 @@ pub(crate) struct ConnectReq {
     pub receive_max: u16,
     pub max_packet: Option<usize>,
     pub will: Option<Will>,
-    pub transport: &'static str,
+    pub transport: Transport,
 }
 
 /// A connection ready to join its session: the request, the stream, and what was read past
@@ -170,7 +87,7 @@ impl Drop for ConnGuard {
 pub(crate) async fn run(
     mut io: BoxIo,
     peer: std::net::SocketAddr,
-    transport: &'static str,
+    transport: Transport,
     cert: Option<Vec<u8>>,
     shared: Arc<Shared>,
 ) {
@@ -204,7 +121,7 @@ pub(crate) async fn run(
             return;
         }
     };
-    let key = router::router_id(
+    let key = crate::registry::session_key(
         req.identity
             .as_ref()
             .map(|i| (i.domain_id.as_str(), i.client_id.as_str())),
@@ -248,10 +165,17 @@ async fn read_frame(
     }
 }
 
-/// Reads and checks CONNECT. `Ok(None)`: refused or closed (already answered).
+/// A refusal, and who it was for (for the log).
+type Refused = (Refusal, String);
+
+fn refused(r: Refusal, client: &str) -> Refused {
+    (r, client.to_string())
+}
+
+/// Reads and checks CONNECT. `Ok(None)`: refused (answered here) or closed.
 async fn handshake(
     io: &mut BoxIo,
-    transport: &'static str,
+    transport: Transport,
     cert: Option<Vec<u8>>,
     shared: &Arc<Shared>,
 ) -> Result<Option<(ConnectReq, BytesMut)>, codec::FrameError> {
@@ -265,9 +189,25 @@ async fn handshake(
         return Err(codec::FrameError::Protocol("first packet is not CONNECT"));
     }
     let level = codec::connect_level(&first)?;
+    match check(&first, level, transport, cert, shared).await {
+        Ok(req) => Ok(Some((req, buf))),
+        Err((r, client)) => {
+            refuse(io, level == 5, r, m, &client).await;
+            Ok(None)
+        }
+    }
+}
+
+/// The checks of a CONNECT, in order; each refusal is one line.
+async fn check(
+    first: &Frame,
+    level: u8,
+    transport: Transport,
+    cert: Option<Vec<u8>>,
+    shared: &Arc<Shared>,
+) -> Result<ConnectReq, Refused> {
     if level != 4 && level != 5 {
-        refuse(io, false, UNSUPPORTED_PROTOCOL, m, "").await;
-        return Ok(None);
+        return Err(refused(reason::UNSUPPORTED_PROTOCOL, ""));
     }
     let v5 = level == 5;
     let mut raw = BytesMut::from(&first.bytes[..]);
@@ -277,65 +217,19 @@ async fn handshake(
         proto::v4::V4.read_mut(&mut raw, shared.cfg.max_connect_size)
     };
     let Ok(Packet::Connect(connect, props, will, will_props, login)) = parsed else {
-        refuse(io, v5, MALFORMED, m, "").await;
-        return Ok(None);
+        return Err(refused(reason::MALFORMED, ""));
     };
     if connect.client_id.contains('\0') {
-        refuse(io, v5, MALFORMED, m, "").await;
-        return Ok(None);
+        return Err(refused(reason::MALFORMED, ""));
     }
-
-    // Authenticate: a verified client certificate names the client; otherwise credentials.
-    let username = login.as_ref().map(|l| l.username.as_str()).filter(|u| !u.is_empty());
-    let mut cert_serial = None;
-    let identity = match &cert {
-        Some(der) => {
-            let (outcome, serial) = shared.auth.login_cert(der).await;
-            cert_serial = serial;
-            match outcome {
-                Login::Ok(id) => {
-                    if username.is_some_and(|u| u != id.client_id) {
-                        refuse(io, v5, CERT_MISMATCH, m, &id.client_id).await;
-                        return Ok(None);
-                    }
-                    Some(id)
-                }
-                Login::BadCredentials => {
-                    refuse(io, v5, UNKNOWN_CERT, m, "").await;
-                    return Ok(None);
-                }
-                Login::Disabled => {
-                    refuse(io, v5, DISABLED, m, "").await;
-                    return Ok(None);
-                }
-            }
-        }
-        None => match (username, login.as_ref()) {
-            (Some(u), Some(l)) => match shared.auth.login(u, &l.password).await {
-                Login::Ok(id) => Some(id),
-                Login::BadCredentials => {
-                    refuse(io, v5, BAD_CREDENTIALS, m, u).await;
-                    return Ok(None);
-                }
-                Login::Disabled => {
-                    refuse(io, v5, DISABLED, m, u).await;
-                    return Ok(None);
-                }
-            },
-            _ if shared.cfg.allow_anonymous => None,
-            _ => {
-                refuse(io, v5, NO_CREDENTIALS, m, "").await;
-                return Ok(None);
-            }
-        },
-    };
+    let (identity, cert_serial) = authenticate(shared, cert, login.as_ref()).await?;
+    let who = identity.as_ref().map_or("", |i| i.client_id.as_str()).to_string();
 
     // Client id: assigned when empty (clean start only).
     let (mut mqtt_client_id, mut assigned) = (connect.client_id.clone(), false);
     if mqtt_client_id.is_empty() {
         if !connect.clean_session {
-            refuse(io, v5, BAD_CLIENT_ID, m, "").await;
-            return Ok(None);
+            return Err(refused(reason::BAD_CLIENT_ID, &who));
         }
         mqtt_client_id = format!("fg-{}", uuid_like());
         assigned = true;
@@ -359,20 +253,15 @@ async fn handshake(
         Some(w) => {
             let topic = String::from_utf8(w.topic.to_vec()).unwrap_or_default();
             let mut rc = RightsCache::default();
-            let ok = codec::valid_topic(&topic)
-                && rc
-                    .allowed(shared.auth.as_ref(), identity.as_ref(), Action::Publish, &topic)
-                    .await;
-            if !ok {
-                refuse(
-                    io,
-                    v5,
-                    WILL_NOT_ALLOWED,
-                    m,
-                    identity.as_ref().map_or("", |i| i.client_id.as_str()),
-                )
-                .await;
-                return Ok(None);
+            let allowed = if codec::valid_topic(&topic) {
+                rc.check(shared.auth.as_ref(), identity.as_ref(), Action::Publish, &topic)
+                    .await
+                    .map_err(|_| refused(reason::STORE_UNAVAILABLE, &who))?
+            } else {
+                false
+            };
+            if !allowed {
+                return Err(refused(reason::WILL_NOT_ALLOWED, &who));
             }
             let wp = will_props.as_ref();
             Some(Will {
@@ -399,13 +288,10 @@ async fn handshake(
     let max_ka = shared.cfg.max_keep_alive;
     let (keep_alive, server_keep_alive) = match connect.keep_alive {
         ka if v5 && (ka == 0 || ka > max_ka) => (max_ka, Some(max_ka)),
-        ka if !v5 && ka > max_ka => {
-            refuse(io, v5, KEEP_ALIVE_TOO_LONG, m, &mqtt_client_id).await;
-            return Ok(None);
-        }
+        ka if !v5 && ka > max_ka => return Err(refused(reason::KEEP_ALIVE_TOO_LONG, &mqtt_client_id)),
         ka => (ka, None),
     };
-    let req = ConnectReq {
+    Ok(ConnectReq {
         v5,
         identity,
         cert_serial,
@@ -420,8 +306,49 @@ async fn handshake(
         max_packet: props.2.map(|m| m as usize),
         will,
         transport,
-    };
-    Ok(Some((req, buf)))
+    })
+}
+
+/// Who the CONNECT is: a verified client certificate names the client; otherwise the
+/// credentials do (or nobody, when anonymous access is allowed). Also returns the
+/// certificate's serial.
+async fn authenticate(
+    shared: &Arc<Shared>,
+    cert: Option<Vec<u8>>,
+    login: Option<&proto::Login>,
+) -> Result<(Option<Identity>, Option<String>), Refused> {
+    let username = login.map(|l| l.username.as_str()).filter(|u| !u.is_empty());
+    match (cert, username, login) {
+        (Some(der), _, _) => {
+            let (outcome, serial) = shared.auth.login_cert(&der).await;
+            let id = login_outcome(outcome, true).map_err(|r| refused(r, ""))?;
+            if username.is_some_and(|u| u != id.client_id) {
+                return Err(refused(reason::CERT_MISMATCH, &id.client_id));
+            }
+            Ok((Some(id), serial))
+        }
+        (None, Some(u), Some(l)) => {
+            let outcome = shared.auth.login(u, &l.password).await;
+            let id = login_outcome(outcome, false).map_err(|r| refused(r, u))?;
+            Ok((Some(id), None))
+        }
+        _ if shared.cfg.allow_anonymous => Ok((None, None)),
+        _ => Err(refused(reason::NO_CREDENTIALS, "")),
+    }
+}
+
+/// The registry's answer to credentials (a certificate's, with `cert`), as a refusal table.
+fn login_outcome(outcome: Result<Login, PortError>, cert: bool) -> Result<Identity, Refusal> {
+    match (outcome, cert) {
+        (Ok(Login::Ok(id)), _) => Ok(id),
+        (Ok(Login::BadCredentials), false) => Err(reason::BAD_CREDENTIALS),
+        (Ok(Login::BadCredentials), true) => Err(reason::UNKNOWN_CERT),
+        (Ok(Login::Disabled), _) => Err(reason::DISABLED),
+        (Err(e), _) => {
+            tracing::error!(error = %e, "MQTT login: the registry could not answer");
+            Err(reason::STORE_UNAVAILABLE)
+        }
+    }
 }
 
 /// (session expiry, receive maximum, maximum packet size) of a CONNECT's properties.
@@ -450,4 +377,34 @@ pub(crate) async fn refuse_attach(a: &mut Attach, r: Refusal, m: &Metrics) {
     let client = a.req.identity.as_ref().map(|i| i.client_id.clone()).unwrap_or_default();
     refuse(&mut a.io, a.req.v5, r, m, &client).await;
     let _ = a.io.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> Identity {
+        Identity {
+            domain_id: "d".into(),
+            client_id: "c".into(),
+        }
+    }
+
+    /// The registry's answers map to one refusal each; an outage is never "bad credentials".
+    #[test]
+    fn login_outcomes_are_a_table() {
+        assert_eq!(login_outcome(Ok(Login::Ok(id())), false), Ok(id()));
+        assert_eq!(
+            login_outcome(Ok(Login::BadCredentials), false),
+            Err(reason::BAD_CREDENTIALS)
+        );
+        assert_eq!(
+            login_outcome(Ok(Login::BadCredentials), true),
+            Err(reason::UNKNOWN_CERT)
+        );
+        assert_eq!(login_outcome(Ok(Login::Disabled), true), Err(reason::DISABLED));
+        let down = Err(PortError::Unavailable("store", "connection refused".into()));
+        assert_eq!(login_outcome(down.clone(), false), Err(reason::STORE_UNAVAILABLE));
+        assert_eq!(login_outcome(down, true), Err(reason::STORE_UNAVAILABLE));
+    }
 }

@@ -14,6 +14,7 @@
 //!   resolves the waiters of a batch after its commit.
 
 use crate::connect::Will;
+use crate::session::SubOptions;
 use crate::topic::bucket;
 use crate::{Identity, SessionOp, SessionStore, StoredSession};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -194,7 +195,7 @@ impl Durable {
     }
 
     /// Replaces the indexed subscriptions of a session (none: it is not persistent).
-    pub fn index(&self, key: &str, origin: u64, subs: Vec<(String, u8, bool, Option<u32>)>) {
+    pub fn index(&self, key: &str, origin: u64, subs: Vec<(String, SubOptions)>) {
         let Ok(mut ix) = self.index.lock() else { return };
         if subs.is_empty() {
             ix.direct.remove(key);
@@ -215,7 +216,13 @@ impl Durable {
         }
         let k: Arc<str> = Arc::from(key);
         let mut used = Vec::new();
-        for (filter, qos, no_local, sub_id) in subs {
+        for (
+            filter,
+            SubOptions {
+                qos, no_local, sub_id, ..
+            },
+        ) in subs
+        {
             // Shared subscriptions: the router picks one member per message, which the
             // publisher side cannot know; their messages are queued in memory only.
             if qos == 0 || filter.starts_with('$') {
@@ -390,8 +397,8 @@ pub(crate) fn decode_body(mut b: Bytes) -> Option<Body> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct State {
     pub v5: bool,
-    /// filter, granted QoS, No Local, Retain As Published, subscription identifier.
-    pub subs: Vec<(String, u8, bool, bool, Option<u32>)>,
+    /// Filter and options (granted QoS, No Local, Retain As Published, subscription id).
+    pub subs: Vec<(String, SubOptions)>,
     /// The will, and when it is due (Unix ms; 0: when the connection ends).
     pub will: Option<(Will, u64)>,
 }
@@ -418,10 +425,12 @@ pub(crate) fn encode_state(s: &State) -> Bytes {
     o.put_u8(1);
     o.put_u8(u8::from(s.v5));
     o.put_u32(s.subs.len() as u32);
-    for (f, qos, nl, rap, id) in &s.subs {
+    for (f, o_) in &s.subs {
         put_bytes(&mut o, f.as_bytes());
-        o.put_u8(*qos | (u8::from(*nl) << 2) | (u8::from(*rap) << 3) | (u8::from(id.is_some()) << 4));
-        o.put_u32(id.unwrap_or(0));
+        o.put_u8(
+            o_.qos | (u8::from(o_.no_local) << 2) | (u8::from(o_.rap) << 3) | (u8::from(o_.sub_id.is_some()) << 4),
+        );
+        o.put_u32(o_.sub_id.unwrap_or(0));
     }
     match &s.will {
         None => o.put_u8(0),
@@ -455,10 +464,12 @@ pub(crate) fn decode_state(mut b: Bytes) -> Option<State> {
         let id = b.get_u32();
         subs.push((
             f,
-            (fl & 3).min(2),
-            fl & 4 != 0,
-            fl & 8 != 0,
-            (fl & 16 != 0).then_some(id),
+            SubOptions {
+                qos: (fl & 3).min(2),
+                no_local: fl & 4 != 0,
+                rap: fl & 8 != 0,
+                sub_id: (fl & 16 != 0).then_some(id),
+            },
         ));
     }
     if b.is_empty() {
@@ -537,13 +548,22 @@ pub(crate) fn record(
 mod tests {
     use super::*;
 
+    fn so(qos: u8, no_local: bool, rap: bool, sub_id: Option<u32>) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local,
+            rap,
+            sub_id,
+        }
+    }
+
     #[test]
     fn state_body_and_meta_round_trip_and_garbage_is_refused() {
         let s = State {
             v5: true,
             subs: vec![
-                ("channels/a/messages/#".into(), 2, true, false, Some(7)),
-                ("x/y".into(), 1, false, true, None),
+                ("channels/a/messages/#".into(), so(2, true, false, Some(7))),
+                ("x/y".into(), so(1, false, true, None)),
             ],
             will: Some((
                 Will {
@@ -609,12 +629,20 @@ mod tests {
             "s1",
             1,
             vec![
-                ("channels/c/messages/#".into(), 1, false, Some(3)),
-                ("channels/c/messages/a".into(), 2, false, Some(4)),
+                ("channels/c/messages/#".into(), so(1, false, false, Some(3))),
+                ("channels/c/messages/a".into(), so(2, false, false, Some(4))),
             ],
         );
-        d.index("s2", 2, vec![("channels/c/messages/a".into(), 2, true, None)]);
-        d.index("s3", 3, vec![("channels/other/messages".into(), 2, false, None)]);
+        d.index(
+            "s2",
+            2,
+            vec![("channels/c/messages/a".into(), so(2, true, false, None))],
+        );
+        d.index(
+            "s3",
+            3,
+            vec![("channels/other/messages".into(), so(2, false, false, None))],
+        );
         let t = d.targets("channels/c/messages/a", 2, 2);
         assert_eq!(t.len(), 1, "s2 is the publisher and asked for No Local");
         assert_eq!((t[0].key.as_str(), t[0].qos, &t[0].sub_ids[..]), ("s1", 2, &[3, 4][..]));

@@ -2,6 +2,7 @@
 //! is handed to it, which is how takeover and resumption happen without two links ever
 //! sharing an id) and by registry client (so revocations reach live and offline sessions).
 
+use crate::reason;
 use crate::Identity;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -169,7 +170,7 @@ impl Registry {
         {
             Some(oldest) => {
                 tracing::info!(domain = %who.domain_id, client = %who.client_id, "persistent session limit: ending the longest-offline session");
-                let _ = oldest.tx.send(Control::Close(0x97));
+                let _ = oldest.tx.send(Control::Close(reason::ended::SESSION_LIMIT));
                 true
             }
             None => false,
@@ -235,20 +236,19 @@ impl Registry {
                 }
             }
         };
-        // 0x98: Administrative action.
         match r {
             Revocation::Client { domain_id, client_id } => {
                 let who = Identity { domain_id, client_id };
                 if let Some(keys) = m.by_identity.get(&who) {
                     tracing::info!(domain = %who.domain_id, client = %who.client_id, sessions = keys.len(), "ending sessions of revoked client");
-                    send(keys, &|| Control::Close(0x98));
+                    send(keys, &|| Control::Close(reason::ended::REVOKED));
                 }
             }
             Revocation::Domain { domain_id } => {
                 tracing::info!(domain = %domain_id, "ending sessions of disabled domain");
                 for (id, keys) in &m.by_identity {
                     if id.domain_id == domain_id {
-                        send(keys, &|| Control::Close(0x98));
+                        send(keys, &|| Control::Close(reason::ended::REVOKED));
                     }
                 }
             }
@@ -256,7 +256,7 @@ impl Registry {
                 for e in m.by_key.values() {
                     if e.serial.as_deref() == Some(serial.as_str()) {
                         tracing::info!(serial = %serial, "ending a session of a revoked certificate");
-                        let _ = e.tx.send(Control::Close(0x98));
+                        let _ = e.tx.send(Control::Close(reason::ended::REVOKED));
                     }
                 }
             }
@@ -282,6 +282,60 @@ impl Registry {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The key of a session (registry, session store): an injective encoding of (domain,
+/// registry client, MQTT client id). Each part is escaped so that it holds neither `:` nor any character the
+/// router refuses (`+ $ # /`), then the parts are joined with `:`; anonymous sessions use a
+/// different prefix. Two different triples never give the same id.
+pub(crate) fn session_key(domain_and_client: Option<(&str, &str)>, mqtt_client_id: &str) -> String {
+    fn esc(out: &mut String, s: &str) {
+        for c in s.chars() {
+            match c {
+                '%' | ':' | '+' | '$' | '#' | '/' => {
+                    out.push('%');
+                    out.push_str(&format!("{:02X}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    let mut out = String::with_capacity(mqtt_client_id.len() + 80);
+    match domain_and_client {
+        Some((d, c)) => {
+            out.push_str("c:");
+            esc(&mut out, d);
+            out.push(':');
+            esc(&mut out, c);
+        }
+        None => out.push('a'),
+    }
+    out.push(':');
+    esc(&mut out, mqtt_client_id);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_keys_are_injective() {
+        let cases = [
+            (Some(("d", "c")), "a:b"),
+            (Some(("d", "c:a")), "b"),
+            (Some(("d:c", "a")), "b"),
+            (None, "c:d:c:a:b"),
+            (Some(("d", "c")), "a%3Ab"),
+            (Some(("d", "c")), "x/+#$"),
+        ];
+        let ids: Vec<String> = cases.iter().map(|(dc, m)| session_key(*dc, m)).collect();
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
+        for id in &ids {
+            assert!(!id.contains(['+', '$', '#', '/']), "{id}");
         }
     }
 }

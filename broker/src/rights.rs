@@ -2,7 +2,7 @@
 //! live delivery. Channel rights come from the [`Authorizer`] and are cached per session
 //! (invalidated by revocations), so a decision costs no store query in the usual case.
 
-use crate::{topic, Authorizer, Identity, Rights};
+use crate::{topic, Authorizer, Identity, PortError, Rights};
 use std::collections::HashMap;
 
 const MAX_CACHED_CHANNELS: usize = 4096;
@@ -72,17 +72,35 @@ impl RightsCache {
         }
     }
 
-    /// May `who` do `action` on `t` (a topic, or a filter for subscribe)?
+    /// May `who` do `action` on `t` (a topic, or a filter for subscribe)? A registry that
+    /// cannot answer means no (nothing is cached then, so the next use asks again).
     pub async fn allowed(&mut self, auth: &dyn Authorizer, who: Option<&Identity>, action: Action, t: &str) -> bool {
+        match self.check(auth, who, action, t).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::warn!(error = %e, topic = t, "MQTT rights: the registry could not answer; refused");
+                false
+            }
+        }
+    }
+
+    /// `allowed`, telling a registry that cannot answer apart from "no".
+    pub async fn check(
+        &mut self,
+        auth: &dyn Authorizer,
+        who: Option<&Identity>,
+        action: Action,
+        t: &str,
+    ) -> Result<bool, PortError> {
         let channel = match (need(who, action, t), who) {
-            (Need::Allow, _) => return true,
-            (Need::Deny, _) | (Need::Channel(_), None) => return false,
+            (Need::Allow, _) => return Ok(true),
+            (Need::Deny, _) | (Need::Channel(_), None) => return Ok(false),
             (Need::Channel(c), Some(id)) => (c, id),
         };
         let r = match self.by_channel.get(channel.0) {
             Some(r) => *r,
             None => {
-                let r = auth.rights(channel.1, channel.0).await;
+                let r = auth.rights(channel.1, channel.0).await?;
                 if self.by_channel.len() >= MAX_CACHED_CHANNELS {
                     self.by_channel.clear();
                 }
@@ -90,10 +108,10 @@ impl RightsCache {
                 r
             }
         };
-        match action {
+        Ok(match action {
             Action::Publish => r.publish,
             Action::Subscribe | Action::Deliver => r.subscribe,
-        }
+        })
     }
 }
 

@@ -7,6 +7,13 @@
 //! per-filter log only has to cover the time between a message's arrival and the session
 //! task draining its link.
 //!
+//! The router's identity of a link is a **slot**, not the device's client id: rumqttd keeps a
+//! record per client id it ever saw (its "graveyard", never emptied), so ids are drawn from a
+//! pool of recycled slots (`s0`, `s1`, …) and memory is bounded by the links that exist at
+//! once, not by the client ids ever seen. Fluxgate's registry maps a session to its link;
+//! a slot goes back to the pool only after the link's DISCONNECT was queued for the router,
+//! and the router handles its events in order, so a reused slot never meets its old link.
+//!
 //! A message carries what the router would lose in a small header ahead of its payload
 //! ([`Tag`]): the publisher's QoS and retain flag, the publishing session (for No Local), the
 //! expiry deadline and the raw v5 properties.
@@ -23,6 +30,56 @@ type BuildLink = dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync;
 pub(crate) struct RouterPort {
     build: Arc<BuildLink>,
     alive: Arc<dyn Fn() -> bool + Send + Sync>,
+    slots: Arc<Slots>,
+}
+
+/// The pool of router client ids: slot numbers are reused, most recently freed first.
+#[derive(Default)]
+pub(crate) struct Slots {
+    free: std::sync::Mutex<Vec<u32>>,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl Slots {
+    fn take(self: &Arc<Self>) -> Slot {
+        let reused = self.free.lock().ok().and_then(|mut f| f.pop());
+        let n = reused.unwrap_or_else(|| self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        Slot { n, pool: self.clone() }
+    }
+
+    /// Slots ever made (the most links that existed at once).
+    #[cfg(test)]
+    pub fn made(&self) -> u32 {
+        self.next.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A router client id held by one link; back to the pool when dropped.
+pub(crate) struct Slot {
+    n: u32,
+    pool: Arc<Slots>,
+}
+
+impl Slot {
+    pub fn id(&self) -> String {
+        format!("s{}", self.n)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.pool.free.lock() {
+            f.push(self.n);
+        }
+    }
+}
+
+/// A session's link to the router, under its slot.
+pub(crate) struct Link {
+    pub tx: LinkTx,
+    pub rx: LinkRx,
+    /// Dropped last: the slot is free once the link is gone.
+    _slot: Slot,
 }
 
 impl RouterPort {
@@ -51,48 +108,26 @@ impl RouterPort {
                     .map_err(|e| e.to_string())
             }),
             alive: Arc::new(move || !tx2.is_disconnected()),
+            slots: Arc::default(),
         }
     }
 
-    /// Builds a link (a blocking router round trip: call it on the blocking pool).
-    pub fn link(&self, id: &str) -> Result<(LinkTx, LinkRx), String> {
+    /// Builds a session's link under a free slot (a blocking router round trip: call it on
+    /// the blocking pool).
+    pub fn link(&self) -> Result<Link, String> {
+        let slot = self.slots.take();
+        let (tx, rx) = (self.build)(&slot.id())?;
+        Ok(Link { tx, rx, _slot: slot })
+    }
+
+    /// Builds a link under a fixed name (the process's own publisher, once).
+    pub fn named_link(&self, id: &str) -> Result<(LinkTx, LinkRx), String> {
         (self.build)(id)
     }
 
     pub fn alive(&self) -> bool {
         (self.alive)()
     }
-}
-
-/// The router client id of a session: an injective encoding of (domain, registry client,
-/// MQTT client id). Each part is escaped so that it holds neither `:` nor any character the
-/// router refuses (`+ $ # /`), then the parts are joined with `:`; anonymous sessions use a
-/// different prefix. Two different triples never give the same id.
-pub(crate) fn router_id(domain_and_client: Option<(&str, &str)>, mqtt_client_id: &str) -> String {
-    fn esc(out: &mut String, s: &str) {
-        for c in s.chars() {
-            match c {
-                '%' | ':' | '+' | '$' | '#' | '/' => {
-                    out.push('%');
-                    out.push_str(&format!("{:02X}", c as u32));
-                }
-                c => out.push(c),
-            }
-        }
-    }
-    let mut out = String::with_capacity(mqtt_client_id.len() + 80);
-    match domain_and_client {
-        Some((d, c)) => {
-            out.push_str("c:");
-            esc(&mut out, d);
-            out.push(':');
-            esc(&mut out, c);
-        }
-        None => out.push('a'),
-    }
-    out.push(':');
-    esc(&mut out, mqtt_client_id);
-    out
 }
 
 /// What travels with a message through the router.
@@ -210,21 +245,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn router_ids_are_injective_and_acceptable_to_the_router() {
-        let cases = [
-            (Some(("d", "c")), "a:b"),
-            (Some(("d", "c:a")), "b"),
-            (Some(("d:c", "a")), "b"),
-            (None, "c:d:c:a:b"),
-            (Some(("d", "c")), "a%3Ab"),
-            (Some(("d", "c")), "x/+#$"),
-        ];
-        let ids: Vec<String> = cases.iter().map(|(dc, m)| router_id(*dc, m)).collect();
-        let unique: std::collections::HashSet<_> = ids.iter().collect();
-        assert_eq!(unique.len(), ids.len(), "{ids:?}");
-        for id in &ids {
-            assert!(!id.contains(['+', '$', '#', '/']), "{id}");
+    fn slots_are_reused_so_router_ids_stay_bounded() {
+        let pool = Arc::new(Slots::default());
+        let a = pool.take();
+        let b = pool.take();
+        assert_ne!(a.id(), b.id());
+        drop(a);
+        let c = pool.take();
+        assert_eq!(c.id(), "s0", "a freed slot is taken again");
+        for _ in 0..1000 {
+            drop(pool.take());
         }
+        assert_eq!(pool.made(), 3, "1,000 more links one after another reuse one slot");
+        drop((b, c));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! MQTT over WebSocket on `/mqtt`: each WebSocket is bridged to an in-memory byte pipe and
 //! handled by the same session code as TCP.
 
-use crate::Shared;
+use crate::{Shared, Transport};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -9,7 +9,7 @@ use warp::Filter;
 
 pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let stopped = shared.stopped();
-    warp::serve(routes(shared, "ws"))
+    warp::serve(routes(shared, Transport::Ws))
         .incoming(listener)
         .graceful(stopped)
         .run()
@@ -17,10 +17,10 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
 }
 
 /// The `/mqtt` WebSocket endpoint as a filter (served plain here, or over TLS by the caller).
-/// `transport`: `ws`, or `wss` when the caller serves it over TLS.
+/// `transport`: `Ws`, or `Wss` when the caller serves it over TLS.
 pub(crate) fn routes(
     shared: Arc<Shared>,
-    transport: &'static str,
+    transport: Transport,
 ) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     use warp::Reply;
     warp::path!("mqtt")
@@ -42,7 +42,7 @@ pub(crate) fn routes(
         .boxed()
 }
 
-async fn bridge(socket: warp::ws::WebSocket, peer: std::net::SocketAddr, transport: &'static str, shared: Arc<Shared>) {
+async fn bridge(socket: warp::ws::WebSocket, peer: std::net::SocketAddr, transport: Transport, shared: Arc<Shared>) {
     let (front, back) = tokio::io::duplex(64 * 1024);
     shared.rt.spawn(crate::connect::run(
         Box::new(front),

@@ -41,7 +41,7 @@ pub(super) fn mqtt_rows(m: Message, metrics: &PipelineMetrics, limits: senml::Li
         channel: m.channel_id,
         subtopic: m.subtopic,
         publisher: m.publisher,
-        protocol: m.protocol.to_string(),
+        protocol: m.transport.protocol().to_string(),
         time: received,
         format: "raw",
         ..Default::default()

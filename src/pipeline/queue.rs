@@ -142,7 +142,7 @@ mod tests {
             channel_id: "c".into(),
             subtopic: String::new(),
             publisher: "p".into(),
-            protocol: "mqtt",
+            transport: broker::Transport::Mqtt,
             payload: bytes::Bytes::from(vec![i]),
             received_at: 0,
             qos: 1,

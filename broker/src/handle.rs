@@ -1,0 +1,259 @@
+//! Starting the broker and the handle the root crate holds.
+
+use crate::listeners::{accept_tcp, accept_tls};
+use crate::*;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the broker is plugged into.
+pub struct Ports {
+    pub auth: Arc<dyn Authorizer>,
+    pub sink: Arc<dyn MessageSink>,
+    pub retained: Option<Arc<dyn RetainedStore>>,
+    pub sessions: Option<Arc<dyn SessionStore>>,
+    pub presence: Option<Arc<dyn Presence>>,
+}
+
+/// The broker's runtime; shut down without waiting when the broker is dropped (allowed from
+/// inside another runtime).
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A running broker.
+pub struct BrokerHandle {
+    pub mqtt_addr: SocketAddr,
+    pub mqtts_addr: Option<SocketAddr>,
+    pub ws_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    local: std::sync::Mutex<(rumqttd::local::LinkTx, rumqttd::local::LinkRx)>,
+    /// The accept loops (they end, closing their listeners, when the broker stops).
+    accepting: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    _rt: Runtime,
+}
+
+impl BrokerHandle {
+    /// Applies a revocation from the change feed to live and offline sessions.
+    pub fn revoke(&self, r: Revocation) {
+        Metrics::inc(&self.shared.metrics.revocations_applied);
+        self.shared.registry.apply(r);
+    }
+
+    /// Publishes into the broker from inside the process (the HTTP adapter), as an
+    /// acknowledged (QoS 1) message, through the one ingress. False when the router's queue
+    /// is full or gone.
+    pub async fn publish(&self, topic: &str, payload: Bytes) -> bool {
+        let p = ingress::Publish {
+            topic,
+            payload: &payload,
+            qos: 1,
+            retain: false,
+            props: Bytes::new(),
+            expires_at_ms: 0,
+            origin: 0,
+            // The HTTP adapter hands the message to the pipeline itself.
+            publisher: None,
+            transport: Transport::Http,
+            // Queued for persistent sessions without waiting: an HTTP 202 promises the
+            // in-process queue, as for the message store.
+            wait_durable: false,
+            refusable: false,
+        };
+        let Ok(routed) = self.shared.ingress(p).await else {
+            return false;
+        };
+        let rumqttd::protocol::Packet::Publish(p, _) = routed.packet else {
+            return false;
+        };
+        match self.local.lock() {
+            Ok(mut l) => l.0.try_publish(p.topic, p.payload).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// The MQTT-over-WebSocket endpoint (`/mqtt`) as a warp filter, for serving it over TLS.
+    pub fn ws_routes(&self) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+        ws::routes(self.shared.clone(), Transport::Wss)
+    }
+
+    /// Sessions held (live and persistent offline ones).
+    pub fn sessions(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// Retained topics held.
+    pub fn retained(&self) -> usize {
+        self.shared.retained.len()
+    }
+
+    /// Stops the broker: its listeners stop accepting (MQTT, TLS, WebSocket), every session
+    /// is closed (DISCONNECT 0x8B to v5 clients, no wills; persistent sessions stay stored),
+    /// and this resolves once every session task has ended, or after `within`.
+    pub async fn shut_down(&self, within: Duration) {
+        let _ = self.shared.stop.send(true);
+        self.shared.registry.apply(Revocation::ShutDown);
+        let accepting = self
+            .accepting
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        let ended = async {
+            self.shared.registry.empty().await;
+            // The accept loops (and the WebSocket server, once its connections closed).
+            for t in accepting {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(within, ended).await.is_err() {
+            tracing::warn!(
+                left = self.shared.registry.len(),
+                "sessions still ending after the shutdown wait"
+            );
+        }
+    }
+
+    /// False once the router thread has stopped (it panicked): the broker cannot serve.
+    pub fn healthy(&self) -> bool {
+        self.shared.router.alive()
+    }
+
+    /// Resolves when the router has stopped, after logging it.
+    pub fn failed(&self) -> BoxFuture<()> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            while shared.router.alive() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            tracing::error!("the MQTT router stopped (it panicked); the broker cannot serve devices");
+        })
+    }
+}
+
+/// Spawns the router and the broker's runtime, restores persistent sessions, then accepts on
+/// the bound listeners. `metrics` is the broker's counters (made by the caller, so they can be
+/// read before the broker starts).
+pub async fn start(
+    cfg: BrokerConfig,
+    listeners: Listeners,
+    ports: Ports,
+    metrics: Arc<Metrics>,
+) -> Result<BrokerHandle, BrokerError> {
+    let Ports {
+        auth,
+        sink,
+        retained: retained_store,
+        sessions: session_store,
+        presence,
+    } = ports;
+    let Listeners { mqtt, ws, mqtts } = listeners;
+    let mqtt_addr = mqtt.local_addr()?;
+    let ws_addr = ws.as_ref().map(|l| l.local_addr()).transpose()?;
+    let tls = mqtts.map(|(l, c)| (l, tokio_rustls::TlsAcceptor::from(c)));
+    let mqtts_addr = tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads.max(1))
+        .thread_name("fluxgate-mqtt")
+        .enable_all()
+        .build()?;
+    let router = router::RouterPort::spawn(
+        cfg.max_connections + cfg.max_connections.min(100_000) + 16,
+        cfg.max_segment_size,
+        cfg.max_segment_count,
+    );
+    let r2 = router.clone();
+    let local = tokio::task::spawn_blocking(move || r2.named_link("l:fluxgate-http"))
+        .await
+        .map_err(|e| BrokerError::Router(e.to_string()))?
+        .map_err(BrokerError::Router)?;
+    let (max_retained, m2) = (cfg.max_retained, metrics.clone());
+    let retained =
+        tokio::task::spawn_blocking(move || retained::RetainedIndex::start(retained_store, max_retained, m2)).await??;
+    let (durable, loaded) = match session_store {
+        Some(store) => {
+            let max = cfg.max_stored_queue_bytes;
+            tokio::task::spawn_blocking(move || -> Result<_, BrokerError> {
+                let t = std::time::Instant::now();
+                let loaded = store.load().map_err(BrokerError::Sessions)?;
+                tracing::info!(
+                    sessions = loaded.sessions.len(),
+                    queued = loaded.queued.len(),
+                    ms = t.elapsed().as_millis() as u64,
+                    "persistent sessions loaded from the store"
+                );
+                Ok((durable::Durable::start(store, loaded.max_msg, max)?, Some(loaded)))
+            })
+            .await??
+        }
+        None => (durable::Durable::off(), None),
+    };
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        stop,
+        presence,
+        durable,
+        pending: Arc::new(tokio::sync::Semaphore::new(cfg.max_pending_connections.max(1))),
+        cfg,
+        auth,
+        sink,
+        metrics: metrics.clone(),
+        registry: registry::Registry::default(),
+        router,
+        retained,
+        rt: rt.handle().clone(),
+        next_origin: AtomicU64::new(1),
+    });
+    // Persistent sessions come back (links and subscriptions in place) before any device is
+    // accepted.
+    if let Some(loaded) = loaded {
+        let s = shared.clone();
+        rt.spawn(async move { session::restore_all(s, loaded).await }).await?;
+    }
+    let mut accepting = Vec::new();
+    let s = shared.clone();
+    accepting.push(rt.spawn(async move {
+        match tokio::net::TcpListener::from_std(mqtt) {
+            Ok(l) => accept_tcp(l, s).await,
+            Err(e) => tracing::error!(error = %e, "MQTT listener"),
+        }
+    }));
+    if let Some((l, acceptor)) = tls {
+        let s = shared.clone();
+        accepting.push(rt.spawn(async move {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => accept_tls(l, acceptor, s).await,
+                Err(e) => tracing::error!(error = %e, "MQTT over TLS listener"),
+            }
+        }));
+    }
+    if let Some(l) = ws {
+        let s = shared.clone();
+        accepting.push(rt.spawn(async move {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => ws::serve(l, s).await,
+                Err(e) => tracing::error!(error = %e, "MQTT over WebSocket listener"),
+            }
+        }));
+    }
+    tracing::info!(addr = %mqtt_addr, tls = ?mqtts_addr, ws = ?ws_addr, "MQTT listening");
+    Ok(BrokerHandle {
+        mqtt_addr,
+        mqtts_addr,
+        ws_addr,
+        metrics,
+        shared,
+        local: std::sync::Mutex::new(local),
+        accepting: std::sync::Mutex::new(accepting),
+        _rt: Runtime(Some(rt)),
+    })
+}

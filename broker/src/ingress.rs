@@ -1,0 +1,226 @@
+//! The one ingress: every message that enters this node's router (a device's PUBLISH, a
+//! will, an HTTP publish) passes [`Shared::ingress`], which does, in this order:
+//!
+//! 1. **retained store**: a retained message is kept (or deleted) in the retained index and
+//!    written through; a publisher that must be told (QoS 1/2) waits for that commit, and a
+//!    message that cannot be kept is refused before anything else happens;
+//! 2. **persistent-session matching**: a QoS 1/2 message is written for the persistent
+//!    sessions subscribed to it (`durable`), its entry id goes into the router tag, and the
+//!    commit its acknowledgement must wait for is returned;
+//! 3. **router publish**: the tagged packet for the router;
+//! 4. **message sink**: the message for the pipeline (storage; the root crate's live views
+//!    sit behind the sink).
+//!
+//! Steps 3 and 4 are batched by the caller (one router event and one sink offer per device
+//! read): a session offers the sink first and waits for room for QoS 1/2, then publishes to
+//! the router, so what the router fans out was taken by the sink.
+
+use crate::reason;
+use crate::retained::Stored;
+use crate::*;
+use bytes::Bytes;
+use rumqttd::protocol::Packet;
+use std::sync::atomic::Ordering;
+use tokio::sync::oneshot;
+
+/// A message entering the router.
+pub(crate) struct Publish<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub qos: u8,
+    pub retain: bool,
+    /// Raw MQTT 5 publish properties.
+    pub props: Bytes,
+    /// Unix ms after which it is not delivered (0: never).
+    pub expires_at_ms: u64,
+    /// The publishing session (0: none, e.g. HTTP), for No Local.
+    pub origin: u64,
+    /// The registry client that published it (`None`: anonymous; not stored).
+    pub publisher: Option<&'a Identity>,
+    pub transport: Transport,
+    /// Wait for the persistent sessions' commit (the publisher's acknowledgement waits).
+    pub wait_durable: bool,
+    /// The publisher can be told a retained message was not kept (v5 at QoS 1/2): refuse
+    /// it rather than deliver it unretained.
+    pub refusable: bool,
+}
+
+/// What the ingress made of an accepted message.
+pub(crate) struct Routed {
+    pub packet: Packet,
+    /// For the message sink (messages on channel topics from registry clients).
+    pub message: Option<Message>,
+    /// The persistent sessions' commit, when waited for.
+    pub durable: Option<oneshot::Receiver<bool>>,
+}
+
+/// Why the ingress refused a message (nothing of it happened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// `mqtt.max_retained` topics are held already.
+    RetainedFull,
+    /// The retained store could not commit it.
+    RetainedNotStored,
+}
+
+impl Refused {
+    /// The v5 reason code of the PUBACK/PUBREC that refuses it.
+    pub fn code(self) -> u8 {
+        match self {
+            Refused::RetainedFull => reason::code::QUOTA_EXCEEDED,
+            Refused::RetainedNotStored => reason::publish::NOT_STORED,
+        }
+    }
+}
+
+impl Shared {
+    /// The one ingress (see the module documentation for its order).
+    pub(crate) async fn ingress(&self, p: Publish<'_>) -> Result<Routed, Refused> {
+        if p.retain {
+            self.keep_retained(&p).await?;
+        }
+        let mut tag = router::Tag {
+            qos: p.qos,
+            retain: p.retain,
+            origin: p.origin,
+            expires_at_ms: p.expires_at_ms,
+            msg: 0,
+            props: p.props,
+        };
+        let mut durable = None;
+        if let Some((id, wait)) = self.durable_message(p.topic.as_bytes(), p.payload, &tag, p.origin, p.wait_durable) {
+            tag.msg = id;
+            durable = wait;
+        }
+        let packet = router::publish(
+            Bytes::copy_from_slice(p.topic.as_bytes()),
+            router::encode(&tag, p.payload),
+        );
+        let message = match (p.publisher, topic::parse(p.topic, false)) {
+            (Some(id), Some(ct)) => Some(Message {
+                domain_id: id.domain_id.clone(),
+                channel_id: ct.channel.to_string(),
+                subtopic: ct.subtopic.to_string(),
+                publisher: id.client_id.clone(),
+                transport: p.transport,
+                payload: Bytes::copy_from_slice(p.payload),
+                received_at: (router::now_ms() * 1000) as i64,
+                qos: p.qos,
+            }),
+            _ => None,
+        };
+        Ok(Routed {
+            packet,
+            message,
+            durable,
+        })
+    }
+
+    /// Step 1: the retained index (and its store). A QoS 1/2 publisher's message waits for
+    /// the commit; one that cannot be kept is refused when the publisher can be told, else
+    /// delivered unretained and counted.
+    async fn keep_retained(&self, p: &Publish<'_>) -> Result<(), Refused> {
+        let r = Retained {
+            topic: p.topic.to_string(),
+            payload: Bytes::copy_from_slice(p.payload),
+            qos: p.qos,
+            props: p.props.clone(),
+            expires_at_ms: p.expires_at_ms,
+        };
+        let (stored, commit) = self.retained.store(r);
+        if stored == Stored::Full {
+            Metrics::inc(&self.metrics.retained_full);
+            tracing::warn!(topic = p.topic, "retained message not kept: mqtt.max_retained reached");
+            if p.refusable {
+                return Err(Refused::RetainedFull);
+            }
+        }
+        if let (Some(commit), true) = (commit, p.qos > 0) {
+            if !commit.await.unwrap_or(false) {
+                return Err(Refused::RetainedNotStored);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a QoS 1/2 message for the persistent sessions subscribed to it, if any; returns
+    /// its entry id and, with `wait`, a receiver that resolves once it is committed.
+    fn durable_message(
+        &self,
+        topic: &[u8],
+        payload: &[u8],
+        tag: &router::Tag,
+        origin: u64,
+        wait: bool,
+    ) -> Option<(u64, Option<tokio::sync::oneshot::Receiver<bool>>)> {
+        if tag.qos == 0 || !self.durable.enabled() {
+            return None;
+        }
+        let t = std::str::from_utf8(topic).ok()?;
+        let targets = self.durable.targets(t, tag.qos, origin);
+        if targets.is_empty() {
+            return None;
+        }
+        let size = (topic.len() + payload.len() + tag.props.len() + 64) as u64 * targets.len() as u64;
+        if !self.durable.has_room(size) {
+            let n = self.metrics.dropped_store_full.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() || n == 0 {
+                tracing::warn!(
+                    total = n + 1,
+                    "session store full (mqtt.max_stored_queue_bytes): message queued in memory only"
+                );
+            }
+            return None;
+        }
+        self.durable.add_bytes(size);
+        let id = self.durable.next_id();
+        let body = durable::encode_body(&durable::Body {
+            topic: Bytes::copy_from_slice(topic),
+            props: tag.props.clone(),
+            retain: tag.retain,
+            expires_at_ms: tag.expires_at_ms,
+            // Copied only here: most messages are for no persistent session.
+            payload: Bytes::copy_from_slice(payload),
+        });
+        let direct: Vec<(String, u8, Vec<u32>)> = targets
+            .iter()
+            .filter(|t| t.direct)
+            .map(|t| (t.key.clone(), t.qos, t.sub_ids.clone()))
+            .collect();
+        let targets = targets
+            .into_iter()
+            .map(|t| (t.key, durable::encode_meta(t.qos, &t.sub_ids)))
+            .collect();
+        let op = SessionOp::Message {
+            id,
+            body: body.clone(),
+            targets,
+        };
+        let wait = if wait {
+            Some(self.durable.write_wait(op))
+        } else {
+            self.durable.write(op);
+            None
+        };
+        // Restored sessions without a router link get it from here (after its entry was
+        // queued for writing, so their acknowledgement comes after it).
+        if !direct.is_empty() {
+            if let Some(b) = durable::decode_body(body) {
+                for (key, qos, sub_ids) in direct {
+                    let d = outbound::Delivery {
+                        topic: b.topic.clone(),
+                        payload: b.payload.clone(),
+                        props: b.props.clone(),
+                        qos,
+                        retain: false,
+                        expires_at_ms: b.expires_at_ms,
+                        sub_ids,
+                        msg: id,
+                    };
+                    self.registry.send(&key, registry::Control::Deliver(Box::new(d)));
+                }
+            }
+        }
+        Some((id, wait))
+    }
+}

@@ -1,0 +1,71 @@
+//! The broker's counters. Their names and help texts are given once, where the root crate's
+//! `/metrics` exports them (`telemetry`).
+
+use crate::codec;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_current: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub sessions_persistent_offline: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub refused_connect: AtomicU64,
+    pub refused_pending: AtomicU64,
+    pub refused_publish: AtomicU64,
+    pub refused_subscribe: AtomicU64,
+    pub refused_delivery: AtomicU64,
+    pub pipeline_full: AtomicU64,
+    pub pipeline_waits: AtomicU64,
+    pub malformed: AtomicU64,
+    pub dropped_qos0_full: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_expired: AtomicU64,
+    pub dropped_too_large: AtomicU64,
+    pub disconnected_slow: AtomicU64,
+    pub wills_published: AtomicU64,
+    pub wills_suppressed: AtomicU64,
+    pub retained_full: AtomicU64,
+    /// Retained messages the retained store could not commit (refused or counted).
+    pub retained_not_stored: AtomicU64,
+    pub sessions_expired: AtomicU64,
+    pub sessions_restored: AtomicU64,
+    pub dropped_store_full: AtomicU64,
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub tls_failures: AtomicU64,
+    pub revocations_applied: AtomicU64,
+    /// CONNECT refusals by reason label.
+    refused_by: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl Metrics {
+    pub(crate) fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts the packets the server appended to a connection's output (`bytes`).
+    pub(crate) fn sent(&self, bytes: &[u8]) {
+        Metrics::add(&self.packets_out, codec::count_packets(bytes));
+    }
+    pub(crate) fn refused(&self, reason: &'static str) {
+        Metrics::inc(&self.refused_connect);
+        if let Ok(mut m) = self.refused_by.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+    /// CONNECT refusals by reason.
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        self.refused_by
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+}

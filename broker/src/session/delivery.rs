@@ -1,0 +1,232 @@
+use super::*;
+
+impl Session {
+    /// A notification from the router (or the link's end).
+    pub(super) async fn on_link(&mut self, n: Result<Option<Notification>, ()>, live: bool) -> Step {
+        let mut n = match n {
+            Ok(n) => n,
+            Err(()) => {
+                tracing::error!(client = %self.client(), "the router dropped a session's link");
+                return Err(End::LinkGone);
+            }
+        };
+        let mut unscheduled = false;
+        for _ in 0..DRAIN_BATCH {
+            match n.take() {
+                Some(Notification::Forward(f)) => self.on_forward(f, live).await?,
+                Some(Notification::Unschedule) => unscheduled = true,
+                Some(Notification::Disconnect(..)) => {
+                    tracing::error!(client = %self.client(), "the router disconnected a session's link");
+                    return Err(End::LinkGone);
+                }
+                Some(_) | None => {}
+            }
+            match self.link.as_mut().and_then(|l| l.rx.next().now_or_never()) {
+                Some(Ok(next)) => n = next,
+                Some(Err(_)) => return Err(End::LinkGone),
+                None => break,
+            }
+        }
+        if unscheduled {
+            if let Some(l) = self.link.as_ref() {
+                if l.rx.wake().await.is_err() {
+                    return Err(End::LinkGone);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_forward(&mut self, f: rumqttd::Forward, live: bool) -> Step {
+        let Some(rid) = f
+            .properties
+            .as_ref()
+            .and_then(|p| p.subscription_identifiers.first().copied())
+        else {
+            return Ok(());
+        };
+        let Some(sub) = self.subs.by_rid(rid) else {
+            return Ok(());
+        };
+        let Some((tag, payload)) = router::decode(f.publish.payload) else {
+            return Ok(());
+        };
+        let entry = if self.stored { tag.msg } else { 0 };
+        if entry != 0 && self.direct_seen.remove(&entry) {
+            // Already received directly (see `direct`).
+            return Ok(());
+        }
+        if sub.no_local && tag.origin == self.origin {
+            return Ok(());
+        }
+        let d = Delivery {
+            topic: f.publish.topic,
+            payload,
+            props: tag.props,
+            qos: tag.qos.min(sub.qos),
+            retain: sub.rap && tag.retain,
+            expires_at_ms: tag.expires_at_ms,
+            sub_ids: sub.sub_id.into_iter().collect(),
+            msg: entry,
+        };
+        // Persistent sessions queue only QoS 1/2 while offline.
+        if !live && d.qos == 0 {
+            return Ok(());
+        }
+        self.admit(d, live).await
+    }
+
+    /// A message handed over directly (restored session without subscriptions on a link).
+    pub(super) async fn on_direct(&mut self, d: Delivery, live: bool) -> Step {
+        if self.link.is_some() {
+            self.direct_seen.insert(d.msg);
+        }
+        self.admit(d, live).await
+    }
+
+    /// A delivery for this session, from the router or directly: not when expired or when
+    /// the client may not receive it (its stored entry goes then), else queued (and written
+    /// as an entry of this session when it is persistent and nobody wrote one).
+    pub(super) async fn admit(&mut self, mut d: Delivery, live: bool) -> Step {
+        if d.expires_at_ms != 0 && d.expires_at_ms <= router::now_ms() {
+            Metrics::inc(&self.m().dropped_expired);
+            self.drop_entry(d.msg);
+            return Ok(());
+        }
+        let t = std::str::from_utf8(&d.topic).unwrap_or("");
+        let auth = self.shared.auth.clone();
+        if !self
+            .rights
+            .allowed(auth.as_ref(), self.identity.as_ref(), Action::Deliver, t)
+            .await
+        {
+            Metrics::inc(&self.m().refused_delivery);
+            self.drop_entry(d.msg);
+            return Ok(());
+        }
+        if d.msg == 0 && d.qos > 0 && self.stored {
+            // Not written by its publisher for this session (a shared subscription's
+            // message, or one that raced this subscription): written here.
+            d.msg = self.own_entry(&d);
+        }
+        self.enqueue(d, live)
+    }
+
+    /// A queue entry that will not be delivered goes from the store.
+    pub(super) fn drop_entry(&mut self, msg: u64) {
+        if msg != 0 && self.stored {
+            self.shared.durable.write(SessionOp::Ack {
+                key: self.key.clone(),
+                msg,
+            });
+        }
+    }
+
+    /// Writes a delivery as a queue entry of this session only (not waited for).
+    pub(super) fn own_entry(&self, d: &Delivery) -> u64 {
+        let size = d.size() as u64;
+        if !self.shared.durable.has_room(size) {
+            Metrics::inc(&self.m().dropped_store_full);
+            return 0;
+        }
+        self.shared.durable.add_bytes(size);
+        let id = self.shared.durable.next_id();
+        let body = durable::encode_body(&durable::Body {
+            topic: d.topic.clone(),
+            props: d.props.clone(),
+            retain: d.retain,
+            expires_at_ms: d.expires_at_ms,
+            payload: d.payload.clone(),
+        });
+        self.shared.durable.write(SessionOp::Message {
+            id,
+            body,
+            targets: vec![(self.key.clone(), durable::encode_meta(d.qos, &d.sub_ids))],
+        });
+        id
+    }
+
+    pub(super) fn enqueue(&mut self, d: Delivery, live: bool) -> Step {
+        let before = (self.out.evicted_qos0, self.out.evicted_full);
+        let entry = d.msg;
+        let r = self.out.push(d, self.expiry > 0);
+        let evicted = self.out.evicted_qos0 - before.0;
+        if evicted > 0 {
+            self.m().dropped_qos0_full.fetch_add(evicted, Ordering::Relaxed);
+        }
+        let evicted = self.out.evicted_full - before.1;
+        if evicted > 0 {
+            self.m().dropped_queue_full.fetch_add(evicted, Ordering::Relaxed);
+            if !self.drop_logged {
+                self.drop_logged = true;
+                tracing::warn!(
+                    client = %self.client(),
+                    session = %self.key,
+                    limit_messages = self.shared.cfg.max_queued_messages,
+                    limit_bytes = self.shared.cfg.max_queued_bytes,
+                    "persistent session queue full: dropping its oldest QoS 1/2 messages (logged once per session)"
+                );
+            }
+        }
+        match r {
+            Push::Queued => Ok(()),
+            Push::DroppedQos0 => {
+                Metrics::inc(&self.m().dropped_qos0_full);
+                Ok(())
+            }
+            Push::Full if live && self.expiry == 0 => {
+                // A clean session that cannot keep up is disconnected rather than letting it
+                // hold more memory.
+                Metrics::inc(&self.m().disconnected_slow);
+                tracing::warn!(client = %self.client(), "subscriber too slow: outbound queue full, disconnecting");
+                Err(End::Overflow)
+            }
+            Push::Full => {
+                self.drop_entry(entry);
+                let n = self.m().dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(client = %self.client(), dropped_total = n + 1, "session queue full: QoS 1/2 message dropped");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves deliveries from the queue to the write buffer, within the device's Receive
+    /// Maximum and Maximum Packet Size, checking rights once more.
+    pub(super) async fn pump(&mut self, live: &mut Live) -> Step {
+        let now = router::now_ms();
+        let v5 = live.req.v5;
+        let receive_max = live.req.receive_max as usize;
+        let auth = self.shared.auth.clone();
+        while live.wbuf.len() < WBUF_HIGH {
+            let mut expired = 0;
+            let next = self.out.next(receive_max, now, &mut expired);
+            if expired > 0 {
+                self.m().dropped_expired.fetch_add(expired, Ordering::Relaxed);
+            }
+            let Some((pkid, d)) = next else { break };
+            let t = std::str::from_utf8(&d.topic).unwrap_or("");
+            let allowed = self
+                .rights
+                .allowed(auth.as_ref(), self.identity.as_ref(), Action::Deliver, t)
+                .await;
+            let fits = live.req.max_packet.is_none_or(|m| d.encoded_len(v5, now) <= m);
+            if !allowed || !fits {
+                if !allowed {
+                    Metrics::inc(&self.m().refused_delivery);
+                } else {
+                    Metrics::inc(&self.m().dropped_too_large);
+                }
+                if pkid != 0 {
+                    self.out.abandon(pkid);
+                }
+                continue;
+            }
+            Metrics::inc(&self.m().messages_out);
+            Metrics::inc(&self.m().packets_out);
+            d.encode(&mut live.wbuf, pkid, false, v5, now);
+        }
+        Ok(())
+    }
+}

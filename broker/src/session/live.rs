@@ -1,0 +1,99 @@
+use super::persist::committed;
+use super::*;
+
+impl Session {
+    /// The loop of a live connection.
+    pub(super) async fn serve(&mut self, live: &mut Live) -> End {
+        if let Err(e) = self.flush_router().await {
+            return e;
+        }
+        if self.direct {
+            // Subscribed on the link: the router delivers from here on.
+            self.direct = false;
+            self.shared.durable.set_direct(&self.key, false);
+        }
+        // Packets that arrived together with CONNECT.
+        if let Err(e) = self.on_bytes(live).await {
+            return e;
+        }
+        loop {
+            if let Err(e) = self.pump(live).await {
+                return e;
+            }
+            if let Err(e) = self.sync_out().await {
+                return e;
+            }
+            let ka = live.req.keep_alive;
+            let deadline = live.last_rx + Duration::from_millis(ka as u64 * 1500);
+            let reading = live.wbuf.len() < 2 * WBUF_HIGH && self.held.len() < MAX_HELD;
+            let step: Step = tokio::select! {
+                biased;
+                c = self.ctrl.recv() => match c {
+                    Some(Control::Attach(a)) => Err(End::Takeover(a)),
+                    Some(Control::Close(code)) => Err(End::Revoked(code)),
+                    Some(Control::ShutDown) => Err(End::ShutDown),
+                    Some(Control::Invalidate(ch)) => {
+                        self.rights.invalidate(ch.as_deref());
+                        Ok(())
+                    }
+                    Some(Control::Deliver(d)) => self.on_direct(*d, true).await,
+                    None => Ok(()),
+                },
+                r = live.wr.write(&live.wbuf), if !live.wbuf.is_empty() => match r {
+                    Ok(0) | Err(_) => Err(End::Abnormal("write failed".into())),
+                    Ok(n) => {
+                        Metrics::add(&self.m().bytes_out, n as u64);
+                        let _ = live.wbuf.split_to(n);
+                        Ok(())
+                    }
+                },
+                ok = committed(&mut self.held) => {
+                    match self.held.pop_front() {
+                        Some((_, replies)) if ok => {
+                            self.m().sent(&replies);
+                            live.wbuf.extend_from_slice(&replies);
+                            Ok(())
+                        }
+                        _ => Err(End::Abnormal("session store write failed".into())),
+                    }
+                }
+                n = next_notification(&mut self.link) => self.on_link(n, true).await,
+                r = live.rd.read_buf(&mut live.rbuf), if reading => match r {
+                    Ok(0) => Err(End::Abnormal("closed by peer".into())),
+                    Err(e) => Err(End::Abnormal(e.to_string())),
+                    Ok(n) => {
+                        Metrics::add(&self.m().bytes_in, n as u64);
+                        live.last_rx = Instant::now();
+                        self.on_bytes(live).await
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline), if ka > 0 => {
+                    if live.req.v5 {
+                        Metrics::inc(&self.m().packets_out);
+                        live.wbuf.extend_from_slice(&codec::encode_disconnect(reason::ended::KEEP_ALIVE));
+                    }
+                    Err(End::Abnormal("keep-alive timeout".into()))
+                }
+            };
+            if let Err(e) = step {
+                // What the session wrote last (acknowledgements, DISCONNECT) is sent, bounded.
+                if !live.wbuf.is_empty() {
+                    let w = tokio::time::timeout(Duration::from_secs(1), live.wr.write_all(&live.wbuf)).await;
+                    if matches!(w, Ok(Ok(()))) {
+                        Metrics::add(&self.m().bytes_out, live.wbuf.len() as u64);
+                    }
+                    live.wbuf.clear();
+                }
+                return e;
+            }
+        }
+    }
+}
+
+/// The next notification of a session's link (pending forever without a link).
+pub(super) async fn next_notification(link: &mut Option<router::Link>) -> Result<Option<Notification>, ()> {
+    match link.as_mut() {
+        Some(l) => l.rx.next().await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
+}

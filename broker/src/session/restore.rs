@@ -1,0 +1,91 @@
+use super::*;
+
+/// Recreates the persistent sessions found in the store, each with its subscriptions, queue,
+/// in-flight QoS state and pending will, offline and without a router link until a device
+/// attaches (meanwhile its messages come directly from their publishers, see `durable`);
+/// expired ones are removed with their queues. Returns once every restored session is
+/// registered and indexed.
+pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
+    let started = std::time::Instant::now();
+    let now = router::now_ms();
+    let mut queued: HashMap<String, Vec<crate::StoredDelivery>> = HashMap::new();
+    for q in loaded.queued {
+        queued.entry(q.session.clone()).or_default().push(q);
+    }
+    let (mut restored, mut expired) = (0u64, 0u64);
+    for rec in loaded.sessions {
+        let since = rec.disconnected_at_ms.unwrap_or(now);
+        let ends_at = since.saturating_add(rec.expiry_s as u64 * 1000);
+        let state = durable::decode_state(rec.state.clone());
+        let Some(state) = state.filter(|_| ends_at > now && rec.expiry_s > 0) else {
+            expired += 1;
+            shared.durable.write(SessionOp::Delete(rec.key.clone()));
+            continue;
+        };
+        let Some((gen, ctrl)) = shared.registry.register(&rec.key, rec.owner.as_ref()) else {
+            continue;
+        };
+        let mut s = Session::new(shared.clone(), rec.key.clone(), gen, ctrl, rec.owner.clone());
+        s.started = true;
+        s.stored = true;
+        s.v5 = state.v5;
+        s.expiry = rec.expiry_s;
+        s.offline_until = Some(Instant::now() + Duration::from_millis(ends_at - now));
+        s.in_qos2 = durable::decode_inbound(rec.inbound.clone()).into_iter().collect();
+        s.subs = Subscriptions::restored(state.subs);
+        if let Some((w, due)) = state.will {
+            // A will whose connection was live when the process stopped is due after its
+            // delay from now; one that was waiting keeps its time.
+            let at = if due == 0 {
+                Instant::now() + Duration::from_secs(w.delay.min(rec.expiry_s) as u64)
+            } else {
+                Instant::now() + Duration::from_millis(due.saturating_sub(now))
+            };
+            s.pending_will = Some((w, at));
+        }
+        let mut entries = Vec::new();
+        for q in queued.remove(&rec.key).unwrap_or_default() {
+            let (Some(body), Some((qos, sub_ids))) = (durable::decode_body(q.body), durable::decode_meta(q.meta))
+            else {
+                shared.durable.write(SessionOp::Ack {
+                    key: rec.key.clone(),
+                    msg: q.msg,
+                });
+                continue;
+            };
+            let d = Delivery {
+                topic: body.topic,
+                payload: body.payload,
+                props: body.props,
+                qos,
+                retain: body.retain,
+                expires_at_ms: body.expires_at_ms,
+                sub_ids,
+                msg: q.msg,
+            };
+            shared.durable.add_bytes(d.size() as u64);
+            entries.push((q.state, q.pkid, d));
+        }
+        s.out.restore(entries);
+        s.index_subscriptions();
+        // No router link until a device attaches (building 10,000 links is what would make
+        // a restart slow): its publishers hand its messages over directly.
+        s.direct = true;
+        s.shared.durable.set_direct(&s.key, true);
+        restored += 1;
+        let _ = s.sync_out().await;
+        let rt = s.shared.rt.clone();
+        rt.spawn(s.run(None));
+    }
+    shared.metrics.sessions_restored.fetch_add(restored, Ordering::Relaxed);
+    shared.metrics.sessions_expired.fetch_add(expired, Ordering::Relaxed);
+    if restored + expired > 0 || loaded.dropped > 0 {
+        tracing::info!(
+            restored,
+            expired,
+            revoked = loaded.dropped,
+            ms = started.elapsed().as_millis() as u64,
+            "persistent sessions restored from the store"
+        );
+    }
+}

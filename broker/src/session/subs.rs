@@ -1,0 +1,204 @@
+//! A session's subscriptions: filter → options, and the per-session router subscription id
+//! of each (which comes back on every delivery and names the subscription it matched). The
+//! one place subscriptions are added, removed, reset, restored, saved and indexed.
+
+use crate::router;
+use rumqttd::protocol::Packet;
+use std::collections::HashMap;
+
+/// Subscriptions one session may hold.
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sub {
+    /// The router subscription id.
+    pub rid: usize,
+    pub qos: u8,
+    pub no_local: bool,
+    /// Retain As Published.
+    pub rap: bool,
+    pub sub_id: Option<u32>,
+}
+
+/// The options of a subscription, as a client asks for it and as a session record stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubOptions {
+    pub qos: u8,
+    pub no_local: bool,
+    pub rap: bool,
+    pub sub_id: Option<u32>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Subscriptions {
+    by_filter: HashMap<String, Sub>,
+    by_rid: HashMap<usize, String>,
+    next_rid: usize,
+}
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Subscriptions {
+            by_filter: HashMap::new(),
+            by_rid: HashMap::new(),
+            next_rid: 1,
+        }
+    }
+}
+
+impl Subscriptions {
+    pub fn len(&self) -> usize {
+        self.by_filter.len()
+    }
+
+    pub fn contains(&self, filter: &str) -> bool {
+        self.by_filter.contains_key(filter)
+    }
+
+    /// Whether one more filter is refused for the session's limit.
+    pub fn full_for(&self, filter: &str) -> bool {
+        !self.contains(filter) && self.len() >= MAX_SUBSCRIPTIONS
+    }
+
+    /// The subscription a router delivery names.
+    pub fn by_rid(&self, rid: usize) -> Option<&Sub> {
+        self.by_rid.get(&rid).and_then(|f| self.by_filter.get(f))
+    }
+
+    /// Adds or replaces a subscription (a replaced one keeps its router id). Returns the
+    /// router packet to send for a new filter (`None` when it replaced one).
+    pub fn insert(&mut self, filter: &str, o: SubOptions) -> Option<Packet> {
+        let existed = self.by_filter.get(filter).map(|s| s.rid);
+        let rid = existed.unwrap_or_else(|| {
+            let rid = self.next_rid;
+            self.next_rid += 1;
+            rid
+        });
+        self.by_filter.insert(
+            filter.to_string(),
+            Sub {
+                rid,
+                qos: o.qos,
+                no_local: o.no_local,
+                rap: o.rap,
+                sub_id: o.sub_id,
+            },
+        );
+        self.by_rid.insert(rid, filter.to_string());
+        existed.is_none().then(|| router::subscribe(filter, rid))
+    }
+
+    /// Removes a subscription; returns the router packet to send, `None` when there was none.
+    pub fn remove(&mut self, filter: &str) -> Option<Packet> {
+        let s = self.by_filter.remove(filter)?;
+        self.by_rid.remove(&s.rid);
+        Some(router::unsubscribe(filter))
+    }
+
+    /// Removes every subscription; returns the router packets that undo them (none when
+    /// `on_router` is false: nothing was subscribed on a link).
+    pub fn clear(&mut self, on_router: bool) -> Vec<Packet> {
+        let out = if on_router {
+            self.by_filter.keys().map(|f| router::unsubscribe(f)).collect()
+        } else {
+            Vec::new()
+        };
+        self.by_filter.clear();
+        self.by_rid.clear();
+        out
+    }
+
+    /// The router subscriptions of every filter (a restored session's new link).
+    pub fn router_subscribes(&self) -> Vec<Packet> {
+        self.by_filter
+            .iter()
+            .map(|(f, s)| router::subscribe(f, s.rid))
+            .collect()
+    }
+
+    /// The subscriptions as a session record stores them.
+    pub fn stored(&self) -> Vec<(String, SubOptions)> {
+        self.by_filter
+            .iter()
+            .map(|(f, s)| {
+                (
+                    f.clone(),
+                    SubOptions {
+                        qos: s.qos,
+                        no_local: s.no_local,
+                        rap: s.rap,
+                        sub_id: s.sub_id,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Subscriptions from a session record (restore); filters a session may not hold any
+    /// more (`$` topics outside shared subscriptions) are left out.
+    pub fn restored(stored: Vec<(String, SubOptions)>) -> Subscriptions {
+        let mut s = Subscriptions::default();
+        for (filter, o) in stored {
+            if crate::rights::shared_filter(&filter).is_none() && filter.starts_with('$') {
+                continue;
+            }
+            let _ = s.insert(&filter, o);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(qos: u8) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local: false,
+            rap: false,
+            sub_id: Some(7),
+        }
+    }
+
+    #[test]
+    fn a_replaced_subscription_keeps_its_router_id_and_is_not_subscribed_again() {
+        let mut s = Subscriptions::default();
+        assert!(s.insert("a/#", o(1)).is_some(), "new: subscribed on the router");
+        let rid = s.by_filter["a/#"].rid;
+        assert!(s.insert("a/#", o(2)).is_none(), "replaced: nothing to send");
+        assert_eq!(s.by_rid(rid).map(|x| x.qos), Some(2));
+        assert!(s.insert("b", o(0)).is_some());
+        assert_ne!(s.by_filter["b"].rid, rid);
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn remove_clear_and_router_ids_stay_consistent() {
+        let mut s = Subscriptions::default();
+        let _ = s.insert("a", o(1));
+        let _ = s.insert("b", o(1));
+        let rid_a = s.by_filter["a"].rid;
+        assert!(s.remove("a").is_some());
+        assert!(s.remove("a").is_none(), "no subscription existed");
+        assert!(s.by_rid(rid_a).is_none(), "its router id names nothing now");
+        assert_eq!(s.clear(true).len(), 1);
+        assert_eq!(s.len(), 0);
+        let _ = s.insert("c", o(1));
+        assert!(s.clear(false).is_empty(), "nothing on a link: nothing to undo");
+    }
+
+    #[test]
+    fn stored_and_restored_round_trip_without_dollar_filters() {
+        let mut s = Subscriptions::default();
+        let _ = s.insert("a/+", o(1));
+        let _ = s.insert("$share/g/x", o(2));
+        let mut stored = s.stored();
+        stored.push(("$SYS/x".into(), o(0)));
+        let r = Subscriptions::restored(stored);
+        assert_eq!(r.len(), 2, "the $SYS filter is not restored");
+        assert!(r.contains("a/+") && r.contains("$share/g/x"));
+        assert_eq!(r.router_subscribes().len(), 2);
+        assert!(r.full_for("new") == (r.len() >= MAX_SUBSCRIPTIONS));
+    }
+}

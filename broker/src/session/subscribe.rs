@@ -1,0 +1,91 @@
+use super::*;
+
+impl Session {
+    pub(super) async fn on_subscribe(
+        &mut self,
+        live: &mut Live,
+        s: codec::SubscribeInfo<'_>,
+        replies: &mut BytesMut,
+    ) -> Step {
+        let v5 = live.req.v5;
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        let auth = self.shared.auth.clone();
+        for (filter, o) in &s.filters {
+            let shared_sub = crate::rights::shared_filter(filter);
+            let inner = shared_sub.map(|(_, f)| f).unwrap_or(filter);
+            let (code, why) = if !codec::valid_filter(inner)
+                || (filter.starts_with('$') && shared_sub.is_none())
+                || (shared_sub.is_some() && o.no_local)
+            {
+                (reason::subscribe::INVALID, "invalid or unsupported filter")
+            } else if !self
+                .rights
+                .allowed(auth.as_ref(), self.identity.as_ref(), Action::Subscribe, filter)
+                .await
+            {
+                (reason::subscribe::denied(v5), "no subscribe right on this filter")
+            } else if self.subs.full_for(filter) {
+                (reason::subscribe::quota(v5), "too many subscriptions")
+            } else {
+                (o.qos, "")
+            };
+            if code >= code::UNSPECIFIED {
+                Metrics::inc(&self.m().refused_subscribe);
+                tracing::info!(client = %self.client(), mqtt_client_id = %live.req.mqtt_client_id, filter = %filter, reason = why, "SUBSCRIBE refused");
+                codes.push(code);
+                continue;
+            }
+            let added = self.subs.insert(
+                filter,
+                SubOptions {
+                    qos: o.qos,
+                    no_local: o.no_local,
+                    rap: o.retain_as_published,
+                    sub_id: s.sub_id,
+                },
+            );
+            let existed = added.is_none();
+            self.to_router.extend(added);
+            codes.push(o.qos);
+            // Retained messages: not for shared subscriptions; Retain Handling 1 only for a
+            // new subscription, 2 never.
+            if shared_sub.is_none() && (o.retain_handling == 0 || (o.retain_handling == 1 && !existed)) {
+                for r in self.shared.retained.matching(filter) {
+                    retained.push((r, o.qos, s.sub_id));
+                }
+            }
+        }
+        replies.extend_from_slice(&codec::encode_suback(s.pkid, &codes, v5));
+        if self.stored {
+            // The SUBACK leaves once the subscriptions are committed, and before the retained
+            // messages it brings: everything held is waited for here.
+            self.save_with(None, true);
+            self.drain_held(live).await?;
+        }
+        for (r, granted, sub_id) in retained {
+            if !self
+                .rights
+                .allowed(auth.as_ref(), self.identity.as_ref(), Action::Deliver, &r.topic)
+                .await
+            {
+                continue;
+            }
+            let mut d = Delivery {
+                topic: Bytes::copy_from_slice(r.topic.as_bytes()),
+                payload: r.payload.clone(),
+                props: r.props.clone(),
+                qos: r.qos.min(granted),
+                retain: true,
+                expires_at_ms: r.expires_at_ms,
+                sub_ids: sub_id.into_iter().collect(),
+                msg: 0,
+            };
+            if self.stored && d.qos > 0 {
+                d.msg = self.own_entry(&d);
+            }
+            self.enqueue(d, true)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+//! State shared by every session of one broker.
+
+use crate::*;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+/// State shared by every session.
+pub(crate) struct Shared {
+    /// True once the broker stops accepting connections.
+    pub stop: tokio::sync::watch::Sender<bool>,
+    pub presence: Option<Arc<dyn Presence>>,
+    pub cfg: BrokerConfig,
+    pub auth: Arc<dyn Authorizer>,
+    pub sink: Arc<dyn MessageSink>,
+    pub metrics: Arc<Metrics>,
+    pub registry: registry::Registry,
+    pub router: router::RouterPort,
+    pub retained: retained::RetainedIndex,
+    pub durable: durable::Durable,
+    pub pending: Arc<tokio::sync::Semaphore>,
+    pub rt: tokio::runtime::Handle,
+    pub next_origin: AtomicU64,
+}
+
+impl Shared {
+    /// Resolves once the broker stops accepting connections.
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+}
