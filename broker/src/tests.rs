@@ -273,3 +273,15 @@ async fn a_registry_that_cannot_answer_is_server_unavailable_not_bad_credentials
         Some(2)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_v5_session_is_told_administrative_action() {
+    let (sh, _) = shared(BrokerConfig::default());
+    let mut d = Dev::connect(&sh, true, "r5").await;
+    sh.registry.apply(Revocation::Client {
+        domain_id: "d".into(),
+        client_id: "dev".into(),
+    });
+    assert_eq!(d.packet().await, Some((0xE0, vec![0x98])), "DISCONNECT 0x98");
+    assert!(d.packet().await.is_none(), "then closed");
+}

@@ -9,11 +9,13 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// A provisioned domain: a publisher and a subscriber client, one channel.
-struct Fleet {
+/// A domain with a channel, a publisher and a subscriber on a child server.
+pub(crate) struct Fleet {
     token: String,
     domain: String,
     channel: String,
-    publisher: (String, String),
+    /// (client id, secret)
+    pub(crate) publisher: (String, String),
     subscriber: (String, String),
 }
 
@@ -40,7 +42,7 @@ async fn post(http: std::net::SocketAddr, path: &str, token: Option<&str>, body:
 }
 
 impl Fleet {
-    async fn provision(s: &ChildServer) -> Fleet {
+    pub(crate) async fn provision(s: &ChildServer) -> Fleet {
         let token = s.admin_token().await;
         let d = post(
             s.http,

@@ -258,11 +258,17 @@ async fn revocation_stops_delivery_and_closes_disabled_publishers() {
     }
     assert!(s.rx.try_recv().is_err(), "nothing delivered after revocation");
 
-    // Disabling the publishing client closes its session.
+    // Disabling the publishing client closes its sessions: a v5 one is told why (0x98).
+    let mut raw = crate::raw::Raw::ok(app.mqtt_addr, &crate::raw::Connect::new(true, "p-raw", &publ, &ps)).await;
     app.call(Method::POST, &format!("/{d}/clients/{publ}/disable"), Some(&t), None)
         .await;
-    let why = p.closed().await;
-    assert!(why.contains("AdministrativeAction") || !why.is_empty(), "{why}");
+    assert_eq!(
+        raw.packet().await,
+        Some((0xE0, vec![0x98])),
+        "DISCONNECT: Administrative action"
+    );
+    assert_eq!(raw.packet().await, None, "then closed");
+    p.closed().await;
 }
 
 #[tokio::test]

@@ -323,7 +323,8 @@ impl Raw {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.packet_within(left).await {
                 Err(()) => return true,
-                Ok(None) => return true,
+                // A dropped connection is not "no message": it would hide a broken session.
+                Ok(None) => panic!("the connection closed while a quiet connection was expected"),
                 Ok(Some((first, _))) if first >> 4 == 3 => return false,
                 Ok(Some(_)) => continue,
             }
