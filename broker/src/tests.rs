@@ -50,17 +50,23 @@ impl MessageSink for FakeSink {
 }
 
 fn shared(cfg: BrokerConfig) -> (Arc<Shared>, Arc<FakeSink>) {
+    shared_with(cfg, None)
+}
+
+/// With a retained store behind the retained index.
+fn shared_with(cfg: BrokerConfig, retained: Option<Arc<dyn RetainedStore>>) -> (Arc<Shared>, Arc<FakeSink>) {
     let sink = Arc::new(FakeSink::default());
+    let metrics = Arc::new(Metrics::default());
     let s = Arc::new(Shared {
         stop: tokio::sync::watch::channel(false).0,
         presence: None,
         pending: Arc::new(tokio::sync::Semaphore::new(16)),
         router: router::RouterPort::spawn(64, 64 * 1024, 4),
-        retained: retained::RetainedIndex::start(None, 100, Arc::default()).expect("index"),
+        retained: retained::RetainedIndex::start(retained, 100, metrics.clone()).expect("index"),
         cfg,
         auth: Arc::new(FakeAuth),
         sink: sink.clone(),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         registry: registry::Registry::default(),
         durable: durable::Durable::off(),
         rt: tokio::runtime::Handle::current(),
@@ -145,6 +151,9 @@ impl Dev {
         }
     }
     async fn publish(&mut self, topic: &str, qos: u8, pkid: u16) {
+        self.publish_flags(topic, qos, false, pkid).await
+    }
+    async fn publish_flags(&mut self, topic: &str, qos: u8, retain: bool, pkid: u16) {
         let mut body = Vec::new();
         s(&mut body, topic);
         if qos > 0 {
@@ -155,7 +164,7 @@ impl Dev {
         }
         body.extend_from_slice(b"hi");
         self.io
-            .write_all(&frame(0x30 | (qos << 1), &body))
+            .write_all(&frame(0x30 | (qos << 1) | u8::from(retain), &body))
             .await
             .expect("write");
     }
@@ -284,4 +293,47 @@ async fn a_revoked_v5_session_is_told_administrative_action() {
     });
     assert_eq!(d.packet().await, Some((0xE0, vec![0x98])), "DISCONNECT 0x98");
     assert!(d.packet().await.is_none(), "then closed");
+}
+
+/// A retained store whose writes all fail.
+struct BrokenRetained;
+impl RetainedStore for BrokenRetained {
+    fn load(&self) -> Result<Vec<Retained>, PortError> {
+        Ok(Vec::new())
+    }
+    fn apply(&self, _: &[RetainedOp]) -> Result<(), PortError> {
+        Err(PortError::Unavailable("store", "down".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_the_store_cannot_keep_is_refused_not_acknowledged() {
+    let (sh, sink) = shared_with(BrokerConfig::default(), Some(Arc::new(BrokenRetained)));
+    // 5, QoS 1 and 2: refused with 0x80, nothing routed or stored; the connection stays.
+    let mut d = Dev::connect(&sh, true, "r5").await;
+    d.publish_flags("channels/ok/messages", 1, true, 1).await;
+    assert_eq!(d.packet().await, Some((0x40, vec![0, 1, 0x80])));
+    d.publish_flags("channels/ok/messages", 2, true, 2).await;
+    assert_eq!(d.packet().await, Some((0x50, vec![0, 2, 0x80])));
+    d.publish("channels/ok/messages", 1, 3).await;
+    assert_eq!(
+        d.packet().await,
+        Some((0x40, vec![0, 3])),
+        "a plain publish is acknowledged"
+    );
+    assert_eq!(sink.0.lock().expect("sink").len(), 1, "only the plain one was stored");
+    assert!(
+        sh.retained.matching("channels/ok/messages").is_empty(),
+        "nothing retained"
+    );
+    // 3.1.1 cannot be told: no PUBACK, the connection closes (the device sends it again).
+    let mut d = Dev::connect(&sh, false, "r4").await;
+    d.publish_flags("channels/ok/messages", 1, true, 1).await;
+    assert_eq!(d.packet().await, None);
+    // QoS 0: delivered, not retained, counted.
+    let mut d = Dev::connect(&sh, true, "r0").await;
+    d.publish_flags("channels/ok/messages", 0, true, 0).await;
+    d.publish("channels/ok/messages", 1, 9).await;
+    assert_eq!(d.packet().await, Some((0x40, vec![0, 9])));
+    assert!(sh.metrics.retained_not_stored.load(Ordering::Relaxed) >= 3);
 }
