@@ -67,7 +67,7 @@ impl Refused {
     /// The v5 reason code of the PUBACK/PUBREC that refuses it.
     pub fn code(self) -> u8 {
         match self {
-            Refused::RetainedFull => reason::code::QUOTA_EXCEEDED,
+            Refused::RetainedFull => reason::publish::RETAINED_FULL,
             Refused::RetainedNotStored => reason::publish::NOT_STORED,
         }
     }
@@ -88,7 +88,7 @@ impl Shared {
             props: p.props,
         };
         let mut durable = None;
-        if let Some((id, wait)) = self.durable_message(p.topic.as_bytes(), p.payload, &tag, p.origin, p.wait_durable) {
+        if let Some((id, wait)) = self.durable_message(p.topic, p.payload, &tag, p.wait_durable) {
             tag.msg = id;
             durable = wait;
         }
@@ -147,17 +147,15 @@ impl Shared {
     /// its entry id and, with `wait`, a receiver that resolves once it is committed.
     fn durable_message(
         &self,
-        topic: &[u8],
+        topic: &str,
         payload: &[u8],
         tag: &router::Tag,
-        origin: u64,
         wait: bool,
-    ) -> Option<(u64, Option<tokio::sync::oneshot::Receiver<bool>>)> {
+    ) -> Option<(u64, Option<oneshot::Receiver<bool>>)> {
         if tag.qos == 0 || !self.durable.enabled() {
             return None;
         }
-        let t = std::str::from_utf8(topic).ok()?;
-        let targets = self.durable.targets(t, tag.qos, origin);
+        let targets = self.durable.targets(topic, tag.qos, tag.origin);
         if targets.is_empty() {
             return None;
         }
@@ -175,7 +173,7 @@ impl Shared {
         self.durable.add_bytes(size);
         let id = self.durable.next_id();
         let body = durable::encode_body(&durable::Body {
-            topic: Bytes::copy_from_slice(topic),
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
             props: tag.props.clone(),
             retain: tag.retain,
             expires_at_ms: tag.expires_at_ms,

@@ -168,6 +168,8 @@ pub(crate) mod publish {
     pub const NOT_AUTHORIZED: u8 = code::NOT_AUTHORIZED;
     /// The retained message could not be stored.
     pub const NOT_STORED: u8 = code::UNSPECIFIED;
+    /// `mqtt.max_retained` topics are held already.
+    pub const RETAINED_FULL: u8 = code::QUOTA_EXCEEDED;
 }
 
 /// What a refused subscription filter gets in SUBACK.

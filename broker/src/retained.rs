@@ -15,13 +15,14 @@ use tokio::sync::oneshot;
 type Buckets = HashMap<String, HashMap<String, Arc<Retained>>>;
 /// An operation for the writer, with the message it stores (to take it back out of the
 /// index if the write fails) and who waits for the commit.
-type Write = (RetainedOp, Option<Arc<Retained>>, Option<oneshot::Sender<bool>>);
+type Write = (RetainedOp, Option<Arc<Retained>>, oneshot::Sender<bool>);
 
 pub(crate) struct RetainedIndex {
     buckets: Arc<Mutex<Buckets>>,
     count: Arc<AtomicUsize>,
     max: usize,
-    writer: Mutex<Option<mpsc::Sender<Write>>>,
+    /// `None` without a store.
+    writer: Option<mpsc::Sender<Write>>,
 }
 
 /// What storing a retained message did.
@@ -41,66 +42,37 @@ impl RetainedIndex {
         max: usize,
         metrics: Arc<Metrics>,
     ) -> Result<RetainedIndex, crate::BrokerError> {
+        let Some(store) = store else {
+            return Ok(RetainedIndex {
+                buckets: Arc::default(),
+                count: Arc::default(),
+                max,
+                writer: None,
+            });
+        };
         let mut buckets: Buckets = HashMap::new();
         let mut count = 0;
-        let buckets_ref = Arc::new(Mutex::new(Buckets::new()));
-        let count_ref = Arc::new(AtomicUsize::new(0));
-        let writer = match store {
-            Some(store) => {
-                for r in store.load().map_err(crate::BrokerError::Retained)? {
-                    if let Some(b) = bucket(&r.topic) {
-                        count += 1;
-                        buckets
-                            .entry(b.to_string())
-                            .or_default()
-                            .insert(r.topic.clone(), Arc::new(r));
-                    }
-                }
-                let (tx, rx) = mpsc::channel::<Write>();
-                let (ix, n) = (buckets_ref.clone(), count_ref.clone());
-                std::thread::Builder::new()
-                    .name("fluxgate-retained".into())
-                    .spawn(move || {
-                        while let Ok(first) = rx.recv() {
-                            let mut batch = vec![first];
-                            while let Ok(more) = rx.try_recv() {
-                                batch.push(more);
-                                if batch.len() >= 512 {
-                                    break;
-                                }
-                            }
-                            let ops: Vec<RetainedOp> = batch.iter().map(|(op, _, _)| op.clone()).collect();
-                            let result = store.apply(&ops);
-                            if let Err(e) = &result {
-                                let before = metrics.retained_not_stored.fetch_add(ops.len() as u64, Ordering::Relaxed);
-                                tracing::error!(error = %e, count = ops.len(), not_stored_total = before + ops.len() as u64, "retained messages not stored: refused");
-                                for (_, kept, _) in &batch {
-                                    if let Some(r) = kept {
-                                        take_back(&ix, &n, r);
-                                    }
-                                }
-                            }
-                            for (_, _, w) in batch {
-                                if let Some(w) = w {
-                                    let _ = w.send(result.is_ok());
-                                }
-                            }
-                        }
-                    })
-                    .map_err(crate::BrokerError::Io)?;
-                Some(tx)
+        for r in store.load().map_err(crate::BrokerError::Retained)? {
+            if let Some(b) = bucket(&r.topic) {
+                count += 1;
+                buckets
+                    .entry(b.to_string())
+                    .or_default()
+                    .insert(r.topic.clone(), Arc::new(r));
             }
-            None => None,
-        };
-        if let Ok(mut b) = buckets_ref.lock() {
-            *b = buckets;
         }
-        count_ref.store(count, Ordering::Relaxed);
+        let (buckets, count) = (Arc::new(Mutex::new(buckets)), Arc::new(AtomicUsize::new(count)));
+        let (tx, rx) = mpsc::channel::<Write>();
+        let (ix, n) = (buckets.clone(), count.clone());
+        std::thread::Builder::new()
+            .name("fluxgate-retained".into())
+            .spawn(move || write_loop(rx, store.as_ref(), &ix, &n, &metrics))
+            .map_err(crate::BrokerError::Io)?;
         Ok(RetainedIndex {
-            buckets: buckets_ref,
-            count: count_ref,
+            buckets,
+            count,
             max,
-            writer: Mutex::new(writer),
+            writer: Some(tx),
         })
     }
 
@@ -108,15 +80,17 @@ impl RetainedIndex {
     /// failure (false). Without a store it resolves true at once.
     fn write(&self, op: RetainedOp, kept: Option<Arc<Retained>>) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
-        let sent = match self.writer.lock() {
-            Ok(w) => match w.as_ref() {
-                Some(writer) => writer.send((op, kept, Some(tx))).map_err(|e| e.0 .2),
-                None => Err(Some(tx)),
-            },
-            Err(_) => Err(Some(tx)),
-        };
-        if let Err(Some(tx)) = sent {
-            let _ = tx.send(self.writer.lock().map(|w| w.is_none()).unwrap_or(false));
+        match &self.writer {
+            // Nothing to commit.
+            None => {
+                let _ = tx.send(true);
+            }
+            Some(w) => {
+                if let Err(mpsc::SendError((_, _, tx))) = w.send((op, kept, tx)) {
+                    // The writer is gone: nothing is stored any more.
+                    let _ = tx.send(false);
+                }
+            }
         }
         rx
     }
@@ -182,6 +156,41 @@ impl RetainedIndex {
 
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer thread: applies operations in order, batched; a batch the store refuses is
+/// counted, its messages are taken back out of the index, and its waiters are told.
+fn write_loop(
+    rx: mpsc::Receiver<Write>,
+    store: &dyn RetainedStore,
+    ix: &Mutex<Buckets>,
+    count: &AtomicUsize,
+    metrics: &Metrics,
+) {
+    while let Ok(first) = rx.recv() {
+        let (mut ops, mut kept, mut waiters) = (Vec::new(), Vec::new(), Vec::new());
+        let mut next = Some(first);
+        while let Some((op, k, w)) = next.take() {
+            ops.push(op);
+            kept.extend(k);
+            waiters.push(w);
+            if ops.len() < 512 {
+                next = rx.try_recv().ok();
+            }
+        }
+        let result = store.apply(&ops);
+        if let Err(e) = &result {
+            let n = ops.len() as u64;
+            let before = metrics.retained_not_stored.fetch_add(n, Ordering::Relaxed);
+            tracing::error!(error = %e, count = n, not_stored_total = before + n, "retained messages not stored: refused");
+            for r in &kept {
+                take_back(ix, count, r);
+            }
+        }
+        for w in waiters {
+            let _ = w.send(result.is_ok());
+        }
     }
 }
 

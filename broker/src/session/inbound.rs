@@ -14,16 +14,13 @@ impl Session {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    if live.req.v5 {
-                        let code = if matches!(e, FrameError::TooLarge(_)) {
-                            code::PACKET_TOO_LARGE
-                        } else {
-                            code::MALFORMED
-                        };
-                        replies.extend_from_slice(&codec::encode_disconnect(code));
-                    }
+                    let code = if matches!(e, FrameError::TooLarge(_)) {
+                        code::PACKET_TOO_LARGE
+                    } else {
+                        code::MALFORMED
+                    };
                     Metrics::inc(&self.m().malformed);
-                    result = Err(End::Abnormal(e.to_string()));
+                    result = close_with(&mut replies, live.req.v5, code, e.to_string());
                     break;
                 }
             };
@@ -63,12 +60,7 @@ impl Session {
         qos_in_read: &mut usize,
     ) -> Step {
         let v5 = live.req.v5;
-        let protocol = |replies: &mut BytesMut, code: u8, e: String| {
-            if v5 {
-                replies.extend_from_slice(&codec::encode_disconnect(code));
-            }
-            Err(End::Abnormal(e))
-        };
+        let protocol = |replies: &mut BytesMut, code: u8, e: String| close_with(replies, v5, code, e);
         match f.kind() {
             codec::PUBLISH => self.on_publish(live, f, replies, qos_in_read).await,
             codec::SUBSCRIBE => match codec::subscribe(f, v5) {
@@ -168,12 +160,7 @@ impl Session {
         qos_in_read: &mut usize,
     ) -> Step {
         let v5 = live.req.v5;
-        let fail = |replies: &mut BytesMut, code: u8, why: &str| {
-            if v5 {
-                replies.extend_from_slice(&codec::encode_disconnect(code));
-            }
-            Err(End::Abnormal(why.to_string()))
-        };
+        let fail = |replies: &mut BytesMut, code: u8, why: &str| close_with(replies, v5, code, why);
         let p = match codec::publish(f, v5) {
             Ok(p) => p,
             Err(FrameError::Protocol(why)) => return fail(replies, code::PROTOCOL_ERROR, why),
@@ -371,4 +358,13 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Ends the connection for a protocol violation: a v5 client is told why (DISCONNECT with
+/// `code`), a 3.1.1 one is closed.
+fn close_with(replies: &mut BytesMut, v5: bool, code: u8, why: impl Into<String>) -> Step {
+    if v5 {
+        replies.extend_from_slice(&codec::encode_disconnect(code));
+    }
+    Err(End::Abnormal(why.into()))
 }

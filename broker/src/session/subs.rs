@@ -199,6 +199,16 @@ mod tests {
         assert_eq!(r.len(), 2, "the $SYS filter is not restored");
         assert!(r.contains("a/+") && r.contains("$share/g/x"));
         assert_eq!(r.router_subscribes().len(), 2);
-        assert!(r.full_for("new") == (r.len() >= MAX_SUBSCRIPTIONS));
+    }
+
+    #[test]
+    fn the_limit_refuses_new_filters_only() {
+        let mut s = Subscriptions::default();
+        for i in 0..MAX_SUBSCRIPTIONS {
+            assert!(!s.full_for(&format!("f/{i}")));
+            let _ = s.insert(&format!("f/{i}"), o(1));
+        }
+        assert!(s.full_for("new"), "one more filter is refused");
+        assert!(!s.full_for("f/0"), "replacing a held one is not");
     }
 }
