@@ -41,6 +41,8 @@ mod metrics;
 mod ports;
 mod shared;
 #[cfg(test)]
+mod testkit;
+#[cfg(test)]
 mod tests;
 
 pub use config::{BrokerConfig, BrokerError};

@@ -321,6 +321,86 @@ pub(crate) fn session_key(domain_and_client: Option<(&str, &str)>, mqtt_client_i
 mod tests {
     use super::*;
 
+    fn who(d: &str, c: &str) -> Identity {
+        Identity {
+            domain_id: d.into(),
+            client_id: c.into(),
+        }
+    }
+
+    /// The controls a session received so far, as (kind, code) pairs.
+    fn got(rx: &mut mpsc::UnboundedReceiver<Control>) -> Vec<(&'static str, u8)> {
+        let mut out = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            out.push(match c {
+                Control::Close(code) => ("close", code),
+                Control::ShutDown => ("shutdown", 0),
+                Control::Invalidate(None) => ("invalidate-all", 0),
+                Control::Invalidate(Some(_)) => ("invalidate", 0),
+                Control::Attach(_) => ("attach", 0),
+                Control::Deliver(_) => ("deliver", 0),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn revocations_reach_exactly_the_sessions_they_name() {
+        let r = Registry::default();
+        let (a, b, other) = (who("d", "a"), who("d", "b"), who("e", "a"));
+        let (ga, mut ra) = r.register("ka", Some(&a)).expect("a");
+        let (_, mut rb) = r.register("kb", Some(&b)).expect("b");
+        let (_, mut ro) = r.register("ko", Some(&other)).expect("other");
+        assert!(r.register("ka", Some(&a)).is_none(), "one task per key");
+        r.update("ka", ga, Some("serial-1".into()), false, false);
+        r.apply(Revocation::Client {
+            domain_id: "d".into(),
+            client_id: "a".into(),
+        });
+        assert_eq!(got(&mut ra), vec![("close", reason::ended::REVOKED)]);
+        assert!(got(&mut rb).is_empty() && got(&mut ro).is_empty());
+        r.apply(Revocation::Cert {
+            serial: "serial-1".into(),
+        });
+        assert_eq!(got(&mut ra), vec![("close", reason::ended::REVOKED)]);
+        r.apply(Revocation::Rights {
+            domain_id: "d".into(),
+            client_id: None,
+            channel_id: Some("h".into()),
+        });
+        assert_eq!((got(&mut ra).len(), got(&mut rb).len(), got(&mut ro).len()), (1, 1, 0));
+        r.apply(Revocation::Domain { domain_id: "e".into() });
+        assert_eq!(got(&mut ro), vec![("close", reason::ended::REVOKED)]);
+        assert!(got(&mut rb).is_empty());
+        r.apply(Revocation::ShutDown);
+        assert_eq!(got(&mut rb), vec![("shutdown", 0)]);
+        assert!(r.register("new", None).is_none(), "nothing new while closing");
+    }
+
+    #[test]
+    fn the_session_limit_ends_the_longest_offline_one_or_refuses() {
+        let r = Registry::default();
+        let a = who("d", "a");
+        let (g1, mut r1) = r.register("k1", Some(&a)).expect("1");
+        let (g2, mut r2) = r.register("k2", Some(&a)).expect("2");
+        r.update("k1", g1, None, true, true);
+        // Distinct offline times (Instant may not advance between two calls).
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        r.update("k2", g2, None, true, true);
+        assert!(r.make_room(&a, "k3", 3), "under the limit");
+        assert!(r.make_room(&a, "k3", 2), "at the limit: one offline session goes");
+        assert_eq!(got(&mut r1), vec![("close", reason::ended::SESSION_LIMIT)], "the older");
+        assert!(got(&mut r2).is_empty());
+        r.update("k1", g1, None, true, false);
+        r.update("k2", g2, None, true, false);
+        assert!(!r.make_room(&a, "k3", 2), "all live: refused");
+        r.remove("k1", g1 + 100);
+        assert_eq!(r.len(), 2, "another generation's removal is ignored");
+        r.remove("k1", g1);
+        r.remove("k2", g2);
+        assert_eq!(r.len(), 0);
+    }
+
     #[test]
     fn session_keys_are_injective() {
         let cases = [

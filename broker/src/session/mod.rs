@@ -23,6 +23,8 @@ mod persist;
 mod restore;
 mod subs;
 mod subscribe;
+#[cfg(test)]
+mod tests;
 mod will;
 
 pub(crate) use restore::restore_all;

@@ -1,0 +1,205 @@
+//! The session's jobs, one test each, over in-memory streams against fakes of the ports:
+//! takeover, revocation while detached, the offline queue limit, acknowledgements held for
+//! the session store's commit, and the order of a restored queue.
+
+use crate::durable::{self, Body, State};
+use crate::session::SubOptions;
+use crate::testkit::*;
+use crate::*;
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+const TOPIC: &str = "channels/ok/messages";
+
+/// Waits (bounded, so a hung test fails) until `f` holds.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "not in time: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_with_the_same_id_takes_the_session_over() {
+    for v5 in [false, true] {
+        let (sh, _) = shared(BrokerConfig::default());
+        let mut old = Dev::connect(&sh, v5, "same").await;
+        let mut new = Dev::connect(&sh, v5, "same").await;
+        if v5 {
+            assert_eq!(old.packet().await, Some((0xE0, vec![0x8E])), "Session taken over");
+        }
+        assert!(old.packet().await.is_none(), "the old connection is closed");
+        assert_eq!(sh.registry.len(), 1, "one session, v5={v5}");
+        assert_eq!(new.subscribe(&[TOPIC]).await, vec![1], "the new one is served");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_ends_a_detached_persistent_session() {
+    for v5 in [false, true] {
+        let (sh, _) = shared(BrokerConfig::default());
+        let (mut d, present) = Dev::resume(&sh, v5, "p").await;
+        assert!(!present);
+        assert_eq!(d.subscribe(&[TOPIC]).await, vec![1]);
+        d.disconnect().await;
+        until("detached", || {
+            sh.metrics.sessions_persistent_offline.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        assert_eq!(sh.registry.len(), 1, "the session outlives its connection");
+        sh.registry.apply(Revocation::Client {
+            domain_id: "d".into(),
+            client_id: "dev".into(),
+        });
+        tokio::time::timeout(Duration::from_secs(20), sh.registry.empty())
+            .await
+            .expect("the revoked session ends");
+        let (_, present) = Dev::resume(&sh, v5, "p").await;
+        assert!(!present, "nothing of it is left, v5={v5}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_queue_over_its_limit_keeps_the_newest_messages() {
+    let cfg = BrokerConfig {
+        max_queued_messages: 3,
+        ..Default::default()
+    };
+    let (sh, _) = shared(cfg);
+    let (mut d, _) = Dev::resume(&sh, false, "q").await;
+    assert_eq!(d.subscribe(&[TOPIC]).await, vec![1]);
+    d.disconnect().await;
+    until("detached", || {
+        sh.metrics.sessions_persistent_offline.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let mut p = Dev::connect(&sh, false, "pub").await;
+    for i in 1..=5u8 {
+        p.publish_payload(TOPIC, 1, false, i as u16, &[i]).await;
+        assert_eq!(p.packet().await, Some((0x40, vec![0, i])), "PUBACK {i}");
+    }
+    until("the fifth queued", || {
+        sh.metrics.dropped_queue_full.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    let (mut d, present) = Dev::resume(&sh, false, "q").await;
+    assert!(present);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (qos, _, pkid, payload) = d.message().await;
+        d.ack(qos, pkid).await;
+        got.extend(payload);
+    }
+    assert_eq!(got, vec![3, 4, 5], "the two oldest were dropped, counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_is_acknowledged_only_after_the_persistent_entry_commits() {
+    let store = Arc::new(MemSessions::default());
+    let (sh, _) = shared_with(BrokerConfig::default(), None, Some(store.clone()));
+    let (mut sub, _) = Dev::resume(&sh, false, "held-sub").await;
+    assert_eq!(sub.subscribe(&[TOPIC]).await, vec![1], "SUBACK after its commit");
+    let mut p = Dev::connect(&sh, true, "held-pub").await;
+    store.hold(true);
+    p.publish_payload(TOPIC, 1, false, 1, b"a").await;
+    p.publish_payload(TOPIC, 1, false, 2, b"b").await;
+    // The live subscriber gets them at once; the publisher waits for the commit.
+    assert_eq!(sub.message().await.3, b"a");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), p.packet())
+            .await
+            .is_err(),
+        "no PUBACK before the commit"
+    );
+    store.hold(false);
+    assert_eq!(p.packet().await, Some((0x40, vec![0, 1])));
+    assert_eq!(p.packet().await, Some((0x40, vec![0, 2])), "in order");
+    let written = store.applied.lock().expect("applied").clone();
+    let entries = written
+        .iter()
+        .filter(|op| matches!(op, SessionOp::Message { targets, .. } if targets.len() == 1))
+        .count();
+    assert!(entries >= 1, "the entries were written: {written:?}");
+}
+
+/// One stored delivery of the restored session `key`.
+fn entry(key: &str, msg: u64, qos: u8, state: u8, pkid: u16) -> StoredDelivery {
+    StoredDelivery {
+        session: key.to_string(),
+        msg,
+        meta: durable::encode_meta(qos, &[]),
+        state,
+        pkid,
+        body: durable::encode_body(&Body {
+            topic: Bytes::from_static(TOPIC.as_bytes()),
+            props: Bytes::new(),
+            retain: false,
+            expires_at_ms: 0,
+            payload: Bytes::from(vec![msg as u8]),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_queue_is_delivered_in_published_order_with_its_qos2_ids() {
+    let (sh, _) = shared(BrokerConfig::default());
+    let id = Identity {
+        domain_id: "d".into(),
+        client_id: "dev".into(),
+    };
+    let key = registry::session_key(Some(("d", "dev")), "rs");
+    let state = State {
+        v5: false,
+        subs: vec![(
+            TOPIC.to_string(),
+            SubOptions {
+                qos: 2,
+                no_local: false,
+                rap: false,
+                sub_id: None,
+            },
+        )],
+        will: None,
+    };
+    let rec = durable::record(
+        &key,
+        Some(&id),
+        3600,
+        Some(router::now_ms()),
+        &state,
+        durable::encode_inbound([].iter()),
+    );
+    // 1 (QoS 1) and 2 (QoS 2, sent as packet id 7) were in flight; 3 and 4 were queued.
+    let loaded = SessionsLoaded {
+        sessions: vec![rec],
+        queued: vec![
+            entry(&key, 1, 1, 0, 0),
+            entry(&key, 2, 2, durable::SENT, 7),
+            entry(&key, 3, 1, 0, 0),
+            entry(&key, 4, 2, 0, 0),
+        ],
+        max_msg: 4,
+        dropped: 0,
+    };
+    session::restore_all(sh.clone(), loaded).await;
+    assert_eq!(sh.registry.len(), 1, "restored offline");
+    let (mut d, present) = Dev::resume(&sh, false, "rs").await;
+    assert!(present, "session present after the restore");
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let (qos, dup, pkid, payload) = d.message().await;
+        got.push((payload[0], qos, dup));
+        if payload[0] == 2 {
+            assert_eq!(pkid, 7, "a recorded QoS 2 send keeps its packet id");
+        }
+        d.ack(qos, pkid).await;
+    }
+    assert_eq!(
+        got,
+        vec![(1, 1, true), (2, 2, true), (3, 1, false), (4, 2, false)],
+        "in flight first (DUP), then the queue, in published order"
+    );
+}
