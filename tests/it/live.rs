@@ -198,3 +198,95 @@ async fn stopping_ends_live_views() {
         .expect("the server stopped with a live view open");
     assert!(live.next().await.is_none(), "the stream ended");
 }
+
+/// One ingress: a message published over MQTT and one over HTTP to the same channel reach
+/// every consumer the same way: a persistent session (queued while it is offline), a live
+/// MQTT subscriber, a live view and the store, each with its origin.
+#[tokio::test]
+async fn mqtt_and_http_messages_reach_every_consumer_alike() {
+    let e = env().await;
+    let filter = format!("channels/{}/messages/#", e.h);
+    let mut pc = e.conn(false, "ingress-persistent");
+    pc.clean = false;
+    let (mut persistent, code, _) = crate::raw::Raw::connect(e.app.mqtt_addr, &pc).await;
+    assert_eq!(code, 0);
+    assert_eq!(persistent.subscribe(1, &[(&filter, 1)], &[]).await, vec![1]);
+    persistent.disconnect().await;
+    let mut sub = e.raw(true, "ingress-live").await;
+    assert_eq!(sub.subscribe(1, &[(&filter, 1)], &[]).await, vec![1]);
+    let mut live = Live::open(&e, &e.t).await.expect("open");
+
+    let over_mqtt = r#"[{"n":"ingress","v":1}]"#;
+    let over_http = r#"[{"n":"ingress","v":2}]"#;
+    let mut p = e.raw(false, "ingress-pub").await;
+    assert_eq!(p.publish(&e.topic("a"), over_mqtt.as_bytes(), 1, false, 1).await, 0);
+    let (st, _) = e
+        .app
+        .send(
+            &format!("/http/channels/{}/messages/a?durable=true", e.h),
+            &format!("Client {}", e.s),
+            "application/senml+json",
+            over_http,
+        )
+        .await;
+    assert_eq!(st, 202);
+    let want = [(over_mqtt, "mqtt", 1.0), (over_http, "http", 2.0)];
+
+    // The live MQTT subscriber.
+    for (body, _, _) in want {
+        let m = sub.message().await;
+        assert_eq!(
+            (m.topic.as_str(), &m.payload[..]),
+            (e.topic("a").as_str(), body.as_bytes())
+        );
+    }
+    // The live view.
+    for (_, protocol, v) in want {
+        let ev = live.next().await.expect("an event");
+        assert_eq!(
+            (&ev["protocol"], &ev["subtopic"], &ev["publisher"], &ev["senml"][0]["v"]),
+            (
+                &serde_json::json!(protocol),
+                &serde_json::json!("a"),
+                &serde_json::json!(e.c),
+                &serde_json::json!(v)
+            ),
+            "{ev}"
+        );
+    }
+    // The persistent session, back: both were queued for it.
+    let (mut persistent, code, present) = crate::raw::Raw::connect(e.app.mqtt_addr, &pc).await;
+    assert_eq!((code, present), (0, true));
+    for (body, _, _) in want {
+        let m = persistent.message().await;
+        assert_eq!(&m.payload[..], body.as_bytes());
+    }
+    // The store.
+    e.app.stored_at_least(2).await;
+    let (st, v) = e
+        .app
+        .read(
+            &format!("/channels/{}/messages?name=ingress", e.h),
+            &format!("Client {}", e.s),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let mut stored: Vec<(String, String, f64)> = v["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            (
+                m["protocol"].as_str().unwrap_or_default().to_string(),
+                m["subtopic"].as_str().unwrap_or_default().to_string(),
+                m["value"].as_f64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    stored.sort_by(|a, b| a.2.total_cmp(&b.2));
+    assert_eq!(
+        stored,
+        vec![("mqtt".into(), "a".into(), 1.0), ("http".into(), "a".into(), 2.0)],
+        "{v}"
+    );
+}
