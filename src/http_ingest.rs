@@ -1,28 +1,25 @@
 //! The HTTP adapter of the message path, beside the MQTT one (`crate::mqtt`): a message
-//! `mgmt` accepted from `POST …/messages` is queued for storing (`pipeline::Pipeline::enqueue`)
-//! and, once accepted there, handed to the broker for MQTT subscribers. A fan-out the broker
-//! refuses (its router's queue full or gone) is counted, not retried: the message is stored.
+//! `mgmt` accepted from `POST …/messages` (authenticated, authorized, its SenML or JSON
+//! validated) goes through the broker's one ingress like an MQTT PUBLISH: the message sink
+//! (the pipeline, with the live views in front) takes it whole or refuses it (503), then
+//! persistent sessions and MQTT subscribers get it. A fan-out the router refuses (its queue
+//! full or gone) is counted, not retried: the message is stored.
 
-use crate::pipeline::Pipeline;
-use broker::BrokerHandle;
-use mgmt::messages::{BoxFuture, Inbound, MessagePort, SubmitError};
+use broker::{BrokerHandle, Identity, NotTaken, PayloadFormat};
+use mgmt::messages::{BoxFuture, Content, Inbound, MessagePort, SubmitError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct HttpIngest {
-    pipeline: Pipeline,
     broker: Arc<BrokerHandle>,
-    live: Arc<crate::live::LiveHub>,
     /// HTTP messages stored but not fanned out to MQTT (broker refused).
     pub refused_fanout: Arc<AtomicU64>,
 }
 
 impl HttpIngest {
-    pub fn new(pipeline: Pipeline, broker: Arc<BrokerHandle>, live: Arc<crate::live::LiveHub>) -> HttpIngest {
+    pub fn new(broker: Arc<BrokerHandle>) -> HttpIngest {
         HttpIngest {
-            pipeline,
             broker,
-            live,
             refused_fanout: Arc::default(),
         }
     }
@@ -40,34 +37,35 @@ fn topic(channel: &str, subtopic: &str) -> String {
 impl MessagePort for HttpIngest {
     fn submit(&self, msg: Inbound, durable: bool) -> BoxFuture<Result<(), SubmitError>> {
         let topic = topic(&msg.channel_id, &msg.subtopic);
-        let payload = msg.payload.clone();
-        let live = self.live.watched().then(|| mgmt::live::LiveMessage {
-            domain_id: msg.domain_id.clone(),
-            channel_id: msg.channel_id.clone(),
-            subtopic: msg.subtopic.clone(),
-            publisher: msg.publisher.clone(),
-            protocol: msg.protocol,
-            payload: msg.payload.clone(),
-            received_at: (msg.received_at * 1e6) as i64,
-        });
-        match self.pipeline.enqueue(msg, durable) {
-            Err(e) => Box::pin(async move { Err(e) }),
-            Ok(stored) => {
-                if let Some(m) = live {
-                    self.live.publish(m);
+        let publisher = Identity {
+            domain_id: msg.domain_id,
+            client_id: msg.publisher,
+        };
+        let format = match msg.content {
+            Content::Senml(_) => PayloadFormat::Senml,
+            Content::Json(_) => PayloadFormat::Json,
+        };
+        let (broker, refused) = (self.broker.clone(), self.refused_fanout.clone());
+        Box::pin(async move {
+            let published = broker
+                .publish(&publisher, &topic, msg.payload, format, durable)
+                .await
+                .map_err(|e| match e {
+                    NotTaken::Full => SubmitError::Full,
+                    NotTaken::Closed => SubmitError::Closed,
+                })?;
+            if !published.fanned_out {
+                let n = refused.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(%topic, refused_total = n + 1, "HTTP message stored but not fanned out to MQTT (router busy)");
                 }
-                let (broker, refused) = (self.broker.clone(), self.refused_fanout.clone());
-                Box::pin(async move {
-                    if !broker.publish(&topic, payload).await {
-                        let n = refused.fetch_add(1, Ordering::Relaxed);
-                        if n.is_power_of_two() {
-                            tracing::warn!(%topic, refused_total = n + 1, "HTTP message stored but not fanned out to MQTT (router busy)");
-                        }
-                    }
-                    stored.await
-                })
             }
-        }
+            if published.stored.await {
+                Ok(())
+            } else {
+                Err(SubmitError::Closed)
+            }
+        })
     }
 }
 

@@ -332,11 +332,7 @@ impl App {
             }
         };
         let follow = tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
-        let http_ingest = Arc::new(http_ingest::HttpIngest::new(
-            pipeline.clone(),
-            broker.clone(),
-            hub.clone(),
-        ));
+        let http_ingest = Arc::new(http_ingest::HttpIngest::new(broker.clone()));
         let wss_counters = Arc::new(http_server::HttpCounters::default());
         let telemetry = telemetry::build(telemetry::Sources {
             broker: broker.metrics.clone(),

@@ -1,5 +1,5 @@
-//! Live views of channels: accepted messages (from MQTT through the broker's sink, from HTTP
-//! through the HTTP adapter) are handed to the viewers of their channel without waiting. Each
+//! Live views of channels: what the broker's sink takes (MQTT and HTTP messages alike, from
+//! the broker's one ingress) is handed to the viewers of their channel without waiting. Each
 //! viewer has a bounded queue; one that falls behind is dropped (its stream ends), so a slow
 //! browser never holds memory without bound. Viewers are capped per server.
 
@@ -71,18 +71,7 @@ impl LiveHub {
             .iter()
             .enumerate()
             .filter(|(_, m)| v.contains_key(&m.channel_id))
-            .map(|(i, m)| {
-                let live = LiveMessage {
-                    domain_id: m.domain_id.clone(),
-                    channel_id: m.channel_id.clone(),
-                    subtopic: m.subtopic.clone(),
-                    publisher: m.publisher.clone(),
-                    protocol: m.transport.protocol(),
-                    payload: m.payload.clone(),
-                    received_at: m.received_at,
-                };
-                (i, live)
-            })
+            .map(|(i, m)| (i, live_message(m)))
             .collect()
     }
 }
@@ -129,6 +118,18 @@ impl LivePort for LiveHub {
     }
 }
 
+fn live_message(m: &broker::Message) -> LiveMessage {
+    LiveMessage {
+        domain_id: m.domain_id.clone(),
+        channel_id: m.channel_id.clone(),
+        subtopic: m.subtopic.clone(),
+        publisher: m.publisher.clone(),
+        protocol: m.transport.protocol(),
+        payload: m.payload.clone(),
+        received_at: m.received_at,
+    }
+}
+
 /// The broker's sink with the live views in front: what the pipeline takes from a batch is
 /// shown to the viewers of its channel.
 pub struct LiveSink {
@@ -153,6 +154,14 @@ impl broker::MessageSink for LiveSink {
     }
     fn room(&self) -> broker::BoxFuture<()> {
         self.inner.room()
+    }
+    fn take(&self, m: broker::Message, commit: bool) -> Result<broker::BoxFuture<bool>, broker::NotTaken> {
+        let live = self.hub.watched().then(|| live_message(&m));
+        let stored = self.inner.take(m, commit)?;
+        if let Some(l) = live {
+            self.hub.publish(l);
+        }
+        Ok(stored)
     }
 }
 

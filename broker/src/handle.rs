@@ -29,6 +29,16 @@ impl Drop for Runtime {
     }
 }
 
+/// An HTTP message the broker accepted.
+pub struct Published {
+    /// Resolves once it is stored (when a commit was asked for), else at once; false: it
+    /// could not be.
+    pub stored: BoxFuture<bool>,
+    /// False when the router's queue was full or gone (stored, not relayed; the caller
+    /// counts it).
+    pub fanned_out: bool,
+}
+
 /// A running broker.
 pub struct BrokerHandle {
     pub mqtt_addr: SocketAddr,
@@ -49,10 +59,17 @@ impl BrokerHandle {
         self.shared.registry.apply(r);
     }
 
-    /// Publishes into the broker from inside the process (the HTTP adapter), as an
-    /// acknowledged (QoS 1) message, through the one ingress. False when the router's queue
-    /// is full or gone.
-    pub async fn publish(&self, topic: &str, payload: Bytes) -> bool {
+    /// Publishes an HTTP message through the one ingress, as an acknowledged (QoS 1)
+    /// message of `publisher` on `topic`: the sink takes it whole or it is refused
+    /// (nothing of it happens), then persistent sessions and the router get it.
+    pub async fn publish(
+        &self,
+        publisher: &Identity,
+        topic: &str,
+        payload: Bytes,
+        format: PayloadFormat,
+        commit: bool,
+    ) -> Result<Published, NotTaken> {
         let p = ingress::Publish {
             topic,
             payload: &payload,
@@ -61,24 +78,28 @@ impl BrokerHandle {
             props: Bytes::new(),
             expires_at_ms: 0,
             origin: 0,
-            // The HTTP adapter hands the message to the pipeline itself.
-            publisher: None,
+            publisher: Some(publisher),
             transport: Transport::Http,
+            format,
             // Queued for persistent sessions without waiting: an HTTP 202 promises the
             // in-process queue, as for the message store.
             wait_durable: false,
             refusable: false,
         };
-        let Ok(routed) = self.shared.ingress(p).await else {
-            return false;
+        let routed = match self.shared.ingress(p, ingress::ToSink::Whole { commit }).await {
+            Ok(r) => r,
+            Err(ingress::Refused::Sink(e)) => return Err(e),
+            // Not retained: nothing else refuses an HTTP message.
+            Err(_) => return Err(NotTaken::Closed),
         };
-        let rumqttd::protocol::Packet::Publish(p, _) = routed.packet else {
-            return false;
+        let fanned_out = match (routed.packet, self.local.lock()) {
+            (rumqttd::protocol::Packet::Publish(p, _), Ok(mut l)) => l.0.try_publish(p.topic, p.payload).is_ok(),
+            _ => false,
         };
-        match self.local.lock() {
-            Ok(mut l) => l.0.try_publish(p.topic, p.payload).is_ok(),
-            Err(_) => false,
-        }
+        Ok(Published {
+            stored: routed.stored.unwrap_or_else(|| Box::pin(async { true })),
+            fanned_out,
+        })
     }
 
     /// The MQTT-over-WebSocket endpoint (`/mqtt`) as a warp filter, for serving it over TLS.

@@ -4,16 +4,15 @@
 //! 1. **retained store**: a retained message is kept (or deleted) in the retained index and
 //!    written through; a publisher that must be told (QoS 1/2) waits for that commit, and a
 //!    message that cannot be kept is refused before anything else happens;
-//! 2. **persistent-session matching**: a QoS 1/2 message is written for the persistent
+//! 2. **message sink** (storage; the root crate's live views sit behind the sink): a
+//!    session's messages join the batch of its read, which the sink takes before the batch
+//!    reaches the router (waiting for room at QoS 1/2); an HTTP message is taken whole or
+//!    refused (503), so nothing of a refused message happens;
+//! 3. **persistent-session matching**: a QoS 1/2 message is written for the persistent
 //!    sessions subscribed to it (`durable`), its entry id goes into the router tag, and the
 //!    commit its acknowledgement must wait for is returned;
-//! 3. **router publish**: the tagged packet for the router;
-//! 4. **message sink**: the message for the pipeline (storage; the root crate's live views
-//!    sit behind the sink).
-//!
-//! Steps 3 and 4 are batched by the caller (one router event and one sink offer per device
-//! read): a session offers the sink first and waits for room for QoS 1/2, then publishes to
-//! the router, so what the router fans out was taken by the sink.
+//! 4. **router publish**: the tagged packet for the router (a session sends the packets of
+//!    one read as one router event).
 
 use crate::reason;
 use crate::retained::Stored;
@@ -38,6 +37,7 @@ pub(crate) struct Publish<'a> {
     /// The registry client that published it (`None`: anonymous; not stored).
     pub publisher: Option<&'a Identity>,
     pub transport: Transport,
+    pub format: PayloadFormat,
     /// Wait for the persistent sessions' commit (the publisher's acknowledgement waits).
     pub wait_durable: bool,
     /// The publisher can be told a retained message was not kept (v5 at QoS 1/2): refuse
@@ -45,13 +45,21 @@ pub(crate) struct Publish<'a> {
     pub refusable: bool,
 }
 
+/// How the message reaches the sink.
+pub(crate) enum ToSink<'a> {
+    /// Into the batch of a device's read (offered once the read is parsed).
+    Batch(&'a mut Vec<Message>),
+    /// Taken whole now, or refused; with `commit`, `Routed::stored` resolves at its commit.
+    Whole { commit: bool },
+}
+
 /// What the ingress made of an accepted message.
 pub(crate) struct Routed {
     pub packet: Packet,
-    /// For the message sink (messages on channel topics from registry clients).
-    pub message: Option<Message>,
     /// The persistent sessions' commit, when waited for.
     pub durable: Option<oneshot::Receiver<bool>>,
+    /// `ToSink::Whole`: resolves once stored (with `commit`) or at once.
+    pub stored: Option<BoxFuture<bool>>,
 }
 
 /// Why the ingress refused a message (nothing of it happened).
@@ -61,6 +69,8 @@ pub(crate) enum Refused {
     RetainedFull,
     /// The retained store could not commit it.
     RetainedNotStored,
+    /// The sink could not take it whole.
+    Sink(NotTaken),
 }
 
 impl Refused {
@@ -68,16 +78,23 @@ impl Refused {
     pub fn code(self) -> u8 {
         match self {
             Refused::RetainedFull => reason::publish::RETAINED_FULL,
-            Refused::RetainedNotStored => reason::publish::NOT_STORED,
+            Refused::RetainedNotStored | Refused::Sink(_) => reason::publish::NOT_STORED,
         }
     }
 }
 
 impl Shared {
     /// The one ingress (see the module documentation for its order).
-    pub(crate) async fn ingress(&self, p: Publish<'_>) -> Result<Routed, Refused> {
+    pub(crate) async fn ingress(&self, p: Publish<'_>, sink: ToSink<'_>) -> Result<Routed, Refused> {
         if p.retain {
             self.keep_retained(&p).await?;
+        }
+        let mut stored = None;
+        if let Some(m) = message_of(&p) {
+            match sink {
+                ToSink::Batch(batch) => batch.push(m),
+                ToSink::Whole { commit } => stored = Some(self.sink.take(m, commit).map_err(Refused::Sink)?),
+            }
         }
         let mut tag = router::Tag {
             qos: p.qos,
@@ -96,23 +113,10 @@ impl Shared {
             Bytes::copy_from_slice(p.topic.as_bytes()),
             router::encode(&tag, p.payload),
         );
-        let message = match (p.publisher, topic::parse(p.topic, false)) {
-            (Some(id), Some(ct)) => Some(Message {
-                domain_id: id.domain_id.clone(),
-                channel_id: ct.channel.to_string(),
-                subtopic: ct.subtopic.to_string(),
-                publisher: id.client_id.clone(),
-                transport: p.transport,
-                payload: Bytes::copy_from_slice(p.payload),
-                received_at: (router::now_ms() * 1000) as i64,
-                qos: p.qos,
-            }),
-            _ => None,
-        };
         Ok(Routed {
             packet,
-            message,
             durable,
+            stored,
         })
     }
 
@@ -221,4 +225,21 @@ impl Shared {
         }
         Some((id, wait))
     }
+}
+
+/// The message for the sink: a registry client's message on a channel topic (anonymous
+/// sessions and topics outside `channels/` are relayed, not stored).
+fn message_of(p: &Publish<'_>) -> Option<Message> {
+    let (id, ct) = (p.publisher?, topic::parse(p.topic, false)?);
+    Some(Message {
+        domain_id: id.domain_id.clone(),
+        channel_id: ct.channel.to_string(),
+        subtopic: ct.subtopic.to_string(),
+        publisher: id.client_id.clone(),
+        transport: p.transport,
+        payload: Bytes::copy_from_slice(p.payload),
+        format: p.format,
+        received_at: (router::now_ms() * 1000) as i64,
+        qos: p.qos,
+    })
 }

@@ -46,7 +46,7 @@ mod testkit;
 mod tests;
 
 pub use config::{BrokerConfig, BrokerError};
-pub use handle::{start, BrokerHandle, Ports};
+pub use handle::{start, BrokerHandle, Ports, Published};
 pub use listeners::{bind_listener, Listeners};
 pub use metrics::Metrics;
 pub use ports::*;

@@ -118,19 +118,44 @@ pub struct Message {
     pub publisher: String,
     pub transport: Transport,
     pub payload: Bytes,
+    pub format: PayloadFormat,
     /// Receive time, microseconds since the Unix epoch.
     pub received_at: i64,
     /// The publisher's QoS: QoS 1/2 messages are acknowledged only once the sink took them.
     pub qos: u8,
 }
 
-/// The message pipeline port. `offer` takes messages from the front of the batch (what one
-/// read from a device carried) as far as there is room and never blocks; it returns the ones
-/// it did not take. `room` resolves when there may be room again. A sink that does not store
-/// MQTT messages takes everything.
+/// How the sink reads a message's payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadFormat {
+    /// MQTT: a SenML pack when it is one, else a JSON document, else raw bytes.
+    Detect,
+    /// Declared SenML (HTTP `application/senml+json`, validated before it was accepted).
+    Senml,
+    /// Declared JSON (HTTP `application/json`, validated before it was accepted).
+    Json,
+}
+
+/// Why the sink did not take a message it was asked to take whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotTaken {
+    #[error("the message queue is full")]
+    Full,
+    #[error("the message pipeline is closed")]
+    Closed,
+}
+
+/// The message pipeline port (storage; the root crate shows what it takes to live views).
+/// `offer` takes messages from the front of the batch (what one read from a device carried)
+/// as far as there is room and never blocks; it returns the ones it did not take. `room`
+/// resolves when there may be room again. A sink that does not store MQTT messages takes
+/// everything. `take` takes one message whole (HTTP: it is always stored) or refuses it;
+/// the future resolves once it is committed when `commit` is asked (false: it never will
+/// be), else at once.
 pub trait MessageSink: Send + Sync + 'static {
     fn offer(&self, batch: Vec<Message>) -> Vec<Message>;
     fn room(&self) -> BoxFuture<()>;
+    fn take(&self, m: Message, commit: bool) -> Result<BoxFuture<bool>, NotTaken>;
 }
 
 /// A retained message.

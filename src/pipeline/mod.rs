@@ -1,18 +1,17 @@
 //! The message pipeline: one bounded in-process queue from the HTTP adapter and the broker
 //! to a writer that inserts batches into the store, plus background retention.
 //!
-//! The queue is the interface: replacing it with NATS means another `MessagePort` and
-//! `MessageSink`, with HTTP and MQTT code untouched. Modules: `queue` (the bounded queue and
-//! the broker's sink over it), `writer` (batcher and writer thread), `normalize` (rows from
-//! SenML records and MQTT payloads), `retention`. The HTTP adapter that feeds it (and fans
-//! HTTP messages out to MQTT) is `crate::http_ingest`.
+//! The queue is the interface: the broker's `MessageSink` over it takes what the broker's one
+//! ingress accepted, from MQTT and HTTP alike (`crate::http_ingest` hands HTTP messages to
+//! the broker). Modules: `queue` (the bounded queue and the sink over it), `writer` (batcher
+//! and writer thread), `normalize` (rows from a message's payload, by its format),
+//! `retention`.
 
 use crate::config::MessagesConfig;
-use mgmt::messages::{Content, Inbound, SubmitError};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use storage::{NewMessage, Store};
+use storage::Store;
 use tokio::sync::{mpsc, oneshot};
 
 mod normalize;
@@ -20,9 +19,8 @@ mod queue;
 mod retention;
 mod writer;
 
-use normalize::rows_from_records;
 pub use queue::LateSink;
-use queue::{Envelope, Queue};
+use queue::{Bound, Envelope, Queue};
 use writer::{batch_loop, writer_thread};
 
 /// Counters of the pipeline.
@@ -98,7 +96,6 @@ impl PipelineMetrics {
 
 #[derive(Clone)]
 pub struct Pipeline {
-    queue: Queue,
     /// Total rows committed so far; embedders and tests await it.
     pub stored: tokio::sync::watch::Receiver<u64>,
     pub metrics: Arc<PipelineMetrics>,
@@ -147,12 +144,15 @@ pub fn prepare(cfg: &MessagesConfig, sink: &LateSink) -> (Pipeline, Parked) {
         capacity: cfg.queue_size,
         room: Arc::new(tokio::sync::Notify::new()),
     };
-    let _ = sink.0.set(cfg.store_mqtt.then(|| queue.clone()));
     let metrics = Arc::new(PipelineMetrics::new(queue.queued.clone()));
+    let _ = sink.0.set(Bound {
+        queue: queue.clone(),
+        store_mqtt: cfg.store_mqtt,
+        metrics: metrics.clone(),
+    });
     let (stored_tx, stored) = tokio::sync::watch::channel(0u64);
     (
         Pipeline {
-            queue: queue.clone(),
             stored,
             metrics: metrics.clone(),
         },
@@ -201,56 +201,6 @@ impl Parked {
             stop: Some(stop_tx),
             finished,
             done: false,
-        })
-    }
-}
-
-impl Pipeline {
-    /// Queues an accepted HTTP message for storing: `Err` at once when the queue is full or
-    /// closed (counted); otherwise a future that resolves at once, or with `durable` once
-    /// the message's batch has committed.
-    pub fn enqueue(
-        &self,
-        msg: Inbound,
-        durable: bool,
-    ) -> Result<impl std::future::Future<Output = Result<(), SubmitError>> + Send + 'static, SubmitError> {
-        let base = NewMessage {
-            domain_id: msg.domain_id,
-            channel: msg.channel_id,
-            subtopic: msg.subtopic,
-            publisher: msg.publisher,
-            protocol: msg.protocol.to_string(),
-            time: msg.received_at,
-            format: "json",
-            ..Default::default()
-        };
-        let rows = match msg.content {
-            Content::Senml(records) => rows_from_records(&base, records),
-            Content::Json(doc) => vec![NewMessage {
-                payload: Some(doc.into_bytes()),
-                ..base
-            }],
-        };
-        let (done_tx, done_rx) = if durable {
-            let (t, r) = oneshot::channel();
-            (Some(t), Some(r))
-        } else {
-            (None, None)
-        };
-        let envelope = Envelope::Rows(rows, done_tx);
-        if self.queue.reserve(envelope.rows(), false) == 0 {
-            self.metrics.refused_full.fetch_add(1, Ordering::Relaxed);
-            return Err(SubmitError::Full);
-        }
-        if !self.queue.send(envelope) {
-            self.metrics.refused_closed.fetch_add(1, Ordering::Relaxed);
-            return Err(SubmitError::Closed);
-        }
-        Ok(async move {
-            if let Some(r) = done_rx {
-                r.await.map_err(|_| SubmitError::Closed)?;
-            }
-            Ok(())
         })
     }
 }

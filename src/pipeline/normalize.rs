@@ -1,8 +1,9 @@
-//! Message rows from what the adapters accepted: SenML records (already normalized by the
-//! `senml` crate for HTTP), or an MQTT payload normalized here.
+//! Message rows from what the broker's ingress accepted, by the payload's format: declared
+//! SenML or JSON (HTTP, validated before it was accepted), or an MQTT payload that is SenML
+//! when it is a valid pack, a JSON document when it is other JSON, else raw bytes.
 
 use super::PipelineMetrics;
-use broker::Message;
+use broker::{Message, PayloadFormat};
 use std::sync::atomic::Ordering;
 use storage::NewMessage;
 
@@ -13,7 +14,7 @@ pub(super) fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
-pub(crate) fn rows_from_records(base: &NewMessage, records: Vec<senml::Record>) -> Vec<NewMessage> {
+fn rows_from_records(base: &NewMessage, records: Vec<senml::Record>) -> Vec<NewMessage> {
     records
         .into_iter()
         .map(|r| NewMessage {
@@ -32,9 +33,9 @@ pub(crate) fn rows_from_records(base: &NewMessage, records: Vec<senml::Record>) 
         .collect()
 }
 
-/// Normalizes an MQTT payload: SenML when it is a valid pack, a JSON document when it is
-/// other JSON, otherwise kept raw (counted, never dropped).
-pub(super) fn mqtt_rows(m: Message, metrics: &PipelineMetrics, limits: senml::Limits) -> Vec<NewMessage> {
+/// The rows of one message: its SenML records, a JSON document, or (MQTT only) the raw
+/// payload (counted, never dropped).
+pub(super) fn message_rows(m: Message, metrics: &PipelineMetrics, limits: senml::Limits) -> Vec<NewMessage> {
     let received = m.received_at as f64 / 1e6;
     let base = NewMessage {
         domain_id: m.domain_id,
@@ -46,15 +47,24 @@ pub(super) fn mqtt_rows(m: Message, metrics: &PipelineMetrics, limits: senml::Li
         format: "raw",
         ..Default::default()
     };
-    if let Ok(records) = senml::normalize(&m.payload, received, limits) {
-        return rows_from_records(&base, records);
+    if m.format != PayloadFormat::Json {
+        if let Ok(records) = senml::normalize(&m.payload, received, limits) {
+            return rows_from_records(&base, records);
+        }
     }
-    if serde_json::from_slice::<serde_json::Value>(&m.payload).is_ok() {
-        return vec![NewMessage {
-            format: "json",
-            payload: Some(m.payload.to_vec()),
-            ..base
-        }];
+    if m.format != PayloadFormat::Senml {
+        if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&m.payload) {
+            // A declared JSON document is stored in its compact form; an MQTT one as sent.
+            let payload = match m.format {
+                PayloadFormat::Json => doc.to_string().into_bytes(),
+                _ => m.payload.to_vec(),
+            };
+            return vec![NewMessage {
+                format: "json",
+                payload: Some(payload),
+                ..base
+            }];
+        }
     }
     let n = metrics.stored_raw.fetch_add(1, Ordering::Relaxed);
     if n.is_power_of_two() {

@@ -1,25 +1,26 @@
 //! The bounded queue between the adapters (HTTP, MQTT) and the writer: a channel plus a
 //! count of queued rows, and the broker's `MessageSink` over it.
 
-use broker::{Message, MessageSink};
+use super::PipelineMetrics;
+use broker::{Message, MessageSink, NotTaken};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use storage::NewMessage;
 use tokio::sync::{mpsc, oneshot};
 
 pub(super) enum Envelope {
-    /// Normalized rows (HTTP), with a commit notification for durable requests.
-    Rows(Vec<NewMessage>, Option<oneshot::Sender<()>>),
-    /// Raw MQTT payloads (what one read from a device carried), normalized by the writer.
-    Mqtt(Vec<Message>),
+    /// One message taken whole (HTTP), with a commit notification when asked for.
+    One(Message, Option<oneshot::Sender<()>>),
+    /// What one read from a device carried (MQTT).
+    Batch(Vec<Message>),
 }
 
 impl Envelope {
+    /// Messages in it (the queue's bound counts messages; the writer makes their rows).
     pub(super) fn rows(&self) -> usize {
         match self {
-            Envelope::Rows(r, _) => r.len().max(1),
-            Envelope::Mqtt(m) => m.len(),
+            Envelope::One(..) => 1,
+            Envelope::Batch(m) => m.len(),
         }
     }
 }
@@ -71,17 +72,25 @@ impl Queue {
     }
 }
 
+/// The queue as the broker's sink sees it.
+pub(super) struct Bound {
+    pub(super) queue: Queue,
+    /// `messages.store_mqtt`: when false, MQTT messages are taken and not stored (HTTP ones
+    /// always are).
+    pub(super) store_mqtt: bool,
+    pub(super) metrics: std::sync::Arc<PipelineMetrics>,
+}
+
 /// A late-bound sink for the broker: the broker starts before the pipeline exists.
-/// Set to `None` when MQTT messages are not stored (`messages.store_mqtt = false`).
 #[derive(Default)]
-pub struct LateSink(pub(super) std::sync::OnceLock<Option<Queue>>);
+pub struct LateSink(pub(super) std::sync::OnceLock<Bound>);
 
 impl MessageSink for LateSink {
     fn offer(&self, mut batch: Vec<Message>) -> Vec<Message> {
         let n = batch.len();
         let q = match self.0.get() {
-            Some(Some(q)) => q,
-            Some(None) => return Vec::new(),
+            Some(b) if b.store_mqtt => &b.queue,
+            Some(_) => return Vec::new(),
             None => return batch,
         };
         let k = q.reserve(n, true);
@@ -89,7 +98,7 @@ impl MessageSink for LateSink {
             return batch;
         }
         let rest = batch.split_off(k);
-        match q.send(Envelope::Mqtt(batch)) {
+        match q.send(Envelope::Batch(batch)) {
             true => rest,
             false => {
                 tracing::error!("message pipeline closed: MQTT messages not stored");
@@ -98,9 +107,37 @@ impl MessageSink for LateSink {
         }
     }
 
+    fn take(&self, m: Message, commit: bool) -> Result<broker::BoxFuture<bool>, NotTaken> {
+        let Some(b) = self.0.get() else {
+            return Err(NotTaken::Closed);
+        };
+        if b.queue.reserve(1, false) == 0 {
+            b.metrics.refused_full.fetch_add(1, Ordering::Relaxed);
+            return Err(NotTaken::Full);
+        }
+        let (done, committed) = match commit {
+            true => {
+                let (t, r) = oneshot::channel();
+                (Some(t), Some(r))
+            }
+            false => (None, None),
+        };
+        if !b.queue.send(Envelope::One(m, done)) {
+            b.metrics.refused_closed.fetch_add(1, Ordering::Relaxed);
+            return Err(NotTaken::Closed);
+        }
+        Ok(Box::pin(async move {
+            match committed {
+                Some(r) => r.await.is_ok(),
+                None => true,
+            }
+        }))
+    }
+
     fn room(&self) -> broker::BoxFuture<()> {
         match self.0.get() {
-            Some(Some(q)) => {
+            Some(b) if b.store_mqtt => {
+                let q = &b.queue;
                 let room = q.room.clone();
                 let (queued, capacity) = (q.queued.clone(), q.capacity);
                 Box::pin(async move {
@@ -114,7 +151,7 @@ impl MessageSink for LateSink {
                     let _ = tokio::time::timeout(Duration::from_secs(1), n).await;
                 })
             }
-            Some(None) => Box::pin(async {}),
+            Some(_) => Box::pin(async {}),
             // Not started yet (only during start-up).
             None => Box::pin(tokio::time::sleep(Duration::from_millis(10))),
         }
@@ -144,8 +181,18 @@ mod tests {
             publisher: "p".into(),
             transport: broker::Transport::Mqtt,
             payload: bytes::Bytes::from(vec![i]),
+            format: broker::PayloadFormat::Detect,
             received_at: 0,
             qos: 1,
+        }
+    }
+
+    fn bound(q: Queue, store_mqtt: bool) -> Bound {
+        let metrics = std::sync::Arc::new(PipelineMetrics::new(q.queued.clone()));
+        Bound {
+            queue: q,
+            store_mqtt,
+            metrics,
         }
     }
 
@@ -168,7 +215,7 @@ mod tests {
         q.queued.store(2, Ordering::Relaxed);
         let sink = LateSink::default();
         assert_eq!(sink.offer(vec![message(0)]).len(), 1, "no pipeline yet: refused");
-        let _ = sink.0.set(Some(q));
+        let _ = sink.0.set(bound(q, true));
         let refused = sink.offer((0..5).map(message).collect());
         assert_eq!(
             refused.iter().map(|m| m.payload[0]).collect::<Vec<_>>(),
@@ -176,7 +223,7 @@ mod tests {
             "the rest, in order"
         );
         match rx.try_recv() {
-            Ok(Envelope::Mqtt(ms)) => {
+            Ok(Envelope::Batch(ms)) => {
                 assert_eq!(
                     ms.iter().map(|m| m.payload[0]).collect::<Vec<_>>(),
                     [0, 1],
@@ -185,12 +232,42 @@ mod tests {
             }
             _ => panic!("expected one MQTT envelope"),
         }
+        let (q, mut rx) = queue(4);
         let relay_only = LateSink::default();
-        let _ = relay_only.0.set(None);
+        let _ = relay_only.0.set(bound(q, false));
         assert_eq!(
             relay_only.offer(vec![message(0)]).len(),
             0,
             "store_mqtt = false: accepted, not stored"
         );
+        assert!(rx.try_recv().is_err(), "nothing queued");
+    }
+
+    /// A message taken whole (HTTP) is stored even when MQTT is not, is refused when the
+    /// queue is full (counted), and with `commit` resolves once its batch committed.
+    #[tokio::test]
+    async fn a_whole_message_is_taken_or_refused_and_reports_its_commit() {
+        let (q, mut rx) = queue(1);
+        let sink = LateSink::default();
+        assert_eq!(
+            sink.take(message(0), false).err(),
+            Some(NotTaken::Closed),
+            "no pipeline yet"
+        );
+        let _ = sink.0.set(bound(q, false));
+        let stored = sink.take(message(1), true).expect("taken");
+        assert_eq!(sink.take(message(2), false).err(), Some(NotTaken::Full));
+        assert_eq!(
+            sink.0.get().map(|b| b.metrics.refused_full.load(Ordering::Relaxed)),
+            Some(1)
+        );
+        match rx.try_recv() {
+            Ok(Envelope::One(m, Some(done))) => {
+                assert_eq!(m.payload[0], 1);
+                let _ = done.send(());
+            }
+            _ => panic!("expected one whole message with a commit notification"),
+        }
+        assert!(stored.await, "committed");
     }
 }

@@ -1,7 +1,7 @@
 //! The batcher (collects envelopes into batches) and the writer thread (one transaction per
 //! batch, retried until it commits, at a lower CPU priority than message relaying).
 
-use super::normalize::mqtt_rows;
+use super::normalize::message_rows;
 use super::queue::Envelope;
 use super::PipelineMetrics;
 use crate::config::WriterPriority;
@@ -62,7 +62,7 @@ pub(super) async fn batch_loop(
     }
 }
 
-/// The writer thread: normalizes MQTT payloads and commits one transaction per batch. It
+/// The writer thread: makes the rows of each message and commits one transaction per batch. It
 /// runs at a lower CPU priority than the threads that relay messages (`messages.
 /// writer_priority`), so that storing delays live deliveries as little as possible; under
 /// overload the queue fills instead (counted).
@@ -80,13 +80,13 @@ pub(super) fn writer_thread(
         let mut done = Vec::new();
         for e in batch {
             match e {
-                Envelope::Rows(r, d) => {
-                    rows.extend(r);
+                Envelope::One(m, d) => {
+                    rows.extend(message_rows(m, &metrics, limits));
                     done.extend(d);
                 }
-                Envelope::Mqtt(ms) => {
+                Envelope::Batch(ms) => {
                     for m in ms {
-                        rows.extend(mqtt_rows(m, &metrics, limits));
+                        rows.extend(message_rows(m, &metrics, limits));
                     }
                 }
             }

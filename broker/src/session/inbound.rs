@@ -290,13 +290,13 @@ impl Session {
             origin: self.origin,
             publisher: self.identity.as_ref(),
             transport: self.transport,
+            format: PayloadFormat::Detect,
             wait_durable: true,
             refusable,
         };
-        let routed = self.shared.ingress(p).await?;
+        let routed = self.shared.ingress(p, ToSink::Batch(&mut self.to_sink)).await?;
         self.waits.extend(routed.durable);
         self.to_router.push(routed.packet);
-        self.to_sink.extend(routed.message);
         Ok(())
     }
 
