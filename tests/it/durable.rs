@@ -311,7 +311,9 @@ async fn expiry_and_clean_start_apply_to_stored_sessions() {
     for id in ["exp-live", "exp-restart"] {
         let mut sub = Raw::ok(s.mqtt, &f.sub_conn(true, id, 2)).await;
         sub.subscribe(1, &[(&f.topic("x"), 1)], &[]).await;
-        sub.disconnect().await;
+        // Closed by the server once the disconnect time is stored: the kill below cannot
+        // come first.
+        sub.disconnect_and_wait().await;
     }
     let mut p = f.publisher(&s, true).await;
     assert_eq!(p.publish(&f.topic("x"), b"m", 1, false, 1).await, 0);

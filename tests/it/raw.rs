@@ -418,6 +418,13 @@ impl Raw {
         let _ = self.s.write_all(&[0xE0, 0]).await;
         let _ = self.s.shutdown().await;
     }
+
+    /// DISCONNECT, then waits until the server closes the connection: it has handled it (a
+    /// persistent session's disconnect time is stored by then).
+    pub async fn disconnect_and_wait(&mut self) {
+        self.disconnect().await;
+        while self.packet_within(WAIT).await.expect("closed in time").is_some() {}
+    }
 }
 
 /// The two-byte integer property `id` of a v5 CONNACK body, if present.

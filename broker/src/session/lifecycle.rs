@@ -5,7 +5,7 @@ impl Session {
     pub(super) async fn run(mut self, first: Option<Box<Attach>>) {
         let mut next = match first {
             Some(a) => Some(a),
-            None => self.detached().await,
+            None => self.detached(false).await,
         };
         while let Some(a) = next.take() {
             let Some(mut live) = self.accept(a).await else { break };
@@ -60,38 +60,55 @@ impl Session {
                     (true, false)
                 }
             };
-            let _ = tokio::time::timeout(Duration::from_secs(1), live.wr.shutdown()).await;
             // Acknowledgements of the connection's last read reach the store.
             let _ = self.sync_out().await;
             if let (true, Some(w)) = (will, live.req.will.take()) {
                 self.will_after_end(w).await;
             }
+            let detaching = !ends && next.is_none() && self.expiry > 0;
+            if detaching {
+                // A persistent session's disconnect time (what its expiry counts from, also
+                // across a crash) is committed before its connection is closed.
+                self.record_detach(router::now_ms()).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), live.wr.shutdown()).await;
             self.report_presence(&live, false);
             drop(live);
             if ends || (self.expiry == 0 && next.is_none()) {
                 break;
             }
             if next.is_none() {
-                next = self.detached().await;
+                next = self.detached(detaching).await;
             }
         }
         self.finish().await;
     }
 
+    /// Records that the session has no connection since `since` (Unix ms) and waits for
+    /// the commit.
+    async fn record_detach(&mut self, since: u64) {
+        self.live_will = None;
+        self.save_with(Some(since), true);
+        let _ = self.await_durable().await;
+    }
+
     /// A persistent session without connection: keeps its queue filling until a connection
-    /// attaches (returned), it expires or it is revoked.
-    pub(super) async fn detached(&mut self) -> Option<Box<Attach>> {
+    /// attaches (returned), it expires or it is revoked. `recorded`: its disconnect time is
+    /// stored already.
+    pub(super) async fn detached(&mut self, recorded: bool) -> Option<Box<Attach>> {
         Metrics::inc(&self.m().sessions_persistent_offline);
         self.shared.registry.update(&self.key, self.gen, None, true, true);
         let expires = self
             .offline_until
             .take()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(self.expiry as u64));
-        // The disconnect time is what a restart measures the session's expiry from.
-        let left = expires.saturating_duration_since(Instant::now()).as_millis() as u64;
-        let since = (router::now_ms() + left).saturating_sub(self.expiry as u64 * 1000);
-        self.live_will = None;
-        self.save(Some(since));
+        if !recorded {
+            // The disconnect time is what a restart measures the session's expiry from.
+            let left = expires.saturating_duration_since(Instant::now()).as_millis() as u64;
+            let since = (router::now_ms() + left).saturating_sub(self.expiry as u64 * 1000);
+            self.live_will = None;
+            self.save(Some(since));
+        }
         let out = loop {
             let will_at = self.pending_will.as_ref().map(|w| w.1);
             let step = tokio::select! {

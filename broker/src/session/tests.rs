@@ -203,3 +203,29 @@ async fn a_restored_queue_is_delivered_in_published_order_with_its_qos2_ids() {
         "in flight first (DUP), then the queue, in published order"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_is_closed_only_once_its_disconnect_time_is_stored() {
+    let store = Arc::new(MemSessions::default());
+    let (sh, _) = shared_with(BrokerConfig::default(), None, Some(store.clone()));
+    let (mut d, _) = Dev::resume(&sh, false, "dt").await;
+    assert_eq!(d.subscribe(&[TOPIC]).await, vec![1]);
+    store.hold(true);
+    use tokio::io::AsyncWriteExt;
+    d.io.write_all(&[0xE0, 0]).await.expect("DISCONNECT");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), d.packet())
+            .await
+            .is_err(),
+        "not closed before the commit"
+    );
+    store.hold(false);
+    assert!(d.packet().await.is_none(), "closed after it");
+    let applied = store.applied.lock().expect("applied").clone();
+    assert!(
+        applied
+            .iter()
+            .any(|op| matches!(op, SessionOp::Put(s) if s.disconnected_at_ms.is_some())),
+        "{applied:?}"
+    );
+}
