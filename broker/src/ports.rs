@@ -15,9 +15,6 @@ pub enum PortError {
     /// The service behind the port cannot be reached or did not answer.
     #[error("{0} unavailable: {1}")]
     Unavailable(&'static str, String),
-    /// What the port returned could not be read.
-    #[error("{0}: {1}")]
-    Corrupt(&'static str, String),
 }
 
 /// How a message or a connection reached this node.

@@ -418,3 +418,47 @@ async fn mqtt_over_websocket() {
     );
     assert_eq!(bad.connack().await, 4);
 }
+
+/// A store that cannot answer is told as such, never as a "no": with the registry's table
+/// gone (renamed under the running server), CONNECT gets "server unavailable" (5: 0x88,
+/// 3.1.1: 0x03), not "bad credentials"; with the retained table gone, a v5 retained QoS 1
+/// publish is refused (PUBACK 0x80) and a 3.1.1 one is not acknowledged. Both come back by
+/// themselves once the tables are back.
+#[tokio::test]
+async fn store_failures_are_server_unavailable_and_refusals_not_bad_credentials() {
+    use crate::raw::{Connect, Raw};
+    let e = crate::engine::env().await;
+    let db = rusqlite::Connection::open(e.app.data_dir.join("fluxgate.db")).expect("open");
+    let rename = |from: &str, to: &str| {
+        db.execute_batch(&format!("ALTER TABLE {from} RENAME TO {to}"))
+            .expect("rename")
+    };
+    rename("clients", "clients_away");
+    for (v5, want) in [(true, 0x88), (false, 0x03)] {
+        let (_, code, _) = Raw::connect(e.app.mqtt_addr, &e.conn(v5, &format!("down-{v5}"))).await;
+        assert_eq!(code, want, "v5={v5}");
+    }
+    let (_, code, _) = Raw::connect(e.app.mqtt_addr, &Connect::new(true, "down-bad", &e.c, "wrong")).await;
+    assert_eq!(code, 0x88, "the secret cannot be checked either: unavailable, not 0x86");
+    rename("clients_away", "clients");
+    let mut p5 = e.raw(true, "retain-5").await;
+    let mut p4 = e.raw(false, "retain-4").await;
+    rename("retained", "retained_away");
+    assert_eq!(p5.publish(&e.topic("r"), b"kept?", 1, true, 1).await, 0x80, "refused");
+    p4.publish_with(&e.topic("r"), b"kept?", 1, true, 1, &[]).await;
+    assert_eq!(p4.packet().await, None, "3.1.1: no PUBACK, the connection closes");
+    rename("retained_away", "retained");
+    assert_eq!(
+        p5.publish(&e.topic("r"), b"kept", 1, true, 2).await,
+        0,
+        "back by itself"
+    );
+    let mut sub = e.raw(true, "retain-sub").await;
+    assert_eq!(sub.subscribe(1, &[(&e.topic("r"), 1)], &[]).await, vec![1]);
+    let m = sub.message().await;
+    assert_eq!(
+        (&m.payload[..], m.retain),
+        (&b"kept"[..], true),
+        "only the stored one is retained"
+    );
+}
