@@ -183,8 +183,30 @@ pub struct SmtpConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
+    /// `sqlite://<path>` or `postgres://user:pass@host:port/db`; empty: the SQLite file
+    /// `fluxgate.db` in the data directory.
+    pub url: Secret,
     pub busy_timeout_ms: u64,
     pub pool_size: u32,
+}
+
+impl Config {
+    /// Where the store lives (`store.url`, or the data directory's SQLite file).
+    pub fn store_url(&self) -> Result<storage::StoreUrl, storage::StoreError> {
+        if self.store.url.expose().is_empty() {
+            Ok(storage::StoreUrl::Sqlite(self.data_dir.join("fluxgate.db")))
+        } else {
+            storage::StoreUrl::parse(self.store.url.expose())
+        }
+    }
+
+    /// The store's settings.
+    pub fn store_config(&self) -> storage::StoreConfig {
+        storage::StoreConfig {
+            busy_timeout: std::time::Duration::from_millis(self.store.busy_timeout_ms),
+            pool_size: self.store.pool_size,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -119,12 +119,9 @@ impl App {
             max_connections: cfg.http.max_connections,
         };
         let dir_lock = datadir::prepare(&cfg.data_dir)?;
-        let db_path = cfg.data_dir.join("fluxgate.db");
-        let store_cfg = StoreConfig {
-            busy_timeout: std::time::Duration::from_millis(cfg.store.busy_timeout_ms),
-            pool_size: cfg.store.pool_size,
-        };
-        let store = blocking(move || Store::open(&db_path, &store_cfg)).await??;
+        let (url, store_cfg) = (cfg.store_url()?, cfg.store_config());
+        tracing::info!(store = %url, "opening the store");
+        let store = blocking(move || Store::open_url(&url, &store_cfg)).await??;
 
         let secret = if cfg.auth.jwt_secret.is_empty() {
             let s = store.clone();
@@ -576,11 +573,11 @@ fn probes(
 /// working (the password epoch moves).
 pub fn reset_admin_password(cfg: &Config) -> Result<Option<String>, AppError> {
     let _lock = datadir::prepare(&cfg.data_dir)?;
-    let store = Store::open(
-        &cfg.data_dir.join("fluxgate.db"),
+    let store = Store::open_url(
+        &cfg.store_url()?,
         &StoreConfig {
-            busy_timeout: std::time::Duration::from_millis(cfg.store.busy_timeout_ms),
             pool_size: 1,
+            ..cfg.store_config()
         },
     )?;
     let (password, generated) = if cfg.admin.password.is_empty() {

@@ -90,6 +90,12 @@ impl From<StoreError> for ApiError {
             e @ StoreError::NotFound(_) => ApiError::NotFound(e.to_string()),
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Invalid(m) => ApiError::BadRequest(m),
+            // The database cannot answer now: 503 with Retry-After, naming the store (what the
+            // database said goes to the log, not to the caller).
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "store unavailable");
+                ApiError::Unavailable("the store is unavailable; retry later".into())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

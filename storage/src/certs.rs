@@ -1,7 +1,7 @@
 //! Issued client certificates: serial, owner, expiry and revocation.
 
+use crate::db::{params, Db, Row};
 use crate::{Change, Result, Store, StoreError};
-use rusqlite::{OptionalExtension, Row};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertRecord {
@@ -14,7 +14,7 @@ pub struct CertRecord {
     pub revoked_at: Option<i64>,
 }
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<CertRecord> {
+fn from_row(r: &Row) -> Result<CertRecord> {
     Ok(CertRecord {
         serial: r.get(0)?,
         domain_id: r.get(1)?,
@@ -32,16 +32,17 @@ impl Store {
     /// under the same id does not inherit it.
     pub fn insert_cert(&self, c: &CertRecord) -> Result<()> {
         self.write(|tx| {
-            let created: Option<i64> = tx
-                .prepare_cached("SELECT created_at FROM clients WHERE domain_id = ?1 AND id = ?2")?
-                .query_row([&c.domain_id, &c.client_id], |r| r.get(0))
-                .optional()?;
+            let created: Option<i64> = tx.query_opt(
+                "SELECT created_at FROM clients WHERE domain_id = ?1 AND id = ?2",
+                &params![c.domain_id, c.client_id],
+                |r| r.get(0),
+            )?;
             let Some(created) = created else {
                 return Err(StoreError::not_found("client"));
             };
             tx.execute(
                 "INSERT INTO certs (serial, domain_id, client_id, expire, created_at, client_created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                rusqlite::params![c.serial, c.domain_id, c.client_id, c.expire, crate::now_micros(), created],
+                &params![c.serial, c.domain_id, c.client_id, c.expire, crate::now_micros(), created],
             )
             .map_err(|e| crate::conflict(e, "serial already exists"))?;
             Ok(())
@@ -50,62 +51,55 @@ impl Store {
 
     pub fn cert(&self, domain: &str, serial: &str) -> Result<CertRecord> {
         let c = self.conn()?;
-        c.query_row(
+        c.query_opt(
             &format!("SELECT {COLUMNS} FROM certs WHERE domain_id = ?1 AND serial = ?2"),
-            [domain, serial],
+            &params![domain, serial],
             from_row,
-        )
-        .optional()?
+        )?
         .ok_or(StoreError::not_found("certificate"))
     }
 
     /// A certificate by serial alone (TLS login).
     pub fn cert_by_serial(&self, serial: &str) -> Result<Option<CertRecord>> {
         let c = self.conn()?;
-        Ok(c.query_row(
+        c.query_opt(
             &format!("SELECT {COLUMNS} FROM certs WHERE serial = ?1"),
-            [serial],
+            &params![serial],
             from_row,
         )
-        .optional()?)
     }
 
     /// TLS login: the certificate and, when the client record it was issued for still exists,
     /// that client (a client re-created under the same id is another record: `None`).
     pub fn cert_login(&self, serial: &str) -> Result<Option<(CertRecord, Option<crate::ClientAuth>)>> {
         let c = self.conn()?;
-        let Some((rec, bound)) = c
-            .query_row(
-                &format!("SELECT {COLUMNS}, client_created_at FROM certs WHERE serial = ?1"),
-                [serial],
-                |r| Ok((from_row(r)?, r.get::<_, Option<i64>>(5)?)),
-            )
-            .optional()?
+        let Some((rec, bound)) = c.query_opt(
+            &format!("SELECT {COLUMNS}, client_created_at FROM certs WHERE serial = ?1"),
+            &params![serial],
+            |r| Ok((from_row(r)?, r.get::<Option<i64>>(5)?)),
+        )?
         else {
             return Ok(None);
         };
         let client = match bound {
             None => None,
-            Some(created) => c
-                .prepare_cached(
-                    "SELECT c.domain_id, c.id, c.secret, c.status, d.status FROM clients c JOIN domains d ON d.id = c.domain_id
-                     WHERE c.domain_id = ?1 AND c.id = ?2 AND c.created_at = ?3",
-                )?
-                .query_row(rusqlite::params![rec.domain_id, rec.client_id, created], crate::clients::auth_row)
-                .optional()?,
+            Some(created) => c.query_opt(
+                "SELECT c.domain_id, c.id, c.secret, c.status, d.status FROM clients c JOIN domains d ON d.id = c.domain_id
+                 WHERE c.domain_id = ?1 AND c.id = ?2 AND c.created_at = ?3",
+                &params![rec.domain_id, rec.client_id, created],
+                crate::clients::auth_row,
+            )?,
         };
         Ok(Some((rec, client)))
     }
 
     pub fn client_certs(&self, domain: &str, client: &str) -> Result<Vec<CertRecord>> {
         let c = self.conn()?;
-        let mut st = c.prepare(&format!(
-            "SELECT {COLUMNS} FROM certs WHERE domain_id = ?1 AND client_id = ?2 ORDER BY created_at"
-        ))?;
-        let rows = st
-            .query_map([domain, client], from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        c.query_map(
+            &format!("SELECT {COLUMNS} FROM certs WHERE domain_id = ?1 AND client_id = ?2 ORDER BY created_at, serial"),
+            &params![domain, client],
+            from_row,
+        )
     }
 
     /// Marks a certificate revoked (idempotent); returns the record.
@@ -114,14 +108,14 @@ impl Store {
         self.write_announcing(|tx, changes| {
             let n = tx.execute(
                 "UPDATE certs SET revoked_at = COALESCE(revoked_at, ?3) WHERE domain_id = ?1 AND serial = ?2",
-                rusqlite::params![domain, serial, at],
+                &params![domain, serial, at],
             )?;
             if n == 0 {
                 return Err(StoreError::not_found("certificate"));
             }
             let c = tx.query_row(
                 &format!("SELECT {COLUMNS} FROM certs WHERE serial = ?1"),
-                [serial],
+                &params![serial],
                 from_row,
             )?;
             changes.push(Change::CertRevoked {
@@ -136,10 +130,10 @@ impl Store {
     /// Every revoked certificate (for the CRL).
     pub fn revoked_certs(&self) -> Result<Vec<CertRecord>> {
         let c = self.conn()?;
-        let mut st = c.prepare(&format!(
-            "SELECT {COLUMNS} FROM certs WHERE revoked_at IS NOT NULL ORDER BY revoked_at"
-        ))?;
-        let rows = st.query_map([], from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        c.query_map(
+            &format!("SELECT {COLUMNS} FROM certs WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial"),
+            &[],
+            from_row,
+        )
     }
 }

@@ -3,11 +3,11 @@
 //! which the broker routes without a domain.
 
 use crate::clients::{connection_types, parse_types};
+use crate::db::{params, Db, Row, Tx};
 use crate::events::{Change, ConnType};
 use crate::{
     conflict, status_from_sql, EntityFilter, Filter, JsonText, Page, PageReq, Result, Status, Store, StoreError,
 };
-use rusqlite::{OptionalExtension, Row};
 
 #[derive(Clone, Debug)]
 pub struct Channel {
@@ -55,7 +55,7 @@ pub struct ChannelQuery {
 
 const COLUMNS: &str = "h.id, h.domain_id, h.name, h.parent_group_id, h.tags, h.metadata, h.status, h.created_at, h.updated_at, h.updated_by, h.description";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Channel> {
+fn from_row(r: &Row) -> Result<Channel> {
     Ok(Channel {
         id: r.get(0)?,
         domain_id: r.get(1)?,
@@ -63,7 +63,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Channel> {
         parent_group_id: r.get(3)?,
         tags: JsonText(r.get(4)?),
         metadata: JsonText(r.get(5)?),
-        status: status_from_sql(&r.get::<_, String>(6)?),
+        status: status_from_sql(&r.get::<String>(6)?),
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
         updated_by: r.get(9)?,
@@ -72,39 +72,22 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Channel> {
     })
 }
 
-fn get(c: &rusqlite::Connection, domain: &str, id: &str) -> Result<Channel> {
-    c.query_row(
+fn get(c: &impl Db, domain: &str, id: &str) -> Result<Channel> {
+    c.query_opt(
         &format!("SELECT {COLUMNS} FROM channels h WHERE h.domain_id = ?1 AND h.id = ?2"),
-        [domain, id],
+        &params![domain, id],
         from_row,
-    )
-    .optional()?
+    )?
     .ok_or(StoreError::not_found("channel"))
 }
 
-fn check_group(tx: &rusqlite::Transaction<'_>, domain: &str, group: &Option<String>) -> Result<()> {
+fn check_group(tx: &Tx<'_>, domain: &str, group: &Option<String>) -> Result<()> {
     if let Some(g) = group {
-        let ok = tx.query_row(
+        if !tx.exists(
             "SELECT 1 FROM groups WHERE domain_id = ?1 AND id = ?2",
-            [domain, g],
-            |_| Ok(()),
-        );
-        if ok.optional()?.is_none() {
+            &params![domain, g],
+        )? {
             return Err(StoreError::Invalid("parent group not found in this domain".into()));
-        }
-    }
-    Ok(())
-}
-
-/// Every client and channel id must belong to `domain` (`NotFound` naming the first that does
-/// not), so a connection can never link two tenants.
-fn all_in_domain(tx: &rusqlite::Transaction<'_>, domain: &str, clients: &[String], channels: &[String]) -> Result<()> {
-    for (table, what, ids) in [("clients", "client", clients), ("channels", "channel", channels)] {
-        let mut st = tx.prepare_cached(&format!("SELECT 1 FROM {table} WHERE domain_id = ?1 AND id = ?2"))?;
-        for id in ids {
-            if !st.exists([domain, id])? {
-                return Err(StoreError::not_found(format!("{what} {id}")));
-            }
         }
     }
     Ok(())
@@ -122,16 +105,12 @@ impl Store {
                 // Channel ids are global (they name MQTT topics). One taken by another domain
                 // is answered like an invalid id, so the answer confirms nothing about it.
                 let owner: Option<String> = tx
-                    .prepare_cached("SELECT domain_id FROM channels WHERE id = ?1")?
-                    .query_row([&h.id], |r| r.get(0))
-                    .optional()?;
+                    .query_opt("SELECT domain_id FROM channels WHERE id = ?1", &params![h.id], |r| r.get(0))?;
                 if owner.is_some_and(|o| o != domain) {
                     return Err(StoreError::Invalid(INVALID_CHANNEL_ID.into()));
                 }
-                tx.execute(
-                    "INSERT INTO channels (id, domain_id, name, parent_group_id, tags, metadata, status, created_at, description)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    rusqlite::params![
+                tx.execute("INSERT INTO channels (id, domain_id, name, parent_group_id, tags, metadata, status, created_at, description)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", &params![
                         h.id,
                         domain,
                         h.name,
@@ -141,8 +120,7 @@ impl Store {
                         h.status.as_str(),
                         now,
                         h.description
-                    ],
-                )
+                    ])
                 .map_err(|e| conflict(e, "channel id already exists"))?;
             }
             new.iter().map(|h| get(tx, domain, &h.id)).collect()
@@ -150,18 +128,17 @@ impl Store {
     }
 
     pub fn channel(&self, domain: &str, id: &str) -> Result<Channel> {
-        get(&*self.conn()?, domain, id)
+        get(&self.conn()?, domain, id)
     }
 
     /// A channel by id alone (ids are platform-unique); for routes that carry no domain.
     pub fn channel_any_domain(&self, id: &str) -> Result<Channel> {
         let c = self.conn()?;
-        c.query_row(
+        c.query_opt(
             &format!("SELECT {COLUMNS} FROM channels h WHERE h.id = ?1"),
-            [id],
+            &params![id],
             from_row,
-        )
-        .optional()?
+        )?
         .ok_or(StoreError::not_found("channel"))
     }
 
@@ -179,7 +156,7 @@ impl Store {
                     tags = COALESCE(?5, tags), status = COALESCE(?6, status), updated_at = ?7, updated_by = ?8,
                     description = COALESCE(?9, description)
                  WHERE domain_id = ?1 AND id = ?2",
-                rusqlite::params![
+                &params![
                     domain,
                     id,
                     p.name,
@@ -208,9 +185,12 @@ impl Store {
             });
             tx.execute(
                 "DELETE FROM connections WHERE domain_id = ?1 AND channel_id = ?2",
-                [domain, id],
+                &params![domain, id],
             )?;
-            let n = tx.execute("DELETE FROM channels WHERE domain_id = ?1 AND id = ?2", [domain, id])?;
+            let n = tx.execute(
+                "DELETE FROM channels WHERE domain_id = ?1 AND id = ?2",
+                &params![domain, id],
+            )?;
             if n == 0 {
                 return Err(StoreError::not_found("channel"));
             }
@@ -219,7 +199,7 @@ impl Store {
     }
 
     pub fn list_channels(&self, scope: impl Into<crate::Scope>, q: &ChannelQuery) -> Result<Page<Channel>> {
-        let mut f = Filter::default();
+        let mut f = Filter::new(self.dialect());
         scope.into().filter(&mut f, "h.domain_id");
         q.filter.apply(&mut f, "h.");
         let types = connection_types(&mut f, "h.domain_id", ("channel_id", "h.id"), "client_id", &q.client);
@@ -228,7 +208,7 @@ impl Store {
             &c,
             "channels h",
             &format!("{COLUMNS}, {types}"),
-            &q.page.sql("h.name", "h.rowid"),
+            &q.page.sql(f.dialect(), "h.name", "h."),
             &q.page,
             |r| {
                 let mut h = from_row(r)?;
@@ -237,111 +217,12 @@ impl Store {
             },
         )
     }
-
-    /// Connects every client to every channel with every type, all or nothing. An id not in
-    /// `domain` is `NotFound` (never a cross-tenant link). Returns the connections created
-    /// (existing ones are left as they are).
-    pub fn connect(
-        &self,
-        domain: &str,
-        clients: &[String],
-        channels: &[String],
-        types: &[ConnType],
-    ) -> Result<Vec<(String, String, ConnType)>> {
-        self.write_announcing(|tx, changes| {
-            all_in_domain(tx, domain, clients, channels)?;
-            let now = crate::now_micros();
-            let mut st = tx.prepare_cached(
-                "INSERT INTO connections (domain_id, client_id, channel_id, type, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT DO NOTHING",
-            )?;
-            let created = each_connection(clients, channels, types, |c, h, t| {
-                st.execute(rusqlite::params![domain, c, h, t.as_str(), now])
-            })?;
-            changes.extend(created.iter().map(|(c, h, t)| Change::Connected {
-                domain_id: domain.into(),
-                client_id: c.clone(),
-                channel_id: h.clone(),
-                conn_type: *t,
-            }));
-            Ok(created)
-        })
-    }
-
-    /// Removes connections; returns those that existed. Unknown ids are `NotFound`.
-    pub fn disconnect(
-        &self,
-        domain: &str,
-        clients: &[String],
-        channels: &[String],
-        types: &[ConnType],
-    ) -> Result<Vec<(String, String, ConnType)>> {
-        self.write_announcing(|tx, changes| {
-            all_in_domain(tx, domain, clients, channels)?;
-            let mut st = tx.prepare_cached(
-                "DELETE FROM connections WHERE domain_id = ?1 AND client_id = ?2 AND channel_id = ?3 AND type = ?4",
-            )?;
-            let removed = each_connection(clients, channels, types, |c, h, t| {
-                st.execute(rusqlite::params![domain, c, h, t.as_str()])
-            })?;
-            changes.extend(removed.iter().map(|(c, h, t)| Change::Disconnected {
-                domain_id: domain.into(),
-                client_id: c.clone(),
-                channel_id: h.clone(),
-                conn_type: *t,
-            }));
-            Ok(removed)
-        })
-    }
-
-    /// Connections of one client, as (channel id, type).
-    pub fn client_connections(&self, domain: &str, client: &str) -> Result<Vec<(String, ConnType)>> {
-        self.connections_of(domain, "client_id", "channel_id", client)
-    }
-
-    /// Connections of one channel, as (client id, type).
-    pub fn channel_connections(&self, domain: &str, channel: &str) -> Result<Vec<(String, ConnType)>> {
-        self.connections_of(domain, "channel_id", "client_id", channel)
-    }
-
-    /// The connections whose `side` column is `id`, as (`other` column, type).
-    fn connections_of(&self, domain: &str, side: &str, other: &str, id: &str) -> Result<Vec<(String, ConnType)>> {
-        let c = self.conn()?;
-        let mut st = c.prepare_cached(&format!(
-            "SELECT {other}, type FROM connections WHERE domain_id = ?1 AND {side} = ?2"
-        ))?;
-        let rows = st
-            .query_map([domain, id], |r| {
-                Ok((r.get::<_, String>(0)?, crate::parsed(r, 1, ConnType::parse)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
-    }
-}
-
-/// Runs `write` for every (client, channel, type); returns those it changed a row for.
-fn each_connection(
-    clients: &[String],
-    channels: &[String],
-    types: &[ConnType],
-    mut write: impl FnMut(&str, &str, ConnType) -> rusqlite::Result<usize>,
-) -> Result<Vec<(String, String, ConnType)>> {
-    let mut changed = Vec::new();
-    for c in clients {
-        for h in channels {
-            for t in types {
-                if write(c, h, *t)? > 0 {
-                    changed.push((c.clone(), h.clone(), *t));
-                }
-            }
-        }
-    }
-    Ok(changed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::Db;
     use crate::testutil::store;
     use crate::{NewClient, NewDomain};
 
@@ -622,7 +503,7 @@ mod tests {
             .expect("conn")
             .execute(
                 "UPDATE certs SET client_created_at = client_created_at - 1 WHERE serial = 'C'",
-                [],
+                &[],
             )
             .expect("age");
         assert!(s.cert_login("C").expect("q").expect("found").1.is_none());

@@ -1,11 +1,11 @@
 //! Clients (devices) of a domain and the authorization questions asked about them.
 //! A client is identified by (domain, id): the same external id may exist in two domains.
 
+use crate::db::{params, Db, Dialect, Row, Tx};
 use crate::events::{Change, ConnType};
 use crate::{
     conflict, status_from_sql, EntityFilter, Filter, JsonText, Page, PageReq, Result, Status, Store, StoreError,
 };
-use rusqlite::{OptionalExtension, Row};
 
 #[derive(Clone)]
 pub struct Client {
@@ -112,16 +112,27 @@ impl ClientAuth {
     }
 }
 
-const COLUMNS: &str = "c.id, c.domain_id, c.name, c.identity, c.secret, c.tags, c.metadata, c.status, c.created_at, c.updated_at, c.updated_by,
-    c.connected_at, c.disconnected_at, c.remote_addr, c.protocol,
-    (SELECT json_group_array(json_object('client_id', s.mqtt_client_id, 'remote_addr', s.remote_addr,
-        'protocol', s.protocol, 'connected_at', s.connected_at))
-     FROM client_sessions s WHERE s.domain_id = c.domain_id AND s.client_id = c.id)";
+/// The columns [`from_row`] reads, in `d`'s dialect (the live sessions are a JSON array).
+fn columns(d: Dialect) -> String {
+    let sessions = d.json_objects(
+        &[
+            ("client_id", "s.mqtt_client_id"),
+            ("remote_addr", "s.remote_addr"),
+            ("protocol", "s.protocol"),
+            ("connected_at", "s.connected_at"),
+        ],
+        "FROM client_sessions s WHERE s.domain_id = c.domain_id AND s.client_id = c.id",
+    );
+    format!(
+        "c.id, c.domain_id, c.name, c.identity, c.secret, c.tags, c.metadata, c.status, c.created_at, c.updated_at,
+         c.updated_by, c.connected_at, c.disconnected_at, c.remote_addr, c.protocol, {sessions}"
+    )
+}
 
-/// Where the list query's connection types column is (after [`COLUMNS`]).
+/// Where the list query's connection types column is (after [`columns`]).
 const TYPES_COLUMN: usize = 16;
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Client> {
+fn from_row(r: &Row) -> Result<Client> {
     Ok(Client {
         id: r.get(0)?,
         domain_id: r.get(1)?,
@@ -130,7 +141,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Client> {
         secret: r.get(4)?,
         tags: JsonText(r.get(5)?),
         metadata: JsonText(r.get(6)?),
-        status: status_from_sql(&r.get::<_, String>(7)?),
+        status: status_from_sql(&r.get::<String>(7)?),
         created_at: r.get(8)?,
         updated_at: r.get(9)?,
         updated_by: r.get(10)?,
@@ -140,7 +151,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Client> {
             disconnected_at: r.get(12)?,
             remote_addr: r.get(13)?,
             protocol: r.get(14)?,
-            sessions: JsonText(r.get::<_, Option<String>>(15)?.unwrap_or_else(|| "[]".into())),
+            sessions: JsonText(r.get::<Option<String>>(15)?.unwrap_or_else(|| "[]".into())),
         },
     })
 }
@@ -165,7 +176,8 @@ pub(crate) fn connection_types(
         format!("EXISTS (SELECT 1 FROM connections k WHERE {on} = ?)"),
         other.clone(),
     );
-    format!("(SELECT group_concat(type) FROM connections k WHERE {on} = ?{n})")
+    let types = f.dialect().group_concat("type");
+    format!("(SELECT {types} FROM connections k WHERE {on} = ?{n})")
 }
 
 pub(crate) fn parse_types(s: Option<String>) -> Vec<ConnType> {
@@ -174,8 +186,9 @@ pub(crate) fn parse_types(s: Option<String>) -> Vec<ConnType> {
     v
 }
 
-fn unique(e: rusqlite::Error) -> StoreError {
-    let what = if e.to_string().contains("clients.secret") {
+fn unique(e: StoreError) -> StoreError {
+    // SQLite names the columns (clients.domain_id, clients.secret), PostgreSQL the index.
+    let what = if e.to_string().contains("clients.secret") || e.to_string().contains("clients_secret") {
         "client secret already in use in this domain"
     } else {
         "client id already exists in this domain"
@@ -183,11 +196,11 @@ fn unique(e: rusqlite::Error) -> StoreError {
     conflict(e, what)
 }
 
-fn insert(tx: &rusqlite::Transaction<'_>, domain: &str, c: &NewClient, now: i64) -> Result<()> {
+fn insert(tx: &Tx<'_>, domain: &str, c: &NewClient, now: i64) -> Result<()> {
     tx.execute(
         "INSERT INTO clients (id, domain_id, name, identity, secret, tags, metadata, status, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        rusqlite::params![
+        &params![
             c.id,
             domain,
             c.name,
@@ -203,14 +216,13 @@ fn insert(tx: &rusqlite::Transaction<'_>, domain: &str, c: &NewClient, now: i64)
     Ok(())
 }
 
-fn get(c: &rusqlite::Connection, domain: &str, id: &str) -> Result<Client> {
-    c.query_row(
-        &format!("SELECT {COLUMNS} FROM clients c WHERE c.domain_id = ?1 AND c.id = ?2"),
-        [domain, id],
-        from_row,
-    )
-    .optional()?
-    .ok_or(StoreError::not_found("client"))
+fn get(c: &impl Db, domain: &str, id: &str) -> Result<Client> {
+    let sql = format!(
+        "SELECT {} FROM clients c WHERE c.domain_id = ?1 AND c.id = ?2",
+        columns(c.dialect())
+    );
+    c.query_opt(&sql, &params![domain, id], from_row)?
+        .ok_or(StoreError::not_found("client"))
 }
 
 impl Store {
@@ -225,7 +237,7 @@ impl Store {
     }
 
     pub fn client(&self, domain: &str, id: &str) -> Result<Client> {
-        get(&*self.conn()?, domain, id)
+        get(&self.conn()?, domain, id)
     }
 
     /// Updates a client; a status or secret change is announced (`ClientEnabled`,
@@ -253,7 +265,7 @@ impl Store {
                         tags = COALESCE(?5, tags), secret = COALESCE(?6, secret), status = COALESCE(?7, status),
                         updated_at = ?8, updated_by = ?9
                      WHERE domain_id = ?1 AND id = ?2",
-                    rusqlite::params![
+                    &params![
                         domain,
                         id,
                         p.name,
@@ -280,19 +292,22 @@ impl Store {
         self.write_announcing(|tx, changes| {
             tx.execute(
                 "DELETE FROM connections WHERE domain_id = ?1 AND client_id = ?2",
-                [domain, id],
+                &params![domain, id],
             )?;
-            let n = tx.execute("DELETE FROM clients WHERE domain_id = ?1 AND id = ?2", [domain, id])?;
+            let n = tx.execute(
+                "DELETE FROM clients WHERE domain_id = ?1 AND id = ?2",
+                &params![domain, id],
+            )?;
             if n == 0 {
                 return Err(StoreError::not_found("client"));
             }
             let now = crate::now_micros() / 1_000_000;
-            let serials = tx
-                .prepare_cached(
-                    "UPDATE certs SET revoked_at = ?3 WHERE domain_id = ?1 AND client_id = ?2 AND revoked_at IS NULL RETURNING serial",
-                )?
-                .query_map(rusqlite::params![domain, id, now], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
+            let serials: Vec<String> = tx.query_map(
+                "UPDATE certs SET revoked_at = ?3 WHERE domain_id = ?1 AND client_id = ?2 AND revoked_at IS NULL
+                 RETURNING serial",
+                &params![domain, id, now],
+                |r| r.get(0),
+            )?;
             changes.push(Change::ClientDeleted {
                 domain_id: domain.into(),
                 client_id: id.into(),
@@ -307,7 +322,7 @@ impl Store {
     }
 
     pub fn list_clients(&self, scope: impl Into<crate::Scope>, q: &ClientQuery) -> Result<Page<Client>> {
-        let mut f = Filter::default();
+        let mut f = Filter::new(self.dialect());
         scope.into().filter(&mut f, "c.domain_id");
         q.filter.apply(&mut f, "c.");
         let types = connection_types(&mut f, "c.domain_id", ("client_id", "c.id"), "channel_id", &q.channel);
@@ -321,8 +336,8 @@ impl Store {
         f.page(
             &c,
             "clients c",
-            &format!("{COLUMNS}, {types}"),
-            &q.page.sql("c.name", "c.rowid"),
+            &format!("{}, {types}", columns(f.dialect())),
+            &q.page.sql(f.dialect(), "c.name", "c."),
             &q.page,
             |r| {
                 let mut cl = from_row(r)?;
@@ -335,47 +350,45 @@ impl Store {
     /// Authentication by id: every client with this id (ids are unique per domain only),
     /// with its secret for the caller's constant-time comparison.
     pub fn clients_by_id(&self, id: &str) -> Result<Vec<ClientAuth>> {
-        let c = self.conn()?;
-        let mut st = c.prepare_cached(
+        self.conn()?.query_map(
             "SELECT c.domain_id, c.id, c.secret, c.status, d.status FROM clients c JOIN domains d ON d.id = c.domain_id
              WHERE c.id = ?1 LIMIT 16",
-        )?;
-        let rows = st.query_map([id], auth_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+            &params![id],
+            auth_row,
+        )
     }
 
     /// Authentication by secret within a domain (HTTP `Authorization: Client <secret>`).
     pub fn client_by_secret(&self, domain: &str, secret: &str) -> Result<Option<ClientAuth>> {
-        let c = self.conn()?;
-        let mut st = c.prepare_cached(
+        self.conn()?.query_opt(
             "SELECT c.domain_id, c.id, c.secret, c.status, d.status FROM clients c JOIN domains d ON d.id = c.domain_id
              WHERE c.domain_id = ?1 AND c.secret = ?2",
-        )?;
-        Ok(st.query_row([domain, secret], auth_row).optional()?)
+            &params![domain, secret],
+            auth_row,
+        )
     }
 
     /// May client `client` of `domain` publish (or subscribe) on `channel`? True only when
     /// the client, the channel and the domain are enabled and a connection of that type exists.
     pub fn can(&self, domain: &str, client: &str, channel: &str, t: ConnType) -> Result<bool> {
-        let c = self.conn()?;
-        let mut st = c.prepare_cached(
+        self.conn()?.exists(
             "SELECT 1 FROM connections k
                JOIN clients c ON c.domain_id = k.domain_id AND c.id = k.client_id
                JOIN channels h ON h.id = k.channel_id AND h.domain_id = k.domain_id
                JOIN domains d ON d.id = k.domain_id
              WHERE k.domain_id = ?1 AND k.client_id = ?2 AND k.channel_id = ?3 AND k.type = ?4
                AND c.status = 'enabled' AND h.status = 'enabled' AND d.status = 'enabled'",
-        )?;
-        Ok(st.exists(rusqlite::params![domain, client, channel, t.as_str()])?)
+            &params![domain, client, channel, t.as_str()],
+        )
     }
 }
 
-pub(crate) fn auth_row(r: &Row<'_>) -> rusqlite::Result<ClientAuth> {
+pub(crate) fn auth_row(r: &Row) -> Result<ClientAuth> {
     Ok(ClientAuth {
         domain_id: r.get(0)?,
         client_id: r.get(1)?,
         secret: r.get(2)?,
-        client_status: status_from_sql(&r.get::<_, String>(3)?),
-        domain_status: status_from_sql(&r.get::<_, String>(4)?),
+        client_status: status_from_sql(&r.get::<String>(3)?),
+        domain_status: status_from_sql(&r.get::<String>(4)?),
     })
 }

@@ -1,11 +1,11 @@
 //! Domains (tenants) and their members. A member holds one relation per domain.
 
+use crate::db::{params, Db, Row};
 use crate::users::User;
 use crate::Change;
 use crate::{
     conflict, status_from_sql, EntityFilter, Filter, JsonText, Page, PageReq, Result, Status, Store, StoreError,
 };
-use rusqlite::{OptionalExtension, Row};
 
 /// A user's relation to a domain, strongest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -79,14 +79,14 @@ pub struct DomainMember {
 
 const COLUMNS: &str = "id, name, route, tags, metadata, status, created_by, created_at, updated_at, updated_by";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Domain> {
+fn from_row(r: &Row) -> Result<Domain> {
     Ok(Domain {
         id: r.get(0)?,
         name: r.get(1)?,
         route: r.get(2)?,
         tags: JsonText(r.get(3)?),
         metadata: JsonText(r.get(4)?),
-        status: status_from_sql(&r.get::<_, String>(5)?),
+        status: status_from_sql(&r.get::<String>(5)?),
         created_by: r.get(6)?,
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
@@ -102,26 +102,29 @@ impl Store {
             tx.execute(
                 "INSERT INTO domains (id, name, route, tags, metadata, status, created_by, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, 'enabled', ?6, ?7)",
-                rusqlite::params![d.id, d.name, d.route, d.tags.0, d.metadata.0, creator, now],
+                &params![d.id, d.name, d.route, d.tags.0, d.metadata.0, creator, now],
             )
             .map_err(|e| conflict(e, "domain route already in use"))?;
             tx.execute(
                 "INSERT INTO domain_members (domain_id, user_id, relation, created_at) VALUES (?1, ?2, 'admin', ?3)",
-                rusqlite::params![d.id, creator, now],
+                &params![d.id, creator, now],
             )?;
-            Ok(tx.query_row(
+            tx.query_row(
                 &format!("SELECT {COLUMNS} FROM domains WHERE id = ?1"),
-                [&d.id],
+                &params![d.id],
                 from_row,
-            )?)
+            )
         })
     }
 
     pub fn domain(&self, id: &str) -> Result<Domain> {
         let c = self.conn()?;
-        c.query_row(&format!("SELECT {COLUMNS} FROM domains WHERE id = ?1"), [id], from_row)
-            .optional()?
-            .ok_or(StoreError::not_found("domain"))
+        c.query_opt(
+            &format!("SELECT {COLUMNS} FROM domains WHERE id = ?1"),
+            &params![id],
+            from_row,
+        )?
+        .ok_or(StoreError::not_found("domain"))
     }
 
     /// Updates a domain; a status change is announced (`DomainEnabled`, `DomainDisabled`,
@@ -140,7 +143,7 @@ impl Store {
                     metadata = COALESCE(?4, metadata), status = COALESCE(?5, status),
                     updated_at = ?6, updated_by = ?7
                  WHERE id = ?1",
-                rusqlite::params![
+                &params![
                     id,
                     p.name,
                     p.tags.map(|t| t.0),
@@ -153,12 +156,16 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::not_found("domain"));
             }
-            Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM domains WHERE id = ?1"), [id], from_row)?)
+            tx.query_row(
+                &format!("SELECT {COLUMNS} FROM domains WHERE id = ?1"),
+                &params![id],
+                from_row,
+            )
         })
     }
 
     pub fn list_domains(&self, q: &DomainQuery) -> Result<Page<Domain>> {
-        let mut f = Filter::default();
+        let mut f = Filter::new(self.dialect());
         q.filter.apply(&mut f, "");
         if let Some(u) = &q.member {
             f.push(
@@ -167,31 +174,36 @@ impl Store {
             );
         }
         let c = self.conn()?;
-        f.page(&c, "domains", COLUMNS, &q.page.sql("name", "rowid"), &q.page, from_row)
+        f.page(
+            &c,
+            "domains",
+            COLUMNS,
+            &q.page.sql(f.dialect(), "name", ""),
+            &q.page,
+            from_row,
+        )
     }
 
     /// Whether `admin` is an admin of a domain `user` is a member of.
     pub fn administers_member(&self, admin: &str, user: &str) -> Result<bool> {
         let c = self.conn()?;
-        Ok(c.query_row(
+        c.query_row(
             "SELECT EXISTS (SELECT 1 FROM domain_members a JOIN domain_members b ON b.domain_id = a.domain_id
                JOIN domains d ON d.id = a.domain_id
              WHERE a.user_id = ?1 AND a.relation = 'admin' AND b.user_id = ?2 AND d.status = 'enabled')",
-            [admin, user],
+            &params![admin, user],
             |r| r.get(0),
-        )?)
+        )
     }
 
     /// The relation of `user` to `domain`, if any.
     pub fn relation(&self, domain: &str, user: &str) -> Result<Option<Relation>> {
         let c = self.conn()?;
-        let r: Option<String> = c
-            .query_row(
-                "SELECT relation FROM domain_members WHERE domain_id = ?1 AND user_id = ?2",
-                [domain, user],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let r: Option<String> = c.query_opt(
+            "SELECT relation FROM domain_members WHERE domain_id = ?1 AND user_id = ?2",
+            &params![domain, user],
+            |r| r.get(0),
+        )?;
         Ok(r.and_then(|s| Relation::parse(&s)))
     }
 
@@ -202,22 +214,21 @@ impl Store {
         self.write(|tx| {
             let now = crate::now_micros();
             for u in users {
-                let exists: Option<i64> = tx
-                    .query_row("SELECT 1 FROM users WHERE id = ?1", [u], |r| r.get(0))
-                    .optional()?;
+                let exists: Option<i64> =
+                    tx.query_opt("SELECT 1 FROM users WHERE id = ?1", &params![u], |r| r.get(0))?;
                 if exists.is_none() {
                     return Err(StoreError::not_found("user"));
                 }
                 tx.execute(
                     "INSERT INTO domain_members (domain_id, user_id, relation, created_at) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT(domain_id, user_id) DO UPDATE SET relation = excluded.relation",
-                    rusqlite::params![domain, u, rel.as_str(), now],
+                    &params![domain, u, rel.as_str(), now],
                 )?;
             }
             if rel != Relation::Admin {
                 let admins: i64 = tx.query_row(
                     "SELECT COUNT(*) FROM domain_members WHERE domain_id = ?1 AND relation = 'admin'",
-                    [domain],
+                    &params![domain],
                     |r| r.get(0),
                 )?;
                 if admins == 0 {
@@ -231,19 +242,17 @@ impl Store {
     /// Removes a member. Refuses to remove the last admin, which would orphan the domain.
     pub fn unassign_member(&self, domain: &str, user: &str) -> Result<()> {
         self.write(|tx| {
-            let rel: Option<String> = tx
-                .query_row(
-                    "SELECT relation FROM domain_members WHERE domain_id = ?1 AND user_id = ?2",
-                    [domain, user],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let rel: Option<String> = tx.query_opt(
+                "SELECT relation FROM domain_members WHERE domain_id = ?1 AND user_id = ?2",
+                &params![domain, user],
+                |r| r.get(0),
+            )?;
             match rel.as_deref() {
                 None => return Err(StoreError::not_found("member")),
                 Some("admin") => {
                     let admins: i64 = tx.query_row(
                         "SELECT COUNT(*) FROM domain_members WHERE domain_id = ?1 AND relation = 'admin'",
-                        [domain],
+                        &params![domain],
                         |r| r.get(0),
                     )?;
                     if admins <= 1 {
@@ -254,7 +263,7 @@ impl Store {
             }
             tx.execute(
                 "DELETE FROM domain_members WHERE domain_id = ?1 AND user_id = ?2",
-                [domain, user],
+                &params![domain, user],
             )?;
             Ok(())
         })
@@ -262,9 +271,13 @@ impl Store {
 
     pub fn list_members(&self, domain: &str, page: &PageReq) -> Result<Page<DomainMember>> {
         let c = self.conn()?;
-        let mut f = Filter::default();
+        let mut f = Filter::new(self.dialect());
         f.push("m.domain_id = ?", domain.to_string());
-        let tail = format!(" ORDER BY m.created_at, u.rowid{}", page.window());
+        let tail = format!(
+            " ORDER BY m.created_at, {}{}",
+            self.dialect().rowid("u."),
+            page.window()
+        );
         let columns = format!("{}, m.relation", crate::users::COLUMNS_U);
         f.page(
             &c,
@@ -274,7 +287,7 @@ impl Store {
             page,
             |r| {
                 let user = crate::users::from_row_pub(r)?;
-                let relation = crate::parsed(r, 15, Relation::parse)?;
+                let relation = r.parsed(15, Relation::parse)?;
                 Ok(DomainMember { user, relation })
             },
         )

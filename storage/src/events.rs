@@ -3,7 +3,8 @@
 //! caches subscribe. Defined here so every layer shares one type without depending on each other.
 
 /// A connection type: the right to publish or to subscribe on a channel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ConnType {
     Publish,
     Subscribe,
@@ -27,7 +28,9 @@ impl ConnType {
     pub const BOTH: [ConnType; 2] = [ConnType::Publish, ConnType::Subscribe];
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A change, as announced and as written to the outbox (`{"kind": "client_enabled", …}`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
     ClientEnabled {
         domain_id: String,

@@ -1,11 +1,11 @@
 //! Groups: a hierarchy per domain (a group has at most one parent, no cycles), and their
 //! user members.
 
+use crate::db::{params, Db, Row};
 use crate::users::User;
 use crate::{
     status_from_sql, Filter, JsonText, ListQuery, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
 };
-use rusqlite::{OptionalExtension, Row};
 
 #[derive(Clone, Debug)]
 pub struct Group {
@@ -60,7 +60,7 @@ pub fn max_depth() -> i64 {
 
 const COLUMNS: &str = "g.id, g.domain_id, g.parent_id, g.name, g.description, g.tags, g.metadata, g.status, g.created_at, g.updated_at, g.updated_by";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Group> {
+fn from_row(r: &Row) -> Result<Group> {
     Ok(Group {
         id: r.get(0)?,
         domain_id: r.get(1)?,
@@ -69,36 +69,42 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Group> {
         description: r.get(4)?,
         tags: JsonText(r.get(5)?),
         metadata: JsonText(r.get(6)?),
-        status: status_from_sql(&r.get::<_, String>(7)?),
+        status: status_from_sql(&r.get::<String>(7)?),
         created_at: r.get(8)?,
         updated_at: r.get(9)?,
         updated_by: r.get(10)?,
     })
 }
 
-fn get(c: &rusqlite::Connection, domain: &str, id: &str) -> Result<Group> {
-    c.query_row(
+fn get(c: &impl Db, domain: &str, id: &str) -> Result<Group> {
+    c.query_opt(
         &format!("SELECT {COLUMNS} FROM groups g WHERE g.domain_id = ?1 AND g.id = ?2"),
-        [domain, id],
+        &params![domain, id],
         from_row,
-    )
-    .optional()?
+    )?
     .ok_or(StoreError::not_found("group"))
 }
 
 /// Ids from the root down to `id`.
-fn chain(c: &rusqlite::Connection, domain: &str, id: &str) -> Result<Vec<String>> {
-    let mut st = c.prepare_cached(
+fn chain(c: &impl Db, domain: &str, id: &str) -> Result<Vec<String>> {
+    c.query_map(
         "WITH RECURSIVE up(id, parent_id, depth) AS (
             SELECT id, parent_id, 0 FROM groups WHERE domain_id = ?1 AND id = ?2
             UNION ALL
             SELECT g.id, g.parent_id, up.depth + 1 FROM groups g JOIN up ON g.id = up.parent_id WHERE up.depth < ?3)
          SELECT id FROM up ORDER BY depth DESC",
-    )?;
-    let ids = st
-        .query_map(rusqlite::params![domain, id, MAX_DEPTH], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(ids)
+        &params![domain, id, MAX_DEPTH],
+        |r| r.get::<String>(0),
+    )
+}
+
+/// A row of a tree query: the group's columns, then its level and path.
+fn node(r: &Row) -> Result<GroupNode> {
+    Ok(GroupNode {
+        group: from_row(r)?,
+        level: r.get(11)?,
+        path: r.get(12)?,
+    })
 }
 
 impl Store {
@@ -113,7 +119,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO groups (id, domain_id, parent_id, name, description, tags, metadata, status, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                rusqlite::params![
+                &params![
                     g.id,
                     domain,
                     g.parent_id,
@@ -131,24 +137,23 @@ impl Store {
     }
 
     pub fn group(&self, domain: &str, id: &str) -> Result<Group> {
-        get(&*self.conn()?, domain, id)
+        get(&self.conn()?, domain, id)
     }
 
     /// A group by id alone (group ids are generated UUIDs, unique across domains).
     pub fn group_any_domain(&self, id: &str) -> Result<Group> {
         let c = self.conn()?;
-        c.query_row(
+        c.query_opt(
             &format!("SELECT {COLUMNS} FROM groups g WHERE g.id = ?1"),
-            [id],
+            &params![id],
             from_row,
-        )
-        .optional()?
+        )?
         .ok_or(StoreError::not_found("group"))
     }
 
     /// The group's path from the root, ids joined by `.`.
     pub fn group_path(&self, domain: &str, id: &str) -> Result<String> {
-        Ok(chain(&*self.conn()?, domain, id)?.join("."))
+        Ok(chain(&self.conn()?, domain, id)?.join("."))
     }
 
     pub fn update_group(&self, domain: &str, id: &str, p: GroupPatch, by: &str) -> Result<Group> {
@@ -158,7 +163,7 @@ impl Store {
                     metadata = COALESCE(?5, metadata), tags = COALESCE(?6, tags), status = COALESCE(?7, status),
                     updated_at = ?8, updated_by = ?9
                  WHERE domain_id = ?1 AND id = ?2",
-                rusqlite::params![
+                &params![
                     domain,
                     id,
                     p.name,
@@ -191,7 +196,7 @@ impl Store {
             }
             tx.execute(
                 "UPDATE groups SET parent_id = ?3, updated_at = ?4, updated_by = ?5 WHERE domain_id = ?1 AND id = ?2",
-                rusqlite::params![domain, id, parent, crate::now_micros(), by],
+                &params![domain, id, parent, crate::now_micros(), by],
             )?;
             get(tx, domain, id)
         })
@@ -204,7 +209,7 @@ impl Store {
             get(tx, domain, id)?;
             let children: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM groups WHERE domain_id = ?1 AND parent_id = ?2",
-                [domain, id],
+                &params![domain, id],
                 |r| r.get(0),
             )?;
             if children > 0 {
@@ -212,13 +217,16 @@ impl Store {
                     "group has children; delete or move them first".into(),
                 ));
             }
-            tx.execute("DELETE FROM groups WHERE domain_id = ?1 AND id = ?2", [domain, id])?;
+            tx.execute(
+                "DELETE FROM groups WHERE domain_id = ?1 AND id = ?2",
+                &params![domain, id],
+            )?;
             Ok(())
         })
     }
 
     pub fn list_groups(&self, domain: &str, q: &ListQuery) -> Result<Page<Group>> {
-        let mut f = Filter::default();
+        let mut f = Filter::new(self.dialect());
         f.push("g.domain_id = ?", domain.to_string());
         q.filter.apply(&mut f, "g.");
         let c = self.conn()?;
@@ -226,7 +234,7 @@ impl Store {
             &c,
             "groups g",
             COLUMNS,
-            &q.page.sql("g.name", "g.rowid"),
+            &q.page.sql(f.dialect(), "g.name", "g."),
             &q.page,
             from_row,
         )
@@ -237,25 +245,20 @@ impl Store {
     pub fn group_forest(&self, domain: &str, status: StatusFilter) -> Result<Vec<GroupNode>> {
         let c = self.conn()?;
         let status_sql = status.sql("g.status").map(|s| format!(" AND {s}")).unwrap_or_default();
-        let mut st = c.prepare(&format!(
-            "WITH RECURSIVE down(id, depth, path) AS (
+        c.query_map(
+            &format!(
+                "WITH RECURSIVE down(id, depth, path) AS (
                 SELECT id, 0, id FROM groups WHERE domain_id = ?1 AND parent_id IS NULL
                 UNION ALL
                 SELECT g.id, down.depth + 1, down.path || '.' || g.id FROM groups g JOIN down ON g.parent_id = down.id
                 WHERE down.depth < ?2)
              SELECT {COLUMNS}, down.depth, down.path FROM down JOIN groups g ON g.id = down.id
-             WHERE 1 = 1{status_sql} ORDER BY down.depth, g.created_at"
-        ))?;
-        let rows = st
-            .query_map(rusqlite::params![domain, MAX_DEPTH], |r| {
-                Ok(GroupNode {
-                    group: from_row(r)?,
-                    level: r.get(11)?,
-                    path: r.get(12)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+             WHERE 1 = 1{status_sql} ORDER BY down.depth, g.created_at, {}",
+                self.dialect().rowid("g.")
+            ),
+            &params![domain, MAX_DEPTH],
+            node,
+        )
     }
 
     /// The group and its descendants up to `levels` below it (level 0 is the group).
@@ -263,28 +266,20 @@ impl Store {
         let c = self.conn()?;
         get(&c, domain, id)?;
         let root_path = chain(&c, domain, id)?.join(".");
-        let mut st = c.prepare_cached(&format!(
-            "WITH RECURSIVE down(id, depth, path) AS (
-                SELECT id, 0, ?3 FROM groups WHERE domain_id = ?1 AND id = ?2
+        c.query_map(
+            &format!(
+                "WITH RECURSIVE down(id, depth, path) AS (
+                SELECT id, 0, CAST(?3 AS TEXT) FROM groups WHERE domain_id = ?1 AND id = ?2
                 UNION ALL
                 SELECT g.id, down.depth + 1, down.path || '.' || g.id FROM groups g JOIN down ON g.parent_id = down.id
                 WHERE down.depth < ?4)
              SELECT {COLUMNS}, down.depth, down.path FROM down JOIN groups g ON g.id = down.id
-             ORDER BY down.depth, g.created_at"
-        ))?;
-        let rows = st
-            .query_map(
-                rusqlite::params![domain, id, root_path, levels.clamp(0, MAX_DEPTH)],
-                |r| {
-                    Ok(GroupNode {
-                        group: from_row(r)?,
-                        level: r.get(11)?,
-                        path: r.get(12)?,
-                    })
-                },
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+             ORDER BY down.depth, g.created_at, {}",
+                self.dialect().rowid("g.")
+            ),
+            &params![domain, id, root_path, levels.clamp(0, MAX_DEPTH)],
+            node,
+        )
     }
 
     /// The group and its ancestors up to `levels` above it (level 0 is the group, parents
@@ -314,16 +309,17 @@ impl Store {
     pub fn add_group_member(&self, domain: &str, group: &str, user: &str, actions: &JsonText) -> Result<()> {
         self.write(|tx| {
             get(tx, domain, group)?;
-            let member = tx
-                .prepare_cached("SELECT 1 FROM domain_members WHERE domain_id = ?1 AND user_id = ?2")?
-                .exists([domain, user])?;
+            let member = tx.exists(
+                "SELECT 1 FROM domain_members WHERE domain_id = ?1 AND user_id = ?2",
+                &params![domain, user],
+            )?;
             if !member {
                 return Err(StoreError::Invalid("user is not a member of the group's domain".into()));
             }
             tx.execute(
                 "INSERT INTO group_members (group_id, user_id, actions, created_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(group_id, user_id) DO UPDATE SET actions = excluded.actions",
-                rusqlite::params![group, user, actions.0, crate::now_micros()],
+                &params![group, user, actions.0, crate::now_micros()],
             )?;
             Ok(())
         })
@@ -334,7 +330,7 @@ impl Store {
             get(tx, domain, group)?;
             let n = tx.execute(
                 "DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2",
-                [group, user],
+                &params![group, user],
             )?;
             if n == 0 {
                 return Err(StoreError::not_found("member"));
@@ -346,9 +342,13 @@ impl Store {
     pub fn list_group_members(&self, domain: &str, group: &str, page: &PageReq) -> Result<Page<User>> {
         let c = self.conn()?;
         get(&c, domain, group)?;
-        let mut f = Filter::default();
+        let mut f = Filter::new(self.dialect());
         f.push("m.group_id = ?", group.to_string());
-        let tail = format!(" ORDER BY m.created_at, u.rowid{}", page.window());
+        let tail = format!(
+            " ORDER BY m.created_at, {}{}",
+            self.dialect().rowid("u."),
+            page.window()
+        );
         f.page(
             &c,
             "group_members m JOIN users u ON u.id = m.user_id",
@@ -364,7 +364,7 @@ impl Store {
     /// an admin and `user` a member (what a domain admin may see of a member).
     pub fn user_memberships(&self, user: &str, admin: Option<&str>, page: &PageReq) -> Result<Page<Group>> {
         let c = self.conn()?;
-        let mut f = Filter::default();
+        let mut f = Filter::new(self.dialect());
         f.push("m.user_id = ?", user.to_string());
         if let Some(admin) = admin {
             f.push(
@@ -373,7 +373,11 @@ impl Store {
                 admin.to_string(),
             );
         }
-        let tail = format!(" ORDER BY m.created_at, g.rowid{}", page.window());
+        let tail = format!(
+            " ORDER BY m.created_at, {}{}",
+            self.dialect().rowid("g."),
+            page.window()
+        );
         f.page(
             &c,
             "group_members m JOIN groups g ON g.id = m.group_id",

@@ -11,12 +11,15 @@
 mod certs;
 mod channels;
 mod clients;
+mod connections;
+mod db;
 mod domains;
 mod events;
 mod groups;
 mod list;
 mod messages;
 mod migrations;
+mod outbox;
 mod presence;
 mod retained;
 mod sessions;
@@ -32,17 +35,19 @@ pub use groups::{max_depth as groups_max_depth, Group, GroupNode, GroupPatch, Ne
 pub(crate) use list::Filter;
 pub use list::{EntityFilter, ListQuery, Order, Page, PageReq, Scope, StatusFilter};
 pub use messages::{Aggregate, Cmp, MessageQuery, MessageRow, NewMessage, ValueFilter};
+pub use outbox::OutboxEntry;
 pub use presence::{PresenceChange, PresenceEvent};
 pub use retained::RetainedRow;
 pub use sessions::{QueuedRow, SessionRow, SessionSnapshot, SessionWrite};
 pub use users::{NewUser, Role, User, UserPatch, UserQuery};
 
+use db::{Conn, Db, Tx};
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::Connection;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Errors of the storage layer. The HTTP and MQTT edges map these once.
+/// Errors of the storage layer. The HTTP and MQTT edges map these once. No variant names a
+/// backend: what the database said is carried as text.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// What was not found, e.g. "channel" or "client dev-1".
@@ -54,10 +59,16 @@ pub enum StoreError {
     Invalid(String),
     #[error("database schema version {found} is newer than this binary supports ({supported})")]
     TooNew { found: i64, supported: i64 },
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("connection pool: {0}")]
-    Pool(#[from] r2d2::Error),
+    /// The database cannot answer now (unreachable, restarting, locked past the timeout, full):
+    /// a retry later may succeed. The edges answer 503 / "server unavailable".
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused a statement for another reason (a bug, or a damaged schema).
+    #[error("database: {0}")]
+    Database(String),
+    /// A stored value this binary cannot read.
+    #[error("stored data: {0}")]
+    Corrupt(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -66,6 +77,18 @@ impl StoreError {
     /// `NotFound` naming what (an entity, or an entity and its id).
     pub fn not_found(what: impl Into<String>) -> StoreError {
         StoreError::NotFound(what.into())
+    }
+    /// Whether the store could not answer now (as opposed to refusing the request).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<r2d2::Error> for StoreError {
+    /// No pooled connection within the timeout: every connection is busy or the server is
+    /// unreachable.
+    fn from(e: r2d2::Error) -> Self {
+        StoreError::Unavailable(format!("no database connection: {e}"))
     }
 }
 
@@ -120,9 +143,11 @@ pub fn now_micros() -> i64 {
     d.as_micros() as i64
 }
 
-/// Settings of the SQLite store.
+/// Settings of the store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
+    /// How long a write waits for the write lock (SQLite's busy timeout; PostgreSQL's
+    /// `lock_timeout` on the write lock), and a PostgreSQL connection for the server.
     pub busy_timeout: Duration,
     pub pool_size: u32,
 }
@@ -136,10 +161,79 @@ impl Default for StoreConfig {
     }
 }
 
-/// The store handle: a pool of SQLite connections to one database file. Cheap to clone.
+/// Where the store lives: `sqlite://<path>` or `postgres://…` (also `postgresql://`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreUrl {
+    /// Never prints a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    /// The URL with any password replaced by `***`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            StoreUrl::Postgres(u) => f.write_str(&redact(u)),
+        }
+    }
+}
+
+/// `u` with the password of its user-info part (`user:password@`) replaced.
+fn redact(u: &str) -> String {
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return "postgres://***".into();
+    };
+    let (auth, host) = match rest.rfind('@') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => return u.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{host}"),
+        None => u.to_string(),
+    }
+}
+
+impl StoreUrl {
+    pub fn parse(s: &str) -> Result<StoreUrl> {
+        if let Some(p) = s.strip_prefix("sqlite://") {
+            if p.is_empty() {
+                return Err(StoreError::Invalid("sqlite:// needs a file path".into()));
+            }
+            return Ok(StoreUrl::Sqlite(PathBuf::from(p)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            s.parse::<postgres::Config>()
+                .map_err(|e| StoreError::Invalid(format!("store url {}: {e}", redact(s))))?;
+            return Ok(StoreUrl::Postgres(s.to_string()));
+        }
+        Err(StoreError::Invalid(format!(
+            "store url {}: expected sqlite://<path> or postgres://user:pass@host:port/db",
+            redact(s)
+        )))
+    }
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, StoreUrl::Postgres(_))
+    }
+}
+
+/// The connection pool of one backend.
+#[derive(Clone)]
+enum Pool {
+    Sqlite(r2d2::Pool<SqliteConnectionManager>),
+    Pg(r2d2::Pool<db::pg::Manager>),
+}
+
+/// The store handle: a pool of connections to one database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: r2d2::Pool<SqliteConnectionManager>,
+    pool: Pool,
     stats: std::sync::Arc<PoolStats>,
     sink: std::sync::Arc<std::sync::OnceLock<ChangeSink>>,
 }
@@ -171,8 +265,8 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database file, applies pending migrations, and refuses
-    /// a database written by a newer binary without touching it.
+    /// Opens (creating if needed) the SQLite database file, applies pending migrations, and
+    /// refuses a database written by a newer binary without touching it.
     pub fn open(path: &Path, cfg: &StoreConfig) -> Result<Store> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -184,25 +278,76 @@ impl Store {
         });
         // Check the version and enable WAL on one connection before the pool opens others.
         {
-            let mut c = Connection::open(path)?;
-            c.busy_timeout(busy)?;
-            c.execute_batch("PRAGMA foreign_keys = ON;")?;
-            let mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            let mut c = rusqlite::Connection::open(path).map_err(db::sqlite::error)?;
+            c.busy_timeout(busy).map_err(db::sqlite::error)?;
+            c.execute_batch("PRAGMA foreign_keys = ON;")
+                .map_err(db::sqlite::error)?;
+            let mode: String = c
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .map_err(db::sqlite::error)?;
             tracing::debug!(journal_mode = %mode, "opened database");
-            migrations::apply(&mut c)?;
+            migrations::apply_sqlite(&mut c)?;
         }
-        let pool = r2d2::Pool::builder().max_size(cfg.pool_size.max(1)).build(manager)?;
-        Ok(Store {
+        let pool = r2d2::Pool::builder()
+            .max_size(cfg.pool_size.max(1))
+            .connection_timeout(cfg.busy_timeout.max(Duration::from_secs(1)))
+            .build(manager)?;
+        Ok(Store::with_pool(Pool::Sqlite(pool)))
+    }
+
+    /// Opens the store at `url`: the SQLite file, or the PostgreSQL database (which must
+    /// exist; its schema is created or migrated, once, whichever node gets there first).
+    pub fn open_url(url: &StoreUrl, cfg: &StoreConfig) -> Result<Store> {
+        let pg = match url {
+            StoreUrl::Sqlite(p) => return Store::open(p, cfg),
+            StoreUrl::Postgres(u) => u,
+        };
+        let manager = db::pg::Manager::new(pg, cfg.busy_timeout)?;
+        let pool = r2d2::Pool::builder()
+            .max_size(cfg.pool_size.max(1))
+            .min_idle(Some(1))
+            .test_on_check_out(false)
+            .connection_timeout(cfg.busy_timeout.max(Duration::from_secs(1)))
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build(manager)?;
+        {
+            let mut c = pool.get()?;
+            migrations::apply_pg(&mut c)?;
+        }
+        Ok(Store::with_pool(Pool::Pg(pool)))
+    }
+
+    fn with_pool(pool: Pool) -> Store {
+        Store {
             pool,
             stats: Default::default(),
             sink: Default::default(),
-        })
+        }
     }
 
-    pub(crate) fn conn(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>> {
+    /// The SQL dialect of this store's backend.
+    pub(crate) fn dialect(&self) -> db::Dialect {
+        match self.pool {
+            Pool::Sqlite(_) => db::Dialect::Sqlite,
+            Pool::Pg(_) => db::Dialect::Postgres,
+        }
+    }
+
+    /// Which database this store runs on: `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Pg(_) => "postgres",
+        }
+    }
+
+    pub(crate) fn conn(&self) -> Result<Conn> {
         use std::sync::atomic::Ordering::Relaxed;
         let started = std::time::Instant::now();
-        let c = self.pool.get()?;
+        let c = match &self.pool {
+            Pool::Sqlite(p) => Conn::Sqlite(p.get()?),
+            Pool::Pg(p) => Conn::Pg(Box::new(std::cell::RefCell::new(p.get()?))),
+        };
         self.stats.checkouts.fetch_add(1, Relaxed);
         self.stats
             .wait_micros
@@ -217,7 +362,10 @@ impl Store {
 
     /// Connections open and idle in the pool.
     pub fn pool_state(&self) -> PoolState {
-        let s = self.pool.state();
+        let s = match &self.pool {
+            Pool::Sqlite(p) => p.state(),
+            Pool::Pg(p) => p.state(),
+        };
         PoolState {
             connections: s.connections,
             idle: s.idle_connections,
@@ -231,7 +379,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO settings (key, value) VALUES ('health_probe', ?1)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [now_micros().to_string()],
+                &db::params![now_micros().to_string()],
             )?;
             Ok(())
         })
@@ -243,52 +391,53 @@ impl Store {
         self.sink.set(Box::new(sink)).is_ok()
     }
 
-    /// [`Store::write`] for a write that changes rights: `f` records the changes it makes, and
-    /// they are handed to the change sink once the transaction has committed (never for a
-    /// write that failed or rolled back).
-    pub(crate) fn write_announcing<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>, &mut Vec<Change>) -> Result<T>,
-    ) -> Result<T> {
+    /// [`Store::write`] for a write that changes rights: `f` records the changes it makes;
+    /// they are written to the outbox inside the transaction and handed to the change sink
+    /// once it has committed (never for a write that failed or rolled back).
+    pub(crate) fn write_announcing<T>(&self, f: impl FnOnce(&Tx<'_>, &mut Vec<Change>) -> Result<T>) -> Result<T> {
         let mut changes = Vec::new();
-        let out = self.write(|tx| f(tx, &mut changes))?;
+        let out = self.write(|tx| {
+            let out = f(tx, &mut changes)?;
+            outbox::record(tx, &changes)?;
+            Ok(out)
+        })?;
         if let Some(sink) = self.sink.get() {
             changes.iter().for_each(sink);
         }
         Ok(out)
     }
 
-    /// Runs `f` in an immediate (write-locking) transaction, committing on `Ok`.
-    pub(crate) fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut c = self.conn()?;
-        let tx = rusqlite::Transaction::new(&mut c, rusqlite::TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
-    }
-}
-
-/// Maps a UNIQUE violation to [`StoreError::Conflict`] with `what` as the message.
-pub(crate) fn conflict(e: rusqlite::Error, what: &str) -> StoreError {
-    match &e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.code == rusqlite::ErrorCode::ConstraintViolation
-                && (f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) =>
-        {
-            StoreError::Conflict(what.to_string())
+    /// Runs `f` in a transaction holding the store's one write lock, committing on `Ok`
+    /// (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction-scoped advisory lock).
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let mut c = p.get()?;
+                let tx = rusqlite::Transaction::new(&mut c, rusqlite::TransactionBehavior::Immediate)
+                    .map_err(db::sqlite::error)?;
+                let tx = Tx::Sqlite(tx);
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Pool::Pg(p) => {
+                let mut c = p.get()?;
+                let tx = Tx::Pg(std::cell::RefCell::new(c.begin_write()?));
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
         }
-        _ => StoreError::Sqlite(e),
     }
 }
 
-/// Column `i` as text read by `parse`; a value it does not know is an error of the row, not
-/// something to skip.
-pub(crate) fn parsed<T>(r: &rusqlite::Row<'_>, i: usize, parse: impl Fn(&str) -> Option<T>) -> rusqlite::Result<T> {
-    let s: String = r.get(i)?;
-    parse(&s).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, format!("unknown value {s:?}").into())
-    })
+/// A unique violation (any [`StoreError::Conflict`] from the database) named `what`; other
+/// errors unchanged.
+pub(crate) fn conflict(e: StoreError, what: &str) -> StoreError {
+    match e {
+        StoreError::Conflict(_) => StoreError::Conflict(what.to_string()),
+        e => e,
+    }
 }
 
 pub(crate) fn status_from_sql(s: &str) -> Status {
@@ -334,7 +483,7 @@ mod tests {
         Store::open(&path, &StoreConfig::default()).expect("open");
         let future = migrations::LATEST + 5;
         {
-            let c = Connection::open(&path).expect("raw");
+            let c = rusqlite::Connection::open(&path).expect("raw");
             c.execute_batch(&format!("PRAGMA user_version = {future}"))
                 .expect("set");
         }
@@ -342,7 +491,7 @@ mod tests {
             Err(StoreError::TooNew { found, .. }) => assert_eq!(found, future),
             other => panic!("expected TooNew, got {other:?}"),
         }
-        let c = Connection::open(&path).expect("raw");
+        let c = rusqlite::Connection::open(&path).expect("raw");
         let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("v");
         assert_eq!(v, future);
     }

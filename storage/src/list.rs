@@ -2,8 +2,8 @@
 //! ([`PageReq`] in, [`Page`] out), the scope of tenant lists and the `WHERE` builder. Every
 //! list query of the store counts and pages through [`Filter::page`].
 
+use crate::db::{Db, Dialect, Row, ToValue, Value};
 use crate::{JsonText, Result};
-use rusqlite::{Connection, Row};
 
 /// Status filter for list queries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,15 +80,16 @@ impl Default for PageReq {
 }
 
 impl PageReq {
-    /// ` ORDER BY … LIMIT … OFFSET …` ordering on `name_column` (for [`Order::Name`]), with
-    /// `rowid_column` breaking ties so pages never overlap.
-    pub(crate) fn sql(&self, name_column: &str, rowid_column: &str) -> String {
+    /// ` ORDER BY … LIMIT … OFFSET …` ordering on `name_column` (for [`Order::Name`], by code
+    /// point), with the insertion order of the table aliased `alias` breaking ties so pages
+    /// never overlap.
+    pub(crate) fn sql(&self, d: Dialect, name_column: &str, alias: &str) -> String {
         let dir = if self.descending { "DESC" } else { "ASC" };
-        format!(
-            " ORDER BY {} {dir}, {rowid_column} {dir}{}",
-            self.order.column(name_column),
-            self.window()
-        )
+        let key = match self.order {
+            Order::Name => d.text_order(name_column),
+            o => o.column(name_column),
+        };
+        format!(" ORDER BY {key} {dir}, {} {dir}{}", d.rowid(alias), self.window())
     }
     /// ` LIMIT … OFFSET …` alone, for lists with a fixed order.
     pub(crate) fn window(&self) -> String {
@@ -114,7 +115,7 @@ impl EntityFilter {
     /// Adds the filter on the table aliased `alias` (`"c."`, or `""` for none), the name
     /// matched as a substring of `{alias}name`.
     pub(crate) fn apply(&self, f: &mut Filter, alias: &str) {
-        let name = format!("instr(lower({alias}name), lower(?)) > 0");
+        let name = f.dialect().contains_nocase(&format!("{alias}name"), "?");
         self.apply_with_name(f, alias, &name);
     }
     /// [`EntityFilter::apply`] with the name matched by `name_clause` (every `?` in it is the
@@ -180,20 +181,31 @@ impl Scope {
     }
 }
 
-/// Builds `WHERE` clauses with positional parameters without string-pasting values.
-#[derive(Default)]
+/// Builds `WHERE` clauses with positional parameters without string-pasting values, in one
+/// backend's dialect.
 pub(crate) struct Filter {
+    dialect: Dialect,
     clauses: Vec<String>,
-    params: Vec<rusqlite::types::Value>,
+    params: Vec<Value>,
 }
 
 impl Filter {
+    pub(crate) fn new(dialect: Dialect) -> Filter {
+        Filter {
+            dialect,
+            clauses: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.dialect
+    }
     /// Adds `clause`, every `?` in it standing for `value` (so a clause holds no numbered
     /// parameters of its own).
-    pub(crate) fn push(&mut self, clause: impl Into<String>, value: impl Into<rusqlite::types::Value>) {
+    pub(crate) fn push(&mut self, clause: impl Into<String>, value: impl ToValue) {
         self.clauses
             .push(clause.into().replace('?', &format!("?{}", self.params.len() + 1)));
-        self.params.push(value.into());
+        self.params.push(value.to_value());
     }
     /// The number the next pushed parameter will have (`?N`), to reuse it elsewhere in a query.
     pub(crate) fn next_index(&self) -> usize {
@@ -210,21 +222,15 @@ impl Filter {
     /// Rows whose `column` holds a JSON object containing every key/value of `want`.
     pub(crate) fn metadata(&mut self, column: &str, want: &Option<JsonText>) {
         if let Some(m) = want {
-            self.push(
-                format!(
-                    "NOT EXISTS (SELECT 1 FROM json_each(?) w WHERE json_extract({column}, '$.\"' || w.key || '\"') IS NOT w.value)"
-                ),
-                m.0.clone(),
-            );
+            let clause = self.dialect.json_has_all(column, "?");
+            self.push(clause, m.0.clone());
         }
     }
     /// Rows whose JSON array `column` contains `tag`.
     pub(crate) fn tag(&mut self, column: &str, tag: &Option<String>) {
         if let Some(t) = tag {
-            self.push(
-                format!("EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"),
-                t.clone(),
-            );
+            let clause = self.dialect.json_array_has(column, "?");
+            self.push(clause, t.clone());
         }
     }
     pub(crate) fn where_sql(&self) -> String {
@@ -239,19 +245,16 @@ impl Filter {
     /// errors of the whole list.
     pub(crate) fn page<T>(
         &self,
-        c: &Connection,
+        c: &impl Db,
         from: &str,
         columns: &str,
         tail: &str,
         page: &PageReq,
-        map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+        map: impl FnMut(&Row) -> Result<T>,
     ) -> Result<Page<T>> {
         let w = self.where_sql();
-        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM {from}{w}"), self.params(), |r| r.get(0))?;
-        let mut st = c.prepare(&format!("SELECT {columns} FROM {from}{w}{tail}"))?;
-        let items = st
-            .query_map(self.params(), map)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM {from}{w}"), &self.params, |r| r.get(0))?;
+        let items = c.query_map(&format!("SELECT {columns} FROM {from}{w}{tail}"), &self.params, map)?;
         Ok(Page {
             total: total.max(0) as u64,
             offset: page.offset,
@@ -259,11 +262,8 @@ impl Filter {
             items,
         })
     }
-    pub(crate) fn values(&self) -> Vec<rusqlite::types::Value> {
-        self.params.clone()
-    }
-    pub(crate) fn params(&self) -> rusqlite::ParamsFromIter<std::slice::Iter<'_, rusqlite::types::Value>> {
-        rusqlite::params_from_iter(self.params.iter())
+    pub(crate) fn values(&self) -> &[Value] {
+        &self.params
     }
 }
 
@@ -496,11 +496,11 @@ mod tests {
         );
         s.conn()
             .expect("conn")
-            .execute("UPDATE domain_members SET relation = 'emperor'", [])
+            .execute("UPDATE domain_members SET relation = 'emperor'", &[])
             .expect("corrupt");
         assert!(matches!(
             s.list_members("d0", &PageReq::default()),
-            Err(crate::StoreError::Sqlite(_))
+            Err(crate::StoreError::Corrupt(_))
         ));
     }
 }

@@ -2,8 +2,8 @@
 //! A row is one normalized SenML record, one JSON document (`format = 'json'`, body in
 //! `payload`) or one undecodable MQTT payload kept raw (`format = 'raw'`).
 
+use crate::db::{params, Db, Row, ToValue};
 use crate::{Result, Store, StoreError};
-use rusqlite::Row;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NewMessage {
@@ -138,7 +138,7 @@ pub struct MessageQuery {
 
 const COLUMNS: &str = "channel, subtopic, publisher, protocol, name, unit, time, update_time, value, string_value, bool_value, data_value, sum, format, payload";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<MessageRow> {
+fn from_row(r: &Row) -> Result<MessageRow> {
     Ok(MessageRow {
         channel: r.get(0)?,
         subtopic: r.get(1)?,
@@ -158,6 +158,11 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<MessageRow> {
     })
 }
 
+/// A finite number as a SQL literal of type double precision on both backends.
+fn real(v: f64) -> String {
+    format!("CAST({v:?} AS DOUBLE PRECISION)")
+}
+
 impl Store {
     /// Inserts every message in one transaction.
     pub fn insert_messages(&self, batch: &[NewMessage]) -> Result<()> {
@@ -168,14 +173,13 @@ impl Store {
     /// (the pipeline's writer yields the CPU there).
     pub fn insert_messages_with(&self, batch: &[NewMessage], mut between: impl FnMut(usize)) -> Result<()> {
         self.write(|tx| {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO messages (domain_id, channel, subtopic, publisher, protocol, name, unit, time, update_time,
-                    value, string_value, bool_value, data_value, sum, format, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            )?;
             for (i, m) in batch.iter().enumerate() {
                 between(i);
-                st.execute(rusqlite::params![
+                tx.execute(
+                    "INSERT INTO messages (domain_id, channel, subtopic, publisher, protocol, name, unit, time, update_time,
+                        value, string_value, bool_value, data_value, sum, format, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                    &params![
                     m.domain_id,
                     m.channel,
                     m.subtopic,
@@ -192,7 +196,8 @@ impl Store {
                     m.sum,
                     m.format,
                     m.payload
-                ])?;
+                    ],
+                )?;
             }
             Ok(())
         })
@@ -201,7 +206,7 @@ impl Store {
     /// Reads a channel's messages: (total matching, page). With aggregation, rows are
     /// buckets: `time` is the bucket start and `value` the aggregate.
     pub fn read_messages(&self, channel: &str, q: &MessageQuery) -> Result<(u64, Vec<MessageRow>)> {
-        let mut f = crate::Filter::default();
+        let mut f = crate::Filter::new(self.dialect());
         f.push("channel = ?", channel.to_string());
         if let Some(s) = &q.subtopic {
             f.push("subtopic = ?", s.clone());
@@ -218,7 +223,10 @@ impl Store {
         match &q.value {
             Some(ValueFilter::Number(v, c)) => f.push(format!("value {} ?", c.op()), *v),
             Some(ValueFilter::Bool(b)) => f.push("bool_value = ?", *b as i64),
-            Some(ValueFilter::Text(s)) => f.push("instr(string_value, ?) > 0", s.clone()),
+            Some(ValueFilter::Text(s)) => {
+                let clause = f.dialect().contains("string_value", "?");
+                f.push(clause, s.clone())
+            }
             Some(ValueFilter::Data(s)) => f.push("data_value = ?", s.clone()),
             None => {}
         }
@@ -232,11 +240,13 @@ impl Store {
         let dir = if q.ascending { "ASC" } else { "DESC" };
         let c = self.conn()?;
         if let Some((agg, interval)) = q.aggregate {
-            if interval <= 0.0 {
+            let from = q.from.unwrap_or(0.0);
+            if !(interval > 0.0 && interval.is_finite() && from.is_finite()) {
                 return Err(StoreError::Invalid("interval must be positive".into()));
             }
-            let from = q.from.unwrap_or(0.0);
-            let bucket = format!("CAST((time - {from}) / {interval} AS INTEGER)");
+            // Finite numbers, written as SQL literals of one floating-point type.
+            let (from, interval) = (real(from), real(interval));
+            let bucket = f.dialect().whole(&format!("(time - {from}) / {interval}"));
             let value_only = if agg == Aggregate::Count {
                 ""
             } else {
@@ -244,7 +254,7 @@ impl Store {
             };
             let total: i64 = c.query_row(
                 &format!("SELECT COUNT(DISTINCT {bucket}) FROM messages{w}{value_only}"),
-                f.params(),
+                f.values(),
                 |r| r.get(0),
             )?;
             let sql = format!(
@@ -256,22 +266,20 @@ impl Store {
                 ch = 1,
                 nm = f.next_index(),
             );
-            let mut params = f.values();
-            params.push(q.name.clone().map(Into::into).unwrap_or(rusqlite::types::Value::Null));
-            let mut st = c.prepare(&sql)?;
-            let rows = st
-                .query_map(rusqlite::params_from_iter(params.iter()), from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut params = f.values().to_vec();
+            params.push(q.name.to_value());
+            let rows = c.query_map(&sql, &params, from_row)?;
             return Ok((total as u64, rows));
         }
-        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM messages{w}"), f.params(), |r| r.get(0))?;
-        let mut st = c.prepare(&format!(
-            "SELECT {COLUMNS} FROM messages{w} ORDER BY time {dir}, id {dir} LIMIT {} OFFSET {}",
-            q.limit, q.offset
-        ))?;
-        let rows = st
-            .query_map(f.params(), from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM messages{w}"), f.values(), |r| r.get(0))?;
+        let rows = c.query_map(
+            &format!(
+                "SELECT {COLUMNS} FROM messages{w} ORDER BY time {dir}, id {dir} LIMIT {} OFFSET {}",
+                q.limit, q.offset
+            ),
+            f.values(),
+            from_row,
+        )?;
         Ok((total as u64, rows))
     }
 
@@ -281,15 +289,12 @@ impl Store {
         self.write(|tx| {
             let mut n = 0;
             if let Some(b) = before {
-                n += tx.execute("DELETE FROM messages WHERE time < ?1", [b])? as u64;
+                n += tx.execute("DELETE FROM messages WHERE time < ?1", &params![b])? as u64;
             }
             if let Some(max) = max_per_channel {
-                n += tx.execute(
-                    "DELETE FROM messages WHERE id IN (
-                        SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY channel ORDER BY time DESC, id DESC) AS rn FROM messages)
-                        WHERE rn > ?1)",
-                    [max as i64],
-                )? as u64;
+                n += tx.execute("DELETE FROM messages WHERE id IN (
+                        SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY channel ORDER BY time DESC, id DESC) AS rn FROM messages) ranked
+                        WHERE rn > ?1)", &params![max as i64])? as u64;
             }
             Ok(n)
         })
@@ -297,6 +302,6 @@ impl Store {
 
     pub fn count_messages(&self) -> Result<u64> {
         let c = self.conn()?;
-        Ok(c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(c.query_row("SELECT COUNT(*) FROM messages", &[], |r| r.get::<i64>(0))? as u64)
     }
 }

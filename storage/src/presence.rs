@@ -2,6 +2,7 @@
 //! session) kept per client, so the API, the CLI and the console can show who is online,
 //! since when, from where and over what.
 
+use crate::db::{params, Db};
 use crate::{Result, Store};
 
 /// One connection joining or leaving a client's MQTT session.
@@ -31,36 +32,39 @@ impl Store {
     /// presence afterwards (clients deleted meanwhile are skipped).
     pub fn apply_presence(&self, events: &[PresenceEvent]) -> Result<Vec<PresenceChange>> {
         self.write(|tx| {
-            let mut join = tx.prepare_cached(
-                "INSERT OR REPLACE INTO client_sessions (domain_id, client_id, mqtt_client_id, remote_addr, protocol, connected_at)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM clients WHERE domain_id = ?1 AND id = ?2)",
-            )?;
-            let mut joined = tx.prepare_cached(
-                "UPDATE clients SET connected_at = ?3, remote_addr = ?4, protocol = ?5 WHERE domain_id = ?1 AND id = ?2",
-            )?;
-            let mut leave = tx.prepare_cached(
-                "DELETE FROM client_sessions WHERE domain_id = ?1 AND client_id = ?2 AND mqtt_client_id = ?3",
-            )?;
-            let mut left = tx.prepare_cached(
-                "UPDATE clients SET disconnected_at = ?3 WHERE domain_id = ?1 AND id = ?2
-                 AND NOT EXISTS (SELECT 1 FROM client_sessions s WHERE s.domain_id = ?1 AND s.client_id = ?2)",
-            )?;
-            let mut online = tx.prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM client_sessions WHERE domain_id = ?1 AND client_id = ?2),
-                        EXISTS (SELECT 1 FROM clients WHERE domain_id = ?1 AND id = ?2)",
-            )?;
             let mut out: Vec<PresenceChange> = Vec::new();
             let mut at: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
             for e in events {
                 let (d, c) = (&e.domain_id, &e.client_id);
                 if e.connected {
-                    join.execute(rusqlite::params![d, c, e.mqtt_client_id, e.remote_addr, e.protocol, e.at])?;
-                    joined.execute(rusqlite::params![d, c, e.at, e.remote_addr, e.protocol])?;
+                    tx.execute(
+                        "INSERT INTO client_sessions (domain_id, client_id, mqtt_client_id, remote_addr, protocol, connected_at)
+                         SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM clients WHERE domain_id = ?1 AND id = ?2)
+                         ON CONFLICT (domain_id, client_id, mqtt_client_id) DO UPDATE SET remote_addr = excluded.remote_addr,
+                           protocol = excluded.protocol, connected_at = excluded.connected_at",
+                        &params![d, c, e.mqtt_client_id, e.remote_addr, e.protocol, e.at],
+                    )?;
+                    tx.execute(
+                        "UPDATE clients SET connected_at = ?3, remote_addr = ?4, protocol = ?5 WHERE domain_id = ?1 AND id = ?2",
+                        &params![d, c, e.at, e.remote_addr, e.protocol],
+                    )?;
                 } else {
-                    leave.execute(rusqlite::params![d, c, e.mqtt_client_id])?;
-                    left.execute(rusqlite::params![d, c, e.at])?;
+                    tx.execute(
+                        "DELETE FROM client_sessions WHERE domain_id = ?1 AND client_id = ?2 AND mqtt_client_id = ?3",
+                        &params![d, c, e.mqtt_client_id],
+                    )?;
+                    tx.execute(
+                        "UPDATE clients SET disconnected_at = ?3 WHERE domain_id = ?1 AND id = ?2
+                         AND NOT EXISTS (SELECT 1 FROM client_sessions s WHERE s.domain_id = ?1 AND s.client_id = ?2)",
+                        &params![d, c, e.at],
+                    )?;
                 }
-                let (live, exists): (bool, bool) = online.query_row([d, c], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let (live, exists): (bool, bool) = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM client_sessions WHERE domain_id = ?1 AND client_id = ?2),
+                            EXISTS (SELECT 1 FROM clients WHERE domain_id = ?1 AND id = ?2)",
+                    &params![d, c],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
                 if !exists {
                     continue;
                 }
@@ -85,12 +89,9 @@ impl Store {
     /// by a crash) without recording their end; their clients are offline since `at`.
     pub fn reset_presence(&self, at: i64) -> Result<u64> {
         self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE clients SET disconnected_at = ?1
-                 WHERE EXISTS (SELECT 1 FROM client_sessions s WHERE s.domain_id = clients.domain_id AND s.client_id = clients.id)",
-                [at],
-            )?;
-            tx.execute("DELETE FROM client_sessions", [])?;
+            let n = tx.execute("UPDATE clients SET disconnected_at = ?1
+                 WHERE EXISTS (SELECT 1 FROM client_sessions s WHERE s.domain_id = clients.domain_id AND s.client_id = clients.id)", &params![at])?;
+            tx.execute("DELETE FROM client_sessions", &[])?;
             Ok(n as u64)
         })
     }

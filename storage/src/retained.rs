@@ -1,5 +1,6 @@
 //! MQTT retained messages: one row per topic, replaced or deleted as the broker says.
 
+use crate::db::{params, Db};
 use crate::{Result, Store};
 
 /// A retained message as stored.
@@ -14,42 +15,36 @@ pub struct RetainedRow {
 
 impl Store {
     pub fn retained_all(&self) -> Result<Vec<RetainedRow>> {
-        let c = self.conn()?;
-        let mut st = c.prepare("SELECT topic, payload, qos, props, expires_at_ms FROM retained ORDER BY topic")?;
-        let rows = st.query_map([], |r| {
-            Ok(RetainedRow {
-                topic: r.get(0)?,
-                payload: r.get(1)?,
-                qos: r.get(2)?,
-                props: r.get(3)?,
-                expires_at_ms: r.get::<_, i64>(4)? as u64,
-            })
-        })?;
-        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        self.conn()?.query_map(
+            "SELECT topic, payload, qos, props, expires_at_ms FROM retained ORDER BY topic",
+            &[],
+            |r| {
+                Ok(RetainedRow {
+                    topic: r.get(0)?,
+                    payload: r.get(1)?,
+                    qos: r.get(2)?,
+                    props: r.get(3)?,
+                    expires_at_ms: r.get::<i64>(4)?.max(0) as u64,
+                })
+            },
+        )
     }
 
     /// Applies puts (`Some`) and deletes (`None`) in order, in one transaction.
     pub fn retained_apply(&self, ops: &[(String, Option<RetainedRow>)]) -> Result<()> {
         self.write(|tx| {
-            let mut put = tx.prepare_cached(
-                "INSERT INTO retained(topic, payload, qos, props, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(topic) DO UPDATE SET payload = excluded.payload, qos = excluded.qos,
-                 props = excluded.props, expires_at_ms = excluded.expires_at_ms",
-            )?;
-            let mut del = tx.prepare_cached("DELETE FROM retained WHERE topic = ?1")?;
             for (topic, row) in ops {
                 match row {
                     Some(r) => {
-                        put.execute(rusqlite::params![
-                            topic,
-                            r.payload,
-                            r.qos,
-                            r.props,
-                            r.expires_at_ms as i64
-                        ])?;
+                        tx.execute(
+                            "INSERT INTO retained(topic, payload, qos, props, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                             ON CONFLICT(topic) DO UPDATE SET payload = excluded.payload, qos = excluded.qos,
+                             props = excluded.props, expires_at_ms = excluded.expires_at_ms",
+                            &params![topic, r.payload, r.qos, r.props, r.expires_at_ms as i64],
+                        )?;
                     }
                     None => {
-                        del.execute([topic])?;
+                        tx.execute("DELETE FROM retained WHERE topic = ?1", &params![topic])?;
                     }
                 }
             }

@@ -4,8 +4,8 @@
 //! A message body is stored once and referenced by one queue row per session waiting for it;
 //! the body goes when its last queue row does.
 
+use crate::db::{params, Db, Tx};
 use crate::{Result, Store};
-use rusqlite::{params, OptionalExtension};
 
 /// A session record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,67 +81,58 @@ impl Store {
     /// deleted or disabled (or whose domain was) and bodies nothing refers to.
     pub fn sessions_load(&self) -> Result<SessionSnapshot> {
         let dropped = self.write(|tx| {
-            let gone: Vec<String> = {
-                let mut st = tx.prepare(
-                    "SELECT s.key FROM session_records s WHERE s.domain_id IS NOT NULL AND NOT EXISTS (
-                        SELECT 1 FROM clients c JOIN domains d ON d.id = c.domain_id
-                        WHERE c.domain_id = s.domain_id AND c.id = s.client_id
-                          AND c.status = 'enabled' AND d.status = 'enabled')",
-                )?;
-                let rows = st.query_map([], |r| r.get(0))?;
-                rows.collect::<std::result::Result<_, _>>()?
-            };
+            let gone: Vec<String> = tx.query_map(
+                "SELECT s.key FROM session_records s WHERE s.domain_id IS NOT NULL AND NOT EXISTS (
+                    SELECT 1 FROM clients c JOIN domains d ON d.id = c.domain_id
+                    WHERE c.domain_id = s.domain_id AND c.id = s.client_id
+                      AND c.status = 'enabled' AND d.status = 'enabled')",
+                &[],
+                |r| r.get(0),
+            )?;
             for k in &gone {
                 delete_session(tx, k)?;
             }
-            tx.execute(
-                "DELETE FROM session_bodies WHERE NOT EXISTS (SELECT 1 FROM session_queue q WHERE q.msg = session_bodies.id)",
-                [],
-            )?;
+            tx.execute("DELETE FROM session_bodies WHERE NOT EXISTS (SELECT 1 FROM session_queue q WHERE q.msg = session_bodies.id)", &[])?;
             Ok(gone.len())
         })?;
         let c = self.conn()?;
-        let mut st = c.prepare(
+        let sessions = c.query_map(
             "SELECT key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound FROM session_records ORDER BY key",
-        )?;
-        let sessions = st
-            .query_map([], |r| {
+            &[],
+            |r| {
                 let d: Option<String> = r.get(1)?;
                 let cl: Option<String> = r.get(2)?;
                 Ok(SessionRow {
                     key: r.get(0)?,
                     owner: d.zip(cl),
-                    expiry_s: r.get::<_, i64>(3)?.clamp(0, u32::MAX as i64) as u32,
-                    disconnected_at_ms: r.get::<_, Option<i64>>(4)?.map(|v| v.max(0) as u64),
+                    expiry_s: r.get::<i64>(3)?.clamp(0, u32::MAX as i64) as u32,
+                    disconnected_at_ms: r.get::<Option<i64>>(4)?.map(|v| v.max(0) as u64),
                     state: r.get(5)?,
                     inbound: r.get(6)?,
                 })
-            })?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let mut st = c.prepare(
+            },
+        )?;
+        let queued = c.query_map(
             "SELECT q.session, q.msg, q.meta, q.state, q.pkid, b.body FROM session_queue q
              JOIN session_bodies b ON b.id = q.msg ORDER BY q.session, q.msg",
-        )?;
-        let queued = st
-            .query_map([], |r| {
+            &[],
+            |r| {
                 Ok(QueuedRow {
                     session: r.get(0)?,
-                    msg: r.get::<_, i64>(1)?.max(0) as u64,
+                    msg: r.get::<i64>(1)?.max(0) as u64,
                     meta: r.get(2)?,
-                    state: r.get::<_, i64>(3)?.clamp(0, 255) as u8,
-                    pkid: r.get::<_, i64>(4)?.clamp(0, 65_535) as u16,
+                    state: r.get::<i64>(3)?.clamp(0, 255) as u8,
+                    pkid: r.get::<i64>(4)?.clamp(0, 65_535) as u16,
                     body: r.get(5)?,
                 })
-            })?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let max_body: Option<i64> = c.query_row("SELECT MAX(id) FROM session_bodies", [], |r| r.get(0))?;
-        let high: Option<i64> = c
-            .query_row(
-                "SELECT CAST(value AS INTEGER) FROM settings WHERE key = 'session_msg_high'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
+            },
+        )?;
+        let max_body: Option<i64> = c.query_row("SELECT MAX(id) FROM session_bodies", &[], |r| r.get(0))?;
+        let high: Option<i64> = c.query_opt(
+            "SELECT CAST(value AS BIGINT) FROM settings WHERE key = 'session_msg_high'",
+            &[],
+            |r| r.get(0),
+        )?;
         let max_msg = [max_body, high].into_iter().flatten().max().unwrap_or(0).max(0) as u64;
         Ok(SessionSnapshot {
             sessions,
@@ -162,15 +153,12 @@ impl Store {
                             Some((d, c)) => (Some(d.as_str()), Some(c.as_str())),
                             None => (None, None),
                         };
-                        tx.prepare_cached(
-                            "INSERT INTO session_records(key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound)
+                        tx.execute("INSERT INTO session_records(key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                              ON CONFLICT(key) DO UPDATE SET domain_id = excluded.domain_id,
                                client_id = excluded.client_id, expiry_s = excluded.expiry_s,
                                disconnected_at_ms = excluded.disconnected_at_ms, state = excluded.state,
-                               inbound = excluded.inbound",
-                        )?
-                        .execute(params![
+                               inbound = excluded.inbound", &params![
                             s.key,
                             d,
                             c,
@@ -181,8 +169,7 @@ impl Store {
                         ])?;
                     }
                     SessionWrite::Inbound { key, inbound } => {
-                        tx.prepare_cached("UPDATE session_records SET inbound = ?2 WHERE key = ?1")?
-                            .execute(params![key, inbound])?;
+                        tx.execute("UPDATE session_records SET inbound = ?2 WHERE key = ?1", &params![key, inbound])?;
                     }
                     SessionWrite::Delete(key) => delete_session(tx, key)?,
                     SessionWrite::Message { id, body, targets } => {
@@ -191,25 +178,20 @@ impl Store {
                         let mut n = 0;
                         for (key, meta) in targets {
                             n += tx
-                                .prepare_cached(
-                                    "INSERT OR IGNORE INTO session_queue(session, msg, meta)
-                                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM session_records WHERE key = ?1)",
-                                )?
-                                .execute(params![key, *id as i64, meta])?;
+                                .execute("INSERT INTO session_queue(session, msg, meta)
+                                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM session_records WHERE key = ?1)
+                                     ON CONFLICT DO NOTHING", &params![key, *id as i64, meta])?;
                         }
                         if n > 0 {
-                            tx.prepare_cached("INSERT OR IGNORE INTO session_bodies(id, body) VALUES (?1, ?2)")?
-                                .execute(params![*id as i64, body])?;
+                            tx.execute("INSERT INTO session_bodies(id, body) VALUES (?1, ?2) ON CONFLICT DO NOTHING", &params![*id as i64, body])?;
                         }
                     }
                     SessionWrite::Mark { key, msg, state, pkid } => {
-                        tx.prepare_cached("UPDATE session_queue SET state = ?3, pkid = ?4 WHERE session = ?1 AND msg = ?2")?
-                            .execute(params![key, *msg as i64, *state as i64, *pkid as i64])?;
+                        tx.execute("UPDATE session_queue SET state = ?3, pkid = ?4 WHERE session = ?1 AND msg = ?2", &params![key, *msg as i64, *state as i64, *pkid as i64])?;
                     }
                     SessionWrite::Ack { key, msg } => {
                         let n = tx
-                            .prepare_cached("DELETE FROM session_queue WHERE session = ?1 AND msg = ?2")?
-                            .execute(params![key, *msg as i64])?;
+                            .execute("DELETE FROM session_queue WHERE session = ?1 AND msg = ?2", &params![key, *msg as i64])?;
                         if n > 0 {
                             gc_body(tx, *msg)?;
                         }
@@ -218,11 +200,16 @@ impl Store {
             }
             if high > 0 {
                 // Message ids are never reused, even when every body is gone.
-                tx.prepare_cached(
-                    "INSERT INTO settings(key, value) VALUES ('session_msg_high', ?1)
-                     ON CONFLICT(key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
-                )?
-                .execute([high as i64])?;
+                let greater = tx
+                    .dialect()
+                    .greatest("CAST(settings.value AS BIGINT)", "CAST(excluded.value AS BIGINT)");
+                tx.execute(
+                    &format!(
+                        "INSERT INTO settings(key, value) VALUES ('session_msg_high', ?1)
+                         ON CONFLICT(key) DO UPDATE SET value = CAST({greater} AS TEXT)"
+                    ),
+                    &params![high.to_string()],
+                )?;
             }
             Ok(())
         })
@@ -231,33 +218,29 @@ impl Store {
     /// Sessions kept and messages queued (for metrics and benchmarks).
     pub fn sessions_counts(&self) -> Result<(u64, u64)> {
         let c = self.conn()?;
-        let s: i64 = c.query_row("SELECT COUNT(*) FROM session_records", [], |r| r.get(0))?;
-        let q: i64 = c.query_row("SELECT COUNT(*) FROM session_queue", [], |r| r.get(0))?;
+        let s: i64 = c.query_row("SELECT COUNT(*) FROM session_records", &[], |r| r.get(0))?;
+        let q: i64 = c.query_row("SELECT COUNT(*) FROM session_queue", &[], |r| r.get(0))?;
         Ok((s as u64, q as u64))
     }
 }
 
-fn gc_body(tx: &rusqlite::Transaction<'_>, msg: u64) -> Result<()> {
-    tx.prepare_cached(
+fn gc_body(tx: &Tx<'_>, msg: u64) -> Result<()> {
+    tx.execute(
         "DELETE FROM session_bodies WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM session_queue WHERE msg = ?1)",
-    )?
-    .execute([msg as i64])?;
+        &params![msg as i64],
+    )?;
     Ok(())
 }
 
-fn delete_session(tx: &rusqlite::Transaction<'_>, key: &str) -> Result<()> {
-    let msgs: Vec<i64> = {
-        let mut st = tx.prepare_cached("SELECT msg FROM session_queue WHERE session = ?1")?;
-        let rows = st.query_map([key], |r| r.get(0))?;
-        rows.collect::<std::result::Result<_, _>>()?
-    };
-    tx.prepare_cached("DELETE FROM session_queue WHERE session = ?1")?
-        .execute([key])?;
+fn delete_session(tx: &Tx<'_>, key: &str) -> Result<()> {
+    let msgs: Vec<i64> = tx.query_map("SELECT msg FROM session_queue WHERE session = ?1", &params![key], |r| {
+        r.get(0)
+    })?;
+    tx.execute("DELETE FROM session_queue WHERE session = ?1", &params![key])?;
     for m in msgs {
         gc_body(tx, m as u64)?;
     }
-    tx.prepare_cached("DELETE FROM session_records WHERE key = ?1")?
-        .execute([key])?;
+    tx.execute("DELETE FROM session_records WHERE key = ?1", &params![key])?;
     Ok(())
 }
 
@@ -335,7 +318,7 @@ mod tests {
         assert_eq!(snap.max_msg, 9, "ids stay reserved after every body is gone");
         let c = s.conn().expect("conn");
         let bodies: i64 = c
-            .query_row("SELECT COUNT(*) FROM session_bodies", [], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM session_bodies", &[], |r| r.get(0))
             .expect("count");
         assert_eq!(bodies, 0);
     }

@@ -1,22 +1,19 @@
 //! Key/value settings the platform persists for itself (the JWT signing key, for example).
 
+use crate::db::{params, Db};
 use crate::{Result, Store};
-use rusqlite::OptionalExtension;
 
 impl Store {
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
-        let c = self.conn()?;
-        Ok(
-            c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
-                .optional()?,
-        )
+        self.conn()?
+            .query_opt("SELECT value FROM settings WHERE key = ?1", &params![key], |r| r.get(0))
     }
 
     pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO settings(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                [key, value],
+                &params![key, value],
             )?;
             Ok(())
         })
@@ -28,9 +25,9 @@ impl Store {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO settings(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
-                [key, &make()],
+                &params![key, make()],
             )?;
-            Ok(tx.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))?)
+            tx.query_row("SELECT value FROM settings WHERE key = ?1", &params![key], |r| r.get(0))
         })
     }
 }

@@ -1,10 +1,10 @@
 //! Users: identity records, password hashes (PHC strings produced by the caller) and the
 //! secret epoch that revokes earlier refresh tokens when a password changes.
 
+use crate::db::{params, Db, Row};
 use crate::{
     conflict, status_from_sql, EntityFilter, Filter, JsonText, Page, PageReq, Result, Status, Store, StoreError,
 };
-use rusqlite::{OptionalExtension, Row};
 
 /// Platform-wide role of a user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,11 +112,11 @@ const COLUMNS: &str = "id, first_name, last_name, email, username, secret, secre
 /// [`COLUMNS`] on the users table aliased `u`.
 pub(crate) const COLUMNS_U: &str = "u.id, u.first_name, u.last_name, u.email, u.username, u.secret, u.secret_epoch, u.tags, u.metadata, u.profile_picture, u.role, u.status, u.created_at, u.updated_at, u.updated_by";
 
-pub(crate) fn from_row_pub(r: &Row<'_>) -> rusqlite::Result<User> {
+pub(crate) fn from_row_pub(r: &Row) -> Result<User> {
     from_row(r)
 }
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<User> {
+fn from_row(r: &Row) -> Result<User> {
     Ok(User {
         id: r.get(0)?,
         first_name: r.get(1)?,
@@ -128,19 +128,20 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<User> {
         tags: JsonText(r.get(7)?),
         metadata: JsonText(r.get(8)?),
         profile_picture: r.get(9)?,
-        role: Role::parse(&r.get::<_, String>(10)?).unwrap_or(Role::User),
-        status: status_from_sql(&r.get::<_, String>(11)?),
+        role: Role::parse(&r.get::<String>(10)?).unwrap_or(Role::User),
+        status: status_from_sql(&r.get::<String>(11)?),
         created_at: r.get(12)?,
         updated_at: r.get(13)?,
         updated_by: r.get(14)?,
     })
 }
 
-fn unique_violation(e: rusqlite::Error) -> StoreError {
+fn unique_violation(e: StoreError) -> StoreError {
+    // SQLite names the column (users.email), PostgreSQL the index (users_email).
     let msg = e.to_string();
-    let what = if msg.contains("users.email") {
+    let what = if msg.contains("users.email") || msg.contains("users_email") {
         "email already in use"
-    } else if msg.contains("users.username") {
+    } else if msg.contains("users.username") || msg.contains("users_username") {
         "username already in use"
     } else {
         "user already exists"
@@ -148,30 +149,32 @@ fn unique_violation(e: rusqlite::Error) -> StoreError {
     conflict(e, what)
 }
 
-fn family_revoked(c: &rusqlite::Connection, family: &str) -> Result<bool> {
-    let mut st = c.prepare_cached("SELECT 1 FROM revoked_token_families WHERE family = ?1")?;
-    Ok(st.exists([family])?)
+fn family_revoked(c: &impl Db, family: &str) -> Result<bool> {
+    c.exists(
+        "SELECT 1 FROM revoked_token_families WHERE family = ?1",
+        &params![family],
+    )
 }
 
-fn user_on(c: &rusqlite::Connection, id: &str) -> Result<User> {
-    c.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)
-        .optional()?
-        .ok_or(StoreError::not_found("user"))
+fn user_on(c: &impl Db, id: &str) -> Result<User> {
+    c.query_opt(
+        &format!("SELECT {COLUMNS} FROM users WHERE id = ?1"),
+        &params![id],
+        from_row,
+    )?
+    .ok_or(StoreError::not_found("user"))
 }
 
 impl Store {
     pub fn create_user(&self, u: NewUser) -> Result<User> {
         self.write(|tx| {
-            tx.execute(
-                "INSERT INTO users (id, first_name, last_name, email, username, secret, tags, metadata, profile_picture, role, status, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                rusqlite::params![
+            tx.execute("INSERT INTO users (id, first_name, last_name, email, username, secret, tags, metadata, profile_picture, role, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)", &params![
                     u.id, u.first_name, u.last_name, u.email, u.username, u.secret, u.tags.0, u.metadata.0,
                     u.profile_picture, u.role.as_str(), u.status.as_str(), crate::now_micros()
-                ],
-            )
+                ])
             .map_err(unique_violation)?;
-            Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [&u.id], from_row)?)
+            tx.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), &params![u.id], from_row)
         })
     }
 
@@ -180,11 +183,19 @@ impl Store {
     /// drops the records that outlived theirs.
     pub fn revoke_token_family(&self, user: &str, family: &str, expires_at: i64, now: i64) -> Result<()> {
         self.write(|tx| {
-            tx.execute("DELETE FROM revoked_token_families WHERE expires_at < ?1", [now])?;
             tx.execute(
-                "INSERT INTO revoked_token_families (family, user_id, expires_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (family) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
-                rusqlite::params![family, user, expires_at],
+                "DELETE FROM revoked_token_families WHERE expires_at < ?1",
+                &params![now],
+            )?;
+            let later = tx
+                .dialect()
+                .greatest("revoked_token_families.expires_at", "excluded.expires_at");
+            tx.execute(
+                &format!(
+                    "INSERT INTO revoked_token_families (family, user_id, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (family) DO UPDATE SET expires_at = {later}"
+                ),
+                &params![family, user, expires_at],
             )?;
             Ok(())
         })
@@ -192,7 +203,7 @@ impl Store {
 
     /// Whether a token family was revoked.
     pub fn token_family_revoked(&self, family: &str) -> Result<bool> {
-        family_revoked(&*self.conn()?, family)
+        family_revoked(&self.conn()?, family)
     }
 
     /// The user a token names, and whether its family (if any) was revoked: what every
@@ -204,25 +215,24 @@ impl Store {
     }
 
     pub fn user(&self, id: &str) -> Result<User> {
-        user_on(&*self.conn()?, id)
+        user_on(&self.conn()?, id)
     }
 
     /// Finds a user by username or e-mail (case-insensitive).
     pub fn user_by_identity(&self, identity: &str) -> Result<Option<User>> {
         let c = self.conn()?;
-        Ok(c.query_row(
-            &format!(
-                "SELECT {COLUMNS} FROM users WHERE username = ?1 COLLATE NOCASE OR email = ?1 COLLATE NOCASE LIMIT 1"
-            ),
-            [identity],
-            from_row,
-        )
-        .optional()?)
+        let d = c.dialect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM users WHERE {} OR {} LIMIT 1",
+            d.eq_nocase("username", "?1"),
+            d.eq_nocase("email", "?1")
+        );
+        c.query_opt(&sql, &params![identity], from_row)
     }
 
     pub fn count_users(&self) -> Result<u64> {
         let c = self.conn()?;
-        Ok(c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(c.query_row("SELECT COUNT(*) FROM users", &[], |r| r.get::<i64>(0))? as u64)
     }
 
     pub fn update_user(&self, id: &str, p: UserPatch, by: &str) -> Result<User> {
@@ -241,7 +251,7 @@ impl Store {
                         status = COALESCE(?10, status),
                         updated_at = ?11, updated_by = ?12
                      WHERE id = ?1",
-                    rusqlite::params![
+                    &params![
                         id,
                         p.first_name,
                         p.last_name,
@@ -260,7 +270,11 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::not_found("user"));
             }
-            Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)?)
+            tx.query_row(
+                &format!("SELECT {COLUMNS} FROM users WHERE id = ?1"),
+                &params![id],
+                from_row,
+            )
         })
     }
 
@@ -272,18 +286,22 @@ impl Store {
             let n = tx.execute(
                 "UPDATE users SET secret = ?2, secret_epoch = secret_epoch + 1, updated_at = ?3, updated_by = ?1
                  WHERE id = ?1 AND (?4 IS NULL OR secret_epoch = ?4)",
-                rusqlite::params![id, secret, crate::now_micros(), expected_epoch],
+                &params![id, secret, crate::now_micros(), expected_epoch],
             )?;
             if n == 0 {
                 return Err(StoreError::not_found("user"));
             }
-            Ok(tx.query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)?)
+            tx.query_row(
+                &format!("SELECT {COLUMNS} FROM users WHERE id = ?1"),
+                &params![id],
+                from_row,
+            )
         })
     }
 
     pub fn delete_user(&self, id: &str) -> Result<()> {
         self.write(|tx| {
-            let n = tx.execute("DELETE FROM users WHERE id = ?1", [id])?;
+            let n = tx.execute("DELETE FROM users WHERE id = ?1", &params![id])?;
             if n == 0 {
                 return Err(StoreError::not_found("user"));
             }
@@ -292,19 +310,22 @@ impl Store {
     }
 
     pub fn list_users(&self, q: &UserQuery) -> Result<Page<User>> {
-        let mut f = Filter::default();
-        q.filter.apply_with_name(
-            &mut f,
-            "",
-            "(username = ? COLLATE NOCASE OR first_name = ? COLLATE NOCASE OR last_name = ? COLLATE NOCASE
-              OR (first_name || ' ' || last_name) = ? COLLATE NOCASE)",
+        let d = self.dialect();
+        let mut f = Filter::new(d);
+        let name = format!(
+            "({} OR {} OR {} OR {})",
+            d.eq_nocase("username", "?"),
+            d.eq_nocase("first_name", "?"),
+            d.eq_nocase("last_name", "?"),
+            d.eq_nocase("(first_name || ' ' || last_name)", "?")
         );
+        q.filter.apply_with_name(&mut f, "", &name);
         let text = |f: &mut Filter, col: &str, v: &Option<String>| {
             if let Some(v) = v {
                 if q.partial {
-                    f.push(format!("instr(lower({col}), lower(?)) > 0"), v.clone());
+                    f.push(d.contains_nocase(col, "?"), v.clone());
                 } else {
-                    f.push(format!("{col} = ? COLLATE NOCASE"), v.clone());
+                    f.push(d.eq_nocase(col, "?"), v.clone());
                 }
             }
         };
@@ -313,7 +334,8 @@ impl Store {
         text(&mut f, "email", &q.email);
         text(&mut f, "username", &q.username);
         if let Some(v) = &q.identity {
-            f.push("(email = ? COLLATE NOCASE OR username = ? COLLATE NOCASE)", v.clone());
+            let clause = format!("({} OR {})", d.eq_nocase("email", "?"), d.eq_nocase("username", "?"));
+            f.push(clause, v.clone());
         }
         if let Some(r) = q.role {
             f.push("role = ?", r.as_str().to_string());
@@ -323,7 +345,7 @@ impl Store {
             &c,
             "users",
             COLUMNS,
-            &q.page.sql("first_name", "rowid"),
+            &q.page.sql(f.dialect(), "first_name", ""),
             &q.page,
             from_row,
         )

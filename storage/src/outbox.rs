@@ -1,0 +1,113 @@
+//! The outbox: every announced change, written inside the transaction that made it, with a
+//! sequence number and a time. One node announces from memory after commit; the outbox is
+//! what other nodes of a cluster read. Pruned by age.
+
+use crate::db::{params, Db, Tx};
+use crate::{Change, Result, Store, StoreError};
+
+/// One recorded change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub seq: i64,
+    /// Microseconds since the Unix epoch.
+    pub at: i64,
+    pub change: Change,
+}
+
+/// Writes `changes` to the outbox inside `tx`.
+pub(crate) fn record(tx: &Tx<'_>, changes: &[Change]) -> Result<()> {
+    let at = crate::now_micros();
+    for c in changes {
+        let payload = serde_json::to_string(c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let kind = payload_kind(c);
+        tx.execute(
+            "INSERT INTO outbox (kind, payload, at) VALUES (?1, ?2, ?3)",
+            &params![kind, payload, at],
+        )?;
+    }
+    Ok(())
+}
+
+fn payload_kind(c: &Change) -> &'static str {
+    match c {
+        Change::ClientEnabled { .. } => "client_enabled",
+        Change::ClientDisabled { .. } => "client_disabled",
+        Change::ClientDeleted { .. } => "client_deleted",
+        Change::ClientSecretChanged { .. } => "client_secret_changed",
+        Change::ChannelEnabled { .. } => "channel_enabled",
+        Change::ChannelDisabled { .. } => "channel_disabled",
+        Change::ChannelDeleted { .. } => "channel_deleted",
+        Change::Connected { .. } => "connected",
+        Change::Disconnected { .. } => "disconnected",
+        Change::CertRevoked { .. } => "cert_revoked",
+        Change::DomainEnabled { .. } => "domain_enabled",
+        Change::DomainDisabled { .. } => "domain_disabled",
+        Change::DomainFrozen { .. } => "domain_frozen",
+    }
+}
+
+impl Store {
+    /// The outbox entries after `seq`, oldest first, at most `limit`.
+    pub fn outbox_after(&self, seq: i64, limit: u32) -> Result<Vec<OutboxEntry>> {
+        self.conn()?.query_map(
+            "SELECT seq, at, payload FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            &params![seq, limit],
+            |r| {
+                let payload: String = r.get(2)?;
+                Ok(OutboxEntry {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    change: serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt(format!("outbox: {e}")))?,
+                })
+            },
+        )
+    }
+
+    /// Removes outbox entries recorded before `before` (microseconds); returns how many.
+    pub fn prune_outbox(&self, before: i64) -> Result<u64> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM outbox WHERE at < ?1", &params![before])? as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::store;
+
+    #[test]
+    fn every_announced_change_is_in_the_outbox_in_order_and_prunable() {
+        let (_d, s) = store();
+        crate::testutil::user(&s, "u");
+        s.create_domain(
+            crate::NewDomain {
+                id: "d1".into(),
+                name: "d1".into(),
+                route: "d1".into(),
+                tags: crate::JsonText::empty_array(),
+                metadata: crate::JsonText::empty_object(),
+            },
+            "u",
+        )
+        .expect("domain");
+        for status in [crate::Status::Disabled, crate::Status::Enabled] {
+            let p = crate::DomainPatch {
+                status: Some(status),
+                ..Default::default()
+            };
+            s.update_domain("d1", p, "u").expect("status");
+        }
+        let all = s.outbox_after(0, 100).expect("read");
+        let kinds: Vec<&Change> = all.iter().map(|e| &e.change).collect();
+        assert_eq!(
+            kinds,
+            [
+                &Change::DomainDisabled { domain_id: "d1".into() },
+                &Change::DomainEnabled { domain_id: "d1".into() }
+            ]
+        );
+        assert!(all[0].seq < all[1].seq);
+        assert_eq!(s.outbox_after(all[0].seq, 100).expect("after").len(), 1);
+        assert_eq!(s.prune_outbox(crate::now_micros() + 1).expect("prune"), 2);
+        assert!(s.outbox_after(0, 100).expect("read").is_empty());
+    }
+}
