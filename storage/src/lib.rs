@@ -24,6 +24,8 @@ mod presence;
 mod retained;
 mod sessions;
 mod settings;
+#[doc(hidden)]
+pub mod testdb;
 mod users;
 
 pub use certs::CertRecord;
@@ -447,10 +449,23 @@ pub(crate) fn status_from_sql(s: &str) -> Status {
 #[cfg(test)]
 pub(crate) mod testutil {
     use super::*;
-    pub fn store() -> (tempfile::TempDir, Store) {
+    /// What keeps a test's database alive: its directory, or its PostgreSQL database.
+    #[allow(dead_code)]
+    pub enum Held {
+        Dir(tempfile::TempDir),
+        Pg(crate::testdb::TestDatabase),
+    }
+
+    /// A fresh store: on PostgreSQL when `FLUXGATE_TEST_DATABASE_URL` is set, else SQLite.
+    pub fn store() -> (Held, Store) {
+        if let Some(server) = crate::testdb::server_url() {
+            let db = crate::testdb::TestDatabase::create(&server).expect("test database");
+            let s = Store::open_url(&db.store_url(), &StoreConfig::default()).expect("open");
+            return (Held::Pg(db), s);
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Store::open(&dir.path().join("t.db"), &StoreConfig::default()).expect("open");
-        (dir, s)
+        (Held::Dir(dir), s)
     }
     /// Creates an enabled ordinary user `id` (username `id`, e-mail `id@x.io`); returns its id.
     pub fn user(s: &Store, id: &str) -> String {
@@ -494,6 +509,21 @@ mod tests {
         let c = rusqlite::Connection::open(&path).expect("raw");
         let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("v");
         assert_eq!(v, future);
+    }
+
+    /// A store dropped on an async worker thread (its last clone going with a task) closes
+    /// its connections without panicking: PostgreSQL's client blocks on its own runtime, so
+    /// its connections are handed to a plain thread to close.
+    #[test]
+    fn a_store_dropped_on_a_runtime_thread_closes_quietly() {
+        let (_held, s) = testutil::store();
+        s.set_setting("k", "v").expect("a pooled connection in use");
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(async move {
+            let clone = s.clone();
+            drop(s);
+            drop(clone);
+        });
     }
 
     #[test]

@@ -59,8 +59,7 @@ mod tests {
 
     #[test]
     fn put_replace_delete_in_order() {
-        let dir = tempfile::tempdir().expect("dir");
-        let s = Store::open(&dir.path().join("t.db"), &Default::default()).expect("store");
+        let (_d, s) = crate::testutil::store();
         let row = |p: &[u8]| RetainedRow {
             topic: "a/b".into(),
             payload: p.to_vec(),

@@ -285,7 +285,7 @@ impl Store {
         self.write(|tx| {
             let n = tx.execute(
                 "UPDATE users SET secret = ?2, secret_epoch = secret_epoch + 1, updated_at = ?3, updated_by = ?1
-                 WHERE id = ?1 AND (?4 IS NULL OR secret_epoch = ?4)",
+                 WHERE id = ?1 AND (CAST(?4 AS BIGINT) IS NULL OR secret_epoch = ?4)",
                 &params![id, secret, crate::now_micros(), expected_epoch],
             )?;
             if n == 0 {

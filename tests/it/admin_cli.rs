@@ -6,7 +6,11 @@ use crate::child::{data, ChildServer, ADMIN_PASSWORD};
 /// Runs `fluxgate admin reset-password --data-dir DIR` without FLUXGATE_ADMIN_PASSWORD:
 /// (exit success, stdout, stderr).
 async fn reset(dir: &std::path::Path) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fluxgate"))
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fluxgate"));
+    if let Some(url) = crate::helpers::pg_database_for(&data(dir)) {
+        cmd.env("FLUXGATE_STORE_URL", url);
+    }
+    let out = cmd
         .args(["admin", "reset-password", "--data-dir"])
         .arg(data(dir))
         .env_remove("FLUXGATE_ADMIN_PASSWORD")

@@ -53,6 +53,9 @@ impl ChildServer {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(url) = crate::helpers::pg_database_for(&data(dir.path())) {
+            cmd.env("FLUXGATE_STORE_URL", url);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -427,19 +427,22 @@ async fn revocations_apply_to_restored_sessions() {
         );
     }
     let dir = s.kill9().await;
-    {
-        let store = storage::Store::open(&dir.path().join("data").join("fluxgate.db"), &Default::default())
-            .expect("open the stopped server's database");
-        let removed = store
-            .disconnect(
-                &f.domain,
-                std::slice::from_ref(&f.subscriber.0),
-                std::slice::from_ref(&f.channel),
-                &[storage::ConnType::Subscribe],
-            )
-            .expect("disconnect");
-        assert_eq!(removed.len(), 1);
-    }
+    // Edited offline, as an operator would, on a blocking thread (as the server uses its store).
+    let data = dir.path().join("data");
+    let url = match crate::helpers::pg_database_for(&data) {
+        Some(u) => storage::StoreUrl::Postgres(u),
+        None => storage::StoreUrl::Sqlite(data.join("fluxgate.db")),
+    };
+    let (domain, subscriber, channel) = (f.domain.clone(), f.subscriber.0.clone(), f.channel.clone());
+    let removed = tokio::task::spawn_blocking(move || {
+        let store = storage::Store::open_url(&url, &Default::default()).expect("open the stopped server's database");
+        store
+            .disconnect(&domain, &[subscriber], &[channel], &[storage::ConnType::Subscribe])
+            .expect("disconnect")
+    })
+    .await
+    .expect("offline edit");
+    assert_eq!(removed.len(), 1);
     let s = ChildServer::start_in(dir, &[]).await;
     for v5 in [false, true] {
         let id = if v5 { "down-5" } else { "down-4" };

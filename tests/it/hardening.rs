@@ -93,7 +93,13 @@ async fn data_files_are_owner_only() {
             seen.push(p.file_name().expect("name").to_string_lossy().to_string());
         }
     }
-    for f in ["fluxgate.db", "fluxgate.db-wal", "ca.key"] {
+    // On PostgreSQL the data directory keeps the lock and the CA; the database is elsewhere.
+    let expected: &[&str] = if crate::helpers::on_postgres() {
+        &["fluxgate.lock", "ca.key"]
+    } else {
+        &["fluxgate.db", "fluxgate.db-wal", "ca.key"]
+    };
+    for f in expected {
         assert!(seen.iter().any(|s| s == f), "{f} in {seen:?}");
     }
     // World-writable: refused.

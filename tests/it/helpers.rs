@@ -50,8 +50,33 @@ pub struct TestApp {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// When the suite runs on PostgreSQL (`FLUXGATE_TEST_DATABASE_URL`), the URL of the database
+/// that belongs to the data directory `dir`: created on first use, the same one when a test
+/// restarts a server on the same directory. The databases live as long as the throwaway
+/// server the suite runs against.
+pub fn pg_database_for(dir: &std::path::Path) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    type Dbs = Mutex<HashMap<std::path::PathBuf, storage::testdb::TestDatabase>>;
+    static DBS: OnceLock<Dbs> = OnceLock::new();
+    let server = storage::testdb::server_url()?;
+    let mut dbs = DBS.get_or_init(Default::default).lock().expect("databases");
+    let db = dbs
+        .entry(dir.to_path_buf())
+        .or_insert_with(|| storage::testdb::TestDatabase::create(&server).expect("test database"));
+    Some(db.url().to_string())
+}
+
+/// Whether the suite runs on PostgreSQL.
+pub fn on_postgres() -> bool {
+    storage::testdb::server_url().is_some()
+}
+
 pub fn test_config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::defaults();
+    if let Some(url) = pg_database_for(dir) {
+        cfg.store.url = fluxgate::config::Secret(url);
+    }
     cfg.data_dir = dir.to_path_buf();
     cfg.http.addr = "127.0.0.1:0".into();
     cfg.mqtt.addr = "127.0.0.1:0".into();
@@ -121,6 +146,25 @@ impl TestApp {
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// Where this server's store lives (its data directory's SQLite file, or its PostgreSQL
+    /// database when the suite runs on PostgreSQL).
+    pub fn store_url(&self) -> storage::StoreUrl {
+        match pg_database_for(&self.data_dir) {
+            Some(u) => storage::StoreUrl::Postgres(u),
+            None => storage::StoreUrl::Sqlite(self.data_dir.join("fluxgate.db")),
+        }
+    }
+
+    /// Holds the store's write lock from another connection until the guard is dropped.
+    pub fn hold_write_lock(&self) -> storage::testdb::ForeignWriteLock {
+        storage::testdb::ForeignWriteLock::take(&self.store_url()).expect("take the write lock")
+    }
+
+    /// Runs SQL on the store from another connection (an operator's database shell).
+    pub fn raw_sql(&self, sql: &str) {
+        storage::testdb::execute_sql(&self.store_url(), sql).expect("raw sql");
     }
 
     /// Stops the server gracefully and hands back its data directory.

@@ -439,8 +439,7 @@ async fn a_full_queue_answers_503_and_loses_nothing_accepted() {
     cfg.store.busy_timeout_ms = 20;
     let (app, _, _, h, _, s) = setup_in(TestApp::spawn_with(dir, cfg).await).await;
     // Block the writer: another process holds SQLite's write lock.
-    let blocker = rusqlite::Connection::open(app.data_dir.join("fluxgate.db")).expect("open");
-    blocker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let blocker = app.hold_write_lock();
     let mut accepted = 0u64;
     let mut refused = 0;
     for i in 0..20 {
@@ -465,7 +464,7 @@ async fn a_full_queue_answers_503_and_loses_nothing_accepted() {
     }
     assert!(refused > 0, "the queue filled up");
     assert!(accepted >= 2, "some were accepted");
-    blocker.execute_batch("ROLLBACK").expect("unlock");
+    drop(blocker);
     app.stored_at_least(accepted).await;
     let (_, v) = app
         .read(&format!("/channels/{h}/messages?name=q"), &format!("Client {s}"))

@@ -428,11 +428,7 @@ async fn mqtt_over_websocket() {
 async fn store_failures_are_server_unavailable_and_refusals_not_bad_credentials() {
     use crate::raw::{Connect, Raw};
     let e = crate::engine::env().await;
-    let db = rusqlite::Connection::open(e.app.data_dir.join("fluxgate.db")).expect("open");
-    let rename = |from: &str, to: &str| {
-        db.execute_batch(&format!("ALTER TABLE {from} RENAME TO {to}"))
-            .expect("rename")
-    };
+    let rename = |from: &str, to: &str| e.app.raw_sql(&format!("ALTER TABLE {from} RENAME TO {to}"));
     rename("clients", "clients_away");
     for (v5, want) in [(true, 0x88), (false, 0x03)] {
         let (_, code, _) = Raw::connect(e.app.mqtt_addr, &e.conn(v5, &format!("down-{v5}"))).await;

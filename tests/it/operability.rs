@@ -298,8 +298,7 @@ async fn health_names_an_unwritable_store() {
     let app = TestApp::spawn_with(dir, cfg).await;
     let (s, v) = app.call(Method::GET, "/health", None, None).await;
     assert_eq!((s, &v["status"]), (200, &json!("pass")), "{v}");
-    let lock = rusqlite::Connection::open(app.data_dir.join("fluxgate.db")).expect("open");
-    lock.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+    let lock = app.hold_write_lock();
     let (s, v) = app.call(Method::GET, "/health", None, None).await;
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["status"], "fail");
@@ -309,7 +308,7 @@ async fn health_names_an_unwritable_store() {
         .unwrap_or("")
         .contains("not writable"));
     assert_eq!(v["checks"]["mqtt broker"][0]["status"], "pass", "{v}");
-    lock.execute_batch("ROLLBACK").expect("release");
+    drop(lock);
     let (s, v) = app.call(Method::GET, "/health", None, None).await;
     assert_eq!(s, 200, "{v}");
 }

@@ -155,7 +155,10 @@ async fn certificate_login_revocation_and_refusals() {
         expire: expired.expire.unix_timestamp(),
         revoked_at: None,
     };
-    app.store.insert_cert(&rec).expect("record");
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || store.insert_cert(&rec).expect("record"))
+        .await
+        .expect("record");
     let mut e = connect(
         addr,
         tls_opts("expired", &ca, Some((&expired.cert_pem, &expired.key_pem)), None, None),
@@ -240,57 +243,13 @@ async fn https_api_and_secure_websocket() {
         https_checked_with_curl(&ca_file, http).await;
     }
 
-    // MQTT over secure WebSocket with a device provisioned directly in the store.
-    let admin = store.user_by_identity("admin").expect("q").expect("admin");
-    let d = store
-        .create_domain(
-            storage::NewDomain {
-                id: uuid::Uuid::new_v4().to_string(),
-                name: "w".into(),
-                route: "wss".into(),
-                tags: storage::JsonText::empty_array(),
-                metadata: storage::JsonText::empty_object(),
-            },
-            &admin.id,
-        )
-        .expect("domain");
+    // MQTT over secure WebSocket with a device provisioned directly in the store (on a
+    // blocking thread, as the server calls its store).
     let h = uuid::Uuid::new_v4().to_string();
-    store
-        .create_channels(
-            &d.id,
-            &[storage::NewChannel {
-                description: String::new(),
-                id: h.clone(),
-                name: "c".into(),
-                parent_group_id: None,
-                tags: storage::JsonText::empty_array(),
-                metadata: storage::JsonText::empty_object(),
-                status: storage::Status::Enabled,
-            }],
-        )
-        .expect("channel");
-    store
-        .create_clients(
-            &d.id,
-            &[storage::NewClient {
-                id: "wss-dev".into(),
-                name: String::new(),
-                identity: String::new(),
-                secret: "wss-secret-1".into(),
-                tags: storage::JsonText::empty_array(),
-                metadata: storage::JsonText::empty_object(),
-                status: storage::Status::Enabled,
-            }],
-        )
-        .expect("client");
-    store
-        .connect(
-            &d.id,
-            &["wss-dev".into()],
-            std::slice::from_ref(&h),
-            &storage::ConnType::BOTH,
-        )
-        .expect("connect");
+    let channel = h.clone();
+    tokio::task::spawn_blocking(move || provision_wss_device(&store, &channel))
+        .await
+        .expect("provision");
     let ca = std::fs::read(&ca_file).expect("ca");
     let mut opts = rumqttc::MqttOptions::new("wss-client", format!("wss://localhost:{}/mqtt", wss.port()), wss.port());
     opts.set_credentials("wss-dev", "wss-secret-1");
@@ -445,4 +404,52 @@ async fn tls11_hello_answer(addr: std::net::SocketAddr) -> (u8, u8, u8) {
         .expect("an answer in time")
         .expect("a whole record header and body");
     (buf[0], buf[5], buf[6])
+}
+
+/// A domain with channel `h` and device `wss-dev` (secret `wss-secret-1`) connected to it.
+fn provision_wss_device(store: &storage::Store, h: &str) {
+    let admin = store.user_by_identity("admin").expect("q").expect("admin");
+    let d = store
+        .create_domain(
+            storage::NewDomain {
+                id: uuid::Uuid::new_v4().to_string(),
+                name: "w".into(),
+                route: "wss".into(),
+                tags: storage::JsonText::empty_array(),
+                metadata: storage::JsonText::empty_object(),
+            },
+            &admin.id,
+        )
+        .expect("domain");
+    store
+        .create_channels(
+            &d.id,
+            &[storage::NewChannel {
+                description: String::new(),
+                id: h.to_string(),
+                name: "c".into(),
+                parent_group_id: None,
+                tags: storage::JsonText::empty_array(),
+                metadata: storage::JsonText::empty_object(),
+                status: storage::Status::Enabled,
+            }],
+        )
+        .expect("channel");
+    store
+        .create_clients(
+            &d.id,
+            &[storage::NewClient {
+                id: "wss-dev".into(),
+                name: String::new(),
+                identity: String::new(),
+                secret: "wss-secret-1".into(),
+                tags: storage::JsonText::empty_array(),
+                metadata: storage::JsonText::empty_object(),
+                status: storage::Status::Enabled,
+            }],
+        )
+        .expect("client");
+    store
+        .connect(&d.id, &["wss-dev".into()], &[h.to_string()], &storage::ConnType::BOTH)
+        .expect("connect");
 }

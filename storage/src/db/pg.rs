@@ -18,7 +18,7 @@ use std::time::Duration;
 
 /// The key of the transaction-scoped advisory lock every registry write holds (PostgreSQL's
 /// equivalent of SQLite's `BEGIN IMMEDIATE`: one writer at a time, across processes).
-const WRITE_LOCK: i64 = 0x666c_7578_0001;
+pub(crate) const WRITE_LOCK: i64 = 0x666c_7578_0001;
 /// The advisory lock migrations hold, so that nodes starting together migrate once.
 pub(crate) const MIGRATE_LOCK: i64 = 0x666c_7578_0002;
 
@@ -264,6 +264,14 @@ pub(crate) fn error(e: postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::Unavailable(e.to_string());
     }
+    // The server's own words (the error's display is only "db error").
+    let said = match e.as_db_error() {
+        Some(d) => d.to_string(),
+        None => match std::error::Error::source(&e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
+    };
     match e.code() {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION => {
             let constraint = e
@@ -282,11 +290,11 @@ pub(crate) fn error(e: postgres::Error) -> StoreError {
                 || *c == SqlState::T_R_DEADLOCK_DETECTED
                 || *c == SqlState::READ_ONLY_SQL_TRANSACTION =>
         {
-            StoreError::Unavailable(e.to_string())
+            StoreError::Unavailable(said)
         }
-        Some(_) => StoreError::Database(e.to_string()),
+        Some(_) => StoreError::Database(said),
         // No SQL state: the connection or the socket failed.
-        None => StoreError::Unavailable(e.to_string()),
+        None => StoreError::Unavailable(said),
     }
 }
 
