@@ -14,6 +14,7 @@ pub mod mail;
 pub mod mqtt;
 pub mod pipeline;
 pub mod presence;
+pub mod store_cmd;
 pub mod telemetry;
 
 use config::Config;

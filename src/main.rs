@@ -54,6 +54,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AdminCmd,
     },
+    /// The store: move an embedded deployment to PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -83,6 +88,22 @@ enum AdminCmd {
 }
 
 #[derive(Subcommand)]
+enum StoreCmd {
+    /// Copy a stopped deployment's store into an empty one: users, domains, clients with
+    /// their secrets, channels, connections, groups, certificates, settings (issued tokens keep
+    /// working), retained messages, persistent sessions with their queues and the message
+    /// history. Refuses a target that holds data; re-run after a failure to start over.
+    Migrate {
+        /// The store to copy, e.g. sqlite:///var/lib/fluxgate/fluxgate.db.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The empty store to fill, e.g. postgres://fluxgate:secret@db:5432/fluxgate.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCmd {
     /// Print the embedded default configuration.
     Default,
@@ -93,7 +114,7 @@ fn main() -> ExitCode {
     // entity-first operator CLI (fluxgate::cli), whose grammar clap cannot express.
     let argv: Vec<String> = std::env::args().collect();
     let first = argv.get(1).map(String::as_str).unwrap_or("");
-    let clap_cmd = matches!(first, "serve" | "completions" | "admin" | "--version" | "-V")
+    let clap_cmd = matches!(first, "serve" | "completions" | "admin" | "store" | "--version" | "-V")
         || (first == "config" && argv.get(2).map(String::as_str) == Some("default"));
     if !clap_cmd {
         if matches!(first, "" | "--help" | "-h" | "help") {
@@ -147,6 +168,24 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Store {
+            cmd: StoreCmd::Migrate { from, to },
+        } => match fluxgate::store_cmd::migrate(&from, &to) {
+            Ok((copied, took)) => {
+                let rate = copied.rows() as f64 / took.as_secs_f64().max(0.001);
+                println!(
+                    "copied {} rows in {} tables in {:.1} s ({rate:.0} rows/s); row counts verified",
+                    copied.rows(),
+                    copied.tables.len(),
+                    took.as_secs_f64()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fluxgate: store migrate: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Completions { shell } => {
             let mut cmd = completion_command();
             clap_complete::generate(shell, &mut cmd, "fluxgate", &mut std::io::stdout());

@@ -18,6 +18,7 @@ mod events;
 mod groups;
 mod list;
 mod messages;
+mod migrate;
 mod migrations;
 mod outbox;
 mod presence;
@@ -37,6 +38,7 @@ pub use groups::{max_depth as groups_max_depth, Group, GroupNode, GroupPatch, Ne
 pub(crate) use list::Filter;
 pub use list::{EntityFilter, ListQuery, Order, Page, PageReq, Scope, StatusFilter};
 pub use messages::{Aggregate, Cmp, MessageQuery, MessageRow, NewMessage, ValueFilter};
+pub use migrate::{Copied, Progress};
 pub use outbox::OutboxEntry;
 pub use presence::{PresenceChange, PresenceEvent};
 pub use retained::RetainedRow;
@@ -467,6 +469,21 @@ pub(crate) mod testutil {
         let s = Store::open(&dir.path().join("t.db"), &StoreConfig::default()).expect("open");
         (Held::Dir(dir), s)
     }
+    /// Creates domain `id` (name and route `id`) with `creator` as its admin.
+    pub fn domain(s: &Store, id: &str, creator: &str) {
+        s.create_domain(
+            NewDomain {
+                id: id.into(),
+                name: id.into(),
+                route: id.into(),
+                tags: JsonText::empty_array(),
+                metadata: JsonText::empty_object(),
+            },
+            creator,
+        )
+        .expect("domain");
+    }
+
     /// Creates an enabled ordinary user `id` (username `id`, e-mail `id@x.io`); returns its id.
     pub fn user(s: &Store, id: &str) -> String {
         s.create_user(NewUser {

@@ -78,17 +78,7 @@ mod tests {
     fn every_announced_change_is_in_the_outbox_in_order_and_prunable() {
         let (_d, s) = store();
         crate::testutil::user(&s, "u");
-        s.create_domain(
-            crate::NewDomain {
-                id: "d1".into(),
-                name: "d1".into(),
-                route: "d1".into(),
-                tags: crate::JsonText::empty_array(),
-                metadata: crate::JsonText::empty_object(),
-            },
-            "u",
-        )
-        .expect("domain");
+        crate::testutil::domain(&s, "d1", "u");
         for status in [crate::Status::Disabled, crate::Status::Enabled] {
             let p = crate::DomainPatch {
                 status: Some(status),

@@ -164,7 +164,7 @@ fn fold<'e>(stored: &HashSet<String>, events: &[&'e PresenceEvent]) -> Folded<'e
 mod tests {
     use super::*;
     use crate::testutil::store;
-    use crate::{ClientQuery, JsonText, NewClient, NewDomain, Status};
+    use crate::{ClientQuery, JsonText, NewClient, Status};
 
     fn event(c: &str, mqtt: &str, at: i64, connected: bool) -> PresenceEvent {
         PresenceEvent {
@@ -230,17 +230,7 @@ mod tests {
 
     fn domain_with(s: &Store, ids: &[&str]) {
         crate::testutil::user(s, "u");
-        s.create_domain(
-            NewDomain {
-                id: "d".into(),
-                name: "d".into(),
-                route: "d".into(),
-                tags: JsonText::empty_array(),
-                metadata: JsonText::empty_object(),
-            },
-            "u",
-        )
-        .expect("domain");
+        crate::testutil::domain(s, "d", "u");
         let clients: Vec<NewClient> = ids
             .iter()
             .map(|id| NewClient {

@@ -11,15 +11,15 @@ use std::time::Duration;
 /// A provisioned domain: a publisher and a subscriber client, one channel.
 /// A domain with a channel, a publisher and a subscriber on a child server.
 pub(crate) struct Fleet {
-    token: String,
-    domain: String,
-    channel: String,
+    pub(crate) token: String,
+    pub(crate) domain: String,
+    pub(crate) channel: String,
     /// (client id, secret)
     pub(crate) publisher: (String, String),
-    subscriber: (String, String),
+    pub(crate) subscriber: (String, String),
 }
 
-async fn call(
+pub(crate) async fn call(
     http: std::net::SocketAddr,
     method: reqwest::Method,
     path: &str,
@@ -98,12 +98,12 @@ impl Fleet {
         .await;
     }
 
-    fn topic(&self, sub: &str) -> String {
+    pub(crate) fn topic(&self, sub: &str) -> String {
         format!("channels/{}/messages/{sub}", self.channel)
     }
 
     /// The subscriber's persistent CONNECT (3.1.1 clean session 0; 5: session expiry).
-    fn sub_conn<'a>(&'a self, v5: bool, id: &'a str, expiry: u32) -> Connect<'a> {
+    pub(crate) fn sub_conn<'a>(&'a self, v5: bool, id: &'a str, expiry: u32) -> Connect<'a> {
         let mut c = Connect::new(v5, id, &self.subscriber.0, &self.subscriber.1);
         c.clean = false;
         if v5 {
@@ -112,7 +112,7 @@ impl Fleet {
         c
     }
 
-    async fn publisher(&self, s: &ChildServer, v5: bool) -> Raw {
+    pub(crate) async fn publisher(&self, s: &ChildServer, v5: bool) -> Raw {
         Raw::ok(s.mqtt, &Connect::new(v5, "pub", &self.publisher.0, &self.publisher.1)).await
     }
 }

@@ -25,6 +25,7 @@ mod isolation;
 mod lifecycle;
 mod live;
 mod messages;
+mod migrate;
 mod mqtt;
 mod mqtt_client;
 mod operability;

@@ -226,8 +226,11 @@ impl ToSql for Value {
                 out.extend_from_slice(s.as_bytes());
                 Ok(IsNull::No)
             }
-            (Value::Text(s), _) => s.as_str().to_sql(ty, out),
             (Value::Blob(b), &Type::BYTEA) => b.as_slice().to_sql(ty, out),
+            // SQLite keeps whatever it was given: text in a BLOB column, bytes in a TEXT one.
+            (Value::Text(s), &Type::BYTEA) => s.as_bytes().to_sql(ty, out),
+            (Value::Blob(b), &Type::TEXT) => std::str::from_utf8(b)?.to_sql(ty, out),
+            (Value::Text(s), _) => s.as_str().to_sql(ty, out),
             (v, ty) => Err(format!("cannot send {v:?} as {ty}").into()),
         }
     }
