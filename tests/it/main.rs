@@ -30,6 +30,8 @@ mod mqtt;
 mod mqtt_client;
 mod operability;
 mod peers;
+mod pg_server;
+mod postgres;
 mod presence;
 mod raw;
 mod tls;
