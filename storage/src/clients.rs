@@ -151,9 +151,18 @@ fn from_row(r: &Row) -> Result<Client> {
             disconnected_at: r.get(12)?,
             remote_addr: r.get(13)?,
             protocol: r.get(14)?,
-            sessions: JsonText(r.get::<Option<String>>(15)?.unwrap_or_else(|| "[]".into())),
+            sessions: JsonText(compact_json(
+                r.get::<Option<String>>(15)?.unwrap_or_else(|| "[]".into()),
+            )),
         },
     })
+}
+
+/// A JSON document in one spelling whichever database built it: no spaces, keys sorted.
+fn compact_json(s: String) -> String {
+    serde_json::from_str::<serde_json::Value>(&s)
+        .map(|v| v.to_string())
+        .unwrap_or(s)
 }
 
 /// With `other` (an id of the other side of connections, in column `other_column`), keeps the

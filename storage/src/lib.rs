@@ -14,6 +14,8 @@ mod clients;
 mod connections;
 mod db;
 mod domains;
+#[cfg(test)]
+mod equivalence;
 mod events;
 mod groups;
 mod list;

@@ -54,8 +54,13 @@ impl TestDatabase {
         let (a, n) = (admin.to_string(), name.clone());
         off_runtime(move || {
             let mut c = postgres::Client::connect(&a, postgres::NoTls).map_err(crate::db::pg::error)?;
-            c.batch_execute(&format!("CREATE DATABASE {n}"))
-                .map_err(crate::db::pg::error)
+            // A collation that does not sort by code point (ICU's en-US), so that nothing can
+            // pass by relying on the server's locale; plain when the server has no ICU.
+            c.batch_execute(&format!(
+                "CREATE DATABASE {n} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+            ))
+            .or_else(|_| c.batch_execute(&format!("CREATE DATABASE {n}")))
+            .map_err(crate::db::pg::error)
         })?;
         Ok(TestDatabase {
             url: with_database(admin, &name),

@@ -7,7 +7,9 @@
 //! - Text order (lists by name) is by code point: SQLite's `BINARY`; `COLLATE "C"` on
 //!   PostgreSQL.
 //! - A metadata filter matches rows whose JSON object has every top-level key of the filter
-//!   with an equal JSON value (a string is never equal to a number).
+//!   with an equal value: scalars by JSON value (`1` equals `1.0`, the string `"1"` never
+//!   equals the number `1`, `true` is not `1`); nested objects and arrays by their compact JSON
+//!   text (as the API stores and sends it).
 //! - A tag filter matches rows whose JSON array holds the tag as a string element.
 //! - List ties break on insertion order: SQLite's `rowid`, PostgreSQL's `seq` identity column.
 //! - Aggregation buckets count whole intervals from the start of the window (truncation).
@@ -58,8 +60,11 @@ impl Dialect {
                  OR json_extract({column}, '$.\"' || w.key || '\"') IS NOT w.value)"
             ),
             Dialect::Postgres => format!(
-                "NOT EXISTS (SELECT 1 FROM jsonb_each(CAST({param} AS jsonb)) w
-                 WHERE (CAST({column} AS jsonb) -> w.key) IS DISTINCT FROM w.value)"
+                "NOT EXISTS (SELECT 1 FROM jsonb_each(CAST(CAST({param} AS text) AS jsonb)) w
+                 WHERE CASE WHEN jsonb_typeof(w.value) IN ('object', 'array')
+                   THEN CAST(CAST({column} AS json) -> w.key AS text)
+                     IS DISTINCT FROM CAST(CAST(CAST({param} AS text) AS json) -> w.key AS text)
+                   ELSE (CAST({column} AS jsonb) -> w.key) IS DISTINCT FROM w.value END)"
             ),
         }
     }
