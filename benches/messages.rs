@@ -13,40 +13,13 @@
 mod common;
 
 use fluxgate::{App, Hooks};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storage::{ConnType, MessageQuery, NewMessage, Store, StoreConfig, ValueFilter};
+use storage::{ConnType, Store, StoreConfig};
 
-const RECORDS_PER_MESSAGE: usize = 10;
-
-fn pack(i: usize) -> String {
-    let recs: Vec<String> = (0..RECORDS_PER_MESSAGE)
-        .map(|k| format!(r#"{{"n":"sensor{k}","u":"C","v":{}}}"#, (i + k) % 100))
-        .collect();
-    format!("[{}]", recs.join(","))
-}
-
-fn rows(n: usize, channel: &str, t0: f64) -> Vec<NewMessage> {
-    (0..n)
-        .map(|i| NewMessage {
-            domain_id: "d".into(),
-            channel: channel.into(),
-            subtopic: String::new(),
-            publisher: format!("dev-{}", i % 10),
-            protocol: "http".into(),
-            name: format!("sensor{}", i % 10),
-            unit: "C".into(),
-            time: t0 + i as f64 * 0.001,
-            value: Some((i % 100) as f64),
-            format: "senml",
-            ..Default::default()
-        })
-        .collect()
-}
+use common::RECORDS_PER_MESSAGE;
 
 fn raw_insert_rate(store: &Store, channel: &str, total: usize) -> f64 {
-    let batch = rows(500, channel, 1_600_000_000.0);
+    let batch = common::message_rows(500, channel, 1_600_000_000.0);
     let start = Instant::now();
     for _ in 0..total / 500 {
         store.insert_messages(&batch).expect("insert");
@@ -112,38 +85,9 @@ async fn main() {
     );
 
     // HTTP ingest: 16 concurrent senders.
-    let client = reqwest::Client::new();
     let before = *stored.borrow();
-    let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..16 {
-        let (c, u, h, stop) = (client.clone(), url.clone(), channel.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = w * 1_000_000;
-            let mut refused = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let r = c
-                    .post(format!("{u}/channels/{h}/messages"))
-                    .header("authorization", format!("Client secret-dev-{}", w % 4))
-                    .header("content-type", "application/senml+json")
-                    .body(pack(i))
-                    .send()
-                    .await;
-                if r.is_ok_and(|r| r.status() == 503) {
-                    refused += 1;
-                }
-                i += 1;
-            }
-            refused
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut refused = 0;
-    for t in tasks {
-        refused += t.await.unwrap_or(0);
-    }
+    let refused = common::http_senders(&url, &channel, secs).await;
     // Wait until everything accepted is committed, then count.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let http_rate = (*stored.borrow() - before) as f64 / start.elapsed().as_secs_f64();
@@ -155,44 +99,8 @@ async fn main() {
 
     // MQTT ingest: 4 publishers at QoS 0.
     let before = *stored.borrow();
-    let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..4 {
-        let mut o = rumqttc::MqttOptions::new(format!("bench-{w}"), mqtt.ip().to_string(), mqtt.port());
-        o.set_credentials(format!("dev-{w}"), format!("secret-dev-{w}"));
-        o.set_keep_alive(Duration::from_secs(30));
-        let (c, mut el) = rumqttc::AsyncClient::new(o, 1000);
-        let stop2 = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            while !stop2.load(Ordering::Relaxed) {
-                if tokio::time::timeout(Duration::from_millis(100), el.poll())
-                    .await
-                    .is_ok_and(|r| r.is_err())
-                {
-                    break;
-                }
-            }
-        }));
-        let (stop3, topic) = (stop.clone(), format!("channels/{channel}/messages"));
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop3.load(Ordering::Relaxed) {
-                if c.publish(topic.clone(), rumqttc::QoS::AtMostOnce, false, pack(i))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                i += 1;
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
+    common::mqtt_publishers(mqtt, &channel, secs).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mqtt_rate = (*stored.borrow() - before) as f64 / start.elapsed().as_secs_f64();
     println!(
@@ -208,7 +116,7 @@ async fn main() {
     let t0 = Instant::now();
     tokio::task::spawn_blocking(move || {
         for k in 0..n_rows / 5000 {
-            let mut r = rows(5000, &b2, 1_600_000_000.0 + k as f64 * 5.0);
+            let mut r = common::message_rows(5000, &b2, 1_600_000_000.0 + k as f64 * 5.0);
             for m in &mut r {
                 m.publisher = format!("dev-{}", k % 10);
             }
@@ -218,68 +126,7 @@ async fn main() {
     .await
     .expect("fill");
     println!("filled {n_rows} messages in one channel in {:.1?}", t0.elapsed());
-    let queries: Vec<(&str, MessageQuery)> = vec![
-        (
-            "latest 10",
-            MessageQuery {
-                limit: 10,
-                ..Default::default()
-            },
-        ),
-        (
-            "name=sensor3, 10",
-            MessageQuery {
-                limit: 10,
-                name: Some("sensor3".into()),
-                ..Default::default()
-            },
-        ),
-        (
-            "publisher=dev-7, 10",
-            MessageQuery {
-                limit: 10,
-                publisher: Some("dev-7".into()),
-                ..Default::default()
-            },
-        ),
-        (
-            "name + v>90, 100",
-            MessageQuery {
-                limit: 100,
-                name: Some("sensor3".into()),
-                value: Some(ValueFilter::Number(90.0, storage::Cmp::Gt)),
-                ..Default::default()
-            },
-        ),
-        (
-            "time range 1 h, 100",
-            MessageQuery {
-                limit: 100,
-                from: Some(1_600_000_000.0),
-                to: Some(1_600_003_600.0),
-                ..Default::default()
-            },
-        ),
-        (
-            "offset 100000, 10",
-            MessageQuery {
-                limit: 10,
-                offset: 100_000,
-                ..Default::default()
-            },
-        ),
-        (
-            "avg per 1 min over 1 h, name",
-            MessageQuery {
-                limit: 100,
-                name: Some("sensor3".into()),
-                from: Some(1_600_000_000.0),
-                to: Some(1_600_003_600.0),
-                aggregate: Some((storage::Aggregate::Avg, 60.0)),
-                ..Default::default()
-            },
-        ),
-    ];
+    let queries = common::reader_queries();
     println!("{:<36} {:>10} {:>10}", "reader query", "p50", "p99");
     for (name, q) in queries {
         let (s5, b3) = (store.clone(), big.clone());

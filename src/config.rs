@@ -188,6 +188,8 @@ pub struct StoreSection {
     pub url: Secret,
     pub busy_timeout_ms: u64,
     pub pool_size: u32,
+    /// Seconds an announced change stays in the outbox; 0 keeps them all.
+    pub outbox_max_age: u64,
 }
 
 impl Config {

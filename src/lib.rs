@@ -330,6 +330,11 @@ impl App {
             }
         };
         let follow = tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
+        if cfg.store.outbox_max_age > 0 {
+            let outbox = tokio::spawn(prune_outbox(store.clone(), cfg.store.outbox_max_age));
+            // Ends with the process; nothing to drain.
+            drop(outbox);
+        }
         let http_ingest = Arc::new(http_ingest::HttpIngest::new(broker.clone()));
         let wss_counters = Arc::new(http_server::HttpCounters::default());
         let telemetry = telemetry::build(telemetry::Sources {
@@ -564,6 +569,23 @@ fn probes(
         ),
         ("message pipeline", Arc::new(move || m.check()) as mgmt::Probe),
     ]
+}
+
+/// Removes outbox entries older than `max_age` seconds, every ten minutes (the first pass at
+/// start-up).
+async fn prune_outbox(store: Store, max_age: u64) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let before =
+            storage::now_micros().saturating_sub((max_age.min(i64::MAX as u64 / 1_000_000) as i64) * 1_000_000);
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.prune_outbox(before)).await {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "outbox pruned"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "outbox pruning failed"),
+            _ => {}
+        }
+    }
 }
 
 /// `fluxgate admin reset-password`: gives the configured super-admin (`admin.username`) a

@@ -178,3 +178,182 @@ pub async fn server_store(data_dir: &std::path::Path) -> Store {
     }
     store
 }
+
+/// SenML records in each message the ingest load sends.
+pub const RECORDS_PER_MESSAGE: usize = 10;
+
+/// Message `i` of the ingest load: [`RECORDS_PER_MESSAGE`] SenML records.
+pub fn pack(i: usize) -> String {
+    let recs: Vec<String> = (0..RECORDS_PER_MESSAGE)
+        .map(|k| format!(r#"{{"n":"sensor{k}","u":"C","v":{}}}"#, (i + k) % 100))
+        .collect();
+    format!("[{}]", recs.join(","))
+}
+
+/// 16 HTTP senders posting to `channel` as devices `dev-0..3` (secrets `secret-dev-N`) for
+/// `secs`; returns how many were answered 503.
+pub async fn http_senders(url: &str, channel: &str, secs: u64) -> u64 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let client = reqwest::Client::new();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let (c, u, h, stop) = (client.clone(), url.to_string(), channel.to_string(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w * 1_000_000;
+            let mut refused = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let r = c
+                    .post(format!("{u}/channels/{h}/messages"))
+                    .header("authorization", format!("Client secret-dev-{}", w % 4))
+                    .header("content-type", "application/senml+json")
+                    .body(pack(i))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status() == 503) {
+                    refused += 1;
+                }
+                i += 1;
+            }
+            refused
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await.unwrap_or(0);
+    }
+    refused
+}
+
+/// 4 MQTT publishers (devices `dev-0..3`) at QoS 0 on `channel` for `secs`.
+pub async fn mqtt_publishers(mqtt: std::net::SocketAddr, channel: &str, secs: u64) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let mut o = rumqttc::MqttOptions::new(format!("bench-{w}"), mqtt.ip().to_string(), mqtt.port());
+        o.set_credentials(format!("dev-{w}"), format!("secret-dev-{w}"));
+        o.set_keep_alive(Duration::from_secs(30));
+        let (c, mut el) = rumqttc::AsyncClient::new(o, 1000);
+        let stop2 = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            while !stop2.load(Ordering::Relaxed) {
+                if tokio::time::timeout(Duration::from_millis(100), el.poll())
+                    .await
+                    .is_ok_and(|r| r.is_err())
+                {
+                    break;
+                }
+            }
+        }));
+        let (stop3, topic) = (stop.clone(), format!("channels/{channel}/messages"));
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop3.load(Ordering::Relaxed) {
+                if c.publish(topic.clone(), rumqttc::QoS::AtMostOnce, false, pack(i))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// `n` stored-message rows for `channel` from `t0` (Unix seconds), 1 ms apart: ten publishers,
+/// ten names, values 0–99.
+pub fn message_rows(n: usize, channel: &str, t0: f64) -> Vec<storage::NewMessage> {
+    (0..n)
+        .map(|i| storage::NewMessage {
+            domain_id: "d".into(),
+            channel: channel.into(),
+            subtopic: String::new(),
+            publisher: format!("dev-{}", i % 10),
+            protocol: "http".into(),
+            name: format!("sensor{}", i % 10),
+            unit: "C".into(),
+            time: t0 + i as f64 * 0.001,
+            value: Some((i % 100) as f64),
+            format: "senml",
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The reader queries the message benches time, by name, on a channel filled from
+/// 1,600,000,000 by [`message_rows`].
+pub fn reader_queries() -> Vec<(&'static str, storage::MessageQuery)> {
+    use storage::MessageQuery;
+    vec![
+        (
+            "latest 10",
+            MessageQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        ),
+        (
+            "name=sensor3, 10",
+            MessageQuery {
+                limit: 10,
+                name: Some("sensor3".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "publisher=dev-7, 10",
+            MessageQuery {
+                limit: 10,
+                publisher: Some("dev-7".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "name + v>90, 100",
+            MessageQuery {
+                limit: 100,
+                name: Some("sensor3".into()),
+                value: Some(storage::ValueFilter::Number(90.0, storage::Cmp::Gt)),
+                ..Default::default()
+            },
+        ),
+        (
+            "time range 1 h, 100",
+            MessageQuery {
+                limit: 100,
+                from: Some(1_600_000_000.0),
+                to: Some(1_600_003_600.0),
+                ..Default::default()
+            },
+        ),
+        (
+            "offset 100000, 10",
+            MessageQuery {
+                limit: 10,
+                offset: 100_000,
+                ..Default::default()
+            },
+        ),
+        (
+            "avg per 1 min over 1 h, name",
+            MessageQuery {
+                limit: 100,
+                name: Some("sensor3".into()),
+                from: Some(1_600_000_000.0),
+                to: Some(1_600_003_600.0),
+                aggregate: Some((storage::Aggregate::Avg, 60.0)),
+                ..Default::default()
+            },
+        ),
+    ]
+}

@@ -2,7 +2,7 @@
 //! A row is one normalized SenML record, one JSON document (`format = 'json'`, body in
 //! `payload`) or one undecodable MQTT payload kept raw (`format = 'raw'`).
 
-use crate::db::{params, Db, Row, ToValue};
+use crate::db::{params, Db, Row, ToValue, Value};
 use crate::{Result, Store, StoreError};
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -158,6 +158,31 @@ fn from_row(r: &Row) -> Result<MessageRow> {
     })
 }
 
+/// The columns a new message fills, in [`row_values`]' order.
+const INSERT_COLUMNS: &str = "domain_id, channel, subtopic, publisher, protocol, name, unit, time, update_time, value, string_value, bool_value, data_value, sum, format, payload";
+
+fn row_values(m: &NewMessage) -> Vec<Value> {
+    params![
+        m.domain_id,
+        m.channel,
+        m.subtopic,
+        m.publisher,
+        m.protocol,
+        m.name,
+        m.unit,
+        m.time,
+        m.update_time,
+        m.value,
+        m.string_value,
+        m.bool_value,
+        m.data_value,
+        m.sum,
+        m.format,
+        m.payload
+    ]
+    .into()
+}
+
 /// A finite number as a SQL literal of type double precision on both backends.
 fn real(v: f64) -> String {
     format!("CAST({v:?} AS DOUBLE PRECISION)")
@@ -172,32 +197,27 @@ impl Store {
     /// [`Store::insert_messages`], calling `between(i)` before row `i` inside the transaction
     /// (the pipeline's writer yields the CPU there).
     pub fn insert_messages_with(&self, batch: &[NewMessage], mut between: impl FnMut(usize)) -> Result<()> {
+        // SQLite: one cached statement per row is its fastest path; PostgreSQL: multi-row
+        // statements (one round trip per ~1,000 rows), measured faster than row by row.
+        let multi_row = self.dialect() == crate::db::Dialect::Postgres;
         self.write(|tx| {
+            if multi_row {
+                let rows: Vec<Vec<Value>> = batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        between(i);
+                        row_values(m)
+                    })
+                    .collect();
+                return crate::migrate::insert_rows(tx, "messages", INSERT_COLUMNS, &rows);
+            }
+            let sql = format!(
+                "INSERT INTO messages ({INSERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            );
             for (i, m) in batch.iter().enumerate() {
                 between(i);
-                tx.execute(
-                    "INSERT INTO messages (domain_id, channel, subtopic, publisher, protocol, name, unit, time, update_time,
-                        value, string_value, bool_value, data_value, sum, format, payload)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                    &params![
-                    m.domain_id,
-                    m.channel,
-                    m.subtopic,
-                    m.publisher,
-                    m.protocol,
-                    m.name,
-                    m.unit,
-                    m.time,
-                    m.update_time,
-                    m.value,
-                    m.string_value,
-                    m.bool_value,
-                    m.data_value,
-                    m.sum,
-                    m.format,
-                    m.payload
-                    ],
-                )?;
+                tx.execute(&sql, &row_values(m))?;
             }
             Ok(())
         })
