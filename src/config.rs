@@ -188,6 +188,9 @@ pub struct StoreSection {
     pub url: Secret,
     pub busy_timeout_ms: u64,
     pub pool_size: u32,
+    /// PostgreSQL: the CA (PEM) that verifies the database server's certificate; set, the
+    /// connections use TLS. Empty: plain TCP.
+    pub tls_ca_file: String,
     /// Seconds an announced change stays in the outbox; 0 keeps them all.
     pub outbox_max_age: u64,
 }
@@ -207,6 +210,7 @@ impl Config {
         storage::StoreConfig {
             busy_timeout: std::time::Duration::from_millis(self.store.busy_timeout_ms),
             pool_size: self.store.pool_size,
+            tls_ca_file: (!self.store.tls_ca_file.is_empty()).then(|| PathBuf::from(&self.store.tls_ca_file)),
         }
     }
 }

@@ -93,6 +93,7 @@ enum StoreCmd {
     /// their secrets, channels, connections, groups, certificates, settings (issued tokens keep
     /// working), retained messages, persistent sessions with their queues and the message
     /// history. Refuses a target that holds data; re-run after a failure to start over.
+    /// PostgreSQL over TLS: FLUXGATE_STORE_TLS_CA_FILE names the CA that verifies the server.
     Migrate {
         /// The store to copy, e.g. sqlite:///var/lib/fluxgate/fluxgate.db.
         #[arg(long, value_name = "URL")]

@@ -26,6 +26,10 @@ pub fn migrate(from: &str, to: &str) -> Result<(Copied, std::time::Duration), Ap
     };
     let cfg = StoreConfig {
         pool_size: 2,
+        // PostgreSQL over TLS: the CA that verifies the server (as `store.tls_ca_file`).
+        tls_ca_file: std::env::var_os("FLUXGATE_STORE_TLS_CA_FILE")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from),
         ..Default::default()
     };
     let source = Store::open_url(&from, &cfg)?;

@@ -156,6 +156,9 @@ pub struct StoreConfig {
     /// `lock_timeout` on the write lock), and a PostgreSQL connection for the server.
     pub busy_timeout: Duration,
     pub pool_size: u32,
+    /// PostgreSQL: the PEM file of the CA(s) that verify the server's certificate; with it,
+    /// connections use TLS (as the URL's `sslmode` asks: `prefer` by default, `require`).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -163,6 +166,7 @@ impl Default for StoreConfig {
         StoreConfig {
             busy_timeout: Duration::from_secs(5),
             pool_size: 8,
+            tls_ca_file: None,
         }
     }
 }
@@ -308,7 +312,7 @@ impl Store {
             StoreUrl::Sqlite(p) => return Store::open(p, cfg),
             StoreUrl::Postgres(u) => u,
         };
-        let manager = db::pg::Manager::new(pg, cfg.busy_timeout)?;
+        let manager = db::pg::Manager::new(pg, cfg.busy_timeout, cfg.tls_ca_file.as_deref())?;
         let pool = r2d2::Pool::builder()
             .max_size(cfg.pool_size.max(1))
             .min_idle(Some(1))

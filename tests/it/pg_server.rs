@@ -33,6 +33,39 @@ impl PgServer {
     /// Starts a new server; `None` without PostgreSQL's binaries (a notice, or a failure when
     /// the peers are required).
     pub fn start() -> Option<PgServer> {
+        let s = PgServer::prepare()?;
+        s.resume();
+        Some(s)
+    }
+
+    /// [`PgServer::start`] with files written into its directory first (owned by the server's
+    /// user, 0600) and extra `-c` settings, in which `{dir}` stands for that directory.
+    pub fn start_with_files(files: &[(&str, &str)], settings: &[(&str, &str)]) -> Option<PgServer> {
+        let s = PgServer::prepare()?;
+        for (name, body) in files {
+            let path = s.dir.path().join(name);
+            std::fs::write(&path, body).expect("write");
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+            if is_root() {
+                let out = Command::new("chown")
+                    .arg("postgres")
+                    .arg(&path)
+                    .output()
+                    .expect("chown");
+                assert!(out.status.success());
+            }
+        }
+        let dir = s.dir.path().display().to_string();
+        let extra: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.replace("{dir}", &dir)))
+            .collect();
+        s.resume_with(&extra);
+        Some(s)
+    }
+
+    /// initdb in a new directory; not started.
+    fn prepare() -> Option<PgServer> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var("FLUXGATE_REQUIRE_PEERS").is_err(),
@@ -64,7 +97,6 @@ impl PgServer {
                 "--locale=C.UTF-8",
             ],
         );
-        s.resume();
         Some(s)
     }
 
@@ -94,11 +126,18 @@ impl PgServer {
 
     /// Starts (again) on the same data and port; returns once it accepts connections.
     pub fn resume(&self) {
-        let opts = format!(
+        self.resume_with(&[]);
+    }
+
+    fn resume_with(&self, extra: &[(String, String)]) {
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             self.port,
             self.dir.path().display()
         );
+        for (k, v) in extra {
+            opts.push_str(&format!(" -c {k}={v}"));
+        }
         let log = self.dir.path().join("server.log").display().to_string();
         self.run(
             "pg_ctl",

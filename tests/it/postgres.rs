@@ -292,3 +292,51 @@ async fn a_database_outage_is_unavailable_and_recovered_from() {
     }
     drop(app);
 }
+
+/// TLS to the database: with `store.tls_ca_file` and `sslmode=require` the store opens over
+/// TLS, verified against that CA; another CA is refused (so the certificate is really checked);
+/// `sslmode=require` without a CA is refused with a message saying what to set.
+#[tokio::test]
+async fn tls_to_the_database_is_verified() {
+    let ca_dir = tempfile::tempdir().expect("dir");
+    let ca = certs::Ca::load_or_create(ca_dir.path(), None).expect("ca");
+    let (cert, key) = ca
+        .issue_server(&["127.0.0.1".into(), "localhost".into()])
+        .expect("server certificate");
+    let Some(server) = PgServer::start_with_files(
+        &[("server.crt", &cert), ("server.key", &key)],
+        &[
+            ("ssl", "on"),
+            ("ssl_cert_file", "{dir}/server.crt"),
+            ("ssl_key_file", "{dir}/server.key"),
+        ],
+    ) else {
+        return;
+    };
+    let db = TestDatabase::create(&server.url()).expect("database");
+    let required = storage::StoreUrl::Postgres(format!("{}?sslmode=require", db.url()));
+    let other_dir = tempfile::tempdir().expect("dir");
+    let other = certs::Ca::load_or_create(other_dir.path(), None).expect("another ca");
+    std::fs::write(other_dir.path().join("other.pem"), other.pem()).expect("pem");
+    let open = move |ca_file: Option<std::path::PathBuf>| {
+        let (url, cfg) = (
+            required.clone(),
+            storage::StoreConfig {
+                tls_ca_file: ca_file,
+                busy_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+        );
+        std::thread::spawn(move || storage::Store::open_url(&url, &cfg).map(|s| s.count_users()))
+            .join()
+            .expect("open")
+    };
+    let ok = open(Some(ca_dir.path().join("ca.crt")));
+    assert!(matches!(ok, Ok(Ok(0))), "over TLS with the right CA: {ok:?}");
+    let refused = open(Some(other_dir.path().join("other.pem")));
+    assert!(refused.is_err(), "a server certificate from another CA is refused");
+    match open(None) {
+        Err(storage::StoreError::Invalid(m)) => assert!(m.contains("tls_ca_file"), "{m}"),
+        other => panic!("sslmode=require without a CA: {other:?}"),
+    }
+}

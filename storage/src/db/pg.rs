@@ -26,10 +26,15 @@ pub(crate) const MIGRATE_LOCK: i64 = 0x666c_7578_0002;
 pub(crate) struct Manager {
     config: postgres::Config,
     lock_timeout: Duration,
+    /// TLS to the server, verified against these roots (`store.tls_ca_file`); without it,
+    /// plain TCP.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 impl Manager {
-    pub(crate) fn new(url: &str, lock_timeout: Duration) -> Result<Manager> {
+    /// `url` as the `postgres` crate reads it (its `sslmode`: `disable`, `prefer`, `require`);
+    /// `ca_file`: the PEM roots that verify the server's certificate when TLS is used.
+    pub(crate) fn new(url: &str, lock_timeout: Duration, ca_file: Option<&std::path::Path>) -> Result<Manager> {
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e: postgres::Error| StoreError::Invalid(format!("store url: {e}")))?;
@@ -37,8 +42,43 @@ impl Manager {
             config.connect_timeout(lock_timeout.max(Duration::from_secs(1)));
         }
         config.application_name("fluxgate");
-        Ok(Manager { config, lock_timeout })
+        let tls = match ca_file {
+            Some(path) => Some(tls_connector(path)?),
+            None if config.get_ssl_mode() == postgres::config::SslMode::Require => {
+                return Err(StoreError::Invalid(
+                    "store url asks for TLS (sslmode=require): set store.tls_ca_file to the CA that signed the database server's certificate".into(),
+                ))
+            }
+            None => None,
+        };
+        Ok(Manager {
+            config,
+            lock_timeout,
+            tls,
+        })
     }
+}
+
+/// A rustls connector trusting the certificates in the PEM file at `path`.
+fn tls_connector(path: &std::path::Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let bad = |why: String| StoreError::Invalid(format!("store.tls_ca_file {}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// One connection and its prepared statements.
@@ -63,7 +103,11 @@ impl r2d2::ManageConnection for Manager {
     type Connection = PgConn;
     type Error = StoreError;
     fn connect(&self) -> Result<PgConn> {
-        let client = self.config.connect(postgres::NoTls).map_err(error)?;
+        let client = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(postgres::NoTls),
+        }
+        .map_err(error)?;
         Ok(PgConn {
             client: Some(client),
             cache: HashMap::new(),
