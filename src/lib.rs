@@ -4,7 +4,9 @@
 //! [`App::build`] binds every listener (port 0 allowed) and reports the chosen addresses;
 //! [`App::run`] serves until the shutdown future completes, then stops cleanly.
 
+pub mod admin;
 pub mod cli;
+pub use admin::reset_admin_password;
 pub mod config;
 pub mod datadir;
 pub mod http_ingest;
@@ -24,7 +26,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use storage::{NewUser, Role, Status, Store, StoreConfig, UserQuery};
+use storage::Store;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -196,7 +198,7 @@ impl App {
 
         let sink = Arc::new(pipeline::LateSink::default());
         let (pipeline, parked) = pipeline::prepare(&cfg.messages, &sink);
-        let (generated_admin_password, passwords) = bootstrap_admin(&store, passwords, &cfg).await?;
+        let (generated_admin_password, passwords) = admin::bootstrap_admin(&store, passwords, &cfg).await?;
 
         Ok(App {
             http,
@@ -331,7 +333,7 @@ impl App {
         };
         let follow = tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
         if cfg.store.outbox_max_age > 0 {
-            let outbox = tokio::spawn(prune_outbox(store.clone(), cfg.store.outbox_max_age));
+            let outbox = tokio::spawn(pipeline::prune_outbox(store.clone(), cfg.store.outbox_max_age));
             // Ends with the process; nothing to drain.
             drop(outbox);
         }
@@ -527,23 +529,6 @@ fn random_hex<const N: usize>() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The configured super-admin as a new user with this password hash.
-fn admin_user(cfg: &Config, hash: String) -> NewUser {
-    NewUser {
-        id: uuid::Uuid::new_v4().to_string(),
-        first_name: cfg.admin.first_name.clone(),
-        last_name: cfg.admin.last_name.clone(),
-        email: cfg.admin.email.clone(),
-        username: cfg.admin.username.clone(),
-        secret: hash,
-        tags: storage::JsonText::empty_array(),
-        metadata: storage::JsonText::empty_object(),
-        profile_picture: String::new(),
-        role: Role::Admin,
-        status: Status::Enabled,
-    }
-}
-
 /// The health checks behind `GET /health`: the MQTT router runs, the database takes a write,
 /// the message writer is not stuck.
 fn probes(
@@ -569,94 +554,4 @@ fn probes(
         ),
         ("message pipeline", Arc::new(move || m.check()) as mgmt::Probe),
     ]
-}
-
-/// Removes outbox entries older than `max_age` seconds, every ten minutes (the first pass at
-/// start-up).
-async fn prune_outbox(store: Store, max_age: u64) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
-    loop {
-        tick.tick().await;
-        let before =
-            storage::now_micros().saturating_sub((max_age.min(i64::MAX as u64 / 1_000_000) as i64) * 1_000_000);
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.prune_outbox(before)).await {
-            Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "outbox pruned"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "outbox pruning failed"),
-            _ => {}
-        }
-    }
-}
-
-/// `fluxgate admin reset-password`: gives the configured super-admin (`admin.username`) a
-/// new password, creating the super-admin if a first start never got that far. Runs on a
-/// stopped server's data directory (it takes the directory's lock, so it is refused while a
-/// server runs there). The password is `admin.password` (`FLUXGATE_ADMIN_PASSWORD`) when
-/// set, else generated and returned to be printed once. The user's earlier tokens stop
-/// working (the password epoch moves).
-pub fn reset_admin_password(cfg: &Config) -> Result<Option<String>, AppError> {
-    let _lock = datadir::prepare(&cfg.data_dir)?;
-    let store = Store::open_url(
-        &cfg.store_url()?,
-        &StoreConfig {
-            pool_size: 1,
-            ..cfg.store_config()
-        },
-    )?;
-    let (password, generated) = if cfg.admin.password.is_empty() {
-        let p = random_hex::<12>();
-        (p.clone(), Some(p))
-    } else {
-        (cfg.admin.password.expose().to_string(), None)
-    };
-    let hash = auth::Passwords::new(cfg.auth.pbkdf2_iterations).and_then(|p| p.hash(&password))?;
-    match store.user_by_identity(&cfg.admin.username)? {
-        Some(u) if u.role == Role::Admin => {
-            store.set_user_secret(&u.id, &hash, None)?;
-        }
-        Some(_) => {
-            return Err(AppError::NotSuperAdmin(cfg.admin.username.clone()));
-        }
-        None => {
-            store.create_user(admin_user(cfg, hash))?;
-        }
-    }
-    Ok(generated)
-}
-
-/// Creates the super-admin from configuration when the store has none. Returns the password
-/// when it was generated here (and the hasher back).
-async fn bootstrap_admin(
-    store: &Store,
-    passwords: auth::Passwords,
-    cfg: &Config,
-) -> Result<(Option<String>, auth::Passwords), AppError> {
-    let s = store.clone();
-    let existing = blocking(move || {
-        s.list_users(&UserQuery {
-            filter: storage::EntityFilter {
-                status: storage::StatusFilter::All,
-                ..Default::default()
-            },
-            role: Some(Role::Admin),
-            ..Default::default()
-        })
-        .map(|p| p.total > 0)
-    })
-    .await??;
-    if existing {
-        return Ok((None, passwords));
-    }
-    let (password, generated) = if cfg.admin.password.is_empty() {
-        let p = random_hex::<12>();
-        (p.clone(), Some(p))
-    } else {
-        (cfg.admin.password.expose().to_string(), None)
-    };
-    let (hash, passwords) = blocking(move || (passwords.hash(&password), passwords)).await?;
-    let new = admin_user(cfg, hash?);
-    let s = store.clone();
-    let u = blocking(move || s.create_user(new)).await??;
-    tracing::info!(user = %u.id, username = %u.username, "created the bootstrap super-admin");
-    Ok((generated, passwords))
 }

@@ -21,6 +21,7 @@ mod writer;
 
 pub use queue::LateSink;
 use queue::{Bound, Envelope, Queue};
+pub(crate) use retention::prune_outbox;
 use writer::{batch_loop, writer_thread};
 
 /// Counters of the pipeline.

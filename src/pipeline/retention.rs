@@ -26,3 +26,20 @@ pub(super) async fn retention(store: Store, cfg: MessagesConfig, metrics: Arc<Pi
         }
     }
 }
+
+/// Removes outbox entries older than `max_age` seconds, every ten minutes (the first pass at
+/// start-up).
+pub(crate) async fn prune_outbox(store: Store, max_age: u64) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let before =
+            storage::now_micros().saturating_sub((max_age.min(i64::MAX as u64 / 1_000_000) as i64) * 1_000_000);
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.prune_outbox(before)).await {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "outbox pruned"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "outbox pruning failed"),
+            _ => {}
+        }
+    }
+}
