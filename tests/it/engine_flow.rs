@@ -374,12 +374,33 @@ async fn fresh_ids(s: &crate::child::ChildServer, f: &crate::durable::Fleet, pre
 async fn fresh_client_ids_leave_resident_memory_where_it_was() {
     let s = crate::child::ChildServer::start(&[]).await;
     let f = crate::durable::Fleet::provision(&s).await;
-    // Warm-up: the allocator's and the runtime's steady state for 16 connections at a time.
-    fresh_ids(&s, &f, "warm", 4_000).await;
+    // Warm-up: the allocator's and the runtime's steady state for 16 connections at a time,
+    // and the store's connection pool grown to its size (on PostgreSQL each pooled connection
+    // holds a client with its own buffers: a fixed cost, not one per id).
+    fresh_ids(&s, &f, "warm", 20_000).await;
     s.healthy().await;
     let before = s.rss_kib();
     fresh_ids(&s, &f, "fresh", 100_000).await;
     s.healthy().await;
+    // Every connection's end is written (the presence writer has caught up).
+    let client = format!("/{}/clients/{}", f.domain, f.publisher.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (st, v) = crate::durable::call(
+            s.http,
+            reqwest::Method::GET,
+            &client,
+            Some(&f.token),
+            serde_json::Value::Null,
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        if v["connected"] == false {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "presence caught up: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let after = s.rss_kib();
     eprintln!("RSS KiB: before {before}, after 100,000 fresh client ids {after}");
     assert!(

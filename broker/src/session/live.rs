@@ -76,7 +76,12 @@ impl Session {
                 }
             };
             if let Err(e) = step {
-                // What the session wrote last (acknowledgements, DISCONNECT) is sent, bounded.
+                // Replies held for commits (acknowledgements of messages already accepted, and
+                // a DISCONNECT queued behind them) go first, in order, once committed; then what
+                // the session wrote last. Both bounded.
+                if !self.held.is_empty() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.drain_held(live)).await;
+                }
                 if !live.wbuf.is_empty() {
                     let w = tokio::time::timeout(Duration::from_secs(1), live.wr.write_all(&live.wbuf)).await;
                     if matches!(w, Ok(Ok(()))) {

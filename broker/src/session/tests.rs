@@ -125,6 +125,37 @@ async fn a_publisher_is_acknowledged_only_after_the_persistent_entry_commits() {
     assert!(entries >= 1, "the entries were written: {written:?}");
 }
 
+/// A session ending on the device's protocol error still sends the acknowledgements it held
+/// for a commit (the messages were accepted), in order, before its DISCONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_acknowledgements_are_sent_before_a_protocol_error_closes() {
+    let store = Arc::new(MemSessions::default());
+    let (sh, _) = shared_with(BrokerConfig::default(), None, Some(store.clone()));
+    let (mut sub, _) = Dev::resume(&sh, false, "pe-sub").await;
+    assert_eq!(sub.subscribe(&[TOPIC]).await, vec![1]);
+    let mut p = Dev::connect(&sh, true, "pe-pub").await;
+    store.hold(true);
+    p.publish_payload(TOPIC, 1, false, 1, b"a").await;
+    use tokio::io::AsyncWriteExt;
+    // A packet of the reserved type 0: a protocol error.
+    p.io.write_all(&[0x00, 0x00]).await.expect("malformed");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), p.packet())
+            .await
+            .is_err(),
+        "nothing before the commit"
+    );
+    store.hold(false);
+    assert_eq!(p.packet().await, Some((0x40, vec![0, 1])), "the held PUBACK first");
+    let (kind, body) = p.packet().await.expect("DISCONNECT");
+    assert_eq!(
+        (kind, body.first().copied()),
+        (0xE0, Some(0x82)),
+        "then DISCONNECT 0x82"
+    );
+    assert!(p.packet().await.is_none(), "then closed");
+}
+
 /// One stored delivery of the restored session `key`.
 fn entry(key: &str, msg: u64, qos: u8, state: u8, pkid: u16) -> StoredDelivery {
     StoredDelivery {
