@@ -550,6 +550,25 @@ mod tests {
     }
 
     #[test]
+    fn store_urls_parse_and_never_print_a_password() {
+        let u = StoreUrl::parse("postgres://fluxgate:s3cret@db:5432/fg?sslmode=require").expect("pg");
+        assert!(u.is_postgres());
+        assert_eq!(u.to_string(), "postgres://fluxgate:***@db:5432/fg?sslmode=require");
+        assert!(!format!("{u:?}").contains("s3cret"));
+        assert!(StoreUrl::parse("postgresql://u@h/d").expect("postgresql").is_postgres());
+        assert_eq!(
+            StoreUrl::parse("sqlite:///var/lib/f.db").expect("sqlite"),
+            StoreUrl::Sqlite(PathBuf::from("/var/lib/f.db"))
+        );
+        for bad in ["sqlite://", "mysql://u:pw@h/d", "postgres://u:pw@h:notaport/d"] {
+            match StoreUrl::parse(bad) {
+                Err(StoreError::Invalid(m)) => assert!(!m.contains("pw@"), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn reopening_keeps_data_and_version() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("x.db");

@@ -146,9 +146,11 @@ impl PgConn {
             .as_mut()
             .ok_or_else(|| StoreError::Unavailable("connection closed".into()))?;
         let mut tx = client.transaction().map_err(error)?;
-        tx.batch_execute(&format!("SET LOCAL lock_timeout = {timeout}"))
-            .map_err(error)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key]).map_err(error)?;
+        // One round trip for both (the key is a constant of ours, not input).
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {timeout}; SELECT pg_advisory_xact_lock({key})"
+        ))
+        .map_err(error)?;
         Ok(Tx {
             tx,
             cache: &mut self.cache,
