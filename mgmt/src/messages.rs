@@ -340,7 +340,7 @@ fn message_json(m: &MessageRow) -> Value {
     if let Some(v) = m.sum {
         o.insert("sum".into(), json!(v));
     }
-    match (m.format.as_str(), &m.payload) {
+    match (m.format, &m.payload) {
         ("json", Some(p)) => {
             o.insert("payload".into(), serde_json::from_slice(p).unwrap_or(Value::Null));
         }

@@ -5,6 +5,8 @@
 use crate::db::{params, Db, Row, ToValue, Value};
 use crate::{Result, Store, StoreError};
 
+/// A message row: what the pipeline writes and what the readers read back (one record for
+/// both; its columns are [`COLUMNS`], in this order).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NewMessage {
     pub domain_id: String,
@@ -27,25 +29,8 @@ pub struct NewMessage {
     pub payload: Option<Vec<u8>>,
 }
 
-/// A stored message as read back.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MessageRow {
-    pub channel: String,
-    pub subtopic: String,
-    pub publisher: String,
-    pub protocol: String,
-    pub name: String,
-    pub unit: String,
-    pub time: f64,
-    pub update_time: Option<f64>,
-    pub value: Option<f64>,
-    pub string_value: Option<String>,
-    pub bool_value: Option<bool>,
-    pub data_value: Option<String>,
-    pub sum: Option<f64>,
-    pub format: String,
-    pub payload: Option<Vec<u8>>,
-}
+/// A stored message as read back: the record written, read in the same columns.
+pub type MessageRow = NewMessage;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cmp {
@@ -136,30 +121,35 @@ pub struct MessageQuery {
     pub ascending: bool,
 }
 
-const COLUMNS: &str = "channel, subtopic, publisher, protocol, name, unit, time, update_time, value, string_value, bool_value, data_value, sum, format, payload";
+/// The columns of a message row, in [`NewMessage`]'s field order: what [`row_values`]
+/// writes and [`from_row`] reads.
+const COLUMNS: &str = "domain_id, channel, subtopic, publisher, protocol, name, unit, time, update_time, value, string_value, bool_value, data_value, sum, format, payload";
 
-fn from_row(r: &Row) -> Result<MessageRow> {
-    Ok(MessageRow {
-        channel: r.get(0)?,
-        subtopic: r.get(1)?,
-        publisher: r.get(2)?,
-        protocol: r.get(3)?,
-        name: r.get(4)?,
-        unit: r.get(5)?,
-        time: r.get(6)?,
-        update_time: r.get(7)?,
-        value: r.get(8)?,
-        string_value: r.get(9)?,
-        bool_value: r.get(10)?,
-        data_value: r.get(11)?,
-        sum: r.get(12)?,
-        format: r.get(13)?,
-        payload: r.get(14)?,
-    })
+/// The stored format text as the record's static name.
+fn format_of(s: &str) -> Option<&'static str> {
+    ["senml", "json", "raw"].into_iter().find(|f| *f == s)
 }
 
-/// The columns a new message fills, in [`row_values`]' order.
-const INSERT_COLUMNS: &str = "domain_id, channel, subtopic, publisher, protocol, name, unit, time, update_time, value, string_value, bool_value, data_value, sum, format, payload";
+fn from_row(r: &Row) -> Result<NewMessage> {
+    Ok(NewMessage {
+        domain_id: r.get(0)?,
+        channel: r.get(1)?,
+        subtopic: r.get(2)?,
+        publisher: r.get(3)?,
+        protocol: r.get(4)?,
+        name: r.get(5)?,
+        unit: r.get(6)?,
+        time: r.get(7)?,
+        update_time: r.get(8)?,
+        value: r.get(9)?,
+        string_value: r.get(10)?,
+        bool_value: r.get(11)?,
+        data_value: r.get(12)?,
+        sum: r.get(13)?,
+        format: r.parsed(14, format_of)?,
+        payload: r.get(15)?,
+    })
+}
 
 fn row_values(m: &NewMessage) -> Vec<Value> {
     params![
@@ -210,10 +200,10 @@ impl Store {
                         row_values(m)
                     })
                     .collect();
-                return crate::migrate::insert_rows(tx, "messages", INSERT_COLUMNS, &rows);
+                return crate::migrate::insert_rows(tx, "messages", COLUMNS, &rows);
             }
             let sql = format!(
-                "INSERT INTO messages ({INSERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                "INSERT INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
             );
             for (i, m) in batch.iter().enumerate() {
                 between(i);
@@ -278,7 +268,7 @@ impl Store {
                 |r| r.get(0),
             )?;
             let sql = format!(
-                "SELECT ?{ch} AS channel, '' , '', '', COALESCE(?{nm}, ''), '', {from} + {bucket} * {interval} AS t, NULL, {}, NULL, NULL, NULL, NULL, 'senml', NULL
+                "SELECT MAX(domain_id), ?{ch} AS channel, '' , '', '', COALESCE(?{nm}, ''), '', {from} + {bucket} * {interval} AS t, NULL, {}, NULL, NULL, NULL, NULL, 'senml', NULL
                  FROM messages{w}{value_only} GROUP BY {bucket} ORDER BY t {dir} LIMIT {} OFFSET {}",
                 agg.sql(),
                 q.limit,
