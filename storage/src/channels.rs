@@ -3,11 +3,10 @@
 //! which the broker routes without a domain.
 
 use crate::clients::{connection_types, parse_types};
-use crate::db::{params, Db, Row, Tx};
+use crate::db::{params, Db, Row, ToValue, Tx};
+use crate::entity::{self, record, shared_columns, OWN};
 use crate::events::{Change, ConnType};
-use crate::{
-    conflict, status_from_sql, EntityFilter, Filter, JsonText, Page, PageReq, Result, Status, Store, StoreError,
-};
+use crate::{conflict, EntityFilter, Filter, JsonText, Page, PageReq, Result, Status, Store, StoreError};
 
 #[derive(Clone, Debug)]
 pub struct Channel {
@@ -53,23 +52,17 @@ pub struct ChannelQuery {
     pub client: Option<String>,
 }
 
-const COLUMNS: &str = "h.id, h.domain_id, h.name, h.parent_group_id, h.tags, h.metadata, h.status, h.created_at, h.updated_at, h.updated_by, h.description";
+const COLUMNS: &str = concat!(shared_columns!("h."), ", h.parent_group_id, h.description");
 
 fn from_row(r: &Row) -> Result<Channel> {
-    Ok(Channel {
-        id: r.get(0)?,
-        domain_id: r.get(1)?,
-        name: r.get(2)?,
-        parent_group_id: r.get(3)?,
-        tags: JsonText(r.get(4)?),
-        metadata: JsonText(r.get(5)?),
-        status: status_from_sql(&r.get::<String>(6)?),
-        created_at: r.get(7)?,
-        updated_at: r.get(8)?,
-        updated_by: r.get(9)?,
-        description: r.get(10)?,
-        conn_types: Vec::new(),
-    })
+    Ok(record!(
+        r,
+        Channel {
+            parent_group_id: r.get(OWN)?,
+            description: r.get(OWN + 1)?,
+            conn_types: Vec::new(),
+        }
+    ))
 }
 
 fn get(c: &impl Db, domain: &str, id: &str) -> Result<Channel> {
@@ -104,24 +97,20 @@ impl Store {
                 check_group(tx, domain, &h.parent_group_id)?;
                 // Channel ids are global (they name MQTT topics). One taken by another domain
                 // is answered like an invalid id, so the answer confirms nothing about it.
-                let owner: Option<String> = tx
-                    .query_opt("SELECT domain_id FROM channels WHERE id = ?1", &params![h.id], |r| r.get(0))?;
+                let owner: Option<String> =
+                    tx.query_opt("SELECT domain_id FROM channels WHERE id = ?1", &params![h.id], |r| {
+                        r.get(0)
+                    })?;
                 if owner.is_some_and(|o| o != domain) {
                     return Err(StoreError::Invalid(INVALID_CHANNEL_ID.into()));
                 }
-                tx.execute("INSERT INTO channels (id, domain_id, name, parent_group_id, tags, metadata, status, created_at, description)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", &params![
-                        h.id,
-                        domain,
-                        h.name,
-                        h.parent_group_id,
-                        h.tags.0,
-                        h.metadata.0,
-                        h.status.as_str(),
-                        now,
-                        h.description
-                    ])
-                .map_err(|e| conflict(e, "channel id already exists"))?;
+                let own = [
+                    ("parent_group_id", h.parent_group_id.to_value()),
+                    ("description", h.description.to_value()),
+                ];
+                let shared = entity::Shared::new(&h.id, &h.name, &h.tags, &h.metadata, h.status);
+                entity::insert(tx, "channels", domain, shared, &own, now)
+                    .map_err(|e| conflict(e, "channel id already exists"))?;
             }
             new.iter().map(|h| get(tx, domain, &h.id)).collect()
         })
@@ -212,7 +201,7 @@ impl Store {
             &q.page,
             |r| {
                 let mut h = from_row(r)?;
-                h.conn_types = parse_types(r.get(11)?);
+                h.conn_types = parse_types(r.get(OWN + 2)?);
                 Ok(h)
             },
         )

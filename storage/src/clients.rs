@@ -1,7 +1,8 @@
 //! Clients (devices) of a domain and the authorization questions asked about them.
 //! A client is identified by (domain, id): the same external id may exist in two domains.
 
-use crate::db::{params, Db, Dialect, Row, Tx};
+use crate::db::{params, Db, Dialect, Row, ToValue, Tx};
+use crate::entity::{self, record, shared_columns, OWN};
 use crate::events::{Change, ConnType};
 use crate::{
     conflict, status_from_sql, EntityFilter, Filter, JsonText, Page, PageReq, Result, Status, Store, StoreError,
@@ -124,38 +125,32 @@ fn columns(d: Dialect) -> String {
         "FROM client_sessions s WHERE s.domain_id = c.domain_id AND s.client_id = c.id",
     );
     format!(
-        "c.id, c.domain_id, c.name, c.identity, c.secret, c.tags, c.metadata, c.status, c.created_at, c.updated_at,
-         c.updated_by, c.connected_at, c.disconnected_at, c.remote_addr, c.protocol, {sessions}"
+        "{}, c.identity, c.secret, c.connected_at, c.disconnected_at, c.remote_addr, c.protocol, {sessions}",
+        shared_columns!("c.")
     )
 }
 
 /// Where the list query's connection types column is (after [`columns`]).
-const TYPES_COLUMN: usize = 16;
+const TYPES_COLUMN: usize = OWN + 7;
 
 fn from_row(r: &Row) -> Result<Client> {
-    Ok(Client {
-        id: r.get(0)?,
-        domain_id: r.get(1)?,
-        name: r.get(2)?,
-        identity: r.get(3)?,
-        secret: r.get(4)?,
-        tags: JsonText(r.get(5)?),
-        metadata: JsonText(r.get(6)?),
-        status: status_from_sql(&r.get::<String>(7)?),
-        created_at: r.get(8)?,
-        updated_at: r.get(9)?,
-        updated_by: r.get(10)?,
-        conn_types: Vec::new(),
-        presence: Presence {
-            connected_at: r.get(11)?,
-            disconnected_at: r.get(12)?,
-            remote_addr: r.get(13)?,
-            protocol: r.get(14)?,
-            sessions: JsonText(compact_json(
-                r.get::<Option<String>>(15)?.unwrap_or_else(|| "[]".into()),
-            )),
-        },
-    })
+    Ok(record!(
+        r,
+        Client {
+            identity: r.get(OWN)?,
+            secret: r.get(OWN + 1)?,
+            conn_types: Vec::new(),
+            presence: Presence {
+                connected_at: r.get(OWN + 2)?,
+                disconnected_at: r.get(OWN + 3)?,
+                remote_addr: r.get(OWN + 4)?,
+                protocol: r.get(OWN + 5)?,
+                sessions: JsonText(compact_json(
+                    r.get::<Option<String>>(OWN + 6)?.unwrap_or_else(|| "[]".into())
+                )),
+            },
+        }
+    ))
 }
 
 /// A JSON document in one spelling whichever database built it: no spaces, keys sorted.
@@ -206,23 +201,9 @@ fn unique(e: StoreError) -> StoreError {
 }
 
 fn insert(tx: &Tx<'_>, domain: &str, c: &NewClient, now: i64) -> Result<()> {
-    tx.execute(
-        "INSERT INTO clients (id, domain_id, name, identity, secret, tags, metadata, status, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        &params![
-            c.id,
-            domain,
-            c.name,
-            c.identity,
-            c.secret,
-            c.tags.0,
-            c.metadata.0,
-            c.status.as_str(),
-            now
-        ],
-    )
-    .map_err(unique)?;
-    Ok(())
+    let own = [("identity", c.identity.to_value()), ("secret", c.secret.to_value())];
+    let shared = entity::Shared::new(&c.id, &c.name, &c.tags, &c.metadata, c.status);
+    entity::insert(tx, "clients", domain, shared, &own, now).map_err(unique)
 }
 
 fn get(c: &impl Db, domain: &str, id: &str) -> Result<Client> {

@@ -1,11 +1,10 @@
 //! Groups: a hierarchy per domain (a group has at most one parent, no cycles), and their
 //! user members.
 
-use crate::db::{params, Db, Row};
+use crate::db::{params, Db, Row, ToValue};
+use crate::entity::{self, record, shared_columns, OWN};
 use crate::users::User;
-use crate::{
-    status_from_sql, Filter, JsonText, ListQuery, Page, PageReq, Result, Status, StatusFilter, Store, StoreError,
-};
+use crate::{Filter, JsonText, ListQuery, Page, PageReq, Result, Status, StatusFilter, Store, StoreError};
 
 #[derive(Clone, Debug)]
 pub struct Group {
@@ -58,22 +57,16 @@ pub fn max_depth() -> i64 {
     MAX_DEPTH
 }
 
-const COLUMNS: &str = "g.id, g.domain_id, g.parent_id, g.name, g.description, g.tags, g.metadata, g.status, g.created_at, g.updated_at, g.updated_by";
+const COLUMNS: &str = concat!(shared_columns!("g."), ", g.parent_id, g.description");
 
 fn from_row(r: &Row) -> Result<Group> {
-    Ok(Group {
-        id: r.get(0)?,
-        domain_id: r.get(1)?,
-        parent_id: r.get(2)?,
-        name: r.get(3)?,
-        description: r.get(4)?,
-        tags: JsonText(r.get(5)?),
-        metadata: JsonText(r.get(6)?),
-        status: status_from_sql(&r.get::<String>(7)?),
-        created_at: r.get(8)?,
-        updated_at: r.get(9)?,
-        updated_by: r.get(10)?,
-    })
+    Ok(record!(
+        r,
+        Group {
+            parent_id: r.get(OWN)?,
+            description: r.get(OWN + 1)?,
+        }
+    ))
 }
 
 fn get(c: &impl Db, domain: &str, id: &str) -> Result<Group> {
@@ -102,8 +95,8 @@ fn chain(c: &impl Db, domain: &str, id: &str) -> Result<Vec<String>> {
 fn node(r: &Row) -> Result<GroupNode> {
     Ok(GroupNode {
         group: from_row(r)?,
-        level: r.get(11)?,
-        path: r.get(12)?,
+        level: r.get(OWN + 2)?,
+        path: r.get(OWN + 3)?,
     })
 }
 
@@ -116,22 +109,13 @@ impl Store {
                     return Err(StoreError::Invalid(format!("groups nest at most {MAX_DEPTH} deep")));
                 }
             }
-            tx.execute(
-                "INSERT INTO groups (id, domain_id, parent_id, name, description, tags, metadata, status, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                &params![
-                    g.id,
-                    domain,
-                    g.parent_id,
-                    g.name,
-                    g.description,
-                    g.tags.0,
-                    g.metadata.0,
-                    g.status.as_str(),
-                    crate::now_micros()
-                ],
-            )
-            .map_err(|e| crate::conflict(e, "group id already exists"))?;
+            let own = [
+                ("parent_id", g.parent_id.to_value()),
+                ("description", g.description.to_value()),
+            ];
+            let shared = entity::Shared::new(&g.id, &g.name, &g.tags, &g.metadata, g.status);
+            entity::insert(tx, "groups", domain, shared, &own, crate::now_micros())
+                .map_err(|e| crate::conflict(e, "group id already exists"))?;
             get(tx, domain, &g.id)
         })
     }

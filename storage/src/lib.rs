@@ -14,6 +14,7 @@ mod clients;
 mod connections;
 mod db;
 mod domains;
+mod entity;
 #[cfg(test)]
 mod equivalence;
 mod events;
