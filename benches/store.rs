@@ -2,8 +2,9 @@
 //!
 //! - Registry (100,000 clients × BENCH_SCALE): authorization query rate, login lookup rates,
 //!   list page latency (p50/p99).
-//! - Ingest through the server over HTTP and MQTT, against a raw bulk insert into the same
-//!   database (SQLite: batch transactions; PostgreSQL: COPY) measured in the same run.
+//! - Ingest through a `fluxgate serve` child process over HTTP and MQTT (the load generators
+//!   in this process), against a raw bulk insert into the same database (SQLite: batch
+//!   transactions; PostgreSQL: COPY) measured in the same run.
 //! - Readers on 1,000,000 messages × BENCH_SCALE: p50/p99 per query kind.
 //! - `store migrate` rate: the readers' SQLite store copied into an empty PostgreSQL database.
 //!
@@ -257,8 +258,8 @@ fn raw_rate(b: &Backend, s: &Store, total: usize) -> f64 {
 
 use common::RECORDS_PER_MESSAGE;
 
-/// Rows stored per second through a server on `b` over HTTP (16 senders) and MQTT (4
-/// publishers, QoS 0), for `secs` each.
+/// Rows stored per second through a `fluxgate serve` child process on `b` (the load runs in
+/// this process) over HTTP (16 senders) and MQTT (4 publishers, QoS 0), for `secs` each.
 fn ingest(b: &Backend, secs: u64) -> (f64, f64) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -266,21 +267,29 @@ fn ingest(b: &Backend, secs: u64) -> (f64, f64) {
         .expect("runtime");
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("dir");
-        let mut cfg = common::config(dir.path().to_path_buf());
-        if let StoreUrl::Postgres(u) = &b.url {
-            cfg.store.url = fluxgate::config::Secret(u.clone());
-        }
-        let app = fluxgate::App::build(cfg, fluxgate::Hooks::default())
-            .await
-            .expect("build");
-        let (url, mqtt, store, stored) = (
-            format!("http://{}", app.http_addr()),
-            app.mqtt_addr(),
-            app.store(),
-            app.stored_messages(),
-        );
-        tokio::spawn(app.run(std::future::pending()));
-        let channel = tokio::task::spawn_blocking(move || {
+        let (mqtt, http) = (common::free_addr(), common::free_addr());
+        let url = match &b.url {
+            StoreUrl::Postgres(u) => u.clone(),
+            StoreUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
+        };
+        let mut child = common::serve_child_on(
+            dir.path(),
+            mqtt,
+            Some(http),
+            &[
+                ("FLUXGATE_STORE_URL", url.clone()),
+                ("FLUXGATE_LOG_LEVEL", "warn".into()),
+            ],
+        )
+        .await;
+        let target = StoreUrl::parse(&url).expect("url");
+        let (store, channel) = tokio::task::spawn_blocking(move || {
+            let store = Store::open_url(&target, &StoreConfig::default()).expect("the server's store");
+            let started = Instant::now();
+            while store.user_by_identity("admin").ok().flatten().is_none() {
+                assert!(started.elapsed() < Duration::from_secs(30), "no admin");
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let d = common::domain(&store, "ingest", None);
             let h = uuid::Uuid::new_v4().to_string();
             common::channels(&store, &d.id, std::slice::from_ref(&h));
@@ -292,31 +301,40 @@ fn ingest(b: &Backend, secs: u64) -> (f64, f64) {
             store
                 .connect(&d.id, &ids, std::slice::from_ref(&h), &ConnType::BOTH)
                 .expect("connect");
-            h
+            (store, h)
         })
         .await
         .expect("setup");
-        let count = |stored: &tokio::sync::watch::Receiver<u64>| *stored.borrow();
-        // HTTP.
-        let before = count(&stored);
+        let api = format!("http://{http}");
+        let before = stored(&store).await;
         let start = Instant::now();
-        common::http_senders(&url, &channel, secs).await;
-        let http = settle(&stored, before, start).await;
-        // MQTT.
-        let before = count(&stored);
+        common::http_senders(&api, &channel, secs).await;
+        let http_rate = settle(&store, before, start).await;
+        let before = stored(&store).await;
         let start = Instant::now();
         common::mqtt_publishers(mqtt, &channel, secs).await;
-        let mqtt = settle(&stored, before, start).await;
-        (http, mqtt)
+        let mqtt_rate = settle(&store, before, start).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        tokio::task::spawn_blocking(move || drop(store)).await.expect("close");
+        (http_rate, mqtt_rate)
     })
 }
 
-/// Rows stored since `before` per second since `start`, once the pipeline has gone quiet.
-async fn settle(stored: &tokio::sync::watch::Receiver<u64>, before: u64, start: Instant) -> f64 {
-    let mut last = *stored.borrow();
+/// Rows in the server's message table.
+async fn stored(store: &Store) -> u64 {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.count_messages().expect("count"))
+        .await
+        .expect("count")
+}
+
+/// Rows stored since `before` per second since `start`, once the writer has gone quiet.
+async fn settle(store: &Store, before: u64, start: Instant) -> f64 {
+    let mut last = stored(store).await;
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = *stored.borrow();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = stored(store).await;
         if now == last {
             break;
         }
