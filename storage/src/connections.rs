@@ -1,7 +1,7 @@
 //! Connections between clients and channels: who may publish or subscribe where. Every
 //! connection links a client and a channel of the same domain.
 
-use crate::db::{params, Db, Tx};
+use crate::db::{params, Db, Tx, Value};
 use crate::events::{Change, ConnType};
 use crate::{Result, Store, StoreError};
 
@@ -30,24 +30,19 @@ impl Store {
         channels: &[String],
         types: &[ConnType],
     ) -> Result<Vec<(String, String, ConnType)>> {
-        self.write_announcing(|tx, changes| {
-            all_in_domain(tx, domain, clients, channels)?;
-            let now = crate::now_micros();
-            let created = each_connection(clients, channels, types, |c, h, t| {
-                tx.execute(
-                    "INSERT INTO connections (domain_id, client_id, channel_id, type, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT DO NOTHING",
-                    &params![domain, c, h, t.as_str(), now],
-                )
-            })?;
-            changes.extend(created.iter().map(|(c, h, t)| Change::Connected {
-                domain_id: domain.into(),
-                client_id: c.clone(),
-                channel_id: h.clone(),
-                conn_type: *t,
-            }));
-            Ok(created)
-        })
+        let now = crate::now_micros();
+        self.change_connections(
+            (domain, clients, channels, types),
+            "INSERT INTO connections (domain_id, client_id, channel_id, type, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT DO NOTHING",
+            |c, h, t| params![domain, c, h, t.as_str(), now].to_vec(),
+            |domain_id, client_id, channel_id, conn_type| Change::Connected {
+                domain_id,
+                client_id,
+                channel_id,
+                conn_type,
+            },
+        )
     }
 
     /// Removes connections; returns those that existed. Unknown ids are `NotFound`.
@@ -58,21 +53,37 @@ impl Store {
         channels: &[String],
         types: &[ConnType],
     ) -> Result<Vec<(String, String, ConnType)>> {
+        self.change_connections(
+            (domain, clients, channels, types),
+            "DELETE FROM connections WHERE domain_id = ?1 AND client_id = ?2 AND channel_id = ?3 AND type = ?4",
+            |c, h, t| params![domain, c, h, t.as_str()].to_vec(),
+            |domain_id, client_id, channel_id, conn_type| Change::Disconnected {
+                domain_id,
+                client_id,
+                channel_id,
+                conn_type,
+            },
+        )
+    }
+
+    /// Runs `sql` (with `params`) for every (client, channel, type) of `domain`, all or
+    /// nothing, after checking every id belongs to it; announces each one that changed a row.
+    fn change_connections(
+        &self,
+        (domain, clients, channels, types): (&str, &[String], &[String], &[ConnType]),
+        sql: &str,
+        params: impl Fn(&str, &str, ConnType) -> Vec<Value>,
+        announce: impl Fn(String, String, String, ConnType) -> Change,
+    ) -> Result<Vec<(String, String, ConnType)>> {
         self.write_announcing(|tx, changes| {
             all_in_domain(tx, domain, clients, channels)?;
-            let removed = each_connection(clients, channels, types, |c, h, t| {
-                tx.execute(
-                    "DELETE FROM connections WHERE domain_id = ?1 AND client_id = ?2 AND channel_id = ?3 AND type = ?4",
-                    &params![domain, c, h, t.as_str()],
-                )
-            })?;
-            changes.extend(removed.iter().map(|(c, h, t)| Change::Disconnected {
-                domain_id: domain.into(),
-                client_id: c.clone(),
-                channel_id: h.clone(),
-                conn_type: *t,
-            }));
-            Ok(removed)
+            let changed = each_connection(clients, channels, types, |c, h, t| tx.execute(sql, &params(c, h, t)))?;
+            changes.extend(
+                changed
+                    .iter()
+                    .map(|(c, h, t)| announce(domain.into(), c.clone(), h.clone(), *t)),
+            );
+            Ok(changed)
         })
     }
 
