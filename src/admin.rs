@@ -59,15 +59,10 @@ pub fn reset_admin_password(cfg: &Config) -> Result<Option<String>, AppError> {
     Ok(generated)
 }
 
-/// Creates the super-admin from configuration when the store has none. Returns the password
-/// when it was generated here (and the hasher back).
-pub(crate) async fn bootstrap_admin(
-    store: &Store,
-    passwords: auth::Passwords,
-    cfg: &Config,
-) -> Result<(Option<String>, auth::Passwords), AppError> {
+/// Whether the store holds a super-admin (enabled or not).
+async fn any_admin(store: &Store) -> Result<bool, AppError> {
     let s = store.clone();
-    let existing = blocking(move || {
+    Ok(blocking(move || {
         s.list_users(&UserQuery {
             filter: storage::EntityFilter {
                 status: storage::StatusFilter::All,
@@ -78,8 +73,17 @@ pub(crate) async fn bootstrap_admin(
         })
         .map(|p| p.total > 0)
     })
-    .await??;
-    if existing {
+    .await??)
+}
+
+/// Creates the super-admin from configuration when the store has none. Returns the password
+/// when it was generated here (and the hasher back).
+pub(crate) async fn bootstrap_admin(
+    store: &Store,
+    passwords: auth::Passwords,
+    cfg: &Config,
+) -> Result<(Option<String>, auth::Passwords), AppError> {
+    if any_admin(store).await? {
         return Ok((None, passwords));
     }
     let (password, generated) = if cfg.admin.password.is_empty() {
@@ -91,7 +95,13 @@ pub(crate) async fn bootstrap_admin(
     let (hash, passwords) = blocking(move || (passwords.hash(&password), passwords)).await?;
     let new = admin_user(cfg, hash?);
     let s = store.clone();
-    let u = blocking(move || s.create_user(new)).await??;
-    tracing::info!(user = %u.id, username = %u.username, "created the bootstrap super-admin");
-    Ok((generated, passwords))
+    match blocking(move || s.create_user(new)).await? {
+        Ok(u) => {
+            tracing::info!(user = %u.id, username = %u.username, "created the bootstrap super-admin");
+            Ok((generated, passwords))
+        }
+        // Another node of a cluster starting at the same moment created it first.
+        Err(storage::StoreError::Conflict(_)) if any_admin(store).await? => Ok((None, passwords)),
+        Err(e) => Err(e.into()),
+    }
 }

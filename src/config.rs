@@ -45,6 +45,30 @@ pub struct Config {
     pub admin: AdminConfig,
     pub smtp: SmtpConfig,
     pub store: StoreSection,
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The NATS server; set, the node runs in cluster mode.
+    pub nats_url: Secret,
+    pub node_id: String,
+    pub subject_prefix: String,
+    pub flush_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    pub node_timeout_ms: u64,
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        !self.nats_url.is_empty()
+    }
+}
+
+/// A node id or subject token: 1–64 ASCII letters, digits, `-` or `_`.
+pub fn valid_token(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -309,6 +333,30 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.enabled() {
+            if !self.store.url.expose().starts_with("postgres") {
+                return Err(ConfigError::Invalid(
+                    "cluster.nats_url needs a shared PostgreSQL store: set store.url to postgres://...".into(),
+                ));
+            }
+            if !valid_token(&c.subject_prefix) {
+                return Err(ConfigError::Invalid(
+                    "cluster.subject_prefix must be 1-64 letters, digits, - or _".into(),
+                ));
+            }
+            if !c.node_id.is_empty() && !valid_token(&c.node_id) {
+                return Err(ConfigError::Invalid(
+                    "cluster.node_id must be 1-64 letters, digits, - or _".into(),
+                ));
+            }
+            if c.heartbeat_ms == 0 || c.node_timeout_ms <= c.heartbeat_ms || c.flush_timeout_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "cluster: heartbeat_ms and flush_timeout_ms must be positive, node_timeout_ms above heartbeat_ms"
+                        .into(),
+                ));
+            }
+        }
         if self.auth.pbkdf2_iterations == 0 {
             return Err(ConfigError::Invalid("auth.pbkdf2_iterations must be at least 1".into()));
         }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub use admin::reset_admin_password;
 pub mod config;
 pub mod datadir;
@@ -61,6 +62,15 @@ pub enum AppError {
     NotSuperAdmin(String),
     #[error("{0} stopped while the platform was running")]
     Stopped(&'static str),
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
+}
+
+/// Cluster mode's parts, prepared by `App::build`.
+struct ClusterParts {
+    node: cluster::Node,
+    client: async_nats::Client,
+    metrics: Arc<cluster::ClusterMetrics>,
 }
 
 /// Options that are not configuration: hooks for embedding (tests use them).
@@ -98,6 +108,7 @@ pub struct App {
     http_counters: Arc<http_server::HttpCounters>,
     /// Released when the platform stops.
     dir_lock: datadir::DirLock,
+    cluster: Option<ClusterParts>,
     /// The generated bootstrap password, when this start created the super-admin with one.
     pub generated_admin_password: Option<String>,
 }
@@ -152,14 +163,18 @@ impl App {
         // The platform CA and the TLS server configuration.
         let (ca, tls) = {
             let (data_dir, t, https) = (cfg.data_dir.clone(), cfg.tls.clone(), cfg.http.tls);
+            let (s, shared) = (store.clone(), cfg.cluster.enabled());
             blocking(
                 move || -> Result<(certs::Ca, Option<Arc<certs::RustlsServerConfig>>), AppError> {
                     let configured = (!t.ca_cert_file.is_empty())
                         .then(|| (PathBuf::from(&t.ca_cert_file), PathBuf::from(&t.ca_key_file)));
-                    let ca = certs::Ca::load_or_create(
-                        &data_dir,
-                        configured.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-                    )?;
+                    let ca = match (&configured, shared) {
+                        (None, true) => cluster::shared_ca(&s, &data_dir)?,
+                        _ => certs::Ca::load_or_create(
+                            &data_dir,
+                            configured.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+                        )?,
+                    };
                     if t.mqtts_addr.is_empty() && t.wss_addr.is_empty() && !https {
                         return Ok((ca, None));
                     }
@@ -199,6 +214,20 @@ impl App {
         let sink = Arc::new(pipeline::LateSink::default());
         let (pipeline, parked) = pipeline::prepare(&cfg.messages, &sink);
         let (generated_admin_password, passwords) = admin::bootstrap_admin(&store, passwords, &cfg).await?;
+        // Last: nothing after it can fail, so a node that registered also serves (and leaves).
+        let cluster = match cfg.cluster.enabled() {
+            true => {
+                let c = &cfg.cluster;
+                let id = cluster::node_id(c, &cfg.data_dir)?;
+                let metrics = Arc::new(cluster::ClusterMetrics::default());
+                let client = cluster::connect(c, &id, metrics.clone()).await?;
+                let node =
+                    cluster::Node::register(&store, id, std::time::Duration::from_millis(c.node_timeout_ms)).await?;
+                tracing::info!(node = %node.id, "cluster mode: NATS connected, node registered");
+                Some(ClusterParts { node, client, metrics })
+            }
+            false => None,
+        };
 
         Ok(App {
             http,
@@ -224,6 +253,7 @@ impl App {
             limits,
             http_counters: Arc::new(http_server::HttpCounters::default()),
             dir_lock,
+            cluster,
             generated_admin_password,
             cfg,
         })
@@ -312,6 +342,7 @@ impl App {
             limits,
             http_counters,
             dir_lock,
+            cluster,
             ..
         } = self;
         // Connections a previous run recorded as live ended with it.
@@ -324,13 +355,46 @@ impl App {
             hub: hub.clone(),
             inner: sink,
         });
-        let broker = match start_broker(&cfg, mqtt, &store, sink, presence::port(&presence), broker_metrics).await {
+        let nats = cluster.as_ref().map(|c| {
+            cluster::nats::NatsCluster::start(
+                c.client.clone(),
+                cluster::wire::Subjects {
+                    prefix: cfg.cluster.subject_prefix.clone(),
+                },
+                c.node.id.clone(),
+                c.metrics.clone(),
+                std::time::Duration::from_millis(cfg.cluster.flush_timeout_ms),
+            )
+        });
+        let port = nats.clone().map(|n| n as Arc<dyn broker::Cluster>);
+        let started = start_broker(
+            &cfg,
+            mqtt,
+            &store,
+            sink,
+            presence::port(&presence),
+            broker_metrics,
+            port,
+        )
+        .await;
+        let broker = match started {
             Ok(b) => Arc::new(b),
             Err(e) => {
                 writer.drain().await;
                 return Err(e);
             }
         };
+        if let Some(n) = &nats {
+            if let Err(e) = n.attach(broker.clone()).await {
+                tracing::error!(error = %e, "cannot subscribe to retained messages on NATS");
+            }
+        }
+        let beating = cluster.as_ref().map(|c| {
+            tokio::spawn(c.node.clone().heartbeats(
+                store.clone(),
+                std::time::Duration::from_millis(cfg.cluster.heartbeat_ms),
+            ))
+        });
         let follow = tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
         if cfg.store.outbox_max_age > 0 {
             let outbox = tokio::spawn(pipeline::prune_outbox(store.clone(), cfg.store.outbox_max_age));
@@ -345,6 +409,7 @@ impl App {
             store: store.clone(),
             http: vec![("api", http_counters.clone()), ("wss", wss_counters.clone())],
             http_fanout_refused: http_ingest.refused_fanout.clone(),
+            cluster: cluster.as_ref().map(|c| c.metrics.clone()),
         })?;
         let ctx = Arc::new(Ctx {
             store: store.clone(),
@@ -365,7 +430,7 @@ impl App {
             messages: http_ingest,
             live: hub.clone(),
             ca,
-            probes: probes(&broker, &store, &pipeline),
+            probes: probes(&broker, &store, &pipeline, cluster.as_ref().map(|c| c.client.clone())),
             telemetry,
             guard: mgmt::guard::LoginGuard::default(),
             hash_slots: mgmt::default_hash_slots(),
@@ -431,6 +496,14 @@ impl App {
                 Some("the MQTT over secure WebSocket server")
             }
             _ = writer.ended() => Some("the message writer"),
+            _ = async {
+                match beating {
+                    Some(t) => {
+                        let _ = t.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            } => Some("this node's hold on its cluster node id (another process took it)"),
         };
         if let Some(what) = early {
             tracing::error!(part = what, "stopped on its own; the platform stops");
@@ -452,6 +525,10 @@ impl App {
         }
         follow.abort();
         writer.drain().await;
+        if let Some(c) = &cluster {
+            c.node.leave(&store).await;
+            let _ = c.client.flush().await;
+        }
         drop(dir_lock);
         match early {
             Some(what) => Err(AppError::Stopped(what)),
@@ -471,6 +548,7 @@ async fn start_broker(
     sink: Arc<dyn broker::MessageSink>,
     presence: Arc<dyn broker::Presence>,
     metrics: Arc<broker::Metrics>,
+    cluster: Option<Arc<dyn broker::Cluster>>,
 ) -> Result<broker::BrokerHandle, AppError> {
     let m = &cfg.mqtt;
     let bcfg = broker::BrokerConfig {
@@ -501,6 +579,7 @@ async fn start_broker(
             .persist_sessions
             .then(|| Arc::new(mqtt::StoreSessions { store: store.clone() }) as _),
         presence: Some(presence),
+        cluster,
     };
     Ok(broker::start(bcfg, listeners, ports, metrics).await?)
 }
@@ -535,11 +614,23 @@ fn probes(
     broker: &Arc<broker::BrokerHandle>,
     store: &Store,
     pipeline: &pipeline::Pipeline,
+    nats: Option<async_nats::Client>,
 ) -> Vec<(&'static str, mgmt::Probe)> {
     let b = broker.clone();
     let s = store.clone();
     let m = pipeline.metrics.clone();
-    vec![
+    let mut probes = nats
+        .map(|c| {
+            vec![(
+                "nats",
+                Arc::new(move || match c.connection_state() {
+                    async_nats::connection::State::Connected => Ok(()),
+                    other => Err(format!("not connected to NATS ({other})")),
+                }) as mgmt::Probe,
+            )]
+        })
+        .unwrap_or_default();
+    probes.extend([
         (
             "mqtt broker",
             Arc::new(move || {
@@ -553,5 +644,6 @@ fn probes(
             Arc::new(move || s.probe_write().map_err(|e| format!("database not writable: {e}"))) as mgmt::Probe,
         ),
         ("message pipeline", Arc::new(move || m.check()) as mgmt::Probe),
-    ]
+    ]);
+    probes
 }

@@ -163,6 +163,14 @@ impl broker::MessageSink for LiveSink {
         }
         Ok(stored)
     }
+    fn committed(&self) -> tokio::sync::oneshot::Receiver<bool> {
+        self.inner.committed()
+    }
+    fn observe(&self, m: broker::Message) {
+        if self.hub.watched() {
+            self.hub.publish(live_message(&m));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub struct Sources {
     pub http: Vec<(&'static str, Arc<HttpCounters>)>,
     /// HTTP messages stored but not fanned out to MQTT.
     pub http_fanout_refused: Arc<AtomicU64>,
+    /// Cluster mode's counters.
+    pub cluster: Option<Arc<crate::cluster::ClusterMetrics>>,
 }
 
 /// A counter that mirrors a monotonic source value.
@@ -367,6 +369,67 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         &["state"],
     )?;
     t.registry.register(Box::new(pool.clone()))?;
+    // Cluster
+    let nats_up = match &src.cluster {
+        Some(c) => {
+            use crate::cluster::ClusterMetrics as C;
+            for (name, help, read) in [
+                (
+                    "cluster_messages_sent_total",
+                    "Messages accepted here and handed to NATS for the other nodes",
+                    (|m: &C| load(&m.sent)) as fn(&C) -> u64,
+                ),
+                (
+                    "cluster_messages_not_sent_total",
+                    "Messages accepted here (and stored) whose live copies for other nodes were not handed to NATS (NATS down or slow)",
+                    |m: &C| load(&m.lost),
+                ),
+                (
+                    "cluster_messages_received_total",
+                    "Messages received from other nodes",
+                    |m: &C| load(&m.received),
+                ),
+                (
+                    "cluster_messages_unreadable_total",
+                    "Messages on the cluster's subjects that could not be read",
+                    |m: &C| load(&m.malformed),
+                ),
+                (
+                    "nats_reconnects_total",
+                    "Connections to NATS made again after one was lost",
+                    |m: &C| load(&m.reconnects).saturating_sub(1),
+                ),
+                (
+                    "nats_slow_consumer_events_total",
+                    "Times NATS reported this node as a slow consumer (messages dropped)",
+                    |m: &C| load(&m.slow_consumer),
+                ),
+            ] {
+                mirror!(counter(&t, name, help)?, c, read);
+            }
+            mirror!(
+                counter(
+                    &t,
+                    "cluster_messages_received_dropped_total",
+                    "Messages from other nodes this node could not pass on (starting, or router full)"
+                )?,
+                b,
+                |m: &broker::Metrics| load(&m.cluster_import_dropped)
+            );
+            let c2 = c.clone();
+            mirror!(
+                counter(
+                    &t,
+                    "cluster_messages_received_early_total",
+                    "Messages from other nodes that arrived before the broker started"
+                )?,
+                c2,
+                |m: &C| load(&m.lost_received)
+            );
+            Some((gauge(&t, "nats_connected", "1 while connected to NATS")?, c.clone()))
+        }
+        None => None,
+    };
     // Process
     let rss = gauge(&t, "process_resident_memory_bytes", "Resident memory")?;
     let fds = gauge(&t, "process_open_fds", "Open file descriptors")?;
@@ -387,6 +450,9 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         pool.with_label_values(&["idle"]).set(i64::from(ps.idle));
         pool.with_label_values(&["in_use"])
             .set(i64::from(ps.connections.saturating_sub(ps.idle)));
+        if let Some((g, c)) = &nats_up {
+            g.set(load(&c.connected) as i64);
+        }
         let (r, f) = process_stats();
         rss.set(r);
         fds.set(f);

@@ -15,6 +15,8 @@ pub struct Ports {
     pub retained: Option<Arc<dyn RetainedStore>>,
     pub sessions: Option<Arc<dyn SessionStore>>,
     pub presence: Option<Arc<dyn Presence>>,
+    /// Cluster mode: the other nodes (see [`Cluster`]).
+    pub cluster: Option<Arc<dyn Cluster>>,
 }
 
 /// The broker's runtime; shut down without waiting when the broker is dropped (allowed from
@@ -47,6 +49,8 @@ pub struct BrokerHandle {
     pub metrics: Arc<Metrics>,
     shared: Arc<Shared>,
     local: std::sync::Mutex<(rumqttd::local::LinkTx, rumqttd::local::LinkRx)>,
+    /// The link messages from other nodes enter the router by.
+    imports: std::sync::Mutex<(rumqttd::local::LinkTx, rumqttd::local::LinkRx)>,
     /// The accept loops (they end, closing their listeners, when the broker stops).
     accepting: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     _rt: Runtime,
@@ -86,6 +90,8 @@ impl BrokerHandle {
             wait_durable: false,
             refusable: false,
         };
+        // Cluster mode: the answer waits for the commit, as a PUBACK does.
+        let commit = commit || self.shared.cluster.is_some();
         let routed = match self.shared.ingress(p, ingress::ToSink::Whole { commit }).await {
             Ok(r) => r,
             Err(ingress::Refused::Sink(e)) => return Err(e),
@@ -96,10 +102,48 @@ impl BrokerHandle {
             (rumqttd::protocol::Packet::Publish(p, _), Ok(mut l)) => l.0.try_publish(p.topic, p.payload).is_ok(),
             _ => false,
         };
-        Ok(Published {
-            stored: routed.stored.unwrap_or_else(|| Box::pin(async { true })),
-            fanned_out,
-        })
+        let stored = routed.stored.unwrap_or_else(|| Box::pin(async { true }));
+        let stored: BoxFuture<bool> = match routed.exported {
+            Some(exported) => Box::pin(async move {
+                let ok = stored.await;
+                let _ = exported.await;
+                ok
+            }),
+            None => stored,
+        };
+        Ok(Published { stored, fanned_out })
+    }
+
+    /// Cluster mode: a message another node accepted enters here (live views, persistent
+    /// sessions, the router; never stored or exported again). Non-blocking: a router that
+    /// cannot take it now drops it (counted).
+    pub fn import(&self, c: &Carried) {
+        let packet = self.shared.import(c);
+        let sent = match (packet, self.imports.lock()) {
+            (rumqttd::protocol::Packet::Publish(p, _), Ok(mut l)) => l.0.try_publish(p.topic, p.payload).is_ok(),
+            _ => false,
+        };
+        if !sent {
+            Metrics::inc(&self.shared.metrics.cluster_import_dropped);
+        }
+    }
+
+    /// Cluster mode: the retained message (or, empty, the deletion) another node stored,
+    /// kept in this node's index (the store has it already).
+    pub fn remember_retained(&self, c: &Carried) {
+        let _ = self.shared.retained.remember(Retained {
+            topic: c.topic.clone(),
+            payload: c.payload.clone(),
+            qos: c.qos,
+            props: c.props.clone(),
+            expires_at_ms: c.expires_at_ms,
+        });
+    }
+
+    /// Cluster mode: reloads the retained index from the store (after a gap in what other
+    /// nodes told this one).
+    pub fn reload_retained(&self) -> Result<usize, PortError> {
+        self.shared.retained.reload()
     }
 
     /// The MQTT-over-WebSocket endpoint (`/mqtt`) as a warp filter, for serving it over TLS.
@@ -175,6 +219,7 @@ pub async fn start(
         retained: retained_store,
         sessions: session_store,
         presence,
+        cluster,
     } = ports;
     let Listeners { mqtt, ws, mqtts } = listeners;
     let mqtt_addr = mqtt.local_addr()?;
@@ -192,11 +237,17 @@ pub async fn start(
         cfg.max_segment_size,
         cfg.max_segment_count,
     );
-    let r2 = router.clone();
-    let local = tokio::task::spawn_blocking(move || r2.named_link("l:fluxgate-http"))
-        .await
-        .map_err(|e| BrokerError::Router(e.to_string()))?
-        .map_err(BrokerError::Router)?;
+    let link = |name: &'static str| {
+        let r = router.clone();
+        async move {
+            tokio::task::spawn_blocking(move || r.named_link(name))
+                .await
+                .map_err(|e| BrokerError::Router(e.to_string()))?
+                .map_err(BrokerError::Router)
+        }
+    };
+    let local = link("l:fluxgate-http").await?;
+    let imports = link("l:fluxgate-cluster").await?;
     let (max_retained, m2) = (cfg.max_retained, metrics.clone());
     let retained =
         tokio::task::spawn_blocking(move || retained::RetainedIndex::start(retained_store, max_retained, m2)).await??;
@@ -233,6 +284,8 @@ pub async fn start(
         retained,
         rt: rt.handle().clone(),
         next_origin: AtomicU64::new(1),
+        interest: cluster.clone().map(|c| crate::cluster::Interest::start(c, rt.handle())),
+        cluster,
     });
     // Persistent sessions come back (links and subscriptions in place) before any device is
     // accepted.
@@ -274,6 +327,7 @@ pub async fn start(
         metrics,
         shared,
         local: std::sync::Mutex::new(local),
+        imports: std::sync::Mutex::new(imports),
         accepting: std::sync::Mutex::new(accepting),
         _rt: Runtime(Some(rt)),
     })

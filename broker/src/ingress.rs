@@ -11,8 +11,13 @@
 //! 3. **persistent-session matching**: a QoS 1/2 message is written for the persistent
 //!    sessions subscribed to it (`durable`), its entry id goes into the router tag, and the
 //!    commit its acknowledgement must wait for is returned;
-//! 4. **router publish**: the tagged packet for the router (a session sends the packets of
+//! 4. **cluster export** (cluster mode): the message goes to the other nodes; a publisher
+//!    that must be told waits for the hand-over;
+//! 5. **router publish**: the tagged packet for the router (a session sends the packets of
 //!    one read as one router event).
+//!
+//! Messages from other nodes enter by [`Shared::import`]: live views and persistent
+//! sessions here, then the router; never the retained store, the sink or the export.
 
 use crate::reason;
 use crate::retained::Stored;
@@ -60,6 +65,8 @@ pub(crate) struct Routed {
     pub durable: Option<oneshot::Receiver<bool>>,
     /// `ToSink::Whole`: resolves once stored (with `commit`) or at once.
     pub stored: Option<BoxFuture<bool>>,
+    /// Cluster mode, QoS 1/2: resolves once the message was handed to the other nodes.
+    pub exported: Option<oneshot::Receiver<bool>>,
 }
 
 /// Why the ingress refused a message (nothing of it happened).
@@ -90,12 +97,17 @@ impl Shared {
             self.keep_retained(&p).await?;
         }
         let mut stored = None;
-        if let Some(m) = message_of(&p) {
+        let received_at = (router::now_ms() * 1000) as i64;
+        if let Some(m) = message_of(&p, received_at) {
             match sink {
                 ToSink::Batch(batch) => batch.push(m),
                 ToSink::Whole { commit } => stored = Some(self.sink.take(m, commit).map_err(Refused::Sink)?),
             }
         }
+        let exported = match &self.cluster {
+            Some(c) if !p.topic.starts_with('$') => c.export(carried(&p, received_at), p.qos > 0),
+            _ => None,
+        };
         let mut tag = router::Tag {
             qos: p.qos,
             retain: p.retain,
@@ -117,7 +129,47 @@ impl Shared {
             packet,
             durable,
             stored,
+            exported,
         })
+    }
+
+    /// The entry of a message another node accepted (see the module documentation): shown
+    /// to live views, queued for persistent sessions here, and returned as the router
+    /// packet. Never exported again, never stored here (its node stores it).
+    pub(crate) fn import(&self, c: &Carried) -> Packet {
+        Metrics::inc(&self.metrics.cluster_imported);
+        let p = Publish {
+            topic: &c.topic,
+            payload: &c.payload,
+            qos: c.qos,
+            retain: c.retain,
+            props: c.props.clone(),
+            expires_at_ms: c.expires_at_ms,
+            origin: 0,
+            publisher: c.publisher.as_ref(),
+            transport: c.transport,
+            format: c.format,
+            wait_durable: false,
+            refusable: false,
+        };
+        if let Some(m) = message_of(&p, c.received_at) {
+            self.sink.observe(m);
+        }
+        let mut tag = router::Tag {
+            qos: p.qos,
+            retain: p.retain,
+            origin: 0,
+            expires_at_ms: p.expires_at_ms,
+            msg: 0,
+            props: p.props.clone(),
+        };
+        if let Some((id, _)) = self.durable_message(p.topic, p.payload, &tag, false) {
+            tag.msg = id;
+        }
+        router::publish(
+            Bytes::copy_from_slice(p.topic.as_bytes()),
+            router::encode(&tag, p.payload),
+        )
     }
 
     /// Step 1: the retained index (and its store). A QoS 1/2 publisher's message waits for
@@ -229,7 +281,7 @@ impl Shared {
 
 /// The message for the sink: a registry client's message on a channel topic (anonymous
 /// sessions and topics outside `channels/` are relayed, not stored).
-fn message_of(p: &Publish<'_>) -> Option<Message> {
+fn message_of(p: &Publish<'_>, received_at: i64) -> Option<Message> {
     let (id, ct) = (p.publisher?, topic::parse(p.topic, false)?);
     Some(Message {
         domain_id: id.domain_id.clone(),
@@ -239,7 +291,23 @@ fn message_of(p: &Publish<'_>) -> Option<Message> {
         transport: p.transport,
         payload: Bytes::copy_from_slice(p.payload),
         format: p.format,
-        received_at: (router::now_ms() * 1000) as i64,
+        received_at,
         qos: p.qos,
     })
+}
+
+/// The message as it crosses to other nodes.
+fn carried(p: &Publish<'_>, received_at: i64) -> Carried {
+    Carried {
+        topic: p.topic.to_string(),
+        payload: Bytes::copy_from_slice(p.payload),
+        qos: p.qos,
+        retain: p.retain,
+        props: p.props.clone(),
+        expires_at_ms: p.expires_at_ms,
+        publisher: p.publisher.cloned(),
+        transport: p.transport,
+        format: p.format,
+        received_at,
+    }
 }

@@ -18,6 +18,7 @@
 //! - Sessions run on the broker's own runtime, so a router that is slow to take packets can
 //!   stall MQTT sessions but never the REST API.
 
+mod cluster;
 mod codec;
 mod connect;
 mod durable;

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub tls_handshakes: AtomicU64,
     pub tls_failures: AtomicU64,
     pub revocations_applied: AtomicU64,
+    /// Cluster mode: messages from other nodes that entered this node's router.
+    pub cluster_imported: AtomicU64,
+    /// Cluster mode: messages from other nodes the router could not take (full).
+    pub cluster_import_dropped: AtomicU64,
     /// CONNECT refusals by reason label.
     refused_by: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }

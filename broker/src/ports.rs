@@ -153,7 +153,19 @@ pub trait MessageSink: Send + Sync + 'static {
     fn offer(&self, batch: Vec<Message>) -> Vec<Message>;
     fn room(&self) -> BoxFuture<()>;
     fn take(&self, m: Message, commit: bool) -> Result<BoxFuture<bool>, NotTaken>;
+    /// Resolves true once everything this sink took so far is committed (false: it will
+    /// not be). Cluster mode acknowledges a session's QoS 1/2 messages only after it.
+    fn committed(&self) -> tokio::sync::oneshot::Receiver<bool> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(true);
+        rx
+    }
+    /// A message another node accepted (and stores): shown to whatever watches this sink's
+    /// messages (live views), never stored here.
+    fn observe(&self, _m: Message) {}
 }
+
+pub use crate::cluster::{Carried, Cluster, Scope};
 
 /// A retained message.
 #[derive(Clone, Debug, PartialEq, Eq)]

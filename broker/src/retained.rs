@@ -4,9 +4,7 @@
 //! it at start.
 
 use crate::topic::bucket;
-#[cfg(test)]
-use crate::PortError;
-use crate::{Metrics, Retained, RetainedOp, RetainedStore};
+use crate::{Metrics, PortError, Retained, RetainedOp, RetainedStore};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -23,6 +21,7 @@ pub(crate) struct RetainedIndex {
     max: usize,
     /// `None` without a store.
     writer: Option<mpsc::Sender<Write>>,
+    store: Option<Arc<dyn RetainedStore>>,
 }
 
 /// What storing a retained message did.
@@ -48,32 +47,38 @@ impl RetainedIndex {
                 count: Arc::default(),
                 max,
                 writer: None,
+                store: None,
             });
         };
-        let mut buckets: Buckets = HashMap::new();
-        let mut count = 0;
-        for r in store.load().map_err(crate::BrokerError::Retained)? {
-            if let Some(b) = bucket(&r.topic) {
-                count += 1;
-                buckets
-                    .entry(b.to_string())
-                    .or_default()
-                    .insert(r.topic.clone(), Arc::new(r));
-            }
-        }
-        let (buckets, count) = (Arc::new(Mutex::new(buckets)), Arc::new(AtomicUsize::new(count)));
+        let (loaded, count) = load(store.as_ref()).map_err(crate::BrokerError::Retained)?;
+        let (buckets, count) = (Arc::new(Mutex::new(loaded)), Arc::new(AtomicUsize::new(count)));
         let (tx, rx) = mpsc::channel::<Write>();
-        let (ix, n) = (buckets.clone(), count.clone());
+        let (ix, n, s) = (buckets.clone(), count.clone(), store.clone());
         std::thread::Builder::new()
             .name("fluxgate-retained".into())
-            .spawn(move || write_loop(rx, store.as_ref(), &ix, &n, &metrics))
+            .spawn(move || write_loop(rx, s.as_ref(), &ix, &n, &metrics))
             .map_err(crate::BrokerError::Io)?;
         Ok(RetainedIndex {
             buckets,
             count,
             max,
             writer: Some(tx),
+            store: Some(store),
         })
+    }
+
+    /// Replaces the index with what the store holds now (cluster mode: after a gap in what
+    /// other nodes told this one). Blocks. Returns the topics held.
+    pub fn reload(&self) -> Result<usize, PortError> {
+        let Some(store) = &self.store else {
+            return Ok(self.len());
+        };
+        let (loaded, n) = load(store.as_ref())?;
+        if let Ok(mut m) = self.buckets.lock() {
+            *m = loaded;
+            self.count.store(n, Ordering::Relaxed);
+        }
+        Ok(n)
     }
 
     /// Hands an operation to the writer; the receiver resolves with its commit (true) or its
@@ -99,6 +104,29 @@ impl RetainedIndex {
     /// receiver resolves once the store committed it (false: it could not, and a message set
     /// here was taken back out of the index).
     pub fn store(&self, r: Retained) -> (Stored, Option<oneshot::Receiver<bool>>) {
+        let topic = r.topic.clone();
+        match self.index(r) {
+            (Stored::Full, _) => (Stored::Full, None),
+            (Stored::Deleted, _) => (Stored::Deleted, Some(self.write(RetainedOp::Delete(topic), None))),
+            (Stored::Set, kept) => {
+                let op = kept.as_ref().map(|r| RetainedOp::Put((**r).clone()));
+                match op {
+                    Some(op) => (Stored::Set, Some(self.write(op, kept))),
+                    None => (Stored::Full, None),
+                }
+            }
+        }
+    }
+
+    /// Keeps a retained message (or, empty, its deletion) in the index only: another node
+    /// stored it already (cluster mode).
+    pub fn remember(&self, r: Retained) -> Stored {
+        self.index(r).0
+    }
+
+    /// Sets, replaces or deletes a topic's message in the index; returns what it did and
+    /// the message it holds now.
+    fn index(&self, r: Retained) -> (Stored, Option<Arc<Retained>>) {
         let Some(b) = bucket(&r.topic) else {
             return (Stored::Full, None);
         };
@@ -114,8 +142,7 @@ impl RetainedIndex {
                     m.remove(b);
                 }
             }
-            drop(m);
-            return (Stored::Deleted, Some(self.write(RetainedOp::Delete(r.topic), None)));
+            return (Stored::Deleted, None);
         }
         let bm = m.entry(b.to_string()).or_default();
         if !bm.contains_key(&r.topic) {
@@ -126,9 +153,7 @@ impl RetainedIndex {
         }
         let r = Arc::new(r);
         bm.insert(r.topic.clone(), r.clone());
-        drop(m);
-        let w = self.write(RetainedOp::Put((*r).clone()), Some(r));
-        (Stored::Set, Some(w))
+        (Stored::Set, Some(r))
     }
 
     /// The retained messages matching a filter (expired ones are left out).
@@ -157,6 +182,22 @@ impl RetainedIndex {
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
+}
+
+/// The store's retained messages as buckets, and how many.
+fn load(store: &dyn RetainedStore) -> Result<(Buckets, usize), PortError> {
+    let mut buckets: Buckets = HashMap::new();
+    let mut count = 0;
+    for r in store.load()? {
+        if let Some(b) = bucket(&r.topic) {
+            count += 1;
+            buckets
+                .entry(b.to_string())
+                .or_default()
+                .insert(r.topic.clone(), Arc::new(r));
+        }
+    }
+    Ok((buckets, count))
 }
 
 /// The writer thread: applies operations in order, batched; a batch the store refuses is

@@ -20,6 +20,10 @@ pub(crate) struct Shared {
     pub pending: Arc<tokio::sync::Semaphore>,
     pub rt: tokio::runtime::Handle,
     pub next_origin: AtomicU64,
+    /// Cluster mode: where accepted messages go to other nodes.
+    pub cluster: Option<Arc<dyn Cluster>>,
+    /// Cluster mode: the scopes this node's subscriptions need to hear.
+    pub interest: Option<Arc<crate::cluster::Interest>>,
 }
 
 impl Shared {

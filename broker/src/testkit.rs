@@ -85,6 +85,8 @@ pub(crate) fn shared_with(
         },
         rt: tokio::runtime::Handle::current(),
         next_origin: AtomicU64::new(1),
+        cluster: None,
+        interest: None,
     });
     (s, sink)
 }

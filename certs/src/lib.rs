@@ -102,12 +102,7 @@ impl Ca {
         if cert_path.exists() && key_path.exists() {
             let pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
             let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-            let key = KeyPair::from_pem(&key_pem)?;
-            // Re-create an issuer with the same name and key: what it signs verifies against
-            // the certificate on disk.
-            let params = CertificateParams::from_ca_cert_pem(&pem)?;
-            let cert = params.self_signed(&key)?;
-            return Ok(Ca { cert, key, pem });
+            return Ca::from_pem(&pem, &key_pem);
         }
         if configured.is_some() {
             return Err(CertError::Invalid(format!(
@@ -117,6 +112,29 @@ impl Ca {
             )));
         }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let ca = Ca::generate()?;
+        write_private(&key_path, &ca.key_pem())?;
+        std::fs::write(&cert_path, &ca.pem).map_err(io(&cert_path))?;
+        tracing::info!(path = %cert_path.display(), "generated the platform CA");
+        Ok(ca)
+    }
+
+    /// A CA from its certificate and key (PEM).
+    pub fn from_pem(pem: &str, key_pem: &str) -> Result<Ca> {
+        let key = KeyPair::from_pem(key_pem)?;
+        // Re-create an issuer with the same name and key: what it signs verifies against
+        // the certificate as distributed.
+        let params = CertificateParams::from_ca_cert_pem(pem)?;
+        let cert = params.self_signed(&key)?;
+        Ok(Ca {
+            cert,
+            key,
+            pem: pem.to_string(),
+        })
+    }
+
+    /// A new CA (kept nowhere yet).
+    pub fn generate() -> Result<Ca> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
@@ -134,10 +152,12 @@ impl Ca {
         params.serial_number = Some(random_serial().0);
         let cert = params.self_signed(&key)?;
         let pem = cert.pem();
-        write_private(&key_path, &key.serialize_pem())?;
-        std::fs::write(&cert_path, &pem).map_err(io(&cert_path))?;
-        tracing::info!(path = %cert_path.display(), "generated the platform CA");
         Ok(Ca { cert, key, pem })
+    }
+
+    /// The CA's private key (PEM), for keeping it where the cluster's nodes share it.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
     }
 
     /// The CA certificate as distributed (PEM).

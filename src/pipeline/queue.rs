@@ -10,9 +10,11 @@ use tokio::sync::{mpsc, oneshot};
 
 pub(super) enum Envelope {
     /// One message taken whole (HTTP), with a commit notification when asked for.
-    One(Message, Option<oneshot::Sender<()>>),
+    One(Message, Option<oneshot::Sender<bool>>),
     /// What one read from a device carried (MQTT).
     Batch(Vec<Message>),
+    /// No message: told once everything queued before it is committed.
+    Barrier(oneshot::Sender<bool>),
 }
 
 impl Envelope {
@@ -21,6 +23,7 @@ impl Envelope {
         match self {
             Envelope::One(..) => 1,
             Envelope::Batch(m) => m.len(),
+            Envelope::Barrier(_) => 0,
         }
     }
 }
@@ -128,10 +131,24 @@ impl MessageSink for LateSink {
         }
         Ok(Box::pin(async move {
             match committed {
-                Some(r) => r.await.is_ok(),
+                Some(r) => r.await.unwrap_or(false),
                 None => true,
             }
         }))
+    }
+
+    fn committed(&self) -> oneshot::Receiver<bool> {
+        let (tx, rx) = oneshot::channel();
+        match self.0.get() {
+            Some(b) if b.store_mqtt => {
+                // A closed queue drops the sender: the receiver says "not committed".
+                let _ = b.queue.send(Envelope::Barrier(tx));
+            }
+            _ => {
+                let _ = tx.send(true);
+            }
+        }
+        rx
     }
 
     fn room(&self) -> broker::BoxFuture<()> {
@@ -264,7 +281,7 @@ mod tests {
         match rx.try_recv() {
             Ok(Envelope::One(m, Some(done))) => {
                 assert_eq!(m.payload[0], 1);
-                let _ = done.send(());
+                let _ = done.send(true);
             }
             _ => panic!("expected one whole message with a commit notification"),
         }

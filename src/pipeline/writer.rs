@@ -89,13 +89,14 @@ pub(super) fn writer_thread(
                         rows.extend(message_rows(m, &metrics, limits));
                     }
                 }
+                Envelope::Barrier(d) => done.push(d),
             }
         }
         let n = rows.len() as u64;
         write_batch(&store, &rows, &metrics);
         stored.send_modify(|t| *t += n);
         for d in done {
-            let _ = d.send(());
+            let _ = d.send(true);
         }
     }
 }

@@ -247,6 +247,23 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_at ON outbox(at);
     "#,
+    // 12: cluster mode. The nodes and their heartbeats; what the store keeps per node
+    // (persistent sessions, their queues, presence) names its node ('' outside a cluster).
+    r#"
+    CREATE TABLE cluster_nodes (
+        id TEXT PRIMARY KEY,
+        incarnation TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL
+    );
+    ALTER TABLE session_records ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+    CREATE UNIQUE INDEX session_records_node ON session_records(node_id, key);
+    ALTER TABLE session_bodies ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+    CREATE UNIQUE INDEX session_bodies_node ON session_bodies(node_id, id);
+    ALTER TABLE session_queue ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+    CREATE UNIQUE INDEX session_queue_node ON session_queue(node_id, session, msg);
+    ALTER TABLE client_sessions ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -256,7 +273,27 @@ pub const LATEST: i64 = MIGRATIONS.len() as i64;
 const PG_BASELINE: i64 = 11;
 
 /// PostgreSQL migrations after the baseline, in order (`PG_BASELINE + 1` first).
-const PG_MIGRATIONS: &[&str] = &[];
+const PG_MIGRATIONS: &[&str] = &[
+    // 12: cluster mode (see the SQLite migration 12); keys that are per node here.
+    r#"
+    CREATE TABLE cluster_nodes (
+        id TEXT PRIMARY KEY,
+        incarnation TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        heartbeat_at BIGINT NOT NULL
+    );
+    ALTER TABLE session_records ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE session_records DROP CONSTRAINT session_records_pkey;
+    ALTER TABLE session_records ADD PRIMARY KEY (node_id, key);
+    ALTER TABLE session_bodies ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE session_bodies DROP CONSTRAINT session_bodies_pkey;
+    ALTER TABLE session_bodies ADD PRIMARY KEY (node_id, id);
+    ALTER TABLE session_queue ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE session_queue DROP CONSTRAINT session_queue_pkey;
+    ALTER TABLE session_queue ADD PRIMARY KEY (node_id, session, msg);
+    ALTER TABLE client_sessions ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+    "#,
+];
 
 /// The schema of version [`PG_BASELINE`] on PostgreSQL: SQLite's tables with BIGINT for
 /// INTEGER, DOUBLE PRECISION for REAL and BYTEA for BLOB; a `seq` identity column where

@@ -159,6 +159,8 @@ pub struct ConnAckProps<'a> {
     pub topic_alias_max: u16,
     pub session_expiry: Option<u32>,
     pub server_keep_alive: Option<u16>,
+    /// Shared Subscription Available.
+    pub shared_subs: bool,
 }
 
 pub fn encode_connack(code: u8, session_present: bool, v5: bool, p: Option<&ConnAckProps<'_>>) -> Bytes {
@@ -188,7 +190,7 @@ pub fn encode_connack(code: u8, session_present: bool, v5: bool, p: Option<&Conn
                 props.put_u16(k);
             }
             props.put_u8(prop::SHARED_SUBSCRIPTION_AVAILABLE);
-            props.put_u8(1);
+            props.put_u8(u8::from(p.shared_subs));
         }
         put_len(&mut body, props.len());
         body.put_slice(&props);

@@ -296,6 +296,7 @@ impl Session {
         };
         let routed = self.shared.ingress(p, ToSink::Batch(&mut self.to_sink)).await?;
         self.waits.extend(routed.durable);
+        self.waits.extend(routed.exported);
         self.to_router.push(routed.packet);
         Ok(())
     }
@@ -303,6 +304,15 @@ impl Session {
     /// Hands accepted messages to the sink. QoS 1/2 messages that do not fit are waited for
     /// (the device's socket is not read meanwhile); QoS 0 ones are counted and not stored.
     pub(super) async fn flush_sink(&mut self) {
+        // Cluster mode acknowledges QoS 1/2 messages once they are committed.
+        let commit = self.shared.cluster.is_some() && self.to_sink.iter().any(|m| m.qos > 0);
+        self.offer_sink().await;
+        if commit {
+            self.waits.push(self.shared.sink.committed());
+        }
+    }
+
+    async fn offer_sink(&mut self) {
         let mut batch = std::mem::take(&mut self.to_sink);
         loop {
             if batch.is_empty() {

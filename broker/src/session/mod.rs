@@ -129,7 +129,7 @@ impl Session {
             identity,
             origin,
             link: None,
-            subs: Subscriptions::default(),
+            subs: Subscriptions::new(shared.interest.clone()),
             rights: RightsCache::default(),
             out: Outbound::new(max_bytes, max_msgs),
             in_qos2: HashSet::new(),

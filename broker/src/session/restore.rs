@@ -32,7 +32,7 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
         s.expiry = rec.expiry_s;
         s.offline_until = Some(Instant::now() + Duration::from_millis(ends_at - now));
         s.in_qos2 = durable::decode_inbound(rec.inbound.clone()).into_iter().collect();
-        s.subs = Subscriptions::restored(state.subs);
+        s.subs = Subscriptions::restored(state.subs, shared.interest.clone());
         if let Some((w, due)) = state.will {
             // A will whose connection was live when the process stopped is due after its
             // delay from now; one that was waiting keeps its time.

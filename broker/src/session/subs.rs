@@ -2,9 +2,12 @@
 //! of each (which comes back on every delivery and names the subscription it matched). The
 //! one place subscriptions are added, removed, reset, restored, saved and indexed.
 
+use crate::cluster::Interest;
 use crate::router;
 use rumqttd::protocol::Packet;
 use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// Subscriptions one session may hold.
 pub(crate) const MAX_SUBSCRIPTIONS: usize = 1024;
@@ -29,24 +32,45 @@ pub(crate) struct SubOptions {
     pub sub_id: Option<u32>,
 }
 
-#[derive(Debug)]
 pub(crate) struct Subscriptions {
     by_filter: HashMap<String, Sub>,
     by_rid: HashMap<usize, String>,
     next_rid: usize,
+    /// Cluster mode: this node's interest, told of every filter added and removed (also
+    /// when the subscriptions are dropped with their session).
+    interest: Option<Arc<Interest>>,
+    /// Waits for scopes a new filter needs that other nodes are not heard on yet.
+    pending: Vec<oneshot::Receiver<bool>>,
 }
 
 impl Default for Subscriptions {
     fn default() -> Self {
-        Subscriptions {
-            by_filter: HashMap::new(),
-            by_rid: HashMap::new(),
-            next_rid: 1,
-        }
+        Subscriptions::new(None)
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        let _ = self.clear(false);
     }
 }
 
 impl Subscriptions {
+    pub fn new(interest: Option<Arc<Interest>>) -> Subscriptions {
+        Subscriptions {
+            by_filter: HashMap::new(),
+            by_rid: HashMap::new(),
+            next_rid: 1,
+            interest,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The waits new filters need before their SUBACK (cluster mode), taken.
+    pub fn take_pending(&mut self) -> Vec<oneshot::Receiver<bool>> {
+        std::mem::take(&mut self.pending)
+    }
+
     pub fn len(&self) -> usize {
         self.by_filter.len()
     }
@@ -85,6 +109,11 @@ impl Subscriptions {
             },
         );
         self.by_rid.insert(rid, filter.to_string());
+        if existed.is_none() {
+            if let Some(w) = self.interest.as_ref().and_then(|i| i.add(filter)) {
+                self.pending.push(w);
+            }
+        }
         existed.is_none().then(|| router::subscribe(filter, rid))
     }
 
@@ -92,6 +121,9 @@ impl Subscriptions {
     pub fn remove(&mut self, filter: &str) -> Option<Packet> {
         let s = self.by_filter.remove(filter)?;
         self.by_rid.remove(&s.rid);
+        if let Some(i) = &self.interest {
+            i.remove(filter);
+        }
         Some(router::unsubscribe(filter))
     }
 
@@ -103,6 +135,11 @@ impl Subscriptions {
         } else {
             Vec::new()
         };
+        if let Some(i) = &self.interest {
+            for f in self.by_filter.keys() {
+                i.remove(f);
+            }
+        }
         self.by_filter.clear();
         self.by_rid.clear();
         out
@@ -136,8 +173,8 @@ impl Subscriptions {
 
     /// Subscriptions from a session record (restore); filters a session may not hold any
     /// more (`$` topics outside shared subscriptions) are left out.
-    pub fn restored(stored: Vec<(String, SubOptions)>) -> Subscriptions {
-        let mut s = Subscriptions::default();
+    pub fn restored(stored: Vec<(String, SubOptions)>, interest: Option<Arc<Interest>>) -> Subscriptions {
+        let mut s = Subscriptions::new(interest);
         for (filter, o) in stored {
             if crate::rights::shared_filter(&filter).is_none() && filter.starts_with('$') {
                 continue;
@@ -195,7 +232,7 @@ mod tests {
         let _ = s.insert("$share/g/x", o(2));
         let mut stored = s.stored();
         stored.push(("$SYS/x".into(), o(0)));
-        let r = Subscriptions::restored(stored);
+        let r = Subscriptions::restored(stored, None);
         assert_eq!(r.len(), 2, "the $SYS filter is not restored");
         assert!(r.contains("a/+") && r.contains("$share/g/x"));
         assert_eq!(r.router_subscribes().len(), 2);

@@ -19,6 +19,11 @@ impl Session {
                 || (shared_sub.is_some() && o.no_local)
             {
                 (reason::subscribe::INVALID, "invalid or unsupported filter")
+            } else if shared_sub.is_some() && self.shared.cluster.is_some() {
+                (
+                    reason::subscribe::shared_unsupported(v5),
+                    "shared subscriptions are not available in cluster mode",
+                )
             } else if !self
                 .rights
                 .allowed(auth.as_ref(), self.identity.as_ref(), Action::Subscribe, filter)
@@ -57,10 +62,17 @@ impl Session {
             }
         }
         replies.extend_from_slice(&codec::encode_suback(s.pkid, &codes, v5));
-        if self.stored {
+        // Cluster mode: the SUBACK leaves once other nodes' messages are heard on every new
+        // filter, so none published after it slips past.
+        let hearing = self.subs.take_pending();
+        let wait = !hearing.is_empty();
+        self.waits.extend(hearing);
+        if self.stored || wait {
             // The SUBACK leaves once the subscriptions are committed, and before the retained
             // messages it brings: everything held is waited for here.
-            self.save_with(None, true);
+            if self.stored {
+                self.save_with(None, true);
+            }
             self.drain_held(live).await?;
         }
         for (r, granted, sub_id) in retained {

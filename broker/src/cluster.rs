@@ -1,0 +1,275 @@
+//! The cluster port: messages to and from the other nodes of a cluster. The broker decides
+//! *what* crosses (every message its one ingress accepted, with everything a subscriber on
+//! another node needs) and *which scopes* this node must hear (the scopes of its local
+//! subscriptions, reference counted); the root crate's implementation decides *how* (NATS
+//! subjects). Messages from other nodes enter through their own entry
+//! ([`crate::BrokerHandle::import`]), which never exports again: no loop by construction.
+
+use crate::*;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// A message accepted on one node, as it crosses to the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Carried {
+    pub topic: String,
+    pub payload: Bytes,
+    /// The publisher's QoS.
+    pub qos: u8,
+    pub retain: bool,
+    /// Raw MQTT 5 publish properties (no topic alias, no message expiry).
+    pub props: Bytes,
+    /// Unix milliseconds after which it is not delivered (0: never).
+    pub expires_at_ms: u64,
+    /// The registry client that published it (`None`: anonymous).
+    pub publisher: Option<Identity>,
+    pub transport: Transport,
+    pub format: PayloadFormat,
+    /// Receive time on the publishing node, microseconds since the Unix epoch.
+    pub received_at: i64,
+}
+
+/// Which part of the topic space a message belongs to or a subscription listens to. A
+/// message has exactly one scope ([`Scope::of_topic`]); a filter may need several
+/// ([`Scope::of_filter`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// One channel's messages (`channels/<id>/…`; the id is a plain token).
+    Channel(String),
+    /// Every channel's messages (a filter with a wildcard at the channel level).
+    AllChannels,
+    /// Topics outside the channel scheme (anonymous mode), and channel ids that are not
+    /// plain tokens.
+    Other,
+}
+
+/// A channel id that can name a scope on its own: ASCII letters, digits, `-` and `_`.
+fn plain(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Scope {
+    /// The scope of a topic name.
+    pub fn of_topic(topic: &str) -> Scope {
+        match crate::topic::parse(topic, false) {
+            Some(t) if plain(t.channel) => Scope::Channel(t.channel.to_string()),
+            _ => Scope::Other,
+        }
+    }
+
+    /// The scopes a filter must hear: every scope one of its matching topics can have.
+    pub fn of_filter(filter: &str) -> Vec<Scope> {
+        let f = crate::rights::shared_filter(filter).map_or(filter, |(_, f)| f);
+        let mut levels = f.split('/');
+        let (first, second) = (levels.next().unwrap_or(""), levels.next());
+        match (first, second) {
+            ("#" | "+", _) | ("channels", None | Some("+" | "#")) => vec![Scope::AllChannels, Scope::Other],
+            ("channels", Some(c)) if plain(c) => match crate::topic::parse(f, true) {
+                Some(_) => vec![Scope::Channel(c.to_string())],
+                // `channels/<c>/#` also matches topics outside the scheme.
+                None => vec![Scope::Channel(c.to_string()), Scope::Other],
+            },
+            _ => vec![Scope::Other],
+        }
+    }
+}
+
+/// Where messages cross to other nodes; the root crate implements it over NATS.
+pub trait Cluster: Send + Sync + 'static {
+    /// Hands a message accepted on this node to the others. With `wait`, the receiver
+    /// resolves once it was handed over (flushed) or given up (counted by the
+    /// implementation); the publisher's acknowledgement waits for it.
+    fn export(&self, m: Carried, wait: bool) -> Option<oneshot::Receiver<bool>>;
+    /// Starts (`on`) or stops hearing a scope from other nodes; resolves once in effect.
+    /// The broker calls it for the first and the last local subscription of a scope, in
+    /// order.
+    fn listen(&self, scope: Scope, on: bool) -> BoxFuture<()>;
+}
+
+enum Op {
+    On(Scope, watch::Sender<bool>),
+    Off(Scope),
+}
+
+/// This node's interest in scopes: how many local subscriptions need each one. The first
+/// starts listening and the last stops it, in order, through one task; a subscription
+/// whose scope is not heard yet gets a wait its SUBACK is held behind.
+pub(crate) struct Interest {
+    counts: Mutex<HashMap<Scope, (usize, watch::Receiver<bool>)>>,
+    ops: mpsc::UnboundedSender<Op>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Interest {
+    pub fn start(port: Arc<dyn Cluster>, rt: &tokio::runtime::Handle) -> Arc<Interest> {
+        let (ops, mut rx) = mpsc::unbounded_channel::<Op>();
+        rt.spawn(async move {
+            while let Some(op) = rx.recv().await {
+                match op {
+                    Op::On(s, ready) => {
+                        port.listen(s, true).await;
+                        let _ = ready.send(true);
+                    }
+                    Op::Off(s) => port.listen(s, false).await,
+                }
+            }
+        });
+        Arc::new(Interest {
+            counts: Mutex::new(HashMap::new()),
+            ops,
+            rt: rt.clone(),
+        })
+    }
+
+    /// One more local subscription to `filter`; the receiver (if any) resolves once every
+    /// scope it needs is heard.
+    pub fn add(&self, filter: &str) -> Option<oneshot::Receiver<bool>> {
+        let Ok(mut counts) = self.counts.lock() else {
+            return None;
+        };
+        let mut pending = Vec::new();
+        for s in Scope::of_filter(filter) {
+            let e = counts.entry(s.clone()).or_insert_with(|| {
+                let (tx, rx) = watch::channel(false);
+                let _ = self.ops.send(Op::On(s, tx));
+                (0, rx)
+            });
+            e.0 += 1;
+            if !*e.1.borrow() {
+                pending.push(e.1.clone());
+            }
+        }
+        drop(counts);
+        if pending.is_empty() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.rt.spawn(async move {
+            for mut p in pending {
+                // A dropped sender (the scope was let go meanwhile) is as good as heard.
+                let _ = p.wait_for(|heard| *heard).await;
+            }
+            let _ = tx.send(true);
+        });
+        Some(rx)
+    }
+
+    /// One local subscription to `filter` fewer.
+    pub fn remove(&self, filter: &str) {
+        let Ok(mut counts) = self.counts.lock() else {
+            return;
+        };
+        for s in Scope::of_filter(filter) {
+            if let Some(e) = counts.get_mut(&s) {
+                e.0 = e.0.saturating_sub(1);
+                if e.0 == 0 {
+                    counts.remove(&s);
+                    let _ = self.ops.send(Op::Off(s));
+                }
+            }
+        }
+    }
+
+    /// The scopes heard now and how many subscriptions need each (tests, metrics).
+    #[cfg(test)]
+    pub fn counts(&self) -> Vec<(Scope, usize)> {
+        let mut v: Vec<_> = self
+            .counts
+            .lock()
+            .map(|c| c.iter().map(|(s, (n, _))| (s.clone(), *n)).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_has_one_scope_and_a_filter_hears_every_scope_its_topics_can_have() {
+        assert_eq!(Scope::of_topic("channels/c1/messages/a"), Scope::Channel("c1".into()));
+        assert_eq!(Scope::of_topic("channels/c1"), Scope::Other);
+        assert_eq!(
+            Scope::of_topic("channels/a.b/messages"),
+            Scope::Other,
+            "not a plain token"
+        );
+        assert_eq!(Scope::of_topic("x/y"), Scope::Other);
+        assert_eq!(
+            Scope::of_filter("channels/c1/messages/#"),
+            vec![Scope::Channel("c1".into())]
+        );
+        assert_eq!(
+            Scope::of_filter("channels/c1/#"),
+            vec![Scope::Channel("c1".into()), Scope::Other]
+        );
+        assert_eq!(
+            Scope::of_filter("$share/g/channels/c1/messages"),
+            vec![Scope::Channel("c1".into())]
+        );
+        assert_eq!(Scope::of_filter("#"), vec![Scope::AllChannels, Scope::Other]);
+        assert_eq!(
+            Scope::of_filter("channels/+/messages"),
+            vec![Scope::AllChannels, Scope::Other]
+        );
+        assert_eq!(Scope::of_filter("a/+/b"), vec![Scope::Other]);
+        // Every topic a filter matches is in one of its scopes.
+        for (filter, topic) in [
+            ("channels/c1/#", "channels/c1/messages/x"),
+            ("channels/c1/#", "channels/c1"),
+            ("#", "channels/c1/messages"),
+            ("+/c1/messages", "channels/c1/messages"),
+            ("channels/a.b/messages", "channels/a.b/messages"),
+        ] {
+            assert!(crate::codec::matches(filter, topic));
+            let t = Scope::of_topic(topic);
+            let heard = Scope::of_filter(filter)
+                .iter()
+                .any(|s| *s == t || (*s == Scope::AllChannels && matches!(t, Scope::Channel(_))));
+            assert!(heard, "{filter} {topic}");
+        }
+    }
+
+    struct Port(Mutex<Vec<(Scope, bool)>>);
+    impl Cluster for Port {
+        fn export(&self, _: Carried, _: bool) -> Option<oneshot::Receiver<bool>> {
+            None
+        }
+        fn listen(&self, scope: Scope, on: bool) -> BoxFuture<()> {
+            if let Ok(mut v) = self.0.lock() {
+                v.push((scope, on));
+            }
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_subscription_listens_the_last_stops_and_waits_resolve_once_heard() {
+        let port = Arc::new(Port(Mutex::new(Vec::new())));
+        let i = Interest::start(port.clone(), &tokio::runtime::Handle::current());
+        let w = i.add("channels/c1/messages").expect("not heard yet: a wait");
+        assert!(w.await.unwrap_or(false));
+        assert!(i.add("channels/c1/messages/#").is_none(), "heard already: no wait");
+        assert_eq!(i.counts(), vec![(Scope::Channel("c1".into()), 2)]);
+        i.remove("channels/c1/messages");
+        assert_eq!(i.counts(), vec![(Scope::Channel("c1".into()), 1)]);
+        i.remove("channels/c1/messages/#");
+        assert!(i.counts().is_empty());
+        // The op task has applied both by the time a new wait resolves.
+        let w = i.add("x").expect("a wait");
+        assert!(w.await.unwrap_or(false));
+        let seen = port.0.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(
+            seen,
+            vec![
+                (Scope::Channel("c1".into()), true),
+                (Scope::Channel("c1".into()), false),
+                (Scope::Other, true)
+            ]
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! The broker's cluster port over core NATS: one export task publishes what this node
+//! accepted (and flushes before the acknowledgements it holds may leave), one subscription per
+//! scope this node's subscriptions need (reference counted by the broker) feeds the broker's
+//! import entry, and one permanent subscription keeps the retained index in step.
+
+use super::wire::{self, Subjects};
+use super::ClusterMetrics;
+use async_nats::{Client, HeaderMap};
+use broker::{BoxFuture, BrokerHandle, Carried, Scope};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Messages waiting for the export task; beyond this their cross-node copies are dropped
+/// (counted): a NATS server that cannot keep up must not grow this node's memory.
+const EXPORT_QUEUE: usize = 65_536;
+/// Messages published between two flushes at most.
+const EXPORT_BATCH: usize = 512;
+
+struct Export {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    retained: bool,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+pub struct NatsCluster {
+    client: Client,
+    subjects: Subjects,
+    node: String,
+    exports: mpsc::Sender<Export>,
+    listening: Arc<Mutex<HashMap<Scope, tokio::task::JoinHandle<()>>>>,
+    /// `Scope::AllChannels` is heard: per-channel subscriptions stay quiet (no duplicates).
+    all_channels: Arc<AtomicBool>,
+    broker: Arc<OnceLock<Arc<BrokerHandle>>>,
+    metrics: Arc<ClusterMetrics>,
+    flush_timeout: Duration,
+}
+
+impl NatsCluster {
+    /// Starts the export task on the current runtime.
+    pub fn start(
+        client: Client,
+        subjects: Subjects,
+        node: String,
+        metrics: Arc<ClusterMetrics>,
+        flush_timeout: Duration,
+    ) -> Arc<NatsCluster> {
+        let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
+        tokio::spawn(export_loop(
+            client.clone(),
+            rx,
+            subjects.retained(),
+            metrics.clone(),
+            flush_timeout,
+        ));
+        Arc::new(NatsCluster {
+            client,
+            subjects,
+            node,
+            exports: tx,
+            listening: Arc::new(Mutex::new(HashMap::new())),
+            all_channels: Arc::new(AtomicBool::new(false)),
+            broker: Arc::new(OnceLock::new()),
+            metrics,
+            flush_timeout,
+        })
+    }
+
+    /// Connects the import side to the broker (it starts after this port exists) and
+    /// starts hearing retained messages.
+    pub async fn attach(&self, broker: Arc<BrokerHandle>) -> Result<(), async_nats::SubscribeError> {
+        let _ = self.broker.set(broker.clone());
+        let mut sub = self.client.subscribe(self.subjects.retained()).await?;
+        let m = self.metrics.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                match wire::decode(msg.headers.as_ref(), msg.payload) {
+                    Some((_, c)) => broker.remember_retained(&c),
+                    None => m.inc_malformed(),
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+impl broker::Cluster for NatsCluster {
+    fn export(&self, c: Carried, wait: bool) -> Option<oneshot::Receiver<bool>> {
+        let (done, rx) = match wait {
+            true => {
+                let (t, r) = oneshot::channel();
+                (Some(t), Some(r))
+            }
+            false => (None, None),
+        };
+        let e = Export {
+            subject: self.subjects.of(&c),
+            headers: wire::headers(&c, &self.node),
+            payload: c.payload,
+            retained: c.retain,
+            done,
+        };
+        if let Err(e) = self.exports.try_send(e) {
+            // Full or stopped: the message is stored here, its live copies elsewhere are lost.
+            self.metrics.lost.fetch_add(1, Ordering::Relaxed);
+            let e = match e {
+                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
+            };
+            if let Some(d) = e.done {
+                let _ = d.send(true);
+            }
+        }
+        rx
+    }
+
+    fn listen(&self, scope: Scope, on: bool) -> BoxFuture<()> {
+        let subject = self.subjects.listen(&scope);
+        if !on {
+            if let Ok(mut l) = self.listening.lock() {
+                if let Some(t) = l.remove(&scope) {
+                    // The subscription is dropped with its task: NATS unsubscribes.
+                    t.abort();
+                }
+            }
+            if scope == Scope::AllChannels {
+                self.all_channels.store(false, Ordering::Release);
+            }
+            return Box::pin(async {});
+        }
+        let client = self.client.clone();
+        let (broker, metrics, all) = (self.broker.clone(), self.metrics.clone(), self.all_channels.clone());
+        let (listening, flush_timeout) = (self.listening.clone(), self.flush_timeout);
+        Box::pin(async move {
+            let mut sub = match client.subscribe(subject.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(%subject, error = %e, "cannot subscribe on NATS");
+                    return;
+                }
+            };
+            let channel = matches!(scope, Scope::Channel(_));
+            if scope == Scope::AllChannels {
+                all.store(true, Ordering::Release);
+            }
+            let task = tokio::spawn(async move {
+                while let Some(msg) = sub.next().await {
+                    if channel && all.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    let Some((_, c)) = wire::decode(msg.headers.as_ref(), msg.payload) else {
+                        metrics.inc_malformed();
+                        continue;
+                    };
+                    metrics.received.fetch_add(1, Ordering::Relaxed);
+                    match broker.get() {
+                        Some(b) => b.import(&c),
+                        None => {
+                            metrics.lost_received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+            if let Ok(mut l) = listening.lock() {
+                if let Some(old) = l.insert(scope, task) {
+                    old.abort();
+                }
+            }
+            // The server has the subscription once a flush returns: nothing published after
+            // the SUBACK slips past.
+            let _ = tokio::time::timeout(flush_timeout, client.flush()).await;
+        })
+    }
+}
+
+/// Publishes what this node accepted, in order; after each batch, one flush releases the
+/// acknowledgements waiting for it. A disconnected client publishes nothing: the messages
+/// are stored here, their live copies elsewhere are counted as lost.
+async fn export_loop(
+    client: Client,
+    mut rx: mpsc::Receiver<Export>,
+    retained: String,
+    metrics: Arc<ClusterMetrics>,
+    flush_timeout: Duration,
+) {
+    let mut batch = Vec::with_capacity(EXPORT_BATCH);
+    while rx.recv_many(&mut batch, EXPORT_BATCH).await > 0 {
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        let mut done = Vec::new();
+        let mut sent = 0u64;
+        for e in batch.drain(..) {
+            done.extend(e.done);
+            if !connected {
+                continue;
+            }
+            if e.retained {
+                // Every node keeps the retained set; subscribers get the message by its scope.
+                let _ = client
+                    .publish_with_headers(retained.clone(), e.headers.clone(), e.payload.clone())
+                    .await;
+            }
+            if client
+                .publish_with_headers(e.subject, e.headers, e.payload)
+                .await
+                .is_ok()
+            {
+                sent += 1;
+            }
+        }
+        let n = done.len().max(sent as usize) as u64;
+        let flushed = connected
+            && (done.is_empty() || matches!(tokio::time::timeout(flush_timeout, client.flush()).await, Ok(Ok(()))));
+        if flushed {
+            metrics.sent.fetch_add(sent, Ordering::Relaxed);
+        } else {
+            metrics.lost.fetch_add(n, Ordering::Relaxed);
+        }
+        for d in done {
+            // Stored here either way: the acknowledgement goes.
+            let _ = d.send(true);
+        }
+    }
+}
