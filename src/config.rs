@@ -58,6 +58,8 @@ pub struct ClusterConfig {
     pub flush_timeout_ms: u64,
     pub heartbeat_ms: u64,
     pub node_timeout_ms: u64,
+    pub poll_ms: u64,
+    pub stale_after_ms: u64,
 }
 
 impl ClusterConfig {
@@ -348,6 +350,11 @@ impl Config {
             if !c.node_id.is_empty() && !valid_token(&c.node_id) {
                 return Err(ConfigError::Invalid(
                     "cluster.node_id must be 1-64 letters, digits, - or _".into(),
+                ));
+            }
+            if c.poll_ms == 0 || c.stale_after_ms <= c.poll_ms {
+                return Err(ConfigError::Invalid(
+                    "cluster: poll_ms must be positive and stale_after_ms above it".into(),
                 ));
             }
             if c.heartbeat_ms == 0 || c.node_timeout_ms <= c.heartbeat_ms || c.flush_timeout_ms == 0 {

@@ -53,6 +53,7 @@ impl MessagePort for HttpIngest {
                 .map_err(|e| match e {
                     NotTaken::Full => SubmitError::Full,
                     NotTaken::Closed => SubmitError::Closed,
+                    NotTaken::NotCurrent => SubmitError::NotCurrent,
                 })?;
             if !published.fanned_out {
                 let n = refused.fetch_add(1, Ordering::Relaxed);

@@ -223,6 +223,8 @@ impl App {
                 let client = cluster::connect(c, &id, metrics.clone()).await?;
                 let node =
                     cluster::Node::register(&store, id, std::time::Duration::from_millis(c.node_timeout_ms)).await?;
+                // What the store keeps per node (sessions, presence) is this node's from here.
+                store.set_node(&node.id);
                 tracing::info!(node = %node.id, "cluster mode: NATS connected, node registered");
                 Some(ClusterParts { node, client, metrics })
             }
@@ -355,15 +357,22 @@ impl App {
             hub: hub.clone(),
             inner: sink,
         });
-        let nats = cluster.as_ref().map(|c| {
+        let ms = std::time::Duration::from_millis;
+        let subjects = cluster::wire::Subjects {
+            prefix: cfg.cluster.subject_prefix.clone(),
+        };
+        let fresh = cluster
+            .as_ref()
+            .map(|c| cluster::follow::Freshness::new(ms(cfg.cluster.stale_after_ms), c.metrics.clone()));
+        let nats = cluster.as_ref().zip(fresh.clone()).map(|(c, fresh)| {
             cluster::nats::NatsCluster::start(
                 c.client.clone(),
-                cluster::wire::Subjects {
-                    prefix: cfg.cluster.subject_prefix.clone(),
-                },
+                subjects.clone(),
                 c.node.id.clone(),
                 c.metrics.clone(),
-                std::time::Duration::from_millis(cfg.cluster.flush_timeout_ms),
+                ms(cfg.cluster.flush_timeout_ms),
+                store.clone(),
+                fresh,
             )
         });
         let port = nats.clone().map(|n| n as Arc<dyn broker::Cluster>);
@@ -395,7 +404,31 @@ impl App {
                 std::time::Duration::from_millis(cfg.cluster.heartbeat_ms),
             ))
         });
-        let follow = tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()));
+        // Revocations: from this node's change feed, or, in a cluster, from the store's
+        // outbox (this node's changes and every other node's, in order).
+        let mut janitor = None;
+        let follow = match (&cluster, fresh) {
+            (Some(c), Some(fresh)) => {
+                let f = cluster::follow::Follower {
+                    store: store.clone(),
+                    broker: broker.clone(),
+                    node: c.node.id.clone(),
+                    client: c.client.clone(),
+                    subjects,
+                    fresh,
+                    metrics: c.metrics.clone(),
+                    poll: ms(cfg.cluster.poll_ms),
+                };
+                janitor = Some(tokio::spawn(cluster::janitor(
+                    store.clone(),
+                    c.node.id.clone(),
+                    ms(cfg.cluster.node_timeout_ms),
+                    ms(cfg.cluster.heartbeat_ms),
+                )));
+                tokio::spawn(f.run(events.subscribe()))
+            }
+            _ => tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone())),
+        };
         if cfg.store.outbox_max_age > 0 {
             let outbox = tokio::spawn(pipeline::prune_outbox(store.clone(), cfg.store.outbox_max_age));
             // Ends with the process; nothing to drain.
@@ -524,6 +557,9 @@ impl App {
             let _ = t.await;
         }
         follow.abort();
+        if let Some(j) = janitor {
+            j.abort();
+        }
         writer.drain().await;
         if let Some(c) = &cluster {
             c.node.leave(&store).await;

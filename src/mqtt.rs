@@ -245,7 +245,7 @@ pub fn revocation(c: Change) -> Option<Revocation> {
             channel_id: None,
         },
         Change::CertRevoked { serial, .. } => Revocation::Cert { serial },
-        Change::ClientEnabled { .. } => return None,
+        Change::ClientEnabled { .. } | Change::SessionClaimed { .. } => return None,
     })
 }
 

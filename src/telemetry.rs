@@ -400,6 +400,11 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
                     |m: &C| load(&m.reconnects).saturating_sub(1),
                 ),
                 (
+                    "cluster_fail_closed_total",
+                    "Times this node could not confirm it was current with the cluster's changes and refused publishes and connections",
+                    |m: &C| load(&m.fail_closed),
+                ),
+                (
                     "nats_slow_consumer_events_total",
                     "Times NATS reported this node as a slow consumer (messages dropped)",
                     |m: &C| load(&m.slow_consumer),
@@ -426,7 +431,33 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
                 c2,
                 |m: &C| load(&m.lost_received)
             );
-            Some((gauge(&t, "nats_connected", "1 while connected to NATS")?, c.clone()))
+            mirror!(
+                counter(
+                    &t,
+                    "cluster_sessions_taken_over_total",
+                    "Sessions ended here because their device connected to another node"
+                )?,
+                b,
+                |m: &broker::Metrics| load(&m.cluster_taken_over)
+            );
+            mirror!(
+                counter(
+                    &t,
+                    "cluster_publishes_refused_not_current_total",
+                    "PUBLISH packets refused while this node could not confirm it was current"
+                )?,
+                b,
+                |m: &broker::Metrics| load(&m.cluster_refused_not_current)
+            );
+            Some((
+                gauge(&t, "nats_connected", "1 while connected to NATS")?,
+                gauge(
+                    &t,
+                    "cluster_outbox_lag_milliseconds",
+                    "Time between the commit of the last change applied from the outbox and its application",
+                )?,
+                c.clone(),
+            ))
         }
         None => None,
     };
@@ -450,8 +481,9 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         pool.with_label_values(&["idle"]).set(i64::from(ps.idle));
         pool.with_label_values(&["in_use"])
             .set(i64::from(ps.connections.saturating_sub(ps.idle)));
-        if let Some((g, c)) = &nats_up {
+        if let Some((g, lag, c)) = &nats_up {
             g.set(load(&c.connected) as i64);
+            lag.set(load(&c.outbox_lag_ms) as i64);
         }
         let (r, f) = process_stats();
         rss.set(r);

@@ -86,6 +86,14 @@ pub trait Cluster: Send + Sync + 'static {
     /// The broker calls it for the first and the last local subscription of a scope, in
     /// order.
     fn listen(&self, scope: Scope, on: bool) -> BoxFuture<()>;
+    /// Claims a session key for this node before its CONNACK: the claim's number orders
+    /// claims cluster-wide (newest wins). Another node holding the key with an older claim
+    /// ends its session once it learns of this one ([`crate::BrokerHandle::claimed`]).
+    fn claim(&self, key: &str) -> BoxFuture<Result<u64, PortError>>;
+    /// Whether this node knows it is current with the cluster's changes (revocations). A
+    /// node that is not refuses new connections and publishes: it fails closed rather than
+    /// serve rights that may have been revoked.
+    fn current(&self) -> bool;
 }
 
 enum Op {
@@ -244,6 +252,12 @@ mod tests {
                 v.push((scope, on));
             }
             Box::pin(async {})
+        }
+        fn claim(&self, _: &str) -> BoxFuture<Result<u64, PortError>> {
+            Box::pin(async { Ok(1) })
+        }
+        fn current(&self) -> bool {
+            true
         }
     }
 

@@ -60,6 +60,8 @@ pub(crate) struct ConnectReq {
     pub max_packet: Option<usize>,
     pub will: Option<Will>,
     pub transport: Transport,
+    /// Cluster mode: this node's claim on the session key (0 outside a cluster).
+    pub claim: u64,
 }
 
 /// A connection ready to join its session: the request, the stream, and what was read past
@@ -128,6 +130,7 @@ pub(crate) async fn run(
         &req.mqtt_client_id,
     );
     let identity = req.identity.clone();
+    let claim = req.claim;
     let a = Box::new(Attach {
         req,
         peer,
@@ -135,7 +138,7 @@ pub(crate) async fn run(
         rbuf,
         guard,
     });
-    match shared.registry.attach(&key, identity.as_ref(), a) {
+    match shared.registry.attach(&key, identity.as_ref(), a, claim) {
         Handed::Existing => {}
         Handed::New(gen, rx, a) => session::spawn(shared.clone(), key, gen, rx, identity, a),
     }
@@ -222,6 +225,9 @@ async fn check(
     if connect.client_id.contains('\0') {
         return Err(refused(reason::MALFORMED, ""));
     }
+    if !shared.current() {
+        return Err(refused(reason::NOT_CURRENT, ""));
+    }
     let (identity, cert_serial) = authenticate(shared, cert, login.as_ref()).await?;
     let who = identity.as_ref().map_or("", |i| i.client_id.as_str()).to_string();
 
@@ -291,6 +297,19 @@ async fn check(
         ka if !v5 && ka > max_ka => return Err(refused(reason::KEEP_ALIVE_TOO_LONG, &mqtt_client_id)),
         ka => (ka, None),
     };
+    // Cluster mode: the session key is claimed (newest wins cluster-wide) before CONNACK.
+    let claim = match &shared.cluster {
+        Some(c) => {
+            let key = crate::registry::session_key(
+                identity.as_ref().map(|i| (i.domain_id.as_str(), i.client_id.as_str())),
+                &mqtt_client_id,
+            );
+            c.claim(&key)
+                .await
+                .map_err(|_| refused(reason::STORE_UNAVAILABLE, &who))?
+        }
+        None => 0,
+    };
     Ok(ConnectReq {
         v5,
         identity,
@@ -306,6 +325,7 @@ async fn check(
         max_packet: props.2.map(|m| m as usize),
         will,
         transport,
+        claim,
     })
 }
 

@@ -90,6 +90,9 @@ impl BrokerHandle {
             wait_durable: false,
             refusable: false,
         };
+        if !self.shared.current() {
+            return Err(NotTaken::NotCurrent);
+        }
         // Cluster mode: the answer waits for the commit, as a PUBACK does.
         let commit = commit || self.shared.cluster.is_some();
         let routed = match self.shared.ingress(p, ingress::ToSink::Whole { commit }).await {
@@ -125,6 +128,14 @@ impl BrokerHandle {
         };
         if !sent {
             Metrics::inc(&self.shared.metrics.cluster_import_dropped);
+        }
+    }
+
+    /// Cluster mode: another node claimed a session key (see [`Cluster::claim`]); a session
+    /// here with an older claim ends with DISCONNECT 0x8E.
+    pub fn claimed(&self, key: &str, claim: u64) {
+        if self.shared.registry.claimed_elsewhere(key, claim) {
+            Metrics::inc(&self.shared.metrics.cluster_taken_over);
         }
     }
 

@@ -44,6 +44,10 @@ pub struct Metrics {
     pub cluster_imported: AtomicU64,
     /// Cluster mode: messages from other nodes the router could not take (full).
     pub cluster_import_dropped: AtomicU64,
+    /// Cluster mode: sessions ended because their device connected to another node.
+    pub cluster_taken_over: AtomicU64,
+    /// Cluster mode: publishes refused while the node could not confirm it is current.
+    pub cluster_refused_not_current: AtomicU64,
     /// CONNECT refusals by reason label.
     refused_by: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }

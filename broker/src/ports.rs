@@ -140,6 +140,8 @@ pub enum NotTaken {
     Full,
     #[error("the message pipeline is closed")]
     Closed,
+    #[error("this node cannot confirm it is current with the cluster")]
+    NotCurrent,
 }
 
 /// The message pipeline port (storage; the root crate shows what it takes to live views).

@@ -133,6 +133,13 @@ pub(crate) const STORE_UNAVAILABLE: Refusal = refusal(
     "the registry is unavailable",
     "store_unavailable",
 );
+/// Cluster mode: this node cannot confirm it is current with the cluster's revocations.
+pub(crate) const NOT_CURRENT: Refusal = refusal(
+    v4::SERVER_UNAVAILABLE,
+    code::SERVER_UNAVAILABLE,
+    "this node cannot confirm it is current with the cluster",
+    "cluster_not_current",
+);
 pub(crate) const KEEP_ALIVE_TOO_LONG: Refusal = refusal(
     v4::IDENTIFIER_REJECTED,
     code::PROTOCOL_ERROR,
@@ -171,6 +178,8 @@ pub(crate) mod publish {
     pub const NOT_STORED: u8 = code::UNSPECIFIED;
     /// `mqtt.max_retained` topics are held already.
     pub const RETAINED_FULL: u8 = code::QUOTA_EXCEEDED;
+    /// Cluster mode: the node cannot confirm it is current (it fails closed).
+    pub const NOT_CURRENT: u8 = code::UNSPECIFIED;
 }
 
 /// What a refused subscription filter gets in SUBACK.
@@ -225,6 +234,7 @@ mod tests {
             WILL_NOT_ALLOWED,
             UNAVAILABLE,
             STORE_UNAVAILABLE,
+            NOT_CURRENT,
             KEEP_ALIVE_TOO_LONG,
             QUOTA,
         ];

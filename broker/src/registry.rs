@@ -54,6 +54,8 @@ struct Entry {
     serial: Option<String>,
     persistent: bool,
     offline_since: Option<Instant>,
+    /// Cluster mode: this node's newest claim on the key (0: none).
+    claim: u64,
 }
 
 #[derive(Default)]
@@ -82,23 +84,41 @@ pub(crate) enum Handed {
 
 impl Registry {
     /// Hands a connection to the session of `key`, or registers a new session for it.
-    pub fn attach(&self, key: &str, identity: Option<&Identity>, a: Box<crate::connect::Attach>) -> Handed {
+    /// `claim` is the connection's cluster claim on the key (0 outside a cluster).
+    pub fn attach(&self, key: &str, identity: Option<&Identity>, a: Box<crate::connect::Attach>, claim: u64) -> Handed {
         let Ok(mut m) = self.inner.lock() else {
             return Handed::Existing;
         };
         if m.closing {
             return Handed::Existing;
         }
-        let a = match m.by_key.get(key) {
+        let a = match m.by_key.get_mut(key) {
             Some(e) => match e.tx.send(Control::Attach(a)) {
-                Ok(()) => return Handed::Existing,
+                Ok(()) => {
+                    e.claim = e.claim.max(claim);
+                    return Handed::Existing;
+                }
                 Err(mpsc::error::SendError(Control::Attach(a))) => a,
                 Err(_) => return Handed::Existing,
             },
             None => a,
         };
         let (gen, rx) = Self::insert(&self.next, &mut m, key, identity);
+        if let Some(e) = m.by_key.get_mut(key) {
+            e.claim = claim;
+        }
         Handed::New(gen, rx, a)
+    }
+
+    /// Cluster mode: another node claimed `key` with claim number `claim`. A session here
+    /// with an older claim ends (DISCONNECT 0x8E, no will) and is forgotten: the device is
+    /// served there now. True when one ended.
+    pub fn claimed_elsewhere(&self, key: &str, claim: u64) -> bool {
+        let Ok(m) = self.inner.lock() else { return false };
+        match m.by_key.get(key) {
+            Some(e) if e.claim < claim => e.tx.send(Control::Close(reason::ended::TAKEN_OVER)).is_ok(),
+            _ => false,
+        }
     }
 
     /// Registers a session restored from the store (no connection yet).
@@ -128,6 +148,7 @@ impl Registry {
                 serial: None,
                 persistent: false,
                 offline_since: None,
+                claim: 0,
             },
         );
         if let Some(id) = identity {

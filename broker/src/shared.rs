@@ -27,6 +27,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// False while a cluster node cannot confirm it is current (it fails closed).
+    pub(crate) fn current(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.current())
+    }
+
     /// Resolves once the broker stops accepting connections.
     pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.stop.subscribe();

@@ -43,6 +43,8 @@ pub enum SubmitError {
     Full,
     #[error("message pipeline is shutting down")]
     Closed,
+    #[error("this node cannot confirm it is current with the cluster; retry later or on another node")]
+    NotCurrent,
 }
 
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;

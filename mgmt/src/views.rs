@@ -190,7 +190,8 @@ pub fn client(c: &storage::Client, show_secret: bool) -> Value {
 }
 
 /// `connected`, `connected_at`, `disconnected_at`, `remote_addr`, `protocol` and the live
-/// `sessions` (`client_id` is the MQTT client identifier).
+/// `sessions` (`client_id` is the MQTT client identifier; in a cluster, `node` names the
+/// node holding the connection).
 fn presence(m: &mut Map<String, Value>, p: &storage::Presence) {
     m.insert("connected".into(), json!(p.online()));
     if let Some(t) = p.connected_at {
@@ -210,6 +211,11 @@ fn presence(m: &mut Map<String, Value>, p: &storage::Presence) {
         for s in list {
             if let Some(at) = s.get("connected_at").and_then(Value::as_i64) {
                 s["connected_at"] = json!(time(Some(at)));
+            }
+            if let Some(o) = s.as_object_mut() {
+                if o.get("node").and_then(Value::as_str) == Some("") {
+                    o.remove("node");
+                }
             }
         }
     }

@@ -8,6 +8,7 @@
 //! - this module: the node's id and its row in the node table (registration refusing a live
 //!   duplicate, heartbeats, a clean leave), the NATS connection and the counters.
 
+pub mod follow;
 pub mod nats;
 pub mod wire;
 
@@ -51,6 +52,10 @@ pub struct ClusterMetrics {
     pub slow_consumer: AtomicU64,
     /// 1 while connected to NATS.
     pub connected: AtomicU64,
+    /// Times this node failed closed (could not confirm it was current).
+    pub fail_closed: AtomicU64,
+    /// Milliseconds between the commit of the last outbox entry applied and its application.
+    pub outbox_lag_ms: AtomicU64,
 }
 
 impl ClusterMetrics {
@@ -174,6 +179,36 @@ pub fn shared_ca(store: &Store, data_dir: &Path) -> Result<certs::Ca, crate::App
         serde_json::json!({"cert": local.pem(), "key": local.key_pem()}).to_string()
     })?;
     parse(&v)
+}
+
+/// Shows the connections of dead nodes offline: every `every`, a node whose heartbeat is
+/// older than `timeout` (or that left) has its presence rows cleared, once per incarnation.
+pub async fn janitor(store: Store, me: String, timeout: Duration, every: Duration) {
+    let mut cleared = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let s = store.clone();
+        let Ok(Ok(nodes)) = tokio::task::spawn_blocking(move || s.nodes()).await else {
+            continue;
+        };
+        let now = now_ms();
+        for n in nodes {
+            let dead = n.heartbeat_at == 0 || now - n.heartbeat_at > timeout.as_millis() as i64;
+            if n.id == me || !dead || cleared.contains(&(n.id.clone(), n.incarnation.clone())) {
+                continue;
+            }
+            let (s, id) = (store.clone(), n.id.clone());
+            if let Ok(Ok(k)) =
+                tokio::task::spawn_blocking(move || s.reset_presence_of(&id, storage::now_micros())).await
+            {
+                if k > 0 {
+                    tracing::info!(node = %n.id, clients = k, "node stopped or dead: its connections shown offline");
+                }
+                cleared.insert((n.id, n.incarnation));
+            }
+        }
+    }
 }
 
 /// Connects to NATS (retrying in the background after the first success; the first

@@ -40,6 +40,8 @@ pub struct NatsCluster {
     broker: Arc<OnceLock<Arc<BrokerHandle>>>,
     metrics: Arc<ClusterMetrics>,
     flush_timeout: Duration,
+    store: storage::Store,
+    fresh: Arc<super::follow::Freshness>,
 }
 
 impl NatsCluster {
@@ -50,6 +52,8 @@ impl NatsCluster {
         node: String,
         metrics: Arc<ClusterMetrics>,
         flush_timeout: Duration,
+        store: storage::Store,
+        fresh: Arc<super::follow::Freshness>,
     ) -> Arc<NatsCluster> {
         let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
         tokio::spawn(export_loop(
@@ -69,6 +73,8 @@ impl NatsCluster {
             broker: Arc::new(OnceLock::new()),
             metrics,
             flush_timeout,
+            store,
+            fresh,
         })
     }
 
@@ -91,6 +97,24 @@ impl NatsCluster {
 }
 
 impl broker::Cluster for NatsCluster {
+    fn claim(&self, key: &str) -> BoxFuture<Result<u64, broker::PortError>> {
+        let (store, key) = (self.store.clone(), key.to_string());
+        let (client, subject) = (self.client.clone(), self.subjects.changes());
+        Box::pin(async move {
+            let r = tokio::task::spawn_blocking(move || store.claim_session(&key))
+                .await
+                .map_err(|e| broker::PortError::Unavailable("store", e.to_string()))?;
+            let seq = r.map_err(|e| broker::PortError::Unavailable("store", e.to_string()))?;
+            // The others read the outbox at once; without NATS they find it within a poll.
+            let _ = client.publish(subject, Bytes::new()).await;
+            Ok(seq.max(0) as u64)
+        })
+    }
+
+    fn current(&self) -> bool {
+        self.fresh.current()
+    }
+
     fn export(&self, c: Carried, wait: bool) -> Option<oneshot::Receiver<bool>> {
         let (done, rx) = match wait {
             true => {

@@ -37,7 +37,8 @@ pub struct Presence {
     pub remote_addr: Option<String>,
     pub protocol: Option<String>,
     /// The live connections: a JSON array of `{client_id, remote_addr, protocol,
-    /// connected_at}` (the MQTT client id; microseconds).
+    /// connected_at, node}` (the MQTT client id; microseconds; the cluster node holding it,
+    /// "" outside a cluster).
     pub sessions: JsonText,
 }
 
@@ -121,6 +122,7 @@ fn columns(d: Dialect) -> String {
             ("remote_addr", "s.remote_addr"),
             ("protocol", "s.protocol"),
             ("connected_at", "s.connected_at"),
+            ("node", "s.node_id"),
         ],
         "FROM client_sessions s WHERE s.domain_id = c.domain_id AND s.client_id = c.id",
     );

@@ -87,4 +87,11 @@ pub enum Change {
     DomainFrozen {
         domain_id: String,
     },
+    /// Cluster mode: a node claimed a device's session (its outbox number orders claims;
+    /// the newest wins, older holders end their session). Recorded by
+    /// [`crate::Store::claim_session`], never announced locally.
+    SessionClaimed {
+        key: String,
+        node: String,
+    },
 }

@@ -249,6 +249,9 @@ pub struct Store {
     pool: Pool,
     stats: std::sync::Arc<PoolStats>,
     sink: std::sync::Arc<std::sync::OnceLock<ChangeSink>>,
+    /// Cluster mode: the node this store serves; what the store keeps per node (persistent
+    /// sessions, presence) is scoped by it. Empty outside a cluster.
+    node: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 /// Where the store announces rights-affecting changes, after their transaction committed
@@ -335,6 +338,7 @@ impl Store {
             pool,
             stats: Default::default(),
             sink: Default::default(),
+            node: Default::default(),
         }
     }
 
@@ -396,6 +400,17 @@ impl Store {
             )?;
             Ok(())
         })
+    }
+
+    /// Cluster mode: sets the node this store (and every clone of it) serves. Only the first
+    /// call counts; false after that.
+    pub fn set_node(&self, id: &str) -> bool {
+        self.node.set(id.to_string()).is_ok()
+    }
+
+    /// The node this store serves ("" outside a cluster).
+    pub fn node(&self) -> &str {
+        self.node.get().map_or("", String::as_str)
     }
 
     /// Sets where this store (and every clone of it) announces the rights-affecting changes

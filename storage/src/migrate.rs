@@ -104,21 +104,21 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "session_records",
-        columns: "key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound",
+        columns: "key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound, node_id",
         key: None,
         order: "key",
         identity: None,
     },
     Table {
         name: "session_bodies",
-        columns: "id, body",
+        columns: "id, body, node_id",
         key: Some("id"),
         order: "id",
         identity: None,
     },
     Table {
         name: "session_queue",
-        columns: "session, msg, meta, state, pkid",
+        columns: "session, msg, meta, state, pkid, node_id",
         key: None,
         order: "session, msg",
         identity: None,
@@ -132,7 +132,7 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "client_sessions",
-        columns: "domain_id, client_id, mqtt_client_id, remote_addr, protocol, connected_at",
+        columns: "domain_id, client_id, mqtt_client_id, remote_addr, protocol, connected_at, node_id",
         key: None,
         order: "domain_id, client_id, mqtt_client_id",
         identity: None,

@@ -1,6 +1,7 @@
 //! The nodes of a cluster: one row per node id, with the incarnation (one per process start)
 //! that holds it and its last heartbeat. A second live process under the same id is refused
-//! at start; a node whose heartbeat stopped is taken for dead by the others.
+//! at start; a node whose heartbeat stopped is taken for dead by the others. The first node
+//! of a deployment that grew into a cluster adopts the persistent sessions kept before.
 
 use crate::db::{params, Db};
 use crate::{Result, Store, StoreError};
@@ -32,6 +33,22 @@ impl Store {
                         "node id {id} is in use by a live node (last heartbeat {} ms ago)",
                         now_ms - beat
                     )));
+                }
+            }
+            // Persistent sessions kept before the deployment became a cluster (`fluxgate store
+            // migrate`) go to the first node that starts.
+            if !tx.exists("SELECT 1 FROM session_records WHERE node_id <> ''", &[])? {
+                for t in ["session_records", "session_bodies", "session_queue"] {
+                    tx.execute(&format!("UPDATE {t} SET node_id = ?1 WHERE node_id = ''"), &params![id])?;
+                }
+                let high = tx.query_opt("SELECT value FROM settings WHERE key = 'session_msg_high'", &[], |r| {
+                    r.get::<String>(0)
+                })?;
+                if let Some(v) = high {
+                    tx.execute(
+                        "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                        &params![format!("session_msg_high:{id}"), v],
+                    )?;
                 }
             }
             tx.execute(

@@ -28,6 +28,13 @@ pub(crate) fn record(tx: &Tx<'_>, changes: &[Change]) -> Result<()> {
     Ok(())
 }
 
+/// Claims are many (one per MQTT connection in a cluster) and only matter for moments:
+/// they are pruned sooner than other changes.
+const SESSION_CLAIMED: &str = "session_claimed";
+
+/// Seconds a session claim stays in the outbox.
+pub const CLAIM_MAX_AGE_S: i64 = 300;
+
 fn payload_kind(c: &Change) -> &'static str {
     match c {
         Change::ClientEnabled { .. } => "client_enabled",
@@ -43,6 +50,7 @@ fn payload_kind(c: &Change) -> &'static str {
         Change::DomainEnabled { .. } => "domain_enabled",
         Change::DomainDisabled { .. } => "domain_disabled",
         Change::DomainFrozen { .. } => "domain_frozen",
+        Change::SessionClaimed { .. } => SESSION_CLAIMED,
     }
 }
 
@@ -63,9 +71,42 @@ impl Store {
         )
     }
 
-    /// Removes outbox entries recorded before `before` (microseconds); returns how many.
+    /// Removes outbox entries recorded before `before` (microseconds), and session claims
+    /// older than [`CLAIM_MAX_AGE_S`]; returns how many.
     pub fn prune_outbox(&self, before: i64) -> Result<u64> {
-        self.write(|tx| Ok(tx.execute("DELETE FROM outbox WHERE at < ?1", &params![before])? as u64))
+        let claims_before = crate::now_micros() - CLAIM_MAX_AGE_S * 1_000_000;
+        self.write(|tx| {
+            Ok(tx.execute(
+                "DELETE FROM outbox WHERE at < ?1 OR (kind = ?2 AND at < ?3)",
+                &params![before, SESSION_CLAIMED, claims_before],
+            )? as u64)
+        })
+    }
+
+    /// The newest outbox number (0 when empty): a follower starting now reads after it.
+    pub fn outbox_head(&self) -> Result<i64> {
+        let v: Option<i64> = self
+            .conn()?
+            .query_row("SELECT MAX(seq) FROM outbox", &[], |r| r.get(0))?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Cluster mode: records this node's claim on a session key; returns its number (the
+    /// newest claim wins). Written under the write lock like every outbox entry, so numbers
+    /// are committed in order and a follower reading by number misses none.
+    pub fn claim_session(&self, key: &str) -> Result<i64> {
+        let c = Change::SessionClaimed {
+            key: key.to_string(),
+            node: self.node().to_string(),
+        };
+        let payload = serde_json::to_string(&c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(|tx| {
+            tx.query_row(
+                "INSERT INTO outbox (kind, payload, at) VALUES (?1, ?2, ?3) RETURNING seq",
+                &params![SESSION_CLAIMED, payload, crate::now_micros()],
+                |r| r.get(0),
+            )
+        })
     }
 }
 

@@ -1,6 +1,10 @@
 //! Device presence: the broker's session events (a connection joined or left a client's
 //! session) kept per client, so the API, the CLI and the console can show who is online,
 //! since when, from where and over what.
+//!
+//! In a cluster a connection's row names the node that holds it ([`Store::node`]): a node
+//! ends only its own rows, so a late disconnect from a node whose session was taken over
+//! never removes the new node's row, and a node's rows can be cleared when it stops.
 
 use crate::db::{params, Db};
 use crate::{Result, Store};
@@ -39,6 +43,7 @@ impl Store {
     /// would leave, in a few statements per client instead of several per event (a churn of
     /// short connections would otherwise outpace the writer).
     pub fn apply_presence(&self, events: &[PresenceEvent]) -> Result<Vec<PresenceChange>> {
+        let node = self.node();
         let mut clients: Vec<(&str, &str)> = Vec::new();
         let mut of: HashMap<(&str, &str), Vec<&PresenceEvent>> = HashMap::new();
         for e in events {
@@ -69,16 +74,16 @@ impl Store {
                 for (k, last) in &folded.last {
                     if last.connected {
                         tx.execute(
-                            "INSERT INTO client_sessions (domain_id, client_id, mqtt_client_id, remote_addr, protocol, connected_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                            "INSERT INTO client_sessions (domain_id, client_id, mqtt_client_id, remote_addr, protocol, connected_at, node_id)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                              ON CONFLICT (domain_id, client_id, mqtt_client_id) DO UPDATE SET remote_addr = excluded.remote_addr,
-                               protocol = excluded.protocol, connected_at = excluded.connected_at",
-                            &params![d, c, k, last.remote_addr, last.protocol, last.at],
+                               protocol = excluded.protocol, connected_at = excluded.connected_at, node_id = excluded.node_id",
+                            &params![d, c, k, last.remote_addr, last.protocol, last.at, node],
                         )?;
                     } else if stored.contains(*k) {
                         tx.execute(
-                            "DELETE FROM client_sessions WHERE domain_id = ?1 AND client_id = ?2 AND mqtt_client_id = ?3",
-                            &params![d, c, k],
+                            "DELETE FROM client_sessions WHERE domain_id = ?1 AND client_id = ?2 AND mqtt_client_id = ?3 AND node_id = ?4",
+                            &params![d, c, k, node],
                         )?;
                     }
                 }
@@ -96,23 +101,41 @@ impl Store {
                         folded.disconnected_at
                     ],
                 )?;
+                // Another node may hold a connection this one saw end (a takeover).
+                let online = folded.online
+                    || (!node.is_empty()
+                        && tx.exists(
+                            "SELECT 1 FROM client_sessions WHERE domain_id = ?1 AND client_id = ?2",
+                            &params![d, c],
+                        )?);
                 out.push(PresenceChange {
                     domain_id: d.to_string(),
                     client_id: c.to_string(),
-                    online: folded.online,
+                    online,
                 });
             }
             Ok(out)
         })
     }
 
-    /// At start-up: connections recorded live belong to a previous run, which ended (perhaps
-    /// by a crash) without recording their end; their clients are offline since `at`.
+    /// At start-up: connections this node recorded live belong to a previous run, which
+    /// ended (perhaps by a crash) without recording their end; their clients are offline
+    /// since `at` (unless connected on another node).
     pub fn reset_presence(&self, at: i64) -> Result<u64> {
+        self.reset_presence_of(self.node(), at)
+    }
+
+    /// Ends every connection `node` recorded (that node stopped or died); returns the
+    /// clients that went offline.
+    pub fn reset_presence_of(&self, node: &str, at: i64) -> Result<u64> {
         self.write(|tx| {
-            let n = tx.execute("UPDATE clients SET disconnected_at = ?1
-                 WHERE EXISTS (SELECT 1 FROM client_sessions s WHERE s.domain_id = clients.domain_id AND s.client_id = clients.id)", &params![at])?;
-            tx.execute("DELETE FROM client_sessions", &[])?;
+            let n = tx.execute(
+                "UPDATE clients SET disconnected_at = ?1
+                 WHERE EXISTS (SELECT 1 FROM client_sessions s WHERE s.domain_id = clients.domain_id AND s.client_id = clients.id AND s.node_id = ?2)
+                   AND NOT EXISTS (SELECT 1 FROM client_sessions s WHERE s.domain_id = clients.domain_id AND s.client_id = clients.id AND s.node_id <> ?2)",
+                &params![at, node],
+            )?;
+            tx.execute("DELETE FROM client_sessions WHERE node_id = ?1", &params![node])?;
             Ok(n as u64)
         })
     }

@@ -3,6 +3,9 @@
 //! body plus per-session metadata; this module only keeps them, in order, transactionally.
 //! A message body is stored once and referenced by one queue row per session waiting for it;
 //! the body goes when its last queue row does.
+//!
+//! In a cluster each node keeps its own sessions: every row names its node
+//! ([`Store::node`]), and a node reads and writes its own rows only.
 
 use crate::db::{params, Db, Tx};
 use crate::{Result, Store};
@@ -80,25 +83,31 @@ impl Store {
     /// Loads every session and its queue, after removing the sessions of clients that were
     /// deleted or disabled (or whose domain was) and bodies nothing refers to.
     pub fn sessions_load(&self) -> Result<SessionSnapshot> {
+        let node = self.node();
         let dropped = self.write(|tx| {
             let gone: Vec<String> = tx.query_map(
-                "SELECT s.key FROM session_records s WHERE s.domain_id IS NOT NULL AND NOT EXISTS (
+                "SELECT s.key FROM session_records s WHERE s.node_id = ?1 AND s.domain_id IS NOT NULL AND NOT EXISTS (
                     SELECT 1 FROM clients c JOIN domains d ON d.id = c.domain_id
                     WHERE c.domain_id = s.domain_id AND c.id = s.client_id
                       AND c.status = 'enabled' AND d.status = 'enabled')",
-                &[],
+                &params![node],
                 |r| r.get(0),
             )?;
             for k in &gone {
-                delete_session(tx, k)?;
+                delete_session(tx, node, k)?;
             }
-            tx.execute("DELETE FROM session_bodies WHERE NOT EXISTS (SELECT 1 FROM session_queue q WHERE q.msg = session_bodies.id)", &[])?;
+            tx.execute(
+                "DELETE FROM session_bodies WHERE node_id = ?1 AND NOT EXISTS
+                 (SELECT 1 FROM session_queue q WHERE q.node_id = ?1 AND q.msg = session_bodies.id)",
+                &params![node],
+            )?;
             Ok(gone.len())
         })?;
         let c = self.conn()?;
         let sessions = c.query_map(
-            "SELECT key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound FROM session_records ORDER BY key",
-            &[],
+            "SELECT key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound FROM session_records
+             WHERE node_id = ?1 ORDER BY key",
+            &params![node],
             |r| {
                 let d: Option<String> = r.get(1)?;
                 let cl: Option<String> = r.get(2)?;
@@ -114,8 +123,9 @@ impl Store {
         )?;
         let queued = c.query_map(
             "SELECT q.session, q.msg, q.meta, q.state, q.pkid, b.body FROM session_queue q
-             JOIN session_bodies b ON b.id = q.msg ORDER BY q.session, q.msg",
-            &[],
+             JOIN session_bodies b ON b.node_id = q.node_id AND b.id = q.msg
+             WHERE q.node_id = ?1 ORDER BY q.session, q.msg",
+            &params![node],
             |r| {
                 Ok(QueuedRow {
                     session: r.get(0)?,
@@ -127,10 +137,14 @@ impl Store {
                 })
             },
         )?;
-        let max_body: Option<i64> = c.query_row("SELECT MAX(id) FROM session_bodies", &[], |r| r.get(0))?;
+        let max_body: Option<i64> = c.query_row(
+            "SELECT MAX(id) FROM session_bodies WHERE node_id = ?1",
+            &params![node],
+            |r| r.get(0),
+        )?;
         let high: Option<i64> = c.query_opt(
-            "SELECT CAST(value AS BIGINT) FROM settings WHERE key = 'session_msg_high'",
-            &[],
+            "SELECT CAST(value AS BIGINT) FROM settings WHERE key = ?1",
+            &params![high_key(node)],
             |r| r.get(0),
         )?;
         let max_msg = [max_body, high].into_iter().flatten().max().unwrap_or(0).max(0) as u64;
@@ -144,6 +158,7 @@ impl Store {
 
     /// Applies the writes in order, in one transaction.
     pub fn sessions_apply(&self, ops: &[SessionWrite]) -> Result<()> {
+        let node = self.node();
         self.write(|tx| {
             let mut high = 0u64;
             for op in ops {
@@ -153,9 +168,9 @@ impl Store {
                             Some((d, c)) => (Some(d.as_str()), Some(c.as_str())),
                             None => (None, None),
                         };
-                        tx.execute("INSERT INTO session_records(key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                             ON CONFLICT(key) DO UPDATE SET domain_id = excluded.domain_id,
+                        tx.execute("INSERT INTO session_records(key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound, node_id)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                             ON CONFLICT(node_id, key) DO UPDATE SET domain_id = excluded.domain_id,
                                client_id = excluded.client_id, expiry_s = excluded.expiry_s,
                                disconnected_at_ms = excluded.disconnected_at_ms, state = excluded.state,
                                inbound = excluded.inbound", &params![
@@ -165,35 +180,44 @@ impl Store {
                             s.expiry_s as i64,
                             s.disconnected_at_ms.map(|v| v as i64),
                             s.state,
-                            s.inbound
+                            s.inbound,
+                            node
                         ])?;
                     }
                     SessionWrite::Inbound { key, inbound } => {
-                        tx.execute("UPDATE session_records SET inbound = ?2 WHERE key = ?1", &params![key, inbound])?;
+                        tx.execute(
+                            "UPDATE session_records SET inbound = ?2 WHERE node_id = ?3 AND key = ?1",
+                            &params![key, inbound, node],
+                        )?;
                     }
-                    SessionWrite::Delete(key) => delete_session(tx, key)?,
+                    SessionWrite::Delete(key) => delete_session(tx, node, key)?,
                     SessionWrite::Message { id, body, targets } => {
                         high = high.max(*id);
                         // Only for sessions that exist (one may have ended meanwhile).
                         let mut n = 0;
                         for (key, meta) in targets {
                             n += tx
-                                .execute("INSERT INTO session_queue(session, msg, meta)
-                                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM session_records WHERE key = ?1)
-                                     ON CONFLICT DO NOTHING", &params![key, *id as i64, meta])?;
+                                .execute("INSERT INTO session_queue(session, msg, meta, node_id)
+                                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM session_records WHERE node_id = ?4 AND key = ?1)
+                                     ON CONFLICT DO NOTHING", &params![key, *id as i64, meta, node])?;
                         }
                         if n > 0 {
-                            tx.execute("INSERT INTO session_bodies(id, body) VALUES (?1, ?2) ON CONFLICT DO NOTHING", &params![*id as i64, body])?;
+                            tx.execute(
+                                "INSERT INTO session_bodies(id, body, node_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                                &params![*id as i64, body, node],
+                            )?;
                         }
                     }
                     SessionWrite::Mark { key, msg, state, pkid } => {
-                        tx.execute("UPDATE session_queue SET state = ?3, pkid = ?4 WHERE session = ?1 AND msg = ?2", &params![key, *msg as i64, *state as i64, *pkid as i64])?;
+                        tx.execute("UPDATE session_queue SET state = ?3, pkid = ?4 WHERE node_id = ?5 AND session = ?1 AND msg = ?2", &params![key, *msg as i64, *state as i64, *pkid as i64, node])?;
                     }
                     SessionWrite::Ack { key, msg } => {
-                        let n = tx
-                            .execute("DELETE FROM session_queue WHERE session = ?1 AND msg = ?2", &params![key, *msg as i64])?;
+                        let n = tx.execute(
+                            "DELETE FROM session_queue WHERE node_id = ?3 AND session = ?1 AND msg = ?2",
+                            &params![key, *msg as i64, node],
+                        )?;
                         if n > 0 {
-                            gc_body(tx, *msg)?;
+                            gc_body(tx, node, *msg)?;
                         }
                     }
                 }
@@ -205,10 +229,10 @@ impl Store {
                     .greatest("CAST(settings.value AS BIGINT)", "CAST(excluded.value AS BIGINT)");
                 tx.execute(
                     &format!(
-                        "INSERT INTO settings(key, value) VALUES ('session_msg_high', ?1)
+                        "INSERT INTO settings(key, value) VALUES (?2, ?1)
                          ON CONFLICT(key) DO UPDATE SET value = CAST({greater} AS TEXT)"
                     ),
-                    &params![high.to_string()],
+                    &params![high.to_string(), high_key(node)],
                 )?;
             }
             Ok(())
@@ -224,23 +248,40 @@ impl Store {
     }
 }
 
-fn gc_body(tx: &Tx<'_>, msg: u64) -> Result<()> {
+/// The setting that keeps a node's highest message id (ids are never reused).
+fn high_key(node: &str) -> String {
+    match node {
+        "" => "session_msg_high".to_string(),
+        n => format!("session_msg_high:{n}"),
+    }
+}
+
+fn gc_body(tx: &Tx<'_>, node: &str, msg: u64) -> Result<()> {
     tx.execute(
-        "DELETE FROM session_bodies WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM session_queue WHERE msg = ?1)",
-        &params![msg as i64],
+        "DELETE FROM session_bodies WHERE node_id = ?2 AND id = ?1
+           AND NOT EXISTS (SELECT 1 FROM session_queue WHERE node_id = ?2 AND msg = ?1)",
+        &params![msg as i64, node],
     )?;
     Ok(())
 }
 
-fn delete_session(tx: &Tx<'_>, key: &str) -> Result<()> {
-    let msgs: Vec<i64> = tx.query_map("SELECT msg FROM session_queue WHERE session = ?1", &params![key], |r| {
-        r.get(0)
-    })?;
-    tx.execute("DELETE FROM session_queue WHERE session = ?1", &params![key])?;
+fn delete_session(tx: &Tx<'_>, node: &str, key: &str) -> Result<()> {
+    let msgs: Vec<i64> = tx.query_map(
+        "SELECT msg FROM session_queue WHERE node_id = ?2 AND session = ?1",
+        &params![key, node],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "DELETE FROM session_queue WHERE node_id = ?2 AND session = ?1",
+        &params![key, node],
+    )?;
     for m in msgs {
-        gc_body(tx, m as u64)?;
+        gc_body(tx, node, m as u64)?;
     }
-    tx.execute("DELETE FROM session_records WHERE key = ?1", &params![key])?;
+    tx.execute(
+        "DELETE FROM session_records WHERE node_id = ?2 AND key = ?1",
+        &params![key, node],
+    )?;
     Ok(())
 }
 

@@ -195,6 +195,22 @@ impl Session {
                 return fail(replies, code::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded");
             }
         }
+        if !self.shared.current() {
+            // Cluster mode, failing closed: rights here may be stale.
+            Metrics::inc(&self.m().cluster_refused_not_current);
+            if !v5 {
+                return Err(End::Abnormal(
+                    "this node cannot confirm it is current with the cluster".into(),
+                ));
+            }
+            let code = Some(reason::publish::NOT_CURRENT);
+            match p.qos {
+                0 => {}
+                1 => replies.extend_from_slice(&codec::encode_ack(codec::PUBACK, p.pkid, code)),
+                _ => replies.extend_from_slice(&codec::encode_ack(codec::PUBREC, p.pkid, code)),
+            }
+            return Ok(());
+        }
         let auth = self.shared.auth.clone();
         if !self
             .rights

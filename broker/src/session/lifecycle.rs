@@ -180,7 +180,10 @@ impl Session {
         self.shared.registry.remove(&self.key, self.gen);
         while let Ok(c) = self.ctrl.try_recv() {
             if let Control::Attach(a) = c {
-                if let Handed::New(gen, rx, a) = self.shared.registry.attach(&self.key, self.identity.as_ref(), a) {
+                let claim = a.req.claim;
+                if let Handed::New(gen, rx, a) =
+                    self.shared.registry.attach(&self.key, self.identity.as_ref(), a, claim)
+                {
                     spawn(self.shared.clone(), self.key.clone(), gen, rx, self.identity.clone(), a);
                 }
             }
