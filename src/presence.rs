@@ -46,6 +46,7 @@ impl StorePresence {
             protocol: c.transport.as_str().to_string(),
             at: c.at_ms.min(i64::MAX as u64 / 1000) as i64 * 1000,
             connected,
+            claim: c.claim.min(i64::MAX as u64) as i64,
         };
         let _ = self.tx.send(Msg::Event(e));
     }

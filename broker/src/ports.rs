@@ -97,6 +97,9 @@ pub struct Connection {
     pub transport: Transport,
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// Cluster mode: the connection's claim on its session key (newer claims win; 0
+    /// outside a cluster).
+    pub claim: u64,
 }
 
 /// Where the broker reports device presence: a connection joined its session (CONNACK sent)

@@ -1,7 +1,9 @@
 //! The broker's cluster port over core NATS: one export task publishes what this node
 //! accepted (and flushes before the acknowledgements it holds may leave), one subscription per
 //! scope this node's subscriptions need (reference counted by the broker) feeds the broker's
-//! import entry, and one permanent subscription keeps the retained index in step.
+//! import entry. Retained messages travel on their own subject, which every node hears: each
+//! node keeps it in its retained index, then delivers it to its subscribers, in one task, so
+//! a subscriber that saw a retained message live finds it (or a newer one) in the index.
 
 use super::wire::{self, Subjects};
 use super::ClusterMetrics;
@@ -79,7 +81,7 @@ impl NatsCluster {
     }
 
     /// Connects the import side to the broker (it starts after this port exists) and
-    /// starts hearing retained messages.
+    /// starts hearing retained messages (kept, then delivered).
     pub async fn attach(&self, broker: Arc<BrokerHandle>) -> Result<(), async_nats::SubscribeError> {
         let _ = self.broker.set(broker.clone());
         let mut sub = self.client.subscribe(self.subjects.retained()).await?;
@@ -87,7 +89,11 @@ impl NatsCluster {
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 match wire::decode(msg.headers.as_ref(), msg.payload) {
-                    Some((_, c)) => broker.remember_retained(&c),
+                    Some((_, c)) => {
+                        m.received.fetch_add(1, Ordering::Relaxed);
+                        broker.remember_retained(&c);
+                        broker.import(&c);
+                    }
                     None => m.inc_malformed(),
                 }
             }
@@ -222,17 +228,10 @@ async fn export_loop(
             if !connected {
                 continue;
             }
-            if e.retained {
-                // Every node keeps the retained set; subscribers get the message by its scope.
-                let _ = client
-                    .publish_with_headers(retained.clone(), e.headers.clone(), e.payload.clone())
-                    .await;
-            }
-            if client
-                .publish_with_headers(e.subject, e.headers, e.payload)
-                .await
-                .is_ok()
-            {
+            // A retained message goes to every node (each keeps the retained set), on its own
+            // subject only.
+            let subject = if e.retained { retained.clone() } else { e.subject };
+            if client.publish_with_headers(subject, e.headers, e.payload).await.is_ok() {
                 sent += 1;
             }
         }

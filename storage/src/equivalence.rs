@@ -122,6 +122,7 @@ fn fill(s: &Store) {
         protocol: "mqtt".into(),
         at: 5,
         connected: true,
+        claim: 0,
     }])
     .expect("presence");
     let messages: Vec<NewMessage> = (0..3000)

@@ -132,7 +132,7 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "client_sessions",
-        columns: "domain_id, client_id, mqtt_client_id, remote_addr, protocol, connected_at, node_id",
+        columns: "domain_id, client_id, mqtt_client_id, remote_addr, protocol, connected_at, node_id, claim",
         key: None,
         order: "domain_id, client_id, mqtt_client_id",
         identity: None,
@@ -479,6 +479,7 @@ mod tests {
             protocol: "mqtt".into(),
             at: 3,
             connected: true,
+            claim: 0,
         }])
         .expect("presence");
         let msgs: Vec<crate::NewMessage> = (0..12_345)

@@ -263,6 +263,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE session_queue ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
     CREATE UNIQUE INDEX session_queue_node ON session_queue(node_id, session, msg);
     ALTER TABLE client_sessions ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE client_sessions ADD COLUMN claim INTEGER NOT NULL DEFAULT 0;
     "#,
 ];
 
@@ -292,6 +293,7 @@ const PG_MIGRATIONS: &[&str] = &[
     ALTER TABLE session_queue DROP CONSTRAINT session_queue_pkey;
     ALTER TABLE session_queue ADD PRIMARY KEY (node_id, session, msg);
     ALTER TABLE client_sessions ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE client_sessions ADD COLUMN claim BIGINT NOT NULL DEFAULT 0;
     "#,
 ];
 

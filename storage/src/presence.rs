@@ -22,6 +22,9 @@ pub struct PresenceEvent {
     /// Microseconds since the Unix epoch.
     pub at: i64,
     pub connected: bool,
+    /// Cluster mode: the connection's claim on its session (a newer claim's row is never
+    /// replaced or ended by an older one's event); 0 outside a cluster.
+    pub claim: i64,
 }
 
 /// A client's presence after a batch of events: online when a connection is live.
@@ -74,16 +77,19 @@ impl Store {
                 for (k, last) in &folded.last {
                     if last.connected {
                         tx.execute(
-                            "INSERT INTO client_sessions (domain_id, client_id, mqtt_client_id, remote_addr, protocol, connected_at, node_id)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                            "INSERT INTO client_sessions (domain_id, client_id, mqtt_client_id, remote_addr, protocol, connected_at, node_id, claim)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                              ON CONFLICT (domain_id, client_id, mqtt_client_id) DO UPDATE SET remote_addr = excluded.remote_addr,
-                               protocol = excluded.protocol, connected_at = excluded.connected_at, node_id = excluded.node_id",
-                            &params![d, c, k, last.remote_addr, last.protocol, last.at, node],
+                               protocol = excluded.protocol, connected_at = excluded.connected_at, node_id = excluded.node_id,
+                               claim = excluded.claim
+                             WHERE client_sessions.claim <= excluded.claim",
+                            &params![d, c, k, last.remote_addr, last.protocol, last.at, node, last.claim],
                         )?;
                     } else if stored.contains(*k) {
                         tx.execute(
-                            "DELETE FROM client_sessions WHERE domain_id = ?1 AND client_id = ?2 AND mqtt_client_id = ?3 AND node_id = ?4",
-                            &params![d, c, k, node],
+                            "DELETE FROM client_sessions WHERE domain_id = ?1 AND client_id = ?2 AND mqtt_client_id = ?3
+                               AND node_id = ?4 AND claim <= ?5",
+                            &params![d, c, k, node, last.claim],
                         )?;
                     }
                 }
@@ -198,6 +204,7 @@ mod tests {
             protocol: "mqtt".into(),
             at,
             connected,
+            claim: 0,
         }
     }
 

@@ -429,6 +429,16 @@ impl Raw {
 
 /// The two-byte integer property `id` of a v5 CONNACK body, if present.
 pub fn connack_u16(body: &[u8], id: u8) -> Option<u16> {
+    connack_prop(body, id).map(|v| u16::from_be_bytes([v[0], v[1]]))
+}
+
+/// The one-byte property `id` of a v5 CONNACK body, if present.
+pub fn connack_u8(body: &[u8], id: u8) -> Option<u8> {
+    connack_prop(body, id).map(|v| v[0])
+}
+
+/// The value bytes of property `id` of a v5 CONNACK body.
+fn connack_prop(body: &[u8], id: u8) -> Option<Vec<u8>> {
     let mut i = 2;
     let len = get_varint(body, &mut i);
     let end = i + len;
@@ -436,13 +446,7 @@ pub fn connack_u16(body: &[u8], id: u8) -> Option<u16> {
         let pid = body[i];
         i += 1;
         let n = match pid {
-            0x13 | 0x21 | 0x22 => {
-                let v = u16::from_be_bytes([body[i], body[i + 1]]);
-                if pid == id {
-                    return Some(v);
-                }
-                2
-            }
+            0x13 | 0x21 | 0x22 => 2,
             0x11 | 0x27 => 4,
             0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
             0x12 | 0x1F | 0x1A | 0x1C | 0x15 | 0x16 => 2 + u16::from_be_bytes([body[i], body[i + 1]]) as usize,
@@ -452,6 +456,9 @@ pub fn connack_u16(body: &[u8], id: u8) -> Option<u16> {
             }
             other => panic!("unknown CONNACK property {other:#x}"),
         };
+        if pid == id {
+            return Some(body[i..i + n].to_vec());
+        }
         i += n;
     }
     None

@@ -215,6 +215,7 @@ impl Session {
             remote: live.peer,
             transport: live.req.transport,
             at_ms: router::now_ms(),
+            claim: live.req.claim,
         };
         if joined {
             p.connected(c);
