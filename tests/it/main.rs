@@ -14,6 +14,7 @@ mod cli;
 mod clients;
 mod cluster;
 mod cluster_env;
+mod cluster_faults;
 mod config;
 mod console;
 mod domains;

@@ -375,6 +375,17 @@ impl Raw {
 
     /// Sends a PUBLISH with raw v5 properties.
     pub async fn publish_with(&mut self, topic: &str, payload: &[u8], qos: u8, retain: bool, pkid: u16, props: &[u8]) {
+        let p = self.encode_publish(topic, payload, qos, retain, pkid, props);
+        self.send(&p).await;
+    }
+
+    /// Sends a PUBLISH (no properties); false when the connection is gone.
+    pub async fn try_publish(&mut self, topic: &str, payload: &[u8], qos: u8, pkid: u16) -> bool {
+        let p = self.encode_publish(topic, payload, qos, false, pkid, &[]);
+        self.try_send(&p).await
+    }
+
+    fn encode_publish(&self, topic: &str, payload: &[u8], qos: u8, retain: bool, pkid: u16, props: &[u8]) -> Vec<u8> {
         let mut body = Vec::new();
         put_str(&mut body, topic.as_bytes());
         if qos > 0 {
@@ -385,7 +396,7 @@ impl Raw {
             body.extend_from_slice(props);
         }
         body.extend_from_slice(payload);
-        self.send(&framed(0x30 | (qos << 1) | u8::from(retain), &body)).await;
+        framed(0x30 | (qos << 1) | u8::from(retain), &body)
     }
 
     /// Publishes and completes the QoS handshake; returns the v5 reason code of the PUBACK or

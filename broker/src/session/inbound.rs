@@ -5,6 +5,7 @@ impl Session {
     pub(super) async fn on_bytes(&mut self, live: &mut Live) -> Step {
         let mut replies = BytesMut::new();
         let mut result = Ok(());
+        // QoS 1 PUBLISH packets of this read (see `on_publish`).
         let mut qos_in_read = 0usize;
         loop {
             let f = match codec::next_frame(&mut live.rbuf, self.shared.cfg.max_packet_size) {
@@ -190,9 +191,13 @@ impl Session {
             return Ok(());
         }
         if p.qos > 0 {
-            *qos_in_read += 1;
-            if *qos_in_read + self.in_qos2.len() > self.shared.cfg.inflight_window as usize {
+            // In flight: this read's QoS 1 messages (their PUBACKs leave with the read) and
+            // every unreleased QoS 2 one (this read's are in `in_qos2` already: counted once).
+            if *qos_in_read + self.in_qos2.len() >= self.shared.cfg.inflight_window as usize {
                 return fail(replies, code::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded");
+            }
+            if p.qos == 1 {
+                *qos_in_read += 1;
             }
         }
         if !self.shared.current() {

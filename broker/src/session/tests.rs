@@ -260,3 +260,41 @@ async fn a_persistent_session_is_closed_only_once_its_disconnect_time_is_stored(
         "{applied:?}"
     );
 }
+
+/// [MQTT-3.3.4-9] Receive Maximum: QoS 2 publishes arriving together in one read count once
+/// each, so with a window of 2 the first two are received (two PUBRECs) and the third
+/// exceeds it (v5: DISCONNECT 0x93; 3.1.1: closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_maximum_counts_qos2_publishes_of_one_read_once() {
+    for v5 in [false, true] {
+        let cfg = BrokerConfig {
+            inflight_window: 2,
+            ..BrokerConfig::default()
+        };
+        let (sh, _) = shared(cfg);
+        let mut p = Dev::connect(&sh, v5, "rm").await;
+        let mut burst = Vec::new();
+        for pkid in 1..=3u16 {
+            let mut body = Vec::new();
+            s(&mut body, TOPIC);
+            body.extend_from_slice(&pkid.to_be_bytes());
+            if v5 {
+                body.push(0);
+            }
+            body.push(b'x');
+            burst.extend(frame(0x34, &body));
+        }
+        use tokio::io::AsyncWriteExt;
+        p.io.write_all(&burst).await.expect("one write");
+        let (mut recs, mut reason) = (0, None);
+        while let Some((kind, body)) = p.packet().await {
+            match kind >> 4 {
+                5 => recs += 1,
+                14 => reason = body.first().copied(),
+                _ => {}
+            }
+        }
+        assert_eq!(recs, 2, "two PUBRECs, v5={v5}");
+        assert_eq!(reason, v5.then_some(0x93));
+    }
+}
