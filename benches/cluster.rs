@@ -1,0 +1,618 @@
+//! Cluster mode's cost (#27). On one machine three nodes share the cores, so throughput cannot
+//! grow with nodes here; this measures what a cluster costs instead, every node, nats-server
+//! and PostgreSQL a separate process from this load generator:
+//!
+//! 1. k = CPU-seconds of all nodes per delivered message with 3 nodes (a subscriber on each,
+//!    publishers spread over them: two thirds of deliveries cross nodes) ÷ CPU-seconds per
+//!    delivered message of one node (not clustered) on the same PostgreSQL, at the same
+//!    offered load (BENCH_RATE, default 2,000 msg/s QoS 1, 64 B, BENCH_SECS windows). Target
+//!    k ≤ 1.2. nats-server's and PostgreSQL's CPU per message are printed separately.
+//! 2. Publish-to-delivery latency, cross-node ÷ same-node (p50, p99; target p99 ratio ≤ 2).
+//! 3. Revocation latency across nodes (BENCH_TRIALS, default 20), on each path: NATS notice,
+//!    outbox poll (node 2's NATS link cut), fail closed (both of node 2's links cut: time
+//!    until it refuses a connection). Target p99 < 1 s.
+//! 4. kill -9 of a publishing node under QoS 1 load: acknowledged messages missing at the
+//!    survivors and in the store (target 0), duplicates, time until the survivors caught up.
+//!
+//! Needs PostgreSQL (`eval "$(scripts/throwaway-postgres start)"`, which sets
+//! FLUXGATE_TEST_DATABASE_URL) and Debian's nats-server; without them it says so and stops.
+//! Run: `cargo bench --bench cluster`.
+
+#![allow(clippy::expect_used, clippy::panic)]
+
+mod common;
+#[allow(dead_code)]
+#[path = "../tests/it/proxy.rs"]
+mod proxy;
+#[allow(dead_code)]
+#[path = "../tests/it/raw.rs"]
+mod raw;
+
+use proxy::{Mode, Proxy};
+use raw::{Connect, Raw};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn epoch() -> &'static Instant {
+    static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    E.get_or_init(Instant::now)
+}
+
+/// CPU seconds (user + system) of a process so far.
+fn cpu_of(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// CPU seconds of every process named `name`.
+fn cpu_named(name: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name))
+        .map(cpu_of)
+        .sum()
+}
+
+struct Nats {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn nats() -> Option<Nats> {
+    let addr = common::free_addr();
+    let child = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &addr.port().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Some(Nats { child, addr })
+}
+
+/// A fresh database on the throwaway server; its URL.
+fn database(admin: &str) -> String {
+    let name = format!("fg_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut c = postgres::Client::connect(admin, postgres::NoTls).expect("connect");
+    c.batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create database");
+    match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("database URL without a name"),
+    }
+}
+
+struct Node {
+    child: std::process::Child,
+    mqtt: SocketAddr,
+    http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn node(db: &str, nats: Option<SocketAddr>) -> Node {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mqtt, http) = (common::free_addr(), common::free_addr());
+    let mut env = vec![
+        ("FLUXGATE_STORE_URL", db.to_string()),
+        ("FLUXGATE_LOG_LEVEL", "warn".to_string()),
+    ];
+    if let Some(n) = nats {
+        env.push(("FLUXGATE_CLUSTER_NATS_URL", format!("nats://{n}")));
+    }
+    let child = common::serve_child_on(dir.path(), mqtt, Some(http), &env).await;
+    Node {
+        child,
+        mqtt,
+        http,
+        _dir: dir,
+    }
+}
+
+/// A domain, a channel and `n` devices that may publish and subscribe, written through the
+/// API of `n0`.
+struct Site {
+    token: String,
+    domain: String,
+    channel: String,
+    devices: Vec<(String, String)>,
+}
+
+async fn site(api: SocketAddr, n: usize) -> Site {
+    let url = format!("http://{api}");
+    let token = common::admin_token(&url).await;
+    let c = reqwest::Client::new();
+    let post = |path: String, body: serde_json::Value| {
+        let (c, token, url) = (c.clone(), token.clone(), url.clone());
+        async move {
+            let r = c
+                .post(format!("{url}{path}"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+            r.json::<serde_json::Value>().await.unwrap_or_default()
+        }
+    };
+    let d = post(
+        "/domains".into(),
+        serde_json::json!({"name": "bench", "route": "bench"}),
+    )
+    .await;
+    let domain = d["id"].as_str().expect("domain").to_string();
+    let h = post(format!("/{domain}/channels"), serde_json::json!({"name": "c"})).await;
+    let channel = h["id"].as_str().expect("channel").to_string();
+    let mut devices = Vec::new();
+    for i in 0..n {
+        let v = post(
+            format!("/{domain}/clients"),
+            serde_json::json!({"name": format!("d{i}")}),
+        )
+        .await;
+        devices.push((
+            v["id"].as_str().expect("id").to_string(),
+            v["credentials"]["secret"].as_str().expect("secret").to_string(),
+        ));
+    }
+    let ids: Vec<&str> = devices.iter().map(|(i, _)| i.as_str()).collect();
+    post(
+        format!("/{domain}/channels/connect"),
+        serde_json::json!({"client_ids": ids, "channel_ids": [channel], "types": ["publish", "subscribe"]}),
+    )
+    .await;
+    Site {
+        token,
+        domain,
+        channel,
+        devices,
+    }
+}
+
+fn opts(addr: SocketAddr, id: &str, dev: &(String, String)) -> MqttOptions {
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_credentials(dev.0.clone(), dev.1.clone());
+    o.set_inflight(100);
+    o
+}
+
+/// Latencies seen by subscribers: (publisher's node, subscriber's node, latency).
+type Seen = Arc<Mutex<Vec<(u8, u8, Duration)>>>;
+
+async fn subscriber(addr: SocketAddr, node: u8, id: &str, dev: &(String, String), topic: &str, seen: Seen) {
+    let (c, mut el) = AsyncClient::new(opts(addr, id, dev), 10_000);
+    c.subscribe(topic, QoS::AtLeastOnce).await.expect("subscribe");
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = el.poll().await.expect("subscriber") {
+            break;
+        }
+    }
+    tokio::spawn(async move {
+        while let Ok(e) = el.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = e {
+                if p.payload.len() >= 9 {
+                    let sent = u64::from_be_bytes(p.payload[1..9].try_into().unwrap_or([0; 8]));
+                    let now = epoch().elapsed().as_nanos() as u64;
+                    if let Ok(mut s) = seen.lock() {
+                        s.push((p.payload[0], node, Duration::from_nanos(now.saturating_sub(sent))));
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Publishes QoS 1, 64-byte messages at `rate` per second for `secs`; returns how many.
+async fn publisher(
+    addr: SocketAddr,
+    node: u8,
+    id: &str,
+    dev: &(String, String),
+    topic: String,
+    rate: f64,
+    secs: f64,
+) -> u64 {
+    let (c, mut el) = AsyncClient::new(opts(addr, id, dev), 10_000);
+    let driver = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut n = 0;
+    while Instant::now() < end {
+        tick.tick().await;
+        let mut p = vec![0u8; 64];
+        p[0] = node;
+        p[1..9].copy_from_slice(&(epoch().elapsed().as_nanos() as u64).to_be_bytes());
+        c.publish(topic.clone(), QoS::AtLeastOnce, false, p)
+            .await
+            .expect("publish");
+        n += 1;
+    }
+    // Let the acknowledgements and deliveries of the last messages finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    driver.abort();
+    n
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+struct Cost {
+    nodes_cpu: f64,
+    nats_cpu: f64,
+    pg_cpu: f64,
+    delivered: usize,
+    same: Vec<Duration>,
+    cross: Vec<Duration>,
+}
+
+/// Offered load on `nodes` (publishers spread over them, one subscriber on each).
+async fn run_load(nodes: &[Node], nats_pid: Option<u32>, site: &Site, rate: f64, secs: f64) -> Cost {
+    let topic = format!("channels/{}/messages/load", site.channel);
+    let seen: Seen = Arc::default();
+    for (i, n) in nodes.iter().enumerate() {
+        subscriber(
+            n.mqtt,
+            i as u8,
+            &format!("sub{i}"),
+            &site.devices[0],
+            &topic,
+            seen.clone(),
+        )
+        .await;
+    }
+    let pids: Vec<u32> = nodes.iter().map(|n| n.child.id()).collect();
+    let before = (
+        pids.iter().map(|p| cpu_of(*p)).sum::<f64>(),
+        nats_pid.map_or(0.0, cpu_of),
+        cpu_named("postgres"),
+    );
+    let pubs = 4;
+    let tasks: Vec<_> = (0..pubs)
+        .map(|k| {
+            let n = &nodes[k % nodes.len()];
+            let (addr, dev, topic) = (n.mqtt, site.devices[1].clone(), topic.clone());
+            let node = (k % nodes.len()) as u8;
+            tokio::spawn(async move {
+                publisher(addr, node, &format!("pub{k}"), &dev, topic, rate / pubs as f64, secs).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    let after = (
+        pids.iter().map(|p| cpu_of(*p)).sum::<f64>(),
+        nats_pid.map_or(0.0, cpu_of),
+        cpu_named("postgres"),
+    );
+    let seen = std::mem::take(&mut *seen.lock().expect("seen"));
+    let (same, cross): (Vec<&(u8, u8, Duration)>, Vec<_>) = seen.iter().partition(|(p, s, _)| p == s);
+    Cost {
+        nodes_cpu: after.0 - before.0,
+        nats_cpu: after.1 - before.1,
+        pg_cpu: after.2 - before.2,
+        delivered: seen.len(),
+        same: same.iter().map(|x| x.2).collect(),
+        cross: cross.iter().map(|x| x.2).collect(),
+    }
+}
+
+/// Milliseconds until a device connected to `on` is closed after its client is disabled on
+/// `admin` (and re-enabled after).
+async fn revocation(admin: &Node, on: &Node, site: &Site) -> Duration {
+    let (client, secret) = &site.devices[2];
+    let mut dev = Raw::ok(on.mqtt, &Connect::new(true, "rev", client, secret)).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/{}/clients/{client}", admin.http, site.domain);
+    let t = Instant::now();
+    let r = http
+        .post(format!("{url}/disable"))
+        .bearer_auth(&site.token)
+        .send()
+        .await
+        .expect("disable");
+    assert!(r.status().is_success());
+    let _ = tokio::time::timeout(Duration::from_secs(10), dev.closed()).await;
+    let took = t.elapsed();
+    let r = http
+        .post(format!("{url}/enable"))
+        .bearer_auth(&site.token)
+        .send()
+        .await
+        .expect("enable");
+    assert!(r.status().is_success());
+    took
+}
+
+async fn until_connect_code(addr: SocketAddr, site: &Site, want: u8, limit: Duration) -> Option<Duration> {
+    let (client, secret) = &site.devices[2];
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        let (_, code, _) = Raw::connect(addr, &Connect::new(true, "probe", client, secret)).await;
+        if code == want {
+            return Some(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+fn main() {
+    let Some(admin) = storage::testdb::server_url() else {
+        println!("cluster benchmark: needs PostgreSQL: eval \"$(scripts/throwaway-postgres start)\"");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let Some(nats) = nats().await else {
+            println!("cluster benchmark: needs nats-server (Debian: apt-get install nats-server)");
+            return;
+        };
+        let rate: f64 = common::env("BENCH_RATE", 2000.0);
+        let secs: f64 = common::env("BENCH_SECS", 5.0);
+        let trials: usize = common::env("BENCH_TRIALS", 20);
+        let runs: usize = common::env("BENCH_RUNS", 3);
+        println!("cluster benchmark: {rate} msg/s QoS 1, 64 B, {secs} s windows, {runs} alternating runs");
+
+        // 1 and 2: one node against three, alternating runs; medians.
+        let mut k = Vec::new();
+        let (mut one_pm, mut three_pm, mut nats_pm, mut pg_pm, mut pg1_pm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut same, mut cross) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            let db1 = {
+                let a = admin.clone();
+                tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
+            };
+            let one = [node(&db1, None).await];
+            let s1 = site(one[0].http, 3).await;
+            let c1 = run_load(&one, None, &s1, rate, secs).await;
+            drop(one);
+            let db3 = {
+                let a = admin.clone();
+                tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
+            };
+            let three = [node(&db3, Some(nats.addr)).await, node(&db3, Some(nats.addr)).await, node(&db3, Some(nats.addr)).await];
+            let s3 = site(three[0].http, 3).await;
+            let c3 = run_load(&three, Some(nats.child.id()), &s3, rate, secs).await;
+            drop(three);
+            let per1 = c1.nodes_cpu / c1.delivered.max(1) as f64;
+            let per3 = c3.nodes_cpu / c3.delivered.max(1) as f64;
+            println!(
+                "run {run}: one node {:.1} µs CPU/delivery ({} deliveries, PostgreSQL {:.1} µs); three nodes {:.1} µs ({} deliveries; nats-server {:.1} µs, PostgreSQL {:.1} µs); k = {:.2}",
+                per1 * 1e6,
+                c1.delivered,
+                c1.pg_cpu / c1.delivered.max(1) as f64 * 1e6,
+                per3 * 1e6,
+                c3.delivered,
+                c3.nats_cpu / c3.delivered.max(1) as f64 * 1e6,
+                c3.pg_cpu / c3.delivered.max(1) as f64 * 1e6,
+                per3 / per1
+            );
+            k.push(per3 / per1);
+            one_pm.push(per1 * 1e6);
+            three_pm.push(per3 * 1e6);
+            nats_pm.push(c3.nats_cpu / c3.delivered.max(1) as f64 * 1e6);
+            pg_pm.push(c3.pg_cpu / c3.delivered.max(1) as f64 * 1e6);
+            pg1_pm.push(c1.pg_cpu / c1.delivered.max(1) as f64 * 1e6);
+            same.extend(c3.same);
+            cross.extend(c3.cross);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        println!(
+            "k (median of {runs}) = {:.2} (target ≤ 1.2): nodes' CPU per delivery {:.1} µs with three nodes, {:.1} µs with one; nats-server {:.1} µs; PostgreSQL {:.1} µs (one node: {:.1} µs)",
+            median(&mut k),
+            median(&mut three_pm),
+            median(&mut one_pm),
+            median(&mut nats_pm),
+            median(&mut pg_pm),
+            median(&mut pg1_pm)
+        );
+        let (s50, s99, c50, c99) = (pct(&mut same, 0.5), pct(&mut same, 0.99), pct(&mut cross, 0.5), pct(&mut cross, 0.99));
+        println!(
+            "latency same node p50 {s50:?} p99 {s99:?}; cross node p50 {c50:?} p99 {c99:?}; ratio p50 {:.2}, p99 {:.2} (target p99 ≤ 2.0)",
+            c50.as_secs_f64() / s50.as_secs_f64().max(1e-9),
+            c99.as_secs_f64() / s99.as_secs_f64().max(1e-9)
+        );
+
+        // 3: revocation latency on each path.
+        let db = {
+            let a = admin.clone();
+            tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
+        };
+        let n1 = node(&db, Some(nats.addr)).await;
+        let nats_proxy = Proxy::start(nats.addr).await;
+        let pg_addr: SocketAddr = db
+            .split('@')
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .and_then(|h| h.parse().ok())
+            .expect("database host:port");
+        let pg_proxy = Proxy::start(pg_addr).await;
+        let n2 = node(&db.replace(&pg_addr.to_string(), &pg_proxy.addr.to_string()), Some(nats_proxy.addr)).await;
+        let s = site(n1.http, 3).await;
+        for (path, cut_nats) in [("NATS notice", false), ("outbox poll (NATS cut)", true)] {
+            nats_proxy.set(if cut_nats { Mode::Cut } else { Mode::Pass });
+            let mut v: Vec<Duration> = Vec::new();
+            for _ in 0..trials {
+                v.push(revocation(&n1, &n2, &s).await);
+            }
+            let (p50, p99) = (pct(&mut v, 0.5), pct(&mut v, 0.99));
+            println!("revocation across nodes via {path}: p50 {p50:?}, p99 {p99:?} of {trials} (target p99 < 1 s)");
+        }
+        let mut fc = Vec::new();
+        for _ in 0..trials.min(5) {
+            nats_proxy.set(Mode::Pass);
+            pg_proxy.set(Mode::Pass);
+            until_connect_code(n2.mqtt, &s, 0, Duration::from_secs(30)).await.expect("served");
+            nats_proxy.set(Mode::Cut);
+            pg_proxy.set(Mode::Cut);
+            if let Some(t) = until_connect_code(n2.mqtt, &s, 0x88, Duration::from_secs(10)).await {
+                fc.push(t);
+            }
+        }
+        nats_proxy.set(Mode::Pass);
+        pg_proxy.set(Mode::Pass);
+        let n_fc = fc.len();
+        println!(
+            "fail closed (both links of a node cut, until CONNECT is refused): p50 {:?}, worst {:?} of {n_fc} (bound cluster.stale_after_ms = 750 ms)",
+            pct(&mut fc, 0.5),
+            pct(&mut fc, 1.0)
+        );
+        drop((n1, n2));
+
+        // 4: kill -9 of a publishing node.
+        let db = {
+            let a = admin.clone();
+            tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
+        };
+        let mut nodes = vec![node(&db, Some(nats.addr)).await, node(&db, Some(nats.addr)).await, node(&db, Some(nats.addr)).await];
+        let s = site(nodes[1].http, 3).await;
+        let topic = format!("channels/{}/messages/kill", s.channel);
+        let got: Vec<Arc<Mutex<Vec<u64>>>> = vec![Arc::default(), Arc::default()];
+        for (i, g) in got.iter().enumerate() {
+            let (c, mut el) = AsyncClient::new(opts(nodes[i + 1].mqtt, &format!("k{i}"), &s.devices[0]), 10_000);
+            c.subscribe(topic.clone(), QoS::AtLeastOnce).await.expect("subscribe");
+            loop {
+                if let Event::Incoming(Packet::SubAck(_)) = el.poll().await.expect("sub") {
+                    break;
+                }
+            }
+            let g = g.clone();
+            tokio::spawn(async move {
+                let _c = c;
+                while let Ok(e) = el.poll().await {
+                    if let Event::Incoming(Packet::Publish(p)) = e {
+                        if let Ok(mut v) = g.lock() {
+                            v.push(u64::from_be_bytes(p.payload[..8].try_into().unwrap_or([0; 8])));
+                        }
+                    }
+                }
+            });
+        }
+        // The publisher on node 0 counts what was acknowledged.
+        let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let (c, mut el) = AsyncClient::new(opts(nodes[0].mqtt, "kpub", &s.devices[1]), 10_000);
+        let a2 = acked.clone();
+        let sent_ids: Arc<Mutex<std::collections::HashMap<u16, u64>>> = Arc::default();
+        let s2 = sent_ids.clone();
+        let driver = tokio::spawn(async move {
+            while let Ok(e) = el.poll().await {
+                match e {
+                    Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => {
+                        let _ = pkid;
+                    }
+                    Event::Incoming(Packet::PubAck(a)) => {
+                        if let (Ok(ids), Ok(mut acked)) = (s2.lock(), a2.lock()) {
+                            if let Some(n) = ids.get(&a.pkid) {
+                                acked.push(*n);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        // rumqttc assigns packet ids 1, 2, 3, … in publish order; the n-th publish is id
+        // (n % 65535) + 1 while fewer than 65,535 are in flight.
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        let started = Instant::now();
+        let mut n: u64 = 0;
+        while started.elapsed() < Duration::from_secs_f64(secs / 2.0) {
+            tick.tick().await;
+            if let Ok(mut ids) = sent_ids.lock() {
+                ids.insert((n % 65_535 + 1) as u16, n);
+            }
+            let _ = c.publish(topic.clone(), QoS::AtLeastOnce, false, n.to_be_bytes().to_vec()).await;
+            n += 1;
+        }
+        let killed = Instant::now();
+        let mut victim = nodes.remove(0);
+        let _ = victim.child.kill();
+        let _ = victim.child.wait();
+        driver.abort();
+        let acked: HashSet<u64> = acked.lock().map(|v| v.iter().copied().collect()).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut missing, mut dups) = (vec![0usize; 2], vec![0usize; 2]);
+        let mut caught_up = None;
+        loop {
+            for (i, g) in got.iter().enumerate() {
+                let v = g.lock().map(|v| v.clone()).unwrap_or_default();
+                let set: HashSet<u64> = v.iter().copied().collect();
+                missing[i] = acked.difference(&set).count();
+                dups[i] = v.len() - set.len();
+            }
+            if missing.iter().all(|m| *m == 0) {
+                caught_up = Some(killed.elapsed());
+                break;
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stored: HashSet<u64> = {
+            let db = db.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut c = postgres::Client::connect(&db, postgres::NoTls).expect("connect");
+                c.query("SELECT payload FROM messages WHERE payload IS NOT NULL", &[])
+                    .expect("payloads")
+                    .into_iter()
+                    .filter_map(|r| r.get::<_, Vec<u8>>(0).get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))))
+                    .collect()
+            })
+            .await
+            .expect("stored")
+        };
+        println!(
+            "kill -9 under {rate} msg/s QoS 1: {} published, {} acknowledged; missing at the survivors {:?}, in the store {} (target 0); duplicates {:?}; survivors caught up {:?} after the kill",
+            n,
+            acked.len(),
+            missing,
+            acked.difference(&stored).count(),
+            dups,
+            caught_up
+        );
+        drop(nodes);
+    });
+}
