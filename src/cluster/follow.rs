@@ -66,6 +66,15 @@ impl Freshness {
     }
 }
 
+/// Aborts a task when dropped (with the future that owns it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What the follower needs.
 pub struct Follower {
     pub store: Store,
@@ -82,6 +91,17 @@ impl Follower {
     /// Follows the outbox from its current head until the task is dropped. `local` is this
     /// node's change feed: a change committed here is read (and told to the others) at once.
     pub async fn run(self, mut local: tokio::sync::broadcast::Receiver<Change>) {
+        // Staleness is noticed (logged, counted) when it happens, not at the next device's
+        // request: a read of the outbox may itself hang on an unreachable database.
+        let fresh = self.fresh.clone();
+        let every = self.poll;
+        let _watch = AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let _ = fresh.current();
+            }
+        }));
         let mut last = loop {
             let s = self.store.clone();
             match tokio::task::spawn_blocking(move || s.outbox_head()).await {

@@ -18,6 +18,12 @@ pub(super) enum Envelope {
 }
 
 impl Envelope {
+    /// Someone waits for its commit (a barrier, or a message taken with `commit`): its batch
+    /// goes to the writer at once instead of waiting for more.
+    pub(super) fn waited(&self) -> bool {
+        matches!(self, Envelope::Barrier(_) | Envelope::One(_, Some(_)))
+    }
+
     /// Messages in it (the queue's bound counts messages; the writer makes their rows).
     pub(super) fn rows(&self) -> usize {
         match self {

@@ -11,6 +11,9 @@ use std::time::Duration;
 use storage::{NewMessage, Store};
 use tokio::sync::{mpsc, oneshot};
 
+/// How long a batch holding a commit someone waits for gathers more before it goes.
+const WAITED_LINGER: Duration = Duration::from_millis(5);
+
 /// Collects envelopes into batches (up to `batch_size`, or what arrived within `flush` of the
 /// first) and hands them to the writer thread; ends when the queue is closed and empty.
 pub(super) async fn batch_loop(
@@ -44,7 +47,13 @@ pub(super) async fn batch_loop(
         }
         metrics.last_take.store(storage::now_micros() as u64, Ordering::Relaxed);
         let mut rows: usize = batch.iter().map(Envelope::rows).sum();
-        let deadline = tokio::time::sleep(flush);
+        // A commit someone waits for (an acknowledgement held for it) is not delayed by the
+        // whole flush interval: what arrives within a short linger goes with it.
+        let wait = match batch.iter().any(Envelope::waited) {
+            true => flush.min(WAITED_LINGER),
+            false => flush,
+        };
+        let deadline = tokio::time::sleep(wait);
         tokio::pin!(deadline);
         while rows < batch_size {
             let before = batch.len();
@@ -53,6 +62,10 @@ pub(super) async fn batch_loop(
                 _ = &mut deadline, if !stopping => break,
             }
             rows += batch[before..].iter().map(Envelope::rows).sum::<usize>();
+            let soon = tokio::time::Instant::now() + WAITED_LINGER;
+            if batch[before..].iter().any(Envelope::waited) && soon < deadline.deadline() {
+                deadline.as_mut().reset(soon);
+            }
         }
         metrics.queued.fetch_sub(rows, Ordering::AcqRel);
         room.notify_waiters();
