@@ -349,7 +349,8 @@ async fn revocations_reach_other_nodes_within_a_second_and_a_cut_off_node_fails_
         if path == "outbox" {
             nats2.set(Mode::Cut);
         }
-        for _ in 0..5 {
+        let trials = if path == "nats" { 50 } else { 20 };
+        for _ in 0..trials {
             let mut dev = Raw::ok(n2.mqtt, &site.connect(true, "dev", 0)).await;
             let t = Instant::now();
             let (s, v) = site.call(&n1, Method::POST, &disable, Value::Null).await;
@@ -362,9 +363,10 @@ async fn revocations_reach_other_nodes_within_a_second_and_a_cut_off_node_fails_
             let (s, _) = site.call(&n1, Method::POST, &enable, Value::Null).await;
             assert_eq!(s, 200);
         }
-        let worst = latencies.iter().max().copied().unwrap_or_default();
-        println!("revocation across nodes via {path}: worst of 5 {worst:?}");
-        assert!(worst < Duration::from_secs(1), "{path}: {latencies:?}");
+        latencies.sort();
+        let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+        println!("revocation across nodes via {path}: p99 of {trials}: {p99:?}");
+        assert!(p99 < Duration::from_secs(1), "{path}: {latencies:?}");
         latencies.clear();
     }
     // Re-enabled: the device is served on node 2 (through the outbox; NATS still cut).
@@ -482,4 +484,127 @@ async fn shared_subscriptions_are_refused_in_cluster_mode() {
     let mut r4 = Raw::ok(n1.mqtt, &site.connect(false, "s4", 0)).await;
     let codes = r4.subscribe(1, &[(shared.as_str(), 1)], &[]).await;
     assert_eq!(codes, vec![0x80]);
+}
+
+/// Test 4 (every kind): each revocation made on node 1 reaches a device on node 2 within a
+/// second: a client disabled, deleted or re-keyed and a domain disabled end its connection
+/// (0x98); a connection removed or a channel disabled refuse its next publish (0x87).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_revocation_reaches_a_device_on_another_node() {
+    let Some(env) = ClusterEnv::new() else { return };
+    let (n1, n2) = tokio::join!(env.node(&[]), env.node(&[]));
+    let site = Site::provision(&n1, 6).await;
+    let d = site.domain.clone();
+    let closing: [(usize, Method, String, Value); 3] = [
+        (
+            0,
+            Method::POST,
+            format!("/{d}/clients/{}/disable", site.devices[0].0),
+            Value::Null,
+        ),
+        (
+            1,
+            Method::DELETE,
+            format!("/{d}/clients/{}", site.devices[1].0),
+            Value::Null,
+        ),
+        (
+            2,
+            Method::PATCH,
+            format!("/{d}/clients/{}/secret", site.devices[2].0),
+            json!({"secret": "a-brand-new-secret-123"}),
+        ),
+    ];
+    for (dev, method, path, body) in closing {
+        let mut r = Raw::ok(n2.mqtt, &site.connect(true, &format!("k{dev}"), dev)).await;
+        let t = Instant::now();
+        let (s, v) = site.call(&n1, method, &path, body).await;
+        assert!(s == 200 || s == 204, "{path}: {s} {v}");
+        let code = tokio::time::timeout(Duration::from_secs(5), r.closed())
+            .await
+            .expect("closed");
+        assert_eq!(code, Some(0x98), "{path}");
+        assert!(t.elapsed() < Duration::from_secs(1), "{path}: {:?}", t.elapsed());
+    }
+    // A connection removed, then a channel disabled: the next publish is refused.
+    let (dev3, dev4) = (&site.devices[3].0, &site.devices[4].0);
+    let refusing = [
+        (
+            3,
+            format!("/{d}/channels/disconnect"),
+            json!({"client_ids": [dev3], "channel_ids": [site.channel], "types": ["publish"]}),
+        ),
+        (4, format!("/{d}/channels/{}/disable", site.channel), Value::Null),
+    ];
+    let _ = dev4;
+    for (dev, path, body) in refusing {
+        let mut r = Raw::ok(n2.mqtt, &site.connect(true, &format!("k{dev}"), dev)).await;
+        assert_eq!(r.publish(&site.topic("x"), b"before", 1, false, 1).await, 0);
+        let t = Instant::now();
+        let (s, v) = site.call(&n1, Method::POST, &path, body).await;
+        assert!(s == 200 || s == 204, "{path}: {s} {v}");
+        let mut pkid = 2;
+        loop {
+            let code = r.publish(&site.topic("x"), b"after", 1, false, pkid).await;
+            if code == 0x87 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "{path}: still accepted after {:?}",
+                t.elapsed()
+            );
+            pkid += 1;
+            tokio::task::yield_now().await;
+        }
+    }
+    // The domain disabled: the last device's connection ends.
+    let mut r = Raw::ok(n2.mqtt, &site.connect(true, "k5", 5)).await;
+    let t = Instant::now();
+    let (s, v) = site
+        .call(&n1, Method::POST, &format!("/domains/{d}/disable"), Value::Null)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), r.closed())
+            .await
+            .expect("closed"),
+        Some(0x98)
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "domain: {:?}", t.elapsed());
+}
+
+/// A node that dies (kill -9) is shown offline by the others within the node timeout, and
+/// its devices are served on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_devices_are_shown_offline_and_served_elsewhere() {
+    let Some(env) = ClusterEnv::new() else { return };
+    let timeout = [("FLUXGATE_CLUSTER_NODE_TIMEOUT_MS", "3000")];
+    let (n1, n2) = tokio::join!(env.node(&timeout), env.node(&timeout));
+    let site = Site::provision(&n1, 1).await;
+    let path = format!("/{}/clients/{}", site.domain, site.devices[0].0);
+    let _on2 = Raw::ok(n2.mqtt, &site.connect(true, "dies-with-n2", 0)).await;
+    let connected = |v: &Value| v["connected"] == json!(true);
+    let t = Instant::now();
+    loop {
+        let (_, v) = site.call(&n1, Method::GET, &path, Value::Null).await;
+        if connected(&v) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "shown online: {v}");
+        tokio::task::yield_now().await;
+    }
+    let _dir = n2.kill9().await;
+    let t = Instant::now();
+    loop {
+        let (_, v) = site.call(&n1, Method::GET, &path, Value::Null).await;
+        if !connected(&v) && v["sessions"].as_array().is_some_and(|a| a.is_empty()) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "shown offline in time: {v}");
+        tokio::task::yield_now().await;
+    }
+    println!("a dead node's devices shown offline after {:?}", t.elapsed());
+    let mut back = Raw::ok(n1.mqtt, &site.connect(true, "dies-with-n2", 0)).await;
+    assert_eq!(back.publish(&site.topic("x"), b"here", 1, false, 1).await, 0);
 }
