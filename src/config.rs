@@ -154,6 +154,7 @@ pub struct MessagesConfig {
     pub queue_size: usize,
     pub batch_size: usize,
     pub flush_interval_ms: u64,
+    pub commit_linger_ms: u64,
     pub writer_priority: WriterPriority,
     pub store_mqtt: bool,
     pub max_senml_name: usize,

@@ -192,8 +192,11 @@ impl Parked {
             queue.room.clone(),
             stop_rx,
             batch_tx,
-            cfg.batch_size,
-            Duration::from_millis(cfg.flush_interval_ms),
+            writer::Cut {
+                size: cfg.batch_size,
+                flush: Duration::from_millis(cfg.flush_interval_ms),
+                linger: Duration::from_millis(cfg.commit_linger_ms),
+            },
         ));
         if cfg.retention_max_age > 0 || cfg.retention_max_rows_per_channel > 0 {
             tokio::spawn(retention::retention(store, cfg.clone(), metrics));

@@ -11,20 +11,30 @@ use std::time::Duration;
 use storage::{NewMessage, Store};
 use tokio::sync::{mpsc, oneshot};
 
-/// How long a batch holding a commit someone waits for gathers more before it goes.
-const WAITED_LINGER: Duration = Duration::from_millis(5);
+/// How a batch is cut: at `size` messages, or what arrived within `flush` of the first, or
+/// within `linger` of a message someone waits for (its commit releases an acknowledgement).
+pub(super) struct Cut {
+    pub size: usize,
+    pub flush: Duration,
+    pub linger: Duration,
+}
 
-/// Collects envelopes into batches (up to `batch_size`, or what arrived within `flush` of the
-/// first) and hands them to the writer thread; ends when the queue is closed and empty.
+/// Collects envelopes into batches (see [`Cut`]) and hands them to the writer thread; ends
+/// when the queue is closed and empty.
 pub(super) async fn batch_loop(
     mut rx: mpsc::UnboundedReceiver<Envelope>,
     metrics: Arc<PipelineMetrics>,
     room: Arc<tokio::sync::Notify>,
     mut stop: oneshot::Receiver<()>,
     batches: mpsc::Sender<Vec<Envelope>>,
-    batch_size: usize,
-    flush: Duration,
+    cut: Cut,
 ) {
+    let Cut {
+        size: batch_size,
+        flush,
+        linger,
+    } = cut;
+    let linger = linger.min(flush);
     let mut stopping = false;
     let mut batch = Vec::new();
     loop {
@@ -50,7 +60,7 @@ pub(super) async fn batch_loop(
         // A commit someone waits for (an acknowledgement held for it) is not delayed by the
         // whole flush interval: what arrives within a short linger goes with it.
         let wait = match batch.iter().any(Envelope::waited) {
-            true => flush.min(WAITED_LINGER),
+            true => linger,
             false => flush,
         };
         let deadline = tokio::time::sleep(wait);
@@ -62,7 +72,7 @@ pub(super) async fn batch_loop(
                 _ = &mut deadline, if !stopping => break,
             }
             rows += batch[before..].iter().map(Envelope::rows).sum::<usize>();
-            let soon = tokio::time::Instant::now() + WAITED_LINGER;
+            let soon = tokio::time::Instant::now() + linger;
             if batch[before..].iter().any(Envelope::waited) && soon < deadline.deadline() {
                 deadline.as_mut().reset(soon);
             }
