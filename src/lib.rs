@@ -563,7 +563,8 @@ impl App {
         writer.drain().await;
         if let Some(c) = &cluster {
             c.node.leave(&store).await;
-            let _ = c.client.flush().await;
+            // Bounded: a NATS server that is gone must not hold the stop.
+            let _ = tokio::time::timeout(ms(cfg.cluster.flush_timeout_ms), c.client.flush()).await;
         }
         drop(dir_lock);
         match early {
