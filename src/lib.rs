@@ -66,13 +66,6 @@ pub enum AppError {
     Cluster(#[from] cluster::ClusterError),
 }
 
-/// Cluster mode's parts, prepared by `App::build`.
-struct ClusterParts {
-    node: cluster::Node,
-    client: async_nats::Client,
-    metrics: Arc<cluster::ClusterMetrics>,
-}
-
 /// Options that are not configuration: hooks for embedding (tests use them).
 #[derive(Default)]
 pub struct Hooks {
@@ -108,7 +101,7 @@ pub struct App {
     http_counters: Arc<http_server::HttpCounters>,
     /// Released when the platform stops.
     dir_lock: datadir::DirLock,
-    cluster: Option<ClusterParts>,
+    cluster: Option<cluster::parts::Parts>,
     /// The generated bootstrap password, when this start created the super-admin with one.
     pub generated_admin_password: Option<String>,
 }
@@ -215,21 +208,7 @@ impl App {
         let (pipeline, parked) = pipeline::prepare(&cfg.messages, &sink);
         let (generated_admin_password, passwords) = admin::bootstrap_admin(&store, passwords, &cfg).await?;
         // Last: nothing after it can fail, so a node that registered also serves (and leaves).
-        let cluster = match cfg.cluster.enabled() {
-            true => {
-                let c = &cfg.cluster;
-                let id = cluster::node_id(c, &cfg.data_dir)?;
-                let metrics = Arc::new(cluster::ClusterMetrics::default());
-                let client = cluster::connect(c, &id, metrics.clone()).await?;
-                let node =
-                    cluster::Node::register(&store, id, std::time::Duration::from_millis(c.node_timeout_ms)).await?;
-                // What the store keeps per node (sessions, presence) is this node's from here.
-                store.set_node(&node.id);
-                tracing::info!(node = %node.id, "cluster mode: NATS connected, node registered");
-                Some(ClusterParts { node, client, metrics })
-            }
-            false => None,
-        };
+        let cluster = cluster::parts::Parts::prepare(&cfg.cluster, &cfg.data_dir, &store).await?;
 
         Ok(App {
             http,
@@ -357,25 +336,7 @@ impl App {
             hub: hub.clone(),
             inner: sink,
         });
-        let ms = std::time::Duration::from_millis;
-        let subjects = cluster::wire::Subjects {
-            prefix: cfg.cluster.subject_prefix.clone(),
-        };
-        let fresh = cluster
-            .as_ref()
-            .map(|c| cluster::follow::Freshness::new(ms(cfg.cluster.stale_after_ms), c.metrics.clone()));
-        let nats = cluster.as_ref().zip(fresh.clone()).map(|(c, fresh)| {
-            cluster::nats::NatsCluster::start(
-                c.client.clone(),
-                subjects.clone(),
-                c.node.id.clone(),
-                c.metrics.clone(),
-                ms(cfg.cluster.flush_timeout_ms),
-                store.clone(),
-                fresh,
-            )
-        });
-        let port = nats.clone().map(|n| n as Arc<dyn broker::Cluster>);
+        let port = cluster.as_ref().map(|c| c.port(&store));
         let started = start_broker(
             &cfg,
             mqtt,
@@ -383,7 +344,7 @@ impl App {
             sink,
             presence::port(&presence),
             broker_metrics,
-            port,
+            port.as_ref().map(|p| p.nats.clone() as Arc<dyn broker::Cluster>),
         )
         .await;
         let broker = match started {
@@ -393,41 +354,15 @@ impl App {
                 return Err(e);
             }
         };
-        if let Some(n) = &nats {
-            if let Err(e) = n.attach(broker.clone()).await {
-                tracing::error!(error = %e, "cannot subscribe to retained messages on NATS");
-            }
-        }
-        let beating = cluster.as_ref().map(|c| {
-            tokio::spawn(c.node.clone().heartbeats(
-                store.clone(),
-                std::time::Duration::from_millis(cfg.cluster.heartbeat_ms),
-            ))
-        });
         // Revocations: from this node's change feed, or, in a cluster, from the store's
         // outbox (this node's changes and every other node's, in order).
-        let mut janitor = None;
-        let follow = match (&cluster, fresh) {
-            (Some(c), Some(fresh)) => {
-                let f = cluster::follow::Follower {
-                    store: store.clone(),
-                    broker: broker.clone(),
-                    node: c.node.id.clone(),
-                    client: c.client.clone(),
-                    subjects,
-                    fresh,
-                    metrics: c.metrics.clone(),
-                    poll: ms(cfg.cluster.poll_ms),
-                };
-                janitor = Some(tokio::spawn(cluster::janitor(
-                    store.clone(),
-                    c.node.id.clone(),
-                    ms(cfg.cluster.node_timeout_ms),
-                    ms(cfg.cluster.heartbeat_ms),
-                )));
-                tokio::spawn(f.run(events.subscribe()))
-            }
-            _ => tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone())),
+        let mut running = match (&cluster, port) {
+            (Some(c), Some(port)) => Some(c.run(port, &store, broker.clone(), events.subscribe()).await),
+            _ => None,
+        };
+        let follow = match &running {
+            Some(_) => None,
+            None => Some(tokio::spawn(mqtt::follow_changes(events.subscribe(), broker.clone()))),
         };
         if cfg.store.outbox_max_age > 0 {
             let outbox = tokio::spawn(pipeline::prune_outbox(store.clone(), cfg.store.outbox_max_age));
@@ -530,9 +465,9 @@ impl App {
             }
             _ = writer.ended() => Some("the message writer"),
             _ = async {
-                match beating {
-                    Some(t) => {
-                        let _ = t.await;
+                match running.as_mut() {
+                    Some(r) => {
+                        let _ = (&mut r.beating).await;
                     }
                     None => std::future::pending().await,
                 }
@@ -556,15 +491,15 @@ impl App {
         if let (Some(t), false) = (wss_task, wss_done) {
             let _ = t.await;
         }
-        follow.abort();
-        if let Some(j) = janitor {
-            j.abort();
+        if let Some(f) = &follow {
+            f.abort();
+        }
+        if let Some(r) = &running {
+            r.stop();
         }
         writer.drain().await;
         if let Some(c) = &cluster {
-            c.node.leave(&store).await;
-            // Bounded: a NATS server that is gone must not hold the stop.
-            let _ = tokio::time::timeout(ms(cfg.cluster.flush_timeout_ms), c.client.flush()).await;
+            c.leave(&store).await;
         }
         drop(dir_lock);
         match early {

@@ -5,11 +5,13 @@
 //!
 //! - `wire`: subjects and the message headers.
 //! - `nats`: the broker's cluster port over NATS.
+//! - `parts`: how the platform wires them (prepare, the broker's port, the node's tasks).
 //! - this module: the node's id and its row in the node table (registration refusing a live
 //!   duplicate, heartbeats, a clean leave), the NATS connection and the counters.
 
 pub mod follow;
 pub mod nats;
+pub mod parts;
 pub mod wire;
 
 use crate::config::{valid_token, ClusterConfig};
