@@ -17,6 +17,8 @@ pub struct ChildServer {
     dir: Option<TempDir>,
     pub http: SocketAddr,
     pub mqtt: SocketAddr,
+    /// MQTT over TLS, when `FLUXGATE_TLS_MQTTS_ADDR` was given.
+    pub mqtts: Option<SocketAddr>,
     /// Every log line so far, and a notification per new line.
     logs: Arc<(Mutex<Vec<String>>, tokio::sync::Notify)>,
 }
@@ -28,7 +30,13 @@ fn field(line: &str, key: &str) -> Option<SocketAddr> {
         return v[key].as_str()?.parse().ok();
     }
     let at = line.find(&format!("{key}="))? + key.len() + 1;
-    line[at..].split_whitespace().next()?.parse().ok()
+    let v = line[at..].split_whitespace().next()?;
+    // `tls=Some(127.0.0.1:8883)` for an optional address.
+    v.strip_prefix("Some(")
+        .and_then(|x| x.strip_suffix(')'))
+        .unwrap_or(v)
+        .parse()
+        .ok()
 }
 
 impl ChildServer {
@@ -37,13 +45,14 @@ impl ChildServer {
         ChildServer::start_in(tempfile::tempdir().expect("dir"), env).await
     }
 
-    /// Starts on `dir` (e.g. the directory of a server that was killed).
+    /// Starts on `dir` (e.g. the directory of a server that was killed). No WebSocket or
+    /// TLS listener, unless `env` sets `FLUXGATE_TLS_MQTTS_ADDR`.
     pub async fn start_in(dir: TempDir, env: &[(&str, &str)]) -> ChildServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fluxgate"));
         cmd.args(["serve", "--data-dir"])
             .arg(data(dir.path()))
             .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
-            .args(["--ws-addr", "", "--mqtts-addr", "", "--wss-addr", ""])
+            .args(["--ws-addr", "", "--wss-addr", ""])
             .env("FLUXGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
             // Password hashing is not what these tests are about; keep starts and logins cheap
             // on a busy 2-core machine.
@@ -53,6 +62,9 @@ impl ChildServer {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if !env.iter().any(|(k, _)| *k == "FLUXGATE_TLS_MQTTS_ADDR") {
+            cmd.args(["--mqtts-addr", ""]);
+        }
         if let Some(url) = crate::helpers::pg_database_for(&data(dir.path())) {
             cmd.env("FLUXGATE_STORE_URL", url);
         }
@@ -70,7 +82,7 @@ impl ChildServer {
                 }
             }
         });
-        let (mut http, mut mqtt) = (None, None);
+        let (mut http, mut mqtt, mut mqtts) = (None, None, None);
         let mut early = Vec::new();
         let wait = tokio::time::timeout(std::time::Duration::from_secs(180), async {
             while http.is_none() || mqtt.is_none() {
@@ -78,6 +90,7 @@ impl ChildServer {
                 early.push(line.clone());
                 if line.contains("MQTT listening") {
                     mqtt = field(&line, "addr");
+                    mqtts = field(&line, "tls");
                 }
                 if line.contains("HTTP API listening") {
                     http = field(&line, "addr");
@@ -101,6 +114,7 @@ impl ChildServer {
             dir: Some(dir),
             http: http.expect("http"),
             mqtt: mqtt.expect("mqtt"),
+            mqtts,
             logs,
         }
     }

@@ -13,6 +13,7 @@ mod child;
 mod cli;
 mod clients;
 mod cluster;
+mod cluster_devices;
 mod cluster_env;
 mod cluster_faults;
 mod config;
