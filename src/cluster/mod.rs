@@ -58,6 +58,8 @@ pub struct ClusterMetrics {
     pub fail_closed: AtomicU64,
     /// Milliseconds between the commit of the last outbox entry applied and its application.
     pub outbox_lag_ms: AtomicU64,
+    /// Woken at each connection to NATS (what was published meanwhile was missed).
+    pub reconnected: tokio::sync::Notify,
 }
 
 impl ClusterMetrics {
@@ -234,6 +236,7 @@ pub async fn connect(
                     async_nats::Event::Connected => {
                         m.reconnects.fetch_add(1, Ordering::Relaxed);
                         m.connected.store(1, Ordering::Relaxed);
+                        m.reconnected.notify_waiters();
                         tracing::info!("NATS connection back");
                     }
                     async_nats::Event::Disconnected => {

@@ -85,6 +85,23 @@ impl NatsCluster {
     pub async fn attach(&self, broker: Arc<BrokerHandle>) -> Result<(), async_nats::SubscribeError> {
         let _ = self.broker.set(broker.clone());
         let mut sub = self.client.subscribe(self.subjects.retained()).await?;
+        // After a gap (NATS lost and back), retained messages set meanwhile were missed: the
+        // index is read again from the store, which has them all.
+        let (m, b) = (self.metrics.clone(), broker.clone());
+        tokio::spawn(async move {
+            loop {
+                m.reconnected.notified().await;
+                let b = b.clone();
+                match tokio::task::spawn_blocking(move || b.reload_retained()).await {
+                    Ok(Ok(n)) => tracing::info!(
+                        topics = n,
+                        "retained messages read again from the store after a NATS gap"
+                    ),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot read retained messages again after a NATS gap"),
+                    Err(_) => return,
+                }
+            }
+        });
         let m = self.metrics.clone();
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {

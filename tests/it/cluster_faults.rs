@@ -269,6 +269,12 @@ async fn a_nats_restart_is_survived_and_its_losses_are_counted() {
     load.acked_more(200).await;
     env.nats.stop();
     load.acked_more(200).await;
+    // A retained message set during the gap: stored, but no other node heard of it.
+    let mut setter = Raw::ok(n1.mqtt, &site.connect(true, "setter", 1)).await;
+    assert_eq!(
+        setter.publish(&site.topic("gap"), b"set in the gap", 1, true, 1).await,
+        0
+    );
     env.nats.resume();
     // Until a message published now crosses again (the nodes reconnected and resubscribed).
     let mut probe = Raw::ok(n1.mqtt, &site.connect(true, "probe", 1)).await;
@@ -303,6 +309,22 @@ async fn a_nats_restart_is_survived_and_its_losses_are_counted() {
         assert!(
             t.elapsed() < Duration::from_secs(60),
             "messages cross again after the restart"
+        );
+    }
+    // Node 2 read its retained set again from the store after the gap.
+    let t = std::time::Instant::now();
+    loop {
+        let mut fresh = Raw::ok(n2.mqtt, &site.connect(true, "late", 0)).await;
+        fresh.subscribe(1, &[(site.topic("gap").as_str(), 1)], &[]).await;
+        if let Ok(Some((first, body))) = fresh.packet_within(Duration::from_millis(300)).await {
+            if first >> 4 == 3 && fresh.decode_publish(first, &body).payload == b"set in the gap" {
+                break;
+            }
+        }
+        fresh.disconnect().await;
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the retained set caught up after the gap"
         );
     }
     let out = load.finish().await;
