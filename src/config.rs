@@ -336,6 +336,13 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !self.admin.password.is_empty() {
+            if let Err(why) = mgmt::auth::password_rule(self.admin.password.expose()) {
+                return Err(ConfigError::Invalid(format!(
+                    "admin.password (FLUXGATE_ADMIN_PASSWORD): {why}"
+                )));
+            }
+        }
         let c = &self.cluster;
         if c.enabled() {
             if !self.store.url.expose().starts_with("postgres") {

@@ -32,6 +32,19 @@ impl std::fmt::Debug for Passwords {
 
 pub const MIN_PASSWORD_LEN: usize = 8;
 
+/// The one password rule (REST, the configured super-admin password, `admin
+/// reset-password`): at least [`MIN_PASSWORD_LEN`] characters, at most 1,024 bytes. `Err`
+/// says what is wrong.
+pub fn password_rule(p: &str) -> Result<(), String> {
+    if p.chars().count() < MIN_PASSWORD_LEN {
+        return Err(format!("password must have at least {MIN_PASSWORD_LEN} characters"));
+    }
+    if p.len() > 1024 {
+        return Err("password exceeds 1024 bytes".into());
+    }
+    Ok(())
+}
+
 impl Passwords {
     /// Prepares the hasher; computes one dummy hash (blocking) for unknown-identity logins.
     pub fn new(iterations: u32) -> Result<Passwords, ApiError> {

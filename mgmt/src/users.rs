@@ -122,16 +122,7 @@ pub fn valid_email(e: &str) -> bool {
 }
 
 fn check_password(p: &str) -> Result<(), ApiError> {
-    if p.chars().count() < auth::MIN_PASSWORD_LEN {
-        return Err(ApiError::bad(format!(
-            "password must have at least {} characters",
-            auth::MIN_PASSWORD_LEN
-        )));
-    }
-    if p.len() > 1024 {
-        return Err(ApiError::bad("password exceeds 1024 bytes"));
-    }
-    Ok(())
+    auth::password_rule(p).map_err(ApiError::bad)
 }
 
 pub async fn route(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {

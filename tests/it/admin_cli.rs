@@ -6,14 +6,22 @@ use crate::child::{data, ChildServer, ADMIN_PASSWORD};
 /// Runs `fluxgate admin reset-password --data-dir DIR` without FLUXGATE_ADMIN_PASSWORD:
 /// (exit success, stdout, stderr).
 async fn reset(dir: &std::path::Path) -> (bool, String, String) {
+    reset_to(dir, None).await
+}
+
+/// `reset`, with FLUXGATE_ADMIN_PASSWORD set to `password` when given.
+async fn reset_to(dir: &std::path::Path, password: Option<&str>) -> (bool, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fluxgate"));
+    match password {
+        Some(p) => cmd.env("FLUXGATE_ADMIN_PASSWORD", p),
+        None => cmd.env_remove("FLUXGATE_ADMIN_PASSWORD"),
+    };
     if let Some(url) = crate::helpers::pg_database_for(&data(dir)) {
         cmd.env("FLUXGATE_STORE_URL", url);
     }
     let out = cmd
         .args(["admin", "reset-password", "--data-dir"])
         .arg(data(dir))
-        .env_remove("FLUXGATE_ADMIN_PASSWORD")
         .env("FLUXGATE_AUTH_PBKDF2_ITERATIONS", "1000")
         .output()
         .await
@@ -74,4 +82,26 @@ async fn reset_password_creates_a_super_admin_that_was_never_created() {
     let password = printed_password(&out);
     let s = ChildServer::start_in(dir, &[]).await;
     assert_eq!(s.login(&password).await.0, 201);
+}
+
+/// (#29 item 7) The super-admin's password follows the REST API's rule: a one-character
+/// password is refused by `admin reset-password`, naming the setting and the rule, and the
+/// password in force stays; a password of eight characters is taken.
+#[tokio::test]
+async fn reset_password_applies_the_password_rule() {
+    let s = ChildServer::start(&[]).await;
+    let dir = s.kill9().await;
+    let (ok, _, err) = reset_to(dir.path(), Some("x")).await;
+    assert!(!ok, "a one-character password is refused");
+    assert!(
+        err.contains("admin.password") && err.contains("at least 8 characters"),
+        "{err}"
+    );
+    let s = ChildServer::start_in(dir, &[]).await;
+    assert_eq!(s.login(ADMIN_PASSWORD).await.0, 201, "the password in force stays");
+    let dir = s.kill9().await;
+    let (ok, _, err) = reset_to(dir.path(), Some("eight-ch")).await;
+    assert!(ok, "{err}");
+    let s = ChildServer::start_in(dir, &[("FLUXGATE_ADMIN_PASSWORD", "eight-ch")]).await;
+    assert_eq!(s.login("eight-ch").await.0, 201);
 }
