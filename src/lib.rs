@@ -428,7 +428,8 @@ impl App {
                 stopped(),
             ))
         });
-        tracing::info!(addr = %http_addr, "HTTP API listening");
+        let scheme = if https.is_some() { "https" } else { "http" };
+        tracing::info!(addr = %http_addr, scheme, "HTTP API listening");
         let mut http_task = {
             use warp::Filter;
             let routes = mgmt::routes(ctx).boxed();

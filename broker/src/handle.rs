@@ -330,7 +330,9 @@ pub async fn start(
             }
         }));
     }
-    tracing::info!(addr = %mqtt_addr, tls = ?mqtts_addr, ws = ?ws_addr, "MQTT listening");
+    // Plain addresses, "off" for a listener that is not open.
+    let shown = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(addr = %mqtt_addr, tls = %shown(mqtts_addr), ws = %shown(ws_addr), "MQTT listening");
     Ok(BrokerHandle {
         mqtt_addr,
         mqtts_addr,

@@ -67,8 +67,9 @@ pub(super) fn message_rows(m: Message, metrics: &PipelineMetrics, limits: senml:
         }
     }
     let n = metrics.stored_raw.fetch_add(1, Ordering::Relaxed);
+    // Raw payloads are normal (a device's own format): noted at debug, counted.
     if n.is_power_of_two() {
-        tracing::warn!(channel = %base.channel, publisher = %base.publisher, raw_total = n + 1, "MQTT payload is neither SenML nor JSON: stored raw");
+        tracing::debug!(channel = %base.channel, publisher = %base.publisher, raw_total = n + 1, "MQTT payload is neither SenML nor JSON: stored raw");
     }
     vec![NewMessage {
         payload: Some(m.payload.to_vec()),

@@ -444,3 +444,55 @@ async fn schemathesis_finds_no_contract_violation() {
     );
     assert!(text.contains("passed"), "{text}");
 }
+
+/// (#29, log warts) Start-up lines name plain addresses (`tls=127.0.0.1:…`, `ws=off`, never
+/// `Some(…)`) and the API's scheme, and a device's raw (non-SenML, non-JSON) payload, which
+/// is normal, is stored without a warning.
+#[tokio::test]
+async fn startup_lines_are_plain_and_raw_payloads_do_not_warn() {
+    let s = ChildServer::start(&[("FLUXGATE_TLS_MQTTS_ADDR", "127.0.0.1:0")]).await;
+    let mqtt = s.wait_log("MQTT listening").await;
+    assert!(!mqtt.contains("Some("), "{mqtt}");
+    let tls = s.mqtts.expect("TLS listener").to_string();
+    assert!(
+        mqtt.contains(&format!("tls={tls}")) && mqtt.contains("ws=off"),
+        "{mqtt}"
+    );
+    let http = s.wait_log("HTTP API listening").await;
+    assert!(
+        http.contains("scheme=\"http\"") || http.contains("scheme=http"),
+        "{http}"
+    );
+
+    let f = crate::durable::Fleet::provision(&s).await;
+    let mut p = f.publisher(&s, true).await;
+    // Raw payloads were noted at their 2nd, 3rd, 5th, ... occurrence: three of them.
+    for pkid in 1..=3 {
+        assert_eq!(p.publish(&f.topic("raw"), b"hi", 1, false, pkid).await, 0);
+    }
+    // Stored: the reader finds it.
+    let path = format!("/channels/{}/messages?limit=10", f.channel);
+    let t = std::time::Instant::now();
+    loop {
+        let r = reqwest::Client::new()
+            .get(format!("http://{}{path}", s.http))
+            .header("Authorization", format!("Client {}", f.subscriber.1))
+            .send()
+            .await
+            .expect("read");
+        let v: Value = r.json().await.unwrap_or_default();
+        if v["total"].as_u64().unwrap_or(0) >= 3 {
+            break;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "stored: {v}");
+        tokio::task::yield_now().await;
+    }
+    // A request answered after the message was stored: once its access line is in, every
+    // line written before it is too.
+    let r = reqwest::get(format!("http://{}/health?after=stored", s.http))
+        .await
+        .expect("health");
+    assert_eq!(r.status().as_u16(), 400);
+    s.wait_log("status=400").await;
+    assert_eq!(s.count_log("stored raw"), 0, "no log line for a normal raw payload");
+}
