@@ -106,8 +106,11 @@ pub struct HttpConfig {
     pub backlog: u32,
     pub cors_origins: Vec<String>,
     pub max_live_viewers: usize,
+    pub max_live_viewers_per_domain: usize,
+    pub max_live_viewers_per_user: usize,
     pub console: bool,
     pub max_console_sessions: usize,
+    pub max_console_sessions_per_user: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -427,6 +430,16 @@ impl Config {
         }
         if self.http.max_body_bytes == 0 {
             return Err(ConfigError::Invalid("http.max_body_bytes must be positive".into()));
+        }
+        let h = &self.http;
+        if h.max_live_viewers_per_domain == 0
+            || h.max_live_viewers_per_user == 0
+            || h.max_console_sessions == 0
+            || h.max_console_sessions_per_user == 0
+        {
+            return Err(ConfigError::Invalid(
+                "http: max_live_viewers_per_domain, max_live_viewers_per_user, max_console_sessions and max_console_sessions_per_user must be positive".into(),
+            ));
         }
         Ok(())
     }

@@ -331,7 +331,11 @@ impl App {
         blocking(move || s.reset_presence(storage::now_micros())).await??;
         let mut writer = parked.start(store.clone(), &cfg.messages)?;
         let presence = presence::StorePresence::start(store.clone(), presence_feed);
-        let hub = Arc::new(live::LiveHub::new(cfg.http.max_live_viewers));
+        let hub = Arc::new(live::LiveHub::new(live::Limits {
+            max: cfg.http.max_live_viewers,
+            per_domain: cfg.http.max_live_viewers_per_domain,
+            per_user: cfg.http.max_live_viewers_per_user,
+        }));
         let sink = Arc::new(live::LiveSink {
             hub: hub.clone(),
             inner: sink,
@@ -402,7 +406,10 @@ impl App {
             telemetry,
             guard: mgmt::guard::LoginGuard::default(),
             hash_slots: mgmt::default_hash_slots(),
-            console: mgmt::console::session::Sessions::new(cfg.http.max_console_sessions),
+            console: mgmt::console::session::Sessions::new(
+                cfg.http.max_console_sessions,
+                cfg.http.max_console_sessions_per_user,
+            ),
         });
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -1,7 +1,8 @@
 //! Live views of channels: what the broker's sink takes (MQTT and HTTP messages alike, from
 //! the broker's one ingress) is handed to the viewers of their channel without waiting. Each
 //! viewer has a bounded queue; one that falls behind is dropped (its stream ends), so a slow
-//! browser never holds memory without bound. Viewers are capped per server.
+//! browser never holds memory without bound. Viewers are capped per server, per domain and
+//! per user under that, so one user or one tenant cannot take every view.
 
 use mgmt::error::ApiError;
 use mgmt::live::{LiveMessage, LivePort};
@@ -13,15 +14,30 @@ use tokio::sync::mpsc;
 /// Messages queued per viewer before it counts as too slow.
 pub const VIEWER_QUEUE: usize = 256;
 
+/// One open view: its queue and whose it is.
+struct Viewer {
+    tx: mpsc::Sender<Arc<LiveMessage>>,
+    domain: String,
+    user: String,
+}
+
 /// Viewers by channel id (channel ids are unique across domains).
-type Viewers = HashMap<String, Vec<mpsc::Sender<Arc<LiveMessage>>>>;
+type Viewers = HashMap<String, Vec<Viewer>>;
+
+/// How many views may be open at once: in all, in one domain, for one user.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    pub max: usize,
+    pub per_domain: usize,
+    pub per_user: usize,
+}
 
 #[derive(Default)]
 pub struct LiveHub {
     viewers: Mutex<Viewers>,
     /// Viewers now (read without the lock on every message).
     count: AtomicUsize,
-    max: usize,
+    limits: Limits,
     /// Set when the server stops: no new view opens.
     closed: std::sync::atomic::AtomicBool,
     /// Viewers dropped for falling behind.
@@ -29,9 +45,9 @@ pub struct LiveHub {
 }
 
 impl LiveHub {
-    pub fn new(max_viewers: usize) -> LiveHub {
+    pub fn new(limits: Limits) -> LiveHub {
         LiveHub {
-            max: max_viewers,
+            limits,
             ..Default::default()
         }
     }
@@ -47,7 +63,7 @@ impl LiveHub {
         let Some(list) = v.get_mut(&m.channel_id) else { return };
         let m = Arc::new(m);
         let before = list.len();
-        list.retain(|tx| match tx.try_send(m.clone()) {
+        list.retain(|v| match v.tx.try_send(m.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -89,9 +105,9 @@ impl LiveHub {
 }
 
 impl LivePort for LiveHub {
-    /// Viewers are kept by channel id alone (ids are unique across domains; the caller
-    /// checked the channel belongs to `_domain`).
-    fn watch(&self, _domain: &str, channel: &str) -> Result<mpsc::Receiver<Arc<LiveMessage>>, ApiError> {
+    /// Viewers are kept by channel id (ids are unique across domains; the caller checked the
+    /// channel belongs to `domain`).
+    fn watch(&self, domain: &str, user: &str, channel: &str) -> Result<mpsc::Receiver<Arc<LiveMessage>>, ApiError> {
         let mut v = self
             .viewers
             .lock()
@@ -100,7 +116,7 @@ impl LivePort for LiveHub {
         let mut closed = 0;
         v.retain(|_, list| {
             let n = list.len();
-            list.retain(|tx| !tx.is_closed());
+            list.retain(|v| !v.tx.is_closed());
             closed += n - list.len();
             !list.is_empty()
         });
@@ -108,11 +124,33 @@ impl LivePort for LiveHub {
         if self.closed.load(Ordering::Relaxed) {
             return Err(ApiError::Unavailable("the server is stopping".into()));
         }
-        if self.count.load(Ordering::Relaxed) >= self.max {
-            return Err(ApiError::Unavailable(format!("at most {} live viewers", self.max)));
+        let l = self.limits;
+        let (mut in_domain, mut of_user) = (0, 0);
+        for w in v.values().flatten() {
+            in_domain += usize::from(w.domain == domain);
+            of_user += usize::from(w.user == user);
+        }
+        if of_user >= l.per_user {
+            return Err(ApiError::Quota(format!(
+                "at most {} live views per user (http.max_live_viewers_per_user); close one first",
+                l.per_user
+            )));
+        }
+        if in_domain >= l.per_domain {
+            return Err(ApiError::Quota(format!(
+                "at most {} live views per domain (http.max_live_viewers_per_domain); close one first",
+                l.per_domain
+            )));
+        }
+        if self.count.load(Ordering::Relaxed) >= l.max {
+            return Err(ApiError::Unavailable(format!("at most {} live viewers", l.max)));
         }
         let (tx, rx) = mpsc::channel(VIEWER_QUEUE);
-        v.entry(channel.to_string()).or_default().push(tx);
+        v.entry(channel.to_string()).or_default().push(Viewer {
+            tx,
+            domain: domain.to_string(),
+            user: user.to_string(),
+        });
         self.count.fetch_add(1, Ordering::Relaxed);
         Ok(rx)
     }
@@ -191,10 +229,10 @@ mod tests {
 
     #[test]
     fn a_slow_viewer_is_dropped_and_others_keep_their_order() {
-        let hub = LiveHub::new(10);
-        let mut fast = hub.watch("d", "h").expect("fast");
-        let slow = hub.watch("d", "h").expect("slow");
-        let other = hub.watch("d", "elsewhere").expect("other channel");
+        let hub = LiveHub::new(limits(10, 10, 10));
+        let mut fast = hub.watch("d", "u", "h").expect("fast");
+        let slow = hub.watch("d", "u", "h").expect("slow");
+        let other = hub.watch("d", "u", "elsewhere").expect("other channel");
         for i in 0..=VIEWER_QUEUE {
             hub.publish(msg(i as u8));
             // The fast viewer keeps up.
@@ -209,12 +247,39 @@ mod tests {
 
     #[test]
     fn viewers_are_capped_and_gone_ones_make_room() {
-        let hub = LiveHub::new(1);
-        let first = hub.watch("d", "h").expect("first");
-        assert!(matches!(hub.watch("d", "h"), Err(ApiError::Unavailable(_))));
+        let hub = LiveHub::new(limits(1, 1, 1));
+        let first = hub.watch("d", "u", "h").expect("first");
+        assert!(matches!(hub.watch("e", "v", "h"), Err(ApiError::Unavailable(_))));
         drop(first);
-        assert!(hub.watch("d", "h").is_ok(), "a closed viewer frees its place");
+        assert!(hub.watch("d", "u", "h").is_ok(), "a closed viewer frees its place");
         hub.close_all();
-        assert!(matches!(hub.watch("d", "h"), Err(ApiError::Unavailable(_))), "stopping");
+        assert!(
+            matches!(hub.watch("e", "v", "h"), Err(ApiError::Unavailable(_))),
+            "stopping"
+        );
+    }
+
+    #[test]
+    fn a_user_or_a_domain_at_its_share_leaves_room_for_the_others() {
+        let hub = LiveHub::new(limits(10, 4, 2));
+        let _a = [
+            hub.watch("d", "u", "h").expect("1"),
+            hub.watch("d", "u", "h").expect("2"),
+        ];
+        assert!(matches!(hub.watch("d", "u", "h"), Err(ApiError::Quota(_))), "u's share");
+        let _b = [
+            hub.watch("d", "v", "h").expect("3"),
+            hub.watch("d", "v", "h").expect("4"),
+        ];
+        assert!(matches!(hub.watch("d", "w", "h"), Err(ApiError::Quota(_))), "d's share");
+        assert!(hub.watch("e", "x", "i").is_ok(), "another tenant's view opens");
+    }
+
+    fn limits(max: usize, per_domain: usize, per_user: usize) -> Limits {
+        Limits {
+            max,
+            per_domain,
+            per_user,
+        }
     }
 }

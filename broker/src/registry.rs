@@ -170,32 +170,39 @@ impl Registry {
 
     /// Makes room for one more persistent session of `who` (not counting `except`): ends the
     /// longest-offline one when the client holds `max` already. False when all are live.
+    ///
+    /// Exact under concurrent connects: in the same critical section `except` is counted as
+    /// persistent from now on (its slot is reserved before its CONNACK), and the session told
+    /// to end is no longer counted, so two connects never both take the last slot or both
+    /// end the same offline session.
     pub fn make_room(&self, who: &Identity, except: &str, max: usize) -> bool {
-        let Ok(m) = self.inner.lock() else { return false };
-        let Some(keys) = m.by_identity.get(who) else {
-            return true;
+        let Ok(mut m) = self.inner.lock() else { return false };
+        let keys: Vec<String> = match m.by_identity.get(who) {
+            Some(keys) => keys.iter().filter(|k| k.as_str() != except).cloned().collect(),
+            None => Vec::new(),
         };
-        let persistent: Vec<&Entry> = keys
+        let persistent: Vec<(&String, Option<Instant>)> = keys
             .iter()
-            .filter(|k| k.as_str() != except)
-            .filter_map(|k| m.by_key.get(k))
-            .filter(|e| e.persistent)
+            .filter_map(|k| m.by_key.get(k).filter(|e| e.persistent).map(|e| (k, e.offline_since)))
             .collect();
-        if persistent.len() < max {
-            return true;
-        }
-        match persistent
-            .iter()
-            .filter(|e| e.offline_since.is_some())
-            .min_by_key(|e| e.offline_since)
-        {
-            Some(oldest) => {
+        if persistent.len() >= max {
+            let oldest = persistent
+                .iter()
+                .filter_map(|(k, off)| off.map(|t| (*k, t)))
+                .min_by_key(|(_, t)| *t)
+                .map(|(k, _)| k.clone());
+            let Some(oldest) = oldest else { return false };
+            if let Some(e) = m.by_key.get_mut(&oldest) {
                 tracing::info!(domain = %who.domain_id, client = %who.client_id, "persistent session limit: ending the longest-offline session");
-                let _ = oldest.tx.send(Control::Close(reason::ended::SESSION_LIMIT));
-                true
+                let _ = e.tx.send(Control::Close(reason::ended::SESSION_LIMIT));
+                e.persistent = false;
+                e.offline_since = None;
             }
-            None => false,
         }
+        if let Some(e) = m.by_key.get_mut(except) {
+            e.persistent = true;
+        }
+        true
     }
 
     /// Removes a session (only the generation that registered it).
@@ -420,6 +427,33 @@ mod tests {
         r.remove("k1", g1);
         r.remove("k2", g2);
         assert_eq!(r.len(), 0);
+    }
+
+    /// Two connects racing for the last slot: the first takes it (reserved at once, before
+    /// its session is saved), the second is refused; two connects at the limit end two
+    /// different offline sessions, never the same one twice.
+    #[test]
+    fn the_session_limit_is_exact_for_concurrent_connects() {
+        let r = Registry::default();
+        let a = who("d", "a");
+        let (g1, mut r1) = r.register("k1", Some(&a)).expect("1");
+        let (_g3, _r3) = r.register("k3", Some(&a)).expect("3");
+        let (_g4, _r4) = r.register("k4", Some(&a)).expect("4");
+        r.update("k1", g1, None, true, false);
+        assert!(r.make_room(&a, "k3", 2), "the last slot");
+        assert!(!r.make_room(&a, "k4", 2), "k3 holds it already: refused");
+        r.update("k1", g1, None, true, true);
+        let (g2, mut r2) = r.register("k2", Some(&a)).expect("2");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        r.update("k2", g2, None, true, true);
+        // k1, k2 offline and k3 live: 3 persistent; the limit is 3.
+        assert!(r.make_room(&a, "k4", 3), "k1 goes");
+        let (_g5, _r5) = r.register("k5", Some(&a)).expect("5");
+        assert!(r.make_room(&a, "k5", 3), "k2 goes, not k1 again");
+        assert_eq!(got(&mut r1), vec![("close", reason::ended::SESSION_LIMIT)]);
+        assert_eq!(got(&mut r2), vec![("close", reason::ended::SESSION_LIMIT)]);
+        let (_g6, _r6) = r.register("k6", Some(&a)).expect("6");
+        assert!(!r.make_room(&a, "k6", 3), "k3, k4, k5 hold the three slots");
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub async fn route(ctx: &Arc<Ctx>, req: &Req, a: &DomainAccess, segs: &[&str]) -
         [id, "messages", "live"] if m == Method::GET => {
             let (d, hid) = (a.domain_id().to_string(), id.to_string());
             ctx.db(move |s| s.channel(&d, &hid)).await?;
-            let rx = ctx.live.watch(a.domain_id(), id)?;
+            let rx = ctx.live.watch(a.domain_id(), a.user_id(), id)?;
             Ok(Reply::stream(crate::live::response(rx, ctx.cfg.senml)))
         }
         [id] if m == Method::GET => {

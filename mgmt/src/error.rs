@@ -27,6 +27,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The caller (a user, a domain) holds its share of a limited resource already.
+    #[error("{0}")]
+    Quota(String),
     /// Too many failed attempts: wait this many seconds.
     #[error("too many failed attempts; retry in {0} s")]
     TooManyRequests(u64),
@@ -47,7 +50,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests(_) | ApiError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,7 +68,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_content_type",
             ApiError::Unprocessable(_) => "unprocessable_entity",
             ApiError::Unavailable(_) => "unavailable",
-            ApiError::TooManyRequests(_) => "too_many_requests",
+            ApiError::TooManyRequests(_) | ApiError::Quota(_) => "too_many_requests",
             ApiError::Internal(_) => "internal_error",
         }
     }

@@ -25,8 +25,14 @@ pub struct LiveMessage {
 /// Where live views subscribe.
 pub trait LivePort: Send + Sync {
     /// The messages of `channel` in `domain` from now on; the stream ends when the viewer
-    /// falls behind. `Err` when no more viewers are allowed.
-    fn watch(&self, domain: &str, channel: &str) -> Result<tokio::sync::mpsc::Receiver<Arc<LiveMessage>>, ApiError>;
+    /// falls behind. `Err` when no more viewers are allowed (in all, in `domain`, or for
+    /// `user`).
+    fn watch(
+        &self,
+        domain: &str,
+        user: &str,
+        channel: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<Arc<LiveMessage>>, ApiError>;
 }
 
 /// The JSON of one event: where it came from and, when the payload is SenML, its records.

@@ -22,6 +22,7 @@ mod domains;
 mod durable;
 mod engine;
 mod engine_flow;
+mod fairness;
 mod groups;
 mod hardening;
 mod helpers;

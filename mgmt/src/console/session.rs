@@ -3,8 +3,10 @@
 //! is renewed (a token refresh) while the page is in use; a restart ends every session.
 //!
 //! Invariants: the secret half of the cookie and the CSRF token are compared in constant
-//! time; at most `cap` sessions are held (the least recently used one is dropped first), so
-//! logins cannot grow memory without bound.
+//! time; at most `per_user` sessions are held for one user (their own least recently used
+//! one is dropped first) and at most `cap` in all (when full, the least recently used
+//! session of the user holding the most goes), so logins cannot grow memory without bound
+//! and one user's logins never end another user's sessions while others hold fewer.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,6 +30,7 @@ pub struct Session {
     /// Lifetime of an access token (seconds), to decide when to renew.
     pub ttl: u64,
     pub csrf: String,
+    /// When it was last used, in the order of uses (a counter: many uses share a second).
     last_used: u64,
 }
 
@@ -107,17 +110,22 @@ pub struct Login {
 pub struct Sessions {
     inner: Mutex<HashMap<String, Session>>,
     cap: usize,
+    per_user: usize,
+    uses: std::sync::atomic::AtomicU64,
 }
 
 impl Sessions {
-    pub fn new(cap: usize) -> Sessions {
+    pub fn new(cap: usize, per_user: usize) -> Sessions {
         Sessions {
             inner: Mutex::new(HashMap::new()),
             cap: cap.max(1),
+            per_user: per_user.max(1),
+            uses: Default::default(),
         }
     }
 
-    /// Starts a session; drops the least recently used one when full.
+    /// Starts a session. A user at their share loses their own least recently used session;
+    /// when all are taken, the busiest user's least recently used one goes.
     pub fn start(&self, login: Login, now: u64) -> Session {
         let s = Session {
             id: random_token(),
@@ -129,12 +137,29 @@ impl Sessions {
             expires_at: login.expires_at,
             ttl: login.ttl,
             csrf: random_token(),
-            last_used: now,
+            last_used: self.use_number(),
         };
         if let Ok(mut m) = self.inner.lock() {
             m.retain(|_, v| v.expires_at > now);
-            if m.len() >= self.cap {
-                if let Some(oldest) = m.values().min_by_key(|v| v.last_used).map(|v| v.id.clone()) {
+            let mut per_user: HashMap<&str, usize> = HashMap::new();
+            for v in m.values() {
+                *per_user.entry(v.user_id.as_str()).or_default() += 1;
+            }
+            let own = per_user.get(s.user_id.as_str()).copied().unwrap_or(0);
+            let victim = if own >= self.per_user {
+                Some(s.user_id.clone())
+            } else if m.len() >= self.cap {
+                per_user.iter().max_by_key(|(_, n)| **n).map(|(u, _)| (*u).to_string())
+            } else {
+                None
+            };
+            if let Some(user) = victim {
+                let oldest = m
+                    .values()
+                    .filter(|v| v.user_id == user)
+                    .min_by_key(|v| v.last_used)
+                    .map(|v| v.id.clone());
+                if let Some(oldest) = oldest {
                     m.remove(&oldest);
                 }
             }
@@ -155,8 +180,12 @@ impl Sessions {
             m.remove(id);
             return None;
         }
-        s.last_used = now;
+        s.last_used = self.use_number();
         Some(s.clone())
+    }
+
+    fn use_number(&self) -> u64 {
+        self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Replaces a session's tokens after a refresh.
@@ -191,8 +220,12 @@ mod tests {
     use super::*;
 
     fn login(ttl: u64, now: u64) -> Login {
+        login_as("u", ttl, now)
+    }
+
+    fn login_as(user: &str, ttl: u64, now: u64) -> Login {
         Login {
-            user_id: "u".into(),
+            user_id: user.into(),
             username: "n".into(),
             access: "a".into(),
             refresh: "r".into(),
@@ -212,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_session_is_found_only_with_its_secret_and_until_it_expires() {
-        let ss = Sessions::new(10);
+        let ss = Sessions::new(10, 10);
         let s = ss.start(login(100, 1000), 1000);
         let v = value(&s);
         assert_eq!(ss.find(&v, 1050).map(|f| f.user_id), Some("u".into()));
@@ -225,7 +258,7 @@ mod tests {
 
     #[test]
     fn renewal_extends_and_logout_ends() {
-        let ss = Sessions::new(10);
+        let ss = Sessions::new(10, 10);
         let s = ss.start(login(100, 1000), 1000);
         assert!(!s.wants_renewal(1040));
         assert!(s.wants_renewal(1060));
@@ -238,7 +271,7 @@ mod tests {
 
     #[test]
     fn sessions_are_bounded_dropping_the_least_recently_used() {
-        let ss = Sessions::new(2);
+        let ss = Sessions::new(2, 2);
         let a = ss.start(login(100, 0), 0);
         let b = ss.start(login(100, 1), 1);
         assert!(ss.find(&value(&a), 2).is_some());
@@ -250,8 +283,29 @@ mod tests {
     }
 
     #[test]
+    fn one_user_past_their_share_loses_only_their_own_oldest_session() {
+        let ss = Sessions::new(4, 2);
+        let other = ss.start(login_as("b", 100, 0), 0);
+        let first = ss.start(login_as("a", 100, 1), 1);
+        let second = ss.start(login_as("a", 100, 2), 2);
+        for t in 3..20 {
+            ss.start(login_as("a", 100, t), t);
+        }
+        assert!(ss.find(&value(&other), 20).is_some(), "b's session stays");
+        assert!(ss.find(&value(&first), 20).is_none() && ss.find(&value(&second), 20).is_none());
+        assert_eq!(ss.len(), 3, "a holds its share of 2, b its one");
+        // Full: the busiest user gives way, not the newcomer's peers.
+        let c = ss.start(login_as("c", 100, 21), 21);
+        let d = ss.start(login_as("d", 100, 22), 22);
+        assert_eq!(ss.len(), 4);
+        for s in [&other, &c, &d] {
+            assert!(ss.find(&value(s), 23).is_some(), "{}", s.user_id);
+        }
+    }
+
+    #[test]
     fn debug_output_holds_no_secret() {
-        let ss = Sessions::new(1);
+        let ss = Sessions::new(1, 1);
         let s = ss.start(login(100, 0), 0);
         let shown = format!("{s:?}");
         for secret in [value(&s), s.csrf.clone(), s.access.clone(), s.refresh.clone()] {

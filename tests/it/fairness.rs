@@ -1,0 +1,143 @@
+//! Fairness (#29): a shared limit is never one pool that a single peer, user or tenant can
+//! drain. Each test holds one party at its limit and shows another party still served.
+
+use crate::console::Browser;
+use crate::helpers::{test_config, TestApp, ADMIN_PASSWORD};
+use crate::raw::{props, Connect, Raw};
+use std::time::Duration;
+
+/// Item 8: `mqtt.max_sessions_per_client` is exact. 30 devices of one client connect at once
+/// with persistent sessions while the limit is 4: exactly 4 are accepted (the others get
+/// 0x97 Quota exceeded, as every accepted one is live), and the store never holds more than 4
+/// session records for that client.
+#[tokio::test]
+async fn the_persistent_session_cap_is_exact_under_concurrent_connects() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = test_config(dir.path());
+    cfg.mqtt.max_sessions_per_client = 4;
+    let app = TestApp::spawn_with(dir, cfg).await;
+    let token = app.admin_token().await;
+    let domain = app.domain(&token, "cap").await;
+    let (id, secret) = app.device(&token, &domain).await;
+    let names: Vec<String> = (0..30).map(|i| format!("cap-{i}")).collect();
+    let mut tasks = Vec::new();
+    for name in &names {
+        let (addr, name, id, secret) = (app.mqtt_addr, name.clone(), id.clone(), secret.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Connect::new(true, &name, &id, &secret);
+            c.clean = false;
+            c.props = props::session_expiry(3600);
+            let (r, code, _) = Raw::connect(addr, &c).await;
+            (r, code)
+        }));
+    }
+    let mut live = Vec::new();
+    let mut codes = Vec::new();
+    for t in tasks {
+        let (r, code) = t.await.expect("task");
+        codes.push(code);
+        if code == 0 {
+            live.push(r);
+        }
+    }
+    assert_eq!(live.len(), 4, "accepted: {codes:?}");
+    assert!(codes.iter().all(|c| *c == 0 || *c == 0x97), "{codes:?}");
+    for r in live.iter_mut() {
+        r.disconnect_and_wait().await;
+    }
+    // The records are written by the session writer: wait for the four, never more.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (records, _) = app.store.sessions_counts().expect("counts");
+        assert!(records <= 4, "{records} session records for a client limited to 4");
+        if records == 4 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {records} records written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens a live view of `channel`; its HTTP status (the stream is held open by `held`).
+async fn open_view(app: &TestApp, token: &str, domain: &str, channel: &str, held: &mut Vec<reqwest::Response>) -> u16 {
+    let resp = app
+        .client
+        .get(format!("{}/{domain}/channels/{channel}/messages/live", app.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    held.push(resp);
+    status
+}
+
+/// Item 3: live views are limited per user and per domain under the server's cap. A user at
+/// their limit gets 429 naming the setting, and another tenant's view still opens (one pool of
+/// 3 would have been taken by the first user alone).
+#[tokio::test]
+async fn a_user_at_their_live_view_limit_leaves_room_for_other_tenants() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = test_config(dir.path());
+    cfg.http.max_live_viewers = 3;
+    cfg.http.max_live_viewers_per_domain = 3;
+    cfg.http.max_live_viewers_per_user = 2;
+    let app = TestApp::spawn_with(dir, cfg).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let (da, db) = (app.domain(&alice, "alice").await, app.domain(&bob, "bob").await);
+    let (ha, hb) = (app.channel(&alice, &da, "a").await, app.channel(&bob, &db, "b").await);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        assert_eq!(open_view(&app, &alice, &da, &ha, &mut held).await, 200);
+    }
+    let refused = held.len();
+    assert_eq!(
+        open_view(&app, &alice, &da, &ha, &mut held).await,
+        429,
+        "alice's third view"
+    );
+    let body: serde_json::Value = held.remove(refused).json().await.expect("json");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_live_viewers_per_user"),
+        "{body}"
+    );
+    assert_eq!(
+        open_view(&app, &bob, &db, &hb, &mut held).await,
+        200,
+        "bob's view opens"
+    );
+}
+
+/// Item 4: one user's logins past their share end their own oldest console sessions, never
+/// another user's (the global cap of 5 alone would have evicted bob after five logins).
+#[tokio::test]
+async fn console_logins_past_a_users_share_end_only_their_own_sessions() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = test_config(dir.path());
+    cfg.http.max_console_sessions = 5;
+    cfg.http.max_console_sessions_per_user = 2;
+    let app = TestApp::spawn_with(dir, cfg).await;
+    app.user("bob").await;
+    let mut bob = Browser::new(&app);
+    assert_eq!(bob.login("bob", "bob-password").await.status, 303);
+    let mut admins = Vec::new();
+    for _ in 0..8 {
+        let mut b = Browser::new(&app);
+        assert_eq!(b.login("admin", ADMIN_PASSWORD).await.status, 303);
+        admins.push(b);
+    }
+    assert_eq!(bob.get("/console/").await.status, 200, "bob's session still works");
+    let first = admins[0].get("/console/").await;
+    assert_eq!(
+        (first.status, first.location()),
+        (303, "/console/login"),
+        "admin's oldest ended"
+    );
+    for b in admins.iter_mut().rev().take(2) {
+        assert_eq!(b.get("/console/").await.status, 200, "admin's newest two work");
+    }
+}
