@@ -127,6 +127,7 @@ pub struct MqttConfig {
     pub inflight_window: u16,
     pub max_connect_size: usize,
     pub max_pending_connections: usize,
+    pub max_pending_per_source: usize,
     pub max_queued_bytes: usize,
     pub max_queued_messages: usize,
     pub max_session_expiry: u64,
@@ -413,6 +414,7 @@ impl Config {
         if m.max_connect_size < 64
             || m.max_keep_alive == 0
             || m.max_pending_connections == 0
+            || m.max_pending_per_source == 0
             || m.max_queued_bytes < 1024
             || m.max_queued_messages == 0
             || m.max_sessions_per_client == 0

@@ -541,6 +541,7 @@ async fn start_broker(
         inflight_window: m.inflight_window,
         max_connect_size: m.max_connect_size,
         max_pending_connections: m.max_pending_connections,
+        max_pending_per_source: m.max_pending_per_source,
         max_queued_bytes: m.max_queued_bytes,
         max_queued_messages: m.max_queued_messages,
         max_session_expiry: std::time::Duration::from_secs(m.max_session_expiry),

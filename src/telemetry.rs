@@ -104,6 +104,11 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         load(&m.refused_pending)
     });
     mirror!(
+        refused.with_label_values(&["pending_shed"]),
+        b,
+        |m: &broker::Metrics| { load(&m.shed_pending) }
+    );
+    mirror!(
         counter(&t, "mqtt_packets_received_total", "MQTT packets received")?,
         b,
         |m: &broker::Metrics| load(&m.packets_in)

@@ -11,6 +11,8 @@ pub struct BrokerConfig {
     pub max_connect_size: usize,
     /// Connections that have not finished CONNECT, at most.
     pub max_pending_connections: usize,
+    /// One source's share of them: beyond it, its oldest is shed for others when all are taken.
+    pub max_pending_per_source: usize,
     pub connect_timeout: Duration,
     /// Longest keep alive granted, in seconds (v5: Server Keep Alive; 3.1.1: refused beyond).
     pub max_keep_alive: u16,
@@ -44,6 +46,7 @@ impl Default for BrokerConfig {
             max_packet_size: 1024 * 1024,
             max_connect_size: 64 * 1024,
             max_pending_connections: 1024,
+            max_pending_per_source: 64,
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: 65_535,
             max_connections: 100_000,

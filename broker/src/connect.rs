@@ -85,13 +85,33 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Serves one accepted connection: handshake, then hand-over to its session.
+/// A handshake slot for a connection from `peer` (see `pending`), counted in the metrics;
+/// `None`: refused, close it.
+pub(crate) fn admit(shared: &Shared, peer: std::net::SocketAddr) -> Option<crate::pending::Slot> {
+    use crate::pending::Admitted;
+    match shared.pending.acquire(peer) {
+        Admitted::Free(s) => Some(s),
+        Admitted::Shed(s) => {
+            Metrics::inc(&shared.metrics.shed_pending);
+            Some(s)
+        }
+        Admitted::Refused => {
+            Metrics::inc(&shared.metrics.refused_pending);
+            tracing::debug!(%peer, "too many connections without CONNECT");
+            None
+        }
+    }
+}
+
+/// Serves one accepted connection: handshake, then hand-over to its session. `slot`: the
+/// handshake slot taken before a TLS handshake, if any (else one is taken here).
 pub(crate) async fn run(
     mut io: BoxIo,
     peer: std::net::SocketAddr,
     transport: Transport,
     cert: Option<Vec<u8>>,
     shared: Arc<Shared>,
+    slot: Option<crate::pending::Slot>,
 ) {
     let m = shared.metrics.clone();
     let current = m.connections_current.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -101,15 +121,18 @@ pub(crate) async fn run(
         tracing::debug!(%peer, "connection limit reached");
         return;
     }
-    // Connections that have not finished CONNECT are bounded; beyond, new ones are closed.
-    let Ok(permit) = shared.pending.clone().try_acquire_owned() else {
-        Metrics::inc(&m.refused_pending);
-        tracing::debug!(%peer, "too many connections without CONNECT");
+    // Connections that have not finished CONNECT are bounded, fairly between sources.
+    let Some(mut slot) = slot.or_else(|| admit(&shared, peer)) else {
         return;
     };
-    let handshake =
-        tokio::time::timeout(shared.cfg.connect_timeout, handshake(&mut io, transport, cert, &shared)).await;
-    drop(permit);
+    let handshake = tokio::select! {
+        h = tokio::time::timeout(shared.cfg.connect_timeout, handshake(&mut io, transport, cert, &shared)) => h,
+        _ = slot.shed() => {
+            tracing::debug!(%peer, "closed without CONNECT: its source holds the most pending connections");
+            return;
+        }
+    };
+    drop(slot);
     let (req, rbuf) = match handshake {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return,

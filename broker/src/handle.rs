@@ -285,7 +285,7 @@ pub async fn start(
         stop,
         presence,
         durable,
-        pending: Arc::new(tokio::sync::Semaphore::new(cfg.max_pending_connections.max(1))),
+        pending: pending::PendingSlots::new(cfg.max_pending_connections, cfg.max_pending_per_source),
         cfg,
         auth,
         sink,

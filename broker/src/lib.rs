@@ -24,6 +24,7 @@ mod connect;
 mod durable;
 mod ingress;
 mod outbound;
+mod pending;
 mod reason;
 mod registry;
 mod retained;

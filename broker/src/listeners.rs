@@ -82,18 +82,27 @@ async fn accept_loop(
 
 pub(crate) async fn accept_tcp(l: tokio::net::TcpListener, shared: Arc<Shared>) {
     accept_loop(l, shared, |s, peer, shared| {
-        tokio::spawn(connect::run(Box::new(s), peer, Transport::Mqtt, None, shared));
+        tokio::spawn(connect::run(Box::new(s), peer, Transport::Mqtt, None, shared, None));
     })
     .await
 }
 
 /// TLS: the handshake (bounded by the CONNECT timeout) runs in the connection's own task, so
-/// a client that stalls or speaks plain TCP or an old TLS version affects only itself.
+/// a client that stalls or speaks plain TCP or an old TLS version affects only itself; it
+/// holds a handshake slot from the start (TLS and CONNECT together), so silent TLS
+/// connections are bounded and shed like plain ones.
 pub(crate) async fn accept_tls(l: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
     accept_loop(l, shared, move |s, peer, shared| {
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(shared.cfg.connect_timeout, acceptor.accept(s)).await {
+            let Some(mut slot) = connect::admit(&shared, peer) else {
+                return;
+            };
+            let accepted = tokio::select! {
+                a = tokio::time::timeout(shared.cfg.connect_timeout, acceptor.accept(s)) => a,
+                _ = slot.shed() => return,
+            };
+            match accepted {
                 Ok(Ok(tls)) => {
                     Metrics::inc(&shared.metrics.tls_handshakes);
                     let cert = tls
@@ -102,7 +111,7 @@ pub(crate) async fn accept_tls(l: tokio::net::TcpListener, acceptor: tokio_rustl
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| c.to_vec());
-                    connect::run(Box::new(tls), peer, Transport::Mqtts, cert, shared).await
+                    connect::run(Box::new(tls), peer, Transport::Mqtts, cert, shared, Some(slot)).await
                 }
                 Ok(Err(e)) => {
                     Metrics::inc(&shared.metrics.tls_failures);

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     pub refused_connect: AtomicU64,
     pub refused_pending: AtomicU64,
+    /// Pending connections closed to make room for another source's.
+    pub shed_pending: AtomicU64,
     pub refused_publish: AtomicU64,
     pub refused_subscribe: AtomicU64,
     pub refused_delivery: AtomicU64,

@@ -50,6 +50,7 @@ async fn bridge(socket: warp::ws::WebSocket, peer: std::net::SocketAddr, transpo
         transport,
         None,
         shared.clone(),
+        None,
     ));
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (mut br, mut bw) = tokio::io::split(back);

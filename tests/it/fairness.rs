@@ -141,3 +141,94 @@ async fn console_logins_past_a_users_share_end_only_their_own_sessions() {
         assert_eq!(b.get("/console/").await.status, 200, "admin's newest two work");
     }
 }
+
+/// Item 1: one address holds 2,000 silent connections to the MQTT port (twice the pending
+/// cap); a device from another address (127.0.0.2) still connects and publishes within a
+/// second, at both protocol levels over TCP and over WebSocket. The flood's oldest pending
+/// connections are the ones closed.
+#[tokio::test]
+async fn a_flood_of_silent_connections_from_one_address_does_not_keep_others_out() {
+    let e = crate::engine::env().await;
+    let app = &e.app;
+    let mut flood = Vec::new();
+    for _ in 0..2000 {
+        flood.push(tokio::net::TcpStream::connect(app.mqtt_addr).await.expect("tcp"));
+    }
+    let m = &app.broker_metrics;
+    crate::engine::wait_until(|| m.connections_total.load(std::sync::atomic::Ordering::Relaxed) >= 2000).await;
+    assert!(
+        m.shed_pending.load(std::sync::atomic::Ordering::Relaxed) >= 900,
+        "the flood sheds its own"
+    );
+    let other: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    let topic = e.topic("fair");
+    for v5 in [false, true] {
+        let device = async {
+            let mut r = Raw::open_from(other, app.mqtt_addr, v5).await;
+            r.send(&e.conn(v5, &format!("fair-{v5}")).encode()).await;
+            let (first, body) = r.packet().await.expect("CONNACK");
+            assert_eq!((first >> 4, body[1]), (2, 0), "v5={v5}");
+            assert_eq!(r.publish(&topic, b"through", 1, false, 1).await, 0, "PUBACK");
+        };
+        tokio::time::timeout(Duration::from_secs(1), device)
+            .await
+            .unwrap_or_else(|_| panic!("v5={v5}: not served within 1 s"));
+    }
+    let ws = app.ws_addr.expect("ws");
+    let over_ws = async {
+        let mut w = ws_from(other, ws).await;
+        w.send(e.conn(false, "fair-ws").encode()).await;
+        assert_eq!(w.recv().await[..4], [0x20, 2, 0, 0], "CONNACK over WebSocket");
+        w.send(crate::raw::framed(0x32, &publish_body(&topic, 1, b"ws"))).await;
+        assert_eq!(w.recv().await, vec![0x40, 2, 0, 1], "PUBACK over WebSocket");
+    };
+    tokio::time::timeout(Duration::from_secs(1), over_ws)
+        .await
+        .expect("served over WebSocket within 1 s");
+    drop(flood);
+}
+
+/// A 3.1.1 QoS 1 PUBLISH body.
+fn publish_body(topic: &str, pkid: u16, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    crate::raw::put_str(&mut b, topic.as_bytes());
+    b.extend_from_slice(&pkid.to_be_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+/// MQTT over a WebSocket opened from the local address `from`.
+struct Ws(tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>);
+
+async fn ws_from(from: std::net::IpAddr, addr: std::net::SocketAddr) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(std::net::SocketAddr::new(from, 0)).expect("bind");
+    let tcp = sock.connect(addr).await.expect("tcp");
+    let mut req = format!("ws://{addr}/mqtt").into_client_request().expect("request");
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "mqtt".parse().expect("header"));
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp).await.expect("upgrade");
+    Ws(ws)
+}
+
+impl Ws {
+    async fn send(&mut self, bytes: Vec<u8>) {
+        use futures_util::SinkExt;
+        self.0
+            .send(tokio_tungstenite::tungstenite::Message::binary(bytes))
+            .await
+            .expect("send");
+    }
+
+    async fn recv(&mut self) -> Vec<u8> {
+        use futures_util::StreamExt;
+        loop {
+            match self.0.next().await {
+                Some(Ok(m)) if m.is_binary() => return m.into_data().to_vec(),
+                Some(Ok(_)) => continue,
+                other => panic!("WebSocket ended: {other:?}"),
+            }
+        }
+    }
+}

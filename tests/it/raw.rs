@@ -186,6 +186,14 @@ impl Raw {
         Raw { s, buf: Vec::new(), v5 }
     }
 
+    /// Opens a connection from the local address `from` (e.g. 127.0.0.2: another source).
+    pub async fn open_from(from: std::net::IpAddr, addr: std::net::SocketAddr, v5: bool) -> Raw {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(std::net::SocketAddr::new(from, 0)).expect("bind");
+        let s = sock.connect(addr).await.expect("tcp");
+        Raw { s, buf: Vec::new(), v5 }
+    }
+
     /// Connects; returns the client, the CONNACK code and session-present flag.
     pub async fn connect(addr: std::net::SocketAddr, c: &Connect<'_>) -> (Raw, u8, bool) {
         let mut r = Raw::open(addr, c.v5).await;
