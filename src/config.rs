@@ -103,6 +103,7 @@ pub struct HttpConfig {
     pub header_timeout: u64,
     pub idle_timeout: u64,
     pub max_connections: usize,
+    pub max_connections_per_source: usize,
     pub backlog: u32,
     pub cors_origins: Vec<String>,
     pub max_live_viewers: usize,
@@ -434,13 +435,14 @@ impl Config {
             return Err(ConfigError::Invalid("http.max_body_bytes must be positive".into()));
         }
         let h = &self.http;
-        if h.max_live_viewers_per_domain == 0
+        if h.max_connections_per_source == 0
+            || h.max_live_viewers_per_domain == 0
             || h.max_live_viewers_per_user == 0
             || h.max_console_sessions == 0
             || h.max_console_sessions_per_user == 0
         {
             return Err(ConfigError::Invalid(
-                "http: max_live_viewers_per_domain, max_live_viewers_per_user, max_console_sessions and max_console_sessions_per_user must be positive".into(),
+                "http: max_connections_per_source, max_live_viewers_per_domain, max_live_viewers_per_user, max_console_sessions and max_console_sessions_per_user must be positive".into(),
             ));
         }
         Ok(())

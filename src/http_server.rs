@@ -3,10 +3,13 @@
 //! its acceptor trait is sealed, so connections are accepted here and handed to hyper with the
 //! filter as the service. Used for the REST API (HTTP or HTTPS) and secure WebSocket (MQTT).
 //!
-//! Limits: a connection beyond `max_connections` is closed at once (counted, logged once per
-//! burst); a TLS handshake and every request head must complete within `header_timeout`; a
-//! connection on which nothing was read or written for `idle_timeout` is closed (slowloris on
-//! a body, idle keep-alive).
+//! Limits: at most `max_connections`, shared fairly between sources (`broker::fair`): when all
+//! are held, the oldest connection of the busiest source is closed for a newcomer if that
+//! source holds more than `per_source` (else the newcomer is closed at once; counted, logged
+//! once per burst); a TLS handshake and every request head must complete within
+//! `header_timeout`, or within `OVER_SHARE_HEADER_TIMEOUT` for a connection whose source holds
+//! more than its share; a connection on which nothing was read or written for `idle_timeout`
+//! is closed (slowloris on a body, idle keep-alive).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,12 +29,20 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// One source's share of `max_connections` (see the module's limits).
+    pub per_source: usize,
 }
+
+/// The request-head (and TLS handshake) timeout of a connection whose source holds more than
+/// its share: a flood of half-requests from one address is closed quickly.
+pub const OVER_SHARE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a listener refused, for the logs and tests.
 #[derive(Default, Debug)]
 pub struct HttpCounters {
     pub refused_over_cap: AtomicU64,
+    /// Connections closed to make room for another source's.
+    pub shed_busiest: AtomicU64,
     pub closed_idle: AtomicU64,
     pub tls_handshakes: AtomicU64,
     pub tls_failures: AtomicU64,
@@ -48,7 +59,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let slots = broker::fair::FairSlots::new(limits.max_connections, limits.per_source);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut last_refusal_log: Option<Instant> = None;
     tokio::pin!(shutdown);
@@ -65,22 +76,33 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            counters.refused_over_cap.fetch_add(1, Ordering::Relaxed);
-            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                last_refusal_log = Some(Instant::now());
-                tracing::warn!(
-                    max = limits.max_connections,
-                    "HTTP connection cap reached; closing new connections (http.max_connections)"
-                );
+        let mut slot = match slots.acquire(peer) {
+            broker::fair::Admitted::Free(s) => s,
+            broker::fair::Admitted::Shed(s) => {
+                counters.shed_busiest.fetch_add(1, Ordering::Relaxed);
+                s
             }
-            drop(tcp);
-            continue;
+            broker::fair::Admitted::Refused => {
+                counters.refused_over_cap.fetch_add(1, Ordering::Relaxed);
+                if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    last_refusal_log = Some(Instant::now());
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        "HTTP connection cap reached; closing new connections (http.max_connections)"
+                    );
+                }
+                drop(tcp);
+                continue;
+            }
         };
         let (acceptor, routes, counters) = (acceptor.clone(), routes.clone(), counters.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _slot = slot;
+            let header_timeout = if slot.over_share() {
+                limits.header_timeout.min(OVER_SHARE_HEADER_TIMEOUT)
+            } else {
+                limits.header_timeout
+            };
             let activity = Arc::new(AtomicU64::new(0));
             let started = Instant::now();
             let svc = WithPeer {
@@ -92,12 +114,16 @@ pub async fn serve(
             builder
                 .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
+                .header_read_timeout(header_timeout);
             let builder = builder.http1_only();
             let idle = idle_watch(activity.clone(), started, limits.idle_timeout);
             let result = match &acceptor {
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+                    let handshake = tokio::select! {
+                        h = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => h,
+                        _ = slot.shed() => return,
+                    };
+                    let tls = match handshake {
                         Ok(Ok(s)) => {
                             counters.tls_handshakes.fetch_add(1, Ordering::Relaxed);
                             s
@@ -114,12 +140,12 @@ pub async fn serve(
                     };
                     let io = hyper_util::rt::TokioIo::new(Tracked::new(tls, activity, started));
                     let conn = watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
-                    tokio::select! { r = conn => Some(r), _ = idle => None }
+                    tokio::select! { r = conn => Some(r), _ = idle => None, _ = slot.shed() => None }
                 }
                 None => {
                     let io = hyper_util::rt::TokioIo::new(Tracked::new(tcp, activity, started));
                     let conn = watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
-                    tokio::select! { r = conn => Some(r), _ = idle => None }
+                    tokio::select! { r = conn => Some(r), _ = idle => None, _ = slot.shed() => None }
                 }
             };
             match result {

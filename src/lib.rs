@@ -124,6 +124,7 @@ impl App {
             header_timeout: std::time::Duration::from_secs(cfg.http.header_timeout),
             idle_timeout: std::time::Duration::from_secs(cfg.http.idle_timeout),
             max_connections: cfg.http.max_connections,
+            per_source: cfg.http.max_connections_per_source,
         };
         let dir_lock = datadir::prepare(&cfg.data_dir)?;
         let (url, store_cfg) = (cfg.store_url()?, cfg.store_config());
@@ -420,8 +421,8 @@ impl App {
             }
         };
         let mut wss_task = wss.map(|(l, sc)| {
-            let addr = l.local_addr().ok();
-            tracing::info!(addr = ?addr, "MQTT over secure WebSocket listening on /mqtt");
+            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(%addr, "MQTT over secure WebSocket listening on /mqtt");
             let wss_limits = http_server::HttpLimits {
                 max_connections: cfg.mqtt.max_connections,
                 ..limits

@@ -277,7 +277,16 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         "HTTP connections closed at once (connection cap), by listener",
         "listener",
     )?;
+    let http_shed = counter_vec(
+        &t,
+        "http_connections_shed_total",
+        "HTTP connections closed to make room for another source's (the busiest source's oldest), by listener",
+        "listener",
+    )?;
     for (name, h) in &src.http {
+        mirror!(http_shed.with_label_values(&[name]), h, |c: &HttpCounters| load(
+            &c.shed_busiest
+        ));
         mirror!(tls.with_label_values(&[name]), h, |c: &HttpCounters| load(
             &c.tls_handshakes
         ));

@@ -87,8 +87,8 @@ impl Drop for ConnGuard {
 
 /// A handshake slot for a connection from `peer` (see `pending`), counted in the metrics;
 /// `None`: refused, close it.
-pub(crate) fn admit(shared: &Shared, peer: std::net::SocketAddr) -> Option<crate::pending::Slot> {
-    use crate::pending::Admitted;
+pub(crate) fn admit(shared: &Shared, peer: std::net::SocketAddr) -> Option<crate::fair::Slot> {
+    use crate::fair::Admitted;
     match shared.pending.acquire(peer) {
         Admitted::Free(s) => Some(s),
         Admitted::Shed(s) => {
@@ -111,7 +111,7 @@ pub(crate) async fn run(
     transport: Transport,
     cert: Option<Vec<u8>>,
     shared: Arc<Shared>,
-    slot: Option<crate::pending::Slot>,
+    slot: Option<crate::fair::Slot>,
 ) {
     let m = shared.metrics.clone();
     let current = m.connections_current.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

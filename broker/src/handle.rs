@@ -285,7 +285,7 @@ pub async fn start(
         stop,
         presence,
         durable,
-        pending: pending::PendingSlots::new(cfg.max_pending_connections, cfg.max_pending_per_source),
+        pending: fair::FairSlots::new(cfg.max_pending_connections, cfg.max_pending_per_source),
         cfg,
         auth,
         sink,

@@ -17,7 +17,7 @@ pub(crate) struct Shared {
     pub router: router::RouterPort,
     pub retained: retained::RetainedIndex,
     pub durable: durable::Durable,
-    pub pending: Arc<pending::PendingSlots>,
+    pub pending: Arc<fair::FairSlots>,
     pub rt: tokio::runtime::Handle,
     pub next_origin: AtomicU64,
     /// Cluster mode: where accepted messages go to other nodes.

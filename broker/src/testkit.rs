@@ -71,7 +71,7 @@ pub(crate) fn shared_with(
     let s = Arc::new(Shared {
         stop: tokio::sync::watch::channel(false).0,
         presence: None,
-        pending: crate::pending::PendingSlots::new(16, 16),
+        pending: crate::fair::FairSlots::new(16, 16),
         router: router::RouterPort::spawn(64, 64 * 1024, 4),
         retained: retained::RetainedIndex::start(retained, 100, metrics.clone()).expect("index"),
         cfg,

@@ -232,3 +232,50 @@ impl Ws {
         }
     }
 }
+
+/// Item 2: a slowloris from one address (3,000 half-sent requests, three times
+/// `http.max_connections`) does not keep others out: from another address, REST calls,
+/// `/health` and the console all answer, and the flood's own connections are closed (the
+/// oldest first, and within the short head timeout of a source over its share).
+#[tokio::test]
+async fn a_slowloris_from_one_address_leaves_the_api_to_others() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let addr: std::net::SocketAddr = app.url.trim_start_matches("http://").parse().expect("addr");
+    let mut flood = Vec::new();
+    for _ in 0..3000 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("half a request");
+        flood.push(s);
+    }
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().expect("ip"))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    for round in 0..3 {
+        let health = other.get(format!("{}/health", app.url)).send().await;
+        assert_eq!(
+            health.map(|r| r.status().as_u16()).ok(),
+            Some(200),
+            "/health, round {round}"
+        );
+        let rest = other
+            .get(format!("{}/domains", app.url))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        assert_eq!(rest.map(|r| r.status().as_u16()).ok(), Some(200), "REST, round {round}");
+        let console = other.get(format!("{}/console/login", app.url)).send().await;
+        assert_eq!(
+            console.map(|r| r.status().as_u16()).ok(),
+            Some(200),
+            "console, round {round}"
+        );
+    }
+    drop(flood);
+}

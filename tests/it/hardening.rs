@@ -34,6 +34,7 @@ async fn slow_and_idle_http_connections_are_closed_and_capped() {
     cfg.http.header_timeout = 1;
     cfg.http.idle_timeout = 2;
     cfg.http.max_connections = 40;
+    cfg.http.max_connections_per_source = 40;
     let app = TestApp::spawn_with(dir, cfg).await;
     let addr = http_addr(&app);
     let mut held = Vec::new();
@@ -52,12 +53,15 @@ async fn slow_and_idle_http_connections_are_closed_and_capped() {
     for s in held.iter_mut() {
         closed_silently(s, Duration::from_secs(10)).await;
     }
-    // The cap: 40 held (silent) connections, then the 41st is closed at once.
+    // The cap: 40 held (silent) connections from one address, within its share of 40; then
+    // the 41st, from another address that holds none, is closed at once.
     let mut held = Vec::new();
     for _ in 0..40 {
         held.push(tokio::net::TcpStream::connect(addr).await.expect("tcp"));
     }
-    let mut extra = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.2:0".parse().expect("addr")).expect("bind");
+    let mut extra = sock.connect(addr).await.expect("tcp");
     let _ = extra.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(
         closed_silently(&mut extra, Duration::from_secs(1)).await,

@@ -1,12 +1,13 @@
-//! Connections that have not finished their handshake (TLS and CONNECT), by source.
+//! Connection slots shared fairly between sources: the broker's handshake slots
+//! (`mqtt.max_pending_connections`) and the HTTP listeners' connections
+//! (`http.max_connections`).
 //!
-//! The slots are one bounded pool (`mqtt.max_pending_connections`), but no single source can
-//! keep everyone else out of it: when the pool is full, the oldest pending connection of the
-//! busiest source is shed (closed) to make room for the newcomer, provided that source holds
-//! more than its share (`mqtt.max_pending_per_source`); when every source is within its
-//! share, the newcomer's own source gives up its oldest, and a newcomer from a source with
-//! nothing pending is refused, as before. A source is an IPv4 address or an IPv6 /64 (one
-//! host or one site's prefix).
+//! The slots are one bounded pool, but no single source can keep everyone else out of it:
+//! when the pool is full, the oldest connection of the busiest source is shed (closed) to make
+//! room for the newcomer, provided that source holds more than its share; when every source
+//! is within its share, the newcomer's own source gives up its oldest, and a newcomer from a
+//! source with nothing held is refused. A source is an IPv4 address or an IPv6 /64 (one host
+//! or one site's prefix).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -15,13 +16,13 @@ use tokio::sync::oneshot;
 
 /// Where a connection comes from, for fairness: an IPv4 address or an IPv6 /64.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub(crate) enum Source {
+pub enum Source {
     V4(u32),
     V6(u64),
 }
 
 impl Source {
-    pub(crate) fn of(peer: SocketAddr) -> Source {
+    pub fn of(peer: SocketAddr) -> Source {
         match peer.ip().to_canonical() {
             IpAddr::V4(a) => Source::V4(u32::from(a)),
             IpAddr::V6(a) => Source::V6((u128::from(a) >> 64) as u64),
@@ -37,15 +38,15 @@ struct Inner {
     next: u64,
 }
 
-/// The pool of handshake slots.
-pub(crate) struct PendingSlots {
+/// A pool of connection slots, fair between sources.
+pub struct FairSlots {
     inner: Mutex<Inner>,
     max: usize,
     per_source: usize,
 }
 
 /// What `acquire` decided.
-pub(crate) enum Admitted {
+pub enum Admitted {
     /// In, without shedding anyone.
     Free(Slot),
     /// In, after shedding the oldest pending connection of the busiest source.
@@ -54,18 +55,25 @@ pub(crate) enum Admitted {
     Refused,
 }
 
-/// One pending connection's slot: freed when dropped; `shed()` resolves when the pool takes
-/// it back for a newcomer (the connection must then close).
-pub(crate) struct Slot {
-    pool: Arc<PendingSlots>,
+/// One connection's slot: freed when dropped; `shed()` resolves when the pool takes it back
+/// for a newcomer (the connection must then close).
+pub struct Slot {
+    pool: Arc<FairSlots>,
     source: Source,
     id: u64,
     shed: oneshot::Receiver<()>,
+    over_share: bool,
 }
 
 impl Slot {
+    /// Whether its source held more than its share when this slot was taken (a source that
+    /// may deserve less patience).
+    pub fn over_share(&self) -> bool {
+        self.over_share
+    }
+
     /// Resolves when this connection is shed (never otherwise).
-    pub(crate) async fn shed(&mut self) {
+    pub async fn shed(&mut self) {
         let _ = (&mut self.shed).await;
     }
 }
@@ -87,9 +95,9 @@ impl Drop for Slot {
     }
 }
 
-impl PendingSlots {
-    pub(crate) fn new(max: usize, per_source: usize) -> Arc<PendingSlots> {
-        Arc::new(PendingSlots {
+impl FairSlots {
+    pub fn new(max: usize, per_source: usize) -> Arc<FairSlots> {
+        Arc::new(FairSlots {
             inner: Mutex::new(Inner::default()),
             max: max.max(1),
             per_source: per_source.max(1),
@@ -97,7 +105,7 @@ impl PendingSlots {
     }
 
     /// A slot for a connection from `peer`, shedding another source's oldest when full.
-    pub(crate) fn acquire(self: &Arc<Self>, peer: SocketAddr) -> Admitted {
+    pub fn acquire(self: &Arc<Self>, peer: SocketAddr) -> Admitted {
         let source = Source::of(peer);
         let Ok(mut m) = self.inner.lock() else {
             return Admitted::Refused;
@@ -133,13 +141,16 @@ impl PendingSlots {
         let id = m.next;
         m.next += 1;
         let (tx, rx) = oneshot::channel();
-        m.by_source.entry(source).or_default().push_back((id, tx));
+        let q = m.by_source.entry(source).or_default();
+        q.push_back((id, tx));
+        let over_share = q.len() > self.per_source;
         m.total += 1;
         let slot = Slot {
             pool: self.clone(),
             source,
             id,
             shed: rx,
+            over_share,
         };
         if shed {
             Admitted::Shed(slot)
@@ -148,8 +159,8 @@ impl PendingSlots {
         }
     }
 
-    #[cfg(test)]
-    fn held(&self) -> usize {
+    /// Slots held now.
+    pub fn held(&self) -> usize {
         self.inner.lock().map(|m| m.total).unwrap_or(0)
     }
 }
@@ -171,7 +182,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flooding_source_gives_way_to_another_and_to_its_own_newcomers() {
-        let pool = PendingSlots::new(4, 2);
+        let pool = FairSlots::new(4, 2);
         let mut flood: Vec<Slot> = (0..4).filter_map(|_| slot(pool.acquire(at("10.0.0.1")))).collect();
         assert_eq!(flood.len(), 4, "under the cap anyone gets in");
         let other = slot(pool.acquire(at("10.0.0.2"))).expect("another source gets in");
@@ -193,7 +204,7 @@ mod tests {
 
     #[test]
     fn within_their_shares_a_newcomer_is_refused_and_ipv6_counts_by_64() {
-        let pool = PendingSlots::new(4, 2);
+        let pool = FairSlots::new(4, 2);
         let _held: Vec<Slot> = ["10.0.0.1", "10.0.0.1", "2001:db8::1", "2001:db8::2"]
             .iter()
             .filter_map(|ip| slot(pool.acquire(at(ip))))
@@ -201,6 +212,10 @@ mod tests {
         assert!(matches!(pool.acquire(at("10.0.0.9")), Admitted::Refused));
         // 2001:db8::3 is in the same /64 as two held ones: its own source, shed for it.
         assert!(matches!(pool.acquire(at("2001:db8::3")), Admitted::Shed(_)));
+        let pool = FairSlots::new(10, 2);
+        let held: Vec<Slot> = (0..3).filter_map(|_| slot(pool.acquire(at("10.0.0.1")))).collect();
+        let over: Vec<bool> = held.iter().map(Slot::over_share).collect();
+        assert_eq!(over, [false, false, true], "the third is over a share of 2");
         assert_eq!(Source::of(at("::ffff:10.0.0.1")), Source::of(at("10.0.0.1")));
     }
 }
