@@ -106,12 +106,20 @@ pub struct HttpConfig {
     pub max_connections_per_source: usize,
     pub backlog: u32,
     pub cors_origins: Vec<String>,
+    pub trusted_proxies: Vec<String>,
     pub max_live_viewers: usize,
     pub max_live_viewers_per_domain: usize,
     pub max_live_viewers_per_user: usize,
     pub console: bool,
     pub max_console_sessions: usize,
     pub max_console_sessions_per_user: usize,
+}
+
+impl HttpConfig {
+    /// `trusted_proxies` as address ranges (`Err` names the first that is not one).
+    pub fn trusted_proxies(&self) -> Result<Vec<mgmt::proxy::Cidr>, String> {
+        self.trusted_proxies.iter().map(|c| c.parse()).collect()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -435,6 +443,9 @@ impl Config {
             return Err(ConfigError::Invalid("http.max_body_bytes must be positive".into()));
         }
         let h = &self.http;
+        if let Err(why) = h.trusted_proxies() {
+            return Err(ConfigError::Invalid(format!("http.trusted_proxies: {why}")));
+        }
         if h.max_connections_per_source == 0
             || h.max_live_viewers_per_domain == 0
             || h.max_live_viewers_per_user == 0

@@ -398,6 +398,7 @@ impl App {
                 metrics_token: cfg.metrics.token.expose().to_string(),
                 console: cfg.http.console,
                 tls: cfg.http.tls,
+                trusted_proxies: cfg.http.trusted_proxies().unwrap_or_default(),
             },
             outbox,
             messages: http_ingest,

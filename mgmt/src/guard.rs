@@ -1,7 +1,11 @@
 //! The brake on password guessing: failed logins are counted per identity and per source
 //! address; past a few free failures each further attempt waits an exponentially growing
-//! time (HTTP 429 with Retry-After), whether or not its password is right. Entries are
-//! forgotten a while after the last failure, and the table is bounded.
+//! time (HTTP 429 with Retry-After). A braked identity waits whether or not its password is
+//! right. A braked address (many users may share one, behind a NAT or a proxy) only slows
+//! identities that failed already, or fail now: an identity with no failure on record is
+//! still let in with its correct password, so guessing from one address does not lock its
+//! other users out. Entries are forgotten a while after the last failure, and the table is
+//! bounded.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -52,21 +56,34 @@ impl LoginGuard {
         .flatten()
     }
 
-    /// `Err(wait)` when this identity or address must wait before trying again.
-    pub fn check(&self, identity: &str, addr: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
+    /// `Err(wait)` when this attempt must wait. `Ok(Some(wait))`: the address is braked but
+    /// the identity has no failure on record: check the password, let a correct one in, and
+    /// answer a wrong one with this wait. `Ok(None)`: go ahead.
+    pub fn check(&self, identity: &str, addr: Option<IpAddr>, now: Instant) -> Result<Option<Duration>, Duration> {
         let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        let wait = Self::keys(identity, addr)
-            .filter_map(|(k, _)| table.get(&k)?.blocked_until)
-            .filter(|until| *until > now)
-            .map(|until| until - now)
-            .max();
-        match wait {
-            Some(w) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                Err(w)
-            }
-            None => Ok(()),
+        let waiting = |k: &Key| {
+            table
+                .get(k)
+                .and_then(|e| e.blocked_until)
+                .filter(|until| *until > now)
+                .map(|until| until - now)
+        };
+        let id = Key::Identity(identity.trim().to_lowercase());
+        let by_identity = waiting(&id);
+        let by_address = addr.and_then(|a| waiting(&Key::Address(a)));
+        let failed_before = table
+            .get(&id)
+            .is_some_and(|e| e.failures > 0 && now.duration_since(e.last) < MAX);
+        match (by_identity, by_address) {
+            (Some(w), _) => Err(self.refuse(w)),
+            (None, Some(w)) if failed_before => Err(self.refuse(w)),
+            (None, w) => Ok(w),
         }
+    }
+
+    fn refuse(&self, wait: Duration) -> Duration {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        wait
     }
 
     /// Records a wrong password.
@@ -143,9 +160,17 @@ mod tests {
         for i in 0..FREE_PER_ADDRESS {
             g.failure(&format!("user{i}"), Some(a), t0);
         }
-        assert!(g.check("someone-else", Some(a), t0).is_err());
-        assert!(g.check("someone-else", Some([10, 0, 0, 3].into()), t0).is_ok());
+        // Braked, but someone who never failed may still try (a wrong password then waits).
+        assert_eq!(g.check("someone-else", Some(a), t0), Ok(Some(BASE)));
+        assert_eq!(g.check("user3", Some(a), t0), Err(BASE), "one that failed waits");
+        g.failure("someone-else", Some(a), t0);
+        assert!(g.check("someone-else", Some(a), t0).is_err(), "and so does it now");
+        assert_eq!(
+            g.check("someone-else", Some([10, 0, 0, 3].into()), t0),
+            Ok(None),
+            "elsewhere"
+        );
         // Forgotten after the longest back-off.
-        assert!(g.check("someone-else", Some(a), t0 + MAX + MAX).is_ok());
+        assert_eq!(g.check("someone-else", Some(a), t0 + MAX + MAX), Ok(None));
     }
 }

@@ -25,6 +25,7 @@ pub mod live;
 pub mod messages;
 pub mod openapi;
 pub mod params;
+pub mod proxy;
 pub mod routes;
 mod scoped;
 mod users;
@@ -54,6 +55,8 @@ pub struct MgmtConfig {
     pub console: bool,
     /// The API listener speaks TLS (console cookies are then `Secure`).
     pub tls: bool,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` name the client.
+    pub trusted_proxies: Vec<proxy::Cidr>,
 }
 
 /// The peer address of a request, put into its extensions by the server that accepted it.
@@ -194,6 +197,7 @@ where
     B: bytes::Buf,
 {
     seen.origin = headers.get("origin").cloned();
+    let remote = proxy::client(&ctx.cfg.trusted_proxies, remote, &headers);
     let segs = http::split_path(path)?;
     if console::owns(&segs) {
         seen.console = true;

@@ -295,9 +295,12 @@ async fn issue_token(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         return Err(ApiError::bad("identity and secret are required"));
     }
     let addr = req.remote.map(|a| a.ip());
-    ctx.guard
+    let too_many = |wait: std::time::Duration| ApiError::TooManyRequests(wait.as_secs_f64().ceil() as u64);
+    // `probation`: the address is braked, this identity is not: only a wrong password waits.
+    let probation = ctx
+        .guard
         .check(&identity, addr, std::time::Instant::now())
-        .map_err(|wait| ApiError::TooManyRequests(wait.as_secs_f64().ceil() as u64))?;
+        .map_err(too_many)?;
     let id2 = identity.clone();
     let user = ctx.db(move |s| s.user_by_identity(&id2)).await?;
     let phc = user.as_ref().map(|u| u.secret.clone());
@@ -312,6 +315,9 @@ async fn issue_token(ctx: &Arc<Ctx>, req: &Req) -> Result<Reply, ApiError> {
         _ => {
             ctx.guard.failure(&identity, addr, std::time::Instant::now());
             tracing::info!(remote = ?addr, "failed login");
+            if let Some(wait) = probation {
+                return Err(too_many(wait));
+            }
             return Err(ApiError::Unauthorized("invalid identity or secret".into()));
         }
     };
