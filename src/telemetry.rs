@@ -156,6 +156,15 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
     mirror!(dropped.with_label_values(&["queue_full"]), b, |m: &broker::Metrics| {
         load(&m.dropped_queue_full)
     });
+    mirror!(
+        counter(
+            &t,
+            "mqtt_not_durable_store_full_total",
+            "QoS 1/2 messages for persistent sessions queued in memory only (mqtt.max_stored_queue_bytes reached)"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.dropped_store_full)
+    );
     mirror!(dropped.with_label_values(&["expired"]), b, |m: &broker::Metrics| load(
         &m.dropped_expired
     ));

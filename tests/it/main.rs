@@ -40,5 +40,6 @@ mod postgres;
 mod presence;
 mod proxy;
 mod raw;
+mod readme;
 mod tls;
 mod users;
