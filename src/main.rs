@@ -296,19 +296,25 @@ async fn shutdown_signal() {
 fn init_logging(level: &str, format: fluxgate::config::LogFormat) {
     // rumqttd's router logs ordinary events (a client going away while a message is routed to
     // it) at ERROR; the broker reports the router's real failure itself. Its log is off unless
-    // the filter names it (e.g. "info,rumqttd=debug").
+    // the filter names it (e.g. "info,rumqttd=debug"). rustls warns about every client that
+    // names the server by IP address in SNI (OpenSSL and mosquitto do, when given an IP):
+    // normal for devices, so its handshake parser's notices show only when the filter names
+    // rustls (e.g. "info,rustls=debug").
     let directives = |d: &str| {
-        if d.contains("rumqttd") {
-            d.to_string()
-        } else {
-            format!("{d},rumqttd=off")
+        let mut d = d.to_string();
+        if !d.contains("rumqttd") {
+            d.push_str(",rumqttd=off");
         }
+        if !d.contains("rustls") {
+            d.push_str(",rustls::msgs::handshake=error");
+        }
+        d
     };
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|d| tracing_subscriber::EnvFilter::try_new(directives(&d)).ok())
         .or_else(|| tracing_subscriber::EnvFilter::try_new(directives(level)).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(directives("info")));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

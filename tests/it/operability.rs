@@ -487,6 +487,17 @@ async fn startup_lines_are_plain_and_raw_payloads_do_not_warn() {
         assert!(t.elapsed() < std::time::Duration::from_secs(20), "stored: {v}");
         tokio::task::yield_now().await;
     }
+    // A TLS client that names the server by IP address in SNI (as OpenSSL and mosquitto do
+    // when told `-h 127.0.0.1`): no warning for it.
+    if crate::peers::available_from("openssl", "Debian: apt-get install openssl") {
+        let out = tokio::process::Command::new("openssl")
+            .args(["s_client", "-connect", &tls, "-servername", "127.0.0.1"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("openssl");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("CONNECTED"), "{out:?}");
+    }
     // A request answered after the message was stored: once its access line is in, every
     // line written before it is too.
     let r = reqwest::get(format!("http://{}/health?after=stored", s.http))
@@ -495,4 +506,5 @@ async fn startup_lines_are_plain_and_raw_payloads_do_not_warn() {
     assert_eq!(r.status().as_u16(), 400);
     s.wait_log("status=400").await;
     assert_eq!(s.count_log("stored raw"), 0, "no log line for a normal raw payload");
+    assert_eq!(s.count_log("SNI"), 0, "no notice for an IP address in SNI");
 }

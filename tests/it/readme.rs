@@ -228,3 +228,19 @@ async fn every_metric_the_readme_names_exists() {
     }
     assert!(checked >= 10, "only {checked} metrics found");
 }
+
+/// First contact 11: the release binary ships without debug info (it was 167 MB with it;
+/// 27 MB without), and the README says its size.
+#[test]
+fn the_release_profile_strips_debug_info() {
+    let manifest: toml::Table = include_str!("../../Cargo.toml").parse().expect("Cargo.toml");
+    let release = &manifest["profile"]["release"];
+    let debug = release.get("debug");
+    assert!(
+        debug.is_none_or(|d| d.as_integer() == Some(0) || d.as_bool() == Some(false)),
+        "release keeps debug info: {debug:?}"
+    );
+    let strip = release.get("strip").and_then(|s| s.as_str());
+    assert!(matches!(strip, Some("debuginfo" | "symbols")), "{strip:?}");
+    assert!(README.contains("about 27 MB"), "README says the size");
+}

@@ -400,6 +400,15 @@ async fn login(ctx: &Arc<Ctx>, req: &Request) -> Result<Reply, ApiError> {
 }
 
 /// A string inside a JSON value (empty when absent).
+/// What an entity is shown as: its name, or its id when it has none (names are optional in
+/// the API, as in Magistrala's; a link is never empty).
+pub fn label_of(v: &Value) -> &str {
+    match str_of(v, &["name"]) {
+        "" => str_of(v, &["id"]),
+        name => name,
+    }
+}
+
 pub fn str_of<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     let mut cur = v;
     for p in path {
@@ -912,7 +921,7 @@ impl Cx {
             }
             Kind::Groups => {}
         }
-        let title = str_of(&entity, &["name"]).to_string();
+        let title = label_of(&entity).to_string();
         let body = pages::entity(&self.s, &w, &page, notice.as_ref());
         Ok(self.page(
             StatusCode::OK,

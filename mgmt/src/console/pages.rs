@@ -1,7 +1,7 @@
 //! The console's HTML, rendered from the REST API's JSON answers (maud escapes every value).
 
 use super::session::Session;
-use super::{str_of, Kind, Notice, Where, PAGE};
+use super::{label_of, str_of, Kind, Notice, Where, PAGE};
 use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
 use warp::http::StatusCode;
@@ -70,7 +70,7 @@ pub fn layout(s: &Session, title: &str, d: Option<(&str, &Where)>, body: Markup)
                 header.top {
                     a.brand href="/console/" { "Fluxgate" }
                     @if let Some((d, w)) = d {
-                        a.domain href="/console/" title="Change domain" { (str_of(&w.domain, &["name"])) " ▾" }
+                        a.domain href="/console/" title="Change domain" { (label_of(&w.domain)) " ▾" }
                         nav {
                             a href={ "/console/d/" (d) "/clients" } { "Clients" }
                             a href={ "/console/d/" (d) "/channels" } { "Channels" }
@@ -153,7 +153,7 @@ pub fn domains(s: &Session, list: &Value, n: Option<&Notice>) -> Markup {
                 tbody {
                     @for d in &ds {
                         tr {
-                            td { a href={ "/console/d/" (str_of(d, &["id"])) "/clients" } { (str_of(d, &["name"])) } }
+                            td { a href={ "/console/d/" (str_of(d, &["id"])) "/clients" } { (label_of(d)) } }
                             td { (str_of(d, &["route"])) }
                             td { span class={ "status " (str_of(d, &["status"])) } { (str_of(d, &["status"])) } }
                             td { (when(str_of(d, &["created_at"]))) }
@@ -324,7 +324,7 @@ pub fn list(
             tbody {
                 @for e in &rows {
                     tr {
-                        td { a href={ (here) "/" (str_of(e, &["id"])) } { (str_of(e, &["name"])) } }
+                        td { a href={ (here) "/" (str_of(e, &["id"])) } { (label_of(e)) } }
                         td.id { code { (str_of(e, &["id"])) } }
                         td { (tags_text(e)) }
                         td { span class={ "status " (str_of(e, &["status"])) } { (str_of(e, &["status"])) } }
@@ -451,7 +451,7 @@ pub fn entity(s: &Session, w: &Where, p: &Entity, n: Option<&Notice>) -> Markup 
         @if w.can_edit {
             @if p.confirm == "delete" {
                 section.confirm {
-                    p { "Delete " (k.one()) " " strong { (str_of(e, &["name"])) } "? This cannot be undone." }
+                    p { "Delete " (k.one()) " " strong { (label_of(e)) } "? This cannot be undone." }
                     (action_button(s, &here, "delete", "Yes, delete", "danger"))
                     " " a href=(here) { "Cancel" }
                 }
@@ -548,7 +548,7 @@ fn client_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Notic
                 table #connected {
                     thead { tr { th { "Channel" } th { "Rights" } @if w.can_edit { th {} } } }
                     tbody { @for c in &channels { tr {
-                        td { a href={ "/console/d/" (p.d) "/channels/" (str_of(c, &["id"])) } { (str_of(c, &["name"])) } }
+                        td { a href={ "/console/d/" (p.d) "/channels/" (str_of(c, &["id"])) } { (label_of(c)) } }
                         td { (rights(c)) }
                         @if w.can_edit { td {
                             form.inline method="post" action=(here) {
@@ -567,7 +567,7 @@ fn client_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Notic
                     (csrf(s))
                     input type="hidden" name="action" value="connect";
                     label { "Channel" select name="other" {
-                        @for c in &choices { option value=(str_of(c, &["id"])) { (str_of(c, &["name"])) } }
+                        @for c in &choices { option value=(str_of(c, &["id"])) { (label_of(c)) } }
                     } }
                     label.check { input type="checkbox" name="publish" checked; "publish" }
                     label.check { input type="checkbox" name="subscribe" checked; "subscribe" }
@@ -706,7 +706,7 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
                 table #channel-clients {
                     thead { tr { th { "Client" } th { "Rights" } th { "Presence" } @if w.can_edit { th {} } } }
                     tbody { @for x in &clients { tr {
-                        td { a href={ "/console/d/" (d) "/clients/" (str_of(x, &["id"])) } { (str_of(x, &["name"])) } }
+                        td { a href={ "/console/d/" (d) "/clients/" (str_of(x, &["id"])) } { (label_of(x)) } }
                         td { (rights(x)) }
                         td { (presence(x)) }
                         @if w.can_edit { td {
