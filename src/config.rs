@@ -263,8 +263,17 @@ pub enum ConfigError {
     Parse { path: String, msg: String },
     #[error("unknown configuration key `{key}` in {source_name}")]
     UnknownKey { key: String, source_name: String },
+    #[error("{source_name}: `{key}` must be {expected}, not {found}")]
+    Type {
+        source_name: String,
+        key: String,
+        expected: String,
+        found: String,
+    },
     #[error("environment variable {var}: {msg}")]
     Env { var: String, msg: String },
+    #[error("unknown environment variable {var}: no configuration key has that name{hint}")]
+    UnknownEnv { var: String, hint: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -287,6 +296,15 @@ impl MessagesConfig {
             max_string: self.max_senml_string,
         }
     }
+}
+
+/// The configuration file to read: the one named with `--config`, else `./config.toml` when
+/// there is one (a server started in the repository reads the repository's file).
+pub fn locate(named: Option<PathBuf>) -> Option<PathBuf> {
+    named.or_else(|| {
+        let here = PathBuf::from("config.toml");
+        here.is_file().then_some(here)
+    })
 }
 
 impl Config {
@@ -323,6 +341,7 @@ impl Config {
             merge(&mut table, over, "", &path.display().to_string())?;
         }
         let env: std::collections::HashMap<String, String> = env.filter(|(k, _)| k.starts_with("FLUXGATE_")).collect();
+        check_env_names(&table, &env)?;
         apply_env(&mut table, "FLUXGATE", &env)?;
         if let Some(d) = &flags.data_dir {
             table.insert("data_dir".into(), toml::Value::String(d.display().to_string()));
@@ -482,10 +501,110 @@ fn merge(base: &mut toml::Table, over: toml::Table, prefix: &str, source: &str) 
                     msg: format!("`{path}` must be a table"),
                 })
             }
-            (Some(slot), v) => *slot = v,
+            (Some(slot), v) => {
+                same_type(slot, &v).map_err(|expected| ConfigError::Type {
+                    source_name: source.to_string(),
+                    key: path.clone(),
+                    expected,
+                    found: shown(&v),
+                })?;
+                *slot = v
+            }
         }
     }
     Ok(())
+}
+
+/// `Ok` when `given` may replace `default` (same TOML type; a list holds strings); `Err`
+/// says what was expected, with the default as an example.
+fn same_type(default: &toml::Value, given: &toml::Value) -> Result<(), String> {
+    use toml::Value as V;
+    let ok = match (default, given) {
+        (V::String(_), V::String(_)) | (V::Integer(_), V::Integer(_)) | (V::Boolean(_), V::Boolean(_)) => true,
+        (V::Float(_), V::Float(_) | V::Integer(_)) => true,
+        (V::Array(_), V::Array(items)) => items.iter().all(|i| i.is_str()),
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(match default {
+        V::String(s) => format!("a string (like {})", toml::Value::String(s.clone())),
+        V::Integer(i) => format!("an integer (like {i})"),
+        V::Float(f) => format!("a number (like {f})"),
+        V::Boolean(_) => "true or false".to_string(),
+        V::Array(_) => "a list of strings (like [\"a\", \"b\"])".to_string(),
+        other => format!("a {}", other.type_str()),
+    })
+}
+
+/// A given value as an error message shows it.
+fn shown(v: &toml::Value) -> String {
+    match v {
+        toml::Value::Array(_) => format!("the list {v}"),
+        toml::Value::Table(_) => "a table".to_string(),
+        other => format!("{} {other}", other.type_str()),
+    }
+}
+
+/// `FLUXGATE_` variables that are not configuration keys but are read elsewhere: the CLI's
+/// server and config file, and the test suite's (a server started by a test inherits them).
+const OTHER_VARS: &[&str] = &[
+    "FLUXGATE_URL",
+    "FLUXGATE_CLI_CONFIG",
+    "FLUXGATE_TEST_DATABASE_URL",
+    "FLUXGATE_REQUIRE_PEERS",
+    "FLUXGATE_SCREENSHOTS",
+];
+
+/// Every `FLUXGATE_…` name a configuration key is read from.
+fn env_names(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in table {
+        let var = format!("{prefix}_{}", k.to_ascii_uppercase());
+        match v {
+            toml::Value::Table(t) => env_names(t, &var, out),
+            _ => out.push(var),
+        }
+    }
+}
+
+/// Refuses a `FLUXGATE_` variable that names no key (a typo would otherwise be ignored),
+/// suggesting the nearest name.
+fn check_env_names(table: &toml::Table, env: &std::collections::HashMap<String, String>) -> Result<(), ConfigError> {
+    let mut known = Vec::new();
+    env_names(table, "FLUXGATE", &mut known);
+    let mut unknown: Vec<&String> = env
+        .keys()
+        .filter(|k| !known.contains(k) && !OTHER_VARS.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    let Some(var) = unknown.first() else { return Ok(()) };
+    let nearest = known
+        .iter()
+        .map(|k| (edit_distance(k, var), k))
+        .min()
+        .filter(|(d, _)| *d <= 3)
+        .map(|(_, k)| format!(" (did you mean {k}?)"))
+        .unwrap_or_else(|| " (`fluxgate config default` lists the keys; FLUXGATE_SECTION_KEY sets one)".into());
+    Err(ConfigError::UnknownEnv {
+        var: var.to_string(),
+        hint: nearest,
+    })
+}
+
+/// Levenshtein distance (short names only).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// Sets every leaf `a.b` from `FLUXGATE_A_B` when that variable is present, parsed as the

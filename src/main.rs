@@ -22,7 +22,8 @@ struct Cli {
 enum Cmd {
     /// Run the platform.
     Serve {
-        /// Configuration file (TOML); see `fluxgate config default`.
+        /// Configuration file (TOML; default: ./config.toml when there is one); see
+        /// `fluxgate config default`.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Data directory (database, keys).
@@ -78,7 +79,8 @@ enum AdminCmd {
     /// Give the super-admin a new password (generated, or FLUXGATE_ADMIN_PASSWORD), creating
     /// it if the first start did not finish. Run it while the server is stopped.
     ResetPassword {
-        /// Configuration file (TOML), as given to `serve`.
+        /// Configuration file (TOML), as given to `serve` (default: ./config.toml when there
+        /// is one).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Data directory, as given to `serve`.
@@ -143,6 +145,7 @@ fn main() -> ExitCode {
                 data_dir,
                 ..Default::default()
             };
+            let config = fluxgate::config::locate(config);
             let cfg = match Config::load(config.as_deref(), std::env::vars(), &flags) {
                 Ok(c) => c,
                 Err(e) => {
@@ -209,6 +212,7 @@ fn main() -> ExitCode {
                 mqtts_addr,
                 wss_addr,
             };
+            let config = fluxgate::config::locate(config);
             let cfg = match Config::load(config.as_deref(), std::env::vars(), &flags) {
                 Ok(c) => c,
                 Err(e) => {
@@ -217,6 +221,12 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log.level, cfg.log.format);
+            match &config {
+                Some(f) => tracing::info!(file = %f.display(), "configuration file read"),
+                None => tracing::info!(
+                    "no configuration file: embedded defaults, environment and flags (--config FILE, or a config.toml in the working directory)"
+                ),
+            }
             raise_open_file_limit();
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
