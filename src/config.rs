@@ -592,8 +592,8 @@ fn check_env_names(table: &toml::Table, env: &std::collections::HashMap<String, 
     })
 }
 
-/// Levenshtein distance (short names only).
-fn edit_distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance (short names only; also the CLI's suggestions).
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

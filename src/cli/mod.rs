@@ -114,6 +114,10 @@ pub struct Api {
     url: String,
     http: reqwest::Client,
     saved_token: Option<String>,
+    /// Saved with the token: renews it when the server says it expired.
+    saved_refresh: Option<String>,
+    /// The saved token's renewal, once this command renewed it.
+    renewed: std::sync::Mutex<Option<String>>,
 }
 
 pub enum Auth<'a> {
@@ -123,7 +127,42 @@ pub enum Auth<'a> {
 }
 
 impl Api {
+    /// One request. With the saved token, an expired one is renewed once with the saved
+    /// refresh token (both saved again) and the request sent again.
     async fn call(&self, method: reqwest::Method, path: &str, auth: Auth<'_>, body: Option<Value>) -> Res {
+        let saved = matches!(auth, Auth::Bearer(t) if Some(t) == self.saved_token.as_deref());
+        if !saved {
+            return self.call_once(method, path, auth, body).await;
+        }
+        if let Some(t) = self.renewed.lock().ok().and_then(|r| r.clone()) {
+            return self.call_once(method, path, Auth::Bearer(&t), body).await;
+        }
+        let out = self.call_once(method.clone(), path, auth, body.clone()).await;
+        let expired = matches!(&out, Err(Fail::Msg(m)) if m.starts_with("HTTP 401"));
+        let Some(refresh) = self.saved_refresh.as_deref().filter(|_| expired) else {
+            return out;
+        };
+        let pair = self
+            .call_once(
+                reqwest::Method::POST,
+                "/users/tokens/refresh",
+                Auth::Bearer(refresh),
+                None,
+            )
+            .await;
+        let Ok(Some(pair)) = pair else { return out };
+        let (Some(access), Some(refresh)) = (pair["access_token"].as_str(), pair["refresh_token"].as_str()) else {
+            return out;
+        };
+        save_config("token", access)?;
+        save_config("refresh_token", refresh)?;
+        if let Ok(mut r) = self.renewed.lock() {
+            *r = Some(access.to_string());
+        }
+        self.call_once(method, path, Auth::Bearer(access), body).await
+    }
+
+    async fn call_once(&self, method: reqwest::Method, path: &str, auth: Auth<'_>, body: Option<Value>) -> Res {
         let mut r = self.http.request(method, format!("{}{path}", self.url));
         match auth {
             Auth::None => {}
@@ -217,6 +256,18 @@ pub fn completion_command(mut cmd: clap::Command) -> clap::Command {
 /// Runs an entity command; prints the result; returns the exit code.
 pub fn run(a: Args) -> ExitCode {
     let entity = a.words.first().cloned().unwrap_or_default();
+    if !table::ENTITIES.contains(&entity.as_str()) && !entity.is_empty() {
+        let nearest = table::ENTITIES
+            .iter()
+            .map(|e| (crate::config::edit_distance(e, &entity), *e))
+            .min()
+            .filter(|(d, _)| *d <= 2)
+            .map(|(_, e)| format!(" (did you mean `{e}`?)"))
+            .unwrap_or_default();
+        eprintln!("error: unknown command `{entity}`{nearest}");
+        eprintln!("{}", top());
+        return ExitCode::from(2);
+    }
     if a.help || a.words.len() < 2 {
         println!("{}", usage(&entity));
         return if a.help { ExitCode::SUCCESS } else { ExitCode::from(2) };
@@ -232,6 +283,8 @@ pub fn run(a: Args) -> ExitCode {
         url: url.trim_end_matches('/').to_string(),
         http: reqwest::Client::new(),
         saved_token: cfg["token"].as_str().map(String::from),
+        saved_refresh: cfg["refresh_token"].as_str().map(String::from),
+        renewed: std::sync::Mutex::new(None),
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -264,6 +317,10 @@ pub fn run(a: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(Fail::Usage) => {
+            eprintln!(
+                "error: `fluxgate {}` is not a command, or a word it needs is missing (a token: save one with `users token … --save`)",
+                a.words.join(" ")
+            );
             eprintln!("{}", usage(&entity));
             ExitCode::from(2)
         }
@@ -385,8 +442,13 @@ async fn irregular(api: &Api, a: &Args, entity: &str, w: &[&str]) -> Option<Res>
         ("users", ["token", identity, password]) => {
             let body = json!({"identity": identity, "secret": password});
             match api.call(M::POST, "/users/tokens/issue", Auth::None, Some(body)).await {
-                Ok(v) => match v.as_ref().and_then(|v| v["access_token"].as_str()) {
-                    Some(t) if a.save => save_config("token", t).map(|()| v),
+                Ok(v) => match v
+                    .as_ref()
+                    .map(|v| (v["access_token"].as_str(), v["refresh_token"].as_str()))
+                {
+                    Some((Some(t), refresh)) if a.save => save_config("token", t)
+                        .and_then(|()| refresh.map_or(Ok(()), |r| save_config("refresh_token", r)))
+                        .map(|()| v),
                     _ => Ok(v),
                 },
                 Err(e) => Err(e),
@@ -445,7 +507,11 @@ async fn irregular(api: &Api, a: &Args, entity: &str, w: &[&str]) -> Option<Res>
                 Err(e) => Err(e),
             }
         }
-        ("messages", ["read", channel, cred]) => {
+        ("messages", ["read", channel, rest @ ..]) => {
+            let cred = match token(api, rest) {
+                Ok(c) => c,
+                Err(e) => return Some(Err(e)),
+            };
             // A JWT has three dot-separated parts; anything else is a client secret.
             let auth = if cred.split('.').count() == 3 {
                 Auth::Bearer(cred)

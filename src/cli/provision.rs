@@ -111,21 +111,59 @@ fn rows(file: &str) -> Result<(Option<usize>, Rows), Fail> {
         .lines()
         .filter(|l| l.as_ref().is_ok_and(|l| !l.trim().is_empty()))
         .count();
+    let mut columns: Vec<String> = DEFAULT_COLUMNS.iter().map(|c| c.to_string()).collect();
     let it = std::io::BufReader::new(f)
         .lines()
         .enumerate()
-        .filter_map(|(i, line)| match line {
+        .filter_map(move |(i, line)| match line {
             Err(e) => Some(Err(format!("row {}: {e}", i + 1))),
             Ok(l) if l.trim().is_empty() => None,
             Ok(l) => {
-                let name = csv_fields(&l).into_iter().next().unwrap_or_default();
-                if i == 0 && name.eq_ignore_ascii_case("name") {
+                let fields = csv_fields(&l);
+                if i == 0 && fields.first().is_some_and(|f| f.eq_ignore_ascii_case("name")) {
+                    columns = fields.iter().map(|f| f.to_ascii_lowercase()).collect();
                     return None;
                 }
-                Some(Ok((i + 1, json!({"name": name}))))
+                Some(
+                    csv_row(&columns, fields)
+                        .map(|v| (i + 1, v))
+                        .map_err(|e| format!("row {}: {e}", i + 1)),
+                )
             }
         });
     Ok((Some(total), Box::new(it)))
+}
+
+/// The columns of a CSV file without a header row.
+const DEFAULT_COLUMNS: &[&str] = &["name", "tags", "metadata"];
+
+/// One CSV row as the API's object: `name`, `description`, `status` and `id` as text, `tags`
+/// separated by `;` or `|`, `metadata` as JSON; empty fields are left out.
+fn csv_row(columns: &[String], fields: Vec<String>) -> Result<Value, String> {
+    let mut o = serde_json::Map::new();
+    for (col, v) in columns.iter().zip(fields) {
+        if v.is_empty() {
+            continue;
+        }
+        let value = match col.as_str() {
+            "name" | "description" | "status" | "id" => Value::String(v),
+            "tags" => Value::Array(
+                v.split([';', '|'])
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| Value::String(t.to_string()))
+                    .collect(),
+            ),
+            "metadata" => serde_json::from_str(&v).map_err(|e| format!("metadata is not valid JSON: {e}"))?,
+            other => {
+                return Err(format!(
+                    "unknown column `{other}` (columns: name, tags, metadata, description, status, id)"
+                ))
+            }
+        };
+        o.insert(col.clone(), value);
+    }
+    Ok(Value::Object(o))
 }
 
 fn summary(created: &[Value], failures: &[(usize, String)]) -> Res {
@@ -297,5 +335,25 @@ mod tests {
         assert_eq!(csv_fields("client1,"), vec!["client1", ""]);
         assert_eq!(csv_fields(r#""a, b",c"#), vec!["a, b", "c"]);
         assert_eq!(csv_fields(r#""say ""hi""""#), vec![r#"say "hi""#]);
+    }
+
+    #[test]
+    fn csv_rows_keep_tags_and_metadata() {
+        let cols: Vec<String> = DEFAULT_COLUMNS.iter().map(|c| c.to_string()).collect();
+        let row = csv_row(&cols, csv_fields(r#"kitchen,"a; b|c","{""floor"":1}""#)).expect("row");
+        assert_eq!(
+            row,
+            json!({"name": "kitchen", "tags": ["a", "b", "c"], "metadata": {"floor": 1}})
+        );
+        assert_eq!(
+            csv_row(&cols, csv_fields("lone")).expect("row"),
+            json!({"name": "lone"})
+        );
+        let named: Vec<String> = ["name", "description"].iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            csv_row(&named, csv_fields("x,the hall")).expect("row"),
+            json!({"name": "x", "description": "the hall"})
+        );
+        assert!(csv_row(&cols, csv_fields("x,,{not json")).is_err());
     }
 }

@@ -426,7 +426,7 @@ pub static IRREGULAR: &[(&str, &str, &[&str])] = &[
     ),
     (
         "messages",
-        "read <channel_id> <token or client secret> [--offset N --limit N --name X ...]",
+        "read <channel_id> [<token or client secret>] [--offset N --limit N --name X ...]",
         &["read"],
     ),
     (

@@ -468,3 +468,77 @@ async fn certificate_commands() {
     let ca = cli.run(&["certs", "ca"]).await;
     assert!(ca.ok().stdout.starts_with("-----BEGIN CERTIFICATE-----"));
 }
+
+/// First contact 8: `messages read` uses the saved token; a saved token that expired is
+/// renewed with the saved refresh token; a mistyped command is named; provisioning keeps the
+/// tags of CSV and JSON rows.
+#[tokio::test]
+async fn saved_tokens_renew_typos_are_named_and_provisioning_keeps_tags() {
+    let app = TestApp::spawn().await;
+    let cli = Cli::new(&app);
+    let login = cli.json(&["users", "token", "admin", ADMIN_PASSWORD, "--save"]).await;
+    let t = s(&login, "access_token");
+    let d = app.domain(&t, "first").await;
+    let h = app.channel(&t, &d, "kitchen").await;
+    let (c, secret) = app.device(&t, &d).await;
+    app.connect(&t, &d, &c, &h, &["publish"]).await;
+    cli.run(&[
+        "messages",
+        "send",
+        &format!("{h}/room"),
+        r#"[{"n":"temp","v":21.5}]"#,
+        &secret,
+    ])
+    .await
+    .ok();
+    app.stored_at_least(1).await;
+    let read = cli
+        .json(&["messages", "read", &h, "--limit", "5", "--name", "temp"])
+        .await;
+    assert_eq!(read["total"], 1, "{read}");
+
+    // The saved access token is worthless now; the refresh token renews it.
+    let mut saved: Value = serde_json::from_str(&std::fs::read_to_string(&cli.config).expect("config")).expect("json");
+    assert!(saved["refresh_token"].is_string(), "{saved}");
+    saved["token"] = "expired.token.value".into();
+    std::fs::write(&cli.config, saved.to_string()).expect("write");
+    let profile = cli.json(&["users", "profile"]).await;
+    assert_eq!(profile["credentials"]["username"], "admin", "{profile}");
+    let renewed: Value = serde_json::from_str(&std::fs::read_to_string(&cli.config).expect("config")).expect("json");
+    assert_ne!(renewed["token"], "expired.token.value", "the new token is saved");
+
+    let out = cli.run(&["user", "profile"]).await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("unknown command `user`") && out.stderr.contains("did you mean `users`"),
+        "{}",
+        out.stderr
+    );
+    let out = cli.run(&["users", "profil"]).await;
+    assert!(
+        out.stderr.contains("`fluxgate users profil` is not a command"),
+        "{}",
+        out.stderr
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let csv = dir.path().join("channels.csv");
+    std::fs::write(
+        &csv,
+        "name,tags,metadata\nhall,\"ground;public\",\"{\"\"floor\"\":0}\"\n",
+    )
+    .expect("w");
+    let v = cli
+        .json(&["provision", "channels", csv.to_str().expect("p"), &d, &t])
+        .await;
+    assert_eq!(v["entities"][0]["tags"], serde_json::json!(["ground", "public"]), "{v}");
+    assert_eq!(v["entities"][0]["metadata"]["floor"], 0, "{v}");
+    let json_file = dir.path().join("channels.json");
+    std::fs::write(&json_file, r#"[{"name": "attic", "tags": ["top"]}]"#).expect("w");
+    let v = cli
+        .json(&["provision", "channels", json_file.to_str().expect("p"), &d, &t])
+        .await;
+    let id = s(&v["entities"][0], "id");
+    let (_, got) = app.get(&format!("/{d}/channels/{id}"), &t).await;
+    assert_eq!(got["tags"], serde_json::json!(["top"]), "{got}");
+}
