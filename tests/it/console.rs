@@ -549,31 +549,3 @@ async fn a_channel_page_shows_its_history_with_the_readers_filters() {
     );
     assert!(bad.body.contains("id=\"live\""));
 }
-
-/// First contact 5: clients and channels created without a name (`{}`; the API accepts it, as
-/// Magistrala does for clients) are listed with their id as the link text, and their pages
-/// open titled by it. (Groups need a name, as in Magistrala.)
-#[tokio::test]
-async fn nameless_entities_are_shown_by_their_id() {
-    let app = TestApp::spawn().await;
-    let token = app.admin_token().await;
-    let d = app.domain(&token, "nameless").await;
-    let mut b = Browser::new(&app);
-    assert_eq!(b.login("admin", ADMIN_PASSWORD).await.status, 303);
-    for kind in ["clients", "channels"] {
-        let (s, v) = app.post(&format!("/{d}/{kind}"), Some(&token), json!({})).await;
-        assert_eq!(s, 201, "{kind}: {v}");
-        let id = v["id"].as_str().expect("id");
-        let list = b.get(&format!("/console/d/{d}/{kind}")).await;
-        assert_eq!(list.status, 200, "{}", list.body);
-        let link = format!("<a href=\"/console/d/{d}/{kind}/{id}\">{id}</a>");
-        assert!(list.body.contains(&link), "{kind}: no {link} in\n{}", list.body);
-        let page = b.get(&format!("/console/d/{d}/{kind}/{id}")).await;
-        assert_eq!(page.status, 200, "{kind}: {}", page.body);
-        assert!(
-            page.body.contains(&format!("<h1>{id}")),
-            "{kind}: titled by its id\n{}",
-            page.body
-        );
-    }
-}

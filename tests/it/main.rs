@@ -18,6 +18,7 @@ mod cluster_env;
 mod cluster_faults;
 mod config;
 mod console;
+mod console_forms;
 mod domains;
 mod durable;
 mod engine;

@@ -111,10 +111,46 @@ impl Form {
     }
 }
 
-/// An error shown next to the form that caused it.
+/// An error shown next to the form that caused it, with what the user typed there (shown
+/// again, so nothing is lost) and the field the error is about (marked).
 pub struct Notice {
     pub form: String,
     pub message: String,
+    /// The form's fields as submitted (never the CSRF token or a secret).
+    pub values: Vec<(String, String)>,
+}
+
+/// The fields a message is about: the first field name it mentions.
+const FIELDS: &[&str] = &["metadata", "tags", "description", "name"];
+
+impl Notice {
+    fn new(form: &Form, action: &str, e: &ApiError) -> Notice {
+        Notice {
+            form: action.to_string(),
+            message: e.to_string(),
+            values: form
+                .0
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "csrf" | "secret" | "password" | "new_password"))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// What was typed into `field` of `form`, when this notice is about that form.
+    pub fn typed(&self, form: &str, field: &str) -> Option<&str> {
+        (self.form == form)
+            .then(|| self.values.iter().find(|(k, _)| k == field).map(|(_, v)| v.as_str()))
+            .flatten()
+    }
+
+    /// The field of `form` the error is about, if it names one.
+    pub fn field(&self, form: &str) -> Option<&'static str> {
+        let m = self.message.to_ascii_lowercase();
+        (self.form == form)
+            .then(|| FIELDS.iter().copied().find(|f| m.contains(f)))
+            .flatten()
+    }
 }
 
 /// Serves one console request. Errors are rendered as pages by the caller's edge.
@@ -580,10 +616,7 @@ impl Cx {
 
     async fn post(&self, segs: &[&str], req: &Request, form: Form) -> Result<Reply, ApiError> {
         let action = form.get("action").to_string();
-        let notice = |e: &ApiError| Notice {
-            form: action.clone(),
-            message: e.to_string(),
-        };
+        let notice = |e: &ApiError| Notice::new(&form, &action, e);
         let r = match segs {
             ["logout"] => {
                 // Revoke the token family first: the tokens die even if the cookie survives.

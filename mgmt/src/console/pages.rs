@@ -20,6 +20,17 @@ fn csrf(s: &Session) -> Markup {
     html! { input type="hidden" name="csrf" value=(s.csrf); }
 }
 
+/// What to show in `field` of `form`: what the user typed when that form was refused,
+/// else `current`.
+fn kept<'a>(n: Option<&'a Notice>, form: &str, field: &str, current: &'a str) -> &'a str {
+    n.and_then(|n| n.typed(form, field)).unwrap_or(current)
+}
+
+/// `Some("true")` for the field of `form` an error is about (its `aria-invalid`).
+fn bad(n: Option<&Notice>, form: &str, field: &str) -> Option<&'static str> {
+    (n.and_then(|n| n.field(form)) == Some(field)).then_some("true")
+}
+
 /// The error box of one form, when the notice is about it.
 fn notice_for(n: Option<&Notice>, form: &str) -> Markup {
     html! {
@@ -348,9 +359,9 @@ pub fn list(
                 form #create method="post" action=(here) {
                     (csrf(s))
                     input type="hidden" name="action" value="create";
-                    label { "Name" input name="name" required; }
-                    label { "Tags (comma-separated)" input name="tags"; }
-                    label { "Metadata (JSON object)" textarea name="metadata" rows="2" {} }
+                    label { "Name" input name="name" required value=(kept(n, "create", "name", "")) aria-invalid=[bad(n, "create", "name")]; }
+                    label { "Tags (comma-separated)" input name="tags" value=(kept(n, "create", "tags", "")) aria-invalid=[bad(n, "create", "tags")]; }
+                    label { "Metadata (JSON object)" textarea name="metadata" rows="2" aria-invalid=[bad(n, "create", "metadata")] { (kept(n, "create", "metadata", "")) } }
                     @if k == Kind::Clients { label { "Secret (empty: generated)" input name="secret" autocomplete="off"; } }
                     button type="submit" { "Create" }
                 }
@@ -462,16 +473,16 @@ pub fn entity(s: &Session, w: &Where, p: &Entity, n: Option<&Notice>) -> Markup 
                 form #update method="post" action=(here) {
                     (csrf(s))
                     input type="hidden" name="action" value="update";
-                    label { "Name" input name="name" value=(str_of(e, &["name"])); }
-                    @if k != Kind::Clients { label { "Description" input name="description" value=(desc); } }
-                    label { "Metadata (JSON object)" textarea name="metadata" rows="3" { (metadata_text(e)) } }
+                    label { "Name" input name="name" value=(kept(n, "update", "name", str_of(e, &["name"]))) aria-invalid=[bad(n, "update", "name")]; }
+                    @if k != Kind::Clients { label { "Description" input name="description" value=(kept(n, "update", "description", &desc)) aria-invalid=[bad(n, "update", "description")]; } }
+                    label { "Metadata (JSON object)" textarea name="metadata" rows="3" aria-invalid=[bad(n, "update", "metadata")] { (kept(n, "update", "metadata", &metadata_text(e))) } }
                     button type="submit" { "Save" }
                 }
                 (notice_for(n, "tags"))
                 form #tags method="post" action=(here) {
                     (csrf(s))
                     input type="hidden" name="action" value="tags";
-                    label { "Tags (comma-separated)" input name="tags" value=(tags_text(e)); }
+                    label { "Tags (comma-separated)" input name="tags" value=(kept(n, "tags", "tags", &tags_text(e))) aria-invalid=[bad(n, "tags", "tags")]; }
                     button type="submit" { "Save tags" }
                 }
                 p.actions {
