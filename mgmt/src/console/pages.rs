@@ -474,7 +474,7 @@ pub fn entity(s: &Session, w: &Where, p: &Entity, n: Option<&Notice>) -> Markup 
                     (csrf(s))
                     input type="hidden" name="action" value="update";
                     label { "Name" input name="name" value=(kept(n, "update", "name", str_of(e, &["name"]))) aria-invalid=[bad(n, "update", "name")]; }
-                    @if k != Kind::Clients { label { "Description" input name="description" value=(kept(n, "update", "description", &desc)) aria-invalid=[bad(n, "update", "description")]; } }
+                    @if k != Kind::Clients { label { "Description" input name="description" value=(kept(n, "update", "description", desc)) aria-invalid=[bad(n, "update", "description")]; } }
                     label { "Metadata (JSON object)" textarea name="metadata" rows="3" aria-invalid=[bad(n, "update", "metadata")] { (kept(n, "update", "metadata", &metadata_text(e))) } }
                     button type="submit" { "Save" }
                 }
