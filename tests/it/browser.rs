@@ -344,19 +344,24 @@ async fn console_end_to_end_in_chromium() {
     }
     let first = b.text("#live tr.live-row:last-child").await;
     assert!(first.contains("21.5") && first.contains("Cel"), "{first}");
+    let year = time::OffsetDateTime::now_utc().year();
+    assert!(
+        first.contains(&format!("{year}-")),
+        "an ISO 8601 time, not a Unix float: {first}"
+    );
 
     // The chart of that measurement renders: an SVG with a point per message.
     app.stored_at_least(3).await;
     b.fill("#chart-form input[name=chart_name]", "temp").await;
     b.fill("#chart-form input[name=chart_interval]", "1s").await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    b.fill("#chart-form input[name=chart_from]", &(now - 300).to_string())
-        .await;
-    b.fill("#chart-form input[name=chart_to]", &(now + 60).to_string())
-        .await;
+    // The range pickers hold the browser's local time (the page adds its zone offset).
+    b.script(
+        "const local = (ms) => { const d = new Date(ms); return new Date(ms - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); };
+         document.querySelector('#chart-form input[name=chart_from]').value = local(Date.now() - 300000);
+         document.querySelector('#chart-form input[name=chart_to]').value = local(Date.now() + 60000);",
+        json!([]),
+    )
+    .await;
     b.submit("#chart-form button").await;
     let chart = b
         .script_async(

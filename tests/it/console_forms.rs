@@ -81,3 +81,71 @@ async fn nameless_entities_are_shown_by_their_id() {
         );
     }
 }
+
+/// First contact 4: the channel page's history shows raw and JSON messages (the README's own
+/// `-m hi`), times as ISO 8601, and date-time pickers for the chart and the history range
+/// (a picker's local time plus the browser's offset `tz` filters as it should).
+#[tokio::test]
+async fn the_history_shows_every_payload_with_iso_times_and_pickers() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let d = app.domain(&token, "history").await;
+    let h = app.channel(&token, &d, "hall").await;
+    let (c, secret) = app.device(&token, &d).await;
+    app.connect(&token, &d, &c, &h, &["publish"]).await;
+    // `mosquitto_pub -m hi`: a raw payload over MQTT; and a JSON one over HTTP.
+    let conn = crate::raw::Connect::new(false, "history-pub", &c, &secret);
+    let mut p = crate::raw::Raw::ok(app.mqtt_addr, &conn).await;
+    p.publish(&format!("channels/{h}/messages"), b"hi", 1, false, 1).await;
+    let auth = format!("Client {secret}");
+    let path = format!("/http/channels/{h}/messages");
+    assert_eq!(
+        app.send(&path, &auth, "application/json", r#"{"door":"open","n":1}"#)
+            .await
+            .0,
+        202
+    );
+    app.stored_at_least(2).await;
+    let mut b = Browser::new(&app);
+    assert_eq!(b.login("admin", ADMIN_PASSWORD).await.status, 303);
+    let here = format!("/console/d/{d}/channels/{h}");
+    let page = b.get(&here).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let history = &page.body[page.body.find("id=\"history\"").expect("history")..];
+    assert!(
+        history.contains("<pre class=\"payload\">hi</pre>"),
+        "the raw message:\n{history}"
+    );
+    assert!(
+        history.contains("&quot;door&quot;: &quot;open&quot;"),
+        "the JSON message, pretty:\n{history}"
+    );
+    let year = time::OffsetDateTime::now_utc().year();
+    assert!(
+        history.contains(&format!("<time datetime=\"{year}-")),
+        "ISO times:\n{history}"
+    );
+    assert!(!page.body.contains("Unix s"), "no Unix seconds asked for");
+    assert!(page
+        .body
+        .contains("type=\"datetime-local\" step=\"1\" name=\"chart_from\""));
+    assert!(page.body.contains("type=\"datetime-local\" step=\"1\" name=\"from\""));
+    // A range in local time, 60 minutes ahead of UTC (tz=-60): an hour ago .. in an hour.
+    let local = |offset_h: i64| {
+        let t = time::OffsetDateTime::now_utc() + time::Duration::hours(1 + offset_h);
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        )
+    };
+    let within = b
+        .get(&format!("{here}?from={}&to={}&tz=-60", local(-1), local(1)))
+        .await;
+    assert!(within.body.contains("2 messages in all"), "{}", within.body);
+    let later = b.get(&format!("{here}?from={}&tz=-60", local(1))).await;
+    assert!(later.body.contains("0 messages in all"), "{}", later.body);
+}

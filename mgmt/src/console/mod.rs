@@ -12,6 +12,7 @@
 
 mod pages;
 pub mod session;
+mod times;
 
 use crate::auth::TokenKind;
 use crate::error::ApiError;
@@ -933,12 +934,23 @@ impl Cx {
                 page.related = self
                     .get_json(&format!("{base}/clients"), &[("limit", "100".into())])
                     .await?;
+                let tz: i64 = req.q("tz").and_then(|t| t.parse().ok()).unwrap_or(0);
                 let mut q: Vec<(&str, String)> = vec![("limit", "20".into())];
                 for key in std::iter::once("offset").chain(MSG_FILTERS.iter().copied()) {
                     if let Some(v) = req.q(key) {
-                        q.push((key, v.to_string()));
+                        // Times come from date-time pickers: the readers take Unix seconds.
+                        let sent = match key {
+                            "from" | "to" => times::to_unix(v, tz),
+                            _ => Some(v.to_string()),
+                        };
+                        if let Some(sent) = sent {
+                            q.push((key, sent));
+                        }
                         page.msg_filters.push((key, v.to_string()));
                     }
+                }
+                if let Some(tz) = req.q("tz") {
+                    page.msg_filters.push(("tz", tz.to_string()));
                 }
                 page.history = match self.get_json(&format!("/{d}/channels/{id}/messages"), &q).await {
                     Ok(v) => v,
@@ -948,6 +960,8 @@ impl Cx {
                     name: req.q("chart_name").unwrap_or("").to_string(),
                     from: req.q("chart_from").unwrap_or("").to_string(),
                     to: req.q("chart_to").unwrap_or("").to_string(),
+                    from_unix: times::to_unix(req.q("chart_from").unwrap_or(""), tz).unwrap_or_default(),
+                    to_unix: times::to_unix(req.q("chart_to").unwrap_or(""), tz).unwrap_or_default(),
                     interval: req.q("chart_interval").unwrap_or("").to_string(),
                     aggregation: req.q("chart_aggregation").unwrap_or("").to_string(),
                 };

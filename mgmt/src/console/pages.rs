@@ -403,8 +403,11 @@ pub fn list(
 #[derive(Default)]
 pub struct ChartForm {
     pub name: String,
+    /// As typed (a picker's local time) and as the chart takes it (Unix seconds).
     pub from: String,
     pub to: String,
+    pub from_unix: String,
+    pub to_unix: String,
     pub interval: String,
     pub aggregation: String,
 }
@@ -634,8 +637,8 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
     let chart_src = (!c.name.is_empty()).then(|| {
         let mut q = vec![format!("name={}", crate::http::percent_encode(&c.name))];
         for (k, v) in [
-            ("from", &c.from),
-            ("to", &c.to),
+            ("from", &c.from_unix),
+            ("to", &c.to_unix),
             ("interval", &c.interval),
             ("aggregation", &c.aggregation),
         ] {
@@ -659,8 +662,8 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
             h2 { "Chart" }
             form.search #chart-form method="get" action=(here) {
                 label { "Measurement name" input name="chart_name" value=(c.name) required; }
-                label { "From (Unix s)" input name="chart_from" value=(c.from); }
-                label { "To (Unix s)" input name="chart_to" value=(c.to); }
+                label { "From" input type="datetime-local" step="1" name="chart_from" value=(super::times::picker(&c.from)); }
+                label { "To" input type="datetime-local" step="1" name="chart_to" value=(super::times::picker(&c.to)); }
                 label { "Interval (e.g. 10s, 1m, 1h)" input name="chart_interval" value=(c.interval); }
                 label { "Aggregation" select name="chart_aggregation" {
                     @for a in ["", "avg", "min", "max", "sum", "count"] { option value=(a) selected[a == c.aggregation] { (if a.is_empty() { "avg" } else { a }) } }
@@ -677,7 +680,11 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
             form.search method="get" action=(here) {
                 @for key in super::MSG_FILTERS {
                     @let v = p.msg_filters.iter().find(|(k, _)| k == key).map_or("", |(_, v)| v.as_str());
-                    label { (key) input name=(key) value=(v); }
+                    @if matches!(*key, "from" | "to") {
+                        label { (key) input type="datetime-local" step="1" name=(key) value=(super::times::picker(v)); }
+                    } @else {
+                        label { (key) input name=(key) value=(v); }
+                    }
                 }
                 button type="submit" { "Filter" }
             }
@@ -687,12 +694,12 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
                 table #messages {
                     thead { tr { th { "Time" } th { "Publisher" } th { "Subtopic" } th { "Protocol" } th { "Name" } th { "Value" } th { "Unit" } } }
                     tbody { @for m in &msgs { tr {
-                        td { (m.get("time").map(Value::to_string).unwrap_or_default()) }
+                        td { @if let Some(t) = m.get("time").and_then(Value::as_f64).and_then(super::times::iso) { time datetime=(t) data-local { (t) } } }
                         td { code { (str_of(m, &["publisher"])) } }
                         td { (str_of(m, &["subtopic"])) }
                         td { (str_of(m, &["protocol"])) }
                         td { (str_of(m, &["name"])) }
-                        td { (["value", "string_value", "bool_value", "data_value"].iter().find_map(|k| m.get(*k)).map(|v| match v { Value::String(s) => s.clone(), v => v.to_string() }).unwrap_or_default()) }
+                        td { (value_cell(m)) }
                         td { (str_of(m, &["unit"])) }
                     } } }
                 }
@@ -733,6 +740,23 @@ fn channel_parts(s: &Session, w: &Where, p: &Entity, here: &str, n: Option<&Noti
             }
         }
         span hidden data-channel=(id) {}
+    }
+}
+
+/// A stored message's value: a SenML record's value, or the payload of a JSON message
+/// (pretty-printed) or a raw one (as text).
+fn value_cell(m: &Value) -> Markup {
+    let senml = ["value", "string_value", "bool_value", "data_value"]
+        .iter()
+        .find_map(|k| m.get(*k));
+    html! {
+        @match (senml, m.get("payload")) {
+            (Some(Value::String(s)), _) => (s),
+            (Some(v), _) => (v.to_string()),
+            (None, Some(Value::String(raw))) => pre.payload { (raw) },
+            (None, Some(json)) => pre.payload { (serde_json::to_string_pretty(json).unwrap_or_default()) },
+            (None, None) => "",
+        }
     }
 }
 

@@ -15,6 +15,30 @@
   }, every);
 })();
 
+// Times: ISO 8601 in the browser's zone, e.g. 2026-12-07T11:15:30.562+01:00.
+function localIso(unixSeconds) {
+  if (unixSeconds == null || unixSeconds === "" || isNaN(Number(unixSeconds))) return "";
+  const d = new Date(Number(unixSeconds) * 1000);
+  const pad = (n, w) => String(Math.abs(n)).padStart(w || 2, "0");
+  const off = -d.getTimezoneOffset();
+  const zone = off === 0 ? "Z" : (off > 0 ? "+" : "-") + pad(Math.trunc(off / 60)) + ":" + pad(off % 60);
+  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + "T" + pad(d.getHours()) + ":" +
+    pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + "." + pad(d.getMilliseconds(), 3) + zone;
+}
+(function times() {
+  for (const t of document.querySelectorAll("time[data-local]")) {
+    const ms = Date.parse(t.getAttribute("datetime"));
+    if (!isNaN(ms)) { t.textContent = localIso(ms / 1000); t.title = t.getAttribute("datetime"); }
+  }
+  // Date-time pickers hold local time: the server converts with the browser's offset.
+  for (const f of document.querySelectorAll("form.search")) {
+    if (!f.querySelector('input[type="datetime-local"]') || f.querySelector('input[name="tz"]')) continue;
+    const tz = document.createElement("input");
+    tz.type = "hidden"; tz.name = "tz"; tz.value = String(new Date().getTimezoneOffset());
+    f.appendChild(tz);
+  }
+})();
+
 // Live messages of a channel (Server-Sent Events).
 (function live() {
   const table = document.getElementById("live");
@@ -28,18 +52,22 @@
   source.addEventListener("message", (ev) => {
     let m;
     try { m = JSON.parse(ev.data); } catch (_) { return; }
-    const records = Array.isArray(m.senml) && m.senml.length ? m.senml : [{ n: "", v: m.payload != null ? m.payload : (m.payload_bytes + " bytes") }];
+    let payload = m.payload == null ? (m.payload_bytes + " bytes") : m.payload;
+    if (typeof payload === "string") {
+      try { const j = JSON.parse(payload); if (j !== null && typeof j === "object") payload = JSON.stringify(j, null, 2); } catch (_) { /* raw text */ }
+    }
+    const records = Array.isArray(m.senml) && m.senml.length ? m.senml : [{ n: "", v: payload }];
     for (const r of records) {
       const tr = document.createElement("tr");
       tr.className = "live-row";
-      cell(tr, m.received_at);
+      cell(tr, localIso(m.received_at));
       cell(tr, m.publisher);
       cell(tr, m.subtopic);
       cell(tr, m.protocol);
       cell(tr, r.n);
       cell(tr, r.v != null ? r.v : (r.vs != null ? r.vs : (r.vb != null ? r.vb : r.vd)));
       cell(tr, r.u);
-      cell(tr, r.t);
+      cell(tr, localIso(r.t));
       body.insertBefore(tr, body.firstChild);
     }
     while (body.rows.length > 200) body.deleteRow(body.rows.length - 1);
