@@ -149,3 +149,100 @@ async fn the_history_shows_every_payload_with_iso_times_and_pickers() {
     let later = b.get(&format!("{here}?from={}&tz=-60", local(1))).await;
     assert!(later.body.contains("0 messages in all"), "{}", later.body);
 }
+
+/// First contact 6: the super-admin manages users in the console (create, disable, enable,
+/// send a password reset) and anyone changes their own password there; another user is
+/// refused the users page.
+#[tokio::test]
+async fn the_super_admin_manages_users_and_anyone_changes_their_password() {
+    let app = TestApp::spawn().await;
+    let mut admin = Browser::new(&app);
+    assert_eq!(admin.login("admin", ADMIN_PASSWORD).await.status, 303);
+    let home = admin.get("/console/").await;
+    assert!(
+        home.body.contains("href=\"/console/users\""),
+        "a Users link for the super-admin"
+    );
+    let csrf = admin.csrf("/console/users").await;
+    let created = admin
+        .post(
+            "/console/users",
+            &[
+                ("csrf", &csrf),
+                ("action", "create"),
+                ("first_name", "Dana"),
+                ("last_name", "Scully"),
+                ("email", "dana@example.com"),
+                ("username", "dana"),
+                ("password", "dana-password"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (created.status, created.location()),
+        (303, "/console/users"),
+        "{}",
+        created.body
+    );
+    let (s, v) = app.get("/users?name=dana", &app.admin_token().await).await;
+    assert_eq!(s, 200, "{v}");
+    let dana = v["users"][0]["id"].as_str().expect("dana").to_string();
+    let act = |a: &'static str| {
+        [
+            ("csrf", csrf.clone()),
+            ("action", a.to_string()),
+            ("user", dana.clone()),
+        ]
+    };
+    let page = admin.post("/console/users", &to_refs(&act("disable"))).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(app.login("dana", "dana-password").await.0, 401, "disabled");
+    assert_eq!(admin.post("/console/users", &to_refs(&act("enable"))).await.status, 303);
+    assert_eq!(app.login("dana", "dana-password").await.0, 201, "enabled again");
+    assert_eq!(admin.post("/console/users", &to_refs(&act("reset"))).await.status, 303);
+    assert!(
+        app.mailbox.token_for("dana@example.com").is_some(),
+        "a reset e-mail went out"
+    );
+
+    // Dana: no users page; her own password.
+    let mut b = Browser::new(&app);
+    assert_eq!(b.login("dana", "dana-password").await.status, 303);
+    assert_eq!(b.get("/console/users").await.status, 403);
+    let csrf = b.csrf("/console/account").await;
+    let mismatch = change_password(&mut b, &csrf, "something-else").await;
+    assert_eq!(mismatch.status, 400);
+    assert!(mismatch.body.contains("differ"), "{}", mismatch.body);
+    let changed = change_password(&mut b, &csrf, "dana-new-password").await;
+    assert_eq!(
+        (changed.status, changed.location()),
+        (303, "/console/login"),
+        "{}",
+        changed.body
+    );
+    assert_eq!(
+        app.login("dana", "dana-password").await.0,
+        401,
+        "the old password is gone"
+    );
+    assert_eq!(app.login("dana", "dana-new-password").await.0, 201);
+}
+
+/// Dana's password form: from dana-password to dana-new-password, confirmed as `confirm`.
+async fn change_password(b: &mut Browser, csrf: &str, confirm: &str) -> crate::console::Page {
+    b.post(
+        "/console/account",
+        &[
+            ("csrf", csrf),
+            ("action", "password"),
+            ("old_password", "dana-password"),
+            ("new_password", "dana-new-password"),
+            ("confirm_password", confirm),
+        ],
+    )
+    .await
+}
+
+fn to_refs<'a>(pairs: &'a [(&'static str, String); 3]) -> Vec<(&'static str, &'a str)> {
+    pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}

@@ -59,6 +59,8 @@ impl Cx {
                 Ok(redirect(&format!("/console/d/{d}/clients")))
             }
             ["d", d, "members"] => self.members_page(d, req, None).await,
+            ["users"] => self.users_page(req, None).await,
+            ["account"] => Ok(self.account_page(None)),
             ["d", d, kind] => match Kind::parse(kind) {
                 Some(k) => self.list_page(d, k, req, None, None).await,
                 None => Err(ApiError::NotFound("no such page".into())),
@@ -114,6 +116,19 @@ impl Cx {
             ["domains"] => match self.create_domain(&form).await {
                 Ok(d) => Ok(redirect(&format!("/console/d/{d}/clients"))),
                 Err(e) => self.domains_page(Some(notice(&e))).await.map(|r| status(r, &e)),
+            },
+            ["users"] => match self.users_action(&form).await {
+                Ok(()) => Ok(redirect("/console/users")),
+                Err(e) => self.users_page(req, Some(notice(&e))).await.map(|r| status(r, &e)),
+            },
+            ["account"] => match self.account_action(&form).await {
+                // A new password ends every session of the user (its tokens are revoked).
+                Ok(()) => {
+                    self.ctx.console.end(&self.s.id);
+                    return Ok(redirect("/console/login")
+                        .with_header("set-cookie", session::expired(session::COOKIE, self.ctx.cfg.tls)));
+                }
+                Err(e) => Ok(status(self.account_page(Some(notice(&e))), &e)),
             },
             ["d", d, "members"] => match self.members_action(d, &form).await {
                 Ok(()) => Ok(redirect(&format!("/console/d/{d}/members"))),

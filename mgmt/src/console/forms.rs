@@ -60,7 +60,7 @@ impl Notice {
             values: form
                 .0
                 .iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "csrf" | "secret" | "password" | "new_password"))
+                .filter(|(k, _)| k != "csrf" && k != "secret" && !k.contains("password"))
                 .cloned()
                 .collect(),
         }

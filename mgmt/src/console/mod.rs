@@ -16,6 +16,7 @@ mod forms;
 mod pages;
 pub mod session;
 mod times;
+mod users;
 
 pub use forms::{csv_row, metadata, tags, Form, Notice};
 
@@ -352,6 +353,7 @@ async fn login(ctx: &Arc<Ctx>, req: &Request) -> Result<Reply, ApiError> {
         Login {
             user_id: claims.sub,
             username,
+            super_admin: str_of(&profile, &["role"]) == "admin",
             access,
             refresh,
             expires_at: claims.exp,

@@ -23,6 +23,9 @@ pub struct Session {
     secret: String,
     pub user_id: String,
     pub username: String,
+    /// The user was the super-admin at login (the console offers user management; the REST
+    /// API decides, as for every call).
+    pub super_admin: bool,
     pub access: String,
     pub refresh: String,
     /// When the access token expires (Unix seconds): the session ends then unless renewed.
@@ -100,6 +103,7 @@ pub fn same(a: &str, b: &str) -> bool {
 pub struct Login {
     pub user_id: String,
     pub username: String,
+    pub super_admin: bool,
     pub access: String,
     pub refresh: String,
     pub expires_at: u64,
@@ -132,6 +136,7 @@ impl Sessions {
             secret: random_token(),
             user_id: login.user_id,
             username: login.username,
+            super_admin: login.super_admin,
             access: login.access,
             refresh: login.refresh,
             expires_at: login.expires_at,
@@ -227,6 +232,7 @@ mod tests {
         Login {
             user_id: user.into(),
             username: "n".into(),
+            super_admin: false,
             access: "a".into(),
             refresh: "r".into(),
             expires_at: now + ttl,

@@ -7,7 +7,9 @@ use serde_json::Value;
 use warp::http::StatusCode;
 
 mod entity;
+mod users;
 pub use entity::{entity, issued, ChartForm, Entity};
+pub use users::{account, users};
 
 /// A REST timestamp (`2026-11-24T08:58:02.205874Z`) as `2026-11-24 08:58:02 UTC`; the zero
 /// time as "never".
@@ -92,7 +94,8 @@ pub fn layout(s: &Session, title: &str, d: Option<(&str, &Where)>, body: Markup)
                             a href={ "/console/d/" (d) "/members" } { "Members" }
                         }
                     }
-                    span.user { (s.username) }
+                    @if s.super_admin { a.users href="/console/users" { "Users" } }
+                    a.user href="/console/account" title="Your account" { (s.username) }
                     form.inline method="post" action="/console/logout" {
                         (csrf(s))
                         button #logout type="submit" { "Log out" }
