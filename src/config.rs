@@ -130,6 +130,7 @@ pub struct MqttConfig {
     pub allow_anonymous: bool,
     pub max_packet_size: usize,
     pub connect_timeout: u64,
+    pub stall_timeout_ms: u64,
     pub max_keep_alive: u16,
     pub max_connections: usize,
     pub backlog: u32,
@@ -443,6 +444,7 @@ impl Config {
             || m.max_keep_alive == 0
             || m.max_pending_connections == 0
             || m.max_pending_per_source == 0
+            || m.stall_timeout_ms < 100
             || m.max_queued_bytes < 1024
             || m.max_queued_messages == 0
             || m.max_sessions_per_client == 0
@@ -450,7 +452,7 @@ impl Config {
             || m.max_segment_count < 2
         {
             return Err(ConfigError::Invalid(
-                "mqtt: max_connect_size >= 64, max_queued_bytes >= 1024, max_segment_size >= 1024, max_segment_count >= 2; max_keep_alive, pending connections, queued messages and sessions per client positive".into(),
+                "mqtt: max_connect_size >= 64, stall_timeout_ms >= 100, max_queued_bytes >= 1024, max_segment_size >= 1024, max_segment_count >= 2; max_keep_alive, pending connections, queued messages and sessions per client positive".into(),
             ));
         }
         if self.messages.queue_size == 0 || self.messages.batch_size == 0 || self.messages.retention_interval == 0 {

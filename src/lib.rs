@@ -537,6 +537,7 @@ async fn start_broker(
         allow_anonymous: m.allow_anonymous,
         max_packet_size: m.max_packet_size,
         connect_timeout: std::time::Duration::from_secs(m.connect_timeout),
+        stall_timeout: std::time::Duration::from_millis(m.stall_timeout_ms),
         max_keep_alive: m.max_keep_alive,
         max_connections: m.max_connections,
         backlog: m.backlog,

@@ -187,6 +187,15 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         b,
         |m: &broker::Metrics| load(&m.disconnected_slow)
     );
+    mirror!(
+        counter(
+            &t,
+            "mqtt_stalled_consumers_disconnected_total",
+            "Sessions disconnected (0x97) because their device took nothing for mqtt.stall_timeout_ms"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.disconnected_stalled)
+    );
     let authz = counter_vec(
         &t,
         "mqtt_authorization_refusals_total",

@@ -14,6 +14,9 @@ pub struct BrokerConfig {
     /// One source's share of them: beyond it, its oldest is shed for others when all are taken.
     pub max_pending_per_source: usize,
     pub connect_timeout: Duration,
+    /// A connected device that takes nothing (no byte of what waits accepted by its socket,
+    /// no acknowledgement of the QoS 1/2 messages it was sent) for this long is disconnected.
+    pub stall_timeout: Duration,
     /// Longest keep alive granted, in seconds (v5: Server Keep Alive; 3.1.1: refused beyond).
     pub max_keep_alive: u16,
     pub max_connections: usize,
@@ -48,6 +51,7 @@ impl Default for BrokerConfig {
             max_pending_connections: 1024,
             max_pending_per_source: 64,
             connect_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(5),
             max_keep_alive: 65_535,
             max_connections: 100_000,
             backlog: 4096,

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub dropped_expired: AtomicU64,
     pub dropped_too_large: AtomicU64,
     pub disconnected_slow: AtomicU64,
+    /// Sessions disconnected because their device took nothing for the stall timeout.
+    pub disconnected_stalled: AtomicU64,
     pub wills_published: AtomicU64,
     pub wills_suppressed: AtomicU64,
     pub retained_full: AtomicU64,

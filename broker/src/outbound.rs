@@ -84,6 +84,8 @@ pub(crate) struct Outbound {
     max_messages: usize,
     /// QoS 0 messages evicted to make room (counted by the caller).
     pub evicted_qos0: u64,
+    /// Acknowledgements taken (see `acks`).
+    acks: u64,
     /// QoS 1/2 messages evicted (oldest first) to make room in a persistent session.
     pub evicted_full: u64,
     /// Persistent queue entries that left (acknowledged or dropped), with their size.
@@ -102,6 +104,7 @@ impl Outbound {
             max_bytes,
             max_messages,
             evicted_qos0: 0,
+            acks: 0,
             evicted_full: 0,
             gone: Vec::new(),
             marks: Vec::new(),
@@ -201,6 +204,16 @@ impl Outbound {
         self.queue.len()
     }
 
+    /// Deliveries wait for the device: sent and not acknowledged yet.
+    pub fn unacknowledged(&self) -> bool {
+        !self.inflight.is_empty()
+    }
+
+    /// Acknowledgements taken so far (PUBACK, PUBREC, PUBCOMP): progress of the device.
+    pub fn acks(&self) -> u64 {
+        self.acks
+    }
+
     fn pkid_in_use(&self, p: u16) -> bool {
         self.inflight.iter().any(|(id, _)| *id == p)
     }
@@ -253,6 +266,7 @@ impl Outbound {
 
     /// PUBACK: true when it acknowledged a QoS 1 delivery in flight.
     pub fn puback(&mut self, pkid: u16) -> bool {
+        self.acks += 1;
         match self.position(pkid) {
             Some(i) if matches!(&self.inflight[i].1, State::Sent(d) if d.qos == 1) => {
                 if let Some((_, State::Sent(d))) = self.inflight.remove(i) {
@@ -266,6 +280,7 @@ impl Outbound {
 
     /// PUBREC: true when a PUBREL must be sent. A v5 error reason ends the delivery.
     pub fn pubrec(&mut self, pkid: u16, reason: u8) -> bool {
+        self.acks += 1;
         match self.position(pkid) {
             Some(i) if matches!(&self.inflight[i].1, State::Sent(d) if d.qos == 2) => {
                 if reason >= 0x80 {
@@ -291,6 +306,7 @@ impl Outbound {
     }
 
     pub fn pubcomp(&mut self, pkid: u16) -> bool {
+        self.acks += 1;
         match self.position(pkid) {
             Some(i) if matches!(self.inflight[i].1, State::Released(..)) => {
                 if let Some((_, State::Released(m, n))) = self.inflight.remove(i) {

@@ -183,6 +183,8 @@ pub struct Raw {
 impl Raw {
     pub async fn open(addr: std::net::SocketAddr, v5: bool) -> Raw {
         let s = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        // As devices do: no Nagle delay on a request-answer exchange.
+        let _ = s.set_nodelay(true);
         Raw { s, buf: Vec::new(), v5 }
     }
 

@@ -16,12 +16,41 @@ impl Session {
         if let Err(e) = self.on_bytes(live).await {
             return e;
         }
+        // Since when the device takes nothing: its socket accepts no byte of what waits, or
+        // it acknowledges none of the QoS 1/2 messages it was sent. Past `stall_timeout` it
+        // is disconnected (like a full queue: 5: 0x97), so a subscriber that stopped reading
+        // costs only itself, early (a socket's buffers alone hold megabytes).
+        let mut write_stall: Option<Instant> = None;
+        let mut ack_stall: Option<Instant> = None;
+        let mut acks = self.out.acks();
         loop {
             if let Err(e) = self.pump(live).await {
                 return e;
             }
             if let Err(e) = self.sync_out().await {
                 return e;
+            }
+            if live.wbuf.is_empty() {
+                write_stall = None;
+            } else if write_stall.is_none() {
+                write_stall = Some(Instant::now());
+            }
+            if !self.out.unacknowledged() || self.out.acks() != acks {
+                ack_stall = None;
+                acks = self.out.acks();
+            }
+            if self.out.unacknowledged() && ack_stall.is_none() {
+                ack_stall = Some(Instant::now());
+            }
+            let stall_deadline = [write_stall, ack_stall]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| t + self.shared.cfg.stall_timeout);
+            // Checked here as well as in the select below: a busy connection (writes always
+            // ready) would never let the timer branch win.
+            if stall_deadline.is_some_and(|d| d <= Instant::now()) {
+                return self.stalled();
             }
             let ka = live.req.keep_alive;
             let deadline = live.last_rx + Duration::from_millis(ka as u64 * 1500);
@@ -44,6 +73,7 @@ impl Session {
                     Ok(n) => {
                         Metrics::add(&self.m().bytes_out, n as u64);
                         let _ = live.wbuf.split_to(n);
+                        write_stall = None;
                         Ok(())
                     }
                 },
@@ -67,6 +97,9 @@ impl Session {
                         self.on_bytes(live).await
                     }
                 },
+                _ = tokio::time::sleep_until(stall_deadline.unwrap_or(deadline)), if stall_deadline.is_some() => {
+                    Err(self.stalled())
+                }
                 _ = tokio::time::sleep_until(deadline), if ka > 0 => {
                     if live.req.v5 {
                         Metrics::inc(&self.m().packets_out);
@@ -100,5 +133,14 @@ pub(super) async fn next_notification(link: &mut Option<router::Link>) -> Result
     match link.as_mut() {
         Some(l) => l.rx.next().await.map_err(|_| ()),
         None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    /// The device took nothing for the stall timeout: counted, and its connection ends.
+    fn stalled(&self) -> End {
+        Metrics::inc(&self.m().disconnected_stalled);
+        tracing::info!(client = %self.client(), "subscriber stalled: it took nothing for mqtt.stall_timeout_ms; disconnecting");
+        End::Overflow
     }
 }

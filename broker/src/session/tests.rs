@@ -298,3 +298,33 @@ async fn receive_maximum_counts_qos2_publishes_of_one_read_once() {
         assert_eq!(reason, v5.then_some(0x93));
     }
 }
+
+/// A subscriber whose stream accepts nothing more (its 64 KiB pipe is full: the device stopped
+/// reading) is disconnected after the stall timeout, counted; the publisher is not held up
+/// and another subscriber that reads gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_disconnected_after_the_stall_timeout() {
+    let cfg = BrokerConfig {
+        stall_timeout: Duration::from_millis(300),
+        ..BrokerConfig::default()
+    };
+    let (sh, _) = shared(cfg);
+    let mut deaf = Dev::connect(&sh, false, "deaf").await;
+    let mut reads = Dev::connect(&sh, false, "reads").await;
+    assert_eq!(deaf.subscribe(&[TOPIC]).await, vec![1]);
+    assert_eq!(reads.subscribe(&[TOPIC]).await, vec![1]);
+    let mut p = Dev::connect(&sh, false, "pub").await;
+    let payload = vec![b'x'; 4096];
+    for _ in 0..40 {
+        // QoS 0: no acknowledgement is expected; only the deaf one's pipe fills.
+        p.publish_payload(TOPIC, 0, false, 0, &payload).await;
+        let (qos, _, _, body) = reads.message().await;
+        assert_eq!((qos, body.len()), (0, 4096));
+    }
+    until("the deaf subscriber is disconnected", || {
+        sh.metrics.disconnected_stalled.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    p.publish_payload(TOPIC, 0, false, 0, b"after").await;
+    assert_eq!(reads.message().await.3, b"after".to_vec(), "the others go on");
+}
