@@ -281,6 +281,11 @@ async fn check(
     let will = match will {
         Some(w) => {
             let topic = String::from_utf8(w.topic.to_vec()).unwrap_or_default();
+            // Magistrala's `m/<domain>/c/<channel>` form is the same channel.
+            let topic = identity
+                .as_ref()
+                .and_then(|i| crate::topic::canonical(&topic, &i.domain_id))
+                .unwrap_or(topic);
             let mut rc = RightsCache::default();
             let allowed = if codec::valid_topic(&topic) {
                 rc.check(shared.auth.as_ref(), identity.as_ref(), Action::Publish, &topic)

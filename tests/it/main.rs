@@ -43,4 +43,5 @@ mod proxy;
 mod raw;
 mod readme;
 mod tls;
+mod topics;
 mod users;

@@ -146,7 +146,10 @@ impl Session {
         id
     }
 
-    pub(super) fn enqueue(&mut self, d: Delivery, live: bool) -> Step {
+    pub(super) fn enqueue(&mut self, mut d: Delivery, live: bool) -> Step {
+        if let Some(t) = self.subs.shown(&d.topic) {
+            d.topic = t;
+        }
         let before = (self.out.evicted_qos0, self.out.evicted_full);
         let entry = d.msg;
         let r = self.out.push(d, self.expiry > 0);
@@ -207,6 +210,9 @@ impl Session {
             }
             let Some((pkid, d)) = next else { break };
             let t = std::str::from_utf8(&d.topic).unwrap_or("");
+            // Rights are on the canonical form (a topic may be shown in the `m/` one).
+            let canonical = self.canonical(t);
+            let t = canonical.as_deref().unwrap_or(t);
             let allowed = self
                 .rights
                 .allowed(auth.as_ref(), self.identity.as_ref(), Action::Deliver, t)

@@ -72,7 +72,8 @@ impl Session {
                 Ok((pkid, filters)) => {
                     let mut codes = Vec::with_capacity(filters.len());
                     for fl in filters {
-                        match self.subs.remove(fl) {
+                        let canonical = self.canonical(fl);
+                        match self.subs.remove(canonical.as_deref().unwrap_or(fl)) {
                             Some(undo) => {
                                 self.to_router.push(undo);
                                 codes.push(code::SUCCESS);
@@ -185,6 +186,8 @@ impl Session {
         if !codec::valid_topic(&topic) {
             return fail(replies, code::TOPIC_NAME_INVALID, "invalid topic name in PUBLISH");
         }
+        // Magistrala's `m/<domain>/c/<channel>` form is the same channel.
+        let topic = self.canonical(&topic).unwrap_or(topic);
         if p.qos == 2 && self.in_qos2.contains(&p.pkid) {
             // A resent QoS 2 PUBLISH whose PUBREC was lost: acknowledged again, not routed again.
             replies.extend_from_slice(&codec::encode_ack(codec::PUBREC, p.pkid, None));

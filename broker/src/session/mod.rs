@@ -227,6 +227,13 @@ impl Session {
     fn client(&self) -> &str {
         self.identity.as_ref().map_or("anonymous", |i| i.client_id.as_str())
     }
+
+    /// The canonical form of a topic or filter this client gave in Magistrala's
+    /// `m/<its domain>/c/<channel>` form (`None`: not in that form; used as it is).
+    fn canonical(&self, t: &str) -> Option<String> {
+        let i = self.identity.as_ref()?;
+        crate::topic::canonical(t, &i.domain_id)
+    }
 }
 
 /// Replies waiting for session store commits.

@@ -122,7 +122,7 @@ impl Session {
 
     /// Puts the session's subscriptions in the index of persistent subscriptions.
     pub(super) fn index_subscriptions(&self) {
-        self.shared.durable.index(&self.key, self.origin, self.subs.stored());
+        self.shared.durable.index(&self.key, self.origin, self.subs.canonical());
     }
 
     /// Removes the session's record, queue and indexed subscriptions from the store (it is

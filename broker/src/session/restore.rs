@@ -32,7 +32,8 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
         s.expiry = rec.expiry_s;
         s.offline_until = Some(Instant::now() + Duration::from_millis(ends_at - now));
         s.in_qos2 = durable::decode_inbound(rec.inbound.clone()).into_iter().collect();
-        s.subs = Subscriptions::restored(state.subs, shared.interest.clone());
+        let domain = rec.owner.as_ref().map(|o| o.domain_id.as_str());
+        s.subs = Subscriptions::restored(state.subs, shared.interest.clone(), domain);
         if let Some((w, due)) = state.will {
             // A will whose connection was live when the process stopped is due after its
             // delay from now; one that was waiting keeps its time.
@@ -54,7 +55,7 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
                 continue;
             };
             let d = Delivery {
-                topic: body.topic,
+                topic: s.subs.shown(&body.topic).unwrap_or(body.topic),
                 payload: body.payload,
                 props: body.props,
                 qos,

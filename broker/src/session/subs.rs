@@ -41,6 +41,9 @@ pub(crate) struct Subscriptions {
     interest: Option<Arc<Interest>>,
     /// Waits for scopes a new filter needs that other nodes are not heard on yet.
     pending: Vec<oneshot::Receiver<bool>>,
+    /// Channels last subscribed in the `m/<domain>/c/<channel>` form, with that domain: their
+    /// deliveries are shown in that form (filters are kept in the canonical one).
+    m_form: HashMap<String, String>,
 }
 
 impl Default for Subscriptions {
@@ -63,7 +66,35 @@ impl Subscriptions {
             next_rid: 1,
             interest,
             pending: Vec::new(),
+            m_form: HashMap::new(),
         }
+    }
+
+    /// Records the form a filter of a channel was subscribed in (`Some(domain)`: the `m/`
+    /// form); the last subscription to a channel decides how its deliveries are shown.
+    pub fn set_form(&mut self, canonical: &str, m_domain: Option<&str>) {
+        let Some(ct) = crate::topic::parse(canonical, true) else {
+            return;
+        };
+        match m_domain {
+            Some(d) => {
+                self.m_form.insert(ct.channel.to_string(), d.to_string());
+            }
+            None => {
+                self.m_form.remove(ct.channel);
+            }
+        }
+    }
+
+    /// A delivery's topic in the form its channel was subscribed in (`None`: as it is).
+    pub fn shown(&self, topic: &[u8]) -> Option<bytes::Bytes> {
+        if self.m_form.is_empty() {
+            return None;
+        }
+        let t = std::str::from_utf8(topic).ok()?;
+        let ct = crate::topic::parse(t, false)?;
+        let d = self.m_form.get(ct.channel)?;
+        crate::topic::m_form(t, d).map(bytes::Bytes::from)
     }
 
     /// The waits new filters need before their SUBACK (cluster mode), taken.
@@ -121,6 +152,16 @@ impl Subscriptions {
     pub fn remove(&mut self, filter: &str) -> Option<Packet> {
         let s = self.by_filter.remove(filter)?;
         self.by_rid.remove(&s.rid);
+        if let Some(ct) = crate::topic::parse(filter, true) {
+            let channel = ct.channel;
+            let left = self
+                .by_filter
+                .keys()
+                .any(|f| crate::topic::parse(f, true).is_some_and(|c| c.channel == channel));
+            if !left {
+                self.m_form.remove(channel);
+            }
+        }
         if let Some(i) = &self.interest {
             i.remove(filter);
         }
@@ -142,6 +183,7 @@ impl Subscriptions {
         }
         self.by_filter.clear();
         self.by_rid.clear();
+        self.m_form.clear();
         out
     }
 
@@ -153,8 +195,22 @@ impl Subscriptions {
             .collect()
     }
 
-    /// The subscriptions as a session record stores them.
+    /// The subscriptions as a session record stores them: in the form they were subscribed
+    /// in (`restored` reads both).
     pub fn stored(&self) -> Vec<(String, SubOptions)> {
+        self.canonical()
+            .into_iter()
+            .map(|(f, o)| {
+                let shown = crate::topic::parse(&f, true)
+                    .and_then(|ct| self.m_form.get(ct.channel))
+                    .and_then(|d| crate::topic::m_form(&f, d));
+                (shown.unwrap_or(f), o)
+            })
+            .collect()
+    }
+
+    /// The subscriptions with their canonical filters (what the persistent index matches).
+    pub fn canonical(&self) -> Vec<(String, SubOptions)> {
         self.by_filter
             .iter()
             .map(|(f, s)| {
@@ -171,15 +227,27 @@ impl Subscriptions {
             .collect()
     }
 
-    /// Subscriptions from a session record (restore); filters a session may not hold any
-    /// more (`$` topics outside shared subscriptions) are left out.
-    pub fn restored(stored: Vec<(String, SubOptions)>, interest: Option<Arc<Interest>>) -> Subscriptions {
+    /// Subscriptions from a session record (restore) of a client of `domain`; filters a
+    /// session may not hold any more (`$` topics outside shared subscriptions) are left out.
+    pub fn restored(
+        stored: Vec<(String, SubOptions)>,
+        interest: Option<Arc<Interest>>,
+        domain: Option<&str>,
+    ) -> Subscriptions {
         let mut s = Subscriptions::new(interest);
         for (filter, o) in stored {
             if crate::rights::shared_filter(&filter).is_none() && filter.starts_with('$') {
                 continue;
             }
-            let _ = s.insert(&filter, o);
+            match domain.and_then(|d| crate::topic::canonical(&filter, d).map(|c| (c, d))) {
+                Some((canonical, d)) => {
+                    let _ = s.insert(&canonical, o);
+                    s.set_form(&canonical, Some(d));
+                }
+                None => {
+                    let _ = s.insert(&filter, o);
+                }
+            }
         }
         s
     }
@@ -232,10 +300,34 @@ mod tests {
         let _ = s.insert("$share/g/x", o(2));
         let mut stored = s.stored();
         stored.push(("$SYS/x".into(), o(0)));
-        let r = Subscriptions::restored(stored, None);
+        let r = Subscriptions::restored(stored, None, None);
         assert_eq!(r.len(), 2, "the $SYS filter is not restored");
         assert!(r.contains("a/+") && r.contains("$share/g/x"));
         assert_eq!(r.router_subscribes().len(), 2);
+    }
+
+    #[test]
+    fn a_channel_subscribed_in_the_m_form_is_shown_and_stored_in_it() {
+        let mut s = Subscriptions::default();
+        let _ = s.insert("channels/h/messages/#", o(1));
+        s.set_form("channels/h/messages/#", Some("d"));
+        let _ = s.insert("channels/k/messages", o(1));
+        s.set_form("channels/k/messages", None);
+        assert_eq!(s.shown(b"channels/h/messages/t").as_deref(), Some(&b"m/d/c/h/t"[..]));
+        assert_eq!(
+            s.shown(b"channels/k/messages"),
+            None,
+            "subscribed in the canonical form"
+        );
+        let stored = s.stored();
+        assert!(stored.iter().any(|(f, _)| f == "m/d/c/h/#"), "{stored:?}");
+        assert!(s.canonical().iter().any(|(f, _)| f == "channels/h/messages/#"));
+        let r = Subscriptions::restored(stored, None, Some("d"));
+        assert!(r.contains("channels/h/messages/#"), "canonical again");
+        assert_eq!(r.shown(b"channels/h/messages/t").as_deref(), Some(&b"m/d/c/h/t"[..]));
+        let mut r = r;
+        let _ = r.remove("channels/h/messages/#");
+        assert_eq!(r.shown(b"channels/h/messages/t"), None, "no subscription to h left");
     }
 
     #[test]

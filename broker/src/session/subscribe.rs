@@ -11,7 +11,15 @@ impl Session {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         let auth = self.shared.auth.clone();
-        for (filter, o) in &s.filters {
+        for (given, o) in &s.filters {
+            // Magistrala's `m/<domain>/c/<channel>` form is the same channel: kept canonical,
+            // shown to this session in its form.
+            let canonical = self.canonical(given);
+            let m_domain = canonical
+                .as_ref()
+                .and(self.identity.as_ref())
+                .map(|i| i.domain_id.clone());
+            let filter: &str = canonical.as_deref().unwrap_or(given);
             let shared_sub = crate::rights::shared_filter(filter);
             let inner = shared_sub.map(|(_, f)| f).unwrap_or(filter);
             let (code, why) = if !codec::valid_filter(inner)
@@ -37,7 +45,7 @@ impl Session {
             };
             if code >= code::UNSPECIFIED {
                 Metrics::inc(&self.m().refused_subscribe);
-                tracing::info!(client = %self.client(), mqtt_client_id = %live.req.mqtt_client_id, filter = %filter, reason = why, "SUBSCRIBE refused");
+                tracing::info!(client = %self.client(), mqtt_client_id = %live.req.mqtt_client_id, filter = %given, reason = why, "SUBSCRIBE refused");
                 codes.push(code);
                 continue;
             }
@@ -52,6 +60,7 @@ impl Session {
             );
             let existed = added.is_none();
             self.to_router.extend(added);
+            self.subs.set_form(filter, m_domain.as_deref());
             codes.push(o.qos);
             // Retained messages: not for shared subscriptions; Retain Handling 1 only for a
             // new subscription, 2 never.
