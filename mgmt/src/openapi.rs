@@ -41,7 +41,7 @@ const ERRORS: &[(u16, &str)] = &[
     (413, "Body larger than http.max_body_bytes"),
     (415, "Body of another media type than the operation takes"),
     (422, "Well-formed but not acceptable"),
-    (429, "Too many failed logins: retry after the seconds in Retry-After"),
+    (429, "Too many failed logins (retry after the seconds in Retry-After), or the caller holds its share of a limited resource (live views per user or domain)"),
     (503, "Busy or shutting down: retry"),
 ];
 
