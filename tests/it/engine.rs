@@ -486,67 +486,6 @@ async fn anonymous_wildcards_never_see_dollar_or_channel_topics() {
 }
 
 #[tokio::test]
-async fn non_reading_subscribers_do_not_slow_publishers_or_other_tenants() {
-    let e = env().await;
-    let t = e.topic("flood");
-    // 200 subscribers that never read what is sent to them.
-    let mut idle = Vec::new();
-    for i in 0..200 {
-        let mut r = e.raw(false, &format!("idle-{i}")).await;
-        r.subscribe(1, &[(&t, 1)], &[]).await;
-        idle.push(r);
-    }
-    let mut p = e.raw(false, "flooder").await;
-    let payload = vec![b'x'; 1024];
-    for i in 0..3000u16 {
-        // Every QoS 1 publish is acknowledged although nobody reads.
-        assert_eq!(p.publish(&t, &payload, 1, false, i % 60000 + 1).await, 0);
-    }
-    exchange(&e, "during-flood").await;
-}
-
-#[tokio::test]
-async fn half_sent_connects_are_bounded_and_do_not_block_devices() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut cfg = crate::helpers::test_config(dir.path());
-    cfg.mqtt.max_pending_connections = 500;
-    let app = TestApp::spawn_with(dir, cfg).await;
-    let mut held = Vec::new();
-    // CONNECT headers announcing 60 KB, then 100 bytes, then nothing.
-    for _ in 0..500 {
-        let mut r = Raw::open(app.mqtt_addr, false).await;
-        let mut start = vec![0x10];
-        crate::raw::put_varint(&mut start, 60_000);
-        start.extend_from_slice(&[0u8; 100]);
-        r.send(&start).await;
-        held.push(r);
-    }
-    // Beyond the bound, the oldest pending connection of the busiest source (here: the only
-    // one) is closed for the newcomer, so the bound holds.
-    wait_until(|| app.broker_metrics.connections_current.load(Ordering::Relaxed) >= 500).await;
-    let mut extra = Raw::open(app.mqtt_addr, false).await;
-    let _ = extra.try_send(&[0x10]).await;
-    assert!(held[0]
-        .packet_within(Duration::from_secs(20))
-        .await
-        .expect("closed in time")
-        .is_none());
-    assert!(app.broker_metrics.shed_pending.load(Ordering::Relaxed) >= 1);
-    drop(extra);
-    // A CONNECT larger than mqtt.max_connect_size is refused without reading it all.
-    let mut big = Raw::open(app.mqtt_addr, false).await;
-    drop(held);
-    let mut start = vec![0x10];
-    crate::raw::put_varint(&mut start, 200_000);
-    let _ = big.try_send(&start).await;
-    assert!(big
-        .packet_within(Duration::from_secs(20))
-        .await
-        .expect("closed in time")
-        .is_none());
-}
-
-#[tokio::test]
 async fn randomized_packets_never_panic_and_the_server_keeps_serving() {
     let e = env().await;
     let mut rng: u64 = 0x5EED_F00D;

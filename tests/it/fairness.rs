@@ -4,6 +4,7 @@
 use crate::console::Browser;
 use crate::helpers::{test_config, TestApp, ADMIN_PASSWORD};
 use crate::raw::{props, Connect, Raw};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Item 8: `mqtt.max_sessions_per_client` is exact. 30 devices of one client connect at once
@@ -467,4 +468,65 @@ async fn subscribers_that_never_read_cost_only_themselves() {
         "other tenant's p99 {rest:.2} ms once the non-readers were gone, against {baseline:.2} ms alone"
     );
     drop(idle);
+}
+
+#[tokio::test]
+async fn non_reading_subscribers_do_not_slow_publishers_or_other_tenants() {
+    let e = crate::engine::env().await;
+    let t = e.topic("flood");
+    // 200 subscribers that never read what is sent to them.
+    let mut idle = Vec::new();
+    for i in 0..200 {
+        let mut r = e.raw(false, &format!("idle-{i}")).await;
+        r.subscribe(1, &[(&t, 1)], &[]).await;
+        idle.push(r);
+    }
+    let mut p = e.raw(false, "flooder").await;
+    let payload = vec![b'x'; 1024];
+    for i in 0..3000u16 {
+        // Every QoS 1 publish is acknowledged although nobody reads.
+        assert_eq!(p.publish(&t, &payload, 1, false, i % 60000 + 1).await, 0);
+    }
+    crate::engine::exchange(&e, "during-flood").await;
+}
+
+#[tokio::test]
+async fn half_sent_connects_are_bounded_and_do_not_block_devices() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = test_config(dir.path());
+    cfg.mqtt.max_pending_connections = 500;
+    let app = TestApp::spawn_with(dir, cfg).await;
+    let mut held = Vec::new();
+    // CONNECT headers announcing 60 KB, then 100 bytes, then nothing.
+    for _ in 0..500 {
+        let mut r = Raw::open(app.mqtt_addr, false).await;
+        let mut start = vec![0x10];
+        crate::raw::put_varint(&mut start, 60_000);
+        start.extend_from_slice(&[0u8; 100]);
+        r.send(&start).await;
+        held.push(r);
+    }
+    // Beyond the bound, the oldest pending connection of the busiest source (here: the only
+    // one) is closed for the newcomer, so the bound holds.
+    crate::engine::wait_until(|| app.broker_metrics.connections_current.load(Ordering::Relaxed) >= 500).await;
+    let mut extra = Raw::open(app.mqtt_addr, false).await;
+    let _ = extra.try_send(&[0x10]).await;
+    assert!(held[0]
+        .packet_within(Duration::from_secs(20))
+        .await
+        .expect("closed in time")
+        .is_none());
+    assert!(app.broker_metrics.shed_pending.load(Ordering::Relaxed) >= 1);
+    drop(extra);
+    // A CONNECT larger than mqtt.max_connect_size is refused without reading it all.
+    let mut big = Raw::open(app.mqtt_addr, false).await;
+    drop(held);
+    let mut start = vec![0x10];
+    crate::raw::put_varint(&mut start, 200_000);
+    let _ = big.try_send(&start).await;
+    assert!(big
+        .packet_within(Duration::from_secs(20))
+        .await
+        .expect("closed in time")
+        .is_none());
 }
