@@ -45,6 +45,17 @@ fn notice_for(n: Option<&Notice>, form: &str) -> Markup {
     }
 }
 
+/// "1–20 of 57" with links to the previous and next page of a list.
+fn pager(total: u64, offset: u64, shown: usize, link: impl Fn(u64) -> String) -> Markup {
+    html! {
+        p.pager {
+            (if total == 0 { 0 } else { offset + 1 }) "–" (offset + shown as u64) " of " (total)
+            @if offset > 0 { " " a href=(link(offset.saturating_sub(PAGE))) { "← previous" } }
+            @if offset + (shown as u64) < total { " " a href=(link(offset + PAGE)) { "next →" } }
+        }
+    }
+}
+
 fn items(v: &Value, key: &str) -> Vec<Value> {
     v.get(key).and_then(Value::as_array).cloned().unwrap_or_default()
 }
@@ -353,11 +364,7 @@ pub fn list(
                 }
             }
         }
-        p.pager {
-            (if total == 0 { 0 } else { offset + 1 }) "–" (offset + rows.len() as u64) " of " (total)
-            @if offset > 0 { " " a href=(page_link(offset.saturating_sub(PAGE))) { "← previous" } }
-            @if offset + (rows.len() as u64) < total { " " a href=(page_link(offset + PAGE)) { "next →" } }
-        }
+        (pager(total, offset, rows.len(), page_link))
         @if w.can_edit {
             section {
                 h2 { "Create a " (k.one()) }

@@ -48,11 +48,7 @@ pub fn users(s: &Session, list: &Value, name: &str, n: Option<&Notice>) -> Marku
                 }
             } }
         }
-        p.pager {
-            (if total == 0 { 0 } else { offset + 1 }) "–" (offset + rows.len() as u64) " of " (total)
-            @if offset > 0 { " " a href=(link(offset.saturating_sub(PAGE))) { "← previous" } }
-            @if offset + (rows.len() as u64) < total { " " a href=(link(offset + PAGE)) { "next →" } }
-        }
+        (pager(total, offset, rows.len(), link))
         section {
             h2 { "Create a user" }
             (notice_for(n, "create"))
