@@ -120,12 +120,14 @@ async fn scenario(
                 break;
             }
         }
-        let (count, lat, stop) = (count.clone(), lat.clone(), stop.clone());
+        let (count, lat) = (count.clone(), lat.clone());
         tasks.push(tokio::spawn(async move {
             let _c = c;
-            while !stop.load(Ordering::Relaxed) {
-                match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+            // Never cancelled mid-poll (a cancelled poll can lose what rumqttc was writing):
+            // the task is aborted once the figures are taken.
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
                         count.fetch_add(1, Ordering::Relaxed);
                         if p.payload.len() >= 8 {
                             let sent = u64::from_be_bytes(p.payload[..8].try_into().unwrap_or([0; 8]));
@@ -135,7 +137,7 @@ async fn scenario(
                             }
                         }
                     }
-                    Ok(Err(_)) => break,
+                    Err(_) => break,
                     _ => {}
                 }
             }
@@ -147,12 +149,12 @@ async fn scenario(
     for (i, &ti) in pubs.iter().enumerate() {
         let (c, mut el) = connected(t, subs.len() + i, &format!("bench-pub-{i}-{}", t.name)).await;
         let topic = t.topics[ti].clone();
-        let (stop2, acked) = (stop.clone(), published.clone());
+        let acked = published.clone();
         tasks.push(tokio::spawn(async move {
-            while !stop2.load(Ordering::Relaxed) {
-                match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
-                    Ok(Err(_)) => break,
-                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) if qos == QoS::AtLeastOnce => {
+            loop {
+                match el.poll().await {
+                    Err(_) => break,
+                    Ok(Event::Incoming(Packet::PubAck(_))) if qos == QoS::AtLeastOnce => {
                         acked.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {}
@@ -180,21 +182,25 @@ async fn scenario(
     tokio::time::sleep(window).await;
     let in_window = count.load(Ordering::Relaxed);
     let elapsed = start.elapsed();
-    // Publishing has stopped: let what is in flight arrive before counting the loss.
-    let mut last = u64::MAX;
-    for _ in 0..30 {
+    // Publishing has stopped: let what is in flight (publishers slowed by the broker still
+    // have messages in their sockets) arrive before counting the loss: until everything
+    // published came, or nothing came for 2 s.
+    let per_topic = |ti: usize| subs.iter().filter(|&&s| s == ti).count() as u64;
+    let fan = pubs.first().map(|&ti| per_topic(ti)).unwrap_or(1);
+    let (mut last, mut still) = (u64::MAX, 0);
+    while still < 20 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = count.load(Ordering::Relaxed);
-        if now == last {
+        if now >= published.load(Ordering::Relaxed) * fan {
             break;
         }
+        still = if now == last { still + 1 } else { 0 };
         last = now;
     }
     let delivered = count.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
-    let per_topic = |ti: usize| subs.iter().filter(|&&s| s == ti).count() as u64;
-    let fan = pubs.first().map(|&ti| per_topic(ti)).unwrap_or(1);
     for t in tasks {
+        t.abort();
         let _ = t.await;
     }
     let mut l = lat.lock().map(|l| l.clone()).unwrap_or_default();
@@ -417,12 +423,21 @@ async fn main() {
             for t in &targets {
                 let stored_before = pipeline_metrics.stored.load(Ordering::Relaxed);
                 let full_before = broker_metrics.pipeline_full.load(Ordering::Relaxed);
+                let dropped_before = broker_metrics.dropped_qos0_full.load(Ordering::Relaxed)
+                    + broker_metrics.dropped_queue_full.load(Ordering::Relaxed);
+                let slowed_before = broker_metrics.publishers_slowed.load(Ordering::Relaxed);
+                let skipped_before = broker_metrics.router_skipped.load(Ordering::Relaxed);
                 let f = scenario(t, pubs, subs, qos, None, window).await;
                 let storing = if t.name == "fluxgate" {
                     format!(
-                        "   stored {} / not stored (queue full) {}",
+                        "   stored {} / not stored (queue full) {}; dropped by full session queues {}, publisher reads slowed {}, skipped by the router {}",
                         pipeline_metrics.stored.load(Ordering::Relaxed) - stored_before,
-                        broker_metrics.pipeline_full.load(Ordering::Relaxed) - full_before
+                        broker_metrics.pipeline_full.load(Ordering::Relaxed) - full_before,
+                        broker_metrics.dropped_qos0_full.load(Ordering::Relaxed)
+                            + broker_metrics.dropped_queue_full.load(Ordering::Relaxed)
+                            - dropped_before,
+                        broker_metrics.publishers_slowed.load(Ordering::Relaxed) - slowed_before,
+                        broker_metrics.router_skipped.load(Ordering::Relaxed) - skipped_before
                     )
                 } else {
                     String::new()

@@ -196,6 +196,24 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         b,
         |m: &broker::Metrics| load(&m.disconnected_stalled)
     );
+    mirror!(
+        counter(
+            &t,
+            "mqtt_publishers_slowed_total",
+            "Publisher reads held back until a subscriber that fell behind in the router's log caught up"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.publishers_slowed)
+    );
+    mirror!(
+        counter(
+            &t,
+            "mqtt_router_skipped_total",
+            "Messages the router's per-filter log dropped before a session drained them (lost; mqtt.max_segment_size)"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.router_skipped)
+    );
     let authz = counter_vec(
         &t,
         "mqtt_authorization_refusals_total",

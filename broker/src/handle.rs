@@ -286,6 +286,7 @@ pub async fn start(
         presence,
         durable,
         pending: fair::FairSlots::new(cfg.max_pending_connections, cfg.max_pending_per_source),
+        pressure: crate::pressure::Pressure::new(cfg.max_segment_size, cfg.max_segment_count),
         cfg,
         auth,
         sink,

@@ -61,6 +61,8 @@ pub(crate) enum ToSink<'a> {
 /// What the ingress made of an accepted message.
 pub(crate) struct Routed {
     pub packet: Packet,
+    /// Its mark (`pressure`).
+    pub mark: u64,
     /// The persistent sessions' commit, when waited for.
     pub durable: Option<oneshot::Receiver<bool>>,
     /// `ToSink::Whole`: resolves once stored (with `commit`) or at once.
@@ -114,6 +116,7 @@ impl Shared {
             origin: p.origin,
             expires_at_ms: p.expires_at_ms,
             msg: 0,
+            mark: 0,
             props: p.props,
         };
         let mut durable = None;
@@ -121,12 +124,10 @@ impl Shared {
             tag.msg = id;
             durable = wait;
         }
-        let packet = router::publish(
-            Bytes::copy_from_slice(p.topic.as_bytes()),
-            router::encode(&tag, p.payload),
-        );
+        let (packet, mark) = router::routed(p.topic, tag, p.payload, &self.pressure);
         Ok(Routed {
             packet,
+            mark,
             durable,
             stored,
             exported,
@@ -161,15 +162,13 @@ impl Shared {
             origin: 0,
             expires_at_ms: p.expires_at_ms,
             msg: 0,
+            mark: 0,
             props: p.props.clone(),
         };
         if let Some((id, _)) = self.durable_message(p.topic, p.payload, &tag, false) {
             tag.msg = id;
         }
-        router::publish(
-            Bytes::copy_from_slice(p.topic.as_bytes()),
-            router::encode(&tag, p.payload),
-        )
+        router::routed(p.topic, tag, p.payload, &self.pressure).0
     }
 
     /// Step 1: the retained index (and its store). A QoS 1/2 publisher's message waits for

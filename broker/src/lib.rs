@@ -25,6 +25,7 @@ mod durable;
 pub mod fair;
 mod ingress;
 mod outbound;
+mod pressure;
 mod reason;
 mod registry;
 mod retained;

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub disconnected_slow: AtomicU64,
     /// Sessions disconnected because their device took nothing for the stall timeout.
     pub disconnected_stalled: AtomicU64,
+    /// Reads of publishers held back so that a subscriber behind could catch up (`pressure`).
+    pub publishers_slowed: AtomicU64,
+    /// Messages the router's log dropped before a session drained them (should stay 0).
+    pub router_skipped: AtomicU64,
     pub wills_published: AtomicU64,
     pub wills_suppressed: AtomicU64,
     pub retained_full: AtomicU64,

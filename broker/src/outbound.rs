@@ -204,6 +204,11 @@ impl Outbound {
         self.queue.len()
     }
 
+    /// More than a quarter of the queue's bound (bytes or messages) is taken.
+    pub fn over_quarter(&self) -> bool {
+        self.bytes > self.max_bytes / 4 || self.queue.len() > self.max_messages / 4
+    }
+
     /// Deliveries wait for the device: sent and not acknowledged yet.
     pub fn unacknowledged(&self) -> bool {
         !self.inflight.is_empty()

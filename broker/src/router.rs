@@ -18,6 +18,7 @@
 //! ([`Tag`]): the publisher's QoS and retain flag, the publishing session (for No Local), the
 //! expiry deadline and the raw v5 properties.
 
+use crate::pressure::Pressure;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::{Filter, Packet, Publish, QoS, RetainForwardRule, Subscribe, SubscribeProperties, Unsubscribe};
@@ -141,11 +142,13 @@ pub(crate) struct Tag {
     pub expires_at_ms: u64,
     /// The persistent queue entry id written for it (0: none).
     pub msg: u64,
+    /// Its place in what was sent to the router (`pressure`; 0: not counted).
+    pub mark: u64,
     pub props: Bytes,
 }
 
 const MAGIC: u8 = 0xF7;
-const HEADER: usize = 1 + 1 + 8 + 8 + 8 + 4;
+const HEADER: usize = 1 + 1 + 8 + 8 + 8 + 8 + 4;
 
 pub(crate) fn encode(tag: &Tag, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(HEADER + tag.props.len() + payload.len());
@@ -154,6 +157,7 @@ pub(crate) fn encode(tag: &Tag, payload: &[u8]) -> Bytes {
     b.put_u64(tag.origin);
     b.put_u64(tag.expires_at_ms);
     b.put_u64(tag.msg);
+    b.put_u64(tag.mark);
     b.put_u32(tag.props.len() as u32);
     b.put_slice(&tag.props);
     b.put_slice(payload);
@@ -170,6 +174,7 @@ pub(crate) fn decode(mut b: Bytes) -> Option<(Tag, Bytes)> {
     let origin = b.get_u64();
     let expires_at_ms = b.get_u64();
     let msg = b.get_u64();
+    let mark = b.get_u64();
     let n = b.get_u32() as usize;
     if b.len() < n {
         return None;
@@ -182,10 +187,31 @@ pub(crate) fn decode(mut b: Bytes) -> Option<(Tag, Bytes)> {
             origin,
             expires_at_ms,
             msg,
+            mark,
             props,
         },
         b,
     ))
+}
+
+/// The router packet of a message, its tag given the message's mark (`pressure`).
+pub(crate) fn routed(topic: &str, mut tag: Tag, payload: &[u8], pressure: &Pressure) -> (Packet, u64) {
+    // The router's measure of a message: 4 + topic + payload.
+    let scope = crate::pressure::scope(topic);
+    tag.mark = pressure.mark(scope, 4 + topic.len() + HEADER + tag.props.len() + payload.len());
+    let packet = publish(Bytes::copy_from_slice(topic.as_bytes()), encode(&tag, payload));
+    (packet, tag.mark)
+}
+
+/// The mark of a routed payload, without decoding the rest (`None`: not routed by us).
+pub(crate) fn mark_of(b: &[u8]) -> Option<u64> {
+    if b.len() < HEADER || b[0] != MAGIC {
+        return None;
+    }
+    let at = 1 + 1 + 8 + 8 + 8;
+    b.get(at..at + 8)
+        .and_then(|m| m.try_into().ok())
+        .map(u64::from_be_bytes)
 }
 
 /// A QoS 0, non-retained publish for the router.
@@ -268,10 +294,12 @@ mod tests {
             origin: 42,
             expires_at_ms: 7,
             msg: 11,
+            mark: 13,
             props: Bytes::from_static(b"\x01\x01"),
         };
         let b = encode(&tag, b"payload");
         let (t, p) = decode(b).expect("tag");
+        assert_eq!(mark_of(&encode(&tag, b"payload")), Some(13));
         assert_eq!((t, &p[..]), (tag, &b"payload"[..]));
         assert!(decode(Bytes::from_static(b"short")).is_none());
     }

@@ -15,6 +15,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub registry: registry::Registry,
     pub router: router::RouterPort,
+    /// Reading subscribers' backpressure on publishers over the router's log.
+    pub pressure: Arc<crate::pressure::Pressure>,
     pub retained: retained::RetainedIndex,
     pub durable: durable::Durable,
     pub pending: Arc<fair::FairSlots>,

@@ -73,6 +73,7 @@ pub(crate) fn shared_with(
         presence: None,
         pending: crate::fair::FairSlots::new(16, 16),
         router: router::RouterPort::spawn(64, 64 * 1024, 4),
+        pressure: crate::pressure::Pressure::new(64 * 1024, 4),
         retained: retained::RetainedIndex::start(retained, 100, metrics.clone()).expect("index"),
         cfg,
         auth: Arc::new(FakeAuth),

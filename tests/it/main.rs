@@ -6,6 +6,7 @@
 #![allow(clippy::expect_used, clippy::panic)]
 
 mod admin_cli;
+mod backpressure;
 mod browser;
 mod channels;
 mod chart;

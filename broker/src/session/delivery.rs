@@ -11,9 +11,15 @@ impl Session {
             }
         };
         let mut unscheduled = false;
+        let mut drain = crate::pressure::Drain::default();
         for _ in 0..DRAIN_BATCH {
             match n.take() {
-                Some(Notification::Forward(f)) => self.on_forward(f, live).await?,
+                Some(Notification::Forward(f)) => {
+                    if let Some(mark) = router::mark_of(&f.publish.payload) {
+                        drain.took(&f.publish.topic, mark);
+                    }
+                    self.on_forward(f, live).await?
+                }
                 Some(Notification::Unschedule) => unscheduled = true,
                 Some(Notification::Disconnect(..)) => {
                     tracing::error!(client = %self.client(), "the router disconnected a session's link");
@@ -26,6 +32,9 @@ impl Session {
                 Some(Err(_)) => return Err(End::LinkGone),
                 None => break,
             }
+        }
+        if let Some(r) = self.subs.reader() {
+            r.drained(unscheduled, drain);
         }
         if unscheduled {
             if let Some(l) = self.link.as_ref() {
@@ -45,6 +54,15 @@ impl Session {
         else {
             return Ok(());
         };
+        if let Some((_, offset)) = f.cursor {
+            let skipped = self.subs.skipped(rid, offset);
+            if skipped > 0 {
+                let before = self.m().router_skipped.fetch_add(skipped, Ordering::Relaxed);
+                if before == 0 {
+                    tracing::warn!(client = %self.client(), skipped, "the router's log ran past a subscriber that drains it: messages lost (mqtt.max_segment_size too small for this load?)");
+                }
+            }
+        }
         let Some(sub) = self.subs.by_rid(rid) else {
             return Ok(());
         };

@@ -49,7 +49,7 @@ impl Session {
             self.m().sent(&replies);
             live.wbuf.extend_from_slice(&replies);
         }
-        self.flush_router().await?;
+        self.flush_router(true).await?;
         result
     }
 
@@ -322,6 +322,7 @@ impl Session {
         self.waits.extend(routed.durable);
         self.waits.extend(routed.exported);
         self.to_router.push(routed.packet);
+        self.to_router_marks.add(topic, routed.mark);
         Ok(())
     }
 
@@ -368,11 +369,39 @@ impl Session {
         }
     }
 
-    /// Sends what is queued for the router: one router event for the whole batch.
-    pub(super) async fn flush_router(&mut self) -> Step {
+    /// Sends what is queued for the router: one router event for the whole batch, once the
+    /// subscribers that fell behind leave room for it in the router's log (`pressure`; the
+    /// session keeps draining its own link meanwhile, `live` as its connection is).
+    pub(super) async fn flush_router(&mut self, live: bool) -> Step {
         if self.to_router.is_empty() {
             return Ok(());
         }
+        if self.link.is_none() {
+            self.to_router.clear();
+            self.to_router_marks.clear();
+            return Ok(());
+        }
+        let pressure = self.shared.pressure.clone();
+        let mut waited = false;
+        loop {
+            let changed = pressure.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if pressure.admits(&self.to_router_marks) {
+                break;
+            }
+            if !waited {
+                waited = true;
+                Metrics::inc(&self.m().publishers_slowed);
+            }
+            tokio::select! {
+                _ = changed => {}
+                n = live::next_notification(&mut self.link) => self.on_link(n, live).await?,
+                // A registration may go stale meanwhile (`admits` then leaves it out).
+                _ = tokio::time::sleep(crate::pressure::STALE) => {}
+            }
+        }
+        self.to_router_marks.clear();
         let Some(router::Link { tx, .. }) = self.link.as_mut() else {
             self.to_router.clear();
             return Ok(());

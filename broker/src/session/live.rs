@@ -4,7 +4,7 @@ use super::*;
 impl Session {
     /// The loop of a live connection.
     pub(super) async fn serve(&mut self, live: &mut Live) -> End {
-        if let Err(e) = self.flush_router().await {
+        if let Err(e) = self.flush_router(true).await {
             return e;
         }
         if self.direct {
@@ -34,6 +34,14 @@ impl Session {
                 write_stall = None;
             } else if write_stall.is_none() {
                 write_stall = Some(Instant::now());
+            }
+            // A device that reads (its socket took bytes lately) and still has a quarter of
+            // its queue waiting slows the publishers to its filters (`pressure`) instead of
+            // losing QoS 0 messages to a full queue.
+            let reads = write_stall.is_none_or(|t| t.elapsed() < READING);
+            let held = self.out.over_quarter() && reads;
+            if let Some(r) = self.subs.reader() {
+                r.queue(held);
             }
             if !self.out.unacknowledged() || self.out.acks() != acks {
                 ack_stall = None;
@@ -109,6 +117,9 @@ impl Session {
                 }
             };
             if let Err(e) = step {
+                if let Some(r) = self.subs.reader() {
+                    r.queue(false);
+                }
                 // Replies held for commits (acknowledgements of messages already accepted, and
                 // a DISCONNECT queued behind them) go first, in order, once committed; then what
                 // the session wrote last. Both bounded.

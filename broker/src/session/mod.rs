@@ -62,6 +62,8 @@ const MAX_LINK_BACKLOG: usize = 2000;
 /// Read batches whose replies wait for session store commits before the device's socket is
 /// not read any more.
 const MAX_HELD: usize = 64;
+/// A device whose socket took bytes within this counts as reading (`pressure`).
+const READING: Duration = Duration::from_millis(100);
 /// Notifications taken from the link per turn of the loop.
 const DRAIN_BATCH: usize = 512;
 
@@ -129,7 +131,8 @@ impl Session {
             identity,
             origin,
             link: None,
-            subs: Subscriptions::new(shared.interest.clone()),
+            subs: Subscriptions::new(shared.interest.clone())
+                .with_reader(crate::pressure::Reader::new(shared.pressure.clone(), origin)),
             rights: RightsCache::default(),
             out: Outbound::new(max_bytes, max_msgs),
             in_qos2: HashSet::new(),
@@ -137,6 +140,7 @@ impl Session {
             started: false,
             pending_will: None,
             to_router: Vec::new(),
+            to_router_marks: crate::pressure::Batch::default(),
             to_sink: Vec::new(),
             v5: false,
             stored: false,
@@ -172,6 +176,8 @@ struct Session {
     started: bool,
     pending_will: Option<(Will, Instant)>,
     to_router: Vec<Packet>,
+    /// The scopes, topics and marks of the messages in `to_router` (`pressure`).
+    to_router_marks: crate::pressure::Batch,
     to_sink: Vec<Message>,
     /// Protocol level of the last connection.
     v5: bool,

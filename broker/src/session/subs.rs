@@ -3,6 +3,7 @@
 //! one place subscriptions are added, removed, reset, restored, saved and indexed.
 
 use crate::cluster::Interest;
+use crate::pressure::Reader;
 use crate::router;
 use rumqttd::protocol::Packet;
 use std::collections::HashMap;
@@ -36,11 +37,15 @@ pub(crate) struct Subscriptions {
     by_filter: HashMap<String, Sub>,
     by_rid: HashMap<usize, String>,
     next_rid: usize,
+    /// Per router subscription: the log offset its next delivery must have (`skipped`).
+    next_offset: HashMap<usize, u64>,
     /// Cluster mode: this node's interest, told of every filter added and removed (also
     /// when the subscriptions are dropped with their session).
     interest: Option<Arc<Interest>>,
     /// Waits for scopes a new filter needs that other nodes are not heard on yet.
     pending: Vec<oneshot::Receiver<bool>>,
+    /// The session's registrations as a reader (`pressure`), kept with the filters.
+    reader: Option<Reader>,
     /// Channels last subscribed in the `m/<domain>/c/<channel>` form, with that domain: their
     /// deliveries are shown in that form (filters are kept in the canonical one).
     m_form: HashMap<String, String>,
@@ -64,10 +69,26 @@ impl Subscriptions {
             by_filter: HashMap::new(),
             by_rid: HashMap::new(),
             next_rid: 1,
+            next_offset: HashMap::new(),
             interest,
             pending: Vec::new(),
+            reader: None,
             m_form: HashMap::new(),
         }
+    }
+
+    /// Keeps the session's reader registrations (`pressure`) with its filters from now on.
+    pub fn with_reader(mut self, mut reader: Reader) -> Subscriptions {
+        for f in self.by_filter.keys() {
+            reader.subscribed(f);
+        }
+        self.reader = Some(reader);
+        self
+    }
+
+    /// The reader registrations, for what the link brought (`pressure`).
+    pub fn reader(&mut self) -> Option<&mut Reader> {
+        self.reader.as_mut()
     }
 
     /// Records the form a filter of a channel was subscribed in (`Some(domain)`: the `m/`
@@ -116,6 +137,14 @@ impl Subscriptions {
     }
 
     /// The subscription a router delivery names.
+    /// How many messages the router skipped on subscription `rid` before the one at `offset`
+    /// in its filter's log (rumqttd's offsets are absolute and consecutive per filter: a gap
+    /// is messages the log dropped before this session drained them).
+    pub fn skipped(&mut self, rid: usize, offset: u64) -> u64 {
+        let expected = self.next_offset.insert(rid, offset + 1);
+        expected.map_or(0, |e| offset.saturating_sub(e))
+    }
+
     pub fn by_rid(&self, rid: usize) -> Option<&Sub> {
         self.by_rid.get(&rid).and_then(|f| self.by_filter.get(f))
     }
@@ -140,6 +169,9 @@ impl Subscriptions {
             },
         );
         self.by_rid.insert(rid, filter.to_string());
+        if let (None, Some(r)) = (existed, self.reader.as_mut()) {
+            r.subscribed(filter);
+        }
         if existed.is_none() {
             if let Some(w) = self.interest.as_ref().and_then(|i| i.add(filter)) {
                 self.pending.push(w);
@@ -152,6 +184,7 @@ impl Subscriptions {
     pub fn remove(&mut self, filter: &str) -> Option<Packet> {
         let s = self.by_filter.remove(filter)?;
         self.by_rid.remove(&s.rid);
+        self.next_offset.remove(&s.rid);
         if let Some(ct) = crate::topic::parse(filter, true) {
             let channel = ct.channel;
             let left = self
@@ -164,6 +197,9 @@ impl Subscriptions {
         }
         if let Some(i) = &self.interest {
             i.remove(filter);
+        }
+        if let Some(r) = self.reader.as_mut() {
+            r.unsubscribed(filter);
         }
         Some(router::unsubscribe(filter))
     }
@@ -183,6 +219,10 @@ impl Subscriptions {
         }
         self.by_filter.clear();
         self.by_rid.clear();
+        self.next_offset.clear();
+        if let Some(r) = self.reader.as_mut() {
+            r.cleared();
+        }
         self.m_form.clear();
         out
     }

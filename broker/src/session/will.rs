@@ -37,7 +37,7 @@ impl Session {
             return;
         }
         let _ = self.await_durable().await;
-        let _ = self.flush_router().await;
+        let _ = self.flush_router(false).await;
         if !self.to_sink.is_empty() {
             let refused = self.shared.sink.offer(std::mem::take(&mut self.to_sink));
             self.count_unstored(refused.len());
