@@ -58,6 +58,8 @@ pub(crate) struct ConnectReq {
     pub expiry_capped: bool,
     pub receive_max: u16,
     pub max_packet: Option<usize>,
+    /// v5: how many topic aliases the client takes from the server (0: none).
+    pub topic_alias_max: u16,
     pub will: Option<Will>,
     pub transport: Transport,
     /// Cluster mode: this node's claim on the session key (0 outside a cluster).
@@ -254,10 +256,11 @@ async fn check(
     let (identity, cert_serial) = authenticate(shared, cert, login.as_ref()).await?;
     let who = identity.as_ref().map_or("", |i| i.client_id.as_str()).to_string();
 
-    // Client id: assigned when empty (clean start only).
+    // Client id: assigned when empty; 3.1.1 only with clean session [MQTT-3.1.3-8], 5 with
+    // either Clean Start (the assigned id names a new session anyway).
     let (mut mqtt_client_id, mut assigned) = (connect.client_id.clone(), false);
     if mqtt_client_id.is_empty() {
-        if !connect.clean_session {
+        if !connect.clean_session && !v5 {
             return Err(refused(reason::BAD_CLIENT_ID, &who));
         }
         mqtt_client_id = format!("fg-{}", uuid_like());
@@ -351,6 +354,7 @@ async fn check(
         expiry_capped,
         receive_max: props.1.filter(|r| *r > 0).unwrap_or(65_535),
         max_packet: props.2.map(|m| m as usize),
+        topic_alias_max: props.3,
         will,
         transport,
         claim,
@@ -399,16 +403,22 @@ fn login_outcome(outcome: Result<Login, PortError>, cert: bool) -> Result<Identi
     }
 }
 
-/// (session expiry, receive maximum, maximum packet size) of a CONNECT's properties.
+/// (session expiry, receive maximum, maximum packet size, topic alias maximum) of a
+/// CONNECT's properties.
 trait PropsExt {
-    fn unwrap_or_default_props(self) -> (Option<u32>, Option<u16>, Option<u32>);
+    fn unwrap_or_default_props(self) -> (Option<u32>, Option<u16>, Option<u32>, u16);
 }
 
 impl PropsExt for Option<proto::ConnectProperties> {
-    fn unwrap_or_default_props(self) -> (Option<u32>, Option<u16>, Option<u32>) {
+    fn unwrap_or_default_props(self) -> (Option<u32>, Option<u16>, Option<u32>, u16) {
         match self {
-            Some(p) => (p.session_expiry_interval, p.receive_maximum, p.max_packet_size),
-            None => (None, None, None),
+            Some(p) => (
+                p.session_expiry_interval,
+                p.receive_maximum,
+                p.max_packet_size,
+                p.topic_alias_max.unwrap_or(0),
+            ),
+            None => (None, None, None, 0),
         }
     }
 }

@@ -21,6 +21,9 @@ pub(crate) struct Delivery {
     pub sub_ids: Vec<u32>,
     /// The persistent queue entry this delivery is (0: none).
     pub msg: u64,
+    /// Its router mark (`pressure`; 0: not from the router): with its topic, it names the
+    /// message, so that the copies of one message for several subscriptions become one.
+    pub mark: u64,
 }
 
 impl Delivery {
@@ -33,20 +36,29 @@ impl Delivery {
     }
 
     /// Encodes it; the Message Expiry Interval is what remains of it.
-    pub fn encode(&self, out: &mut BytesMut, pkid: u16, dup: bool, v5: bool, now_ms: u64) {
-        codec::encode_publish(out, &self.out(pkid, dup, now_ms), v5);
+    pub fn encode(&self, out: &mut BytesMut, pkid: u16, dup: bool, v5: bool, now_ms: u64, alias: Alias) {
+        codec::encode_publish(out, &self.out(pkid, dup, now_ms, alias), v5);
     }
 
+    /// Its encoded size with the topic spelled out (the most it takes).
     pub fn encoded_len(&self, v5: bool, now_ms: u64) -> usize {
-        codec::publish_len(&self.out(1, false, now_ms), v5)
+        codec::publish_len(&self.out(1, false, now_ms, Alias::No), v5)
     }
 
-    fn out(&self, pkid: u16, dup: bool, now_ms: u64) -> OutPublish<'_> {
+    fn out(&self, pkid: u16, dup: bool, now_ms: u64, alias: Alias) -> OutPublish<'_> {
         OutPublish {
             qos: self.qos,
             retain: self.retain,
             dup,
-            topic: &self.topic,
+            topic: if matches!(alias, Alias::Use(_)) {
+                &[]
+            } else {
+                &self.topic
+            },
+            alias: match alias {
+                Alias::No => None,
+                Alias::Set(a) | Alias::Use(a) => Some(a),
+            },
             pkid,
             props: &self.props,
             expiry: (self.expires_at_ms != 0)
@@ -54,6 +66,43 @@ impl Delivery {
             sub_ids: &self.sub_ids,
             payload: &self.payload,
         }
+    }
+}
+
+/// How far back `merge` looks for another copy of a message (the router hands out the copies
+/// of one message filter by filter, up to 200 apart).
+const MERGE_WINDOW: usize = 256;
+
+/// A v5 Topic Alias for a delivery: none, set with the topic, or standing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alias {
+    No,
+    Set(u16),
+    Use(u16),
+}
+
+/// The topic aliases a connection gave the device (at most its Topic Alias Maximum; the first
+/// topics delivered keep theirs for the connection's life).
+#[derive(Debug, Default)]
+pub(crate) struct Aliases {
+    by_topic: std::collections::HashMap<Bytes, u16>,
+}
+
+impl Aliases {
+    /// The alias to send `topic` with, for a device that takes `max`.
+    pub fn of(&mut self, topic: &Bytes, max: u16) -> Alias {
+        if max == 0 || topic.is_empty() {
+            return Alias::No;
+        }
+        if let Some(a) = self.by_topic.get(topic) {
+            return Alias::Use(*a);
+        }
+        if self.by_topic.len() >= max as usize {
+            return Alias::No;
+        }
+        let a = self.by_topic.len() as u16 + 1;
+        self.by_topic.insert(topic.clone(), a);
+        Alias::Set(a)
     }
 }
 
@@ -204,6 +253,35 @@ impl Outbound {
         self.queue.len()
     }
 
+    /// Folds `d` into the queued copy of the same message for another subscription, if one
+    /// still waits among the last few queued: one PUBLISH with every matching subscription's
+    /// identifier and the highest QoS [MQTT-3.3.4-2] [MQTT-3.3.4-3]. False: queue it.
+    pub fn merge(&mut self, d: &Delivery) -> bool {
+        if d.mark == 0 {
+            return false;
+        }
+        let Some(q) = self
+            .queue
+            .iter_mut()
+            .rev()
+            .take(MERGE_WINDOW)
+            .find(|q| q.mark == d.mark && q.topic == d.topic)
+        else {
+            return false;
+        };
+        for id in &d.sub_ids {
+            if !q.sub_ids.contains(id) {
+                q.sub_ids.push(*id);
+            }
+        }
+        q.qos = q.qos.max(d.qos);
+        q.retain |= d.retain;
+        if q.msg == 0 {
+            q.msg = d.msg;
+        }
+        true
+    }
+
     /// More than a quarter of the queue's bound (bytes or messages) is taken.
     pub fn over_quarter(&self) -> bool {
         self.bytes > self.max_bytes / 4 || self.queue.len() > self.max_messages / 4
@@ -338,7 +416,7 @@ impl Outbound {
     pub fn resend(&self, out: &mut BytesMut, v5: bool, now_ms: u64) {
         for (p, s) in &self.inflight {
             match s {
-                State::Sent(d) => d.encode(out, *p, true, v5, now_ms),
+                State::Sent(d) => d.encode(out, *p, true, v5, now_ms, Alias::No),
                 State::Released(..) => out.extend_from_slice(&codec::encode_ack(codec::PUBREL, *p, None)),
             }
         }
@@ -365,6 +443,7 @@ mod tests {
             expires_at_ms: 0,
             sub_ids: vec![],
             msg: 0,
+            mark: 0,
         }
     }
 
@@ -484,7 +563,7 @@ mod tests {
         assert_eq!(expired, 1);
         e.expires_at_ms = 10_500;
         let mut out = BytesMut::new();
-        e.encode(&mut out, 1, false, true, 1000);
+        e.encode(&mut out, 1, false, true, 1000, Alias::No);
         // Remaining 9.5 s, rounded up to 10: property 0x02 with value 10.
         assert!(out.windows(5).any(|w| w == [0x02, 0, 0, 0, 10]));
     }

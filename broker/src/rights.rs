@@ -34,9 +34,15 @@ fn need<'a>(who: Option<&Identity>, action: Action, t: &'a str) -> Need<'a> {
         Action::Subscribe => shared_filter(t).map(|(_, f)| f).unwrap_or(t),
         _ => t,
     };
-    // Nobody publishes to, subscribes to or receives `$` topics (`$share` is unwrapped above).
+    // `$SYS` and `$share` are the server's (`$share` subscriptions are unwrapped above);
+    // other `$` topics are open to anonymous sessions only, as any topic outside channels.
     if t.starts_with('$') {
-        return Need::Deny;
+        let reserved = t == "$SYS" || t.starts_with("$SYS/") || t.starts_with("$share");
+        return if who.is_none() && !reserved {
+            Need::Allow
+        } else {
+            Need::Deny
+        };
     }
     let channel_space = t == "channels" || t.starts_with("channels/");
     match who {
@@ -132,6 +138,11 @@ mod tests {
         assert_eq!(need(None, Action::Deliver, "channels/x/messages"), Need::Deny);
         assert_eq!(need(None, Action::Publish, "sensors/a"), Need::Allow);
         assert_eq!(need(None, Action::Publish, "$SYS/a"), Need::Deny);
+        assert_eq!(need(None, Action::Publish, "$share/g/a"), Need::Deny);
+        assert_eq!(need(None, Action::Publish, "$TopicA/B"), Need::Allow);
+        assert_eq!(need(None, Action::Subscribe, "$TopicA/#"), Need::Allow);
+        assert_eq!(need(None, Action::Deliver, "$TopicA/B"), Need::Allow);
+        assert_eq!(need(me, Action::Publish, "$TopicA/B"), Need::Deny);
         assert_eq!(need(me, Action::Subscribe, "#"), Need::Deny);
         assert_eq!(need(me, Action::Subscribe, "channels/x/messages/#"), Need::Channel("x"));
         assert_eq!(

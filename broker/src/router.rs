@@ -199,8 +199,31 @@ pub(crate) fn routed(topic: &str, mut tag: Tag, payload: &[u8], pressure: &Press
     // The router's measure of a message: 4 + topic + payload.
     let scope = crate::pressure::scope(topic);
     tag.mark = pressure.mark(scope, 4 + topic.len() + HEADER + tag.props.len() + payload.len());
-    let packet = publish(Bytes::copy_from_slice(topic.as_bytes()), encode(&tag, payload));
+    let packet = publish(Bytes::from(escaped(topic).into_owned()), encode(&tag, payload));
     (packet, tag.mark)
+}
+
+/// The router's name for a topic or filter. rumqttd never matches a topic that starts with
+/// `$`, not even with the same filter, so such topics (and filters, except its own
+/// `$share/…`) travel behind a NUL, which no MQTT topic contains [MQTT-1.5.4-2]; wildcard
+/// filters then match them too, and sessions drop those deliveries ([MQTT-4.7.2-1],
+/// `is_dollar`).
+fn escaped(t: &str) -> std::borrow::Cow<'_, str> {
+    if t.starts_with('$') && !t.starts_with("$share/") {
+        std::borrow::Cow::Owned(format!("\0{t}"))
+    } else {
+        std::borrow::Cow::Borrowed(t)
+    }
+}
+
+/// A delivered topic as the client named it (see `escaped`); whether it starts with `$`.
+pub(crate) fn unescaped(mut topic: Bytes) -> (Bytes, bool) {
+    if topic.first() == Some(&0) {
+        topic.advance(1);
+        (topic, true)
+    } else {
+        (topic, false)
+    }
 }
 
 /// The mark of a routed payload, without decoding the rest (`None`: not routed by us).
@@ -226,7 +249,7 @@ pub(crate) fn subscribe(filter: &str, rid: usize) -> Packet {
         Subscribe {
             pkid: 0,
             filters: vec![Filter {
-                path: filter.to_string(),
+                path: escaped(filter).into_owned(),
                 qos: QoS::AtMostOnce,
                 nolocal: false,
                 preserve_retain: false,
@@ -244,7 +267,7 @@ pub(crate) fn unsubscribe(filter: &str) -> Packet {
     Packet::Unsubscribe(
         Unsubscribe {
             pkid: 0,
-            filters: vec![filter.to_string()],
+            filters: vec![escaped(filter).into_owned()],
         },
         None,
     )

@@ -94,7 +94,7 @@ async fn authorization_matrix_and_exact_delivery() {
             ("channels/+/messages".into(), denied),
             ("#".into(), denied),
             (format!("channels/{h2}/messages"), denied),
-            ("$SYS/#".into(), 0x80),
+            ("$SYS/#".into(), denied),
             ("sensors/temp".into(), denied),
             ("a/#/b".into(), 0x80),
         ];

@@ -458,6 +458,11 @@ pub fn connack_u8(body: &[u8], id: u8) -> Option<u8> {
     connack_prop(body, id).map(|v| v[0])
 }
 
+/// The string property `id` of a v5 CONNACK body (e.g. 0x12, Assigned Client Identifier).
+pub fn connack_str(body: &[u8], id: u8) -> Option<String> {
+    connack_prop(body, id).map(|v| String::from_utf8_lossy(&v[2..]).into_owned())
+}
+
 /// The value bytes of property `id` of a v5 CONNACK body.
 fn connack_prop(body: &[u8], id: u8) -> Option<Vec<u8>> {
     let mut i = 2;
@@ -517,6 +522,12 @@ pub mod props {
     }
     pub fn sub_id(id: u8) -> Vec<u8> {
         vec![0x0B, id]
+    }
+
+    pub fn topic_alias_max(n: u16) -> Vec<u8> {
+        let mut v = vec![0x22];
+        v.extend_from_slice(&n.to_be_bytes());
+        v
     }
 
     pub fn receive_max(n: u16) -> Vec<u8> {

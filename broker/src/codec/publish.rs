@@ -82,6 +82,8 @@ pub struct OutPublish<'a> {
     pub props: &'a [u8],
     pub expiry: Option<u32>,
     pub sub_ids: &'a [u32],
+    /// v5 Topic Alias (with an empty `topic`: the alias stands for it).
+    pub alias: Option<u16>,
     pub payload: &'a [u8],
 }
 
@@ -92,7 +94,10 @@ pub fn publish_len(p: &OutPublish<'_>, v5: bool) -> usize {
 }
 
 fn publish_props_len(p: &OutPublish<'_>) -> usize {
-    p.props.len() + p.expiry.map_or(0, |_| 5) + p.sub_ids.iter().map(|i| 1 + len_of_len(*i as usize)).sum::<usize>()
+    p.props.len()
+        + p.expiry.map_or(0, |_| 5)
+        + p.alias.map_or(0, |_| 3)
+        + p.sub_ids.iter().map(|i| 1 + len_of_len(*i as usize)).sum::<usize>()
 }
 
 fn publish_body_len(p: &OutPublish<'_>, v5: bool) -> usize {
@@ -120,6 +125,10 @@ pub fn encode_publish(out: &mut BytesMut, p: &OutPublish<'_>, v5: bool) {
         if let Some(e) = p.expiry {
             out.put_u8(prop::MESSAGE_EXPIRY);
             out.put_u32(e);
+        }
+        if let Some(a) = p.alias {
+            out.put_u8(prop::TOPIC_ALIAS);
+            out.put_u16(a);
         }
         for id in p.sub_ids {
             out.put_u8(prop::SUBSCRIPTION_ID);
@@ -203,6 +212,7 @@ mod tests {
             props: &user,
             expiry: Some(30),
             sub_ids: &[7, 300],
+            alias: None,
             payload: b"data",
         };
         for v5 in [false, true] {

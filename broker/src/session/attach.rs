@@ -65,6 +65,7 @@ impl Session {
             rbuf,
             wbuf: BytesMut::with_capacity(64),
             aliases: HashMap::new(),
+            out_aliases: Default::default(),
             last_rx: Instant::now(),
             req,
             peer,

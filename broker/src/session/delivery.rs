@@ -63,6 +63,11 @@ impl Session {
                 }
             }
         }
+        let (topic, dollar) = router::unescaped(f.publish.topic);
+        if dollar && self.subs.wildcard_first(rid) {
+            // [MQTT-4.7.2-1]: a filter starting with a wildcard does not match `$` topics.
+            return Ok(());
+        }
         let Some(sub) = self.subs.by_rid(rid) else {
             return Ok(());
         };
@@ -78,7 +83,7 @@ impl Session {
             return Ok(());
         }
         let d = Delivery {
-            topic: f.publish.topic,
+            topic,
             payload,
             props: tag.props,
             qos: tag.qos.min(sub.qos),
@@ -86,7 +91,12 @@ impl Session {
             expires_at_ms: tag.expires_at_ms,
             sub_ids: sub.sub_id.into_iter().collect(),
             msg: entry,
+            mark: tag.mark,
         };
+        // Another subscription of this session matched it too: one copy for both.
+        if self.subs.len() > 1 && self.out.merge(&d) {
+            return Ok(());
+        }
         // Persistent sessions queue only QoS 1/2 while offline.
         if !live && d.qos == 0 {
             return Ok(());
@@ -249,7 +259,12 @@ impl Session {
             }
             Metrics::inc(&self.m().messages_out);
             Metrics::inc(&self.m().packets_out);
-            d.encode(&mut live.wbuf, pkid, false, v5, now);
+            let alias = if v5 {
+                live.out_aliases.of(&d.topic, live.req.topic_alias_max)
+            } else {
+                crate::outbound::Alias::No
+            };
+            d.encode(&mut live.wbuf, pkid, false, v5, now, alias);
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ impl Session {
             let Some(mut live) = self.accept(a).await else { break };
             self.report_presence(&live, true);
             let end = self.serve(&mut live).await;
+            let by_device = matches!(end, End::Normal { .. });
             let (will, ends) = match end {
                 End::Normal { will } => (will, false),
                 End::Abnormal(why) => {
@@ -73,7 +74,11 @@ impl Session {
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), live.wr.shutdown()).await;
             self.report_presence(&live, false);
-            drop(live);
+            if by_device {
+                drop(live);
+            } else {
+                tokio::spawn(linger(live));
+            }
             if ends || (self.expiry == 0 && next.is_none()) {
                 break;
             }
@@ -189,4 +194,23 @@ impl Session {
             }
         }
     }
+}
+
+/// Once the server ended a connection (its last packets written, its side shut down), what
+/// the device still sends is read and dropped for a moment (at most 2 s and 64 KiB): closing
+/// a socket with bytes unread resets it, and the reset can destroy the DISCONNECT and the
+/// acknowledgements before the device reads them (a device answering PUBRECs with PUBRELs
+/// would see a broken pipe instead of the reason, e.g. 0x93).
+async fn linger(mut live: Live) {
+    let mut buf = [0u8; 4096];
+    let mut left = 64 * 1024usize;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(n) = live.rd.read(&mut buf).await {
+            if n == 0 || n >= left {
+                break;
+            }
+            left -= n;
+        }
+    })
+    .await;
 }

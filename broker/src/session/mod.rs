@@ -76,6 +76,8 @@ struct Live {
     rbuf: BytesMut,
     wbuf: BytesMut,
     aliases: HashMap<u16, String>,
+    /// Topic aliases given to the device (v5 Topic Alias Maximum > 0).
+    out_aliases: crate::outbound::Aliases,
     last_rx: Instant,
     _guard: ConnGuard,
 }

@@ -145,6 +145,14 @@ impl Subscriptions {
         expected.map_or(0, |e| offset.saturating_sub(e))
     }
 
+    /// Whether subscription `rid`'s filter starts with a wildcard (it never matches a `$`
+    /// topic [MQTT-4.7.2-1]).
+    pub fn wildcard_first(&self, rid: usize) -> bool {
+        self.by_rid
+            .get(&rid)
+            .is_some_and(|f| f.starts_with('+') || f.starts_with('#'))
+    }
+
     pub fn by_rid(&self, rid: usize) -> Option<&Sub> {
         self.by_rid.get(&rid).and_then(|f| self.by_filter.get(f))
     }
@@ -267,8 +275,8 @@ impl Subscriptions {
             .collect()
     }
 
-    /// Subscriptions from a session record (restore) of a client of `domain`; filters a
-    /// session may not hold any more (`$` topics outside shared subscriptions) are left out.
+    /// Subscriptions from a session record (restore) of a client of `domain`; filters no
+    /// session may hold (`$SYS`) are left out (deliveries are checked against rights anyway).
     pub fn restored(
         stored: Vec<(String, SubOptions)>,
         interest: Option<Arc<Interest>>,
@@ -276,7 +284,7 @@ impl Subscriptions {
     ) -> Subscriptions {
         let mut s = Subscriptions::new(interest);
         for (filter, o) in stored {
-            if crate::rights::shared_filter(&filter).is_none() && filter.starts_with('$') {
+            if filter == "$SYS" || filter.starts_with("$SYS/") {
                 continue;
             }
             match domain.and_then(|d| crate::topic::canonical(&filter, d).map(|c| (c, d))) {

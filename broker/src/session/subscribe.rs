@@ -22,10 +22,8 @@ impl Session {
             let filter: &str = canonical.as_deref().unwrap_or(given);
             let shared_sub = crate::rights::shared_filter(filter);
             let inner = shared_sub.map(|(_, f)| f).unwrap_or(filter);
-            let (code, why) = if !codec::valid_filter(inner)
-                || (filter.starts_with('$') && shared_sub.is_none())
-                || (shared_sub.is_some() && o.no_local)
-            {
+            // `$` filters are the rights' call (only anonymous sessions, never `$SYS`).
+            let (code, why) = if !codec::valid_filter(inner) || (shared_sub.is_some() && o.no_local) {
                 (reason::subscribe::INVALID, "invalid or unsupported filter")
             } else if shared_sub.is_some() && self.shared.cluster.is_some() {
                 (
@@ -70,6 +68,12 @@ impl Session {
                 }
             }
         }
+        // The router learns of the new filters at once, not at the end of this read (after
+        // the retained messages were looked up): a message published on another connection
+        // just after this SUBSCRIBE finds them. What this read published before goes first,
+        // through the sink first, as at the end of a read.
+        self.flush_sink().await;
+        self.flush_router(true).await?;
         replies.extend_from_slice(&codec::encode_suback(s.pkid, &codes, v5));
         // Cluster mode: the SUBACK leaves once other nodes' messages are heard on every new
         // filter, so none published after it slips past.
@@ -101,6 +105,7 @@ impl Session {
                 expires_at_ms: r.expires_at_ms,
                 sub_ids: sub_id.into_iter().collect(),
                 msg: 0,
+                mark: 0,
             };
             if self.stored && d.qos > 0 {
                 d.msg = self.own_entry(&d);
