@@ -81,6 +81,11 @@ const OTHER_VARS: &[&str] = &[
     "FLUXGATE_TEST_DATABASE_URL",
     "FLUXGATE_REQUIRE_PEERS",
     "FLUXGATE_SCREENSHOTS",
+    "FLUXGATE_PAHO_DIR",
+    "FLUXGATE_REQUIRE_PAHO",
+    "FLUXGATE_BENCH_ROLE",
+    "FLUXGATE_BENCH_SPEC",
+    "FLUXGATE_BENCH_ADDR",
 ];
 
 /// Every `FLUXGATE_…` name a configuration key is read from.

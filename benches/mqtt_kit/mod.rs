@@ -1,0 +1,56 @@
+//! The MQTT benchmark's parts: the load generator (`load`, run as its own process), the
+//! servers it measures (`servers`), and the memory figures (`memory`).
+
+pub mod load;
+pub mod memory;
+pub mod servers;
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Where the load goes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// (client id, secret) per connection slot; None for brokers without auth.
+    pub creds: Option<Vec<(String, String)>>,
+    pub topics: Vec<String>,
+}
+
+/// One run of one scenario, as the load process gets it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Spec {
+    pub target: Target,
+    /// `pubs[i]`: the topic index publisher i publishes to; `subs[j]`: subscriber j's.
+    pub pubs: Vec<usize>,
+    pub subs: Vec<usize>,
+    pub qos: u8,
+    /// Total messages per second, or None for as fast as possible.
+    pub rate: Option<u64>,
+    pub secs: u64,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Figures {
+    /// Deliveries per second within the window.
+    pub rate: f64,
+    pub delivered: u64,
+    /// Messages published (QoS 1: acknowledged) times the subscribers of their topic.
+    pub expected: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
+impl Figures {
+    pub fn loss(&self) -> f64 {
+        100.0 * (1.0 - self.delivered as f64 / self.expected.max(1) as f64)
+    }
+}
+
+/// The median of some runs' figure.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
