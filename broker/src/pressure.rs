@@ -15,7 +15,8 @@
 //! - A reading session is registered in each scope it received from, at the mark of the last
 //!   message it took from there; at the first message of its drain when the router paused
 //!   its link (more waits there, maybe from every scope). While its device reads but its
-//!   queue holds more than a quarter of its bound, its marks stay where they were.
+//!   queue holds more than a quarter of its bound, publishers to its topics wait whatever the
+//!   marks (a reader of many scopes can fill its queue with little in each).
 //! - A publishing session sends its read's messages to the router only while, in each scope
 //!   they go to, they end within `limit` bytes of every registered session's mark.
 //!   Meanwhile it does not read its device's socket, and it keeps draining its own link (it
@@ -30,6 +31,7 @@
 
 use crate::codec::matches;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -51,7 +53,20 @@ struct Reg {
     at: Instant,
     /// Its filters there: only publishers to topics they match wait for it.
     filters: Vec<String>,
+    /// Until when (`now_ms`) its queue is over a quarter of its bound while its device reads:
+    /// publishers to its filters wait, whatever the marks (shared by all its scopes).
+    held_until: Arc<AtomicU64>,
 }
+
+/// Milliseconds on a monotonic clock (for `held_until`; never 0).
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// How long a reader's "queue held" lasts unless it says so again (its loop turns do, while
+/// its device reads).
+const HELD_FOR_MS: u64 = 100;
 
 #[derive(Default)]
 struct Scope {
@@ -145,12 +160,15 @@ impl Pressure {
     /// behind, it gets one `limit` of slack per `stale`).
     pub(crate) fn admits(&self, batch: &Batch) -> bool {
         let (limit, stale) = (self.limit, self.stale);
+        let now = now_ms();
         batch.scopes.iter().all(|(scope, mark, topics)| {
             self.with(scope, |s| {
                 s.readers.values_mut().all(|r| {
-                    if *mark <= r.mark.saturating_add(limit)
-                        || !r.filters.iter().any(|f| topics.iter().any(|t| matches(f, t)))
-                    {
+                    let reads_it = || r.filters.iter().any(|f| topics.iter().any(|t| matches(f, t)));
+                    if r.held_until.load(Ordering::Relaxed) > now && reads_it() {
+                        return false;
+                    }
+                    if *mark <= r.mark.saturating_add(limit) || !reads_it() {
                         return true;
                     }
                     if r.at.elapsed() >= stale {
@@ -175,7 +193,7 @@ impl Pressure {
     }
 
     /// Registers `session` in `scope` with `filters`, at the scope's head.
-    fn register(&self, scope: &str, session: u64, filters: Vec<String>) {
+    fn register(&self, scope: &str, session: u64, filters: Vec<String>, held_until: &Arc<AtomicU64>) {
         self.with(scope, |s| {
             let mark = s.head;
             match s.readers.get_mut(&session) {
@@ -187,6 +205,7 @@ impl Pressure {
                             mark,
                             at: Instant::now(),
                             filters,
+                            held_until: held_until.clone(),
                         },
                     );
                 }
@@ -225,9 +244,8 @@ pub(crate) struct Reader {
     scopes: Vec<(String, u64, u64, Vec<String>)>,
     /// Filters whose channel level is a wildcard (they may match any scope).
     wild: Vec<String>,
-    /// Its queue holds more than a quarter of its bound while its device reads: the marks
-    /// registered stay.
-    held: bool,
+    /// Until when its queue counts as held (see `Reg::held_until`; 0: not held).
+    held_until: Arc<AtomicU64>,
 }
 
 /// What one drain of a link brought, per scope: the marks of its first and last message.
@@ -253,7 +271,7 @@ impl Reader {
             session,
             scopes: Vec::new(),
             wild: Vec::new(),
-            held: false,
+            held_until: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -264,7 +282,8 @@ impl Reader {
             self.wild.push(filter.to_string());
             for (scope, .., filters) in &mut self.scopes {
                 filters.push(filter.to_string());
-                self.pressure.register(scope, self.session, filters.clone());
+                self.pressure
+                    .register(scope, self.session, filters.clone(), &self.held_until);
             }
             return;
         };
@@ -280,13 +299,14 @@ impl Reader {
         if !filters.iter().any(|f| f == filter) {
             filters.push(filter.to_string());
         }
-        self.pressure.register(scope, self.session, filters.clone());
+        self.pressure
+            .register(scope, self.session, filters.clone(), &self.held_until);
     }
 
     /// A filter was unsubscribed.
     pub(crate) fn unsubscribed(&mut self, filter: &str) {
         self.wild.retain(|f| f != filter);
-        let (pressure, session) = (&self.pressure, self.session);
+        let (pressure, session, held_until) = (&self.pressure, self.session, &self.held_until);
         self.scopes.retain_mut(|(scope, .., filters)| {
             let before = filters.len();
             filters.retain(|f| f != filter);
@@ -295,7 +315,7 @@ impl Reader {
                 return false;
             }
             if filters.len() != before {
-                pressure.register(scope, session, filters.clone());
+                pressure.register(scope, session, filters.clone(), held_until);
             }
             true
         });
@@ -318,15 +338,14 @@ impl Reader {
             match self.scopes.iter_mut().find(|(s, ..)| *s == scope) {
                 Some((scope, seen, registered, _)) => {
                     *seen = last;
-                    if !self.held {
-                        *registered = at;
-                        moved |= self.pressure.move_to(scope, self.session, at, false);
-                    }
+                    *registered = at;
+                    moved |= self.pressure.move_to(scope, self.session, at, false);
                 }
                 // A scope reached through a wildcard filter (or a message of a filter just
                 // removed): registered with the wildcard filters.
                 None if !self.wild.is_empty() => {
-                    self.pressure.register(&scope, self.session, self.wild.clone());
+                    self.pressure
+                        .register(&scope, self.session, self.wild.clone(), &self.held_until);
                     self.pressure.move_to(&scope, self.session, at, true);
                     self.scopes.push((scope, last, at, self.wild.clone()));
                 }
@@ -339,21 +358,16 @@ impl Reader {
     }
 
     /// Whether the session's queue holds more than a quarter of its bound while its device
-    /// reads: then its registrations stay and count as moving; after, they go where it is.
+    /// reads (said on every turn of its loop): publishers to its filters wait until it is
+    /// not, or until it stops saying so for `HELD_FOR_MS` (its device stopped reading).
     pub(crate) fn queue(&mut self, held: bool) {
-        if !held && !self.held {
-            return;
-        }
-        for (scope, seen, registered, _) in &mut self.scopes {
-            if !held {
-                *registered = *seen;
-            }
-            self.pressure.move_to(scope, self.session, *registered, true);
-        }
-        if self.held && !held {
+        let was = self.held_until.load(Ordering::Relaxed) != 0;
+        if held {
+            self.held_until.store(now_ms() + HELD_FOR_MS, Ordering::Relaxed);
+        } else if was {
+            self.held_until.store(0, Ordering::Relaxed);
             self.pressure.recheck();
         }
-        self.held = held;
     }
 }
 
@@ -421,17 +435,19 @@ mod tests {
     }
 
     #[test]
-    fn a_paused_reader_counts_from_the_first_message_of_its_drain_and_a_held_one_stays() {
+    fn a_paused_reader_counts_from_the_first_message_of_its_drain_and_a_held_one_holds_all() {
         let p = Pressure::with_stale(1024, 3, HOUR);
         let mut r = reader(&p, 1, A);
         r.drained(true, drain(A, 100, 300));
-        assert!(!p.admits(&batch(A, 1125)));
-        r.queue(true);
+        assert!(p.admits(&batch(A, 1124)));
+        assert!(!p.admits(&batch(A, 1125)), "paused: from the first of its drain");
         r.drained(false, drain(A, 400, 900));
-        assert!(!p.admits(&batch(A, 1125)), "its queue is held: the mark stays");
+        assert!(p.admits(&batch(A, 1924)), "then where it got to");
+        r.queue(true);
+        assert!(!p.admits(&batch(A, 901)), "its queue is held: its topics wait");
+        assert!(p.admits(&batch(B, 100_000)), "other topics do not");
         r.queue(false);
-        assert!(p.admits(&batch(A, 1924)), "then it is where it got to");
-        assert!(!p.admits(&batch(A, 1925)));
+        assert!(p.admits(&batch(A, 1924)));
     }
 
     #[test]
