@@ -269,7 +269,6 @@ impl Shared {
                         expires_at_ms: b.expires_at_ms,
                         sub_ids,
                         msg: id,
-                        mark: 0,
                     };
                     self.registry.send(&key, registry::Control::Deliver(Box::new(d)));
                 }

@@ -21,9 +21,6 @@ pub(crate) struct Delivery {
     pub sub_ids: Vec<u32>,
     /// The persistent queue entry this delivery is (0: none).
     pub msg: u64,
-    /// Its router mark (`pressure`; 0: not from the router): with its topic, it names the
-    /// message, so that the copies of one message for several subscriptions become one.
-    pub mark: u64,
 }
 
 impl Delivery {
@@ -68,10 +65,6 @@ impl Delivery {
         }
     }
 }
-
-/// How far back `merge` looks for another copy of a message (the router hands out the copies
-/// of one message filter by filter, up to 200 apart).
-const MERGE_WINDOW: usize = 256;
 
 /// A v5 Topic Alias for a delivery: none, set with the topic, or standing for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,35 +246,6 @@ impl Outbound {
         self.queue.len()
     }
 
-    /// Folds `d` into the queued copy of the same message for another subscription, if one
-    /// still waits among the last few queued: one PUBLISH with every matching subscription's
-    /// identifier and the highest QoS [MQTT-3.3.4-2] [MQTT-3.3.4-3]. False: queue it.
-    pub fn merge(&mut self, d: &Delivery) -> bool {
-        if d.mark == 0 {
-            return false;
-        }
-        let Some(q) = self
-            .queue
-            .iter_mut()
-            .rev()
-            .take(MERGE_WINDOW)
-            .find(|q| q.mark == d.mark && q.topic == d.topic)
-        else {
-            return false;
-        };
-        for id in &d.sub_ids {
-            if !q.sub_ids.contains(id) {
-                q.sub_ids.push(*id);
-            }
-        }
-        q.qos = q.qos.max(d.qos);
-        q.retain |= d.retain;
-        if q.msg == 0 {
-            q.msg = d.msg;
-        }
-        true
-    }
-
     /// More than a quarter of the queue's bound (bytes or messages) is taken.
     pub fn over_quarter(&self) -> bool {
         self.bytes > self.max_bytes / 4 || self.queue.len() > self.max_messages / 4
@@ -443,7 +407,6 @@ mod tests {
             expires_at_ms: 0,
             sub_ids: vec![],
             msg: 0,
-            mark: 0,
         }
     }
 

@@ -206,8 +206,8 @@ pub(crate) fn routed(topic: &str, mut tag: Tag, payload: &[u8], pressure: &Press
 /// The router's name for a topic or filter. rumqttd never matches a topic that starts with
 /// `$`, not even with the same filter, so such topics (and filters, except its own
 /// `$share/…`) travel behind a NUL, which no MQTT topic contains [MQTT-1.5.4-2]; wildcard
-/// filters then match them too, and sessions drop those deliveries ([MQTT-4.7.2-1],
-/// `is_dollar`).
+/// filters then match them too, and sessions drop those deliveries ([MQTT-4.7.2-1]:
+/// `unescaped`, `Subscriptions::wildcard_first`).
 fn escaped(t: &str) -> std::borrow::Cow<'_, str> {
     if t.starts_with('$') && !t.starts_with("$share/") {
         std::borrow::Cow::Owned(format!("\0{t}"))

@@ -82,7 +82,7 @@ impl Session {
         if sub.no_local && tag.origin == self.origin {
             return Ok(());
         }
-        let d = Delivery {
+        let mut d = Delivery {
             topic,
             payload,
             props: tag.props,
@@ -91,11 +91,22 @@ impl Session {
             expires_at_ms: tag.expires_at_ms,
             sub_ids: sub.sub_id.into_iter().collect(),
             msg: entry,
-            mark: tag.mark,
         };
-        // Another subscription of this session matched it too: one copy for both.
-        if self.subs.len() > 1 && self.out.merge(&d) {
-            return Ok(());
+        // Other subscriptions of this session match it too: the router brings a copy per
+        // filter; the first to come is delivered for all of them (every identifier, the
+        // highest QoS [MQTT-3.3.4-2] [MQTT-3.3.4-3]) and the others are dropped.
+        let others = self
+            .subs
+            .others_matching(std::str::from_utf8(&d.topic).unwrap_or(""), rid);
+        if !others.is_empty() {
+            if !self.copies.first(tag.mark, &d.topic) {
+                return Ok(());
+            }
+            for o in others.iter().filter(|o| !(o.no_local && tag.origin == self.origin)) {
+                d.sub_ids.extend(o.sub_id);
+                d.qos = d.qos.max(tag.qos.min(o.qos));
+                d.retain |= o.rap && tag.retain;
+            }
         }
         // Persistent sessions queue only QoS 1/2 while offline.
         if !live && d.qos == 0 {

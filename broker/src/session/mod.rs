@@ -152,6 +152,7 @@ impl Session {
             held: Held::new(),
             direct: false,
             direct_seen: HashSet::new(),
+            copies: Copies::default(),
             live_will: None,
             shutting_down: false,
             transport: Transport::Mqtt,
@@ -199,6 +200,8 @@ struct Session {
     /// Entries received directly since the link was built: the router may bring them again
     /// in the moment between subscribing and leaving direct delivery.
     direct_seen: HashSet<u64>,
+    /// Messages delivered for several subscriptions at once (their other copies are dropped).
+    copies: Copies,
     /// The will of the connection attached now (kept in the session record).
     live_will: Option<Will>,
     /// The server stops: the session ends without deleting what the store keeps of it.
@@ -241,6 +244,35 @@ impl Session {
     fn canonical(&self, t: &str) -> Option<String> {
         let i = self.identity.as_ref()?;
         crate::topic::canonical(t, &i.domain_id)
+    }
+}
+
+/// The last messages (router mark, topic) delivered once for several subscriptions of a
+/// session, so that the router's other copies of them are recognised.
+#[derive(Default)]
+struct Copies {
+    seen: HashSet<(u64, Bytes)>,
+    order: std::collections::VecDeque<(u64, Bytes)>,
+}
+
+impl Copies {
+    /// Remembered: how many of the last messages with several copies are.
+    const KEPT: usize = 4096;
+
+    /// True for the first copy of the message; false for the others.
+    fn first(&mut self, mark: u64, topic: &Bytes) -> bool {
+        let key = (mark, topic.clone());
+        if self.seen.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= Self::KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        self.seen.insert(key.clone());
+        self.order.push_back(key);
+        true
     }
 }
 

@@ -64,7 +64,6 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
                 expires_at_ms: body.expires_at_ms,
                 sub_ids,
                 msg: q.msg,
-                mark: 0,
             };
             shared.durable.add_bytes(d.size() as u64);
             entries.push((q.state, q.pkid, d));

@@ -39,6 +39,9 @@ pub(crate) struct Subscriptions {
     next_rid: usize,
     /// Per router subscription: the log offset its next delivery must have (`skipped`).
     next_offset: HashMap<usize, u64>,
+    /// The filters with a wildcard, shared ones left out: the only ones that can match a
+    /// topic another filter of the session matches too (`others_matching`).
+    wild: Vec<String>,
     /// Cluster mode: this node's interest, told of every filter added and removed (also
     /// when the subscriptions are dropped with their session).
     interest: Option<Arc<Interest>>,
@@ -70,6 +73,7 @@ impl Subscriptions {
             by_rid: HashMap::new(),
             next_rid: 1,
             next_offset: HashMap::new(),
+            wild: Vec::new(),
             interest,
             pending: Vec::new(),
             reader: None,
@@ -136,7 +140,6 @@ impl Subscriptions {
         !self.contains(filter) && self.len() >= MAX_SUBSCRIPTIONS
     }
 
-    /// The subscription a router delivery names.
     /// How many messages the router skipped on subscription `rid` before the one at `offset`
     /// in its filter's log (rumqttd's offsets are absolute and consecutive per filter: a gap
     /// is messages the log dropped before this session drained them).
@@ -153,6 +156,24 @@ impl Subscriptions {
             .is_some_and(|f| f.starts_with('+') || f.starts_with('#'))
     }
 
+    /// The session's other (not shared) subscriptions that match `topic` besides `rid`'s:
+    /// with them, one copy of a message serves every matching subscription.
+    pub fn others_matching(&self, topic: &str, rid: usize) -> Vec<Sub> {
+        if self.wild.is_empty() {
+            return Vec::new();
+        }
+        let exact = self.by_filter.get(topic).filter(|s| s.rid != rid).copied();
+        let wild = self
+            .wild
+            .iter()
+            .filter(|f| crate::codec::matches(f, topic))
+            .filter_map(|f| self.by_filter.get(f.as_str()))
+            .filter(|s| s.rid != rid)
+            .copied();
+        exact.into_iter().chain(wild).collect()
+    }
+
+    /// The subscription a router delivery names.
     pub fn by_rid(&self, rid: usize) -> Option<&Sub> {
         self.by_rid.get(&rid).and_then(|f| self.by_filter.get(f))
     }
@@ -180,6 +201,9 @@ impl Subscriptions {
         if let (None, Some(r)) = (existed, self.reader.as_mut()) {
             r.subscribed(filter);
         }
+        if existed.is_none() && filter.contains(['+', '#']) && crate::rights::shared_filter(filter).is_none() {
+            self.wild.push(filter.to_string());
+        }
         if existed.is_none() {
             if let Some(w) = self.interest.as_ref().and_then(|i| i.add(filter)) {
                 self.pending.push(w);
@@ -193,6 +217,7 @@ impl Subscriptions {
         let s = self.by_filter.remove(filter)?;
         self.by_rid.remove(&s.rid);
         self.next_offset.remove(&s.rid);
+        self.wild.retain(|f| f != filter);
         if let Some(ct) = crate::topic::parse(filter, true) {
             let channel = ct.channel;
             let left = self
@@ -228,6 +253,7 @@ impl Subscriptions {
         self.by_filter.clear();
         self.by_rid.clear();
         self.next_offset.clear();
+        self.wild.clear();
         if let Some(r) = self.reader.as_mut() {
             r.cleared();
         }

@@ -105,7 +105,6 @@ impl Session {
                 expires_at_ms: r.expires_at_ms,
                 sub_ids: sub_id.into_iter().collect(),
                 msg: 0,
-                mark: 0,
             };
             if self.stored && d.qos > 0 {
                 d.msg = self.own_entry(&d);
