@@ -58,17 +58,24 @@ fn medians(runs: &[Figures]) -> Medians {
     }
 }
 
-/// Runs one figure: `runs` rounds, the targets taking turns in a rotating order.
+/// Runs one figure: `runs` rounds, the targets taking turns in a rotating order; with the
+/// counters of the Fluxgate targets over them.
 async fn figure(
     targets: &[Target],
     pubs: &[usize],
     subs: &[usize],
     qos: u8,
     rate: Option<u64>,
-) -> HashMap<String, Medians> {
+) -> (HashMap<String, Medians>, HashMap<String, [f64; 4]>) {
     let secs: u64 = common::env("BENCH_SECS", 3);
     let runs: usize = common::env("BENCH_RUNS", 3);
     let mut all: HashMap<String, Vec<Figures>> = HashMap::new();
+    let mut before = HashMap::new();
+    for t in targets {
+        if let Some(url) = &t.metrics {
+            before.insert(t.name.clone(), mqtt_kit::counters(url).await);
+        }
+    }
     for r in 0..runs {
         for k in 0..targets.len() {
             let t = &targets[(k + r) % targets.len()];
@@ -84,7 +91,14 @@ async fn figure(
             all.entry(t.name.clone()).or_default().push(f);
         }
     }
-    all.into_iter().map(|(k, v)| (k, medians(&v))).collect()
+    let mut counted = HashMap::new();
+    for t in targets {
+        if let (Some(url), Some(b)) = (&t.metrics, before.get(&t.name)) {
+            let a = mqtt_kit::counters(url).await;
+            counted.insert(t.name.clone(), std::array::from_fn(|i| a[i] - b[i]));
+        }
+    }
+    (all.into_iter().map(|(k, v)| (k, medians(&v))).collect(), counted)
 }
 
 #[tokio::main]
@@ -117,18 +131,21 @@ async fn main() {
             addr: fluxgate.addr,
             creds: Some(creds),
             topics: topics.clone(),
+            metrics: Some(format!("http://{}/metrics", fluxgate.http)),
         },
         Target {
             name: "fg-relay".into(),
             addr: relay.addr,
             creds: Some(relay_creds),
             topics: relay_topics,
+            metrics: Some(format!("http://{}/metrics", relay.http)),
         },
         Target {
             name: "rumqttd".into(),
             addr: bare_addr,
             creds: None,
             topics: topics.clone(),
+            metrics: None,
         },
     ];
     let _mosquitto = match reference {
@@ -138,6 +155,7 @@ async fn main() {
                 addr,
                 creds: None,
                 topics: topics.clone(),
+                metrics: None,
             });
             child
         }
@@ -184,11 +202,17 @@ async fn main() {
         if !label.contains(&only) {
             continue;
         }
-        let m = figure(&targets, &pubs, &subs, qos, rate).await;
+        let (m, counted) = figure(&targets, &pubs, &subs, qos, rate).await;
         for t in &targets {
             if let Some(x) = m.get(&t.name) {
+                let why = counted.get(&t.name).map_or(String::new(), |c| {
+                    format!(
+                        "   (all runs: router skipped {}, publisher reads slowed {}, disconnected: full queue {}, stalled {})",
+                        c[0], c[1], c[2], c[3]
+                    )
+                });
                 println!(
-                    "{label:<24} {:<10} {:>14.0} {:>7.2}% {:>9.2} {:>9.2}",
+                    "{label:<24} {:<10} {:>14.0} {:>7.2}% {:>9.2} {:>9.2}{why}",
                     t.name, x.rate, x.loss, x.p50_ms, x.p99_ms
                 );
             }

@@ -23,6 +23,7 @@ pub async fn topics(server: &ServerProcess, n_topics: usize) {
         addr: server.addr,
         creds: Some(vec![topic_dev]),
         topics: many_topics.clone(),
+        metrics: None,
     };
     let (sub, mut sub_el) = connected(&t, 0, "topic-reader").await;
     let chunks: Vec<Vec<String>> = many_topics.chunks(100).map(|c| c.to_vec()).collect();
@@ -108,6 +109,7 @@ pub async fn connections(server: &ServerProcess, n_conns: usize) {
                     addr,
                     creds: Some(vec![all[i].clone()]),
                     topics: Vec::new(),
+                    metrics: None,
                 };
                 match try_connect(&t, 0, &format!("idle-{i}")).await {
                     Ok((c, mut el)) => mine.push((c, tokio::spawn(async move { while el.poll().await.is_ok() {} }))),

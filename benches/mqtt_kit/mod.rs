@@ -16,6 +16,34 @@ pub struct Target {
     /// (client id, secret) per connection slot; None for brokers without auth.
     pub creds: Option<Vec<(String, String)>>,
     pub topics: Vec<String>,
+    /// Fluxgate: its `/metrics` URL (the counters printed beside each figure).
+    pub metrics: Option<String>,
+}
+
+/// The broker counters that explain a figure: what the router skipped, publisher reads
+/// slowed, sessions disconnected for a full queue or a stall.
+pub const COUNTERS: [&str; 4] = [
+    "fluxgate_mqtt_router_skipped_total",
+    "fluxgate_mqtt_publishers_slowed_total",
+    "fluxgate_mqtt_slow_consumers_disconnected_total",
+    "fluxgate_mqtt_stalled_consumers_disconnected_total",
+];
+
+/// The `COUNTERS` a Fluxgate server shows now (zeros when it cannot be read).
+pub async fn counters(url: &str) -> [f64; 4] {
+    let text = match reqwest::get(url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let mut out = [0.0; 4];
+    for line in text.lines() {
+        for (i, name) in COUNTERS.iter().enumerate() {
+            if let Some(v) = line.strip_prefix(name).and_then(|r| r.trim().parse::<f64>().ok()) {
+                out[i] = v;
+            }
+        }
+    }
+    out
 }
 
 /// One run of one scenario, as the load process gets it.

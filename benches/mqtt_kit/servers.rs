@@ -12,6 +12,8 @@ pub type Creds = Vec<(String, String)>;
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// Its API (for `/metrics`).
+    pub http: SocketAddr,
     pub store: storage::Store,
     _dir: tempfile::TempDir,
 }
@@ -19,14 +21,15 @@ pub struct ServerProcess {
 impl ServerProcess {
     pub async fn start(env: &[(&str, String)]) -> ServerProcess {
         let dir = tempfile::tempdir().expect("tmp");
-        let addr = common::free_addr();
+        let (addr, http) = (common::free_addr(), common::free_addr());
         let mut env = env.to_vec();
         env.push(("RUST_LOG", "warn".to_string()));
-        let child = common::serve_child(dir.path(), addr, &env).await;
+        let child = common::serve_child_on(dir.path(), addr, Some(http), &env).await;
         let store = common::server_store(dir.path()).await;
         ServerProcess {
             child,
             addr,
+            http,
             store,
             _dir: dir,
         }
