@@ -240,8 +240,8 @@ impl Pressure {
 pub(crate) struct Reader {
     pressure: Arc<Pressure>,
     session: u64,
-    /// Per scope: (scope, the last mark taken from there, the mark registered, its filters).
-    scopes: Vec<(String, u64, u64, Vec<String>)>,
+    /// The scopes it is registered in, with its filters there.
+    scopes: Vec<(String, Vec<String>)>,
     /// Filters whose channel level is a wildcard (they may match any scope).
     wild: Vec<String>,
     /// Until when its queue counts as held (see `Reg::held_until`; 0: not held).
@@ -280,7 +280,7 @@ impl Reader {
     pub(crate) fn subscribed(&mut self, filter: &str) {
         let Some(scope) = crate::topic::bucket(filter) else {
             self.wild.push(filter.to_string());
-            for (scope, .., filters) in &mut self.scopes {
+            for (scope, filters) in &mut self.scopes {
                 filters.push(filter.to_string());
                 self.pressure
                     .register(scope, self.session, filters.clone(), &self.held_until);
@@ -290,12 +290,11 @@ impl Reader {
         let i = match self.scopes.iter().position(|(s, ..)| s == scope) {
             Some(i) => i,
             None => {
-                let head = self.pressure.with(scope, |s| s.head).unwrap_or(0);
-                self.scopes.push((scope.to_string(), head, head, self.wild.clone()));
+                self.scopes.push((scope.to_string(), self.wild.clone()));
                 self.scopes.len() - 1
             }
         };
-        let (scope, .., filters) = &mut self.scopes[i];
+        let (scope, filters) = &mut self.scopes[i];
         if !filters.iter().any(|f| f == filter) {
             filters.push(filter.to_string());
         }
@@ -307,7 +306,7 @@ impl Reader {
     pub(crate) fn unsubscribed(&mut self, filter: &str) {
         self.wild.retain(|f| f != filter);
         let (pressure, session, held_until) = (&self.pressure, self.session, &self.held_until);
-        self.scopes.retain_mut(|(scope, .., filters)| {
+        self.scopes.retain_mut(|(scope, filters)| {
             let before = filters.len();
             filters.retain(|f| f != filter);
             if filters.is_empty() {
@@ -323,7 +322,7 @@ impl Reader {
 
     /// Every filter went.
     pub(crate) fn cleared(&mut self) {
-        for (scope, ..) in self.scopes.drain(..) {
+        for (scope, _) in self.scopes.drain(..) {
             self.pressure.unregister(&scope, self.session);
         }
         self.wild.clear();
@@ -335,19 +334,15 @@ impl Reader {
         let mut moved = false;
         for (scope, first, last) in d.scopes {
             let at = if paused { first } else { last };
-            match self.scopes.iter_mut().find(|(s, ..)| *s == scope) {
-                Some((scope, seen, registered, _)) => {
-                    *seen = last;
-                    *registered = at;
-                    moved |= self.pressure.move_to(scope, self.session, at, false);
-                }
+            match self.scopes.iter().find(|(s, _)| *s == scope) {
+                Some((scope, _)) => moved |= self.pressure.move_to(scope, self.session, at, false),
                 // A scope reached through a wildcard filter (or a message of a filter just
                 // removed): registered with the wildcard filters.
                 None if !self.wild.is_empty() => {
                     self.pressure
                         .register(&scope, self.session, self.wild.clone(), &self.held_until);
                     self.pressure.move_to(&scope, self.session, at, true);
-                    self.scopes.push((scope, last, at, self.wild.clone()));
+                    self.scopes.push((scope, self.wild.clone()));
                 }
                 None => {}
             }

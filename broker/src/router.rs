@@ -231,8 +231,9 @@ pub(crate) fn mark_of(b: &[u8]) -> Option<u64> {
     if b.len() < HEADER || b[0] != MAGIC {
         return None;
     }
-    let at = 1 + 1 + 8 + 8 + 8;
-    b.get(at..at + 8)
+    // After the magic byte, the flags, origin, expiry and entry id (see `encode`).
+    const AT: usize = 1 + 1 + 8 + 8 + 8;
+    b.get(AT..AT + 8)
         .and_then(|m| m.try_into().ok())
         .map(u64::from_be_bytes)
 }
