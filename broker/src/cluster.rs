@@ -5,6 +5,7 @@
 //! subjects). Messages from other nodes enter through their own entry
 //! ([`crate::BrokerHandle::import`]), which never exports again: no loop by construction.
 
+use crate::session::SubOptions;
 use crate::*;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -94,11 +95,31 @@ pub trait Cluster: Send + Sync + 'static {
     /// node that is not refuses new connections and publishes: it fails closed rather than
     /// serve rights that may have been revoked.
     fn current(&self) -> bool;
+    /// Starts (`on`) or stops taking this node's share of shared subscription `group` on
+    /// `filter` (the filter inside `$share/<group>/`): each message of the filter's scopes,
+    /// from any node this one included, goes to one node taking a share, which hands it to
+    /// [`crate::BrokerHandle::import_shared`]. Resolves once in effect. Called for the first
+    /// and the last local member of a group, in order.
+    fn share(&self, group: &str, filter: &str, on: bool) -> BoxFuture<()>;
 }
 
 enum Op {
     On(Scope, watch::Sender<bool>),
     Off(Scope),
+    Share(Group, watch::Sender<bool>),
+    Unshare(Group),
+}
+
+/// A shared subscription group as the cluster knows it: the group's name and its filter.
+pub(crate) type Group = (String, String);
+
+/// This node's members of one shared subscription group (cluster mode): the sessions that
+/// take its messages in turn.
+struct Members {
+    /// (session key, the member's subscription options)
+    list: Vec<(String, SubOptions)>,
+    next: usize,
+    heard: watch::Receiver<bool>,
 }
 
 /// This node's interest in scopes: how many local subscriptions need each one. The first
@@ -106,6 +127,9 @@ enum Op {
 /// whose scope is not heard yet gets a wait its SUBACK is held behind.
 pub(crate) struct Interest {
     counts: Mutex<HashMap<Scope, (usize, watch::Receiver<bool>)>>,
+    /// Shared subscriptions: never on the router in cluster mode; their messages come from
+    /// the cluster's share (NATS picks the node, this table the member).
+    groups: Mutex<HashMap<Group, Members>>,
     ops: mpsc::UnboundedSender<Op>,
     rt: tokio::runtime::Handle,
 }
@@ -121,11 +145,17 @@ impl Interest {
                         let _ = ready.send(true);
                     }
                     Op::Off(s) => port.listen(s, false).await,
+                    Op::Share((g, f), ready) => {
+                        port.share(&g, &f, true).await;
+                        let _ = ready.send(true);
+                    }
+                    Op::Unshare((g, f)) => port.share(&g, &f, false).await,
                 }
             }
         });
         Arc::new(Interest {
             counts: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
             ops,
             rt: rt.clone(),
         })
@@ -178,6 +208,64 @@ impl Interest {
                 }
             }
         }
+    }
+
+    /// Session `key` is a member of `group` (joined, or its options replaced); the receiver
+    /// (if any) resolves once this node takes the group's share.
+    pub fn join(&self, group: Group, key: &str, o: SubOptions) -> Option<oneshot::Receiver<bool>> {
+        let Ok(mut groups) = self.groups.lock() else {
+            return None;
+        };
+        let m = groups.entry(group.clone()).or_insert_with(|| {
+            let (tx, rx) = watch::channel(false);
+            let _ = self.ops.send(Op::Share(group, tx));
+            Members {
+                list: Vec::new(),
+                next: 0,
+                heard: rx,
+            }
+        });
+        match m.list.iter_mut().find(|(k, _)| k == key) {
+            Some(e) => e.1 = o,
+            None => m.list.push((key.to_string(), o)),
+        }
+        if *m.heard.borrow() {
+            return None;
+        }
+        let mut heard = m.heard.clone();
+        drop(groups);
+        let (tx, rx) = oneshot::channel();
+        self.rt.spawn(async move {
+            let _ = heard.wait_for(|h| *h).await;
+            let _ = tx.send(true);
+        });
+        Some(rx)
+    }
+
+    /// Session `key` leaves `group`; the last member stops this node's share.
+    pub fn leave(&self, group: &Group, key: &str) {
+        let Ok(mut groups) = self.groups.lock() else {
+            return;
+        };
+        if let Some(m) = groups.get_mut(group) {
+            m.list.retain(|(k, _)| k != key);
+            if m.list.is_empty() {
+                groups.remove(group);
+                let _ = self.ops.send(Op::Unshare(group.clone()));
+            }
+        }
+    }
+
+    /// The member that takes the group's next message on this node, in turn.
+    pub fn pick(&self, group: &Group) -> Option<(String, SubOptions)> {
+        let mut groups = self.groups.lock().ok()?;
+        let m = groups.get_mut(group)?;
+        if m.list.is_empty() {
+            return None;
+        }
+        let i = m.next % m.list.len();
+        m.next = i + 1;
+        m.list.get(i).cloned()
     }
 
     /// The scopes heard now and how many subscriptions need each (tests, metrics).
@@ -259,6 +347,53 @@ mod tests {
         fn current(&self) -> bool {
             true
         }
+        fn share(&self, group: &str, filter: &str, on: bool) -> BoxFuture<()> {
+            if let Ok(mut v) = self.0.lock() {
+                v.push((Scope::Channel(format!("share {group} {filter}")), on));
+            }
+            Box::pin(async {})
+        }
+    }
+
+    fn opts(qos: u8) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local: false,
+            rap: false,
+            sub_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_takes_its_share_with_its_first_member_and_members_take_turns() {
+        let port = Arc::new(Port(Mutex::new(Vec::new())));
+        let i = Interest::start(port.clone(), &tokio::runtime::Handle::current());
+        let g: Group = ("g".into(), "a/#".into());
+        let w = i.join(g.clone(), "k1", opts(1)).expect("not taken yet: a wait");
+        assert!(w.await.unwrap_or(false));
+        assert!(i.join(g.clone(), "k2", opts(0)).is_none(), "taken already: no wait");
+        assert!(i.join(g.clone(), "k2", opts(2)).is_none(), "options replaced");
+        let picks: Vec<_> = (0..4).filter_map(|_| i.pick(&g)).map(|(k, o)| (k, o.qos)).collect();
+        assert_eq!(
+            picks,
+            vec![("k1".into(), 1), ("k2".into(), 2), ("k1".into(), 1), ("k2".into(), 2)]
+        );
+        i.leave(&g, "k1");
+        assert_eq!(i.pick(&g).map(|(k, _)| k), Some("k2".to_string()));
+        i.leave(&g, "k2");
+        assert!(i.pick(&g).is_none(), "no member left");
+        // The op task has applied both by the time a new wait resolves.
+        let w = i.join(("h".into(), "b".into()), "k3", opts(1)).expect("a wait");
+        assert!(w.await.unwrap_or(false));
+        let seen = port.0.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(
+            seen,
+            vec![
+                (Scope::Channel("share g a/#".into()), true),
+                (Scope::Channel("share g a/#".into()), false),
+                (Scope::Channel("share h b".into()), true)
+            ]
+        );
     }
 
     #[tokio::test]

@@ -131,6 +131,41 @@ impl BrokerHandle {
         }
     }
 
+    /// Cluster mode: a message of shared subscription `group` on `filter` (see
+    /// [`Cluster::share`]) that the cluster gave this node: one local member takes it, in
+    /// turn; false when it is not for the group (the filter does not match) or no member is
+    /// left here (counted).
+    pub fn import_shared(&self, group: &str, filter: &str, c: &Carried) -> bool {
+        let Some(interest) = self.shared.interest.as_ref() else {
+            return false;
+        };
+        // [MQTT-4.7.2-1]: a filter starting with a wildcard never matches a `$` topic.
+        let dollar_miss = c.topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#'));
+        if dollar_miss || !codec::matches(filter, &c.topic) {
+            return false;
+        }
+        let Some((key, o)) = interest.pick(&(group.to_string(), filter.to_string())) else {
+            Metrics::inc(&self.shared.metrics.cluster_import_dropped);
+            return false;
+        };
+        Metrics::inc(&self.shared.metrics.cluster_imported);
+        let d = outbound::Delivery {
+            topic: Bytes::copy_from_slice(c.topic.as_bytes()),
+            payload: c.payload.clone(),
+            props: c.props.clone(),
+            qos: c.qos.min(o.qos),
+            retain: o.rap && c.retain,
+            expires_at_ms: c.expires_at_ms,
+            sub_ids: o.sub_id.into_iter().collect(),
+            msg: 0,
+        };
+        let whole = format!("$share/{group}/{filter}");
+        self.shared
+            .registry
+            .send(&key, registry::Control::Shared(Box::new(d), whole));
+        true
+    }
+
     /// Cluster mode: another node claimed a session key (see [`Cluster::claim`]); a session
     /// here with an older claim ends with DISCONNECT 0x8E.
     pub fn claimed(&self, key: &str, claim: u64) {

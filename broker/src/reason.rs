@@ -27,7 +27,6 @@ pub(crate) mod code {
     pub const PACKET_TOO_LARGE: u8 = 0x95;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
     pub const ADMINISTRATIVE_ACTION: u8 = 0x98;
-    pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
 }
 
 /// 3.1.1 CONNACK return codes.
@@ -203,15 +202,6 @@ pub(crate) mod subscribe {
     }
     /// An invalid or unsupported filter (both levels: 0x80).
     pub const INVALID: u8 = code::UNSPECIFIED;
-    /// A shared subscription where this node cannot offer them (cluster mode): 5 says so;
-    /// 3.1.1 has only "failure".
-    pub fn shared_unsupported(v5: bool) -> u8 {
-        if v5 {
-            code::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-        } else {
-            code::UNSPECIFIED
-        }
-    }
 }
 
 #[cfg(test)]

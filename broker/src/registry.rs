@@ -45,6 +45,9 @@ pub(crate) enum Control {
     Invalidate(Option<String>),
     /// A message for a restored session that has no router link yet (its entry is written).
     Deliver(Box<crate::outbound::Delivery>),
+    /// Cluster mode: a message of the shared subscription (its whole `$share/…` filter)
+    /// this session was picked for; offered to another member here if it left meanwhile.
+    Shared(Box<crate::outbound::Delivery>, String),
 }
 
 struct Entry {
@@ -367,6 +370,7 @@ mod tests {
                 Control::Invalidate(Some(_)) => ("invalidate", 0),
                 Control::Attach(_) => ("attach", 0),
                 Control::Deliver(_) => ("deliver", 0),
+                Control::Shared(..) => ("shared", 0),
             });
         }
         out

@@ -215,24 +215,44 @@ pub async fn janitor(store: Store, me: String, timeout: Duration, every: Duratio
     }
 }
 
+/// Which of a node's two NATS connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Exports, scopes, retained messages, change notices: never hears its own messages
+    /// (`no_echo`), so nothing loops.
+    Main,
+    /// Shared subscriptions' queue groups only: it must hear this node's own messages, so
+    /// that NATS picks among every node's members, this one's included.
+    Shares,
+}
+
 /// Connects to NATS (retrying in the background after the first success; the first
 /// connection must succeed), counting reconnections and slow-consumer drops.
 pub async fn connect(
     cfg: &ClusterConfig,
     node: &str,
     metrics: Arc<ClusterMetrics>,
+    role: Role,
 ) -> Result<async_nats::Client, ClusterError> {
     let url = cfg.nats_url.expose().to_string();
     let m = metrics.clone();
-    let opts = async_nats::ConnectOptions::new()
-        .name(format!("fluxgate {node}"))
-        .no_echo()
+    let main = role == Role::Main;
+    let opts = async_nats::ConnectOptions::new().name(match role {
+        Role::Main => format!("fluxgate {node}"),
+        Role::Shares => format!("fluxgate {node} shares"),
+    });
+    let opts = if main { opts.no_echo() } else { opts };
+    let opts = opts
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |e| {
             let m = m.clone();
             async move {
                 match e {
+                    async_nats::Event::Connected if !main => tracing::info!("NATS connection (shares) back"),
+                    async_nats::Event::Disconnected if !main => {
+                        tracing::warn!("NATS connection (shares) lost; reconnecting")
+                    }
                     async_nats::Event::Connected => {
                         m.reconnects.fetch_add(1, Ordering::Relaxed);
                         m.connected.store(1, Ordering::Relaxed);
@@ -254,7 +274,9 @@ pub async fn connect(
         url: redact(&url),
         err: e.to_string(),
     })?;
-    metrics.connected.store(1, Ordering::Relaxed);
+    if main {
+        metrics.connected.store(1, Ordering::Relaxed);
+    }
     Ok(client)
 }
 

@@ -31,8 +31,14 @@ struct Export {
     done: Option<oneshot::Sender<bool>>,
 }
 
+/// This node's share of one shared subscription group: one queue subscription per subject.
+type Sharing = HashMap<(String, String), Vec<tokio::task::JoinHandle<()>>>;
+
 pub struct NatsCluster {
     client: Client,
+    /// Queue subscriptions of shared subscription groups (hears this node's own messages).
+    shares: Client,
+    sharing: Arc<Mutex<Sharing>>,
     subjects: Subjects,
     node: String,
     exports: mpsc::Sender<Export>,
@@ -48,8 +54,10 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts the export task on the current runtime.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         client: Client,
+        shares: Client,
         subjects: Subjects,
         node: String,
         metrics: Arc<ClusterMetrics>,
@@ -67,6 +75,8 @@ impl NatsCluster {
         ));
         Arc::new(NatsCluster {
             client,
+            shares,
+            sharing: Arc::new(Mutex::new(HashMap::new())),
             subjects,
             node,
             exports: tx,
@@ -164,6 +174,68 @@ impl broker::Cluster for NatsCluster {
             }
         }
         rx
+    }
+
+    fn share(&self, group: &str, filter: &str, on: bool) -> BoxFuture<()> {
+        let key = (group.to_string(), filter.to_string());
+        if !on {
+            if let Ok(mut s) = self.sharing.lock() {
+                // The subscriptions are dropped with their tasks: NATS unsubscribes.
+                for t in s.remove(&key).into_iter().flatten() {
+                    t.abort();
+                }
+            }
+            return Box::pin(async {});
+        }
+        let queue = self.subjects.queue(group, filter);
+        // Every subject the filter's messages can come on, retained ones included (a
+        // retained message is published on its own subject only).
+        let mut subjects: Vec<String> = Scope::of_filter(filter)
+            .iter()
+            .map(|s| self.subjects.listen(s))
+            .collect();
+        subjects.push(self.subjects.retained());
+        let client = self.shares.clone();
+        let (broker, metrics) = (self.broker.clone(), self.metrics.clone());
+        let (sharing, flush_timeout) = (self.sharing.clone(), self.flush_timeout);
+        Box::pin(async move {
+            let mut tasks = Vec::new();
+            for subject in subjects {
+                let mut sub = match client.queue_subscribe(subject.clone(), queue.clone()).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(%subject, error = %e, "cannot take a shared subscription's share on NATS");
+                        continue;
+                    }
+                };
+                let (broker, metrics, key) = (broker.clone(), metrics.clone(), key.clone());
+                tasks.push(tokio::spawn(async move {
+                    while let Some(msg) = sub.next().await {
+                        let Some((_, c)) = wire::decode(msg.headers.as_ref(), msg.payload) else {
+                            metrics.inc_malformed();
+                            continue;
+                        };
+                        metrics.received.fetch_add(1, Ordering::Relaxed);
+                        match broker.get() {
+                            Some(b) => {
+                                b.import_shared(&key.0, &key.1, &c);
+                            }
+                            None => {
+                                metrics.lost_received.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }));
+            }
+            if let Ok(mut s) = sharing.lock() {
+                for old in s.insert(key, tasks).into_iter().flatten() {
+                    old.abort();
+                }
+            }
+            // The server has the subscriptions once a flush returns: nothing published after
+            // the SUBACK slips past.
+            let _ = tokio::time::timeout(flush_timeout, client.flush()).await;
+        })
     }
 
     fn listen(&self, scope: Scope, on: bool) -> BoxFuture<()> {

@@ -6,7 +6,7 @@
 use super::follow::{Follower, Freshness};
 use super::nats::NatsCluster;
 use super::wire::Subjects;
-use super::{connect, janitor, node_id, ClusterError, ClusterMetrics, Node};
+use super::{connect, janitor, node_id, ClusterError, ClusterMetrics, Node, Role};
 use crate::config::ClusterConfig;
 use broker::BrokerHandle;
 use std::sync::Arc;
@@ -22,6 +22,8 @@ fn ms(v: u64) -> Duration {
 pub struct Parts {
     pub node: Node,
     pub client: async_nats::Client,
+    /// The connection shared subscriptions take their share on (see `Role::Shares`).
+    pub shares: async_nats::Client,
     pub metrics: Arc<ClusterMetrics>,
     cfg: ClusterConfig,
 }
@@ -61,13 +63,15 @@ impl Parts {
         }
         let id = node_id(cfg, data_dir)?;
         let metrics = Arc::new(ClusterMetrics::default());
-        let client = connect(cfg, &id, metrics.clone()).await?;
+        let client = connect(cfg, &id, metrics.clone(), Role::Main).await?;
+        let shares = connect(cfg, &id, metrics.clone(), Role::Shares).await?;
         let node = Node::register(store, id, ms(cfg.node_timeout_ms)).await?;
         store.set_node(&node.id);
         tracing::info!(node = %node.id, "cluster mode: NATS connected, node registered");
         Ok(Some(Parts {
             node,
             client,
+            shares,
             metrics,
             cfg: cfg.clone(),
         }))
@@ -84,6 +88,7 @@ impl Parts {
         let fresh = Freshness::new(ms(self.cfg.stale_after_ms), self.metrics.clone());
         let nats = NatsCluster::start(
             self.client.clone(),
+            self.shares.clone(),
             self.subjects(),
             self.node.id.clone(),
             self.metrics.clone(),
@@ -136,5 +141,6 @@ impl Parts {
     pub async fn leave(&self, store: &Store) {
         self.node.leave(store).await;
         let _ = tokio::time::timeout(ms(self.cfg.flush_timeout_ms), self.client.flush()).await;
+        let _ = tokio::time::timeout(ms(self.cfg.flush_timeout_ms), self.shares.flush()).await;
     }
 }

@@ -59,6 +59,18 @@ impl Subjects {
         format!("{}.r", self.prefix)
     }
 
+    /// The NATS queue group of shared subscription `group` on `filter`: the same on every
+    /// node, and a different one for every (group, filter) pair (a digest: names and
+    /// filters may hold anything a queue name cannot, and be long).
+    pub fn queue(&self, group: &str, filter: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update((group.len() as u64).to_be_bytes());
+        h.update(group.as_bytes());
+        h.update(filter.as_bytes());
+        format!("{}-share-{}", self.prefix, hex(&h.finalize()[..16]))
+    }
+
     /// Change notices (the outbox's fast path).
     pub fn changes(&self) -> String {
         format!("{}.changes", self.prefix)

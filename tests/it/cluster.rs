@@ -462,30 +462,6 @@ async fn a_device_id_is_live_on_one_node_only() {
     }
 }
 
-/// Shared subscriptions wait for the next issue: refused per filter in cluster mode (5:
-/// 0x9E, 3.1.1: 0x80), and CONNACK says Shared Subscription Available = 0.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shared_subscriptions_are_refused_in_cluster_mode() {
-    let Some(env) = ClusterEnv::new() else { return };
-    let n1 = env.node(&[]).await;
-    let site = Site::provision(&n1, 1).await;
-    let shared = format!("$share/g/{}", site.all());
-    let (mut r, body) = Raw::connack(n1.mqtt, &site.connect(true, "s5", 0)).await;
-    assert_eq!(body[1], 0);
-    assert_eq!(
-        crate::raw::connack_u8(&body, 0x2A),
-        Some(0),
-        "Shared Subscription Available = 0"
-    );
-    let codes = r
-        .subscribe(1, &[(shared.as_str(), 1), (site.all().as_str(), 1)], &[])
-        .await;
-    assert_eq!(codes, vec![0x9E, 1]);
-    let mut r4 = Raw::ok(n1.mqtt, &site.connect(false, "s4", 0)).await;
-    let codes = r4.subscribe(1, &[(shared.as_str(), 1)], &[]).await;
-    assert_eq!(codes, vec![0x80]);
-}
-
 /// Test 4 (every kind): each revocation made on node 1 reaches a device on node 2 within a
 /// second: a client disabled, deleted or re-keyed and a domain disabled end its connection
 /// (0x98); a connection removed or a channel disabled refuse its next publish (0x87).

@@ -78,7 +78,7 @@ impl Session {
             topic_alias_max: TOPIC_ALIAS_MAX,
             session_expiry: live.req.expiry_capped.then_some(self.expiry),
             server_keep_alive: live.req.server_keep_alive,
-            shared_subs: self.shared.cluster.is_none(),
+            shared_subs: true,
         };
         let before = live.wbuf.len();
         live.wbuf

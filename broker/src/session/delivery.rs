@@ -117,10 +117,24 @@ impl Session {
 
     /// A message handed over directly (restored session without subscriptions on a link).
     pub(super) async fn on_direct(&mut self, d: Delivery, live: bool) -> Step {
-        if self.link.is_some() {
+        if self.link.is_some() && d.msg != 0 {
             self.direct_seen.insert(d.msg);
         }
+        // Persistent sessions queue only QoS 1/2 while offline.
+        if !live && d.qos == 0 {
+            return Ok(());
+        }
         self.admit(d, live).await
+    }
+
+    /// Cluster mode: a shared subscription's message this session was picked for; another
+    /// local member takes it when this one left the group meanwhile.
+    pub(super) async fn on_shared(&mut self, d: Delivery, filter: String, live: bool) -> Step {
+        if !self.subs.contains(&filter) {
+            reoffer(&self.shared, &self.key, d, &filter);
+            return Ok(());
+        }
+        self.on_direct(d, live).await
     }
 
     /// A delivery for this session, from the router or directly: not when expired or when
@@ -278,5 +292,24 @@ impl Session {
             d.encode(&mut live.wbuf, pkid, false, v5, now, alias);
         }
         Ok(())
+    }
+}
+
+/// A shared subscription's message whose member (`key`) left the group: the group's next
+/// member on this node takes it (with its own options), else it is dropped (counted).
+pub(super) fn reoffer(shared: &Shared, key: &str, mut d: Delivery, filter: &str) {
+    let next = crate::rights::shared_filter(filter)
+        .zip(shared.interest.as_ref())
+        .and_then(|((g, f), i)| i.pick(&(g.to_string(), f.to_string())))
+        .filter(|(k, _)| k != key);
+    match next {
+        Some((k, o)) => {
+            d.qos = d.qos.min(o.qos);
+            d.sub_ids = o.sub_id.into_iter().collect();
+            shared
+                .registry
+                .send(&k, Control::Shared(Box::new(d), filter.to_string()));
+        }
+        None => Metrics::inc(&shared.metrics.cluster_import_dropped),
     }
 }

@@ -75,7 +75,7 @@ impl Session {
                         let canonical = self.canonical(fl);
                         match self.subs.remove(canonical.as_deref().unwrap_or(fl)) {
                             Some(undo) => {
-                                self.to_router.push(undo);
+                                self.to_router.extend(undo);
                                 codes.push(code::SUCCESS);
                             }
                             None => codes.push(code::NO_SUBSCRIPTION_EXISTED),

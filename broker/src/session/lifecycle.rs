@@ -135,6 +135,7 @@ impl Session {
                         Ok(())
                     }
                     Some(Control::Deliver(d)) => self.on_direct(*d, false).await,
+                    Some(Control::Shared(d, filter)) => self.on_shared(*d, filter, false).await,
                 },
                 n = next_notification(&mut self.link) => self.on_link(n, false).await,
                 _ = tokio::time::sleep_until(will_at.unwrap_or(expires)), if will_at.is_some() => {
@@ -184,13 +185,17 @@ impl Session {
         }
         self.shared.registry.remove(&self.key, self.gen);
         while let Ok(c) = self.ctrl.try_recv() {
-            if let Control::Attach(a) = c {
-                let claim = a.req.claim;
-                if let Handed::New(gen, rx, a) =
-                    self.shared.registry.attach(&self.key, self.identity.as_ref(), a, claim)
-                {
-                    spawn(self.shared.clone(), self.key.clone(), gen, rx, self.identity.clone(), a);
+            match c {
+                Control::Attach(a) => {
+                    let claim = a.req.claim;
+                    if let Handed::New(gen, rx, a) =
+                        self.shared.registry.attach(&self.key, self.identity.as_ref(), a, claim)
+                    {
+                        spawn(self.shared.clone(), self.key.clone(), gen, rx, self.identity.clone(), a);
+                    }
                 }
+                Control::Shared(d, filter) => super::delivery::reoffer(&self.shared, &self.key, *d, &filter),
+                _ => {}
             }
         }
     }

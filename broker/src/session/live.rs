@@ -74,6 +74,7 @@ impl Session {
                         Ok(())
                     }
                     Some(Control::Deliver(d)) => self.on_direct(*d, true).await,
+                    Some(Control::Shared(d, filter)) => self.on_shared(*d, filter, true).await,
                     None => Ok(()),
                 },
                 r = live.wr.write(&live.wbuf), if !live.wbuf.is_empty() => match r {

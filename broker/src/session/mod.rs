@@ -125,6 +125,8 @@ impl Session {
         let origin = shared.next_origin.fetch_add(1, Ordering::Relaxed);
         let max_bytes = shared.cfg.max_queued_bytes;
         let max_msgs = shared.cfg.max_queued_messages;
+        let subs = Subscriptions::new(shared.interest.clone(), &key)
+            .with_reader(crate::pressure::Reader::new(shared.pressure.clone(), origin));
         Session {
             shared: shared.clone(),
             key,
@@ -133,8 +135,7 @@ impl Session {
             identity,
             origin,
             link: None,
-            subs: Subscriptions::new(shared.interest.clone())
-                .with_reader(crate::pressure::Reader::new(shared.pressure.clone(), origin)),
+            subs,
             rights: RightsCache::default(),
             out: Outbound::new(max_bytes, max_msgs),
             in_qos2: HashSet::new(),

@@ -33,7 +33,7 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
         s.offline_until = Some(Instant::now() + Duration::from_millis(ends_at - now));
         s.in_qos2 = durable::decode_inbound(rec.inbound.clone()).into_iter().collect();
         let domain = rec.owner.as_ref().map(|o| o.domain_id.as_str());
-        s.subs = Subscriptions::restored(state.subs, shared.interest.clone(), domain)
+        s.subs = Subscriptions::restored(state.subs, shared.interest.clone(), &rec.key, domain)
             .with_reader(crate::pressure::Reader::new(shared.pressure.clone(), s.origin));
         if let Some((w, due)) = state.will {
             // A will whose connection was live when the process stopped is due after its

@@ -2,7 +2,7 @@
 //! of each (which comes back on every delivery and names the subscription it matched). The
 //! one place subscriptions are added, removed, reset, restored, saved and indexed.
 
-use crate::cluster::Interest;
+use crate::cluster::{Group, Interest};
 use crate::pressure::Reader;
 use crate::router;
 use rumqttd::protocol::Packet;
@@ -43,8 +43,11 @@ pub(crate) struct Subscriptions {
     /// topic another filter of the session matches too (`others_matching`).
     wild: Vec<String>,
     /// Cluster mode: this node's interest, told of every filter added and removed (also
-    /// when the subscriptions are dropped with their session).
+    /// when the subscriptions are dropped with their session); shared subscriptions join
+    /// its groups instead of the router.
     interest: Option<Arc<Interest>>,
+    /// The session's key (its name as a member of shared subscription groups).
+    key: String,
     /// Waits for scopes a new filter needs that other nodes are not heard on yet.
     pending: Vec<oneshot::Receiver<bool>>,
     /// The session's registrations as a reader (`pressure`), kept with the filters.
@@ -56,7 +59,7 @@ pub(crate) struct Subscriptions {
 
 impl Default for Subscriptions {
     fn default() -> Self {
-        Subscriptions::new(None)
+        Subscriptions::new(None, "")
     }
 }
 
@@ -67,7 +70,7 @@ impl Drop for Subscriptions {
 }
 
 impl Subscriptions {
-    pub fn new(interest: Option<Arc<Interest>>) -> Subscriptions {
+    pub fn new(interest: Option<Arc<Interest>>, key: &str) -> Subscriptions {
         Subscriptions {
             by_filter: HashMap::new(),
             by_rid: HashMap::new(),
@@ -75,15 +78,27 @@ impl Subscriptions {
             next_offset: HashMap::new(),
             wild: Vec::new(),
             interest,
+            key: key.to_string(),
             pending: Vec::new(),
             reader: None,
             m_form: HashMap::new(),
         }
     }
 
+    /// Cluster mode: the shared subscription group a filter joins (never the router).
+    fn group(&self, filter: &str) -> Option<Group> {
+        self.interest.as_ref()?;
+        crate::rights::shared_filter(filter).map(|(g, f)| (g.to_string(), f.to_string()))
+    }
+
+    /// Whether a filter is on the router (in cluster mode, shared ones are not).
+    fn routed(&self, filter: &str) -> bool {
+        self.group(filter).is_none()
+    }
+
     /// Keeps the session's reader registrations (`pressure`) with its filters from now on.
     pub fn with_reader(mut self, mut reader: Reader) -> Subscriptions {
-        for f in self.by_filter.keys() {
+        for f in self.by_filter.keys().filter(|f| self.routed(f)) {
             reader.subscribed(f);
         }
         self.reader = Some(reader);
@@ -178,9 +193,10 @@ impl Subscriptions {
         self.by_rid.get(&rid).and_then(|f| self.by_filter.get(f))
     }
 
-    /// Adds or replaces a subscription (a replaced one keeps its router id). Returns the
-    /// router packet to send for a new filter (`None` when it replaced one).
-    pub fn insert(&mut self, filter: &str, o: SubOptions) -> Option<Packet> {
+    /// Adds or replaces a subscription (a replaced one keeps its router id). Returns whether
+    /// it is new, and the router packet to send for a new filter (`None` when it replaced
+    /// one, or joined a cluster's shared subscription group).
+    pub fn insert(&mut self, filter: &str, o: SubOptions) -> (bool, Option<Packet>) {
         let existed = self.by_filter.get(filter).map(|s| s.rid);
         let rid = existed.unwrap_or_else(|| {
             let rid = self.next_rid;
@@ -198,6 +214,13 @@ impl Subscriptions {
             },
         );
         self.by_rid.insert(rid, filter.to_string());
+        if let (Some(g), Some(i)) = (self.group(filter), self.interest.as_ref()) {
+            // Joined (or its options replaced): the SUBACK waits for this node's share.
+            if let Some(w) = i.join(g, &self.key, o) {
+                self.pending.push(w);
+            }
+            return (existed.is_none(), None);
+        }
         if let (None, Some(r)) = (existed, self.reader.as_mut()) {
             r.subscribed(filter);
         }
@@ -209,12 +232,21 @@ impl Subscriptions {
                 self.pending.push(w);
             }
         }
-        existed.is_none().then(|| router::subscribe(filter, rid))
+        (
+            existed.is_none(),
+            existed.is_none().then(|| router::subscribe(filter, rid)),
+        )
     }
 
-    /// Removes a subscription; returns the router packet to send, `None` when there was none.
-    pub fn remove(&mut self, filter: &str) -> Option<Packet> {
+    /// Removes a subscription; returns the router packets to send, `None` when there was
+    /// no such subscription.
+    pub fn remove(&mut self, filter: &str) -> Option<Vec<Packet>> {
         let s = self.by_filter.remove(filter)?;
+        if let (Some(g), Some(i)) = (self.group(filter), self.interest.as_ref()) {
+            self.by_rid.remove(&s.rid);
+            i.leave(&g, &self.key);
+            return Some(Vec::new());
+        }
         self.by_rid.remove(&s.rid);
         self.next_offset.remove(&s.rid);
         self.wild.retain(|f| f != filter);
@@ -234,20 +266,27 @@ impl Subscriptions {
         if let Some(r) = self.reader.as_mut() {
             r.unsubscribed(filter);
         }
-        Some(router::unsubscribe(filter))
+        Some(vec![router::unsubscribe(filter)])
     }
 
     /// Removes every subscription; returns the router packets that undo them (none when
     /// `on_router` is false: nothing was subscribed on a link).
     pub fn clear(&mut self, on_router: bool) -> Vec<Packet> {
         let out = if on_router {
-            self.by_filter.keys().map(|f| router::unsubscribe(f)).collect()
+            self.by_filter
+                .keys()
+                .filter(|f| self.routed(f))
+                .map(|f| router::unsubscribe(f))
+                .collect()
         } else {
             Vec::new()
         };
         if let Some(i) = &self.interest {
             for f in self.by_filter.keys() {
-                i.remove(f);
+                match self.group(f) {
+                    Some(g) => i.leave(&g, &self.key),
+                    None => i.remove(f),
+                }
             }
         }
         self.by_filter.clear();
@@ -265,6 +304,7 @@ impl Subscriptions {
     pub fn router_subscribes(&self) -> Vec<Packet> {
         self.by_filter
             .iter()
+            .filter(|(f, _)| self.routed(f))
             .map(|(f, s)| router::subscribe(f, s.rid))
             .collect()
     }
@@ -306,9 +346,10 @@ impl Subscriptions {
     pub fn restored(
         stored: Vec<(String, SubOptions)>,
         interest: Option<Arc<Interest>>,
+        key: &str,
         domain: Option<&str>,
     ) -> Subscriptions {
-        let mut s = Subscriptions::new(interest);
+        let mut s = Subscriptions::new(interest, key);
         for (filter, o) in stored {
             if filter == "$SYS" || filter.starts_with("$SYS/") {
                 continue;
@@ -343,11 +384,11 @@ mod tests {
     #[test]
     fn a_replaced_subscription_keeps_its_router_id_and_is_not_subscribed_again() {
         let mut s = Subscriptions::default();
-        assert!(s.insert("a/#", o(1)).is_some(), "new: subscribed on the router");
+        assert!(s.insert("a/#", o(1)).1.is_some(), "new: subscribed on the router");
         let rid = s.by_filter["a/#"].rid;
-        assert!(s.insert("a/#", o(2)).is_none(), "replaced: nothing to send");
+        assert_eq!(s.insert("a/#", o(2)), (false, None), "replaced: nothing to send");
         assert_eq!(s.by_rid(rid).map(|x| x.qos), Some(2));
-        assert!(s.insert("b", o(0)).is_some());
+        assert!(s.insert("b", o(0)).1.is_some());
         assert_ne!(s.by_filter["b"].rid, rid);
         assert_eq!(s.len(), 2);
     }
@@ -374,7 +415,7 @@ mod tests {
         let _ = s.insert("$share/g/x", o(2));
         let mut stored = s.stored();
         stored.push(("$SYS/x".into(), o(0)));
-        let r = Subscriptions::restored(stored, None, None);
+        let r = Subscriptions::restored(stored, None, "k", None);
         assert_eq!(r.len(), 2, "the $SYS filter is not restored");
         assert!(r.contains("a/+") && r.contains("$share/g/x"));
         assert_eq!(r.router_subscribes().len(), 2);
@@ -396,7 +437,7 @@ mod tests {
         let stored = s.stored();
         assert!(stored.iter().any(|(f, _)| f == "m/d/c/h/#"), "{stored:?}");
         assert!(s.canonical().iter().any(|(f, _)| f == "channels/h/messages/#"));
-        let r = Subscriptions::restored(stored, None, Some("d"));
+        let r = Subscriptions::restored(stored, None, "k", Some("d"));
         assert!(r.contains("channels/h/messages/#"), "canonical again");
         assert_eq!(r.shown(b"channels/h/messages/t").as_deref(), Some(&b"m/d/c/h/t"[..]));
         let mut r = r;

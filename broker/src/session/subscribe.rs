@@ -25,11 +25,6 @@ impl Session {
             // `$` filters are the rights' call (only anonymous sessions, never `$SYS`).
             let (code, why) = if !codec::valid_filter(inner) || (shared_sub.is_some() && o.no_local) {
                 (reason::subscribe::INVALID, "invalid or unsupported filter")
-            } else if shared_sub.is_some() && self.shared.cluster.is_some() {
-                (
-                    reason::subscribe::shared_unsupported(v5),
-                    "shared subscriptions are not available in cluster mode",
-                )
             } else if !self
                 .rights
                 .allowed(auth.as_ref(), self.identity.as_ref(), Action::Subscribe, filter)
@@ -56,8 +51,9 @@ impl Session {
                     sub_id: s.sub_id,
                 },
             );
-            let existed = added.is_none();
-            self.to_router.extend(added);
+            let (new, packet) = added;
+            let existed = !new;
+            self.to_router.extend(packet);
             self.subs.set_form(filter, m_domain.as_deref());
             codes.push(o.qos);
             // Retained messages: not for shared subscriptions; Retain Handling 1 only for a
