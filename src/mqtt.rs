@@ -93,37 +93,45 @@ pub struct StoreSessions {
     pub store: Store,
 }
 
+/// The broker's view of what the store holds for persistent sessions.
+fn loaded(snap: storage::SessionSnapshot) -> SessionsLoaded {
+    SessionsLoaded {
+        sessions: snap
+            .sessions
+            .into_iter()
+            .map(|s| StoredSession {
+                key: s.key,
+                owner: s.owner.map(|(domain_id, client_id)| Identity { domain_id, client_id }),
+                expiry_s: s.expiry_s,
+                disconnected_at_ms: s.disconnected_at_ms,
+                state: s.state.into(),
+                inbound: s.inbound.into(),
+            })
+            .collect(),
+        queued: snap
+            .queued
+            .into_iter()
+            .map(|q| StoredDelivery {
+                session: q.session,
+                msg: q.msg,
+                meta: q.meta.into(),
+                state: q.state,
+                pkid: q.pkid,
+                body: q.body.into(),
+            })
+            .collect(),
+        max_msg: snap.max_msg,
+        dropped: snap.dropped,
+    }
+}
+
 impl SessionStore for StoreSessions {
     fn load(&self) -> Result<SessionsLoaded, PortError> {
-        let snap = self.store.sessions_load().map_err(unavailable)?;
-        Ok(SessionsLoaded {
-            sessions: snap
-                .sessions
-                .into_iter()
-                .map(|s| StoredSession {
-                    key: s.key,
-                    owner: s.owner.map(|(domain_id, client_id)| Identity { domain_id, client_id }),
-                    expiry_s: s.expiry_s,
-                    disconnected_at_ms: s.disconnected_at_ms,
-                    state: s.state.into(),
-                    inbound: s.inbound.into(),
-                })
-                .collect(),
-            queued: snap
-                .queued
-                .into_iter()
-                .map(|q| StoredDelivery {
-                    session: q.session,
-                    msg: q.msg,
-                    meta: q.meta.into(),
-                    state: q.state,
-                    pkid: q.pkid,
-                    body: q.body.into(),
-                })
-                .collect(),
-            max_msg: snap.max_msg,
-            dropped: snap.dropped,
-        })
+        Ok(loaded(self.store.sessions_load().map_err(unavailable)?))
+    }
+
+    fn adopt(&self, key: &str) -> Result<Option<SessionsLoaded>, PortError> {
+        Ok(self.store.session_adopt(key).map_err(unavailable)?.map(loaded))
     }
 
     fn apply(&self, ops: &[SessionOp]) -> Result<(), PortError> {

@@ -414,6 +414,15 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         st,
         |s: &Store| load(&s.pool_stats().wait_micros)
     );
+    mirror!(
+        counter(
+            &t,
+            "store_session_writes_fenced_total",
+            "Session record writes refused because another node owns the session"
+        )?,
+        st,
+        |s: &Store| s.session_writes_fenced()
+    );
     let pool = IntGaugeVec::new(
         Opts::new("store_pool_connections", "Pooled database connections by state"),
         &["state"],
@@ -489,6 +498,15 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
                 )?,
                 b,
                 |m: &broker::Metrics| load(&m.cluster_taken_over)
+            );
+            mirror!(
+                counter(
+                    &t,
+                    "cluster_sessions_adopted_total",
+                    "Persistent sessions moved to this node from another node by their device"
+                )?,
+                b,
+                |m: &broker::Metrics| load(&m.cluster_sessions_adopted)
             );
             mirror!(
                 counter(

@@ -335,9 +335,14 @@ async fn check(
                 identity.as_ref().map(|i| (i.domain_id.as_str(), i.client_id.as_str())),
                 &mqtt_client_id,
             );
-            c.claim(&key)
+            let claim = c
+                .claim(&key)
                 .await
-                .map_err(|_| refused(reason::STORE_UNAVAILABLE, &who))?
+                .map_err(|_| refused(reason::STORE_UNAVAILABLE, &who))?;
+            adopt(shared, &key)
+                .await
+                .map_err(|_| refused(reason::STORE_UNAVAILABLE, &who))?;
+            claim
         }
         None => 0,
     };
@@ -359,6 +364,27 @@ async fn check(
         transport,
         claim,
     })
+}
+
+/// Cluster mode, once this node claimed `key`: a session another node holds for it moves
+/// here (with its queue and in-flight states) and is recreated offline, so the connection
+/// resumes it (or, with Clean Start, discards it) as if it had always been here.
+async fn adopt(shared: &Arc<Shared>, key: &str) -> Result<(), PortError> {
+    let Some(store) = shared.sessions.clone() else {
+        return Ok(());
+    };
+    if shared.registry.contains(key) {
+        return Ok(());
+    }
+    let k = key.to_string();
+    let loaded = tokio::task::spawn_blocking(move || store.adopt(&k))
+        .await
+        .map_err(|e| PortError::Unavailable("store", e.to_string()))??;
+    if let Some(loaded) = loaded {
+        Metrics::inc(&shared.metrics.cluster_sessions_adopted);
+        session::restore_all(shared.clone(), loaded).await;
+    }
+    Ok(())
 }
 
 /// Who the CONNECT is: a verified client certificate names the client; otherwise the

@@ -297,6 +297,7 @@ pub async fn start(
     let (max_retained, m2) = (cfg.max_retained, metrics.clone());
     let retained =
         tokio::task::spawn_blocking(move || retained::RetainedIndex::start(retained_store, max_retained, m2)).await??;
+    let sessions = session_store.clone();
     let (durable, loaded) = match session_store {
         Some(store) => {
             let max = cfg.max_stored_queue_bytes;
@@ -320,6 +321,7 @@ pub async fn start(
         stop,
         presence,
         durable,
+        sessions,
         pending: fair::FairSlots::new(cfg.max_pending_connections, cfg.max_pending_per_source),
         pressure: crate::pressure::Pressure::new(cfg.max_segment_size, cfg.max_segment_count),
         cfg,

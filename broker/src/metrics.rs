@@ -54,6 +54,8 @@ pub struct Metrics {
     pub cluster_import_dropped: AtomicU64,
     /// Cluster mode: sessions ended because their device connected to another node.
     pub cluster_taken_over: AtomicU64,
+    /// Cluster mode: persistent sessions moved here from another node by their device.
+    pub cluster_sessions_adopted: AtomicU64,
     /// Cluster mode: publishes refused while the node could not confirm it is current.
     pub cluster_refused_not_current: AtomicU64,
     /// CONNECT refusals by reason label.

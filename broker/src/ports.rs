@@ -263,4 +263,11 @@ pub enum SessionOp {
 pub trait SessionStore: Send + Sync + 'static {
     fn load(&self) -> Result<SessionsLoaded, PortError>;
     fn apply(&self, ops: &[SessionOp]) -> Result<(), PortError>;
+    /// Cluster mode: once this node claimed `key` ([`crate::Cluster::claim`]), moves the
+    /// session another node holds for it here (record, queue, in-flight states) and returns
+    /// it; `None` when no other node holds one. From then on the other node's writes of it
+    /// are refused by the store.
+    fn adopt(&self, _key: &str) -> Result<Option<SessionsLoaded>, PortError> {
+        Ok(None)
+    }
 }

@@ -250,6 +250,11 @@ impl Registry {
         }
     }
 
+    /// Whether a session is registered under `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.inner.lock().is_ok_and(|m| m.by_key.contains_key(key))
+    }
+
     pub fn len(&self) -> usize {
         self.inner.lock().map(|m| m.by_key.len()).unwrap_or(0)
     }

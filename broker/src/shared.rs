@@ -19,6 +19,8 @@ pub(crate) struct Shared {
     pub pressure: Arc<crate::pressure::Pressure>,
     pub retained: retained::RetainedIndex,
     pub durable: durable::Durable,
+    /// The session store (cluster mode: sessions move in from other nodes through it).
+    pub sessions: Option<Arc<dyn SessionStore>>,
     pub pending: Arc<fair::FairSlots>,
     pub rt: tokio::runtime::Handle,
     pub next_origin: AtomicU64,

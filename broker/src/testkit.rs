@@ -80,10 +80,11 @@ pub(crate) fn shared_with(
         sink: sink.clone(),
         metrics,
         registry: registry::Registry::default(),
-        durable: match sessions {
+        durable: match sessions.clone() {
             Some(store) => durable::Durable::start(store, 0, u64::MAX).expect("session writer"),
             None => durable::Durable::off(),
         },
+        sessions,
         rt: tokio::runtime::Handle::current(),
         next_origin: AtomicU64::new(1),
         cluster: None,

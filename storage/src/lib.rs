@@ -252,6 +252,8 @@ pub struct Store {
     /// Cluster mode: the node this store serves; what the store keeps per node (persistent
     /// sessions, presence) is scoped by it. Empty outside a cluster.
     node: std::sync::Arc<std::sync::OnceLock<String>>,
+    /// Session record writes refused because another node owns the session.
+    fenced: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Where the store announces rights-affecting changes, after their transaction committed
@@ -339,6 +341,7 @@ impl Store {
             stats: Default::default(),
             sink: Default::default(),
             node: Default::default(),
+            fenced: Default::default(),
         }
     }
 
@@ -370,6 +373,12 @@ impl Store {
             .wait_micros
             .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
         Ok(c)
+    }
+
+    /// Session record writes refused so far because another node owns the session (a node
+    /// that lost a session it held, e.g. after a pause, cannot overwrite it).
+    pub fn session_writes_fenced(&self) -> u64 {
+        self.fenced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Pool wait counters.

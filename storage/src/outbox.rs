@@ -100,12 +100,22 @@ impl Store {
             node: self.node().to_string(),
         };
         let payload = serde_json::to_string(&c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let node = self.node();
         self.write(|tx| {
-            tx.query_row(
+            let seq: i64 = tx.query_row(
                 "INSERT INTO outbox (kind, payload, at) VALUES (?1, ?2, ?3) RETURNING seq",
                 &params![SESSION_CLAIMED, payload, crate::now_micros()],
                 |r| r.get(0),
-            )
+            )?;
+            // The session's owner from now on (claims are numbered in commit order, so the
+            // newest wins); the node that owned it can no longer write its record.
+            tx.execute(
+                "INSERT INTO session_owners (key, node_id, fence) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET node_id = excluded.node_id, fence = excluded.fence
+                 WHERE session_owners.fence < excluded.fence",
+                &params![key, node, seq],
+            )?;
+            Ok(seq)
         })
     }
 }

@@ -4,8 +4,13 @@
 //! A message body is stored once and referenced by one queue row per session waiting for it;
 //! the body goes when its last queue row does.
 //!
-//! In a cluster each node keeps its own sessions: every row names its node
-//! ([`Store::node`]), and a node reads and writes its own rows only.
+//! In a cluster every row names the node that holds the session ([`Store::node`]), and a
+//! node reads and writes the rows it holds only. A session moves when its device connects to
+//! another node: that node claims it (`session_owners`, the newest claim wins, see
+//! `Store::claim_session`) and adopts its rows (`session_adopt`); from then on the writes of
+//! the node that held it are refused, so a node that was paused cannot overwrite it.
+//! Message ids carry their node's number in the top bits (`ID_BITS`): unique in the
+//! cluster, so a queue can move without renumbering.
 
 use crate::db::{params, Db, Tx};
 use crate::{Result, Store};
@@ -79,12 +84,40 @@ pub enum SessionWrite {
     },
 }
 
+/// The low bits of a queued message id: the node's own counter; the bits above are the
+/// node's number (`node_numbers`, 0 outside a cluster).
+pub const ID_BITS: u32 = 43;
+
+/// Whether `node` may write session `key`'s record: no other node owns it. (The other
+/// writes touch rows `node` holds only, and a node holds none of a session it lost.)
+fn owned(tx: &Tx<'_>, key: &str, node: &str) -> Result<bool> {
+    let other = tx.exists(
+        "SELECT 1 FROM session_owners WHERE key = ?1 AND node_id <> ?2",
+        &params![key, node],
+    )?;
+    Ok(!other)
+}
+
+/// This node's number, given at its first use of the table (under the write lock).
+fn node_number(tx: &Tx<'_>, node: &str) -> Result<i64> {
+    tx.execute(
+        "INSERT INTO node_numbers (node_id, n)
+         SELECT ?1, next FROM (SELECT COALESCE(MAX(n), 0) + 1 AS next FROM node_numbers) x
+         WHERE NOT EXISTS (SELECT 1 FROM node_numbers WHERE node_id = ?1)",
+        &params![node],
+    )?;
+    tx.query_row("SELECT n FROM node_numbers WHERE node_id = ?1", &params![node], |r| {
+        r.get(0)
+    })
+}
+
 impl Store {
     /// Loads every session and its queue, after removing the sessions of clients that were
     /// deleted or disabled (or whose domain was) and bodies nothing refers to.
     pub fn sessions_load(&self) -> Result<SessionSnapshot> {
         let node = self.node();
-        let dropped = self.write(|tx| {
+        let (dropped, number) = self.write(|tx| {
+            let number = node_number(tx, node)?;
             let gone: Vec<String> = tx.query_map(
                 "SELECT s.key FROM session_records s WHERE s.node_id = ?1 AND s.domain_id IS NOT NULL AND NOT EXISTS (
                     SELECT 1 FROM clients c JOIN domains d ON d.id = c.domain_id
@@ -98,48 +131,18 @@ impl Store {
             }
             tx.execute(
                 "DELETE FROM session_bodies WHERE node_id = ?1 AND NOT EXISTS
-                 (SELECT 1 FROM session_queue q WHERE q.node_id = ?1 AND q.msg = session_bodies.id)",
+                 (SELECT 1 FROM session_queue q WHERE q.msg = session_bodies.id)",
                 &params![node],
             )?;
-            Ok(gone.len())
+            Ok((gone.len(), number))
         })?;
         let c = self.conn()?;
-        let sessions = c.query_map(
-            "SELECT key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound FROM session_records
-             WHERE node_id = ?1 ORDER BY key",
-            &params![node],
-            |r| {
-                let d: Option<String> = r.get(1)?;
-                let cl: Option<String> = r.get(2)?;
-                Ok(SessionRow {
-                    key: r.get(0)?,
-                    owner: d.zip(cl),
-                    expiry_s: r.get::<i64>(3)?.clamp(0, u32::MAX as i64) as u32,
-                    disconnected_at_ms: r.get::<Option<i64>>(4)?.map(|v| v.max(0) as u64),
-                    state: r.get(5)?,
-                    inbound: r.get(6)?,
-                })
-            },
-        )?;
-        let queued = c.query_map(
-            "SELECT q.session, q.msg, q.meta, q.state, q.pkid, b.body FROM session_queue q
-             JOIN session_bodies b ON b.node_id = q.node_id AND b.id = q.msg
-             WHERE q.node_id = ?1 ORDER BY q.session, q.msg",
-            &params![node],
-            |r| {
-                Ok(QueuedRow {
-                    session: r.get(0)?,
-                    msg: r.get::<i64>(1)?.max(0) as u64,
-                    meta: r.get(2)?,
-                    state: r.get::<i64>(3)?.clamp(0, 255) as u8,
-                    pkid: r.get::<i64>(4)?.clamp(0, 65_535) as u16,
-                    body: r.get(5)?,
-                })
-            },
-        )?;
+        let (sessions, queued) = read(&c, node, None)?;
+        // This node's ids are in its number's range (moved-in entries keep theirs).
+        let (lo, hi) = (number << ID_BITS, (number + 1) << ID_BITS);
         let max_body: Option<i64> = c.query_row(
-            "SELECT MAX(id) FROM session_bodies WHERE node_id = ?1",
-            &params![node],
+            "SELECT MAX(id) FROM session_bodies WHERE node_id = ?1 AND id >= ?2 AND id < ?3",
+            &params![node, lo, hi],
             |r| r.get(0),
         )?;
         let high: Option<i64> = c.query_opt(
@@ -147,7 +150,13 @@ impl Store {
             &params![high_key(node)],
             |r| r.get(0),
         )?;
-        let max_msg = [max_body, high].into_iter().flatten().max().unwrap_or(0).max(0) as u64;
+        let high = high.filter(|h| (lo..hi).contains(h));
+        let max_msg = [max_body, high, Some(lo)]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0)
+            .max(0) as u64;
         Ok(SessionSnapshot {
             sessions,
             queued,
@@ -159,7 +168,9 @@ impl Store {
     /// Applies the writes in order, in one transaction.
     pub fn sessions_apply(&self, ops: &[SessionWrite]) -> Result<()> {
         let node = self.node();
-        self.write(|tx| {
+        let mut fenced = 0u64;
+        let r = self.write(|tx| {
+            fenced = 0;
             let mut high = 0u64;
             for op in ops {
                 match op {
@@ -168,6 +179,10 @@ impl Store {
                             Some((d, c)) => (Some(d.as_str()), Some(c.as_str())),
                             None => (None, None),
                         };
+                        if !owned(tx, &s.key, node)? {
+                            fenced += 1;
+                            continue;
+                        }
                         tx.execute("INSERT INTO session_records(key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound, node_id)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                              ON CONFLICT(node_id, key) DO UPDATE SET domain_id = excluded.domain_id,
@@ -190,7 +205,14 @@ impl Store {
                             &params![key, inbound, node],
                         )?;
                     }
-                    SessionWrite::Delete(key) => delete_session(tx, node, key)?,
+                    SessionWrite::Delete(key) => {
+                        delete_session(tx, node, key)?;
+                        // Nothing left to fence (a new claim makes a new owner).
+                        tx.execute(
+                            "DELETE FROM session_owners WHERE key = ?1 AND node_id = ?2",
+                            &params![key, node],
+                        )?;
+                    }
                     SessionWrite::Message { id, body, targets } => {
                         high = high.max(*id);
                         // Only for sessions that exist (one may have ended meanwhile).
@@ -217,7 +239,7 @@ impl Store {
                             &params![key, *msg as i64, node],
                         )?;
                         if n > 0 {
-                            gc_body(tx, node, *msg)?;
+                            gc_body(tx, *msg)?;
                         }
                     }
                 }
@@ -236,7 +258,67 @@ impl Store {
                 )?;
             }
             Ok(())
-        })
+        });
+        if r.is_ok() && fenced > 0 {
+            self.fenced.fetch_add(fenced, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                writes = fenced,
+                "session writes refused: another node owns these sessions now"
+            );
+        }
+        r
+    }
+
+    /// Cluster mode: moves session `key` to this node when another node holds it and this
+    /// node's claim on it is the newest (`claim_session`): its record, its queue (in order,
+    /// in-flight states kept) and the bodies the queue needs; a stale copy here and copies
+    /// elsewhere go. Returns the session as `sessions_load` would; `None` when no other node
+    /// holds it or another node claimed it since.
+    pub fn session_adopt(&self, key: &str) -> Result<Option<SessionSnapshot>> {
+        let node = self.node();
+        let moved = self.write(|tx| {
+            let mine = tx.exists(
+                "SELECT 1 FROM session_owners WHERE key = ?1 AND node_id = ?2",
+                &params![key, node],
+            )?;
+            if !mine {
+                return Ok(false);
+            }
+            // The copy to move: the most recently used (older duplicates go).
+            let holders: Vec<String> = tx.query_map(
+                "SELECT node_id FROM session_records WHERE key = ?1 AND node_id <> ?2
+                 ORDER BY COALESCE(disconnected_at_ms, 9223372036854775807) DESC, node_id",
+                &params![key, node],
+                |r| r.get(0),
+            )?;
+            let Some(from) = holders.first() else {
+                return Ok(false);
+            };
+            delete_session(tx, node, key)?;
+            // The bodies stay where they are: ids are unique in the cluster.
+            tx.execute(
+                "UPDATE session_queue SET node_id = ?3 WHERE node_id = ?2 AND session = ?1",
+                &params![key, from, node],
+            )?;
+            tx.execute(
+                "UPDATE session_records SET node_id = ?3 WHERE node_id = ?2 AND key = ?1",
+                &params![key, from, node],
+            )?;
+            for other in &holders[1..] {
+                delete_session(tx, other, key)?;
+            }
+            Ok(true)
+        })?;
+        if !moved {
+            return Ok(None);
+        }
+        let (sessions, queued) = read(&self.conn()?, node, Some(key))?;
+        Ok(Some(SessionSnapshot {
+            sessions,
+            queued,
+            max_msg: 0,
+            dropped: 0,
+        }))
     }
 
     /// Sessions kept and messages queued (for metrics and benchmarks).
@@ -248,6 +330,57 @@ impl Store {
     }
 }
 
+const SESSION_COLUMNS: &str = "key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound";
+
+fn session_row(r: &crate::db::Row) -> Result<SessionRow> {
+    let d: Option<String> = r.get(1)?;
+    let cl: Option<String> = r.get(2)?;
+    Ok(SessionRow {
+        key: r.get(0)?,
+        owner: d.zip(cl),
+        expiry_s: r.get::<i64>(3)?.clamp(0, u32::MAX as i64) as u32,
+        disconnected_at_ms: r.get::<Option<i64>>(4)?.map(|v| v.max(0) as u64),
+        state: r.get(5)?,
+        inbound: r.get(6)?,
+    })
+}
+
+fn queued_row(r: &crate::db::Row) -> Result<QueuedRow> {
+    Ok(QueuedRow {
+        session: r.get(0)?,
+        msg: r.get::<i64>(1)?.max(0) as u64,
+        meta: r.get(2)?,
+        state: r.get::<i64>(3)?.clamp(0, 255) as u8,
+        pkid: r.get::<i64>(4)?.clamp(0, 65_535) as u16,
+        body: r.get(5)?,
+    })
+}
+
+/// The sessions `node` holds (all, or the one of `key`) and their queues, each queue in the
+/// order it was written.
+fn read(c: &impl Db, node: &str, key: Option<&str>) -> Result<(Vec<SessionRow>, Vec<QueuedRow>)> {
+    let (one, one_q, p) = match key {
+        Some(k) => (" AND key = ?2", " AND q.session = ?2", params![node, k].to_vec()),
+        None => ("", "", params![node].to_vec()),
+    };
+    let sessions = c.query_map(
+        &format!("SELECT {SESSION_COLUMNS} FROM session_records WHERE node_id = ?1{one} ORDER BY key"),
+        &p,
+        session_row,
+    )?;
+    let queued = c.query_map(
+        &format!(
+            "SELECT q.session, q.msg, q.meta, q.state, q.pkid, b.body FROM session_queue q
+             JOIN session_bodies b ON b.id = q.msg
+             WHERE q.node_id = ?1{one_q} ORDER BY q.session, {}",
+            c.dialect().queue_order("q.")
+        ),
+        &p,
+        queued_row,
+    )?;
+    Ok((sessions, queued))
+}
+
 /// The setting that keeps a node's highest message id (ids are never reused).
 fn high_key(node: &str) -> String {
     match node {
@@ -256,11 +389,12 @@ fn high_key(node: &str) -> String {
     }
 }
 
-fn gc_body(tx: &Tx<'_>, node: &str, msg: u64) -> Result<()> {
+/// A body goes with the last queue row that needs it, on whichever node (ids are unique in
+/// the cluster: a queue that moved still refers to the body its writer stored).
+fn gc_body(tx: &Tx<'_>, msg: u64) -> Result<()> {
     tx.execute(
-        "DELETE FROM session_bodies WHERE node_id = ?2 AND id = ?1
-           AND NOT EXISTS (SELECT 1 FROM session_queue WHERE node_id = ?2 AND msg = ?1)",
-        &params![msg as i64, node],
+        "DELETE FROM session_bodies WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM session_queue WHERE msg = ?1)",
+        &params![msg as i64],
     )?;
     Ok(())
 }
@@ -276,7 +410,7 @@ fn delete_session(tx: &Tx<'_>, node: &str, key: &str) -> Result<()> {
         &params![key, node],
     )?;
     for m in msgs {
-        gc_body(tx, node, m as u64)?;
+        gc_body(tx, m as u64)?;
     }
     tx.execute(
         "DELETE FROM session_records WHERE node_id = ?2 AND key = ?1",
@@ -362,6 +496,117 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM session_bodies", &[], |r| r.get(0))
             .expect("count");
         assert_eq!(bodies, 0);
+    }
+
+    /// A second store on the same database (another node).
+    fn another(held: &crate::testutil::Held) -> Store {
+        match held {
+            crate::testutil::Held::Dir(d) => {
+                Store::open(&d.path().join("t.db"), &crate::StoreConfig::default()).expect("open")
+            }
+            crate::testutil::Held::Pg(db) => {
+                Store::open_url(&db.store_url(), &crate::StoreConfig::default()).expect("open")
+            }
+        }
+    }
+
+    fn message(id: u64, body: &str, key: &str) -> SessionWrite {
+        SessionWrite::Message {
+            id,
+            body: body.as_bytes().to_vec(),
+            targets: vec![(key.into(), vec![1])],
+        }
+    }
+
+    #[test]
+    fn a_session_moves_with_the_newest_claim_and_its_old_node_cannot_write_it() {
+        let (held, a) = crate::testutil::store();
+        let b = another(&held);
+        a.set_node("na");
+        b.set_node("nb");
+        // b numbers itself first: its ids sort before a's, yet its entries come after.
+        let b_base = b.sessions_load().expect("load b").max_msg;
+        let a_base = a.sessions_load().expect("load a").max_msg;
+        assert_ne!(a_base >> ID_BITS, b_base >> ID_BITS, "one id range per node");
+        assert!(b_base < a_base);
+        a.claim_session("k").expect("claim a");
+        a.sessions_apply(&[
+            SessionWrite::Put(session("k", None)),
+            message(a_base + 1, "one", "k"),
+            message(a_base + 2, "two", "k"),
+            SessionWrite::Mark {
+                key: "k".into(),
+                msg: a_base + 1,
+                state: 2,
+                pkid: 5,
+            },
+        ])
+        .expect("a writes");
+        assert!(
+            b.session_adopt("k").expect("adopt").is_none(),
+            "not b's claim: nothing moves"
+        );
+        b.claim_session("k").expect("claim b");
+        let snap = b.session_adopt("k").expect("adopt").expect("moved");
+        assert_eq!(snap.sessions.len(), 1);
+        let got: Vec<(u64, u8, u16, &[u8])> = snap
+            .queued
+            .iter()
+            .map(|q| (q.msg, q.state, q.pkid, q.body.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(a_base + 1, 2, 5, &b"one"[..]), (a_base + 2, 0, 0, &b"two"[..])]
+        );
+        b.sessions_apply(&[message(b_base + 1, "three", "k")])
+            .expect("b writes");
+        // a's late writes: its record is not recreated, nothing of b's goes.
+        let fenced = a.session_writes_fenced();
+        a.sessions_apply(&[
+            SessionWrite::Put(session("k", None)),
+            SessionWrite::Ack {
+                key: "k".into(),
+                msg: a_base + 2,
+            },
+            SessionWrite::Delete("k".into()),
+            message(a_base + 3, "late", "k"),
+        ])
+        .expect("a's late writes");
+        assert_eq!(a.session_writes_fenced(), fenced + 1, "the record write was refused");
+        assert!(
+            a.sessions_load().expect("load a").sessions.is_empty(),
+            "a holds nothing"
+        );
+        let snap = b.sessions_load().expect("load b");
+        let bodies: Vec<&[u8]> = snap.queued.iter().map(|q| q.body.as_slice()).collect();
+        if matches!(held, crate::testutil::Held::Pg(_)) {
+            // (Clusters run on PostgreSQL only; SQLite reads a queue in id order.)
+            assert_eq!(
+                bodies,
+                vec![&b"one"[..], &b"two"[..], &b"three"[..]],
+                "in the order queued"
+            );
+        } else {
+            assert_eq!(bodies.len(), 3);
+        }
+        assert_eq!(snap.max_msg, b_base + 1, "b's ids continue in b's range");
+        // Acknowledged on b: the bodies a wrote go too.
+        b.sessions_apply(&[
+            SessionWrite::Ack {
+                key: "k".into(),
+                msg: a_base + 1,
+            },
+            SessionWrite::Ack {
+                key: "k".into(),
+                msg: a_base + 2,
+            },
+        ])
+        .expect("acks");
+        let c = b.conn().expect("conn");
+        let bodies: i64 = c
+            .query_row("SELECT COUNT(*) FROM session_bodies", &[], |r| r.get(0))
+            .expect("count");
+        assert_eq!(bodies, 1, "only three's body is left");
     }
 
     #[test]

@@ -90,41 +90,6 @@ async fn a_will_on_one_node_reaches_a_subscriber_on_another() {
     assert_eq!(p.prop(0x03).map(|v| v[2..].to_vec()), Some(b"text/plain".to_vec()));
 }
 
-/// A persistent session stays with its node: the device coming back on node 2 starts a new
-/// session (session present 0), and the one on node 1 is ended (a later return there also
-/// starts anew); back on node 2, its new session is present.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_persistent_session_stays_with_its_node() {
-    let Some(env) = ClusterEnv::new() else { return };
-    let (n1, n2) = tokio::join!(env.node(&[]), env.node(&[]));
-    let site = Site::provision(&n1, 1).await;
-    let mut c = site.connect(true, "keeper", 0);
-    c.clean = false;
-    c.props = props::session_expiry(3600);
-    let (mut r, code, present) = Raw::connect(n1.mqtt, &c).await;
-    assert_eq!((code, present), (0, false));
-    assert_eq!(r.subscribe(1, &[(site.all().as_str(), 1)], &[]).await, vec![1]);
-    r.disconnect_and_wait().await;
-    let (mut r, code, present) = Raw::connect(n2.mqtt, &c).await;
-    assert_eq!((code, present), (0, false), "a new session on node 2");
-    r.disconnect_and_wait().await;
-    // Node 1 learns of node 2's claim and ends its session.
-    let t = Instant::now();
-    while counter(&n1, "fluxgate_cluster_sessions_taken_over_total").await < 1 {
-        assert!(t.elapsed() < Duration::from_secs(10), "node 1 ended its session");
-        tokio::task::yield_now().await;
-    }
-    let (mut r, code, present) = Raw::connect(n1.mqtt, &c).await;
-    assert_eq!(
-        (code, present),
-        (0, false),
-        "node 1's session was ended by node 2's claim"
-    );
-    r.disconnect_and_wait().await;
-    let (_, code, present) = Raw::connect(n1.mqtt, &c).await;
-    assert_eq!((code, present), (0, true), "on one node, the session persists");
-}
-
 /// `/health` checks NATS on a cluster node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_names_nats() {
@@ -137,18 +102,4 @@ async fn health_names_nats() {
         .await
         .expect("json");
     assert_eq!(v["checks"]["nats"][0]["status"], json!("pass"), "{v}");
-}
-
-/// A counter of a node's `/metrics`.
-async fn counter(n: &crate::child::ChildServer, name: &str) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", n.http))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }

@@ -17,6 +17,7 @@ mod cluster;
 mod cluster_devices;
 mod cluster_env;
 mod cluster_faults;
+mod cluster_sessions;
 mod cluster_shared;
 mod config;
 mod conformance;

@@ -127,6 +127,15 @@ impl Dialect {
             Dialect::Postgres => format!("{alias}seq"),
         }
     }
+    /// The order a persistent session's queue is read in (the order it was written): on
+    /// SQLite (one node, ids in write order) the message id; on PostgreSQL the `seq`
+    /// identity column (ids of several nodes do not sort in time).
+    pub(crate) fn queue_order(self, alias: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("{alias}msg"),
+            Dialect::Postgres => format!("{alias}seq"),
+        }
+    }
     /// `column` as an ORDER BY key with code-point text order.
     pub(crate) fn text_order(self, column: &str) -> String {
         match self {

@@ -1,0 +1,276 @@
+//! Cluster mode, part two (#28): persistent sessions follow their device to any node. Real
+//! `fluxgate serve` nodes on one PostgreSQL database and one nats-server, both started by
+//! the test.
+
+use crate::child::ChildServer;
+use crate::cluster_env::{ClusterEnv, Site};
+use crate::raw::{props, Connect, Raw};
+use reqwest::Method;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// A persistent (v5, session expiry 1 h) connection of device 0 with client id `id`.
+fn persistent<'a>(site: &'a Site, id: &'a str) -> Connect<'a> {
+    let mut c = site.connect(true, id, 0);
+    c.clean = false;
+    c.props = props::session_expiry(3600);
+    c
+}
+
+/// A counter of a node's `/metrics`.
+pub(crate) async fn counter(n: &ChildServer, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", n.http))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits (up to 10 s) until a node's counter reaches `at_least`.
+async fn until_counter(n: &ChildServer, name: &str, at_least: u64) {
+    let t = Instant::now();
+    while counter(n, name).await < at_least {
+        assert!(t.elapsed() < Duration::from_secs(10), "{name} reached {at_least}");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The node id a node runs with.
+fn node_id(n: &ChildServer) -> String {
+    std::fs::read_to_string(crate::child::data(n.data_dir()).join("node_id"))
+        .expect("node id")
+        .trim()
+        .to_string()
+}
+
+/// A v5 SUBSCRIBE body (packet id 9, no properties) for `filter` at QoS 1.
+fn subscribe_body(filter: &str) -> Vec<u8> {
+    let mut b = vec![0, 9, 0];
+    crate::raw::put_str(&mut b, filter.as_bytes());
+    b.push(1);
+    b
+}
+
+/// Sends a signal (`-STOP`, `-CONT`) to a node's process.
+fn signal(n: &ChildServer, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &n.pid().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// One number from the cluster's database.
+async fn scalar(env: &ClusterEnv, sql: &str, arg: &str) -> i64 {
+    let (url, sql, arg) = (env.db.url().to_string(), sql.to_string(), arg.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        c.query_one(&sql, &[&arg]).expect("query").get::<_, i64>(0)
+    })
+    .await
+    .expect("query")
+}
+
+/// Test 1: a persistent session on node 1 with 1,000 messages queued while its device is
+/// away (500 at QoS 1, then 500 at QoS 2); the device connects to node 2: session present,
+/// all 1,000 in order, each once; node 1 holds nothing for it afterwards. Back on node 1,
+/// the session moves back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_and_its_queue_follow_the_device_to_another_node() {
+    let Some(env) = ClusterEnv::new() else { return };
+    let (n1, n2) = tokio::join!(env.node(&[]), env.node(&[]));
+    let site = Site::provision(&n1, 2).await;
+    let c = persistent(&site, "mover");
+    let (mut d, code, present) = Raw::connect(n1.mqtt, &c).await;
+    assert_eq!((code, present), (0, false));
+    assert_eq!(d.subscribe(1, &[(site.all().as_str(), 2)], &[]).await, vec![2]);
+    d.disconnect_and_wait().await;
+
+    let topic = site.topic("queued");
+    let mut p = Raw::ok(n1.mqtt, &site.connect(true, "pub", 1)).await;
+    const N: usize = 1_000;
+    for i in 0..N {
+        let qos = if i < N / 2 { 1 } else { 2 };
+        let code = p
+            .publish(&topic, format!("m{i}").as_bytes(), qos, false, i as u16 + 1)
+            .await;
+        assert_eq!(code, 0, "message {i} acknowledged");
+    }
+
+    let (mut d, code, present) = Raw::connect(n2.mqtt, &c).await;
+    assert_eq!((code, present), (0, true), "the session is present on node 2");
+    for i in 0..N {
+        let m = d.message().await;
+        let want = (format!("m{i}").into_bytes(), if i < N / 2 { 1 } else { 2 });
+        assert_eq!((m.payload, m.qos), want, "message {i}, in order");
+    }
+    assert!(
+        d.no_message_within(Duration::from_millis(500)).await,
+        "each message once"
+    );
+    assert_eq!(counter(&n2, "fluxgate_cluster_sessions_adopted_total").await, 1);
+    // Node 1 learnt of the move and ended its copy; the store has nothing of it for node 1.
+    until_counter(&n1, "fluxgate_cluster_sessions_taken_over_total", 1).await;
+    let n1_id = node_id(&n1);
+    for table in ["session_records", "session_queue"] {
+        let sql = format!("SELECT count(*) FROM {table} WHERE node_id = $1");
+        assert_eq!(scalar(&env, &sql, &n1_id).await, 0, "{table} of node 1");
+    }
+    d.disconnect_and_wait().await;
+
+    let (mut d, code, present) = Raw::connect(n1.mqtt, &c).await;
+    assert_eq!((code, present), (0, true), "and back to node 1");
+    assert_eq!(p.publish(&topic, b"back", 1, false, 1).await, 0);
+    assert_eq!(d.message().await.payload, b"back", "its subscription came along");
+}
+
+/// Test 3: node 1 is paused (SIGSTOP) with the device connected; the device moves to node 2
+/// (session present) and gets messages there; node 1 resumes (SIGCONT): it ends its copy,
+/// its late writes are refused, and the session on node 2 is intact (what was queued while
+/// the device was away arrives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_cannot_overwrite_a_session_that_moved_while_it_slept() {
+    let Some(env) = ClusterEnv::new() else { return };
+    let (n1, n2, n3) = tokio::join!(env.node(&[]), env.node(&[]), env.node(&[]));
+    let site = Site::provision(&n1, 2).await;
+    let c = persistent(&site, "sleeper");
+    let topic = site.topic("sleep");
+    let (mut old, code, _) = Raw::connect(n1.mqtt, &c).await;
+    assert_eq!(code, 0);
+    assert_eq!(old.subscribe(1, &[(site.all().as_str(), 1)], &[]).await, vec![1]);
+
+    signal(&n1, "-STOP");
+    let (mut d, code, present) = Raw::connect(n2.mqtt, &c).await;
+    assert_eq!((code, present), (0, true), "adopted from a node that sleeps");
+    // While node 1 sleeps, the device's old connection asks for one more subscription: node
+    // 1 reads it when it wakes and writes it to the session it held, unless it learns of the
+    // move first.
+    let extra = site.topic("extra");
+    old.send(&crate::raw::framed(0x82, &subscribe_body(&extra))).await;
+    let mut p = Raw::ok(n3.mqtt, &site.connect(true, "pub3", 1)).await;
+    assert_eq!(p.publish(&topic, b"asleep", 1, false, 1).await, 0);
+    assert_eq!(d.message().await.payload, b"asleep");
+
+    signal(&n1, "-CONT");
+    match old.packet().await {
+        // The SUBACK leaves after the session's record was written: that write was refused.
+        Some((first, _)) if first >> 4 == 9 => {
+            until_counter(&n1, "fluxgate_store_session_writes_fenced_total", 1).await;
+            assert_eq!(old.closed().await, Some(0x8E), "then node 1 ends it: taken over");
+        }
+        // Node 1 learnt of the move first: it ended the session without writing.
+        Some((first, body)) if first >> 4 == 14 => assert_eq!(body.first(), Some(&0x8E)),
+        other => panic!("node 1 answered {other:?}"),
+    }
+    until_counter(&n1, "fluxgate_cluster_sessions_taken_over_total", 1).await;
+    d.disconnect_and_wait().await;
+    for i in 0..5u16 {
+        assert_eq!(p.publish(&topic, format!("q{i}").as_bytes(), 1, false, i + 2).await, 0);
+    }
+    let (mut d, code, present) = Raw::connect(n2.mqtt, &c).await;
+    assert_eq!((code, present), (0, true), "node 2's session is intact");
+    for i in 0..5 {
+        assert_eq!(d.message().await.payload, format!("q{i}").into_bytes());
+    }
+    let sql = "SELECT count(*) FROM session_records WHERE node_id = $1";
+    assert_eq!(scalar(&env, sql, &node_id(&n2)).await, 1, "node 2 holds it");
+    assert_eq!(scalar(&env, sql, &node_id(&n1)).await, 0, "node 1 holds nothing");
+}
+
+/// Test 5: the device's right to receive from the channel is removed (on node 3) while its
+/// session waits offline on node 1 with messages queued: on node 2 it gets none of them.
+/// With the right back, it receives again; removed once more while it is offline on node 2,
+/// nothing from the channel reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_session_gets_nothing_from_a_channel_it_lost_the_right_to() {
+    let Some(env) = ClusterEnv::new() else { return };
+    let (n1, n2, n3) = tokio::join!(env.node(&[]), env.node(&[]), env.node(&[]));
+    let site = Site::provision(&n1, 2).await;
+    let c = persistent(&site, "revoked");
+    let topic = site.topic("secret");
+    let (mut d, _, _) = Raw::connect(n1.mqtt, &c).await;
+    assert_eq!(d.subscribe(1, &[(site.all().as_str(), 1)], &[]).await, vec![1]);
+    d.disconnect_and_wait().await;
+    let mut p = Raw::ok(n1.mqtt, &site.connect(true, "pub1", 1)).await;
+    for i in 0..3u16 {
+        assert_eq!(p.publish(&topic, b"queued", 1, false, i + 1).await, 0);
+    }
+    let dev = site.devices[0].0.clone();
+    let body = json!({"client_ids": [dev], "channel_ids": [site.channel], "types": ["subscribe"]});
+    let (s, v) = site
+        .call(
+            &n3,
+            Method::POST,
+            &format!("/{}/channels/disconnect", site.domain),
+            body.clone(),
+        )
+        .await;
+    assert!(s < 300, "disconnect: {s} {v}");
+    let (mut d, code, present) = Raw::connect(n2.mqtt, &c).await;
+    assert_eq!((code, present), (0, true));
+    assert!(
+        d.no_message_within(Duration::from_millis(700)).await,
+        "nothing queued before the revocation is delivered"
+    );
+
+    let (s, v) = site
+        .call(
+            &n3,
+            Method::POST,
+            &format!("/{}/channels/connect", site.domain),
+            body.clone(),
+        )
+        .await;
+    assert!(s < 300, "connect: {s} {v}");
+    // The right is back within a second (revocations reach every node within one).
+    let t = Instant::now();
+    let mut pkid = 10u16;
+    loop {
+        pkid += 1;
+        assert_eq!(p.publish(&topic, b"allowed", 1, false, pkid).await, 0);
+        if !d.no_message_within(Duration::from_millis(200)).await {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the right came back");
+    }
+    d.disconnect_and_wait().await;
+    const APPLIED: &str = "fluxgate_mqtt_revocations_applied_total";
+    let (b1, b2) = (counter(&n1, APPLIED).await, counter(&n2, APPLIED).await);
+    let (s, v) = site
+        .call(
+            &n3,
+            Method::POST,
+            &format!("/{}/channels/disconnect", site.domain),
+            body,
+        )
+        .await;
+    assert!(s < 300, "disconnect: {s} {v}");
+    // Published once the revocation reached node 1 and node 2.
+    until_counter(&n1, APPLIED, b1 + 1).await;
+    until_counter(&n2, APPLIED, b2 + 1).await;
+    for i in 0..3u16 {
+        assert_eq!(p.publish(&topic, b"after", 1, false, 100 + i).await, 0);
+    }
+    let (mut d, code, present) = Raw::connect(n2.mqtt, &c).await;
+    assert_eq!((code, present), (0, true));
+    loop {
+        match d.packet_within(Duration::from_millis(700)).await {
+            Err(()) => break,
+            Ok(Some((first, body))) if first >> 4 == 3 => {
+                let m = d.decode_publish(first, &body);
+                assert_ne!(m.payload, b"after", "nothing after the second revocation");
+                // An "allowed" message still in flight from before may come again (QoS 1).
+                assert_eq!(m.payload, b"allowed");
+                d.send(&crate::raw::framed(0x40, &m.pkid.to_be_bytes())).await;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("closed"),
+        }
+    }
+}
