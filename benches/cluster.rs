@@ -14,6 +14,12 @@
 //! 4. kill -9 of a publishing node under QoS 1 load: acknowledged messages missing at the
 //!    survivors and in the store (target 0), duplicates, time until the survivors caught up.
 //!
+//! 5. Takeover (#28): a device whose persistent session has BENCH_QUEUED (1,000) QoS 1
+//!    messages queued on node 1 connects to node 2: CONNECT to the last one delivered
+//!    (target ≤ 1 s), against coming back to node 1.
+//! 6. A shared subscription's deliveries/s with its 4 members on 2 nodes ÷ on 1 node
+//!    (BENCH_SHARED_RATE, default 4,000 msg/s QoS 1 offered).
+//!
 //! Needs PostgreSQL (`eval "$(scripts/throwaway-postgres start)"`, which sets
 //! FLUXGATE_TEST_DATABASE_URL) and Debian's nats-server; without them it says so and stops.
 //! Run: `cargo bench --bench cluster`.
@@ -220,6 +226,13 @@ fn main() {
         }
         if part("kill") {
             kill(&admin, &nats, rate, secs).await;
+        }
+        if part("takeover") {
+            kit::mobility::takeover(&admin, &nats, common::env("BENCH_QUEUED", 1000), runs).await;
+        }
+        if part("shared") {
+            let rate = common::env("BENCH_SHARED_RATE", 4000.0);
+            kit::mobility::shared(&admin, &nats, rate, secs, runs).await;
         }
     });
 }

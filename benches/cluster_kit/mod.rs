@@ -2,6 +2,8 @@
 //! site, CPU readings from /proc, and the MQTT load (rate-limited QoS 1 publishers,
 //! subscribers that time each delivery).
 
+pub mod mobility;
+
 use crate::common;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;

@@ -67,7 +67,16 @@ struct Inner {
     by_identity: HashMap<Identity, HashSet<String>>,
     /// The server stops: no new session is registered (a connection that arrives is closed).
     closing: bool,
+    /// Cluster mode: newer claims other nodes made on keys not registered here when they
+    /// were heard (a CONNECT of this node may be between its own claim and its attach):
+    /// such a connection is ended as taken over as soon as it attaches.
+    elsewhere: HashMap<String, (u64, Instant)>,
 }
+
+/// Claims heard from other nodes are kept this long for connections still attaching.
+const ELSEWHERE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+/// At most this many of them (older ones go first).
+const ELSEWHERE_MAX: usize = 65_536;
 
 #[derive(Default)]
 pub(crate) struct Registry {
@@ -95,10 +104,22 @@ impl Registry {
         if m.closing {
             return Handed::Existing;
         }
+        // A newer claim elsewhere was heard before this connection attached: it was taken over.
+        let superseded = match m.elsewhere.get(key) {
+            Some((c, _)) if claim > 0 && *c > claim => true,
+            Some(_) => {
+                m.elsewhere.remove(key);
+                false
+            }
+            None => false,
+        };
         let a = match m.by_key.get_mut(key) {
             Some(e) => match e.tx.send(Control::Attach(a)) {
                 Ok(()) => {
                     e.claim = e.claim.max(claim);
+                    if superseded {
+                        let _ = e.tx.send(Control::Close(reason::ended::TAKEN_OVER));
+                    }
                     return Handed::Existing;
                 }
                 Err(mpsc::error::SendError(Control::Attach(a))) => a,
@@ -109,6 +130,9 @@ impl Registry {
         let (gen, rx) = Self::insert(&self.next, &mut m, key, identity);
         if let Some(e) = m.by_key.get_mut(key) {
             e.claim = claim;
+            if superseded {
+                let _ = e.tx.send(Control::Close(reason::ended::TAKEN_OVER));
+            }
         }
         Handed::New(gen, rx, a)
     }
@@ -117,10 +141,24 @@ impl Registry {
     /// with an older claim ends (DISCONNECT 0x8E, no will) and is forgotten: the device is
     /// served there now. True when one ended.
     pub fn claimed_elsewhere(&self, key: &str, claim: u64) -> bool {
-        let Ok(m) = self.inner.lock() else { return false };
+        let Ok(mut m) = self.inner.lock() else { return false };
         match m.by_key.get(key) {
             Some(e) if e.claim < claim => e.tx.send(Control::Close(reason::ended::TAKEN_OVER)).is_ok(),
-            _ => false,
+            Some(_) => false,
+            None => {
+                let now = Instant::now();
+                if m.elsewhere.len() >= ELSEWHERE_MAX {
+                    m.elsewhere.retain(|_, (_, at)| now.duration_since(*at) < ELSEWHERE_FOR);
+                    if m.elsewhere.len() >= ELSEWHERE_MAX {
+                        m.elsewhere.clear();
+                    }
+                }
+                let e = m.elsewhere.entry(key.to_string()).or_insert((claim, now));
+                if e.0 < claim {
+                    *e = (claim, now);
+                }
+                false
+            }
         }
     }
 

@@ -88,8 +88,8 @@ pub enum SessionWrite {
 /// node's number (`node_numbers`, 0 outside a cluster).
 pub const ID_BITS: u32 = 43;
 
-/// Whether `node` may write session `key`'s record: no other node owns it. (The other
-/// writes touch rows `node` holds only, and a node holds none of a session it lost.)
+/// Whether `node` may write or delete session `key`'s record: no other node owns it. (The
+/// other writes touch rows `node` holds only, and a node holds none of a session it lost.)
 fn owned(tx: &Tx<'_>, key: &str, node: &str) -> Result<bool> {
     let other = tx.exists(
         "SELECT 1 FROM session_owners WHERE key = ?1 AND node_id <> ?2",
@@ -206,6 +206,11 @@ impl Store {
                         )?;
                     }
                     SessionWrite::Delete(key) => {
+                        // A copy another node owns now is about to move there, not to go.
+                        if !owned(tx, key, node)? {
+                            fenced += 1;
+                            continue;
+                        }
                         delete_session(tx, node, key)?;
                         // Nothing left to fence (a new claim makes a new owner).
                         tx.execute(
@@ -276,6 +281,14 @@ impl Store {
     /// holds it or another node claimed it since.
     pub fn session_adopt(&self, key: &str) -> Result<Option<SessionSnapshot>> {
         let node = self.node();
+        // Most connections have nothing to move: no write (and no write lock) for them.
+        let elsewhere = self.conn()?.exists(
+            "SELECT 1 FROM session_records WHERE key = ?1 AND node_id <> ?2",
+            &params![key, node],
+        )?;
+        if !elsewhere {
+            return Ok(None);
+        }
         let moved = self.write(|tx| {
             let mine = tx.exists(
                 "SELECT 1 FROM session_owners WHERE key = ?1 AND node_id = ?2",
@@ -572,7 +585,11 @@ mod tests {
             message(a_base + 3, "late", "k"),
         ])
         .expect("a's late writes");
-        assert_eq!(a.session_writes_fenced(), fenced + 1, "the record write was refused");
+        assert_eq!(
+            a.session_writes_fenced(),
+            fenced + 2,
+            "the record write and the delete were refused"
+        );
         assert!(
             a.sessions_load().expect("load a").sessions.is_empty(),
             "a holds nothing"

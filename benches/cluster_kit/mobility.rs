@@ -1,0 +1,195 @@
+//! Cluster mode, part two (#28): what moving a session costs, and shared subscriptions across
+//! nodes against one node.
+
+use super::*;
+use crate::raw::{Connect, Raw};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// A persistent (v5, session expiry 1 h) connection of `dev` with client id `id`.
+fn persistent<'a>(id: &'a str, dev: &'a (String, String)) -> Connect<'a> {
+    let mut c = Connect::new(true, id, &dev.0, &dev.1);
+    c.clean = false;
+    c.props = crate::raw::props::session_expiry(3600);
+    c
+}
+
+/// Queues `n` QoS 1 messages for a persistent session subscribed on `home` while its device
+/// is away, then connects to `to`: the time from sending CONNECT to the last queued message.
+async fn one_takeover(home: &Node, to: &Node, s: &Site, id: &str, n: usize) -> Duration {
+    let c = persistent(id, &s.devices[0]);
+    let topic = format!("channels/{}/messages/t", s.channel);
+    let (mut d, code, _) = Raw::connect(home.mqtt, &c).await;
+    assert_eq!(code, 0);
+    let all = format!("channels/{}/messages/#", s.channel);
+    assert_eq!(d.subscribe(1, &[(all.as_str(), 1)], &[]).await, vec![1]);
+    d.disconnect_and_wait().await;
+    let mut p = Raw::ok(
+        home.mqtt,
+        &Connect::new(true, &format!("{id}-pub"), &s.devices[1].0, &s.devices[1].1),
+    )
+    .await;
+    for i in 0..n {
+        assert_eq!(
+            p.publish(&topic, format!("m{i}").as_bytes(), 1, false, i as u16 + 1)
+                .await,
+            0
+        );
+    }
+    p.disconnect().await;
+    let t = Instant::now();
+    let (mut d, code, present) = Raw::connect(to.mqtt, &c).await;
+    assert_eq!((code, present), (0, true));
+    for i in 0..n {
+        let m = d.message().await;
+        assert_eq!(m.payload, format!("m{i}").into_bytes(), "in order");
+    }
+    let took = t.elapsed();
+    d.disconnect_and_wait().await;
+    took
+}
+
+/// 5: a device with `n` queued messages comes back on another node ÷ on its own node.
+pub async fn takeover(admin: &str, nats: &Nats, n: usize, runs: usize) {
+    let db = {
+        let a = admin.to_string();
+        tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
+    };
+    let (a, b) = (node(&db, Some(nats.addr)).await, node(&db, Some(nats.addr)).await);
+    let s = site(a.http, 2).await;
+    let (mut moved, mut stayed) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let m = one_takeover(&a, &b, &s, &format!("move{run}"), n).await;
+        let st = one_takeover(&a, &a, &s, &format!("stay{run}"), n).await;
+        println!("takeover run {run}: {n} queued messages, to another node {m:?}, back on the same node {st:?}");
+        moved.push(m.as_secs_f64());
+        stayed.push(st.as_secs_f64());
+    }
+    let (m, st) = (median(&mut moved), median(&mut stayed));
+    println!(
+        "takeover with {n} queued messages (median of {runs}): CONNECT on another node to the last one delivered {:.0} ms (target ≤ 1,000 ms); on the same node {:.0} ms; ratio {:.2}",
+        m * 1e3,
+        st * 1e3,
+        m / st.max(1e-9)
+    );
+}
+
+/// Members of a shared subscription, each counting what it got.
+async fn members(at: &[SocketAddr], s: &Site, group: &str, got: Arc<AtomicU64>) -> Vec<tokio::task::JoinHandle<()>> {
+    let filter = format!("$share/{group}/channels/{}/messages/#", s.channel);
+    let mut tasks = Vec::new();
+    for (i, addr) in at.iter().enumerate() {
+        let (c, mut el) = AsyncClient::new(opts(*addr, &format!("{group}-m{i}"), &s.devices[0]), 10_000);
+        c.subscribe(filter.clone(), QoS::AtLeastOnce).await.expect("subscribe");
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = el.poll().await.expect("member") {
+                break;
+            }
+        }
+        let got = got.clone();
+        tasks.push(tokio::spawn(async move {
+            let _c = c;
+            while let Ok(e) = el.poll().await {
+                if let Event::Incoming(Packet::Publish(_)) = e {
+                    got.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+/// Deliveries per second to a group of 4 members at `members_at`, publishers at `pubs_at`
+/// (offered `rate` msg/s QoS 1 in all); (deliveries/s, share of published delivered).
+async fn shared_run(
+    members_at: &[SocketAddr],
+    pubs_at: &[SocketAddr],
+    s: &Site,
+    group: &str,
+    rate: f64,
+    secs: f64,
+) -> (f64, f64) {
+    let got = Arc::new(AtomicU64::new(0));
+    let tasks = members(members_at, s, group, got.clone()).await;
+    let topic = format!("channels/{}/messages/shared", s.channel);
+    let t = Instant::now();
+    let pubs: Vec<_> = pubs_at
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let (addr, dev, topic) = (*addr, s.devices[1].clone(), topic.clone());
+            let per = rate / pubs_at.len() as f64;
+            let id = format!("{group}-p{i}");
+            tokio::spawn(async move { publisher(addr, i as u8, &id, &dev, topic, per, secs).await })
+        })
+        .collect();
+    let mut published = 0;
+    for p in pubs {
+        published += p.await.expect("publisher");
+    }
+    let elapsed = t.elapsed().as_secs_f64() - 0.5;
+    let n = got.load(Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    (n as f64 / elapsed.max(1e-9), n as f64 / published.max(1) as f64)
+}
+
+/// 6: a shared subscription's throughput with its 4 members on 2 nodes ÷ on 1 node (the
+/// same cluster's node, and a node outside any cluster).
+pub async fn shared(admin: &str, nats: &Nats, rate: f64, secs: f64, runs: usize) {
+    let (mut two, mut one, mut alone) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let db = {
+            let a = admin.to_string();
+            tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
+        };
+        let (a, b) = (node(&db, Some(nats.addr)).await, node(&db, Some(nats.addr)).await);
+        let s = site(a.http, 2).await;
+        let (t2, d2) = shared_run(
+            &[a.mqtt, a.mqtt, b.mqtt, b.mqtt],
+            &[a.mqtt, b.mqtt],
+            &s,
+            &format!("two{run}"),
+            rate,
+            secs,
+        )
+        .await;
+        let (t1, d1) = shared_run(&[a.mqtt; 4], &[a.mqtt, a.mqtt], &s, &format!("one{run}"), rate, secs).await;
+        drop((a, b));
+        let db1 = {
+            let a = admin.to_string();
+            tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
+        };
+        let solo = node(&db1, None).await;
+        let s1 = site(solo.http, 2).await;
+        let (t0, d0) = shared_run(
+            &[solo.mqtt; 4],
+            &[solo.mqtt, solo.mqtt],
+            &s1,
+            &format!("solo{run}"),
+            rate,
+            secs,
+        )
+        .await;
+        println!(
+            "shared run {run}: 2 nodes {t2:.0}/s ({:.2}% delivered), 1 cluster node {t1:.0}/s ({:.2}%), 1 node outside a cluster {t0:.0}/s ({:.2}%)",
+            d2 * 100.0,
+            d1 * 100.0,
+            d0 * 100.0
+        );
+        two.push(t2);
+        one.push(t1);
+        alone.push(t0);
+    }
+    let (t2, t1, t0) = (median(&mut two), median(&mut one), median(&mut alone));
+    println!(
+        "shared subscription, 4 members, offered {rate} msg/s QoS 1 (median of {runs}): across 2 nodes {t2:.0} deliveries/s, ÷ the group on 1 cluster node {:.2}, ÷ on 1 node outside a cluster {:.2}",
+        t2 / t1.max(1e-9),
+        t2 / t0.max(1e-9)
+    );
+}
