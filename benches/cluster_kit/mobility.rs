@@ -105,7 +105,14 @@ async fn members(at: &[SocketAddr], s: &Site, group: &str, got: Arc<AtomicU64>) 
 
 /// Publishes QoS 1, 64-byte messages at `rate` per second for `secs`, then lets the
 /// acknowledgements finish; returns how many were acknowledged.
-async fn acked_publisher(addr: SocketAddr, id: &str, dev: &(String, String), topic: String, rate: f64, secs: f64) -> u64 {
+async fn acked_publisher(
+    addr: SocketAddr,
+    id: &str,
+    dev: &(String, String),
+    topic: String,
+    rate: f64,
+    secs: f64,
+) -> u64 {
     let (c, mut el) = AsyncClient::new(opts(addr, id, dev), 100_000);
     let acked = Arc::new(AtomicU64::new(0));
     let a2 = acked.clone();

@@ -190,8 +190,17 @@ pub fn shared_ca(store: &Store, data_dir: &Path) -> Result<certs::Ca, crate::App
 pub async fn janitor(store: Store, me: String, timeout: Duration, every: Duration) {
     let mut cleared = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(every);
+    // Session owners nobody needs are forgotten about once a minute.
+    let prune_every = (60_000 / every.as_millis().max(1)).max(1) as u64;
+    let mut ticks = 0u64;
     loop {
         tick.tick().await;
+        ticks += 1;
+        if ticks.is_multiple_of(prune_every) {
+            let s = store.clone();
+            let before = storage::now_micros() - 60_000_000;
+            let _ = tokio::task::spawn_blocking(move || s.prune_session_owners(before)).await;
+        }
         let s = store.clone();
         let Ok(Ok(nodes)) = tokio::task::spawn_blocking(move || s.nodes()).await else {
             continue;

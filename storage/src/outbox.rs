@@ -120,10 +120,66 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Cluster mode: forgets the owners of sessions no node holds any more whose claim is
+    /// older than `before` (Unix µs; a node that was paused longer than that could write a
+    /// record again, a rare and harmless copy that expires with its session). Claims are
+    /// recorded for every connection, clean ones included: without this the table would
+    /// grow with every client id ever seen. Returns how many went.
+    pub fn prune_session_owners(&self, before: i64) -> Result<usize> {
+        self.write(|tx| {
+            let oldest_recent: Option<i64> =
+                tx.query_row("SELECT MIN(seq) FROM outbox WHERE at >= ?1", &params![before], |r| {
+                    r.get(0)
+                })?;
+            let Some(limit) = oldest_recent else {
+                return Ok(0);
+            };
+            tx.execute(
+                "DELETE FROM session_owners WHERE fence < ?1
+                 AND NOT EXISTS (SELECT 1 FROM session_records r WHERE r.key = session_owners.key)",
+                &params![limit],
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::store;
+
+    #[test]
+    fn owners_of_sessions_nobody_holds_are_pruned_once_their_claim_is_old() {
+        let (_d, s) = store();
+        s.set_node("n1");
+        let owners = |s: &Store| -> Vec<String> {
+            s.conn()
+                .expect("conn")
+                .query_map("SELECT key FROM session_owners ORDER BY key", &[], |r| r.get(0))
+                .expect("owners")
+        };
+        s.claim_session("clean").expect("claim");
+        s.claim_session("kept").expect("claim");
+        s.sessions_apply(&[crate::SessionWrite::Put(crate::SessionRow {
+            key: "kept".into(),
+            owner: None,
+            expiry_s: 60,
+            disconnected_at_ms: None,
+            state: vec![],
+            inbound: vec![],
+        })])
+        .expect("record");
+        let t = crate::now_micros();
+        assert_eq!(
+            s.prune_session_owners(t).expect("prune"),
+            0,
+            "no claim since: nothing known old"
+        );
+        s.claim_session("recent").expect("claim");
+        assert_eq!(s.prune_session_owners(t).expect("prune"), 1);
+        assert_eq!(owners(&s), vec!["kept".to_string(), "recent".to_string()]);
+    }
 
     #[test]
     fn every_announced_change_is_in_the_outbox_in_order_and_prunable() {
