@@ -253,7 +253,7 @@ pub fn revocation(c: Change) -> Option<Revocation> {
             channel_id: None,
         },
         Change::CertRevoked { serial, .. } => Revocation::Cert { serial },
-        Change::ClientEnabled { .. } | Change::SessionClaimed { .. } => return None,
+        Change::ClientEnabled { .. } | Change::SessionClaimed { .. } | Change::SessionIndexed { .. } => return None,
     })
 }
 

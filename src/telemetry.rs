@@ -85,6 +85,11 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         "mqtt_sessions_offline",
         "Persistent MQTT sessions without a connection",
     )?;
+    let remote_sessions = gauge(
+        &t,
+        "cluster_remote_persistent_sessions",
+        "Cluster mode: persistent sessions other nodes hold, indexed here so that this node's publishers queue their messages",
+    )?;
     mirror!(
         counter(
             &t,
@@ -544,6 +549,7 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         }
         conn_now.set(load(&b.connections_current) as i64);
         offline.set(load(&b.sessions_persistent_offline) as i64);
+        remote_sessions.set(load(&b.cluster_remote_sessions) as i64);
         depth.set(p.queued.load(Ordering::Relaxed) as i64);
         let ps = st.pool_state();
         pool.with_label_values(&["idle"]).set(i64::from(ps.idle));

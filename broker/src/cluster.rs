@@ -30,6 +30,9 @@ pub struct Carried {
     pub format: PayloadFormat,
     /// Receive time on the publishing node, microseconds since the Unix epoch.
     pub received_at: i64,
+    /// The entry id its node wrote for persistent sessions (0: none); a node holding such a
+    /// session uses the same id, so the entry is one, whoever wrote it.
+    pub entry: u64,
 }
 
 /// Which part of the topic space a message belongs to or a subscription listens to. A
@@ -82,7 +85,10 @@ pub trait Cluster: Send + Sync + 'static {
     /// Hands a message accepted on this node to the others. With `wait`, the receiver
     /// resolves once it was handed over (flushed) or given up (counted by the
     /// implementation); the publisher's acknowledgement waits for it.
-    fn export(&self, m: Carried, wait: bool) -> Option<oneshot::Receiver<bool>>;
+    /// With `after`, the message crosses once it resolves (later messages wait behind it,
+    /// so the order holds).
+    fn export(&self, m: Carried, wait: bool, after: Option<oneshot::Receiver<bool>>)
+        -> Option<oneshot::Receiver<bool>>;
     /// Starts (`on`) or stops hearing a scope from other nodes; resolves once in effect.
     /// The broker calls it for the first and the last local subscription of a scope, in
     /// order.
@@ -332,7 +338,7 @@ mod tests {
 
     struct Port(Mutex<Vec<(Scope, bool)>>);
     impl Cluster for Port {
-        fn export(&self, _: Carried, _: bool) -> Option<oneshot::Receiver<bool>> {
+        fn export(&self, _: Carried, _: bool, _: Option<oneshot::Receiver<bool>>) -> Option<oneshot::Receiver<bool>> {
             None
         }
         fn listen(&self, scope: Scope, on: bool) -> BoxFuture<()> {

@@ -166,6 +166,31 @@ impl BrokerHandle {
         true
     }
 
+    /// Cluster mode: what another node holds for persistent session `key` (its domain, if a
+    /// registry client's, and its stored state), or `None` when no other node holds it: the
+    /// publisher side writes entries for it too (see `durable`).
+    pub fn index_remote(&self, key: &str, held: Option<(Option<&str>, Bytes)>) {
+        let subs = held
+            .and_then(|(domain, state)| {
+                let st = durable::decode_state(state)?;
+                Some(
+                    st.subs
+                        .into_iter()
+                        .map(|(f, o)| match domain.and_then(|d| crate::topic::canonical(&f, d)) {
+                            Some(c) => (c, o),
+                            None => (f, o),
+                        })
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        let n = self.shared.durable.index_remote(key, subs);
+        self.shared
+            .metrics
+            .cluster_remote_sessions
+            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Cluster mode: another node claimed a session key (see [`Cluster::claim`]); a session
     /// here with an older claim ends with DISCONNECT 0x8E.
     pub fn claimed(&self, key: &str, claim: u64) {

@@ -71,6 +71,18 @@ pub(crate) struct Routed {
     pub exported: Option<oneshot::Receiver<bool>>,
 }
 
+/// A message written for persistent sessions.
+struct Written {
+    /// Its entry id (in the router tag, and across nodes).
+    id: u64,
+    /// When waited for: resolves once committed.
+    wait: Option<oneshot::Receiver<bool>>,
+    /// Cluster mode: entries were written for sessions other nodes hold; resolves once
+    /// committed. The message crosses to the other nodes after it, so a node that delivers
+    /// it and removes its entry can never see the entry written again afterwards.
+    after: Option<oneshot::Receiver<bool>>,
+}
+
 /// Why the ingress refused a message (nothing of it happened).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -106,10 +118,6 @@ impl Shared {
                 ToSink::Whole { commit } => stored = Some(self.sink.take(m, commit).map_err(Refused::Sink)?),
             }
         }
-        let exported = match &self.cluster {
-            Some(c) if !p.topic.starts_with('$') => c.export(carried(&p, received_at), p.qos > 0),
-            _ => None,
-        };
         let mut tag = router::Tag {
             qos: p.qos,
             retain: p.retain,
@@ -117,13 +125,23 @@ impl Shared {
             expires_at_ms: p.expires_at_ms,
             msg: 0,
             mark: 0,
-            props: p.props,
+            props: p.props.clone(),
         };
         let mut durable = None;
-        if let Some((id, wait)) = self.durable_message(p.topic, p.payload, &tag, p.wait_durable) {
-            tag.msg = id;
-            durable = wait;
+        let mut after = None;
+        if let Some(w) = self.durable_message(p.topic, p.payload, &tag, p.wait_durable, None) {
+            tag.msg = w.id;
+            durable = w.wait;
+            after = w.after;
         }
+        let exported = match &self.cluster {
+            Some(c) if !p.topic.starts_with('$') => {
+                let mut m = carried(&p, received_at);
+                m.entry = tag.msg;
+                c.export(m, p.qos > 0, after)
+            }
+            _ => None,
+        };
         let (packet, mark) = router::routed(p.topic, tag, p.payload, &self.pressure);
         Ok(Routed {
             packet,
@@ -165,8 +183,9 @@ impl Shared {
             mark: 0,
             props: p.props.clone(),
         };
-        if let Some((id, _)) = self.durable_message(p.topic, p.payload, &tag, false) {
-            tag.msg = id;
+        let entry = (c.entry != 0).then_some(c.entry);
+        if let Some(w) = self.durable_message(p.topic, p.payload, &tag, false, entry) {
+            tag.msg = w.id;
         }
         router::routed(p.topic, tag, p.payload, &self.pressure).0
     }
@@ -198,23 +217,32 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes a QoS 1/2 message for the persistent sessions subscribed to it, if any; returns
-    /// its entry id and, with `wait`, a receiver that resolves once it is committed.
+    /// Writes a QoS 1/2 message for the persistent sessions subscribed to it, if any (with
+    /// `entry`, an imported message's id: for the sessions held here only); returns what
+    /// was written (see [`Written`]).
     fn durable_message(
         &self,
         topic: &str,
         payload: &[u8],
         tag: &router::Tag,
         wait: bool,
-    ) -> Option<(u64, Option<oneshot::Receiver<bool>>)> {
+        entry: Option<u64>,
+    ) -> Option<Written> {
         if tag.qos == 0 || !self.durable.enabled() {
             return None;
         }
-        let targets = self.durable.targets(topic, tag.qos, tag.origin);
+        let mut targets = self.durable.targets(topic, tag.qos, tag.origin);
+        if entry.is_some() {
+            // The publisher's node wrote the others' entries.
+            targets.retain(|t| !t.remote);
+        }
         if targets.is_empty() {
             return None;
         }
-        let size = (topic.len() + payload.len() + tag.props.len() + 64) as u64 * targets.len() as u64;
+        let remote = targets.iter().any(|t| t.remote);
+        // What this node's sessions will hold (the others count their own).
+        let here = targets.iter().filter(|t| !t.remote).count() as u64;
+        let size = (topic.len() + payload.len() + tag.props.len() + 64) as u64 * here;
         if !self.durable.has_room(size) {
             let n = self.metrics.dropped_store_full.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() || n == 0 {
@@ -226,7 +254,7 @@ impl Shared {
             return None;
         }
         self.durable.add_bytes(size);
-        let id = self.durable.next_id();
+        let id = entry.unwrap_or_else(|| self.durable.next_id());
         let body = durable::encode_body(&durable::Body {
             topic: Bytes::copy_from_slice(topic.as_bytes()),
             props: tag.props.clone(),
@@ -249,11 +277,17 @@ impl Shared {
             body: body.clone(),
             targets,
         };
-        let wait = if wait {
-            Some(self.durable.write_wait(op))
-        } else {
-            self.durable.write(op);
-            None
+        let (wait, after) = match (wait, remote) {
+            (false, false) => {
+                self.durable.write(op);
+                (None, None)
+            }
+            (true, false) => (Some(self.durable.write_wait(op)), None),
+            (false, true) => (None, Some(self.durable.write_wait(op))),
+            (true, true) => {
+                let (a, b) = self.split(self.durable.write_wait(op));
+                (Some(a), Some(b))
+            }
         };
         // Restored sessions without a router link get it from here (after its entry was
         // queued for writing, so their acknowledgement comes after it).
@@ -274,7 +308,18 @@ impl Shared {
                 }
             }
         }
-        Some((id, wait))
+        Some(Written { id, wait, after })
+    }
+
+    /// One commit, waited for twice.
+    fn split(&self, rx: oneshot::Receiver<bool>) -> (oneshot::Receiver<bool>, oneshot::Receiver<bool>) {
+        let ((ta, a), (tb, b)) = (oneshot::channel(), oneshot::channel());
+        self.rt.spawn(async move {
+            let ok = rx.await.unwrap_or(false);
+            let _ = ta.send(ok);
+            let _ = tb.send(ok);
+        });
+        (a, b)
     }
 }
 
@@ -308,5 +353,6 @@ fn carried(p: &Publish<'_>, received_at: i64) -> Carried {
         transport: p.transport,
         format: p.format,
         received_at,
+        entry: 0,
     }
 }

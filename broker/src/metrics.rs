@@ -56,6 +56,9 @@ pub struct Metrics {
     pub cluster_taken_over: AtomicU64,
     /// Cluster mode: persistent sessions moved here from another node by their device.
     pub cluster_sessions_adopted: AtomicU64,
+    /// Cluster mode: persistent sessions other nodes hold, indexed here (with subscriptions
+    /// at QoS 1/2) so that this node's publishers write their entries.
+    pub cluster_remote_sessions: AtomicU64,
     /// Cluster mode: publishes refused while the node could not confirm it is current.
     pub cluster_refused_not_current: AtomicU64,
     /// CONNECT refusals by reason label.

@@ -111,6 +111,7 @@ impl Follower {
             }
             tokio::time::sleep(self.poll).await;
         };
+        self.index_all().await;
         self.fresh.confirm();
         let mut notices = match self.client.subscribe(self.subjects.changes()).await {
             Ok(s) => Some(s),
@@ -164,6 +165,9 @@ impl Follower {
             };
             let n = entries.len();
             for e in entries {
+                if let Change::SessionIndexed { key } = &e.change {
+                    self.reindex(key).await;
+                }
                 self.apply(e.seq, e.change);
                 let lag_ms = (storage::now_micros() - e.at).max(0) / 1000;
                 self.metrics.outbox_lag_ms.store(lag_ms as u64, Ordering::Relaxed);
@@ -176,10 +180,43 @@ impl Follower {
         }
     }
 
+    /// Reads what another node holds for persistent session `key` into the broker's index
+    /// of the cluster's persistent subscriptions.
+    async fn reindex(&self, key: &str) {
+        let (s, k) = (self.store.clone(), key.to_string());
+        match tokio::task::spawn_blocking(move || s.session_elsewhere(&k)).await {
+            Ok(Ok(held)) => self.broker.index_remote(
+                key,
+                held.as_ref()
+                    .map(|(d, state)| (d.as_deref(), bytes::Bytes::copy_from_slice(state))),
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read a session for the index of the cluster's persistent subscriptions")
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The index of the cluster's persistent subscriptions, read whole (at start, before
+    /// the outbox is followed from its head).
+    async fn index_all(&self) {
+        let s = self.store.clone();
+        match tokio::task::spawn_blocking(move || s.sessions_elsewhere()).await {
+            Ok(Ok(all)) => {
+                for (key, d, state) in all {
+                    self.broker
+                        .index_remote(&key, Some((d.as_deref(), bytes::Bytes::from(state))));
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the cluster's persistent sessions"),
+            Err(_) => {}
+        }
+    }
+
     fn apply(&self, seq: i64, c: Change) {
         match c {
             Change::SessionClaimed { key, node } if node != self.node => self.broker.claimed(&key, seq.max(0) as u64),
-            Change::SessionClaimed { .. } => {}
+            Change::SessionClaimed { .. } | Change::SessionIndexed { .. } => {}
             other => {
                 if let Some(r) = crate::mqtt::revocation(other) {
                     self.broker.revoke(r);

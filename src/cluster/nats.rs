@@ -29,6 +29,9 @@ struct Export {
     payload: Bytes,
     retained: bool,
     done: Option<oneshot::Sender<bool>>,
+    /// Published once this resolves (the persistent-session entries it carries are
+    /// committed); the messages after it wait.
+    after: Option<oneshot::Receiver<bool>>,
 }
 
 /// This node's share of one shared subscription group: one queue subscription per subject.
@@ -148,7 +151,12 @@ impl broker::Cluster for NatsCluster {
         self.fresh.current()
     }
 
-    fn export(&self, c: Carried, wait: bool) -> Option<oneshot::Receiver<bool>> {
+    fn export(
+        &self,
+        c: Carried,
+        wait: bool,
+        after: Option<oneshot::Receiver<bool>>,
+    ) -> Option<oneshot::Receiver<bool>> {
         let (done, rx) = match wait {
             true => {
                 let (t, r) = oneshot::channel();
@@ -162,6 +170,7 @@ impl broker::Cluster for NatsCluster {
             payload: c.payload,
             retained: c.retain,
             done,
+            after,
         };
         if let Err(e) = self.exports.try_send(e) {
             // Full or stopped: the message is stored here, its live copies elsewhere are lost.
@@ -314,6 +323,9 @@ async fn export_loop(
         let mut sent = 0u64;
         for e in batch.drain(..) {
             done.extend(e.done);
+            if let Some(a) = e.after {
+                let _ = a.await;
+            }
             if !connected {
                 continue;
             }

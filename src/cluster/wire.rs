@@ -21,6 +21,7 @@ const PUBLISHER: &str = "Fluxgate-Publisher";
 const TRANSPORT: &str = "Fluxgate-Transport";
 const FORMAT: &str = "Fluxgate-Format";
 const RECEIVED: &str = "Fluxgate-Received";
+const ENTRY: &str = "Fluxgate-Entry";
 
 /// The subjects of one cluster (one prefix).
 #[derive(Clone, Debug)]
@@ -178,6 +179,9 @@ pub fn headers(c: &Carried, node: &str) -> HeaderMap {
     h.insert(TRANSPORT, transport_name(c.transport));
     h.insert(FORMAT, format_name(c.format));
     h.insert(RECEIVED, c.received_at.to_string());
+    if c.entry != 0 {
+        h.insert(ENTRY, c.entry.to_string());
+    }
     h
 }
 
@@ -216,6 +220,7 @@ pub fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Option<(String, Ca
         transport: transport_of(get(TRANSPORT).unwrap_or("")),
         format: format_of(get(FORMAT).unwrap_or("")),
         received_at: get(RECEIVED).and_then(|r| r.parse().ok()).unwrap_or(0),
+        entry: get(ENTRY).and_then(|r| r.parse().ok()).unwrap_or(0),
     };
     Some((node, c))
 }
@@ -239,6 +244,7 @@ mod tests {
             transport: Transport::Wss,
             format: PayloadFormat::Senml,
             received_at: 42,
+            entry: (3 << 43) + 17,
         }
     }
 

@@ -94,4 +94,10 @@ pub enum Change {
         key: String,
         node: String,
     },
+    /// Cluster mode: a persistent session's state (its subscriptions) changed, it ended, or
+    /// it moved to another node: every node reads it again for its index of the cluster's
+    /// persistent subscriptions. Recorded by the session writes, never a revocation.
+    SessionIndexed {
+        key: String,
+    },
 }

@@ -47,7 +47,7 @@ pub use nodes::NodeRow;
 pub use outbox::OutboxEntry;
 pub use presence::{PresenceChange, PresenceEvent};
 pub use retained::RetainedRow;
-pub use sessions::{QueuedRow, SessionRow, SessionSnapshot, SessionWrite};
+pub use sessions::{HeldElsewhere, QueuedRow, SessionRow, SessionSnapshot, SessionWrite};
 pub use users::{NewUser, Role, User, UserPatch, UserQuery};
 
 use db::{Conn, Db, Tx};
@@ -254,6 +254,8 @@ pub struct Store {
     node: std::sync::Arc<std::sync::OnceLock<String>>,
     /// Session record writes refused because another node owns the session.
     fenced: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// This node's number (top bits of its message ids), known once sessions were loaded.
+    number: std::sync::Arc<std::sync::OnceLock<i64>>,
 }
 
 /// Where the store announces rights-affecting changes, after their transaction committed
@@ -342,6 +344,7 @@ impl Store {
             sink: Default::default(),
             node: Default::default(),
             fenced: Default::default(),
+            number: Default::default(),
         }
     }
 

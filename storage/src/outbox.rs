@@ -51,6 +51,7 @@ fn payload_kind(c: &Change) -> &'static str {
         Change::DomainDisabled { .. } => "domain_disabled",
         Change::DomainFrozen { .. } => "domain_frozen",
         Change::SessionClaimed { .. } => SESSION_CLAIMED,
+        Change::SessionIndexed { .. } => "session_indexed",
     }
 }
 

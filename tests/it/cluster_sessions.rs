@@ -274,3 +274,127 @@ async fn a_moved_session_gets_nothing_from_a_channel_it_lost_the_right_to() {
         }
     }
 }
+
+/// Publishes `n` QoS 1 messages (`<tag>-<i>`) on `topic` through `addr`, 20 in flight;
+/// returns the payloads acknowledged (a node that dies takes the rest with it).
+async fn publish_acked(addr: std::net::SocketAddr, c: Connect<'_>, topic: &str, tag: &str, n: usize) -> Vec<Vec<u8>> {
+    const WINDOW: usize = 20;
+    let mut p = Raw::ok(addr, &c).await;
+    let mut in_flight = std::collections::HashMap::new();
+    let mut acked = Vec::new();
+    let mut i = 0;
+    while i < n || !in_flight.is_empty() {
+        while i < n && in_flight.len() < WINDOW {
+            let pkid = (i % 60_000 + 1) as u16;
+            let payload = format!("{tag}-{i}").into_bytes();
+            p.publish_with(topic, &payload, 1, false, pkid, &[]).await;
+            in_flight.insert(pkid, payload);
+            i += 1;
+        }
+        match p.packet().await {
+            Some((first, body)) if first >> 4 == 4 => {
+                let pkid = u16::from_be_bytes([body[0], body[1]]);
+                let code = body.get(2).copied().unwrap_or(0);
+                if let Some(payload) = in_flight.remove(&pkid) {
+                    if code == 0 {
+                        acked.push(payload);
+                    }
+                }
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    acked
+}
+
+/// Test 2: the device's node (1) is killed with SIGKILL while publishers on nodes 2 and 3
+/// send QoS 1 messages to the device's persistent session: the device reconnects to node 3
+/// and receives every message acknowledged to the publishers that it had not received
+/// (duplicates of what it had are allowed at QoS 1, and counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_device_finds_every_acknowledged_message_on_another_node() {
+    let Some(env) = ClusterEnv::new() else { return };
+    let (n1, n2, n3) = tokio::join!(env.node(&[]), env.node(&[]), env.node(&[]));
+    let site = Site::provision(&n1, 3).await;
+    let c = persistent(&site, "survivor");
+    let topic = site.topic("load");
+    let (mut d, code, _) = Raw::connect(n1.mqtt, &c).await;
+    assert_eq!(code, 0);
+    assert_eq!(d.subscribe(1, &[(site.all().as_str(), 1)], &[]).await, vec![1]);
+    // Nodes 2 and 3 know the session's subscription (their publishers queue for it).
+    until_counter(&n2, "fluxgate_cluster_remote_persistent_sessions", 1).await;
+    until_counter(&n3, "fluxgate_cluster_remote_persistent_sessions", 1).await;
+
+    // The device reads on node 1, acknowledging each message.
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let reader = tokio::spawn(async move {
+        loop {
+            match d.packet_within(Duration::from_secs(30)).await {
+                Ok(Some((first, body))) if first >> 4 == 3 => {
+                    let m = d.decode_publish(first, &body);
+                    if m.qos == 1 && !d.try_send(&crate::raw::framed(0x40, &m.pkid.to_be_bytes())).await {
+                        return;
+                    }
+                    let _ = got_tx.send(m.payload);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(()) => return,
+            }
+        }
+    });
+    const N: usize = 1_500;
+    let (d2, d3) = (site.devices[1].clone(), site.devices[2].clone());
+    let (t2, t3) = (topic.clone(), topic.clone());
+    let (a2, a3) = (n2.mqtt, n3.mqtt);
+    let p2 =
+        tokio::spawn(async move { publish_acked(a2, Connect::new(true, "pub2", &d2.0, &d2.1), &t2, "two", N).await });
+    let p3 =
+        tokio::spawn(async move { publish_acked(a3, Connect::new(true, "pub3", &d3.0, &d3.1), &t3, "three", N).await });
+    // Node 1 dies once the device got a few hundred.
+    let mut before = Vec::new();
+    while before.len() < 300 {
+        before.push(got_rx.recv().await.expect("deliveries on node 1"));
+    }
+    let _dir = n1.kill9().await;
+    reader.await.expect("reader");
+    while let Ok(m) = got_rx.try_recv() {
+        before.push(m);
+    }
+    let acked: Vec<Vec<u8>> = [p2.await.expect("publisher 2"), p3.await.expect("publisher 3")].concat();
+    assert!(
+        acked.len() > 2 * 300,
+        "the publishers went on: {} acknowledged",
+        acked.len()
+    );
+
+    let (mut d, code, present) = Raw::connect(n3.mqtt, &c).await;
+    assert_eq!((code, present), (0, true), "the session is present on node 3");
+    let had: std::collections::HashSet<Vec<u8>> = before.iter().cloned().collect();
+    let mut missing: std::collections::HashSet<Vec<u8>> = acked.iter().filter(|m| !had.contains(*m)).cloned().collect();
+    let mut dups = 0;
+    while !missing.is_empty() {
+        match d.packet_within(Duration::from_secs(20)).await {
+            Ok(Some((first, body))) if first >> 4 == 3 => {
+                let m = d.decode_publish(first, &body);
+                d.send(&crate::raw::framed(0x40, &m.pkid.to_be_bytes())).await;
+                if !missing.remove(&m.payload) && had.contains(&m.payload) {
+                    dups += 1;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("node 3 closed the connection"),
+            Err(()) => panic!(
+                "{} acknowledged messages never arrived (of {}; {} before the kill)",
+                missing.len(),
+                acked.len(),
+                had.len()
+            ),
+        }
+    }
+    eprintln!(
+        "kill -9: {} acknowledged, {} received before the kill, {dups} received again after",
+        acked.len(),
+        had.len()
+    );
+}

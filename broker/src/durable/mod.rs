@@ -57,21 +57,83 @@ pub(crate) struct Durable {
     max_stored_bytes: u64,
 }
 
+/// Subscriptions of persistent sessions by bucket, and each session's buckets.
 #[derive(Default)]
-struct Index {
+struct Buckets {
     buckets: HashMap<String, Vec<DSub>>,
     by_key: HashMap<Arc<str>, Vec<String>>,
+}
+
+impl Buckets {
+    /// Replaces the indexed subscriptions of session `key` (none: removes it).
+    fn put(&mut self, key: &str, origin: u64, subs: Vec<(String, SubOptions)>) {
+        if let Some(old) = self.by_key.remove(key) {
+            for b in old {
+                if let Some(v) = self.buckets.get_mut(&b) {
+                    v.retain(|s| &*s.key != key);
+                    if v.is_empty() {
+                        self.buckets.remove(&b);
+                    }
+                }
+            }
+        }
+        if subs.is_empty() {
+            return;
+        }
+        let k: Arc<str> = Arc::from(key);
+        let mut used = Vec::new();
+        for (
+            filter,
+            SubOptions {
+                qos, no_local, sub_id, ..
+            },
+        ) in subs
+        {
+            // Shared subscriptions: the router picks one member per message, which the
+            // publisher side cannot know; their messages are queued in memory only.
+            if qos == 0 || filter.starts_with('$') {
+                continue;
+            }
+            let Some(b) = bucket(&filter) else { continue };
+            let b = b.to_string();
+            self.buckets.entry(b.clone()).or_default().push(DSub {
+                key: k.clone(),
+                filter,
+                qos,
+                no_local,
+                origin,
+                sub_id,
+            });
+            if !used.contains(&b) {
+                used.push(b);
+            }
+        }
+        if !used.is_empty() {
+            self.by_key.insert(k, used);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    /// This node's persistent sessions.
+    local: Buckets,
+    /// Cluster mode: the persistent sessions other nodes hold (a key held here too counts
+    /// as local: its copy elsewhere is about to go).
+    remote: Buckets,
     /// Restored sessions without a router link: their messages are handed to them directly.
     direct: std::collections::HashSet<Arc<str>>,
 }
 
-/// A target of a message: session key, delivered QoS, subscription identifiers, and whether
-/// the session takes it directly (restored, no router link yet).
+/// A target of a message: session key, delivered QoS, subscription identifiers, whether
+/// the session takes it directly (restored, no router link yet), and whether another node
+/// holds it (cluster mode: its entry is written here, it is delivered there).
 pub(crate) struct Target {
     pub key: String,
     pub qos: u8,
     pub sub_ids: Vec<u32>,
     pub direct: bool,
+    pub remote: bool,
 }
 
 impl Durable {
@@ -88,6 +150,8 @@ impl Durable {
 
     /// Starts the writer thread over `store`; message ids continue after `max_msg`.
     pub fn start(store: Arc<dyn SessionStore>, max_msg: u64, max_stored_bytes: u64) -> std::io::Result<Durable> {
+        // Ids this process gives; another node's (an imported message's) are outside.
+        let own_from = max_msg + 1;
         let (tx, rx) = mpsc::channel::<(SessionOp, Option<Waiter>)>();
         std::thread::Builder::new()
             .name("fluxgate-sessions".into())
@@ -104,7 +168,7 @@ impl Durable {
                             next = rx.try_recv().ok();
                         }
                     }
-                    coalesce(&mut ops);
+                    coalesce(&mut ops, own_from..);
                     let ok = match store.apply(&ops) {
                         Ok(()) => {
                             failed_logged = false;
@@ -204,50 +268,19 @@ impl Durable {
         if subs.is_empty() {
             ix.direct.remove(key);
         }
-        let Index { buckets, by_key, .. } = &mut *ix;
-        if let Some(old) = by_key.remove(key) {
-            for b in old {
-                if let Some(v) = buckets.get_mut(&b) {
-                    v.retain(|s| &*s.key != key);
-                    if v.is_empty() {
-                        buckets.remove(&b);
-                    }
-                }
+        ix.local.put(key, origin, subs);
+    }
+
+    /// Cluster mode: replaces the indexed subscriptions of a session another node holds
+    /// (none: no other node holds it).
+    /// Returns how many sessions other nodes hold are indexed now.
+    pub fn index_remote(&self, key: &str, subs: Vec<(String, SubOptions)>) -> usize {
+        match self.index.lock() {
+            Ok(mut ix) => {
+                ix.remote.put(key, 0, subs);
+                ix.remote.by_key.len()
             }
-        }
-        if subs.is_empty() {
-            return;
-        }
-        let k: Arc<str> = Arc::from(key);
-        let mut used = Vec::new();
-        for (
-            filter,
-            SubOptions {
-                qos, no_local, sub_id, ..
-            },
-        ) in subs
-        {
-            // Shared subscriptions: the router picks one member per message, which the
-            // publisher side cannot know; their messages are queued in memory only.
-            if qos == 0 || filter.starts_with('$') {
-                continue;
-            }
-            let Some(b) = bucket(&filter) else { continue };
-            let b = b.to_string();
-            buckets.entry(b.clone()).or_default().push(DSub {
-                key: k.clone(),
-                filter,
-                qos,
-                no_local,
-                origin,
-                sub_id,
-            });
-            if !used.contains(&b) {
-                used.push(b);
-            }
-        }
-        if !used.is_empty() {
-            by_key.insert(k, used);
+            Err(_) => 0,
         }
     }
 
@@ -259,30 +292,37 @@ impl Durable {
         }
         let Some(b) = bucket(topic) else { return Vec::new() };
         let Ok(ix) = self.index.lock() else { return Vec::new() };
-        let Some(subs) = ix.buckets.get(b) else {
-            return Vec::new();
-        };
-        let mut found: Vec<(Arc<str>, u8, Vec<u32>)> = Vec::new();
-        for s in subs {
+        let local = ix.local.buckets.get(b).into_iter().flatten().map(|s| (s, false));
+        let remote = ix
+            .remote
+            .buckets
+            .get(b)
+            .into_iter()
+            .flatten()
+            .filter(|s| !ix.local.by_key.contains_key(&s.key))
+            .map(|s| (s, true));
+        let mut found: Vec<(Arc<str>, u8, Vec<u32>, bool)> = Vec::new();
+        for (s, remote) in local.chain(remote) {
             if (s.no_local && s.origin == origin) || !crate::codec::matches(&s.filter, topic) {
                 continue;
             }
             let q = qos.min(s.qos);
-            match found.iter_mut().find(|(k, _, _)| *k == s.key) {
+            match found.iter_mut().find(|(k, ..)| *k == s.key) {
                 Some(f) => {
                     f.1 = f.1.max(q);
                     f.2.extend(s.sub_id);
                 }
-                None => found.push((s.key.clone(), q, s.sub_id.into_iter().collect())),
+                None => found.push((s.key.clone(), q, s.sub_id.into_iter().collect(), remote)),
             }
         }
         found
             .into_iter()
-            .map(|(k, qos, sub_ids)| Target {
-                direct: ix.direct.contains(&k),
+            .map(|(k, qos, sub_ids, remote)| Target {
+                direct: !remote && ix.direct.contains(&k),
                 key: k.to_string(),
                 qos,
                 sub_ids,
+                remote,
             })
             .collect()
     }
@@ -291,8 +331,10 @@ impl Durable {
 /// Removes the entries that a batch both creates and acknowledges (a device online and
 /// keeping up acknowledges most deliveries before their entry was even written): the
 /// message was delivered, so there is nothing left to keep. Its publisher's waiter still
-/// resolves after the batch commits.
-fn coalesce(ops: &mut Vec<SessionOp>) {
+/// resolves after the batch commits. An entry whose id is not one of `own` (cluster mode:
+/// another node wrote it for this session) keeps its acknowledgement, which removes that
+/// node's row.
+fn coalesce(ops: &mut Vec<SessionOp>, own: std::ops::RangeFrom<u64>) {
     use std::collections::HashSet;
     let mut created: HashSet<(&str, u64)> = HashSet::new();
     let mut done: HashSet<(String, u64)> = HashSet::new();
@@ -319,7 +361,8 @@ fn coalesce(ops: &mut Vec<SessionOp>) {
     }
     ops.retain(|op| match op {
         SessionOp::Message { targets, .. } => !targets.is_empty(),
-        SessionOp::Ack { key, msg } | SessionOp::Mark { key, msg, .. } => !done.contains(&(key.clone(), *msg)),
+        SessionOp::Ack { key, msg } => !own.contains(msg) || !done.contains(&(key.clone(), *msg)),
+        SessionOp::Mark { key, msg, .. } => !done.contains(&(key.clone(), *msg)),
         _ => true,
     });
 }
@@ -359,10 +402,54 @@ mod tests {
             ack("a", 2),
             ack("a", 7),
         ];
-        coalesce(&mut ops);
+        coalesce(&mut ops, 0..);
         // The Ack before the Message (an older entry with the same id cannot exist) and the
         // unrelated one stay; entry (a, 1) is written because its ack came first.
         assert_eq!(ops, vec![ack("a", 1), msg(1, &["a"]), ack("a", 7)]);
+    }
+
+    #[test]
+    fn an_entry_another_node_wrote_keeps_its_acknowledgement() {
+        let msg = |id| SessionOp::Message {
+            id,
+            body: Bytes::from_static(b"b"),
+            targets: vec![("a".to_string(), Bytes::new())],
+        };
+        let ack = |m| SessionOp::Ack {
+            key: "a".into(),
+            msg: m,
+        };
+        // Ids from 100 on are this node's; 7 came with an imported message.
+        let mut ops = vec![msg(7), ack(7), msg(100), ack(100)];
+        coalesce(&mut ops, 100..);
+        assert_eq!(ops, vec![ack(7)], "the other node's row goes; neither is written here");
+    }
+
+    #[test]
+    fn sessions_held_elsewhere_are_targets_unless_held_here_too() {
+        let d = Durable::off();
+        let f = |q| vec![("channels/c/messages/#".to_string(), so(q, false, false, None))];
+        d.index_remote("far", f(1));
+        d.index_remote("moving", f(2));
+        d.index("moving", 5, f(1));
+        let mut t: Vec<(String, u8, bool)> = d
+            .targets("channels/c/messages/x", 2, 9)
+            .into_iter()
+            .map(|t| (t.key, t.qos, t.remote))
+            .collect();
+        t.sort();
+        assert_eq!(
+            t,
+            vec![("far".into(), 1, true), ("moving".into(), 1, false)],
+            "a session held here is local, whatever another node last said"
+        );
+        d.index("moving", 5, Vec::new());
+        assert_eq!(
+            d.targets("channels/c/messages/x", 2, 9).len(),
+            2,
+            "gone from here: remote again"
+        );
+        assert_eq!(d.index_remote("far", Vec::new()), 1, "one left indexed");
     }
 
     #[test]

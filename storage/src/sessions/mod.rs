@@ -41,6 +41,9 @@ pub struct QueuedRow {
     pub body: Vec<u8>,
 }
 
+/// A session another node holds: (key, domain id of its client if any, state).
+pub type HeldElsewhere = (String, Option<String>, Vec<u8>);
+
 /// What `sessions_load` found.
 #[derive(Debug, Default)]
 pub struct SessionSnapshot {
@@ -88,6 +91,14 @@ pub enum SessionWrite {
 /// node's number (`node_numbers`, 0 outside a cluster).
 pub const ID_BITS: u32 = 43;
 
+/// Tells the other nodes (once per batch) that session `key` is to be indexed again.
+fn indexed(changes: &mut Vec<crate::Change>, key: &str) {
+    let c = crate::Change::SessionIndexed { key: key.to_string() };
+    if !changes.contains(&c) {
+        changes.push(c);
+    }
+}
+
 /// Whether `node` may write or delete session `key`'s record: no other node owns it. (The
 /// other writes touch rows `node` holds only, and a node holds none of a session it lost.)
 fn owned(tx: &Tx<'_>, key: &str, node: &str) -> Result<bool> {
@@ -118,6 +129,7 @@ impl Store {
         let node = self.node();
         let (dropped, number) = self.write(|tx| {
             let number = node_number(tx, node)?;
+            let _ = self.number.set(number);
             let gone: Vec<String> = tx.query_map(
                 "SELECT s.key FROM session_records s WHERE s.node_id = ?1 AND s.domain_id IS NOT NULL AND NOT EXISTS (
                     SELECT 1 FROM clients c JOIN domains d ON d.id = c.domain_id
@@ -168,9 +180,14 @@ impl Store {
     /// Applies the writes in order, in one transaction.
     pub fn sessions_apply(&self, ops: &[SessionWrite]) -> Result<()> {
         let node = self.node();
+        let cluster = !node.is_empty();
+        // This node's own ids (an imported message keeps the id its node gave it).
+        let own = self
+            .number
+            .get()
+            .map(|n| (n << ID_BITS) as u64..((n + 1) << ID_BITS) as u64);
         let mut fenced = 0u64;
-        let r = self.write(|tx| {
-            fenced = 0;
+        let r = self.write_announcing(|tx, changes| {
             let mut high = 0u64;
             for op in ops {
                 match op {
@@ -182,6 +199,18 @@ impl Store {
                         if !owned(tx, &s.key, node)? {
                             fenced += 1;
                             continue;
+                        }
+                        if cluster {
+                            // The other nodes index its subscriptions: told when they may
+                            // have changed.
+                            let before: Option<Vec<u8>> = tx.query_opt(
+                                "SELECT state FROM session_records WHERE node_id = ?1 AND key = ?2",
+                                &params![node, s.key],
+                                |r| r.get(0),
+                            )?;
+                            if before.as_ref() != Some(&s.state) {
+                                indexed(changes, &s.key);
+                            }
                         }
                         tx.execute("INSERT INTO session_records(key, domain_id, client_id, expiry_s, disconnected_at_ms, state, inbound, node_id)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -212,6 +241,9 @@ impl Store {
                             continue;
                         }
                         delete_session(tx, node, key)?;
+                        if cluster {
+                            indexed(changes, key);
+                        }
                         // Nothing left to fence (a new claim makes a new owner).
                         tx.execute(
                             "DELETE FROM session_owners WHERE key = ?1 AND node_id = ?2",
@@ -219,14 +251,19 @@ impl Store {
                         )?;
                     }
                     SessionWrite::Message { id, body, targets } => {
-                        high = high.max(*id);
-                        // Only for sessions that exist (one may have ended meanwhile).
+                        if own.as_ref().is_none_or(|r| r.contains(id)) {
+                            high = high.max(*id);
+                        }
+                        // For the sessions that exist, on whichever node holds each (one may
+                        // have ended meanwhile); written again for the same id: nothing.
                         let mut n = 0;
                         for (key, meta) in targets {
-                            n += tx
-                                .execute("INSERT INTO session_queue(session, msg, meta, node_id)
-                                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM session_records WHERE node_id = ?4 AND key = ?1)
-                                     ON CONFLICT DO NOTHING", &params![key, *id as i64, meta, node])?;
+                            n += tx.execute(
+                                "INSERT INTO session_queue(session, msg, meta, node_id)
+                                 SELECT ?1, ?2, ?3, r.node_id FROM session_records r WHERE r.key = ?1
+                                 ON CONFLICT DO NOTHING",
+                                &params![key, *id as i64, meta],
+                            )?;
                         }
                         if n > 0 {
                             tx.execute(
@@ -289,7 +326,7 @@ impl Store {
         if !elsewhere {
             return Ok(None);
         }
-        let moved = self.write(|tx| {
+        let moved = self.write_announcing(|tx, changes| {
             let mine = tx.exists(
                 "SELECT 1 FROM session_owners WHERE key = ?1 AND node_id = ?2",
                 &params![key, node],
@@ -320,6 +357,7 @@ impl Store {
             for other in &holders[1..] {
                 delete_session(tx, other, key)?;
             }
+            indexed(changes, key);
             Ok(true)
         })?;
         if !moved {
@@ -332,6 +370,27 @@ impl Store {
             max_msg: 0,
             dropped: 0,
         }))
+    }
+
+    /// Cluster mode: the sessions other nodes hold, as (key, domain, state), for this
+    /// node's index of the cluster's persistent subscriptions.
+    pub fn sessions_elsewhere(&self) -> Result<Vec<HeldElsewhere>> {
+        self.conn()?.query_map(
+            "SELECT key, domain_id, state FROM session_records WHERE node_id <> ?1 ORDER BY key",
+            &params![self.node()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+    }
+
+    /// Cluster mode: session `key`'s (domain, state) when another node holds it (`None`:
+    /// none does).
+    pub fn session_elsewhere(&self, key: &str) -> Result<Option<(Option<String>, Vec<u8>)>> {
+        self.conn()?.query_opt(
+            "SELECT domain_id, state FROM session_records WHERE key = ?1 AND node_id <> ?2
+             ORDER BY COALESCE(disconnected_at_ms, 9223372036854775807) DESC LIMIT 1",
+            &params![key, self.node()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     /// Sessions kept and messages queued (for metrics and benchmarks).
@@ -433,216 +492,4 @@ fn delete_session(tx: &Tx<'_>, node: &str, key: &str) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn session(key: &str, owner: Option<(&str, &str)>) -> SessionRow {
-        SessionRow {
-            key: key.into(),
-            owner: owner.map(|(d, c)| (d.into(), c.into())),
-            expiry_s: 3600,
-            disconnected_at_ms: Some(5),
-            state: vec![1, 2, 3],
-            inbound: vec![],
-        }
-    }
-
-    #[test]
-    fn queue_in_order_acks_remove_rows_and_bodies_and_ids_are_not_reused() {
-        let (_d, s) = crate::testutil::store();
-        s.sessions_apply(&[
-            SessionWrite::Put(session("a", None)),
-            SessionWrite::Put(session("b", None)),
-            SessionWrite::Message {
-                id: 7,
-                body: b"seven".to_vec(),
-                targets: vec![("a".into(), vec![1]), ("b".into(), vec![2]), ("gone".into(), vec![3])],
-            },
-            SessionWrite::Message {
-                id: 9,
-                body: b"nine".to_vec(),
-                targets: vec![("a".into(), vec![1])],
-            },
-            SessionWrite::Mark {
-                key: "a".into(),
-                msg: 7,
-                state: 2,
-                pkid: 44,
-            },
-        ])
-        .expect("apply");
-        let snap = s.sessions_load().expect("load");
-        assert_eq!(snap.sessions.len(), 2);
-        let got: Vec<(&str, u64, u8, u16, &[u8])> = snap
-            .queued
-            .iter()
-            .map(|q| (q.session.as_str(), q.msg, q.state, q.pkid, q.body.as_slice()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("a", 7, 2, 44, &b"seven"[..]),
-                ("a", 9, 0, 0, &b"nine"[..]),
-                ("b", 7, 0, 0, &b"seven"[..])
-            ]
-        );
-        assert_eq!(snap.max_msg, 9);
-        s.sessions_apply(&[
-            SessionWrite::Ack {
-                key: "a".into(),
-                msg: 7,
-            },
-            SessionWrite::Ack {
-                key: "a".into(),
-                msg: 9,
-            },
-        ])
-        .expect("ack");
-        assert_eq!(s.sessions_counts().expect("counts"), (2, 1));
-        s.sessions_apply(&[SessionWrite::Delete("b".into())]).expect("delete");
-        let snap = s.sessions_load().expect("load");
-        assert!(snap.queued.is_empty());
-        assert_eq!(snap.sessions.len(), 1);
-        assert_eq!(snap.max_msg, 9, "ids stay reserved after every body is gone");
-        let c = s.conn().expect("conn");
-        let bodies: i64 = c
-            .query_row("SELECT COUNT(*) FROM session_bodies", &[], |r| r.get(0))
-            .expect("count");
-        assert_eq!(bodies, 0);
-    }
-
-    /// A second store on the same database (another node).
-    fn another(held: &crate::testutil::Held) -> Store {
-        match held {
-            crate::testutil::Held::Dir(d) => {
-                Store::open(&d.path().join("t.db"), &crate::StoreConfig::default()).expect("open")
-            }
-            crate::testutil::Held::Pg(db) => {
-                Store::open_url(&db.store_url(), &crate::StoreConfig::default()).expect("open")
-            }
-        }
-    }
-
-    fn message(id: u64, body: &str, key: &str) -> SessionWrite {
-        SessionWrite::Message {
-            id,
-            body: body.as_bytes().to_vec(),
-            targets: vec![(key.into(), vec![1])],
-        }
-    }
-
-    #[test]
-    fn a_session_moves_with_the_newest_claim_and_its_old_node_cannot_write_it() {
-        let (held, a) = crate::testutil::store();
-        let b = another(&held);
-        a.set_node("na");
-        b.set_node("nb");
-        // b numbers itself first: its ids sort before a's, yet its entries come after.
-        let b_base = b.sessions_load().expect("load b").max_msg;
-        let a_base = a.sessions_load().expect("load a").max_msg;
-        assert_ne!(a_base >> ID_BITS, b_base >> ID_BITS, "one id range per node");
-        assert!(b_base < a_base);
-        a.claim_session("k").expect("claim a");
-        a.sessions_apply(&[
-            SessionWrite::Put(session("k", None)),
-            message(a_base + 1, "one", "k"),
-            message(a_base + 2, "two", "k"),
-            SessionWrite::Mark {
-                key: "k".into(),
-                msg: a_base + 1,
-                state: 2,
-                pkid: 5,
-            },
-        ])
-        .expect("a writes");
-        assert!(
-            b.session_adopt("k").expect("adopt").is_none(),
-            "not b's claim: nothing moves"
-        );
-        b.claim_session("k").expect("claim b");
-        let snap = b.session_adopt("k").expect("adopt").expect("moved");
-        assert_eq!(snap.sessions.len(), 1);
-        let got: Vec<(u64, u8, u16, &[u8])> = snap
-            .queued
-            .iter()
-            .map(|q| (q.msg, q.state, q.pkid, q.body.as_slice()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![(a_base + 1, 2, 5, &b"one"[..]), (a_base + 2, 0, 0, &b"two"[..])]
-        );
-        b.sessions_apply(&[message(b_base + 1, "three", "k")])
-            .expect("b writes");
-        // a's late writes: its record is not recreated, nothing of b's goes.
-        let fenced = a.session_writes_fenced();
-        a.sessions_apply(&[
-            SessionWrite::Put(session("k", None)),
-            SessionWrite::Ack {
-                key: "k".into(),
-                msg: a_base + 2,
-            },
-            SessionWrite::Delete("k".into()),
-            message(a_base + 3, "late", "k"),
-        ])
-        .expect("a's late writes");
-        assert_eq!(
-            a.session_writes_fenced(),
-            fenced + 2,
-            "the record write and the delete were refused"
-        );
-        assert!(
-            a.sessions_load().expect("load a").sessions.is_empty(),
-            "a holds nothing"
-        );
-        let snap = b.sessions_load().expect("load b");
-        let bodies: Vec<&[u8]> = snap.queued.iter().map(|q| q.body.as_slice()).collect();
-        if matches!(held, crate::testutil::Held::Pg(_)) {
-            // (Clusters run on PostgreSQL only; SQLite reads a queue in id order.)
-            assert_eq!(
-                bodies,
-                vec![&b"one"[..], &b"two"[..], &b"three"[..]],
-                "in the order queued"
-            );
-        } else {
-            assert_eq!(bodies.len(), 3);
-        }
-        assert_eq!(snap.max_msg, b_base + 1, "b's ids continue in b's range");
-        // Acknowledged on b: the bodies a wrote go too.
-        b.sessions_apply(&[
-            SessionWrite::Ack {
-                key: "k".into(),
-                msg: a_base + 1,
-            },
-            SessionWrite::Ack {
-                key: "k".into(),
-                msg: a_base + 2,
-            },
-        ])
-        .expect("acks");
-        let c = b.conn().expect("conn");
-        let bodies: i64 = c
-            .query_row("SELECT COUNT(*) FROM session_bodies", &[], |r| r.get(0))
-            .expect("count");
-        assert_eq!(bodies, 1, "only three's body is left");
-    }
-
-    #[test]
-    fn sessions_of_missing_clients_are_dropped_at_load() {
-        let (_d, s) = crate::testutil::store();
-        s.sessions_apply(&[
-            SessionWrite::Put(session("x", Some(("no-domain", "no-client")))),
-            SessionWrite::Put(session("anon", None)),
-            SessionWrite::Message {
-                id: 1,
-                body: b"m".to_vec(),
-                targets: vec![("x".into(), vec![])],
-            },
-        ])
-        .expect("apply");
-        let snap = s.sessions_load().expect("load");
-        assert_eq!(snap.dropped, 1);
-        assert_eq!(snap.sessions.len(), 1);
-        assert_eq!(snap.sessions[0].key, "anon");
-        assert!(snap.queued.is_empty());
-    }
-}
+mod tests;
