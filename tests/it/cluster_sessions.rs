@@ -275,9 +275,16 @@ async fn a_moved_session_gets_nothing_from_a_channel_it_lost_the_right_to() {
     }
 }
 
-/// Publishes `n` QoS 1 messages (`<tag>-<i>`) on `topic` through `addr`, 20 in flight;
-/// returns the payloads acknowledged (a node that dies takes the rest with it).
-async fn publish_acked(addr: std::net::SocketAddr, c: Connect<'_>, topic: &str, tag: &str, n: usize) -> Vec<Vec<u8>> {
+/// Publishes `n` messages (`<tag>-<i>`) at `qos` (1 or 2) on `topic` through `addr`, 20 in
+/// flight; returns the payloads acknowledged (PUBACK, or PUBREC at QoS 2).
+async fn publish_acked(
+    addr: std::net::SocketAddr,
+    c: Connect<'_>,
+    topic: &str,
+    tag: &str,
+    n: usize,
+    qos: u8,
+) -> Vec<Vec<u8>> {
     const WINDOW: usize = 20;
     let mut p = Raw::ok(addr, &c).await;
     let mut in_flight = std::collections::HashMap::new();
@@ -287,19 +294,29 @@ async fn publish_acked(addr: std::net::SocketAddr, c: Connect<'_>, topic: &str, 
         while i < n && in_flight.len() < WINDOW {
             let pkid = (i % 60_000 + 1) as u16;
             let payload = format!("{tag}-{i}").into_bytes();
-            p.publish_with(topic, &payload, 1, false, pkid, &[]).await;
+            p.publish_with(topic, &payload, qos, false, pkid, &[]).await;
             in_flight.insert(pkid, payload);
             i += 1;
         }
         match p.packet().await {
-            Some((first, body)) if first >> 4 == 4 => {
+            Some((first, body)) if first >> 4 == 4 || first >> 4 == 5 => {
                 let pkid = u16::from_be_bytes([body[0], body[1]]);
                 let code = body.get(2).copied().unwrap_or(0);
-                if let Some(payload) = in_flight.remove(&pkid) {
-                    if code == 0 {
-                        acked.push(payload);
-                    }
+                let done = first >> 4 == 4 || code >= 0x80;
+                let payload = match done {
+                    true => in_flight.remove(&pkid),
+                    false => in_flight.get(&pkid).cloned(),
+                };
+                if let (Some(payload), true) = (payload, code < 0x80) {
+                    acked.push(payload);
                 }
+                if !done {
+                    p.send(&crate::raw::framed(0x62, &pkid.to_be_bytes())).await;
+                }
+            }
+            // PUBCOMP: the QoS 2 exchange is over.
+            Some((first, body)) if first >> 4 == 7 => {
+                in_flight.remove(&u16::from_be_bytes([body[0], body[1]]));
             }
             Some(_) => {}
             None => break,
@@ -308,10 +325,54 @@ async fn publish_acked(addr: std::net::SocketAddr, c: Connect<'_>, topic: &str, 
     acked
 }
 
+/// A device's side of QoS 1 and 2 deliveries: PUBACK; PUBREC, and a QoS 2 message whose
+/// PUBREL has not come yet is not taken again when it comes back (DUP) [MQTT-4.3.3].
+#[derive(Default)]
+struct Receiver {
+    /// QoS 2 packet ids received, not released yet (kept across the reconnect).
+    unreleased: std::collections::HashSet<u16>,
+}
+
+impl Receiver {
+    /// The next message taken (`None`: closed, or nothing within `wait`).
+    async fn take(&mut self, d: &mut Raw, wait: Duration) -> Option<crate::raw::Pub> {
+        loop {
+            let (first, body) = d.packet_within(wait).await.ok()??;
+            match first >> 4 {
+                3 => {
+                    let m = d.decode_publish(first, &body);
+                    let pkid = m.pkid.to_be_bytes();
+                    let (ack, again) = match m.qos {
+                        1 => (Some(0x40), false),
+                        2 => (Some(0x50), !self.unreleased.insert(m.pkid)),
+                        _ => (None, false),
+                    };
+                    if let Some(kind) = ack {
+                        if !d.try_send(&crate::raw::framed(kind, &pkid)).await {
+                            return None;
+                        }
+                    }
+                    if !again {
+                        return Some(m);
+                    }
+                }
+                6 => {
+                    let pkid = u16::from_be_bytes([body[0], body[1]]);
+                    self.unreleased.remove(&pkid);
+                    if !d.try_send(&crate::raw::framed(0x70, &body[..2])).await {
+                        return None;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Test 2: the device's node (1) is killed with SIGKILL while publishers on nodes 2 and 3
-/// send QoS 1 messages to the device's persistent session: the device reconnects to node 3
-/// and receives every message acknowledged to the publishers that it had not received
-/// (duplicates of what it had are allowed at QoS 1, and counted).
+/// send QoS 1 and QoS 2 messages to the device's persistent session: the device reconnects
+/// to node 3 and receives every message acknowledged to the publishers that it had not
+/// received; QoS 1 duplicates of what it had are allowed (counted), QoS 2 ones are not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_device_finds_every_acknowledged_message_on_another_node() {
     let Some(env) = ClusterEnv::new() else { return };
@@ -321,7 +382,7 @@ async fn a_killed_nodes_device_finds_every_acknowledged_message_on_another_node(
     let topic = site.topic("load");
     let (mut d, code, _) = Raw::connect(n1.mqtt, &c).await;
     assert_eq!(code, 0);
-    assert_eq!(d.subscribe(1, &[(site.all().as_str(), 1)], &[]).await, vec![1]);
+    assert_eq!(d.subscribe(1, &[(site.all().as_str(), 2)], &[]).await, vec![2]);
     // Nodes 2 and 3 know the session's subscription (their publishers queue for it).
     until_counter(&n2, "fluxgate_cluster_remote_persistent_sessions", 1).await;
     until_counter(&n3, "fluxgate_cluster_remote_persistent_sessions", 1).await;
@@ -329,35 +390,31 @@ async fn a_killed_nodes_device_finds_every_acknowledged_message_on_another_node(
     // The device reads on node 1, acknowledging each message.
     let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let reader = tokio::spawn(async move {
-        loop {
-            match d.packet_within(Duration::from_secs(30)).await {
-                Ok(Some((first, body))) if first >> 4 == 3 => {
-                    let m = d.decode_publish(first, &body);
-                    if m.qos == 1 && !d.try_send(&crate::raw::framed(0x40, &m.pkid.to_be_bytes())).await {
-                        return;
-                    }
-                    let _ = got_tx.send(m.payload);
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(()) => return,
-            }
+        let mut r = Receiver::default();
+        while let Some(m) = r.take(&mut d, Duration::from_secs(30)).await {
+            let _ = got_tx.send(m.payload);
         }
+        r
     });
     const N: usize = 1_500;
     let (d2, d3) = (site.devices[1].clone(), site.devices[2].clone());
     let (t2, t3) = (topic.clone(), topic.clone());
     let (a2, a3) = (n2.mqtt, n3.mqtt);
-    let p2 =
-        tokio::spawn(async move { publish_acked(a2, Connect::new(true, "pub2", &d2.0, &d2.1), &t2, "two", N).await });
-    let p3 =
-        tokio::spawn(async move { publish_acked(a3, Connect::new(true, "pub3", &d3.0, &d3.1), &t3, "three", N).await });
+    let p2 = tokio::spawn(async move {
+        let c = Connect::new(true, "pub2", &d2.0, &d2.1);
+        publish_acked(a2, c, &t2, "qos1", N, 1).await
+    });
+    let p3 = tokio::spawn(async move {
+        let c = Connect::new(true, "pub3", &d3.0, &d3.1);
+        publish_acked(a3, c, &t3, "qos2", N, 2).await
+    });
     // Node 1 dies once the device got a few hundred.
     let mut before = Vec::new();
     while before.len() < 300 {
         before.push(got_rx.recv().await.expect("deliveries on node 1"));
     }
     let _dir = n1.kill9().await;
-    reader.await.expect("reader");
+    let mut r = reader.await.expect("reader");
     while let Ok(m) = got_rx.try_recv() {
         before.push(m);
     }
@@ -372,29 +429,28 @@ async fn a_killed_nodes_device_finds_every_acknowledged_message_on_another_node(
     assert_eq!((code, present), (0, true), "the session is present on node 3");
     let had: std::collections::HashSet<Vec<u8>> = before.iter().cloned().collect();
     let mut missing: std::collections::HashSet<Vec<u8>> = acked.iter().filter(|m| !had.contains(*m)).cloned().collect();
-    let mut dups = 0;
+    let (mut dups1, mut dups2) = (0, Vec::new());
     while !missing.is_empty() {
-        match d.packet_within(Duration::from_secs(20)).await {
-            Ok(Some((first, body))) if first >> 4 == 3 => {
-                let m = d.decode_publish(first, &body);
-                d.send(&crate::raw::framed(0x40, &m.pkid.to_be_bytes())).await;
-                if !missing.remove(&m.payload) && had.contains(&m.payload) {
-                    dups += 1;
-                }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("node 3 closed the connection"),
-            Err(()) => panic!(
+        let Some(m) = r.take(&mut d, Duration::from_secs(20)).await else {
+            panic!(
                 "{} acknowledged messages never arrived (of {}; {} before the kill)",
                 missing.len(),
                 acked.len(),
                 had.len()
-            ),
+            );
+        };
+        if !missing.remove(&m.payload) && had.contains(&m.payload) {
+            match m.qos {
+                2 => dups2.push(String::from_utf8_lossy(&m.payload).to_string()),
+                _ => dups1 += 1,
+            }
         }
     }
     eprintln!(
-        "kill -9: {} acknowledged, {} received before the kill, {dups} received again after",
+        "kill -9: {} acknowledged, {} received before the kill; again after: {dups1} at QoS 1, {} at QoS 2",
         acked.len(),
-        had.len()
+        had.len(),
+        dups2.len()
     );
+    assert!(dups2.is_empty(), "QoS 2 exactly once: {dups2:?}");
 }

@@ -101,6 +101,11 @@ impl Session {
                     }
                     codec::PUBREC => {
                         if self.out.pubrec(pkid, code) {
+                            // Exactly once across a crash: the device forgets the packet id
+                            // once it completes, so its release is committed before the
+                            // PUBREL leaves (held with the other replies of this read), or a
+                            // restart would send the message again as if never received.
+                            self.release_now();
                             replies.extend_from_slice(&codec::encode_ack(codec::PUBREL, pkid, None));
                         }
                     }

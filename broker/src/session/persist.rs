@@ -33,6 +33,27 @@ impl Session {
     /// Writes what the outbound side did to stored entries: acknowledged or dropped ones go,
     /// QoS 2 packet ids and releases are recorded (a QoS 2 PUBLISH leaves only once its packet
     /// id is stored).
+    /// Writes the released states (PUBREC received) of QoS 2 deliveries now; the replies of
+    /// the read wait for their commit.
+    pub(super) fn release_now(&mut self) {
+        if !self.stored {
+            return;
+        }
+        let (released, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.out.marks)
+            .into_iter()
+            .partition(|(_, state, _)| *state == durable::RELEASED);
+        self.out.marks = rest;
+        for (msg, state, pkid) in released {
+            let w = self.shared.durable.write_wait(SessionOp::Mark {
+                key: self.key.clone(),
+                msg,
+                state,
+                pkid,
+            });
+            self.waits.push(w);
+        }
+    }
+
     pub(super) async fn sync_out(&mut self) -> Step {
         if self.out.gone.is_empty() && self.out.marks.is_empty() {
             return Ok(());
