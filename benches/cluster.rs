@@ -19,6 +19,9 @@
 //!    (target ≤ 1 s), against coming back to node 1.
 //! 6. A shared subscription's deliveries/s with its 4 members on 2 nodes ÷ on 1 node
 //!    (BENCH_SHARED_RATE, default 4,000 msg/s QoS 1 offered).
+//! 7. Node kill (#28): the node holding BENCH_DEVICES (10) persistent sessions, devices
+//!    online, is killed under QoS 1 load from the two others; the devices reconnect to
+//!    another node: acknowledged messages missing (target 0), time until served again.
 //!
 //! Needs PostgreSQL (`eval "$(scripts/throwaway-postgres start)"`, which sets
 //! FLUXGATE_TEST_DATABASE_URL) and Debian's nats-server; without them it says so and stops.
@@ -229,6 +232,9 @@ fn main() {
         }
         if part("takeover") {
             kit::mobility::takeover(&admin, &nats, common::env("BENCH_QUEUED", 1000), runs).await;
+        }
+        if part("node-kill") {
+            kit::mobility::node_kill(&admin, &nats, rate, secs, common::env("BENCH_DEVICES", 10)).await;
         }
         if part("shared") {
             let rate = common::env("BENCH_SHARED_RATE", 4000.0);
