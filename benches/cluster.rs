@@ -251,18 +251,12 @@ async fn cost(admin: &str, nats: &Nats, rate: f64, secs: f64, runs: usize) {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut same, mut cross) = (Vec::new(), Vec::new());
     for run in 0..runs {
-        let db1 = {
-            let a = admin.to_string();
-            tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
-        };
+        let db1 = fresh_database(admin).await;
         let one = [node(&db1, None).await];
         let s1 = site(one[0].http, 3).await;
         let c1 = run_load(&one, None, &s1, rate, secs).await;
         drop(one);
-        let db3 = {
-            let a = admin.to_string();
-            tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
-        };
+        let db3 = fresh_database(admin).await;
         let three = [
             node(&db3, Some(nats.addr)).await,
             node(&db3, Some(nats.addr)).await,
@@ -322,10 +316,7 @@ async fn cost(admin: &str, nats: &Nats, rate: f64, secs: f64, runs: usize) {
 /// 3: revocation latency on each path.
 async fn revocations(admin: &str, nats: &Nats, trials: usize) {
     // 3: revocation latency on each path.
-    let db = {
-        let a = admin.to_string();
-        tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
-    };
+    let db = fresh_database(admin).await;
     let n1 = node(&db, Some(nats.addr)).await;
     let nats_proxy = Proxy::start(nats.addr).await;
     let pg_addr: SocketAddr = db
@@ -377,15 +368,7 @@ async fn revocations(admin: &str, nats: &Nats, trials: usize) {
 /// 4: kill -9 of a publishing node under load.
 async fn kill(admin: &str, nats: &Nats, rate: f64, secs: f64) {
     // 4: kill -9 of a publishing node.
-    let db = {
-        let a = admin.to_string();
-        tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
-    };
-    let mut nodes = vec![
-        node(&db, Some(nats.addr)).await,
-        node(&db, Some(nats.addr)).await,
-        node(&db, Some(nats.addr)).await,
-    ];
+    let (db, mut nodes) = three_nodes(admin, nats.addr).await;
     let s = site(nodes[1].http, 3).await;
     let topic = format!("channels/{}/messages/kill", s.channel);
     let got: Vec<Arc<Mutex<Vec<u64>>>> = vec![Arc::default(), Arc::default()];

@@ -55,10 +55,7 @@ async fn one_takeover(home: &Node, to: &Node, s: &Site, id: &str, n: usize) -> D
 
 /// 5: a device with `n` queued messages comes back on another node ÷ on its own node.
 pub async fn takeover(admin: &str, nats: &Nats, n: usize, runs: usize) {
-    let db = {
-        let a = admin.to_string();
-        tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
-    };
+    let db = fresh_database(admin).await;
     let (a, b) = (node(&db, Some(nats.addr)).await, node(&db, Some(nats.addr)).await);
     let s = site(a.http, 2).await;
     let (mut moved, mut stayed) = (Vec::new(), Vec::new());
@@ -184,10 +181,7 @@ async fn shared_run(
 pub async fn shared(admin: &str, nats: &Nats, rate: f64, secs: f64, runs: usize) {
     let (mut two, mut one, mut alone) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
-        let db = {
-            let a = admin.to_string();
-            tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
-        };
+        let db = fresh_database(admin).await;
         let (a, b) = (node(&db, Some(nats.addr)).await, node(&db, Some(nats.addr)).await);
         let s = site(a.http, 2).await;
         let (t2, d2) = shared_run(
@@ -201,10 +195,7 @@ pub async fn shared(admin: &str, nats: &Nats, rate: f64, secs: f64, runs: usize)
         .await;
         let (t1, d1) = shared_run(&[a.mqtt; 4], &[a.mqtt, a.mqtt], &s, &format!("one{run}"), rate, secs).await;
         drop((a, b));
-        let db1 = {
-            let a = admin.to_string();
-            tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
-        };
+        let db1 = fresh_database(admin).await;
         let solo = node(&db1, None).await;
         let s1 = site(solo.http, 2).await;
         let (t0, d0) = shared_run(
@@ -298,15 +289,7 @@ fn reading(mut d: Raw, got: Arc<Mutex<std::collections::HashSet<u64>>>) {
 /// acknowledged messages missing (target 0), and the time from the kill until every device
 /// has its session back and until every one has every acknowledged message.
 pub async fn node_kill(admin: &str, nats: &Nats, rate: f64, secs: f64, devices: usize) {
-    let db = {
-        let a = admin.to_string();
-        tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
-    };
-    let mut nodes = vec![
-        node(&db, Some(nats.addr)).await,
-        node(&db, Some(nats.addr)).await,
-        node(&db, Some(nats.addr)).await,
-    ];
+    let (_db, mut nodes) = three_nodes(admin, nats.addr).await;
     let s = site(nodes[0].http, 3).await;
     let topic = format!("channels/{}/messages/kill", s.channel);
     let all = format!("channels/{}/messages/#", s.channel);

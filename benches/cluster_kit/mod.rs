@@ -77,6 +77,23 @@ pub fn database(admin: &str) -> String {
     }
 }
 
+/// A fresh database on the throwaway server (created off the runtime); its URL.
+pub async fn fresh_database(admin: &str) -> String {
+    let a = admin.to_string();
+    tokio::task::spawn_blocking(move || database(&a)).await.expect("db")
+}
+
+/// Three cluster nodes on a fresh database.
+pub async fn three_nodes(admin: &str, nats: SocketAddr) -> (String, Vec<Node>) {
+    let db = fresh_database(admin).await;
+    let nodes = vec![
+        node(&db, Some(nats)).await,
+        node(&db, Some(nats)).await,
+        node(&db, Some(nats)).await,
+    ];
+    (db, nodes)
+}
+
 pub struct Node {
     pub child: std::process::Child,
     pub mqtt: SocketAddr,

@@ -315,7 +315,7 @@ async fn nodes_started_together_share_one_admin_one_key_one_ca_and_refuse_a_dupl
     assert_eq!(versions, 1, "one schema version row");
 
     // Node 2's id, taken by another process while node 2 lives: refused with a clear message.
-    let id = std::fs::read_to_string(crate::child::data(n2.data_dir()).join("node_id")).expect("node id");
+    let id = crate::cluster_env::node_id(&n2);
     let dir = tempfile::tempdir().expect("dir");
     let nats = format!("nats://{}", env.nats.addr());
     let err = refused_start(
@@ -414,12 +414,7 @@ async fn a_device_id_is_live_on_one_node_only() {
     assert!(on2.no_message_within(Duration::from_millis(300)).await);
     on2.disconnect_and_wait().await;
 
-    let node_of = |n: &ChildServer| {
-        std::fs::read_to_string(crate::child::data(n.data_dir()).join("node_id"))
-            .expect("node id")
-            .trim()
-            .to_string()
-    };
+    let node_of = crate::cluster_env::node_id;
     for round in 0..5 {
         let id = format!("race-{round}");
         let (ca, cb) = (site.connect(true, &id, 0), site.connect(true, &id, 0));

@@ -10,6 +10,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 use storage::testdb::TestDatabase;
 
 /// A nats-server of the test's own (stopped when dropped).
@@ -232,4 +233,35 @@ pub async fn refused_start(env: &[(&str, &str)], data_dir: &std::path::Path) -> 
         .expect("ran");
     assert!(!out.status.success(), "the server should have refused to start");
     String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// A counter of a node's `/metrics`.
+pub(crate) async fn counter(n: &ChildServer, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", n.http))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits (up to 10 s) until a node's counter reaches `at_least`.
+pub(crate) async fn until_counter(n: &ChildServer, name: &str, at_least: u64) {
+    let t = Instant::now();
+    while counter(n, name).await < at_least {
+        assert!(t.elapsed() < Duration::from_secs(10), "{name} reached {at_least}");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The node id a node runs with.
+pub(crate) fn node_id(n: &ChildServer) -> String {
+    std::fs::read_to_string(crate::child::data(n.data_dir()).join("node_id"))
+        .expect("node id")
+        .trim()
+        .to_string()
 }

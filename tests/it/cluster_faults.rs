@@ -328,22 +328,10 @@ async fn a_nats_restart_is_survived_and_its_losses_are_counted() {
         );
     }
     let out = load.finish().await;
-    let metrics = reqwest::get(format!("http://{}/metrics", n1.http))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let counter = |name| crate::cluster_env::counter(&n1, name);
     let (lost, reconnects) = (
-        counter("fluxgate_cluster_messages_not_sent_total"),
-        counter("fluxgate_nats_reconnects_total"),
+        counter("fluxgate_cluster_messages_not_sent_total").await,
+        counter("fluxgate_nats_reconnects_total").await,
     );
     println!(
         "nats restart: {} acknowledged; not sent to other nodes: {lost}; reconnects {reconnects}",

@@ -3,7 +3,7 @@
 //! the test.
 
 use crate::child::ChildServer;
-use crate::cluster_env::{ClusterEnv, Site};
+use crate::cluster_env::{counter, node_id, until_counter, ClusterEnv, Site};
 use crate::raw::{props, Connect, Raw};
 use reqwest::Method;
 use serde_json::json;
@@ -15,37 +15,6 @@ fn persistent<'a>(site: &'a Site, id: &'a str) -> Connect<'a> {
     c.clean = false;
     c.props = props::session_expiry(3600);
     c
-}
-
-/// A counter of a node's `/metrics`.
-pub(crate) async fn counter(n: &ChildServer, name: &str) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", n.http))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Waits (up to 10 s) until a node's counter reaches `at_least`.
-async fn until_counter(n: &ChildServer, name: &str, at_least: u64) {
-    let t = Instant::now();
-    while counter(n, name).await < at_least {
-        assert!(t.elapsed() < Duration::from_secs(10), "{name} reached {at_least}");
-        tokio::task::yield_now().await;
-    }
-}
-
-/// The node id a node runs with.
-fn node_id(n: &ChildServer) -> String {
-    std::fs::read_to_string(crate::child::data(n.data_dir()).join("node_id"))
-        .expect("node id")
-        .trim()
-        .to_string()
 }
 
 /// A v5 SUBSCRIBE body (packet id 9, no properties) for `filter` at QoS 1.

@@ -108,10 +108,6 @@ impl Session {
                 d.retain |= o.rap && tag.retain;
             }
         }
-        // Persistent sessions queue only QoS 1/2 while offline.
-        if !live && d.qos == 0 {
-            return Ok(());
-        }
         self.admit(d, live).await
     }
 
@@ -119,10 +115,6 @@ impl Session {
     pub(super) async fn on_direct(&mut self, d: Delivery, live: bool) -> Step {
         if self.link.is_some() && d.msg != 0 {
             self.direct_seen.insert(d.msg);
-        }
-        // Persistent sessions queue only QoS 1/2 while offline.
-        if !live && d.qos == 0 {
-            return Ok(());
         }
         self.admit(d, live).await
     }
@@ -141,6 +133,10 @@ impl Session {
     /// the client may not receive it (its stored entry goes then), else queued (and written
     /// as an entry of this session when it is persistent and nobody wrote one).
     pub(super) async fn admit(&mut self, mut d: Delivery, live: bool) -> Step {
+        // Persistent sessions queue only QoS 1/2 while offline.
+        if !live && d.qos == 0 {
+            return Ok(());
+        }
         if d.expires_at_ms != 0 && d.expires_at_ms <= router::now_ms() {
             Metrics::inc(&self.m().dropped_expired);
             self.drop_entry(d.msg);
