@@ -108,20 +108,20 @@ fn loaded(snap: storage::SessionSnapshot) -> SessionsLoaded {
                 inbound: s.inbound.into(),
             })
             .collect(),
-        queued: snap
-            .queued
-            .into_iter()
-            .map(|q| StoredDelivery {
-                session: q.session,
-                msg: q.msg,
-                meta: q.meta.into(),
-                state: q.state,
-                pkid: q.pkid,
-                body: q.body.into(),
-            })
-            .collect(),
+        queued: snap.queued.into_iter().map(delivery).collect(),
         max_msg: snap.max_msg,
         dropped: snap.dropped,
+    }
+}
+
+fn delivery(q: storage::QueuedRow) -> StoredDelivery {
+    StoredDelivery {
+        session: q.session,
+        msg: q.msg,
+        meta: q.meta.into(),
+        state: q.state,
+        pkid: q.pkid,
+        body: q.body.into(),
     }
 }
 
@@ -132,6 +132,11 @@ impl SessionStore for StoreSessions {
 
     fn adopt(&self, key: &str) -> Result<Option<SessionsLoaded>, PortError> {
         Ok(self.store.session_adopt(key).map_err(unavailable)?.map(loaded))
+    }
+
+    fn queued(&self, key: &str) -> Result<Vec<StoredDelivery>, PortError> {
+        let rows = self.store.session_queued(key).map_err(unavailable)?;
+        Ok(rows.into_iter().map(delivery).collect())
     }
 
     fn apply(&self, ops: &[SessionOp]) -> Result<(), PortError> {

@@ -219,6 +219,24 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
         b,
         |m: &broker::Metrics| load(&m.router_skipped)
     );
+    mirror!(
+        counter(
+            &t,
+            "mqtt_session_catch_ups_total",
+            "Times persistent sessions read their stored queues again because live copies of their messages may have been missed (NATS gap, router drops)"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.catch_ups)
+    );
+    mirror!(
+        counter(
+            &t,
+            "mqtt_session_entries_recovered_total",
+            "Stored queue entries delivered to persistent sessions because their live copy did not arrive"
+        )?,
+        b,
+        |m: &broker::Metrics| load(&m.entries_recovered)
+    );
     let authz = counter_vec(
         &t,
         "mqtt_authorization_refusals_total",

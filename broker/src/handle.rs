@@ -53,8 +53,13 @@ pub struct BrokerHandle {
     imports: std::sync::Mutex<(rumqttd::local::LinkTx, rumqttd::local::LinkRx)>,
     /// The accept loops (they end, closing their listeners, when the broker stops).
     accepting: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Wakes the catch-up task (see [`BrokerHandle::catch_up`]).
+    catching: Arc<tokio::sync::Notify>,
     _rt: Runtime,
 }
+
+/// Catch-up rounds start at most this often: a burst of reasons makes one read per session.
+const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 
 impl BrokerHandle {
     /// Applies a revocation from the change feed to live and offline sessions.
@@ -128,7 +133,19 @@ impl BrokerHandle {
         };
         if !sent {
             Metrics::inc(&self.shared.metrics.cluster_import_dropped);
+            if c.entry != 0 {
+                // Entries were written for persistent sessions: theirs are in the store.
+                self.catch_up();
+            }
         }
+    }
+
+    /// Live copies of messages may have been missed (cluster mode: NATS was lost, another
+    /// node could not export, NATS dropped messages for this node): every persistent session
+    /// reads its stored queue again and delivers what it does not hold (see
+    /// `session::recover`). Rounds are coalesced.
+    pub fn catch_up(&self) {
+        self.catching.notify_one();
     }
 
     /// Cluster mode: a message of shared subscription `group` on `filter` (see
@@ -393,6 +410,18 @@ pub async fn start(
             }
         }));
     }
+    let catching = Arc::new(tokio::sync::Notify::new());
+    if shared.durable.enabled() {
+        let (s, wake) = (shared.clone(), catching.clone());
+        rt.spawn(async move {
+            loop {
+                wake.notified().await;
+                Metrics::inc(&s.metrics.catch_ups);
+                s.registry.send_all(|| registry::Control::CatchUp);
+                tokio::time::sleep(CATCH_UP_EVERY).await;
+            }
+        });
+    }
     // Plain addresses, "off" for a listener that is not open.
     let shown = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     tracing::info!(addr = %mqtt_addr, tls = %shown(mqtts_addr), ws = %shown(ws_addr), "MQTT listening");
@@ -405,6 +434,7 @@ pub async fn start(
         local: std::sync::Mutex::new(local),
         imports: std::sync::Mutex::new(imports),
         accepting: std::sync::Mutex::new(accepting),
+        catching,
         _rt: Runtime(Some(rt)),
     })
 }

@@ -33,6 +33,12 @@ pub struct Metrics {
     pub publishers_slowed: AtomicU64,
     /// Messages the router's log dropped before a session drained them (should stay 0).
     pub router_skipped: AtomicU64,
+    /// Times the persistent sessions were told to read their stored queues again (live
+    /// copies may have been missed).
+    pub catch_ups: AtomicU64,
+    /// Queue entries a persistent session took from the store because their live copy did
+    /// not arrive (see `session::recover`).
+    pub entries_recovered: AtomicU64,
     pub wills_published: AtomicU64,
     pub wills_suppressed: AtomicU64,
     pub retained_full: AtomicU64,

@@ -246,6 +246,16 @@ impl Outbound {
         self.queue.len()
     }
 
+    /// The store entries the queue holds, queued or in flight.
+    pub fn entries(&self) -> std::collections::HashSet<u64> {
+        let queued = self.queue.iter().map(|d| d.msg);
+        let inflight = self.inflight.iter().map(|(_, s)| match s {
+            State::Sent(d) => d.msg,
+            State::Released(msg, _) => *msg,
+        });
+        queued.chain(inflight).filter(|m| *m != 0).collect()
+    }
+
     /// More than a quarter of the queue's bound (bytes or messages) is taken.
     pub fn over_quarter(&self) -> bool {
         self.bytes > self.max_bytes / 4 || self.queue.len() > self.max_messages / 4

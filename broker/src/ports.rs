@@ -270,4 +270,9 @@ pub trait SessionStore: Send + Sync + 'static {
     fn adopt(&self, _key: &str) -> Result<Option<SessionsLoaded>, PortError> {
         Ok(None)
     }
+    /// The entries queued for session `key` now, in order (read again after live copies
+    /// of its messages may have been missed: a NATS gap, a router that dropped some).
+    fn queued(&self, _key: &str) -> Result<Vec<StoredDelivery>, PortError> {
+        Ok(Vec::new())
+    }
 }

@@ -48,6 +48,11 @@ pub(crate) enum Control {
     /// Cluster mode: a message of the shared subscription (its whole `$share/…` filter)
     /// this session was picked for; offered to another member here if it left meanwhile.
     Shared(Box<crate::outbound::Delivery>, String),
+    /// Live copies of messages may have been missed (a NATS gap, messages the router could
+    /// not take): a persistent session reads its stored queue again.
+    CatchUp,
+    /// The stored queue a catch-up read (see `session::recover`).
+    Recovered(Vec<crate::StoredDelivery>),
 }
 
 struct Entry {
@@ -288,6 +293,25 @@ impl Registry {
         }
     }
 
+    /// Sends to one session if it is still generation `gen` (not a later session with the
+    /// same key).
+    pub fn send_gen(&self, key: &str, gen: u64, c: Control) {
+        if let Ok(m) = self.inner.lock() {
+            if let Some(e) = m.by_key.get(key).filter(|e| e.gen == gen) {
+                let _ = e.tx.send(c);
+            }
+        }
+    }
+
+    /// Sends to every session.
+    pub fn send_all(&self, c: impl Fn() -> Control) {
+        if let Ok(m) = self.inner.lock() {
+            for e in m.by_key.values() {
+                let _ = e.tx.send(c());
+            }
+        }
+    }
+
     /// Whether a session is registered under `key`.
     pub fn contains(&self, key: &str) -> bool {
         self.inner.lock().is_ok_and(|m| m.by_key.contains_key(key))
@@ -414,6 +438,8 @@ mod tests {
                 Control::Attach(_) => ("attach", 0),
                 Control::Deliver(_) => ("deliver", 0),
                 Control::Shared(..) => ("shared", 0),
+                Control::CatchUp => ("catch-up", 0),
+                Control::Recovered(_) => ("recovered", 0),
             });
         }
         out

@@ -267,6 +267,8 @@ impl Dev {
 #[derive(Default)]
 pub(crate) struct MemSessions {
     pub(crate) applied: std::sync::Mutex<Vec<SessionOp>>,
+    /// Entries a catch-up reads (less those acknowledged in `applied`).
+    pub(crate) queue: std::sync::Mutex<Vec<StoredDelivery>>,
     hold: std::sync::Mutex<bool>,
     released: std::sync::Condvar,
 }
@@ -283,6 +285,16 @@ impl MemSessions {
 impl SessionStore for MemSessions {
     fn load(&self) -> Result<SessionsLoaded, PortError> {
         Ok(SessionsLoaded::default())
+    }
+    fn queued(&self, key: &str) -> Result<Vec<StoredDelivery>, PortError> {
+        let acked = |m: u64| {
+            self.applied.lock().is_ok_and(|a| {
+                a.iter()
+                    .any(|op| matches!(op, SessionOp::Ack { key: k, msg } if k == key && *msg == m))
+            })
+        };
+        let q = self.queue.lock().map(|q| q.clone()).unwrap_or_default();
+        Ok(q.into_iter().filter(|d| d.session == key && !acked(d.msg)).collect())
     }
     fn apply(&self, ops: &[SessionOp]) -> Result<(), PortError> {
         let mut h = self

@@ -60,6 +60,10 @@ pub struct ClusterMetrics {
     pub outbox_lag_ms: AtomicU64,
     /// Woken at each connection to NATS (what was published meanwhile was missed).
     pub reconnected: tokio::sync::Notify,
+    /// Woken when NATS dropped messages for this node (slow consumer).
+    pub missed: tokio::sync::Notify,
+    /// Woken when this node's messages did not reach the others (see `Subjects::gap`).
+    pub lost_some: tokio::sync::Notify,
 }
 
 impl ClusterMetrics {
@@ -274,6 +278,7 @@ pub async fn connect(
                     }
                     async_nats::Event::SlowConsumer(_) => {
                         m.slow_consumer.fetch_add(1, Ordering::Relaxed);
+                        m.missed.notify_one();
                     }
                     other => tracing::warn!(event = %other, "NATS"),
                 }

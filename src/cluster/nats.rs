@@ -98,12 +98,40 @@ impl NatsCluster {
     pub async fn attach(&self, broker: Arc<BrokerHandle>) -> Result<(), async_nats::SubscribeError> {
         let _ = self.broker.set(broker.clone());
         let mut sub = self.client.subscribe(self.subjects.retained()).await?;
+        // Gaps: persistent sessions read their stored queues again when messages for them
+        // may have been missed: another node's (its notice), NATS's (slow consumer).
+        let mut gaps = self.client.subscribe(self.subjects.gap()).await?;
+        let b = broker.clone();
+        tokio::spawn(async move {
+            while gaps.next().await.is_some() {
+                b.catch_up();
+            }
+        });
+        let (m, b) = (self.metrics.clone(), broker.clone());
+        tokio::spawn(async move {
+            loop {
+                m.missed.notified().await;
+                b.catch_up();
+            }
+        });
+        // This node's losses are announced to the others.
+        let (m, client, subject) = (self.metrics.clone(), self.client.clone(), self.subjects.gap());
+        tokio::spawn(async move {
+            loop {
+                m.lost_some.notified().await;
+                let _ = client.publish(subject.clone(), Bytes::new()).await;
+                let _ = client.flush().await;
+            }
+        });
         // After a gap (NATS lost and back), retained messages set meanwhile were missed: the
-        // index is read again from the store, which has them all.
+        // index is read again from the store, which has them all. Both sides of the gap
+        // missed messages: this node's sessions catch up, and the others are told.
         let (m, b) = (self.metrics.clone(), broker.clone());
         tokio::spawn(async move {
             loop {
                 m.reconnected.notified().await;
+                b.catch_up();
+                m.lost_some.notify_one();
                 let b = b.clone();
                 match tokio::task::spawn_blocking(move || b.reload_retained()).await {
                     Ok(Ok(n)) => tracing::info!(
@@ -175,6 +203,7 @@ impl broker::Cluster for NatsCluster {
         if let Err(e) = self.exports.try_send(e) {
             // Full or stopped: the message is stored here, its live copies elsewhere are lost.
             self.metrics.lost.fetch_add(1, Ordering::Relaxed);
+            self.metrics.lost_some.notify_one();
             let e = match e {
                 mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
             };
@@ -343,6 +372,7 @@ async fn export_loop(
             metrics.sent.fetch_add(sent, Ordering::Relaxed);
         } else {
             metrics.lost.fetch_add(n, Ordering::Relaxed);
+            metrics.lost_some.notify_one();
         }
         for d in done {
             // Stored here either way: the acknowledgement goes.

@@ -72,6 +72,13 @@ impl Subjects {
         format!("{}-share-{}", self.prefix, hex(&h.finalize()[..16]))
     }
 
+    /// Gap notices: a node lost messages on their way to the others (its NATS connection
+    /// came back, its export queue overflowed); every node's persistent sessions catch up
+    /// from the store.
+    pub fn gap(&self) -> String {
+        format!("{}.gap", self.prefix)
+    }
+
     /// Change notices (the outbox's fast path).
     pub fn changes(&self) -> String {
         format!("{}.changes", self.prefix)

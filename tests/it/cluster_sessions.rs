@@ -423,3 +423,63 @@ async fn a_killed_nodes_device_finds_every_acknowledged_message_on_another_node(
     );
     assert!(dups2.is_empty(), "QoS 2 exactly once: {dups2:?}");
 }
+
+/// What a NATS gap keeps from a device online on another node comes from the store: node 2
+/// acknowledges 50 QoS 1 messages while nats-server is down (their entries for the device's
+/// persistent session are stored, their live copies are lost); once NATS is back, node 1's
+/// session reads its stored queue again and delivers every one of them, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_online_through_a_nats_gap_gets_every_message_acknowledged_meanwhile() {
+    let Some(mut env) = ClusterEnv::new() else { return };
+    let (n1, n2) = tokio::join!(env.node(&[]), env.node(&[]));
+    let site = Site::provision(&n1, 2).await;
+    let (mut d, code, _) = Raw::connect(n1.mqtt, &persistent(&site, "steady")).await;
+    assert_eq!(code, 0);
+    assert_eq!(d.subscribe(1, &[(site.all().as_str(), 1)], &[]).await, vec![1]);
+    until_counter(&n2, "fluxgate_cluster_remote_persistent_sessions", 1).await;
+    let topic = site.topic("gap");
+    let mut p = Raw::ok(n2.mqtt, &site.connect(true, "pub", 1)).await;
+    assert_eq!(p.publish(&topic, b"live", 1, false, 1).await, 0);
+    assert_eq!(d.message().await.payload, b"live", "a live copy crosses first");
+
+    env.nats.stop();
+    // Node 2 knows NATS is gone: what it acknowledges now has no live copy.
+    let t = Instant::now();
+    while counter(&n2, "fluxgate_nats_connected").await != 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "node 2 saw NATS go");
+        tokio::task::yield_now().await;
+    }
+    const N: usize = 50;
+    let mut expected = std::collections::HashSet::new();
+    for i in 0..N {
+        let m = format!("gap{i}");
+        assert_eq!(p.publish(&topic, m.as_bytes(), 1, false, i as u16 + 2).await, 0);
+        expected.insert(m.into_bytes());
+    }
+    env.nats.resume();
+
+    let t = Instant::now();
+    let mut got = std::collections::HashSet::new();
+    while got.len() < N {
+        let left = Duration::from_secs(60).saturating_sub(t.elapsed());
+        let Ok(Some((first, body))) = d.packet_within(left).await else {
+            panic!("{} of {N} acknowledged messages arrived after the gap", got.len());
+        };
+        if first >> 4 != 3 {
+            continue;
+        }
+        let m = d.decode_publish(first, &body);
+        d.send(&crate::raw::framed(0x40, &m.pkid.to_be_bytes())).await;
+        assert!(expected.contains(&m.payload), "an expected message");
+        assert!(got.insert(m.payload), "each message once");
+    }
+    assert!(d.no_message_within(Duration::from_millis(500)).await, "nothing twice");
+    assert_eq!(
+        counter(&n1, "fluxgate_mqtt_session_entries_recovered_total").await,
+        N as u64,
+        "they came from the store"
+    );
+    // Live copies flow again, and are not taken for missed ones.
+    assert_eq!(p.publish(&topic, b"after", 1, false, 100).await, 0);
+    assert_eq!(d.message().await.payload, b"after");
+}

@@ -35,7 +35,8 @@ pub(crate) const RELEASED: u8 = 2;
 const BATCH: usize = 2048;
 
 type Waiter = oneshot::Sender<bool>;
-type Writer = mpsc::Sender<(SessionOp, Option<Waiter>)>;
+/// An operation (none: a barrier, resolved once what was queued before it committed).
+type Writer = mpsc::Sender<(Option<SessionOp>, Option<Waiter>)>;
 
 /// A persistent session's subscription, as the publisher side needs it.
 struct DSub {
@@ -49,6 +50,7 @@ struct DSub {
 
 pub(crate) struct Durable {
     tx: Mutex<Option<Writer>>,
+    store: Option<Arc<dyn SessionStore>>,
     next_msg: AtomicU64,
     /// Bucket (channel id, or "" outside channels) → subscriptions of persistent sessions.
     index: Mutex<Index>,
@@ -141,6 +143,7 @@ impl Durable {
     pub fn off() -> Durable {
         Durable {
             tx: Mutex::new(None),
+            store: None,
             next_msg: AtomicU64::new(1),
             index: Mutex::new(Index::default()),
             stored_bytes: AtomicU64::new(0),
@@ -152,7 +155,8 @@ impl Durable {
     pub fn start(store: Arc<dyn SessionStore>, max_msg: u64, max_stored_bytes: u64) -> std::io::Result<Durable> {
         // Ids this process gives; another node's (an imported message's) are outside.
         let own_from = max_msg + 1;
-        let (tx, rx) = mpsc::channel::<(SessionOp, Option<Waiter>)>();
+        let (tx, rx) = mpsc::channel::<(Option<SessionOp>, Option<Waiter>)>();
+        let reader = store.clone();
         std::thread::Builder::new()
             .name("fluxgate-sessions".into())
             .spawn(move || {
@@ -162,14 +166,16 @@ impl Durable {
                     let mut waiters = Vec::new();
                     let mut next = Some(first);
                     while let Some((op, w)) = next.take() {
-                        ops.push(op);
+                        ops.extend(op);
                         waiters.extend(w);
                         if ops.len() < BATCH {
                             next = rx.try_recv().ok();
                         }
                     }
                     coalesce(&mut ops, own_from..);
-                    let ok = match store.apply(&ops) {
+                    // A batch of barriers only has nothing to write.
+                    let ok = if ops.is_empty() { Ok(()) } else { store.apply(&ops) };
+                    let ok = match ok {
                         Ok(()) => {
                             failed_logged = false;
                             true
@@ -189,6 +195,7 @@ impl Durable {
             })?;
         Ok(Durable {
             tx: Mutex::new(Some(tx)),
+            store: Some(reader),
             next_msg: AtomicU64::new(max_msg + 1),
             index: Mutex::new(Index::default()),
             stored_bytes: AtomicU64::new(0),
@@ -204,7 +211,7 @@ impl Durable {
     pub fn write(&self, op: SessionOp) {
         if let Ok(t) = self.tx.lock() {
             if let Some(tx) = t.as_ref() {
-                let _ = tx.send((op, None));
+                let _ = tx.send((Some(op), None));
             }
         }
     }
@@ -212,6 +219,33 @@ impl Durable {
     /// Queues a write; the receiver resolves (true) once it committed, false if it failed.
     /// Resolves at once (true) without a store.
     pub fn write_wait(&self, op: SessionOp) -> oneshot::Receiver<bool> {
+        self.queue_wait(Some(op))
+    }
+
+    /// Resolves (true) once every write queued before it committed.
+    fn barrier(&self) -> oneshot::Receiver<bool> {
+        self.queue_wait(None)
+    }
+
+    /// Session `key`'s queue as stored, read after every write queued before this call
+    /// committed (`None` without a store or when it cannot be read).
+    pub async fn queued(&self, key: &str) -> Option<Vec<crate::StoredDelivery>> {
+        let store = self.store.clone()?;
+        if !self.barrier().await.unwrap_or(false) {
+            return None;
+        }
+        let key = key.to_string();
+        match tokio::task::spawn_blocking(move || store.queued(&key)).await {
+            Ok(Ok(rows)) => Some(rows),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "persistent sessions: cannot read a queue again");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn queue_wait(&self, op: Option<SessionOp>) -> oneshot::Receiver<bool> {
         let (w, r) = oneshot::channel();
         match self.tx.lock() {
             Ok(t) => match t.as_ref() {

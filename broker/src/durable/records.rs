@@ -48,6 +48,21 @@ pub(crate) fn encode_body(b: &Body) -> Bytes {
     o.freeze()
 }
 
+/// A stored queue entry as the delivery it is (`None`: its body or metadata cannot be read).
+pub(crate) fn delivery(q: &crate::StoredDelivery) -> Option<crate::outbound::Delivery> {
+    let (body, (qos, sub_ids)) = (decode_body(q.body.clone())?, decode_meta(q.meta.clone())?);
+    Some(crate::outbound::Delivery {
+        topic: body.topic,
+        payload: body.payload,
+        props: body.props,
+        qos,
+        retain: body.retain,
+        expires_at_ms: body.expires_at_ms,
+        sub_ids,
+        msg: q.msg,
+    })
+}
+
 pub(crate) fn decode_body(mut b: Bytes) -> Option<Body> {
     if b.len() < 3 || b.get_u8() != 1 {
         return None;

@@ -106,5 +106,8 @@ impl Session {
         self.to_router.extend(undo);
         self.out.clear();
         self.in_qos2.clear();
+        // A catch-up read that runs now would bring back what was just dropped.
+        self.catching_up = None;
+        self.recovered.clear();
     }
 }

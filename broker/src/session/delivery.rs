@@ -56,6 +56,10 @@ impl Session {
         };
         if let Some((_, offset)) = f.cursor {
             let skipped = self.subs.skipped(rid, offset);
+            if skipped > 0 && self.stored {
+                // The stored entries of the skipped messages are read again.
+                self.catch_up().await?;
+            }
             if skipped > 0 {
                 let before = self.m().router_skipped.fetch_add(skipped, Ordering::Relaxed);
                 if before == 0 {
@@ -75,8 +79,8 @@ impl Session {
             return Ok(());
         };
         let entry = if self.stored { tag.msg } else { 0 };
-        if entry != 0 && self.direct_seen.remove(&entry) {
-            // Already received directly (see `direct`).
+        if entry != 0 && (self.direct_seen.remove(&entry) || self.recovered.remove(&entry)) {
+            // Already received directly (see `direct`) or from the store (see `recover`).
             return Ok(());
         }
         if sub.no_local && tag.origin == self.origin {
@@ -113,6 +117,9 @@ impl Session {
 
     /// A message handed over directly (restored session without subscriptions on a link).
     pub(super) async fn on_direct(&mut self, d: Delivery, live: bool) -> Step {
+        if self.was_recovered(d.msg) {
+            return Ok(());
+        }
         if self.link.is_some() && d.msg != 0 {
             self.direct_seen.insert(d.msg);
         }
@@ -163,6 +170,7 @@ impl Session {
 
     /// A queue entry that will not be delivered goes from the store.
     pub(super) fn drop_entry(&mut self, msg: u64) {
+        self.left_during_catch_up(msg);
         if msg != 0 && self.stored {
             self.shared.durable.write(SessionOp::Ack {
                 key: self.key.clone(),

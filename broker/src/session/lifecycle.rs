@@ -136,6 +136,8 @@ impl Session {
                     }
                     Some(Control::Deliver(d)) => self.on_direct(*d, false).await,
                     Some(Control::Shared(d, filter)) => self.on_shared(*d, filter, false).await,
+                    Some(Control::CatchUp) => self.catch_up().await,
+                    Some(Control::Recovered(rows)) => self.on_recovered(rows, false).await,
                 },
                 n = next_notification(&mut self.link) => self.on_link(n, false).await,
                 _ = tokio::time::sleep_until(will_at.unwrap_or(expires)), if will_at.is_some() => {

@@ -75,6 +75,8 @@ impl Session {
                     }
                     Some(Control::Deliver(d)) => self.on_direct(*d, true).await,
                     Some(Control::Shared(d, filter)) => self.on_shared(*d, filter, true).await,
+                    Some(Control::CatchUp) => self.catch_up().await,
+                    Some(Control::Recovered(rows)) => self.on_recovered(rows, true).await,
                     None => Ok(()),
                 },
                 r = live.wr.write(&live.wbuf), if !live.wbuf.is_empty() => match r {

@@ -11,7 +11,8 @@
 //! (PUBLISH, UNSUBSCRIBE, acknowledgements, PINGREQ, DISCONNECT from the device), `subscribe`
 //! (SUBSCRIBE and the retained messages it brings), `subs` (the subscription bookkeeping),
 //! `delivery` (router and direct deliveries: admit, queue, pump), `persist` (write-through of
-//! persistent sessions and the replies held for their commits), `will` and `restore` (the
+//! persistent sessions and the replies held for their commits), `recover` (reading the
+//! stored queue again after live copies may have been missed), `will` and `restore` (the
 //! persistent sessions found in the store at start-up).
 
 mod attach;
@@ -20,6 +21,7 @@ mod inbound;
 mod lifecycle;
 mod live;
 mod persist;
+mod recover;
 mod restore;
 mod subs;
 mod subscribe;
@@ -154,6 +156,8 @@ impl Session {
             direct: false,
             direct_seen: HashSet::new(),
             copies: Copies::default(),
+            catching_up: None,
+            recovered: HashSet::new(),
             live_will: None,
             shutting_down: false,
             transport: Transport::Mqtt,
@@ -203,6 +207,10 @@ struct Session {
     direct_seen: HashSet<u64>,
     /// Messages delivered for several subscriptions at once (their other copies are dropped).
     copies: Copies,
+    /// A catch-up read runs: the entries that left since it began (see `recover`).
+    catching_up: Option<HashSet<u64>>,
+    /// Entries the last catch-up took from the store (their live copies are dropped).
+    recovered: HashSet<u64>,
     /// The will of the connection attached now (kept in the session record).
     live_will: Option<Will>,
     /// The server stops: the session ends without deleting what the store keeps of it.

@@ -60,8 +60,9 @@ impl Session {
         }
         let gone = std::mem::take(&mut self.out.gone);
         let marks = std::mem::take(&mut self.out.marks);
-        for (_, n) in &gone {
+        for (msg, n) in &gone {
             self.shared.durable.sub_bytes(*n as u64);
+            self.left_during_catch_up(*msg);
         }
         if !self.stored {
             return Ok(());

@@ -47,24 +47,16 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
         }
         let mut entries = Vec::new();
         for q in queued.remove(&rec.key).unwrap_or_default() {
-            let (Some(body), Some((qos, sub_ids))) = (durable::decode_body(q.body), durable::decode_meta(q.meta))
-            else {
+            let Some(mut d) = durable::delivery(&q) else {
                 shared.durable.write(SessionOp::Ack {
                     key: rec.key.clone(),
                     msg: q.msg,
                 });
                 continue;
             };
-            let d = Delivery {
-                topic: s.subs.shown(&body.topic).unwrap_or(body.topic),
-                payload: body.payload,
-                props: body.props,
-                qos,
-                retain: body.retain,
-                expires_at_ms: body.expires_at_ms,
-                sub_ids,
-                msg: q.msg,
-            };
+            if let Some(t) = s.subs.shown(&d.topic) {
+                d.topic = t;
+            }
             shared.durable.add_bytes(d.size() as u64);
             entries.push((q.state, q.pkid, d));
         }

@@ -1,6 +1,6 @@
 //! The session's jobs, one test each, over in-memory streams against fakes of the ports:
 //! takeover, revocation while detached, the offline queue limit, acknowledgements held for
-//! the session store's commit, and the order of a restored queue.
+//! the session store's commit, the order of a restored queue, and catch-up from the store.
 
 use crate::durable::{self, Body, State};
 use crate::session::SubOptions;
@@ -327,4 +327,51 @@ async fn a_subscriber_that_stops_reading_is_disconnected_after_the_stall_timeout
     .await;
     p.publish_payload(TOPIC, 0, false, 0, b"after").await;
     assert_eq!(reads.message().await.3, b"after".to_vec(), "the others go on");
+}
+
+/// Catch-up (`recover`): a persistent session reads its stored queue again and delivers what
+/// it does not hold; a late live copy of a recovered entry is dropped; acknowledged entries
+/// are not read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_delivers_missed_entries_once() {
+    let store = Arc::new(MemSessions::default());
+    let (sh, _) = shared_with(BrokerConfig::default(), None, Some(store.clone()));
+    let (mut d, _) = Dev::resume(&sh, false, "cu").await;
+    assert_eq!(d.subscribe(&[TOPIC]).await, vec![1]);
+    let key = registry::session_key(Some(("d", "dev")), "cu");
+    store
+        .queue
+        .lock()
+        .expect("queue")
+        .extend([entry(&key, 1, 1, 0, 0), entry(&key, 2, 1, 0, 0)]);
+    sh.registry.send_all(|| registry::Control::CatchUp);
+    for want in [1u8, 2] {
+        let (qos, _, pkid, payload) = d.message().await;
+        assert_eq!((qos, payload), (1, vec![want]), "entry {want} from the store");
+        d.ack(qos, pkid).await;
+    }
+    // The live copy of entry 1 comes after all: dropped. Entry 3's is delivered.
+    let live = |msg: u64| {
+        Box::new(crate::outbound::Delivery {
+            topic: Bytes::from_static(TOPIC.as_bytes()),
+            payload: Bytes::from(vec![msg as u8]),
+            props: Bytes::new(),
+            qos: 1,
+            retain: false,
+            expires_at_ms: 0,
+            sub_ids: Vec::new(),
+            msg,
+        })
+    };
+    sh.registry.send(&key, registry::Control::Deliver(live(1)));
+    sh.registry.send(&key, registry::Control::Deliver(live(3)));
+    let (qos, _, pkid, payload) = d.message().await;
+    assert_eq!(payload, vec![3], "the late copy of 1 was dropped");
+    d.ack(qos, pkid).await;
+    // Another catch-up: 1 and 2 were acknowledged (gone from the store), 4 is new.
+    store.queue.lock().expect("queue").push(entry(&key, 4, 1, 0, 0));
+    sh.registry.send_all(|| registry::Control::CatchUp);
+    let (_, _, _, payload) = d.message().await;
+    assert_eq!(payload, vec![4], "only what the session did not have");
+    assert_eq!(sh.metrics.entries_recovered.load(Ordering::Relaxed), 3);
 }

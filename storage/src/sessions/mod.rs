@@ -372,6 +372,12 @@ impl Store {
         }))
     }
 
+    /// The queue of session `key` as this node holds it, in order (what a session reads
+    /// again after live copies of its messages may have been missed).
+    pub fn session_queued(&self, key: &str) -> Result<Vec<QueuedRow>> {
+        Ok(read(&self.conn()?, self.node(), Some(key))?.1)
+    }
+
     /// Cluster mode: the sessions other nodes hold, as (key, domain, state), for this
     /// node's index of the cluster's persistent subscriptions.
     pub fn sessions_elsewhere(&self) -> Result<Vec<HeldElsewhere>> {
