@@ -246,6 +246,24 @@ impl Outbound {
         self.queue.len()
     }
 
+    /// Takes the queued (not yet sent) deliveries `which` selects out of the queue, in order;
+    /// their store entries leave (`gone`).
+    pub fn take_queued(&mut self, mut which: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for d in std::mem::take(&mut self.queue) {
+            if which(&d) {
+                self.bytes -= d.size();
+                self.leave(&d);
+                taken.push(d);
+            } else {
+                kept.push_back(d);
+            }
+        }
+        self.queue = kept;
+        taken
+    }
+
     /// The store entries the queue holds, queued or in flight.
     pub fn entries(&self) -> std::collections::HashSet<u64> {
         let queued = self.queue.iter().map(|d| d.msg);

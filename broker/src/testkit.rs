@@ -93,6 +93,46 @@ pub(crate) fn shared_with(
     (s, sink)
 }
 
+/// A cluster port that hears and sends nothing (the node is alone): the broker runs in
+/// cluster mode (shared subscriptions in the node's group table).
+struct Alone;
+
+impl Cluster for Alone {
+    fn export(
+        &self,
+        _: Carried,
+        _: bool,
+        _: Option<tokio::sync::oneshot::Receiver<bool>>,
+    ) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+        None
+    }
+    fn listen(&self, _: Scope, _: bool) -> BoxFuture<()> {
+        Box::pin(async {})
+    }
+    fn claim(&self, _: &str) -> BoxFuture<Result<u64, PortError>> {
+        Box::pin(async { Ok(1) })
+    }
+    fn current(&self) -> bool {
+        true
+    }
+    fn share(&self, _: &str, _: &str, _: bool) -> BoxFuture<()> {
+        Box::pin(async {})
+    }
+}
+
+/// A broker in cluster mode on its own (see `Alone`).
+pub(crate) fn shared_in_cluster(cfg: BrokerConfig) -> Arc<Shared> {
+    let (s, _) = shared(cfg);
+    let port: Arc<dyn Cluster> = Arc::new(Alone);
+    let mut s = Arc::try_unwrap(s).unwrap_or_else(|_| panic!("one owner"));
+    s.interest = Some(crate::cluster::Interest::start(
+        port.clone(),
+        &tokio::runtime::Handle::current(),
+    ));
+    s.cluster = Some(port);
+    Arc::new(s)
+}
+
 pub(crate) fn frame(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = bytes::BytesMut::new();
     out.extend_from_slice(&[first]);

@@ -299,6 +299,37 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Cluster mode: this session left shared subscription `whole` (`$share/<g>/<f>`): the
+    /// messages it was picked for and has not sent yet, which no other subscription of its
+    /// own matches, go to another member of the group on this node (nothing reaches the
+    /// device after its UNSUBACK).
+    pub(super) fn hand_back_shared(&mut self, whole: &str) {
+        let Some((_, inner)) = crate::rights::shared_filter(whole) else {
+            return;
+        };
+        let domain = self.identity.as_ref().map(|i| i.domain_id.clone());
+        let canonical = |t: &[u8]| {
+            let t = std::str::from_utf8(t).unwrap_or("");
+            domain
+                .as_deref()
+                .and_then(|d| crate::topic::canonical(t, d))
+                .unwrap_or_else(|| t.to_string())
+        };
+        let subs = &self.subs;
+        let taken = self.out.take_queued(|d| {
+            let t = canonical(&d.topic);
+            crate::codec::matches(inner, &t) && !subs.any_matching(&t)
+        });
+        for mut d in taken {
+            d.topic = Bytes::from(canonical(&d.topic));
+            // Its entry here left with it (`gone`); the member taking it writes its own.
+            d.msg = 0;
+            reoffer(&self.shared, &self.key, d, whole);
+        }
+    }
+}
+
 /// A shared subscription's message whose member (`key`) left the group: the group's next
 /// member on this node takes it (with its own options), else it is dropped (counted).
 pub(super) fn reoffer(shared: &Shared, key: &str, mut d: Delivery, filter: &str) {

@@ -71,15 +71,23 @@ impl Session {
             codec::UNSUBSCRIBE => match codec::unsubscribe(f, v5) {
                 Ok((pkid, filters)) => {
                     let mut codes = Vec::with_capacity(filters.len());
+                    let mut shared_left = Vec::new();
                     for fl in filters {
                         let canonical = self.canonical(fl);
-                        match self.subs.remove(canonical.as_deref().unwrap_or(fl)) {
+                        let fl = canonical.as_deref().unwrap_or(fl);
+                        match self.subs.remove(fl) {
                             Some(undo) => {
                                 self.to_router.extend(undo);
                                 codes.push(code::SUCCESS);
+                                if self.shared.interest.is_some() && crate::rights::shared_filter(fl).is_some() {
+                                    shared_left.push(fl.to_string());
+                                }
                             }
                             None => codes.push(code::NO_SUBSCRIPTION_EXISTED),
                         }
+                    }
+                    for whole in shared_left {
+                        self.hand_back_shared(&whole);
                     }
                     replies.extend_from_slice(&codec::encode_unsuback(pkid, &codes, v5));
                     if self.stored {

@@ -188,6 +188,14 @@ impl Subscriptions {
         exact.into_iter().chain(wild).collect()
     }
 
+    /// Whether any subscription of the session matches `topic` (a shared one by its filter).
+    pub fn any_matching(&self, topic: &str) -> bool {
+        self.by_filter.keys().any(|f| {
+            let f = crate::rights::shared_filter(f).map_or(f.as_str(), |(_, inner)| inner);
+            crate::codec::matches(f, topic)
+        })
+    }
+
     /// The subscription a router delivery names.
     pub fn by_rid(&self, rid: usize) -> Option<&Sub> {
         self.by_rid.get(&rid).and_then(|f| self.by_filter.get(f))

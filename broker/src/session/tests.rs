@@ -329,6 +329,72 @@ async fn a_subscriber_that_stops_reading_is_disconnected_after_the_stall_timeout
     assert_eq!(reads.message().await.3, b"after".to_vec(), "the others go on");
 }
 
+/// A QoS 1 delivery on `TOPIC` naming store entry `msg`.
+fn delivery(msg: u64, payload: Vec<u8>) -> Box<crate::outbound::Delivery> {
+    Box::new(crate::outbound::Delivery {
+        topic: Bytes::from_static(TOPIC.as_bytes()),
+        payload: Bytes::from(payload),
+        props: Bytes::new(),
+        qos: 1,
+        retain: false,
+        expires_at_ms: 0,
+        sub_ids: Vec::new(),
+        msg,
+    })
+}
+
+/// Cluster mode, [MQTT-3.10.4-2]: a shared subscription's member that unsubscribes while
+/// messages it was picked for wait in its queue (its device reads nothing) hands them to
+/// another member: nothing reaches it after its UNSUBACK, and the group loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaving_a_shared_group_hands_what_it_has_not_sent_to_another() {
+    let sh = shared_in_cluster(BrokerConfig::default());
+    let group = format!("$share/g/{TOPIC}");
+    let mut m1 = Dev::connect(&sh, false, "m1").await;
+    let mut m2 = Dev::connect(&sh, false, "m2").await;
+    assert_eq!(m1.subscribe(&[&group]).await, vec![1]);
+    assert_eq!(m2.subscribe(&[&group]).await, vec![1]);
+    let key1 = registry::session_key(Some(("d", "dev")), "m1");
+    // 64 messages of 4 KiB for m1: more than its pipe and write buffer hold.
+    const N: usize = 64;
+    for i in 0..N {
+        let mut p = vec![b'x'; 4096];
+        p[0] = i as u8;
+        sh.registry
+            .send(&key1, registry::Control::Shared(delivery(0, p), group.clone()));
+    }
+    let mut unsub = vec![0, 7];
+    s(&mut unsub, &group);
+    use tokio::io::AsyncWriteExt;
+    m1.io.write_all(&frame(0xA2, &unsub)).await.expect("UNSUBSCRIBE");
+    let mut got = std::collections::HashSet::new();
+    loop {
+        let (first, body) = m1.packet().await.expect("a packet");
+        if first >> 4 == 11 {
+            break;
+        }
+        if first >> 4 == 3 {
+            let t = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let pkid = u16::from_be_bytes([body[2 + t], body[3 + t]]);
+            got.insert(body[4 + t]);
+            m1.ack(1, pkid).await;
+        }
+    }
+    let before = got.len();
+    assert!(before < N, "some were still queued when m1 left ({before})");
+    while got.len() < N {
+        let (qos, _, pkid, payload) = m2.message().await;
+        assert!(got.insert(payload[0]), "each message once");
+        m2.ack(qos, pkid).await;
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), m1.packet())
+            .await
+            .is_err(),
+        "nothing for m1 after its UNSUBACK"
+    );
+}
+
 /// Catch-up (`recover`): a persistent session reads its stored queue again and delivers what
 /// it does not hold; a late live copy of a recovered entry is dropped; acknowledged entries
 /// are not read again.
@@ -351,18 +417,7 @@ async fn a_catch_up_delivers_missed_entries_once() {
         d.ack(qos, pkid).await;
     }
     // The live copy of entry 1 comes after all: dropped. Entry 3's is delivered.
-    let live = |msg: u64| {
-        Box::new(crate::outbound::Delivery {
-            topic: Bytes::from_static(TOPIC.as_bytes()),
-            payload: Bytes::from(vec![msg as u8]),
-            props: Bytes::new(),
-            qos: 1,
-            retain: false,
-            expires_at_ms: 0,
-            sub_ids: Vec::new(),
-            msg,
-        })
-    };
+    let live = |msg: u64| delivery(msg, vec![msg as u8]);
     sh.registry.send(&key, registry::Control::Deliver(live(1)));
     sh.registry.send(&key, registry::Control::Deliver(live(3)));
     let (qos, _, pkid, payload) = d.message().await;
