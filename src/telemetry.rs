@@ -491,6 +491,11 @@ pub fn build(src: Sources) -> Result<Arc<Telemetry>, prometheus::Error> {
                     "Times NATS reported this node as a slow consumer (messages dropped)",
                     |m: &C| load(&m.slow_consumer),
                 ),
+                (
+                    "cluster_settle_waits_total",
+                    "SUBACKs of persistent sessions that waited the whole staleness bound for another node to index their subscriptions (a node silent: dead, slow, or NATS down)",
+                    |m: &C| load(&m.settle_waits),
+                ),
             ] {
                 mirror!(counter(&t, name, help)?, c, read);
             }

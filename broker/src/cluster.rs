@@ -107,6 +107,12 @@ pub trait Cluster: Send + Sync + 'static {
     /// [`crate::BrokerHandle::import_shared`]. Resolves once in effect. Called for the first
     /// and the last local member of a group, in order.
     fn share(&self, group: &str, filter: &str, on: bool) -> BoxFuture<()>;
+    /// Resolves once every other node knows of the changes this node committed so far (a
+    /// persistent session's new subscriptions, which their publishers must queue for it),
+    /// or within the time after which a node that does not is refusing publishes.
+    fn settled(&self) -> BoxFuture<()> {
+        Box::pin(async {})
+    }
 }
 
 enum Op {

@@ -39,13 +39,26 @@ impl Freshness {
         })
     }
 
-    fn now(&self) -> u64 {
+    /// Now, as `confirm_from` takes it.
+    pub fn stamp(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    fn now(&self) -> u64 {
+        self.stamp()
     }
 
     /// A read of the outbox succeeded: current until `stale_after` from now.
     pub fn confirm(&self) {
-        self.confirmed.store(self.now(), Ordering::Release);
+        self.confirm_from(self.now());
+    }
+
+    /// A read of the outbox that began at `stamp` succeeded (and what it read is applied):
+    /// current until `stale_after` from when it began, since it saw every change committed
+    /// before then (and perhaps not those after). A node that waits `stale_after` after a
+    /// commit thus knows every node still current has applied it (see `peers`).
+    pub fn confirm_from(&self, stamp: u64) {
+        self.confirmed.fetch_max(stamp, Ordering::AcqRel);
         if self.stale.swap(false, Ordering::AcqRel) {
             tracing::info!("current with the cluster's changes again: serving publishes and connections");
         }
@@ -85,6 +98,7 @@ pub struct Follower {
     pub fresh: Arc<Freshness>,
     pub metrics: Arc<ClusterMetrics>,
     pub poll: Duration,
+    pub peers: Arc<super::peers::Peers>,
 }
 
 impl Follower {
@@ -102,6 +116,7 @@ impl Follower {
                 let _ = fresh.current();
             }
         }));
+        let began = self.fresh.stamp();
         let mut last = loop {
             let s = self.store.clone();
             match tokio::task::spawn_blocking(move || s.outbox_head()).await {
@@ -112,7 +127,24 @@ impl Follower {
             tokio::time::sleep(self.poll).await;
         };
         self.index_all().await;
-        self.fresh.confirm();
+        self.fresh.confirm_from(began);
+        // How far the others applied the outbox (see `peers`).
+        let _hear_applied = match self.client.subscribe(self.subjects.applied()).await {
+            Ok(mut sub) => {
+                let peers = self.peers.clone();
+                Some(AbortOnDrop(tokio::spawn(async move {
+                    while let Some(m) = sub.next().await {
+                        if let Some((node, seq)) = super::peers::read_notice(&m.payload) {
+                            peers.heard(node, seq);
+                        }
+                    }
+                })))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hear how far the other nodes applied the outbox");
+                None
+            }
+        };
         let mut notices = match self.client.subscribe(self.subjects.changes()).await {
             Ok(s) => Some(s),
             Err(e) => {
@@ -141,7 +173,12 @@ impl Follower {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
             }
+            let before = last;
             last = self.read_from(last).await;
+            if last > before {
+                let notice = super::peers::notice(&self.node, last);
+                let _ = self.client.publish(self.subjects.applied(), notice).await;
+            }
         }
     }
 
@@ -154,6 +191,7 @@ impl Follower {
     async fn read_from(&self, mut last: i64) -> i64 {
         loop {
             let s = self.store.clone();
+            let began = self.fresh.stamp();
             let read = tokio::task::spawn_blocking(move || s.outbox_after(last, PAGE)).await;
             let entries = match read {
                 Ok(Ok(e)) => e,
@@ -174,7 +212,7 @@ impl Follower {
                 last = e.seq;
             }
             if n < PAGE as usize {
-                self.fresh.confirm();
+                self.fresh.confirm_from(began);
                 return last;
             }
         }

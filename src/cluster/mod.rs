@@ -12,6 +12,7 @@
 pub mod follow;
 pub mod nats;
 pub mod parts;
+pub mod peers;
 pub mod wire;
 
 use crate::config::{valid_token, ClusterConfig};
@@ -58,6 +59,9 @@ pub struct ClusterMetrics {
     pub fail_closed: AtomicU64,
     /// Milliseconds between the commit of the last outbox entry applied and its application.
     pub outbox_lag_ms: AtomicU64,
+    /// Waits for the other nodes to know of a change that ran to their staleness bound
+    /// (a node silent: dead, slow, or NATS down).
+    pub settle_waits: AtomicU64,
     /// Woken at each connection to NATS (what was published meanwhile was missed).
     pub reconnected: tokio::sync::Notify,
     /// Woken when NATS dropped messages for this node (slow consumer).

@@ -53,7 +53,15 @@ pub struct NatsCluster {
     flush_timeout: Duration,
     store: storage::Store,
     fresh: Arc<super::follow::Freshness>,
+    peers: Arc<super::peers::Peers>,
+    /// How long a node that did not read the outbox keeps serving publishes, and when a
+    /// node's heartbeat is too old for it to count as alive (see `settled`).
+    stale_after: Duration,
+    node_timeout: Duration,
 }
+
+/// Added to `stale_after` when waiting for the others without word from them.
+const SETTLE_MARGIN: Duration = Duration::from_millis(50);
 
 impl NatsCluster {
     /// Starts the export task on the current runtime.
@@ -67,6 +75,8 @@ impl NatsCluster {
         flush_timeout: Duration,
         store: storage::Store,
         fresh: Arc<super::follow::Freshness>,
+        peers: Arc<super::peers::Peers>,
+        (stale_after, node_timeout): (Duration, Duration),
     ) -> Arc<NatsCluster> {
         let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
         tokio::spawn(export_loop(
@@ -90,6 +100,9 @@ impl NatsCluster {
             flush_timeout,
             store,
             fresh,
+            peers,
+            stale_after,
+            node_timeout,
         })
     }
 
@@ -177,6 +190,34 @@ impl broker::Cluster for NatsCluster {
 
     fn current(&self) -> bool {
         self.fresh.current()
+    }
+
+    fn settled(&self) -> BoxFuture<()> {
+        let (store, peers, me) = (self.store.clone(), self.peers.clone(), self.node.clone());
+        let timeout = self.node_timeout.as_millis() as i64;
+        let metrics = self.metrics.clone();
+        // After `stale_after` from the commit, a node still serving publishes has read the
+        // outbox since (see `Freshness::confirm_from`): the wait ends then at the latest.
+        let deadline = tokio::time::Instant::now() + self.stale_after + SETTLE_MARGIN;
+        Box::pin(async move {
+            let read = tokio::task::spawn_blocking(move || -> Result<_, storage::StoreError> {
+                Ok((store.outbox_head()?, store.nodes()?))
+            })
+            .await;
+            let Ok(Ok((head, nodes))) = read else {
+                tokio::time::sleep_until(deadline).await;
+                return;
+            };
+            let now = super::now_ms();
+            let live = nodes
+                .into_iter()
+                .filter(|n| n.id != me && n.heartbeat_at != 0 && now - n.heartbeat_at <= timeout)
+                .map(|n| n.id)
+                .collect();
+            if !peers.until_applied(&live, head, deadline).await {
+                metrics.settle_waits.fetch_add(1, Ordering::Relaxed);
+            }
+        })
     }
 
     fn export(

@@ -32,6 +32,7 @@ pub struct Parts {
 pub struct Port {
     pub nats: Arc<NatsCluster>,
     fresh: Arc<Freshness>,
+    peers: Arc<super::peers::Peers>,
 }
 
 /// The node's running tasks.
@@ -86,6 +87,7 @@ impl Parts {
     /// The broker's cluster port.
     pub fn port(&self, store: &Store) -> Port {
         let fresh = Freshness::new(ms(self.cfg.stale_after_ms), self.metrics.clone());
+        let peers = Arc::new(super::peers::Peers::default());
         let nats = NatsCluster::start(
             self.client.clone(),
             self.shares.clone(),
@@ -95,8 +97,10 @@ impl Parts {
             ms(self.cfg.flush_timeout_ms),
             store.clone(),
             fresh.clone(),
+            peers.clone(),
+            (ms(self.cfg.stale_after_ms), ms(self.cfg.node_timeout_ms)),
         );
-        Port { nats, fresh }
+        Port { nats, fresh, peers }
     }
 
     /// Once the broker runs: retained messages from the others, heartbeats, the outbox
@@ -121,6 +125,7 @@ impl Parts {
             fresh: port.fresh,
             metrics: self.metrics.clone(),
             poll: ms(self.cfg.poll_ms),
+            peers: port.peers,
         };
         let follow = tokio::spawn(follower.run(changes));
         let janitor = tokio::spawn(janitor(

@@ -79,6 +79,11 @@ impl Subjects {
         format!("{}.gap", self.prefix)
     }
 
+    /// Applied notices: how far a node applied the outbox (see `peers`).
+    pub fn applied(&self) -> String {
+        format!("{}.applied", self.prefix)
+    }
+
     /// Change notices (the outbox's fast path).
     pub fn changes(&self) -> String {
         format!("{}.changes", self.prefix)

@@ -483,3 +483,31 @@ async fn a_device_online_through_a_nats_gap_gets_every_message_acknowledged_mean
     assert_eq!(p.publish(&topic, b"after", 1, false, 100).await, 0);
     assert_eq!(d.message().await.payload, b"after");
 }
+
+/// A persistent session's SUBACK leaves once the other nodes index its new subscription: a
+/// message published on node 2 just after the SUBACK is queued for the session before node
+/// 2's PUBACK. Node 1 is paused at once (it can neither deliver nor store anything), then
+/// killed: the device finds the message on node 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_elsewhere_just_after_a_suback_is_queued_before_its_puback() {
+    let Some(env) = ClusterEnv::new() else { return };
+    let (n1, n2) = tokio::join!(env.node(&[]), env.node(&[]));
+    let site = Site::provision(&n1, 2).await;
+    let c = persistent(&site, "fresh");
+    let (mut d, code, _) = Raw::connect(n1.mqtt, &c).await;
+    assert_eq!(code, 0);
+    let mut p = Raw::ok(n2.mqtt, &site.connect(true, "pub", 1)).await;
+    assert_eq!(d.subscribe(1, &[(site.all().as_str(), 1)], &[]).await, vec![1]);
+    assert_eq!(
+        counter(&n2, "fluxgate_cluster_remote_persistent_sessions").await,
+        1,
+        "node 2 indexes the subscription when the SUBACK arrives"
+    );
+    signal(&n1, "-STOP");
+    assert_eq!(p.publish(&site.topic("x"), b"just after", 1, false, 1).await, 0);
+    let _dir = n1.kill9().await;
+    let (mut d2, code, present) = Raw::connect(n2.mqtt, &c).await;
+    assert_eq!((code, present), (0, true), "the session moved to node 2");
+    assert_eq!(d2.message().await.payload, b"just after");
+    drop(d);
+}

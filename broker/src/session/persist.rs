@@ -142,6 +142,28 @@ impl Session {
         self.stored = true;
     }
 
+    /// Cluster mode: the replies of this read (a SUBACK) wait, after the commit of the
+    /// session's record, until every other node indexed its subscriptions
+    /// ([`crate::Cluster::settled`]): a message published anywhere after the SUBACK is
+    /// queued for the session before its publisher is acknowledged.
+    pub(super) fn await_settled(&mut self) {
+        let Some(cluster) = self.shared.cluster.clone() else {
+            return;
+        };
+        let Some(commit) = self.waits.pop() else {
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        self.shared.rt.spawn(async move {
+            let ok = commit.await.unwrap_or(false);
+            if ok {
+                cluster.settled().await;
+            }
+            let _ = tx.send(ok);
+        });
+        self.waits.push(rx);
+    }
+
     /// Puts the session's subscriptions in the index of persistent subscriptions.
     pub(super) fn index_subscriptions(&self) {
         self.shared.durable.index(&self.key, self.origin, self.subs.canonical());

@@ -11,6 +11,8 @@ impl Session {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         let auth = self.shared.auth.clone();
+        // A subscription the cluster's index of persistent subscriptions holds was granted.
+        let mut indexed = false;
         for (given, o) in &s.filters {
             // Magistrala's `m/<domain>/c/<channel>` form is the same channel: kept canonical,
             // shown to this session in its form.
@@ -53,6 +55,7 @@ impl Session {
             );
             let (new, packet) = added;
             let existed = !new;
+            indexed |= shared_sub.is_none() && o.qos > 0;
             self.to_router.extend(packet);
             self.subs.set_form(filter, m_domain.as_deref());
             codes.push(o.qos);
@@ -81,6 +84,9 @@ impl Session {
             // messages it brings: everything held is waited for here.
             if self.stored {
                 self.save_with(None, true);
+                if indexed {
+                    self.await_settled();
+                }
             }
             self.drain_held(live).await?;
         }
