@@ -319,12 +319,16 @@ pub async fn node_kill(admin: &str, nats: &Nats, rate: f64, secs: f64, devices: 
     drop(victim);
     // Each device comes back on node 3 (the third node, now nodes[1]).
     let mut served = Duration::ZERO;
+    let mut each = Vec::new();
     for (id, g) in ids.iter().zip(&got) {
+        let t = Instant::now();
         let (d, code, present) = Raw::connect(nodes[1].mqtt, &persistent(id, &s.devices[0])).await;
         assert_eq!((code, present), (0, true), "{id}: its session on node 3");
+        each.push(t.elapsed());
         served = killed.elapsed();
         reading(d, g.clone());
     }
+    println!("node kill: each device's CONNECT to CONNACK on node 3, in order: {each:?}");
     tokio::time::sleep(Duration::from_secs_f64(secs / 2.0)).await;
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();

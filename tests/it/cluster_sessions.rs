@@ -7,6 +7,8 @@ use crate::cluster_env::{counter, node_id, until_counter, ClusterEnv, Site};
 use crate::raw::{props, Connect, Raw};
 use reqwest::Method;
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A persistent (v5, session expiry 1 h) connection of device 0 with client id `id`.
@@ -253,6 +255,7 @@ async fn publish_acked(
     tag: &str,
     n: usize,
     qos: u8,
+    (stop, acks): (Arc<AtomicBool>, Arc<AtomicUsize>),
 ) -> Vec<Vec<u8>> {
     const WINDOW: usize = 20;
     let mut p = Raw::ok(addr, &c).await;
@@ -260,7 +263,7 @@ async fn publish_acked(
     let mut acked = Vec::new();
     let mut i = 0;
     while i < n || !in_flight.is_empty() {
-        while i < n && in_flight.len() < WINDOW {
+        while i < n && in_flight.len() < WINDOW && !stop.load(Ordering::Relaxed) {
             let pkid = (i % 60_000 + 1) as u16;
             let payload = format!("{tag}-{i}").into_bytes();
             p.publish_with(topic, &payload, qos, false, pkid, &[]).await;
@@ -278,6 +281,7 @@ async fn publish_acked(
                 };
                 if let (Some(payload), true) = (payload, code < 0x80) {
                     acked.push(payload);
+                    acks.fetch_add(1, Ordering::Relaxed);
                 }
                 if !done {
                     p.send(&crate::raw::framed(0x62, &pkid.to_be_bytes())).await;
@@ -289,6 +293,9 @@ async fn publish_acked(
             }
             Some(_) => {}
             None => break,
+        }
+        if in_flight.is_empty() && stop.load(Ordering::Relaxed) {
+            break;
         }
     }
     acked
@@ -340,8 +347,9 @@ impl Receiver {
 
 /// Test 2: the device's node (1) is killed with SIGKILL while publishers on nodes 2 and 3
 /// send QoS 1 and QoS 2 messages to the device's persistent session: the device reconnects
-/// to node 3 and receives every message acknowledged to the publishers that it had not
-/// received; QoS 1 duplicates of what it had are allowed (counted), QoS 2 ones are not.
+/// to node 3 while they go on (node 3 hears the channel only from then on) and receives
+/// every message acknowledged to the publishers that it had not received; QoS 1 duplicates
+/// of what it had are allowed (counted), QoS 2 ones are not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_device_finds_every_acknowledged_message_on_another_node() {
     let Some(env) = ClusterEnv::new() else { return };
@@ -365,17 +373,20 @@ async fn a_killed_nodes_device_finds_every_acknowledged_message_on_another_node(
         }
         r
     });
-    const N: usize = 1_500;
+    const N: usize = 100_000;
+    let (stop, acks) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let (d2, d3) = (site.devices[1].clone(), site.devices[2].clone());
     let (t2, t3) = (topic.clone(), topic.clone());
     let (a2, a3) = (n2.mqtt, n3.mqtt);
+    let s2 = (stop.clone(), acks.clone());
     let p2 = tokio::spawn(async move {
         let c = Connect::new(true, "pub2", &d2.0, &d2.1);
-        publish_acked(a2, c, &t2, "qos1", N, 1).await
+        publish_acked(a2, c, &t2, "qos1", N, 1, s2).await
     });
+    let s3 = (stop.clone(), acks.clone());
     let p3 = tokio::spawn(async move {
         let c = Connect::new(true, "pub3", &d3.0, &d3.1);
-        publish_acked(a3, c, &t3, "qos2", N, 2).await
+        publish_acked(a3, c, &t3, "qos2", N, 2, s3).await
     });
     // Node 1 dies once the device got a few hundred.
     let mut before = Vec::new();
@@ -387,26 +398,35 @@ async fn a_killed_nodes_device_finds_every_acknowledged_message_on_another_node(
     while let Ok(m) = got_rx.try_recv() {
         before.push(m);
     }
-    let acked: Vec<Vec<u8>> = [p2.await.expect("publisher 2"), p3.await.expect("publisher 3")].concat();
-    assert!(
-        acked.len() > 2 * 300,
-        "the publishers went on: {} acknowledged",
-        acked.len()
-    );
 
+    // Back on node 3 while the publishers go on; they stop once they had 600 more
+    // acknowledged and the device got 300 there.
     let (mut d, code, present) = Raw::connect(n3.mqtt, &c).await;
     assert_eq!((code, present), (0, true), "the session is present on node 3");
+    let back_at = acks.load(Ordering::Relaxed);
+    let mut after = Vec::new();
+    while after.len() < 300 || acks.load(Ordering::Relaxed) < back_at + 600 {
+        let m = r.take(&mut d, Duration::from_secs(20)).await;
+        after.push(m.expect("deliveries on node 3"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<Vec<u8>> = [p2.await.expect("publisher 2"), p3.await.expect("publisher 3")].concat();
     let had: std::collections::HashSet<Vec<u8>> = before.iter().cloned().collect();
     let mut missing: std::collections::HashSet<Vec<u8>> = acked.iter().filter(|m| !had.contains(*m)).cloned().collect();
     let (mut dups1, mut dups2) = (0, Vec::new());
+    let mut after = after.into_iter();
     while !missing.is_empty() {
-        let Some(m) = r.take(&mut d, Duration::from_secs(20)).await else {
-            panic!(
-                "{} acknowledged messages never arrived (of {}; {} before the kill)",
-                missing.len(),
-                acked.len(),
-                had.len()
-            );
+        let m = match after.next() {
+            Some(m) => m,
+            None => match r.take(&mut d, Duration::from_secs(20)).await {
+                Some(m) => m,
+                None => panic!(
+                    "{} acknowledged messages never arrived (of {}; {} before the kill)",
+                    missing.len(),
+                    acked.len(),
+                    had.len()
+                ),
+            },
         };
         if !missing.remove(&m.payload) && had.contains(&m.payload) {
             match m.qos {

@@ -3,7 +3,8 @@ use super::*;
 /// Recreates the persistent sessions found in the store, each with its subscriptions, queue,
 /// in-flight QoS state and pending will, offline and without a router link until a device
 /// attaches (meanwhile its messages come directly from their publishers, see `durable`);
-/// expired ones are removed with their queues. Returns once every restored session is
+/// expired ones are removed with their queues. In cluster mode each reads its stored queue
+/// again once this node hears its scopes. Returns once every restored session is
 /// registered and indexed.
 pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
     let started = std::time::Instant::now();
@@ -62,6 +63,20 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
         }
         s.out.restore(entries);
         s.index_subscriptions();
+        // Cluster mode: what other nodes publish reaches this session once this node hears
+        // its scopes and it is indexed here; what they queued for it before (entries written
+        // while it was being moved here or this node started, whose live copies went
+        // nowhere) is read from the store then (see `recover`).
+        let hearing = s.subs.take_pending();
+        if shared.cluster.is_some() {
+            let (registry_of, key, gen) = (shared.clone(), rec.key.clone(), gen);
+            shared.rt.spawn(async move {
+                for h in hearing {
+                    let _ = h.await;
+                }
+                registry_of.registry.send_gen(&key, gen, Control::CatchUp);
+            });
+        }
         // No router link until a device attaches (building 10,000 links is what would make
         // a restart slow): its publishers hand its messages over directly.
         s.direct = true;
