@@ -268,6 +268,21 @@ impl Interest {
         }
     }
 
+    /// The groups with members here whose filter matches `topic` ([MQTT-4.7.2-1]: a filter
+    /// starting with a wildcard does not match a `$` topic).
+    pub fn groups_matching(&self, topic: &str) -> Vec<Group> {
+        let Ok(groups) = self.groups.lock() else {
+            return Vec::new();
+        };
+        let dollar = topic.starts_with('$');
+        groups
+            .keys()
+            .filter(|(_, f)| !(dollar && (f.starts_with('+') || f.starts_with('#'))))
+            .filter(|(_, f)| crate::codec::matches(f, topic))
+            .cloned()
+            .collect()
+    }
+
     /// The member that takes the group's next message on this node, in turn.
     pub fn pick(&self, group: &Group) -> Option<(String, SubOptions)> {
         let mut groups = self.groups.lock().ok()?;

@@ -183,6 +183,20 @@ impl BrokerHandle {
         true
     }
 
+    /// Cluster mode: a message this node accepted could not go through NATS (not connected):
+    /// each shared subscription group with members here gets it from here (one member in
+    /// turn), as on a single node. Returns how many groups took it.
+    pub fn share_here(&self, c: &Carried) -> usize {
+        let Some(interest) = self.shared.interest.as_ref() else {
+            return 0;
+        };
+        interest
+            .groups_matching(&c.topic)
+            .into_iter()
+            .filter(|(g, f)| self.import_shared(g, f, c))
+            .count()
+    }
+
     /// Cluster mode: what another node holds for persistent session `key` (its domain, if a
     /// registry client's, and its stored state), or `None` when no other node holds it: the
     /// publisher side writes entries for it too (see `durable`).

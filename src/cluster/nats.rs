@@ -79,12 +79,14 @@ impl NatsCluster {
         (stale_after, node_timeout): (Duration, Duration),
     ) -> Arc<NatsCluster> {
         let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
+        let broker = Arc::new(OnceLock::new());
         tokio::spawn(export_loop(
             client.clone(),
             rx,
             subjects.retained(),
             metrics.clone(),
             flush_timeout,
+            broker.clone(),
         ));
         Arc::new(NatsCluster {
             client,
@@ -95,7 +97,7 @@ impl NatsCluster {
             exports: tx,
             listening: Arc::new(Mutex::new(HashMap::new())),
             all_channels: Arc::new(AtomicBool::new(false)),
-            broker: Arc::new(OnceLock::new()),
+            broker,
             metrics,
             flush_timeout,
             store,
@@ -378,13 +380,15 @@ impl broker::Cluster for NatsCluster {
 
 /// Publishes what this node accepted, in order; after each batch, one flush releases the
 /// acknowledgements waiting for it. A disconnected client publishes nothing: the messages
-/// are stored here, their live copies elsewhere are counted as lost.
+/// are stored here, their live copies elsewhere are counted as lost, and this node's
+/// shared subscription members get them from here (`BrokerHandle::share_here`).
 async fn export_loop(
     client: Client,
     mut rx: mpsc::Receiver<Export>,
     retained: String,
     metrics: Arc<ClusterMetrics>,
     flush_timeout: Duration,
+    broker: Arc<OnceLock<Arc<BrokerHandle>>>,
 ) {
     let mut batch = Vec::with_capacity(EXPORT_BATCH);
     while rx.recv_many(&mut batch, EXPORT_BATCH).await > 0 {
@@ -397,6 +401,9 @@ async fn export_loop(
                 let _ = a.await;
             }
             if !connected {
+                if let (Some(b), Some((_, c))) = (broker.get(), wire::decode(Some(&e.headers), e.payload)) {
+                    b.share_here(&c);
+                }
                 continue;
             }
             // A retained message goes to every node (each keeps the retained set), on its own

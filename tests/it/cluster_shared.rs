@@ -218,3 +218,49 @@ async fn shared_subscriptions_span_the_cluster_once_per_group() {
         assert_eq!(seen[g].len(), 6 * PER_NODE, "{g}: none lost: {per_member:?}");
     }
 }
+
+/// A group whose members are all on one node behaves as on a single node, also while NATS is
+/// down: each message accepted on that node reaches one of its members, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_on_one_node_gets_that_nodes_messages_through_a_nats_outage() {
+    let Some(mut env) = ClusterEnv::new() else { return };
+    let (n1, _n2) = tokio::join!(env.node(&[]), env.node(&[]));
+    let site = Site::provision(&n1, 2).await;
+    let group = format!("$share/solo/{}", site.all());
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let mut keep = Vec::new();
+    for name in ["s1", "s2"] {
+        let mut r = Raw::ok(n1.mqtt, &site.connect(true, name, 0)).await;
+        assert_eq!(r.subscribe(1, &[(group.as_str(), 1)], &[]).await, vec![1]);
+        keep.push(member(name, r, group.clone(), tx.clone()));
+    }
+    let mut p = Raw::ok(n1.mqtt, &site.connect(true, "pub", 1)).await;
+    env.nats.stop();
+    let t = std::time::Instant::now();
+    while crate::cluster_env::counter(&n1, "fluxgate_nats_connected").await != 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "node 1 saw NATS go");
+        tokio::task::yield_now().await;
+    }
+    const N: usize = 20;
+    for i in 0..N {
+        let m = format!("o{i}");
+        assert_eq!(
+            p.publish(&site.topic("solo"), m.as_bytes(), 1, false, i as u16 + 1)
+                .await,
+            0
+        );
+    }
+    let mut got = HashSet::new();
+    let mut by = HashMap::new();
+    while got.len() < N {
+        match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+            Ok(Some(Event::Got(m, payload))) => {
+                assert!(got.insert(payload), "each message once");
+                *by.entry(m).or_insert(0) += 1;
+            }
+            Ok(_) => {}
+            Err(_) => panic!("{} of {N} reached the group during the outage", got.len()),
+        }
+    }
+    assert_eq!(by.len(), 2, "both members took turns: {by:?}");
+}
