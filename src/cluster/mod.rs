@@ -194,8 +194,10 @@ pub fn shared_ca(store: &Store, data_dir: &Path) -> Result<certs::Ca, crate::App
 }
 
 /// Shows the connections of dead nodes offline: every `every`, a node whose heartbeat is
-/// older than `timeout` (or that left) has its presence rows cleared, once per incarnation.
-pub async fn janitor(store: Store, me: String, timeout: Duration, every: Duration) {
+/// older than `timeout` (or that left) has its presence rows cleared, once per incarnation,
+/// and this node's persistent sessions catch up from the store (a node that died may have
+/// acknowledged messages whose live copies never left it).
+pub async fn janitor(store: Store, me: String, timeout: Duration, every: Duration, broker: Arc<broker::BrokerHandle>) {
     let mut cleared = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(every);
     // Session owners nobody needs are forgotten about once a minute.
@@ -226,6 +228,7 @@ pub async fn janitor(store: Store, me: String, timeout: Duration, every: Duratio
                 if k > 0 {
                     tracing::info!(node = %n.id, clients = k, "node stopped or dead: its connections shown offline");
                 }
+                broker.catch_up();
                 cleared.insert((n.id, n.incarnation));
             }
         }

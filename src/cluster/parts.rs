@@ -127,13 +127,14 @@ impl Parts {
             poll: ms(self.cfg.poll_ms),
             peers: port.peers,
         };
-        let follow = tokio::spawn(follower.run(changes));
         let janitor = tokio::spawn(janitor(
             store.clone(),
             self.node.id.clone(),
             ms(self.cfg.node_timeout_ms),
             ms(self.cfg.heartbeat_ms),
+            follower.broker.clone(),
         ));
+        let follow = tokio::spawn(follower.run(changes));
         Running {
             beating,
             follow,
