@@ -15,6 +15,9 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// Nodes remembered at most (names come from NATS: a flood of made-up ones is ignored).
+const MAX_NODES: usize = 1024;
+
 #[derive(Default)]
 pub struct Peers {
     /// Node → last outbox number it applied.
@@ -26,8 +29,14 @@ impl Peers {
     /// `node` applied the outbox up to `seq`.
     pub fn heard(&self, node: &str, seq: i64) {
         if let Ok(mut a) = self.applied.lock() {
-            let e = a.entry(node.to_string()).or_insert(seq);
-            *e = (*e).max(seq);
+            let full = a.len() >= MAX_NODES;
+            match a.get_mut(node) {
+                Some(e) => *e = (*e).max(seq),
+                None if !full => {
+                    a.insert(node.to_string(), seq);
+                }
+                None => return,
+            }
         }
         self.changed.notify_waiters();
     }
