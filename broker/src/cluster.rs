@@ -115,6 +115,13 @@ pub trait Cluster: Send + Sync + 'static {
     }
 }
 
+/// Whether a shared subscription's `filter` takes `topic` ([MQTT-4.7.2-1]: a filter
+/// starting with a wildcard never matches a `$` topic).
+pub(crate) fn group_matches(filter: &str, topic: &str) -> bool {
+    let dollar_miss = topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#'));
+    !dollar_miss && crate::codec::matches(filter, topic)
+}
+
 enum Op {
     On(Scope, watch::Sender<bool>),
     Off(Scope),
@@ -268,17 +275,14 @@ impl Interest {
         }
     }
 
-    /// The groups with members here whose filter matches `topic` ([MQTT-4.7.2-1]: a filter
-    /// starting with a wildcard does not match a `$` topic).
+    /// The groups with members here whose filter matches `topic` (see [`group_matches`]).
     pub fn groups_matching(&self, topic: &str) -> Vec<Group> {
         let Ok(groups) = self.groups.lock() else {
             return Vec::new();
         };
-        let dollar = topic.starts_with('$');
         groups
             .keys()
-            .filter(|(_, f)| !(dollar && (f.starts_with('+') || f.starts_with('#'))))
-            .filter(|(_, f)| crate::codec::matches(f, topic))
+            .filter(|(_, f)| group_matches(f, topic))
             .cloned()
             .collect()
     }

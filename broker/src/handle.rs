@@ -156,9 +156,7 @@ impl BrokerHandle {
         let Some(interest) = self.shared.interest.as_ref() else {
             return false;
         };
-        // [MQTT-4.7.2-1]: a filter starting with a wildcard never matches a `$` topic.
-        let dollar_miss = c.topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#'));
-        if dollar_miss || !codec::matches(filter, &c.topic) {
+        if !crate::cluster::group_matches(filter, &c.topic) {
             return false;
         }
         let Some((key, o)) = interest.pick(&(group.to_string(), filter.to_string())) else {

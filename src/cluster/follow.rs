@@ -44,13 +44,9 @@ impl Freshness {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn now(&self) -> u64 {
-        self.stamp()
-    }
-
     /// A read of the outbox succeeded: current until `stale_after` from now.
     pub fn confirm(&self) {
-        self.confirm_from(self.now());
+        self.confirm_from(self.stamp());
     }
 
     /// A read of the outbox that began at `stamp` succeeded (and what it read is applied):
@@ -67,7 +63,7 @@ impl Freshness {
     /// Whether the last successful read is recent enough (counts each period it was not).
     pub fn current(&self) -> bool {
         let ok =
-            self.now().saturating_sub(self.confirmed.load(Ordering::Acquire)) <= self.stale_after.as_millis() as u64;
+            self.stamp().saturating_sub(self.confirmed.load(Ordering::Acquire)) <= self.stale_after.as_millis() as u64;
         if !ok && !self.stale.swap(true, Ordering::AcqRel) {
             self.metrics.fail_closed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(

@@ -114,6 +114,12 @@ fn now_ms() -> i64 {
     (storage::now_micros() / 1000) as i64
 }
 
+/// Whether node `n`'s last heartbeat (at `now`, Unix ms) is within `timeout` (a node that
+/// left cleanly has none).
+fn alive(n: &storage::NodeRow, now: i64, timeout: Duration) -> bool {
+    n.heartbeat_at != 0 && now - n.heartbeat_at <= timeout.as_millis() as i64
+}
+
 /// This process's hold on its node id.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -217,7 +223,7 @@ pub async fn janitor(store: Store, me: String, timeout: Duration, every: Duratio
         };
         let now = now_ms();
         for n in nodes {
-            let dead = n.heartbeat_at == 0 || now - n.heartbeat_at > timeout.as_millis() as i64;
+            let dead = !alive(&n, now, timeout);
             if n.id == me || !dead || cleared.contains(&(n.id.clone(), n.incarnation.clone())) {
                 continue;
             }

@@ -196,7 +196,7 @@ impl broker::Cluster for NatsCluster {
 
     fn settled(&self) -> BoxFuture<()> {
         let (store, peers, me) = (self.store.clone(), self.peers.clone(), self.node.clone());
-        let timeout = self.node_timeout.as_millis() as i64;
+        let timeout = self.node_timeout;
         let metrics = self.metrics.clone();
         // After `stale_after` from the commit, a node still serving publishes has read the
         // outbox since (see `Freshness::confirm_from`): the wait ends then at the latest.
@@ -213,7 +213,7 @@ impl broker::Cluster for NatsCluster {
             let now = super::now_ms();
             let live = nodes
                 .into_iter()
-                .filter(|n| n.id != me && n.heartbeat_at != 0 && now - n.heartbeat_at <= timeout)
+                .filter(|n| n.id != me && super::alive(n, now, timeout))
                 .map(|n| n.id)
                 .collect();
             if !peers.until_applied(&live, head, deadline).await {

@@ -117,7 +117,8 @@ impl Session {
 
     /// A message handed over directly (restored session without subscriptions on a link).
     pub(super) async fn on_direct(&mut self, d: Delivery, live: bool) -> Step {
-        if self.was_recovered(d.msg) {
+        if d.msg != 0 && self.recovered.remove(&d.msg) {
+            // Taken from the store already (see `recover`).
             return Ok(());
         }
         if self.link.is_some() && d.msg != 0 {
@@ -170,8 +171,8 @@ impl Session {
 
     /// A queue entry that will not be delivered goes from the store.
     pub(super) fn drop_entry(&mut self, msg: u64) {
-        self.left_during_catch_up(msg);
         if msg != 0 && self.stored {
+            self.left_during_catch_up(msg);
             self.shared.durable.write(SessionOp::Ack {
                 key: self.key.clone(),
                 msg,

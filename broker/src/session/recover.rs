@@ -63,11 +63,6 @@ impl Session {
         Ok(())
     }
 
-    /// Whether a live copy of entry `msg` is one the session took from the store already.
-    pub(super) fn was_recovered(&mut self, msg: u64) -> bool {
-        msg != 0 && self.recovered.remove(&msg)
-    }
-
     /// Entry `msg` leaves the session (acknowledged or dropped) while a catch-up read runs.
     pub(super) fn left_during_catch_up(&mut self, msg: u64) {
         if let Some(c) = self.catching_up.as_mut() {

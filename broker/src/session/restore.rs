@@ -69,12 +69,12 @@ pub(crate) async fn restore_all(shared: Arc<Shared>, loaded: SessionsLoaded) {
         // nowhere) is read from the store then (see `recover`).
         let hearing = s.subs.take_pending();
         if shared.cluster.is_some() {
-            let (registry_of, key, gen) = (shared.clone(), rec.key.clone(), gen);
+            let (sh, key) = (shared.clone(), rec.key.clone());
             shared.rt.spawn(async move {
                 for h in hearing {
                     let _ = h.await;
                 }
-                registry_of.registry.send_gen(&key, gen, Control::CatchUp);
+                sh.registry.send_gen(&key, gen, Control::CatchUp);
             });
         }
         // No router link until a device attaches (building 10,000 links is what would make
