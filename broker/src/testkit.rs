@@ -172,6 +172,25 @@ impl Dev {
 
     /// Sends CONNECT (clean start or not) with the password; returns the CONNACK code.
     pub(crate) async fn try_connect(sh: &Arc<Shared>, v5: bool, id: &str, password: &str, clean: bool) -> (Dev, u8) {
+        Dev::try_connect_with(sh, v5, id, password, clean, None).await
+    }
+
+    /// MQTT 5, clean start, with a Receive Maximum: the broker keeps at most `receive_max`
+    /// QoS 1/2 deliveries unacknowledged.
+    pub(crate) async fn connect_v5_window(sh: &Arc<Shared>, id: &str, receive_max: u16) -> Dev {
+        let (d, code) = Dev::try_connect_with(sh, true, id, "secret", true, Some(receive_max)).await;
+        assert_eq!(code, 0, "CONNACK code");
+        d
+    }
+
+    async fn try_connect_with(
+        sh: &Arc<Shared>,
+        v5: bool,
+        id: &str,
+        password: &str,
+        clean: bool,
+        receive_max: Option<u16>,
+    ) -> (Dev, u8) {
         let (a, b) = tokio::io::duplex(1 << 16);
         tokio::spawn(connect::run(
             Box::new(a),
@@ -185,7 +204,10 @@ impl Dev {
         s(&mut body, "MQTT");
         body.extend_from_slice(&[if v5 { 5 } else { 4 }, if clean { 0xC2 } else { 0xC0 }, 0, 0]);
         if v5 {
-            if clean {
+            if let Some(rm) = receive_max {
+                let [hi, lo] = rm.to_be_bytes();
+                body.extend_from_slice(&[3, 0x21, hi, lo]);
+            } else if clean {
                 body.push(0);
             } else {
                 // Session Expiry Interval: 1 hour.

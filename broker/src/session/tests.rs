@@ -344,44 +344,52 @@ fn delivery(msg: u64, payload: Vec<u8>) -> Box<crate::outbound::Delivery> {
 }
 
 /// Cluster mode, [MQTT-3.10.4-2]: a shared subscription's member that unsubscribes while
-/// messages it was picked for wait in its queue (its device reads nothing) hands them to
-/// another member: nothing reaches it after its UNSUBACK, and the group loses nothing.
+/// messages it was picked for wait in its queue (its device acknowledges nothing, so its
+/// Receive Maximum of 4 holds the rest back) hands them to another member: nothing reaches
+/// it after its UNSUBACK but the deliveries already in flight, and the group loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_leaving_a_shared_group_hands_what_it_has_not_sent_to_another() {
     let sh = shared_in_cluster(BrokerConfig::default());
     let group = format!("$share/g/{TOPIC}");
-    let mut m1 = Dev::connect(&sh, false, "m1").await;
+    let mut m1 = Dev::connect_v5_window(&sh, "m1", 4).await;
     let mut m2 = Dev::connect(&sh, false, "m2").await;
     assert_eq!(m1.subscribe(&[&group]).await, vec![1]);
     assert_eq!(m2.subscribe(&[&group]).await, vec![1]);
     let key1 = registry::session_key(Some(("d", "dev")), "m1");
-    // 64 messages of 4 KiB for m1: more than its pipe and write buffer hold.
     const N: usize = 64;
     for i in 0..N {
-        let mut p = vec![b'x'; 4096];
-        p[0] = i as u8;
-        sh.registry
-            .send(&key1, registry::Control::Shared(delivery(0, p), group.clone()));
+        sh.registry.send(
+            &key1,
+            registry::Control::Shared(delivery(0, vec![i as u8]), group.clone()),
+        );
     }
-    let mut unsub = vec![0, 7];
+    let mut unsub = vec![0, 7, 0];
     s(&mut unsub, &group);
     use tokio::io::AsyncWriteExt;
     m1.io.write_all(&frame(0xA2, &unsub)).await.expect("UNSUBSCRIBE");
+    // Until the UNSUBACK: only what the window let out, none acknowledged yet.
     let mut got = std::collections::HashSet::new();
+    let mut in_flight = Vec::new();
     loop {
         let (first, body) = m1.packet().await.expect("a packet");
         if first >> 4 == 11 {
             break;
         }
-        if first >> 4 == 3 {
-            let t = u16::from_be_bytes([body[0], body[1]]) as usize;
-            let pkid = u16::from_be_bytes([body[2 + t], body[3 + t]]);
-            got.insert(body[4 + t]);
-            m1.ack(1, pkid).await;
-        }
+        assert_eq!(first >> 4, 3, "only PUBLISH before the UNSUBACK");
+        let t = u16::from_be_bytes([body[0], body[1]]) as usize;
+        in_flight.push(u16::from_be_bytes([body[2 + t], body[3 + t]]));
+        // 5.0 layout: an empty property block (one byte) before the payload.
+        assert_eq!(body[4 + t], 0, "no properties");
+        got.insert(body[5 + t]);
     }
-    let before = got.len();
-    assert!(before < N, "some were still queued when m1 left ({before})");
+    assert!(
+        in_flight.len() <= 4,
+        "the window held the rest back ({})",
+        in_flight.len()
+    );
+    for pkid in in_flight {
+        m1.ack(1, pkid).await;
+    }
     while got.len() < N {
         let (qos, _, pkid, payload) = m2.message().await;
         assert!(got.insert(payload[0]), "each message once");
