@@ -195,7 +195,7 @@ impl App {
             .filter(|_| !cfg.tls.mqtts_addr.is_empty())
             .map(|c| (cfg.tls.mqtts_addr.as_str(), c));
         let ws = Some(cfg.mqtt.ws_addr.as_str()).filter(|a| !a.is_empty());
-        let mqtt = broker::Listeners::bind(&cfg.mqtt.addr, ws, mqtts, cfg.mqtt.backlog)?;
+        let mqtt = broker::Listeners::bind(&cfg.mqtt.addr, ws, mqtts, cfg.mqtt.backlog, cfg.mqtt.socket_send_buffer)?;
         let mqtt_addr = mqtt.mqtt.local_addr()?;
         let ws_addr = mqtt.ws.as_ref().map(|l| l.local_addr()).transpose()?;
         let mqtts_addr = mqtt.mqtts.as_ref().map(|(l, _)| l.local_addr()).transpose()?;

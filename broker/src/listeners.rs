@@ -17,23 +17,34 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the MQTT listener, and the WebSocket and TLS ones when given.
+    /// Binds the MQTT listener, and the WebSocket and TLS ones when given. `send_buffer`
+    /// (bytes, 0: the kernel's autotuning) caps each connection's socket send buffer, which
+    /// the accepted sockets inherit: a device that stops reading then holds that much of
+    /// the kernel's memory, not megabytes, and its session notices within a few messages.
     pub fn bind(
         mqtt: &str,
         ws: Option<&str>,
         mqtts: Option<(&str, Arc<tokio_rustls::rustls::ServerConfig>)>,
         backlog: u32,
+        send_buffer: usize,
     ) -> Result<Listeners, BrokerError> {
+        let bind = |addr: &str| bind(addr, backlog, send_buffer);
         Ok(Listeners {
-            mqtt: bind(mqtt, backlog)?,
-            ws: ws.map(|a| bind(a, backlog)).transpose()?,
-            mqtts: mqtts.map(|(a, c)| bind(a, backlog).map(|l| (l, c))).transpose()?,
+            mqtt: bind(mqtt)?,
+            ws: ws.map(bind).transpose()?,
+            mqtts: mqtts.map(|(a, c)| bind(a).map(|l| (l, c))).transpose()?,
         })
     }
 }
 
-pub(crate) fn bind(addr: &str, backlog: u32) -> Result<std::net::TcpListener, BrokerError> {
-    bind_listener(addr, backlog).map_err(|err| BrokerError::Bind {
+pub(crate) fn bind(addr: &str, backlog: u32, send_buffer: usize) -> Result<std::net::TcpListener, BrokerError> {
+    let bound = bind_listener(addr, backlog).and_then(|l| {
+        if send_buffer > 0 {
+            socket2::SockRef::from(&l).set_send_buffer_size(send_buffer)?;
+        }
+        Ok(l)
+    });
+    bound.map_err(|err| BrokerError::Bind {
         addr: addr.to_string(),
         err,
     })

@@ -144,6 +144,7 @@ pub struct MqttConfig {
     pub max_pending_per_source: usize,
     pub max_queued_bytes: usize,
     pub max_queued_messages: usize,
+    pub socket_send_buffer: usize,
     pub max_session_expiry: u64,
     pub max_sessions_per_client: usize,
     pub persist_sessions: bool,

@@ -534,3 +534,47 @@ async fn half_sent_connects_are_bounded_and_do_not_block_devices() {
         .expect("closed in time")
         .is_none());
 }
+
+/// Item 6: a subscriber that stops reading holds a bounded share of the kernel's memory: its
+/// socket takes at most `mqtt.socket_send_buffer` (doubled by the kernel) and what the
+/// device's receive buffer holds, not the 4 MiB the kernel's autotuning grants a socket whose
+/// peer does not read; the rest waits in its bounded queue, whose overflow ends a clean
+/// session (0x97). Its queue here (64 KiB) would overflow long before a 4 MiB socket did.
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_holds_a_bounded_socket_buffer() {
+    const N: u16 = 3000;
+    let e = crate::engine::env_with(|c| {
+        c.mqtt.stall_timeout_ms = 600_000;
+        c.mqtt.max_queued_bytes = 64 << 10;
+    })
+    .await;
+    let app = &e.app;
+    let t = e.topic("flood");
+    let mut deaf = e.raw(true, "stops-reading").await;
+    assert_eq!(deaf.subscribe(1, &[(&t, 1)], &[]).await, vec![1]);
+    let mut p = e.raw(false, "flooder").await;
+    for i in 0..N {
+        let mut payload = vec![b'x'; 1024];
+        payload[..2].copy_from_slice(&i.to_be_bytes());
+        assert_eq!(p.publish(&t, &payload, 1, false, i + 1).await, 0);
+    }
+    // The device reads at last: what its socket held, then the end (the DISCONNECT 0x97 does
+    // not fit in its full socket).
+    let mut delivered = 0usize;
+    loop {
+        match deaf.packet_within(Duration::from_secs(10)).await {
+            Ok(Some((first, _))) => delivered += usize::from(first >> 4 == 3),
+            Ok(None) => break,
+            Err(()) => panic!("the connection stayed open after {delivered} messages"),
+        }
+    }
+    assert!(
+        delivered < N as usize / 2,
+        "it held {delivered} of {N} messages of 1 KiB: a bounded share, not the flood"
+    );
+    assert_eq!(
+        app.broker_metrics.disconnected_slow.load(Ordering::Relaxed),
+        1,
+        "the session was ended once its queue overflowed"
+    );
+}
