@@ -333,6 +333,8 @@ pub(crate) struct MemSessions {
     pub(crate) queue: std::sync::Mutex<Vec<StoredDelivery>>,
     hold: std::sync::Mutex<bool>,
     released: std::sync::Condvar,
+    /// Catch-up reads so far.
+    pub(crate) reads: std::sync::atomic::AtomicUsize,
 }
 
 impl MemSessions {
@@ -349,6 +351,7 @@ impl SessionStore for MemSessions {
         Ok(SessionsLoaded::default())
     }
     fn queued(&self, key: &str) -> Result<Vec<StoredDelivery>, PortError> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let acked = |m: u64| {
             self.applied.lock().is_ok_and(|a| {
                 a.iter()

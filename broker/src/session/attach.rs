@@ -108,6 +108,7 @@ impl Session {
         self.in_qos2.clear();
         // A catch-up read that runs now would bring back what was just dropped.
         self.catching_up = None;
+        self.catch_up_again = false;
         self.recovered.clear();
     }
 }

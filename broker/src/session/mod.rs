@@ -157,6 +157,7 @@ impl Session {
             direct_seen: HashSet::new(),
             copies: Copies::default(),
             catching_up: None,
+            catch_up_again: false,
             recovered: HashSet::new(),
             live_will: None,
             shutting_down: false,
@@ -209,6 +210,9 @@ struct Session {
     copies: Copies,
     /// A catch-up read runs: the entries that left since it began (see `recover`).
     catching_up: Option<HashSet<u64>>,
+    /// Another catch-up was asked for while one ran: its read may predate the entries of the
+    /// newer gap, so one more follows it.
+    catch_up_again: bool,
     /// Entries the last catch-up took from the store (their live copies are dropped).
     recovered: HashSet<u64>,
     /// The will of the connection attached now (kept in the session record).

@@ -7,6 +7,8 @@
 //! - The read follows a barrier in the session store's writer: every acknowledgement this
 //!   session wrote before it is committed, so acknowledged entries are not read again; those
 //!   that leave while the read runs are remembered (`catching_up`) and skipped.
+//! - A catch-up asked for while one runs is not dropped: one more read follows (the running
+//!   read may predate the entries of the newer gap).
 //! - Entries taken from the store are remembered (`recovered`) until the next catch-up: their
 //!   live copy, if it comes after all, is dropped (each message once; QoS 2 exactly once).
 //! - Recovered entries are queued after what the session holds already: a message whose
@@ -17,7 +19,11 @@ use super::*;
 impl Session {
     /// `Control::CatchUp`: starts reading the stored queue again (one read at a time).
     pub(super) async fn catch_up(&mut self) -> Step {
-        if !self.stored || self.catching_up.is_some() {
+        if !self.stored {
+            return Ok(());
+        }
+        if self.catching_up.is_some() {
+            self.catch_up_again = true;
             return Ok(());
         }
         // The acknowledgements taken so far go to the writer before the barrier.
@@ -59,6 +65,9 @@ impl Session {
         if n > 0 {
             self.m().entries_recovered.fetch_add(n, Ordering::Relaxed);
             tracing::info!(client = %self.client(), session = %self.key, entries = n, "persistent session: missed messages delivered from the store");
+        }
+        if std::mem::take(&mut self.catch_up_again) {
+            self.catch_up().await?;
         }
         Ok(())
     }

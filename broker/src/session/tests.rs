@@ -438,3 +438,33 @@ async fn a_catch_up_delivers_missed_entries_once() {
     assert_eq!(payload, vec![4], "only what the session did not have");
     assert_eq!(sh.metrics.entries_recovered.load(Ordering::Relaxed), 3);
 }
+
+/// Catch-up (`recover`): one asked for while a read runs is not lost. The running read may
+/// predate the entries of the newer gap, so another read follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_asked_for_during_a_read_gets_a_read_of_its_own() {
+    use tokio::io::AsyncWriteExt;
+    let store = Arc::new(MemSessions::default());
+    let (sh, _) = shared_with(BrokerConfig::default(), None, Some(store.clone()));
+    let (mut d, _) = Dev::resume(&sh, false, "cu2").await;
+    assert_eq!(d.subscribe(&[TOPIC]).await, vec![1]);
+    let key = registry::session_key(Some(("d", "dev")), "cu2");
+    // The session store's writer is held inside a write (the acknowledgement below): the
+    // first read waits behind it, at its barrier.
+    store.hold(true);
+    sh.registry.send(&key, registry::Control::Deliver(delivery(1, vec![1])));
+    let (qos, _, pkid, _) = d.message().await;
+    d.ack(qos, pkid).await;
+    d.io.write_all(&[0xC0, 0]).await.expect("PINGREQ");
+    assert_eq!(d.packet().await.map(|p| p.0), Some(0xD0), "PUBACK taken");
+    sh.registry.send(&key, registry::Control::CatchUp);
+    sh.registry.send(&key, registry::Control::CatchUp);
+    d.io.write_all(&[0xC0, 0]).await.expect("PINGREQ");
+    assert_eq!(d.packet().await.map(|p| p.0), Some(0xD0), "both asked for");
+    store.hold(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.reads.load(Ordering::Relaxed) < 2 {
+        assert!(std::time::Instant::now() < deadline, "a second read followed the first");
+        tokio::task::yield_now().await;
+    }
+}
