@@ -20,7 +20,7 @@ impl Listeners {
     /// Binds the MQTT listener, and the WebSocket and TLS ones when given. `send_buffer`
     /// (bytes, 0: the kernel's autotuning) caps each connection's socket send buffer, which
     /// the accepted sockets inherit: a device that stops reading then holds that much of
-    /// the kernel's memory, not megabytes, and its session notices within a few messages.
+    /// the kernel's memory, not megabytes, and the rest waits in its session's bounded queue.
     pub fn bind(
         mqtt: &str,
         ws: Option<&str>,
