@@ -265,6 +265,12 @@ impl Dev {
             .await
             .expect("write");
     }
+    /// PINGREQ, answered: everything sent before it (and the controls queued before it) was
+    /// handled.
+    pub(crate) async fn ping(&mut self) {
+        self.io.write_all(&[0xC0, 0]).await.expect("PINGREQ");
+        assert_eq!(self.packet().await.map(|p| p.0), Some(0xD0), "PINGRESP");
+    }
     /// DISCONNECT (normal), then the stream closes.
     pub(crate) async fn disconnect(mut self) {
         self.io.write_all(&[0xE0, 0]).await.expect("write");

@@ -98,10 +98,7 @@ async fn an_offline_queue_over_its_limit_keeps_the_newest_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_is_acknowledged_only_after_the_persistent_entry_commits() {
-    let store = Arc::new(MemSessions::default());
-    let (sh, _) = shared_with(BrokerConfig::default(), None, Some(store.clone()));
-    let (mut sub, _) = Dev::resume(&sh, false, "held-sub").await;
-    assert_eq!(sub.subscribe(&[TOPIC]).await, vec![1], "SUBACK after its commit");
+    let (store, sh, mut sub) = stored_subscriber("held-sub").await;
     let mut p = Dev::connect(&sh, true, "held-pub").await;
     store.hold(true);
     p.publish_payload(TOPIC, 1, false, 1, b"a").await;
@@ -129,10 +126,7 @@ async fn a_publisher_is_acknowledged_only_after_the_persistent_entry_commits() {
 /// for a commit (the messages were accepted), in order, before its DISCONNECT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_acknowledgements_are_sent_before_a_protocol_error_closes() {
-    let store = Arc::new(MemSessions::default());
-    let (sh, _) = shared_with(BrokerConfig::default(), None, Some(store.clone()));
-    let (mut sub, _) = Dev::resume(&sh, false, "pe-sub").await;
-    assert_eq!(sub.subscribe(&[TOPIC]).await, vec![1]);
+    let (store, sh, _sub) = stored_subscriber("pe-sub").await;
     let mut p = Dev::connect(&sh, true, "pe-pub").await;
     store.hold(true);
     p.publish_payload(TOPIC, 1, false, 1, b"a").await;
@@ -237,10 +231,7 @@ async fn a_restored_queue_is_delivered_in_published_order_with_its_qos2_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_session_is_closed_only_once_its_disconnect_time_is_stored() {
-    let store = Arc::new(MemSessions::default());
-    let (sh, _) = shared_with(BrokerConfig::default(), None, Some(store.clone()));
-    let (mut d, _) = Dev::resume(&sh, false, "dt").await;
-    assert_eq!(d.subscribe(&[TOPIC]).await, vec![1]);
+    let (store, _sh, mut d) = stored_subscriber("dt").await;
     store.hold(true);
     use tokio::io::AsyncWriteExt;
     d.io.write_all(&[0xE0, 0]).await.expect("DISCONNECT");
@@ -329,6 +320,16 @@ async fn a_subscriber_that_stops_reading_is_disconnected_after_the_stall_timeout
     assert_eq!(reads.message().await.3, b"after".to_vec(), "the others go on");
 }
 
+/// A persistent session subscribed to `TOPIC` at QoS 1 (SUBACK after its commit), over an
+/// in-memory session store.
+async fn stored_subscriber(id: &str) -> (Arc<MemSessions>, Arc<Shared>, Dev) {
+    let store = Arc::new(MemSessions::default());
+    let (sh, _) = shared_with(BrokerConfig::default(), None, Some(store.clone()));
+    let (mut d, _) = Dev::resume(&sh, false, id).await;
+    assert_eq!(d.subscribe(&[TOPIC]).await, vec![1], "SUBACK after its commit");
+    (store, sh, d)
+}
+
 /// A QoS 1 delivery on `TOPIC` naming store entry `msg`.
 fn delivery(msg: u64, payload: Vec<u8>) -> Box<crate::outbound::Delivery> {
     Box::new(crate::outbound::Delivery {
@@ -408,10 +409,7 @@ async fn a_member_leaving_a_shared_group_hands_what_it_has_not_sent_to_another()
 /// are not read again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catch_up_delivers_missed_entries_once() {
-    let store = Arc::new(MemSessions::default());
-    let (sh, _) = shared_with(BrokerConfig::default(), None, Some(store.clone()));
-    let (mut d, _) = Dev::resume(&sh, false, "cu").await;
-    assert_eq!(d.subscribe(&[TOPIC]).await, vec![1]);
+    let (store, sh, mut d) = stored_subscriber("cu").await;
     let key = registry::session_key(Some(("d", "dev")), "cu");
     store
         .queue
@@ -443,11 +441,7 @@ async fn a_catch_up_delivers_missed_entries_once() {
 /// predate the entries of the newer gap, so another read follows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catch_up_asked_for_during_a_read_gets_a_read_of_its_own() {
-    use tokio::io::AsyncWriteExt;
-    let store = Arc::new(MemSessions::default());
-    let (sh, _) = shared_with(BrokerConfig::default(), None, Some(store.clone()));
-    let (mut d, _) = Dev::resume(&sh, false, "cu2").await;
-    assert_eq!(d.subscribe(&[TOPIC]).await, vec![1]);
+    let (store, sh, mut d) = stored_subscriber("cu2").await;
     let key = registry::session_key(Some(("d", "dev")), "cu2");
     // The session store's writer is held inside a write (the acknowledgement below): the
     // first read waits behind it, at its barrier.
@@ -455,12 +449,10 @@ async fn a_catch_up_asked_for_during_a_read_gets_a_read_of_its_own() {
     sh.registry.send(&key, registry::Control::Deliver(delivery(1, vec![1])));
     let (qos, _, pkid, _) = d.message().await;
     d.ack(qos, pkid).await;
-    d.io.write_all(&[0xC0, 0]).await.expect("PINGREQ");
-    assert_eq!(d.packet().await.map(|p| p.0), Some(0xD0), "PUBACK taken");
+    d.ping().await; // the PUBACK was taken
     sh.registry.send(&key, registry::Control::CatchUp);
     sh.registry.send(&key, registry::Control::CatchUp);
-    d.io.write_all(&[0xC0, 0]).await.expect("PINGREQ");
-    assert_eq!(d.packet().await.map(|p| p.0), Some(0xD0), "both asked for");
+    d.ping().await; // both were taken
     store.hold(false);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while store.reads.load(Ordering::Relaxed) < 2 {
